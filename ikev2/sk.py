@@ -1,0 +1,218 @@
+"""Encrypted payloads: SK (RFC 7296 3.14, RFC 5282 for AEAD) and SKF (RFC 7383 IKE fragmentation).
+
+The codec itself holds no key state: callers pass an ``SKKeys`` (the keys of one direction) to
+``seal`` and ``open_message``. Layout of the encrypted part: IV | ciphertext | ICV, where the
+plaintext is inner payloads | padding | pad length. For AEAD ciphers the associated data is the
+message from its first byte up to the IV; for encrypt-then-MAC the ICV covers the whole message
+up to the ICV.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .constants import GENERIC_PAYLOAD_HEADER_LEN, IKE_HEADER_LEN, PayloadType
+from .errors import IntegrityError, ParseError
+from .message import Message, decode_payloads, encode_header, encode_payloads
+from .payloads import Payload, SKFPayload, SKPayload
+
+RandomBytes = Callable[[int], bytes]
+SKF_EXTRA = 4  # fragment number + total fragments
+
+
+@dataclass
+class SKKeys:
+    """Keys protecting the messages of one direction (SK_ei/SK_ai or SK_er/SK_ar)."""
+    encr: object  # ikev2.crypto.transforms.EncrAlgorithm
+    integ: object | None  # ikev2.crypto.transforms.IntegAlgorithm, None for AEAD
+    sk_e: bytes = field(repr=False)
+    sk_a: bytes = field(default=b"", repr=False)
+
+    @property
+    def icv_len(self) -> int:
+        return self.encr.icv_len if self.encr.aead else self.integ.icv_len  # type: ignore[union-attr]
+
+    def overhead(self, plaintext_len: int) -> int:
+        """Bytes the encryption adds to ``plaintext_len`` bytes of inner payloads."""
+        return self.encr.iv_len + self._padded(plaintext_len) - plaintext_len + self.icv_len
+
+    def _padded(self, n: int) -> int:
+        bs = max(self.encr.block_size, 1)
+        return n + 1 + (-(n + 1)) % bs
+
+    def wipe(self) -> None:
+        self.sk_e = b""
+        self.sk_a = b""
+
+
+def _protect(keys: SKKeys, head: bytes, plaintext: bytes, random_bytes: RandomBytes) -> bytes:
+    """head = everything before the IV (header + payload header [+ fragment fields])."""
+    encr = keys.encr
+    bs = max(encr.block_size, 1)
+    pad_len = (-(len(plaintext) + 1)) % bs
+    padded = plaintext + bytes(pad_len) + bytes([pad_len])
+    iv = random_bytes(encr.iv_len)
+    if encr.aead:
+        return iv + encr.encrypt(keys.sk_e, iv, padded, head)
+    ct = encr.encrypt(keys.sk_e, iv, padded)
+    icv = keys.integ.compute(keys.sk_a, head + iv + ct)
+    return iv + ct + icv
+
+
+def _unprotect(keys: SKKeys, head: bytes, body: bytes, where: str, offset: int) -> bytes:
+    encr = keys.encr
+    icv_len = keys.icv_len
+    min_ct = 1 if encr.aead else max(encr.block_size, 1)
+    if len(body) < encr.iv_len + min_ct + icv_len:
+        raise ParseError(f"encrypted payload of {len(body)} bytes is too short for IV, data and ICV",
+                         offset, where)
+    iv = body[:encr.iv_len]
+    if encr.aead:
+        padded = encr.decrypt(keys.sk_e, iv, body[encr.iv_len:], head)  # raises IntegrityError
+    else:
+        ct = body[encr.iv_len:len(body) - icv_len]
+        icv = body[len(body) - icv_len:]
+        if not keys.integ.verify(keys.sk_a, head + body[:len(body) - icv_len], icv):
+            raise IntegrityError(f"{where}: integrity check failed")
+        if len(ct) % encr.block_size:
+            raise ParseError(f"ciphertext length {len(ct)} is not a multiple of the block size",
+                             offset, where)
+        padded = encr.decrypt(keys.sk_e, iv, ct)
+    pad_len = padded[-1]
+    if pad_len + 1 > len(padded):
+        raise ParseError(f"pad length {pad_len} exceeds the decrypted data", offset, where)
+    return padded[:len(padded) - pad_len - 1]
+
+
+def seal(spi_i: bytes, spi_r: bytes, exchange: int, flags: int, message_id: int,
+         payloads: list[Payload], keys: SKKeys, random_bytes: RandomBytes,
+         max_size: int | None = None) -> list[bytes]:
+    """Encrypt inner payloads into one SK message, or into SKF fragments (RFC 7383) when
+    ``max_size`` (bytes of IKE message) is given and one message would exceed it."""
+    first, inner = encode_payloads(payloads)
+    whole_len = IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN + len(inner) + keys.overhead(len(inner))
+    if max_size is None or whole_len <= max_size:
+        length = whole_len
+        head = encode_header(spi_i, spi_r, PayloadType.SK, exchange, flags, message_id, length) + \
+            struct.pack("!BBH", first, 0, length - IKE_HEADER_LEN)
+        out = head + _protect(keys, head, inner, random_bytes)
+        assert len(out) == length
+        return [out]
+    return _seal_fragments(spi_i, spi_r, exchange, flags, message_id, first, inner, keys,
+                           random_bytes, max_size)
+
+
+def _seal_fragments(spi_i, spi_r, exchange, flags, message_id, first, inner, keys, random_bytes,
+                    max_size) -> list[bytes]:
+    fixed = IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN + SKF_EXTRA
+    # Largest chunk whose protected form fits in max_size.
+    room = max_size - fixed - keys.encr.iv_len - keys.icv_len
+    bs = max(keys.encr.block_size, 1)
+    chunk = (room // bs) * bs - 1  # leave the pad length byte inside the last block
+    if chunk < 1:
+        raise ValueError(f"fragment size {max_size} leaves no room for data")
+    pieces = [inner[i:i + chunk] for i in range(0, len(inner), chunk)] or [b""]
+    total = len(pieces)
+    if total > 0xFFFF:
+        raise ValueError("message needs more than 65535 fragments")
+    out = []
+    for num, piece in enumerate(pieces, 1):
+        length = fixed + keys.overhead(len(piece))
+        nxt = first if num == 1 else PayloadType.NONE
+        head = encode_header(spi_i, spi_r, PayloadType.SKF, exchange, flags, message_id, length) + \
+            struct.pack("!BBHHH", nxt, 0, length - IKE_HEADER_LEN, num, total)
+        out.append(head + _protect(keys, head, piece, random_bytes))
+    return out
+
+
+def _head_and_body(raw: bytes, enc: SKPayload | SKFPayload) -> tuple[bytes, bytes]:
+    if enc.offset is None:
+        raise ValueError("encrypted payload was not decoded from raw bytes")
+    start = enc.offset + GENERIC_PAYLOAD_HEADER_LEN + (SKF_EXTRA if isinstance(enc, SKFPayload) else 0)
+    return raw[:start], raw[start:]
+
+
+def decrypt_fragment(raw: bytes, msg: Message, keys: SKKeys) -> bytes:
+    """Verify and decrypt the SK or SKF payload of ``msg`` (decoded from ``raw``); returns the
+    inner bytes (payload chain, or a piece of it for a fragment)."""
+    enc = msg.encrypted
+    if enc is None:
+        raise ParseError("message has no encrypted payload", IKE_HEADER_LEN, "SK")
+    head, body = _head_and_body(raw, enc)
+    return _unprotect(keys, head, body, enc.type_name, len(head))
+
+
+def open_message(raw: bytes, msg: Message, keys: SKKeys) -> Message:
+    """Decrypt an SK message: returns a Message whose payloads are the clear ones before SK
+    followed by the decrypted inner payloads. Raises IntegrityError or ParseError."""
+    enc = msg.encrypted
+    if not isinstance(enc, SKPayload):
+        raise ParseError("expected an SK payload", IKE_HEADER_LEN, "SK")
+    inner = decrypt_fragment(raw, msg, keys)
+    head_len = len(raw) - len(enc.data)
+    payloads = decode_payloads(inner, enc.first_inner, head_len + keys.encr.iv_len, inner=True)
+    return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
+                   msg.payloads[:-1] + payloads, msg.minor_version)
+
+
+class FragmentReassembler:
+    """Collects the SKF fragments of one message (RFC 7383 2.6). Each fragment is verified and
+    decrypted on arrival; when all are in, ``add`` returns the reassembled Message.
+
+    Bounded: at most ``max_fragments`` fragments and ``max_bytes`` of decrypted content.
+    """
+
+    def __init__(self, max_fragments: int = 64, max_bytes: int = 128 * 1024):
+        self.max_fragments = max_fragments
+        self.max_bytes = max_bytes
+        self.message_id: int | None = None
+        self.total = 0
+        self.first_inner = PayloadType.NONE
+        self.pieces: dict[int, bytes] = {}
+        self.size = 0
+
+    def reset(self) -> None:
+        self.message_id = None
+        self.total = 0
+        self.pieces.clear()
+        self.size = 0
+        self.first_inner = PayloadType.NONE
+
+    def add(self, raw: bytes, msg: Message, keys: SKKeys) -> Message | None:
+        enc = msg.encrypted
+        if not isinstance(enc, SKFPayload):
+            raise ParseError("expected an SKF payload", IKE_HEADER_LEN, "SKF")
+        if enc.total_fragments > self.max_fragments:
+            raise ParseError(f"{enc.total_fragments} fragments exceed the limit of {self.max_fragments}",
+                             enc.offset, "SKF")
+        if enc.fragment_number != 1 and enc.first_inner != PayloadType.NONE:
+            raise ParseError("only the first fragment may name the first inner payload", enc.offset, "SKF")
+        piece = decrypt_fragment(raw, msg, keys)  # authenticate before keeping anything
+        if self.message_id != msg.message_id:
+            self.reset()
+            self.message_id = msg.message_id
+            self.total = enc.total_fragments
+        elif enc.total_fragments != self.total:
+            if enc.total_fragments < self.total:
+                return None  # RFC 7383 2.6: ignore fragments of an older, larger fragmentation
+            self.reset()
+            self.message_id = msg.message_id
+            self.total = enc.total_fragments
+        if enc.fragment_number in self.pieces:
+            return None  # duplicate
+        if self.size + len(piece) > self.max_bytes:
+            self.reset()
+            raise ParseError(f"reassembled message exceeds {self.max_bytes} bytes", enc.offset, "SKF")
+        self.pieces[enc.fragment_number] = piece
+        self.size += len(piece)
+        if enc.fragment_number == 1:
+            self.first_inner = enc.first_inner
+        if len(self.pieces) < self.total:
+            return None
+        inner = b"".join(self.pieces[i] for i in range(1, self.total + 1))
+        first = self.first_inner
+        self.reset()
+        payloads = decode_payloads(inner, first, 0, inner=True)
+        return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
+                       msg.payloads[:-1] + payloads, msg.minor_version)

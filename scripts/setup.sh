@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything the gateway, its tests and its demo need on Debian 12 (run as root):
+# Debian packages (strongSwan as interop peer, iproute2/nftables/tcpdump for the netns tests,
+# headers for netfilterqueue) and a virtualenv in .venv with the project in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+APT_PKGS=(
+  iproute2 nftables tcpdump iputils-ping iperf3 procps
+  strongswan-charon strongswan-swanctl strongswan-pki libstrongswan-standard-plugins
+  libcharon-extra-plugins libcharon-extauth-plugins
+  libnetfilter-queue-dev build-essential python3-dev
+)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -U pip
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test,fuzz,nfqueue]"
+echo "setup: ok ($(.venv/bin/python --version))"
