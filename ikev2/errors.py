@@ -62,3 +62,14 @@ class InvalidKeyExchange(CryptoError):
 
 class ProposalError(IKEv2Error):
     """A proposal string (configuration) is malformed, unknown or uses a weak algorithm."""
+
+
+class AuthenticatedParseError(ParseError):
+    """The content of a message that passed its integrity check is malformed: the peer gets
+    INVALID_SYNTAX (RFC 7296 2.21.2) rather than a silent drop."""
+
+    @classmethod
+    def wrap(cls, e: ParseError) -> "AuthenticatedParseError":
+        new = cls(e.reason, e.offset, e.payload)
+        new.__cause__ = e
+        return new

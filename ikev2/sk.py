@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .constants import GENERIC_PAYLOAD_HEADER_LEN, IKE_HEADER_LEN, PayloadType
-from .errors import IntegrityError, ParseError
+from .errors import AuthenticatedParseError, IntegrityError, ParseError
 from .message import Message, decode_payloads, encode_header, encode_payloads
 from .payloads import Payload, SKFPayload, SKPayload
 
@@ -151,7 +151,10 @@ def open_message(raw: bytes, msg: Message, keys: SKKeys) -> Message:
         raise ParseError("expected an SK payload", IKE_HEADER_LEN, "SK")
     inner = decrypt_fragment(raw, msg, keys)
     head_len = len(raw) - len(enc.data)
-    payloads = decode_payloads(inner, enc.first_inner, head_len + keys.encr.iv_len, inner=True)
+    try:
+        payloads = decode_payloads(inner, enc.first_inner, head_len + keys.encr.iv_len, inner=True)
+    except ParseError as e:
+        raise AuthenticatedParseError.wrap(e) from None
     return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
                    msg.payloads[:-1] + payloads, msg.minor_version)
 
@@ -213,6 +216,9 @@ class FragmentReassembler:
         inner = b"".join(self.pieces[i] for i in range(1, self.total + 1))
         first = self.first_inner
         self.reset()
-        payloads = decode_payloads(inner, first, 0, inner=True)
+        try:
+            payloads = decode_payloads(inner, first, 0, inner=True)
+        except ParseError as e:
+            raise AuthenticatedParseError.wrap(e) from None
         return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
                        msg.payloads[:-1] + payloads, msg.minor_version)

@@ -1,0 +1,296 @@
+"""The gateway daemon: asyncio glue between UDP sockets, the sans-IO IKE manager, timers, the
+data plane and the control socket. ``run(config, args)`` is what ``vpn-gw run`` calls."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import structlog
+
+from ikev2 import events as E
+from ikev2.constants import NON_ESP_MARKER
+from ikev2.manager import IkeManager
+
+from .config import GatewayConfig, diff_configs, load_config
+from .control import ControlServer
+from .dataplane import DataPlane, RecordingDataPlane
+from .ike_socket import IkeSocket, route_source
+from .policies import ike_policy, initiate_target
+
+log = structlog.get_logger("vpn_gw")
+
+RETRY_DELAY = 5.0
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, dataplane: DataPlane | None = None):
+        self.config = config
+        self.dataplane = dataplane or RecordingDataPlane()
+        self.manager = IkeManager([ike_policy(c) for c in config.connections], os.urandom,
+                                  log=self._engine_log, wall_offset=time.time() - time.monotonic(),
+                                  half_open_limit=config.half_open_limit)
+        self.sockets: dict[tuple[int, int], list[IkeSocket]] = {}  # (family, port) -> sockets
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiters: list[tuple[str, asyncio.Future]] = []
+        self._retry: dict[str, float] = {}
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ logging
+
+    def _engine_log(self, level: str, event: str, **fields: Any) -> None:
+        getattr(log, level, log.info)(event, **fields)
+
+    # ------------------------------------------------------------------ sockets
+
+    def open_sockets(self) -> None:
+        for addr in self.config.listen:
+            for port in (self.config.ike_port, self.config.natt_port):
+                s = IkeSocket(str(addr), port)
+                self.sockets.setdefault((s.family, port), []).append(s)
+                asyncio.get_running_loop().add_reader(s.fileno(), self._readable, s)
+                log.info("listening", address=str(addr), port=port)
+
+    def _readable(self, sock: IkeSocket) -> None:
+        for _ in range(64):  # bounded batch per wake-up
+            got = sock.recv()
+            if got is None:
+                break
+            data, local, remote = got
+            if sock.port == self.config.natt_port:
+                if data == b"\xff":
+                    continue  # NAT-T keepalive
+                if len(data) < 4:
+                    log.debug("dropped runt datagram on NAT-T port", peer=remote[0], size=len(data))
+                    continue
+                if data[:4] != NON_ESP_MARKER:
+                    self.dataplane.esp_received(data, local, remote)
+                    continue
+                data = data[4:]
+            self.manager.receive(data, local, remote, time.monotonic())
+        self._flush()
+
+    def _socket_for(self, local: tuple[str, int]) -> IkeSocket | None:
+        fam = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
+        cands = self.sockets.get((fam, local[1]), [])
+        for s in cands:
+            if s.address == local[0]:
+                return s
+        return cands[0] if cands else None
+
+    def _send(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        sock = self._socket_for(local)
+        if sock is None:
+            log.error("no socket to send from", local=f"{local[0]}:{local[1]}")
+            return
+        if local[1] == self.config.natt_port:
+            data = NON_ESP_MARKER + data
+        try:
+            sock.send(data, local[0], remote)
+        except OSError as e:
+            log.warning("send failed", remote=f"{remote[0]}:{remote[1]}", error=str(e))
+
+    # ------------------------------------------------------------------ engine output
+
+    def _flush(self) -> None:
+        m = self.manager
+        for data, local, remote in m.pop_datagrams():
+            self._send(data, local, remote)
+        for ev in m.pop_events():
+            self._on_event(ev)
+        for data, local, remote in m.pop_datagrams():  # events may have caused more
+            self._send(data, local, remote)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        deadline = self.manager.next_deadline()
+        retry = min(self._retry.values()) if self._retry else None
+        times = [t for t in (deadline, retry) if t is not None]
+        if not times:
+            self._timer = None
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, min(times) - time.monotonic())
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        self.manager.tick(now)
+        for name, when in list(self._retry.items()):
+            if now >= when:
+                del self._retry[name]
+                self.initiate(name)
+        self._flush()
+
+    def _on_event(self, ev: E.Event) -> None:
+        if isinstance(ev, E.ChildUp):
+            self.dataplane.install_child(ev)
+        elif isinstance(ev, E.ChildDown):
+            self.dataplane.remove_child(ev.spi_in, ev.spi_out)
+        elif isinstance(ev, E.PeerAddressChanged):
+            sa = next((s for s in self.manager.sas if s.ike_id == ev.ike_id), None)
+            if sa is not None:
+                self.dataplane.update_addresses(ev.ike_id, sa.local, sa.remote)
+        elif isinstance(ev, E.IkeDown):
+            log.info("IKE_SA down", connection=ev.ike_name, reason=ev.reason)
+            conn = self._conn(ev.ike_name)
+            if conn is not None and conn.start_action == "start" and not self.manager.find(ev.ike_name):
+                self._retry[ev.ike_name] = time.monotonic() + RETRY_DELAY
+        elif isinstance(ev, E.AuthFailed):
+            log.warning("authentication failed", connection=ev.ike_name, reason=ev.reason)
+        elif isinstance(ev, E.ExchangeDone):
+            log.info("exchange", connection=ev.ike_name, exchange=ev.exchange, role=ev.role,
+                     mid=ev.message_id, outcome=ev.outcome)
+        for name, fut in list(self._waiters):
+            if ev.ike_name == name and not fut.done() and isinstance(ev, (E.IkeUp, E.IkeDown, E.AuthFailed)):
+                fut.set_result(ev)
+
+    def _conn(self, name: str):
+        return next((c for c in self.config.connections if c.name == name), None)
+
+    # ------------------------------------------------------------------ commands
+
+    def initiate(self, name: str):
+        conn = self._conn(name)
+        if conn is None:
+            raise ValueError(f"no connection named '{name}'")
+        target = initiate_target(conn)
+        if target is None:
+            raise ValueError(f"connection '{name}' has no remote address to initiate to (remote_addrs is %any)")
+        try:
+            ipaddress.ip_address(target)
+            remote_ip = target
+        except ValueError:
+            remote_ip = socket.getaddrinfo(target, 500, type=socket.SOCK_DGRAM)[0][4][0]
+        local_ip = str(conn.local_addrs[0]) if conn.local_addrs else route_source(remote_ip)
+        sa = self.manager.initiate(name, time.monotonic(), remote=(remote_ip, self.config.ike_port),
+                                   local=(local_ip, self.config.ike_port))
+        self._flush()
+        return sa
+
+    async def handle_control(self, cmd: str, args: dict) -> Any:
+        if cmd == "status":
+            return self.status()
+        if cmd == "up":
+            name = args.get("name", "")
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append((name, fut))
+            try:
+                self.initiate(name)
+                ev = await asyncio.wait_for(fut, timeout=float(args.get("timeout", 30)))
+            except asyncio.TimeoutError:
+                raise RuntimeError(f"connection '{name}' did not come up within the timeout") from None
+            finally:
+                self._waiters = [(n, f) for n, f in self._waiters if f is not fut]
+            if isinstance(ev, E.IkeUp):
+                return {"connection": name, "state": "established"}
+            raise RuntimeError(f"connection '{name}' failed: {getattr(ev, 'reason', ev)}")
+        if cmd == "down":
+            name = args.get("name", "")
+            if self._conn(name) is None:
+                raise ValueError(f"no connection named '{name}'")
+            n = self.manager.terminate(name, time.monotonic())
+            self._retry.pop(name, None)
+            self._flush()
+            return {"connection": name, "terminated": n}
+        if cmd == "reload":
+            return self.reload()
+        raise ValueError(f"unknown command '{cmd}'")
+
+    def reload(self) -> dict:
+        if self.config.source is None:
+            raise ValueError("configuration was not loaded from a file")
+        new = load_config(self.config.source)
+        d = diff_configs(self.config, new)
+        for name in d.removed:
+            self.manager.terminate(name, time.monotonic())
+        pols = {p.name: p for p in self.manager.policies}
+        self.manager.policies = [pols[c.name] if c.name in d.unchanged else ike_policy(c)
+                                 for c in new.connections]
+        self.config = new
+        for name in d.added:
+            if self._conn(name).start_action == "start":
+                self.initiate(name)
+        self._flush()
+        return {"added": list(d.added), "removed": list(d.removed), "changed": list(d.changed),
+                "unchanged": list(d.unchanged)}
+
+    def status(self) -> list[dict]:
+        now = time.monotonic()
+        wall = time.time()
+        out = []
+        for st in self.manager.status(now):
+            local_ip, local_port = st["local"].rsplit(":", 1)
+            remote_ip, remote_port = st["remote"].rsplit(":", 1)
+            est = st.get("established_for")
+            entry = {
+                "uid": st["id"], "name": st["name"], "state": st["state"].upper().replace("-", "_"),
+                "initiator": st["initiator"], "local_addr": local_ip, "local_port": int(local_port),
+                "remote_addr": remote_ip, "remote_port": int(remote_port),
+                "local_id": st["local_id"], "remote_id": st["remote_id"],
+                "spi_i": st["spi_i"], "spi_r": st["spi_r"], "algorithms": st["proposal"],
+                "established": (wall - est) if est is not None else None,
+                "nat_local": st["nat_local"], "nat_remote": st["nat_remote"], "children": [],
+            }
+            for c in st["children"]:
+                cnt = self.dataplane.counters(bytes.fromhex(c["spi_in"]))
+                entry["children"].append({
+                    "name": c["name"], "state": c["state"].upper(), "mode": "tunnel",
+                    "spi_in": c["spi_in"], "spi_out": c["spi_out"], "algorithms": c["proposal"],
+                    "encap": c["encap"], "local_ts": c["local_ts"], "remote_ts": c["remote_ts"],
+                    "bytes_in": cnt.bytes_in if cnt else 0, "packets_in": cnt.packets_in if cnt else 0,
+                    "bytes_out": cnt.bytes_out if cnt else 0, "packets_out": cnt.packets_out if cnt else 0,
+                    "drops": dict(cnt.drops) if cnt else {},
+                })
+            out.append(entry)
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.dataplane.start()
+        self.open_sockets()
+        control = ControlServer(str(self.config.control_socket), self.handle_control)
+        await control.start()
+        log.info("vpn-gw started", connections=len(self.config.connections),
+                 control_socket=str(self.config.control_socket), dataplane=self.dataplane.name)
+        for conn in self.config.connections:
+            if conn.start_action == "start" and initiate_target(conn):
+                try:
+                    self.initiate(conn.name)
+                except (OSError, ValueError) as e:
+                    log.warning("cannot initiate", connection=conn.name, error=str(e))
+                    self._retry[conn.name] = time.monotonic() + RETRY_DELAY
+        self._flush()
+        await stop.wait()
+        log.info("stopping: deleting IKE SAs")
+        now = time.monotonic()
+        for sa in list(self.manager.sas):
+            sa.delete(now, "gateway shutting down")
+        self._flush()
+        await asyncio.sleep(0.2)  # let the DELETEs leave (no retransmission at shutdown)
+        if self._timer:
+            self._timer.cancel()
+        await control.stop()
+        for socks in self.sockets.values():
+            for s in socks:
+                loop.remove_reader(s.fileno())
+                s.close()
+        await self.dataplane.close()
+        log.info("vpn-gw stopped")
+
+
+def run(config: GatewayConfig, args=None) -> int:
+    asyncio.run(Gateway(config).serve())
+    return 0

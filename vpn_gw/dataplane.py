@@ -1,0 +1,77 @@
+"""The data-plane interface the daemon programs: install/remove Child SAs, move them to new
+addresses, read counters, and take ESP-in-UDP datagrams received on the NAT-T socket.
+
+Implementations: the userspace ESP data plane over TUN (vpn_gw.userspace, the default) and the
+Linux kernel XFRM backend. ``RecordingDataPlane`` keeps the SAs without moving packets: it is
+what runs when no packet-carrying backend is configured (IKE only), and in tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ikev2.events import Address, ChildUp
+
+
+@dataclass
+class ChildCounters:
+    bytes_in: int = 0
+    packets_in: int = 0
+    bytes_out: int = 0
+    packets_out: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+class DataPlane:
+    name = "abstract"
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def install_child(self, ev: ChildUp) -> None:
+        raise NotImplementedError
+
+    def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
+        raise NotImplementedError
+
+    def update_addresses(self, ike_id: int, local: Address, remote: Address) -> None:
+        raise NotImplementedError
+
+    def counters(self, spi_in: bytes) -> ChildCounters | None:
+        raise NotImplementedError
+
+    def esp_received(self, data: bytes, local: Address, remote: Address) -> None:
+        """An ESP packet that arrived in UDP on the NAT-T port."""
+        raise NotImplementedError
+
+
+class RecordingDataPlane(DataPlane):
+    """Keeps installed SAs (without key material) and counts ESP it is handed but cannot use."""
+    name = "none"
+
+    def __init__(self):
+        self.children: dict[bytes, dict] = {}
+        self.esp_dropped = 0
+
+    def install_child(self, ev: ChildUp) -> None:
+        self.children[ev.keys.spi_in] = {
+            "ike_id": ev.ike_id, "spi_out": ev.keys.spi_out, "local": ev.local, "remote": ev.remote,
+            "counters": ChildCounters(),
+        }
+
+    def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
+        self.children.pop(spi_in, None)
+
+    def update_addresses(self, ike_id: int, local: Address, remote: Address) -> None:
+        for c in self.children.values():
+            if c["ike_id"] == ike_id:
+                c["local"], c["remote"] = local, remote
+
+    def counters(self, spi_in: bytes) -> ChildCounters | None:
+        c = self.children.get(spi_in)
+        return c["counters"] if c else None
+
+    def esp_received(self, data: bytes, local: Address, remote: Address) -> None:
+        self.esp_dropped += 1
