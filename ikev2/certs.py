@@ -114,6 +114,9 @@ def _raw_parts(der: bytes) -> _Raw:
     if ttag != 0x30:
         raise CertificateError("malformed certificate: TBSCertificate is not a SEQUENCE")
     atag, as_, ae = _tlv(der, te, e)        # outer signatureAlgorithm
+    sigtag, sigs, sige = _tlv(der, ae, e)   # signatureValue
+    if sigtag != 0x03 or sige != e or sige == sigs or der[sigs] != 0:
+        raise CertificateError("malformed certificate: bad signature BIT STRING")
     pos = ts
     tag, vs, ve = _tlv(der, pos, te)
     if tag == 0xA0:                          # [0] version
@@ -132,7 +135,7 @@ def _raw_parts(der: bytes) -> _Raw:
         raise CertificateError("malformed certificate: SubjectPublicKeyInfo is not a SEQUENCE")
     _algtag, _as, algend = _tlv(der, ks, ke)
     btag, bs, be = _tlv(der, algend, ke)
-    if btag != 0x03 or be == bs:
+    if btag != 0x03 or be == bs or der[bs] != 0:
         raise CertificateError("malformed certificate: subjectPublicKey is not a BIT STRING")
     return _Raw(der[kp:ke], der[bs + 1:be], der[ip:ie], der[subp:sube])
 

@@ -459,6 +459,8 @@ class IkeSA:
                      notify=N(e.notify).name if e.notify in N._value2member_map_ else e.notify,
                      reason=str(e))
             self._respond(req, [P.NotifyPayload(notify_type=e.notify, data=e.data)])
+            if e.notify == N.AUTHENTICATION_FAILED:
+                self._emit(AuthFailed(reason=str(e)))
             self._emit(ExchangeDone(exchange=req.exchange_name, role="responder",
                                     message_id=req.message_id, outcome=f"refused: {e}", peer=self.remote))
             if e.fatal:
@@ -887,17 +889,12 @@ class IkeSA:
         matching = [c for c in self.candidates if c.remote_id.matches(ident)
                     and (wanted is None or _local_id_ok(c, wanted))]
         if not matching:
-            self._emit(AuthFailed(reason=f"no connection for peer identity '{ident}'"))
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"no connection accepts peer identity '{ident}'",
                                  fatal=True)
         # The most specific match wins: exact remote_id before wildcards.
         matching.sort(key=lambda c: (c.remote_id.is_any, any(ch in c.remote_id.text for ch in "*?")))
         self.policy = matching[0]
-        try:
-            self.peer_id = self._verify_peer_auth(req, self.policy, now)
-        except ExchangeFailed as e:
-            self._emit(AuthFailed(reason=str(e)))
-            raise
+        self.peer_id = self._verify_peer_auth(req, self.policy, now)
         self.peer_mobike = req.notify(N.MOBIKE_SUPPORTED) is not None
         out = self._our_auth_payloads(P.IDrPayload)
         child_payloads, child = self._respond_child(req, now, self.ni, self.nr, None, rekey_of=None)

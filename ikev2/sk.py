@@ -118,7 +118,7 @@ def _seal_fragments(spi_i, spi_r, exchange, flags, message_id, first, inner, key
         raise ValueError("message needs more than 65535 fragments")
     out = []
     for num, piece in enumerate(pieces, 1):
-        length = fixed + keys.overhead(len(piece))
+        length = fixed + len(piece) + keys.overhead(len(piece))
         nxt = first if num == 1 else PayloadType.NONE
         head = encode_header(spi_i, spi_r, PayloadType.SKF, exchange, flags, message_id, length) + \
             struct.pack("!BBHHH", nxt, 0, length - IKE_HEADER_LEN, num, total)
