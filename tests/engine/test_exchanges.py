@@ -211,7 +211,7 @@ def test_child_rekey(who, pfs):
     assert ups[-1].rekey_of == old.spi_in
     downs = events(link.events_a + link.events_b, ChildDown)
     assert len(downs) == 2 and all(d.reason in ("rekeyed", "deleted by peer", "deleted") for d in downs)
-    new = next(c for c in mgr.sas[0].children if c.spi_in == new_spi_in)
+    new = next(c for c in link.a.sas[0].children if c.spi_in == new_spi_in)
     assert ("ECP_256" in new.proposal_text) == pfs  # the rekey ran a key exchange only with PFS
 
 
