@@ -1,0 +1,160 @@
+"""ESP packet format (RFC 4303 section 2) and processing (sections 3.3 and 3.4).
+
+::
+
+    SPI (4) | Sequence Number (4) | IV | ciphertext of
+        [ Payload | Padding 1,2,3,... | Pad Length (1) | Next Header (1) ] | ICV
+
+Two layers:
+
+* ``esp_seal`` / ``esp_open`` / ``parse_trailer``: stateless, explicit IV; used by the SA-level
+  functions and by the test vectors.
+* ``encapsulate`` / ``decapsulate``: the SA-level operations the data plane calls. They allocate
+  sequence numbers and IVs, run the anti-replay check before and the window update after the
+  ICV check (RFC 4303 3.4.3), check the padding and the next header, and count delivered
+  traffic and drops by reason on the SA.
+"""
+from __future__ import annotations
+
+import struct
+
+from .cipher import EspCipher
+from .errors import DropReason, EspError
+from .ip import PROTO_IPIP, PROTO_IPV6, PROTO_NONE, parse_ipv4, parse_ipv6
+from .replay import MASK32
+from .sa import Direction, EspSA
+
+ESP_HEADER_LEN = 8
+TRAILER_LEN = 2  # Pad Length + Next Header
+MAX_PAD = 255
+_PAD_BYTES = bytes(range(1, MAX_PAD + 1))  # RFC 4303 2.4 default padding: 1, 2, 3, ...
+
+
+def peek_spi(esp_bytes: bytes) -> int:
+    """The SPI of an ESP packet, for the SA lookup (``MALFORMED`` if no ESP header fits)."""
+    if len(esp_bytes) < ESP_HEADER_LEN:
+        raise EspError(DropReason.MALFORMED, "shorter than the ESP header")
+    return int.from_bytes(esp_bytes[:4], "big")
+
+
+def pad_length(payload_len: int, align: int) -> int:
+    """Minimal padding so that payload + padding + 2-byte trailer is a multiple of ``align``."""
+    return -(payload_len + TRAILER_LEN) % align
+
+
+def esp_seal(
+    cipher: EspCipher,
+    spi: int,
+    seq: int,
+    iv: bytes,
+    payload: bytes,
+    next_header: int,
+    *,
+    esn: bool = False,
+) -> bytes:
+    """Build a whole ESP packet for full sequence number ``seq`` with the given explicit IV."""
+    if not 0 <= next_header <= 255:
+        raise ValueError("next header must be 0..255")
+    pad = pad_length(len(payload), cipher.align)
+    plaintext = b"".join((payload, _PAD_BYTES[:pad], bytes((pad, next_header))))
+    header = struct.pack("!II", spi, seq & MASK32)
+    seq_hi = (seq >> 32).to_bytes(4, "big") if esn else b""
+    return header + cipher.seal(header, iv, plaintext, seq_hi)
+
+
+def esp_open(cipher: EspCipher, packet: bytes, seq: int, *, esn: bool = False) -> bytes:
+    """Verify and decrypt ``packet`` assuming full sequence number ``seq``; returns the
+    plaintext (payload | padding | pad length | next header). No anti-replay here."""
+    if len(packet) < ESP_HEADER_LEN + cipher.iv_len + cipher.icv_len + TRAILER_LEN:
+        raise EspError(DropReason.MALFORMED, f"ESP packet of {len(packet)} bytes too short")
+    seq_hi = (seq >> 32).to_bytes(4, "big") if esn else b""
+    return cipher.open(packet[:ESP_HEADER_LEN], packet[ESP_HEADER_LEN:], seq_hi)
+
+
+def parse_trailer(plaintext: bytes) -> tuple[int, bytes]:
+    """Split decrypted plaintext into (next header, payload), checking the padding.
+
+    The padding must be exactly 1, 2, ..., Pad Length (RFC 4303 2.4: the receiver SHOULD
+    check it; we do), otherwise ``BAD_PADDING``.
+    """
+    if len(plaintext) < TRAILER_LEN:
+        raise EspError(DropReason.MALFORMED, "no room for the ESP trailer")
+    pad, next_header = plaintext[-2], plaintext[-1]
+    end = len(plaintext) - TRAILER_LEN - pad
+    if end < 0:
+        raise EspError(DropReason.BAD_PADDING, f"pad length {pad} exceeds payload")
+    if plaintext[end : end + pad] != _PAD_BYTES[:pad]:
+        raise EspError(DropReason.BAD_PADDING, "padding bytes not 1, 2, 3, ...")
+    return next_header, plaintext[:end]
+
+
+def _inner_packet(next_header: int, payload: bytes) -> bytes:
+    """Validate a tunnel-mode inner packet and strip TFC padding (RFC 4303 2.7) after it."""
+    if next_header == PROTO_IPIP:
+        if not payload or payload[0] >> 4 != 4:
+            raise EspError(DropReason.MALFORMED, "next header 4 but inner packet not IPv4")
+        length = parse_ipv4(payload, verify_checksum=False).total_length
+    elif next_header == PROTO_IPV6:
+        if not payload or payload[0] >> 4 != 6:
+            raise EspError(DropReason.MALFORMED, "next header 41 but inner packet not IPv6")
+        length = parse_ipv6(payload).total_length
+    else:
+        return payload
+    return payload if length == len(payload) else payload[:length]
+
+
+def encapsulate(sa_out: EspSA, inner_ip_packet: bytes, next_header: int) -> bytes:
+    """Protect one packet with an outbound SA; returns the ESP packet (no outer IP/UDP header).
+
+    Raises ``EspError`` (``SA_DEAD``, ``LIFETIME_EXPIRED``, ``SEQ_EXHAUSTED``), counted on the SA.
+    """
+    if sa_out.direction is not Direction.OUT:
+        raise ValueError("encapsulate needs an outbound SA")
+    try:
+        sa_out.ensure_usable()
+        seq = sa_out.next_seq()
+        packet = esp_seal(
+            sa_out.cipher, sa_out.spi, seq, sa_out.cipher.iv_for(seq), inner_ip_packet,
+            next_header, esn=sa_out.esn,
+        )
+    except EspError as exc:
+        sa_out.stats.record_drop(exc.reason)
+        raise
+    sa_out.stats.packets += 1
+    sa_out.stats.bytes += len(inner_ip_packet)
+    return packet
+
+
+def decapsulate(sa_in: EspSA, esp_bytes: bytes) -> tuple[int, bytes]:
+    """Verify and decrypt one ESP packet with an inbound SA; returns (next header, inner packet).
+
+    Order (RFC 4303 3.4): lengths and SPI; sequence number inference (ESN) and anti-replay
+    check; ICV verification and decryption; window update (only now); padding check; next
+    header check. A TFC dummy packet (next header 59) raises ``EspError(DUMMY)`` after the
+    window update. Every refusal is counted on the SA by reason and raised as ``EspError``.
+    """
+    if sa_in.direction is not Direction.IN or sa_in.replay is None:
+        raise ValueError("decapsulate needs an inbound SA")
+    try:
+        sa_in.ensure_usable()
+        spi = peek_spi(esp_bytes)
+        if spi != sa_in.spi:
+            raise EspError(DropReason.SPI_MISMATCH, f"{spi:#010x} != {sa_in.spi:#010x}")
+        replay = sa_in.replay
+        seq = replay.infer_seq(int.from_bytes(esp_bytes[4:8], "big"))
+        if not replay.check(seq):
+            raise EspError(DropReason.REPLAY, f"seq {seq}")
+        plaintext = esp_open(sa_in.cipher, esp_bytes, seq, esn=sa_in.esn)
+        replay.update(seq)  # authentic: the window moves even if the trailer is then refused
+        next_header, payload = parse_trailer(plaintext)
+        if next_header == PROTO_NONE:
+            raise EspError(DropReason.DUMMY, f"seq {seq}")
+        if next_header not in sa_in.allowed_next_headers:
+            raise EspError(DropReason.BAD_NEXT_HEADER, f"next header {next_header}")
+        inner = _inner_packet(next_header, payload)
+    except EspError as exc:
+        sa_in.stats.record_drop(exc.reason)
+        raise
+    sa_in.stats.packets += 1
+    sa_in.stats.bytes += len(inner)
+    return next_header, inner
