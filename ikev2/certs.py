@@ -512,6 +512,12 @@ def _names_for_constraints(n: _Node) -> list[x509.GeneralName]:
     return names
 
 
+def _gn_text(gn: x509.GeneralName) -> str:
+    if isinstance(gn, x509.DirectoryName):
+        return _describe_name(gn.value)
+    return str(gn.value)
+
+
 def _check_name_constraints(issuer: _Node, path: list[_Node]) -> None:
     nc = _ext(issuer.cert, x509.NameConstraints)
     if nc is None:
@@ -525,11 +531,11 @@ def _check_name_constraints(issuer: _Node, path: list[_Node]) -> None:
             for sub in excluded:
                 if _subtree_match(gn, sub):
                     raise CertificateError(f"name constraints of {issuer.desc} exclude "
-                                           f"{gn.value} in {n.desc}")
+                                           f"{_gn_text(gn)} in {n.desc}")
             same_type = [sub for sub in permitted if type(sub) is type(gn)]
             if same_type and not any(_subtree_match(gn, sub) for sub in same_type):
                 raise CertificateError(f"name constraints of {issuer.desc} do not permit "
-                                       f"{gn.value} in {n.desc}")
+                                       f"{_gn_text(gn)} in {n.desc}")
 
 
 # search -------------------------------------------------------------------------------------
