@@ -30,7 +30,10 @@ RETRY_DELAY = 5.0
 class Gateway:
     def __init__(self, config: GatewayConfig, dataplane: DataPlane | None = None):
         self.config = config
-        self.dataplane = dataplane or RecordingDataPlane()
+        if dataplane is None:
+            from .userspace import UserspaceDataPlane
+            dataplane = UserspaceDataPlane(self._send_esp, self._interface_for)
+        self.dataplane = dataplane
         self.manager = IkeManager([ike_policy(c) for c in config.connections], os.urandom,
                                   log=self._engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit)
@@ -94,6 +97,20 @@ class Gateway:
         except OSError as e:
             log.warning("send failed", remote=f"{remote[0]}:{remote[1]}", error=str(e))
 
+    def _send_esp(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """ESP in UDP (and NAT keepalives) from the NAT-T socket: no non-ESP marker."""
+        sock = self._socket_for((local[0], self.config.natt_port))
+        if sock is None:
+            return
+        try:
+            sock.send(data, local[0], remote)
+        except OSError:
+            pass  # like a congested or unreachable link: ESP is best effort
+
+    def _interface_for(self, name: str) -> str | None:
+        conn = self._conn(name)
+        return conn.interface if conn is not None else None
+
     # ------------------------------------------------------------------ engine output
 
     def _flush(self) -> None:
@@ -101,7 +118,11 @@ class Gateway:
         for data, local, remote in m.pop_datagrams():
             self._send(data, local, remote)
         for ev in m.pop_events():
-            self._on_event(ev)
+            try:
+                self._on_event(ev)
+            except Exception as e:  # noqa: BLE001 - an event handler bug never stops the gateway
+                log.error("event handling failed", event=type(ev).__name__, connection=ev.ike_name,
+                          error=f"{type(e).__name__}: {e}", exc_info=True)
         for data, local, remote in m.pop_datagrams():  # events may have caused more
             self._send(data, local, remote)
         self._arm_timer()

@@ -166,7 +166,9 @@ def run(args=None) -> int:
             print(f"== vpn-gw status on {s['name']}\n{status(s)}")
         ok = True
         if ping.returncode != 0:
-            print("== ping failed: the data plane is not carrying packets in this build")
+            print("== ping failed")
+            for log in sorted(work.glob("*.log")):
+                print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:]))
             ok = False
     except (DemoError, subprocess.TimeoutExpired) as e:
         print(f"vpn-gw demo: {e}", file=sys.stderr)

@@ -1,0 +1,376 @@
+"""The userspace data plane: ESP (esp/) between TUN devices and the NAT-T UDP socket.
+
+Every ESP packet travels in UDP 4500 (RFC 3948), with or without NAT: many firewalls pass UDP
+but not IP protocol 50. Two modes, per connection:
+
+* policy-based (no ``interface`` in the connection): one shared TUN (``vpngw0``); routes to
+  each Child SA's remote selectors point into it; an SPD lookup on (source, destination,
+  protocol, ports) picks the Child SA. Traffic that matches no Child SA is dropped and counted.
+* route-based (``interface = "name"``): one TUN per connection, selectors normally 0.0.0.0/0 on
+  both sides; whatever the routing table sends into that interface goes to that connection's
+  newest Child SA. The responder binds a branch to its interface by the peer's IKE identity
+  (the connection chosen in IKE_AUTH), never by selectors.
+
+Red-side fragmentation: each Child SA has a tunnel MTU computed from the path MTU and the SA's
+exact overhead (esp.fragment.tunnel_mtu). A clear IPv4 packet that does not fit is fragmented
+*before* encryption when DF is clear, so encrypted packets never need fragmenting on the wire;
+with DF set the sender gets ICMP "fragmentation needed" with the tunnel MTU; IPv6 gets Packet
+Too Big.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import structlog
+
+from esp import Direction, EspCipher, EspError, EspSA, Lifetime
+from esp.fragment import decide, fragment_ipv4, icmp_frag_needed, icmpv6_packet_too_big, tunnel_mtu
+from esp.packet import decapsulate, encapsulate
+from ikev2.events import Address, ChildUp
+
+from .dataplane import ChildCounters, DataPlane
+from .netlink import ipr_call
+from .tun import Tun, TunError
+
+log = structlog.get_logger("vpn_gw.dataplane")
+
+DEFAULT_TUN = "vpngw0"
+KEEPALIVE = b"\xff"
+READ_BATCH = 256
+
+
+@dataclass
+class _Selector:
+    version: int
+    lo: int
+    hi: int
+    proto: int
+    sport: int
+    eport: int
+
+    @classmethod
+    def from_ts(cls, ts) -> "_Selector":
+        return cls(ts.start_addr.version, int(ts.start_addr), int(ts.end_addr), ts.ip_protocol,
+                   ts.start_port, ts.end_port)
+
+    def network_strings(self) -> list[str]:
+        ip = ipaddress.IPv4Address if self.version == 4 else ipaddress.IPv6Address
+        return [str(n) for n in ipaddress.summarize_address_range(ip(self.lo), ip(self.hi))]
+
+
+@dataclass
+class _Child:
+    conn: str
+    ike_id: int
+    spi_in: bytes
+    spi_out: bytes
+    sa_in: EspSA
+    sa_out: EspSA
+    local: Address
+    remote: Address
+    local_ts: list[_Selector]
+    remote_ts: list[_Selector]
+    tun: Tun
+    mtu: int
+    routes: list[str] = field(default_factory=list)
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+def _flow(pkt: bytes) -> tuple[int, int, int, int, int, int] | None:
+    """(version, src, dst, protocol, sport, dport) of a clear IP packet, or None if malformed."""
+    if not pkt:
+        return None
+    v = pkt[0] >> 4
+    if v == 4:
+        if len(pkt) < 20:
+            return None
+        ihl = (pkt[0] & 0x0F) * 4
+        proto = pkt[9]
+        src, dst = int.from_bytes(pkt[12:16], "big"), int.from_bytes(pkt[16:20], "big")
+        sport = dport = 0
+        frag_off = int.from_bytes(pkt[6:8], "big") & 0x1FFF
+        if proto in (6, 17, 132) and frag_off == 0 and len(pkt) >= ihl + 4:
+            sport, dport = int.from_bytes(pkt[ihl:ihl + 2], "big"), int.from_bytes(pkt[ihl + 2:ihl + 4], "big")
+        return 4, src, dst, proto, sport, dport
+    if v == 6:
+        if len(pkt) < 40:
+            return None
+        proto = pkt[6]
+        src, dst = int.from_bytes(pkt[8:24], "big"), int.from_bytes(pkt[24:40], "big")
+        sport = dport = 0
+        if proto in (6, 17, 132) and len(pkt) >= 44:
+            sport, dport = int.from_bytes(pkt[40:42], "big"), int.from_bytes(pkt[42:44], "big")
+        return 6, src, dst, proto, sport, dport
+    return None
+
+
+def _match(sels: list[_Selector], version: int, addr: int, proto: int, port: int) -> bool:
+    for s in sels:
+        if s.version == version and s.lo <= addr <= s.hi and (s.proto == 0 or s.proto == proto) \
+                and (s.sport <= port <= s.eport or (s.sport, s.eport) == (0, 65535)):
+            return True
+    return False
+
+
+class UserspaceDataPlane(DataPlane):
+    name = "userspace"
+
+    def __init__(self, send_udp: Callable[[bytes, Address, Address], None],
+                 interface_for: Callable[[str], str | None], *, path_mtu: int = 1500,
+                 tun_mtu: int = 1500, keepalive_interval: float = 20.0, replay_window: int = 1024,
+                 clock: Callable[[], float] = time.monotonic):
+        self.send_udp = send_udp
+        self.interface_for = interface_for
+        self.path_mtu = path_mtu
+        self.tun_mtu = tun_mtu
+        self.keepalive_interval = keepalive_interval
+        self.replay_window = replay_window
+        self.clock = clock
+        self.tuns: dict[str, Tun] = {}
+        self.by_spi_in: dict[bytes, _Child] = {}
+        self.by_tun: dict[str, list[_Child]] = {}  # newest last
+        self.unmatched: dict[str, int] = {}  # drops before an SA is known
+        self._keepalive_task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self.keepalive_interval:
+            self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalives())
+
+    async def close(self) -> None:
+        if self._keepalive_task:
+            self._keepalive_task.cancel()
+        loop = asyncio.get_running_loop()
+        for c in list(self.by_spi_in.values()):
+            self.remove_child(c.spi_in, c.spi_out)
+        for tun in self.tuns.values():
+            try:
+                loop.remove_reader(tun.fileno())
+            except (ValueError, OSError):
+                pass
+            tun.close()
+        self.tuns.clear()
+
+    def _count(self, reason: str) -> None:
+        self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
+
+    def _tun(self, name: str) -> Tun:
+        tun = self.tuns.get(name)
+        if tun is None:
+            tun = Tun(name, self.tun_mtu)
+            self.tuns[name] = tun
+            self.by_tun[name] = []
+            asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_readable, tun)
+            log.info("TUN device created", interface=tun.name, mtu=self.tun_mtu)
+        return tun
+
+    # ------------------------------------------------------------------ SA management
+
+    def install_child(self, ev: ChildUp) -> None:
+        k = ev.keys
+        now = self.clock()
+        try:
+            c_in = EspCipher(k.encr_id, k.encr_key_bits, k.integ_id, k.encr_key_in, k.integ_key_in)
+            c_out = EspCipher(k.encr_id, k.encr_key_bits, k.integ_id, k.encr_key_out, k.integ_key_out)
+        except (EspError, ValueError) as e:
+            log.error("cannot install CHILD_SA in the userspace data plane", child=ev.child_name, error=str(e))
+            return
+        sa_in = EspSA(Direction.IN, int.from_bytes(k.spi_in, "big"), c_in, esn=k.esn,
+                      replay_window=self.replay_window, created_at=now)
+        sa_out = EspSA(Direction.OUT, int.from_bytes(k.spi_out, "big"), c_out, esn=k.esn,
+                       created_at=now, lifetime=Lifetime())
+        ifname = self.interface_for(ev.ike_name) or DEFAULT_TUN
+        try:
+            tun = self._tun(ifname)
+        except TunError as e:
+            log.error("cannot create TUN device", interface=ifname, error=str(e))
+            return
+        family = 6 if ":" in ev.remote[0] else 4
+        mtu = tunnel_mtu(self.path_mtu, family, c_out, udp_encap=True)
+        child = _Child(ev.ike_name, ev.ike_id, k.spi_in, k.spi_out, sa_in, sa_out, ev.local, ev.remote,
+                       [_Selector.from_ts(t) for t in ev.local_ts], [_Selector.from_ts(t) for t in ev.remote_ts],
+                       tun, mtu)
+        self.by_spi_in[k.spi_in] = child
+        self.by_tun[tun.name].append(child)
+        if self.interface_for(ev.ike_name) is None:
+            child.routes = self._add_routes(tun, child)
+        log.info("CHILD_SA installed in userspace data plane", child=ev.child_name, interface=tun.name,
+                 spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), tunnel_mtu=mtu,
+                 peer=f"{ev.remote[0]}:{ev.remote[1]}")
+
+    def _add_routes(self, tun: Tun, child: _Child) -> list[str]:
+        """Policy-based mode: route the remote selectors into the shared TUN."""
+        return ipr_call(lambda ipr: self._add_routes_with(ipr, tun, child))
+
+    def _add_routes_with(self, ipr, tun: Tun, child: _Child) -> list[str]:
+        added = []
+        local_addrs = [ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()]
+        for sel in child.remote_ts:
+            for net in sel.network_strings():
+                n = ipaddress.ip_network(net)
+                if n.prefixlen == 0:
+                    continue  # never hijack the default route in policy-based mode
+                src = next((a for a in local_addrs if a.version == n.version
+                            and _match(child.local_ts, a.version, int(a), 0, 0)), None)
+                kw = {"dst": net, "oif": tun.index}
+                if src is not None:
+                    kw["prefsrc"] = str(src)
+                try:
+                    ipr.route("replace", **kw)
+                    added.append(net)
+                except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError
+                    log.warning("cannot add route", dst=net, interface=tun.name, error=str(e))
+        return added
+
+    def _del_routes(self, child: _Child) -> None:
+        still = {r for c in self.by_spi_in.values() for r in c.routes}
+        gone = [net for net in child.routes if net not in still]
+
+        def delete(ipr):
+            for net in gone:
+                try:
+                    ipr.route("del", dst=net, oif=child.tun.index)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+        if gone:
+            ipr_call(delete)
+
+    def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
+        child = self.by_spi_in.pop(spi_in, None)
+        if child is None:
+            return
+        lst = self.by_tun.get(child.tun.name, [])
+        if child in lst:
+            lst.remove(child)
+        if child.routes:
+            self._del_routes(child)
+        child.sa_in.wipe()
+        child.sa_out.wipe()
+        log.info("CHILD_SA removed from userspace data plane", spi_in=spi_in.hex(), spi_out=spi_out.hex())
+
+    def update_addresses(self, ike_id: int, local: Address, remote: Address) -> None:
+        for c in self.by_spi_in.values():
+            if c.ike_id == ike_id:
+                c.local, c.remote = local, remote
+
+    def counters(self, spi_in: bytes) -> ChildCounters | None:
+        c = self.by_spi_in.get(spi_in)
+        if c is None:
+            return None
+        drops = {r.value: n for r, n in (c.sa_in.stats.drops + c.sa_out.stats.drops).items()}
+        for r, n in c.drops.items():
+            drops[r] = drops.get(r, 0) + n
+        return ChildCounters(c.sa_in.stats.bytes, c.sa_in.stats.packets, c.sa_out.stats.bytes,
+                             c.sa_out.stats.packets, drops)
+
+    # ------------------------------------------------------------------ outbound
+
+    def _select(self, tun: Tun, pkt: bytes) -> _Child | None:
+        children = self.by_tun.get(tun.name)
+        if not children:
+            return None
+        if tun.name != DEFAULT_TUN or self.interface_for(children[-1].conn) is not None:
+            return children[-1]  # route-based: the interface chose the connection
+        f = _flow(pkt)
+        if f is None:
+            return None
+        v, src, dst, proto, sport, dport = f
+        for c in reversed(children):  # newest first (after a rekey)
+            if _match(c.local_ts, v, src, proto, sport) and _match(c.remote_ts, v, dst, proto, dport):
+                return c
+        return None
+
+    def _tun_readable(self, tun: Tun) -> None:
+        for _ in range(READ_BATCH):
+            pkt = tun.read()
+            if pkt is None:
+                return
+            try:
+                self._outbound(tun, pkt)
+            except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
+                self._count("internal_error")
+                log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+
+    def _outbound(self, tun: Tun, pkt: bytes) -> None:
+        child = self._select(tun, pkt)
+        if child is None:
+            self._count("no_policy")
+            return
+        if len(pkt) > child.mtu:
+            try:
+                what = decide(pkt, child.mtu)
+            except EspError:
+                child.drops["malformed"] = child.drops.get("malformed", 0) + 1
+                return
+            if what == "fragment":
+                for frag in fragment_ipv4(pkt, child.mtu):
+                    self._send_esp(child, frag)
+                return
+            if what == "icmp":
+                src = child.local[0]
+                if pkt[0] >> 4 == 4:
+                    icmp = icmp_frag_needed(pkt, child.mtu, ipaddress.ip_address(src) if ":" not in src
+                                            else ipaddress.ip_address("0.0.0.0"))
+                else:
+                    icmp = icmpv6_packet_too_big(pkt, child.mtu, _v6_source(child))
+                child.drops["too_big"] = child.drops.get("too_big", 0) + 1
+                tun.write(icmp)
+                return
+            if what == "drop":
+                child.drops["too_big"] = child.drops.get("too_big", 0) + 1
+                return
+        self._send_esp(child, pkt)
+
+    def _send_esp(self, child: _Child, pkt: bytes) -> None:
+        nh = 4 if pkt[0] >> 4 == 4 else 41
+        try:
+            esp = encapsulate(child.sa_out, pkt, nh)
+        except EspError:
+            return  # counted on the SA
+        self.send_udp(esp, (child.local[0], 4500), (child.remote[0], child.remote[1]))
+
+    # ------------------------------------------------------------------ inbound
+
+    def esp_received(self, data: bytes, local: Address, remote: Address) -> None:
+        if len(data) < 8:
+            self._count("malformed")
+            return
+        child = self.by_spi_in.get(data[:4])
+        if child is None:
+            self._count("unknown_spi")
+            return
+        try:
+            _nh, inner = decapsulate(child.sa_in, data)
+        except EspError:
+            return  # counted on the SA by reason
+        f = _flow(inner)
+        if f is None:
+            child.drops["malformed"] = child.drops.get("malformed", 0) + 1
+            return
+        v, src, dst, proto, sport, dport = f
+        # RFC 4301 5.2: the inner packet must match the SA's selectors.
+        if not (_match(child.remote_ts, v, src, proto, sport) and _match(child.local_ts, v, dst, proto, dport)):
+            child.drops["policy_mismatch"] = child.drops.get("policy_mismatch", 0) + 1
+            return
+        child.tun.write(inner)
+
+    # ------------------------------------------------------------------ keepalives
+
+    async def _keepalives(self) -> None:
+        """RFC 3948 NAT keepalives (one 0xFF byte) to every peer, always (forced encapsulation)."""
+        while True:
+            await asyncio.sleep(self.keepalive_interval)
+            peers = {(c.local[0], c.remote) for c in self.by_spi_in.values()}
+            for local_ip, remote in peers:
+                self.send_udp(KEEPALIVE, (local_ip, 4500), remote)
+
+
+def _v6_source(child: _Child):
+    if ":" in child.local[0]:
+        return ipaddress.ip_address(child.local[0])
+    return ipaddress.ip_address("::1")
