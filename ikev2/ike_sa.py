@@ -734,14 +734,17 @@ class IkeSA:
             from .certs import cert_payload_data
             for cert in a.certs:
                 out.insert(len(out), P.CertPayload(encoding=4, data=cert_payload_data(cert)))
-            method, data = cauth.sign(a.private_key, octets, self._sign_hash())
+            method, data = cauth.sign(a.private_key, octets, self._sign_hash(a.private_key))
             out.append(P.AuthPayload(method=method, data=data))
         else:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"auth method {a.method} not supported yet")
         return out
 
-    def _sign_hash(self):
+    def _sign_hash(self, key):
+        from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
         from .constants import HashAlgorithm
+        if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+            return None  # EdDSA signs the message itself (RFC 8420, "identity" hash)
         prefs = [HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512]
         for h in prefs:
             if not self.peer_hash_algs or h in self.peer_hash_algs:
