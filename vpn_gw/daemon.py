@@ -281,6 +281,13 @@ class Gateway:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.dataplane.start()
+        for conn in self.config.connections:
+            if conn.interface:
+                try:
+                    self.dataplane.ensure_interface(conn.interface)
+                except OSError as e:
+                    log.error("cannot create the connection's interface", connection=conn.name,
+                              interface=conn.interface, error=str(e))
         self.open_sockets()
         control = ControlServer(str(self.config.control_socket), self.handle_control)
         await control.start()

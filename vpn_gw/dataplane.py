@@ -30,6 +30,10 @@ class DataPlane:
     async def close(self) -> None:
         pass
 
+    def ensure_interface(self, name: str) -> None:
+        """Create a route-based connection's interface at start-up, so routes can point to it
+        before the tunnel is up (traffic to it is dropped and counted until then)."""
+
     def install_child(self, ev: ChildUp) -> None:
         raise NotImplementedError
 

@@ -156,6 +156,9 @@ class UserspaceDataPlane(DataPlane):
             tun.close()
         self.tuns.clear()
 
+    def ensure_interface(self, name: str) -> None:
+        self._tun(name)
+
     def _count(self, reason: str) -> None:
         self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
 

@@ -1,0 +1,49 @@
+"""Our gateway to our gateway through real namespaces: IKE on the wire, ESP in UDP 4500, pings."""
+from __future__ import annotations
+
+import pytest
+
+from tests.gateway import OurGateway, connection, wait_for
+from tests.netns import NetnsGroup, require_root
+from tests.netns_e2e.topology import two_sites
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def sites(tmp_path):
+    require_root()
+    grp = NetnsGroup("e2e")
+    try:
+        yield grp, two_sites(grp), tmp_path
+    finally:
+        grp.close()
+        assert grp.leftovers() == []
+
+
+def test_policy_based_ping_and_status(sites):
+    grp, (router, a, b), tmp = sites
+    ga = OurGateway(a.gw, tmp, "a", [connection("to-b", a.wan, b.wan, "a.example.org", "b.example.org",
+                                                local_ts=a.lan, remote_ts=b.lan)], listen=[a.wan])
+    gb = OurGateway(b.gw, tmp, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
+                                                local_ts=b.lan, remote_ts=a.lan)], listen=[b.wan])
+    try:
+        ga.start()
+        gb.start()
+        assert not a.host.ping(b.host_ip, count=1, timeout=1)  # no tunnel yet: no route on the router
+        ga.up("to-b")
+        (sa_a, ch_a), = ga.wait_children(1)
+        (sa_b, ch_b), = gb.wait_children(1)
+        assert (sa_a["spi_i"], sa_a["spi_r"]) == (sa_b["spi_i"], sa_b["spi_r"])
+        assert ch_a["spi_in"] == ch_b["spi_out"] and ch_a["spi_out"] == ch_b["spi_in"]
+        assert sa_a["local_port"] == 4500 and sa_a["remote_port"] == 4500
+        a.host.wait_ping(b.host_ip, timeout=5)
+        assert a.host.ping(b.host_ip, count=3, timeout=2)
+        (_, ch_a), = ga.children()
+        assert ch_a["packets_out"] >= 3 and ch_a["packets_in"] >= 3
+        gb.down("to-a")
+        wait_for(lambda: ga.status() == [] and gb.status() == [], 5, "both sides to delete the IKE SA")
+        assert not a.host.ping(b.host_ip, count=1, timeout=1)
+    finally:
+        ga.stop()
+        gb.stop()

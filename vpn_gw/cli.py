@@ -1,0 +1,403 @@
+"""The ``vpn-gw`` command line.
+
+    vpn-gw run -c FILE [--log-format console|json] [--log-level LEVEL]
+    vpn-gw status [--json] [-s SOCKET]
+    vpn-gw up NAME | down NAME | reload            [-s SOCKET]
+    vpn-gw check-config FILE
+    vpn-gw demo
+    vpn-gw --version
+
+Every failure ends with a non-zero exit status and a one-line reason on stderr; ``--debug``
+shows the traceback instead. Exit statuses: 0 success, 1 failure (bad configuration, command
+refused, daemon not running), 2 usage error or feature not available in this build, 130
+interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any, Sequence
+
+from .config import DEFAULT_CONTROL_SOCKET, ConfigError, load_config
+from .control import ControlError, control_request
+from .durations import format_duration, format_size
+
+__all__ = ["main", "build_parser", "render_status", "render_reload", "render_result"]
+
+PROG = "vpn-gw"
+SOCKET_ENV = "VPN_GW_CONTROL_SOCKET"
+
+
+class CliError(Exception):
+    """A failure to report as one line; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("vpn-gw")
+    except Exception:  # pragma: no cover - not installed
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# status rendering
+
+
+def _g(d: dict, key: str, default: str = "?") -> Any:
+    v = d.get(key)
+    return default if v is None or v == "" else v
+
+
+def _endpoint(addr: Any, port: Any) -> str:
+    if addr in (None, ""):
+        return "?"
+    a = str(addr)
+    if ":" in a:
+        a = f"[{a}]"
+    return f"{a}:{port}" if port not in (None, "") else a
+
+
+def _when(ts: Any, now: float) -> str:
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        return ""
+    return f"{format_duration(max(now - ts, 0))} ago"
+
+
+def _algs(v: Any) -> str:
+    if isinstance(v, dict):
+        return "/".join(str(x) for x in v.values() if x not in (None, ""))
+    if isinstance(v, (list, tuple)):
+        return "/".join(map(str, v))
+    return str(v) if v not in (None, "") else ""
+
+
+def _ts(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) if v else "-"
+    return str(v) if v not in (None, "") else "?"
+
+
+def _num(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def render_status(result: list[dict], now: float | None = None) -> str:
+    """Human rendering of the ``status`` result (schema in docs/control.md), swanctl style.
+
+    Tolerates missing fields (shown as ``?``) so an older/newer daemon never crashes the CLI.
+    """
+    now = time.time() if now is None else now
+    if not result:
+        return "no IKE SAs"
+    out: list[str] = []
+    for sa in result:
+        if not isinstance(sa, dict):
+            continue
+        head = f"{_g(sa, 'name')}: {_g(sa, 'state')}"
+        if sa.get("uid") is not None:
+            head = f"{_g(sa, 'name')}: #{sa['uid']}, {_g(sa, 'state')}"
+        if sa.get("initiator") is not None:
+            head += ", initiator" if sa["initiator"] else ", responder"
+        if sa.get("spi_i") or sa.get("spi_r"):
+            head += f", SPIs {_g(sa, 'spi_i')}_i {_g(sa, 'spi_r')}_r"
+        out.append(head)
+        out.append(f"  local  {_endpoint(sa.get('local_addr'), sa.get('local_port')):<28}"
+                   f" id {_g(sa, 'local_id')}")
+        nat = " (behind NAT)" if sa.get("nat_remote") else ""
+        out.append(f"  remote {_endpoint(sa.get('remote_addr'), sa.get('remote_port')):<28}"
+                   f" id {_g(sa, 'remote_id')}{nat}")
+        algs = _algs(sa.get("algorithms"))
+        if algs:
+            out.append(f"  {algs}")
+        times = []
+        est = _when(sa.get("established"), now)
+        if est:
+            times.append(f"established {est}")
+        if isinstance(sa.get("rekey_in"), (int, float)):
+            times.append(f"rekeying in {format_duration(sa['rekey_in'])}")
+        if times:
+            out.append("  " + ", ".join(times))
+        children = sa.get("children") or []
+        for ch in children:
+            if not isinstance(ch, dict):
+                continue
+            mode = f", {str(ch['mode']).upper()}" if ch.get("mode") else ""
+            if ch.get("encap"):
+                mode += ", UDP-encapsulated"
+            out.append(f"  {_g(ch, 'name')}: {_g(ch, 'state')}{mode}, "
+                       f"SPIs {_g(ch, 'spi_in')}_i {_g(ch, 'spi_out')}_o")
+            calgs = _algs(ch.get("algorithms"))
+            line2 = []
+            if calgs:
+                line2.append(calgs)
+            est = _when(ch.get("established"), now)
+            if est:
+                line2.append(f"established {est}")
+            if isinstance(ch.get("rekey_in"), (int, float)):
+                line2.append(f"rekeying in {format_duration(ch['rekey_in'])}")
+            if line2:
+                out.append("    " + ", ".join(line2))
+            for d in ("in", "out"):
+                b, p = _num(ch.get(f"bytes_{d}")), _num(ch.get(f"packets_{d}"))
+                bs = "?" if b is None else f"{b} bytes ({format_size(b)})" if b >= 1024 \
+                    else f"{b} bytes"
+                ps = "?" if p is None else f"{p} packets"
+                out.append(f"    {d + ' ':<4}{bs}, {ps}")
+            drops = ch.get("drops")
+            if isinstance(drops, dict) and any(drops.values()):
+                out.append("    drops " + ", ".join(f"{k} {v}" for k, v in drops.items() if v))
+            out.append(f"    local  {_ts(ch.get('local_ts'))}")
+            out.append(f"    remote {_ts(ch.get('remote_ts'))}")
+        if not children:
+            out.append("  no CHILD_SAs")
+    return "\n".join(out)
+
+
+def render_reload(result: Any) -> str:
+    """One-line summary of the reload result (a ConfigDiff.to_dict())."""
+    if not isinstance(result, dict):
+        return "configuration reloaded" if result is None else str(result)
+    parts = []
+    for key in ("added", "removed", "changed"):
+        names = result.get(key) or []
+        if names:
+            parts.append(f"{key} {', '.join(names)}")
+    unchanged = result.get("unchanged") or []
+    if unchanged:
+        parts.append(f"{len(unchanged)} unchanged")
+    gw = result.get("gateway_changed") or []
+    if gw:
+        parts.append(f"gateway settings changed: {', '.join(gw)}")
+    return "configuration reloaded: " + ("; ".join(parts) if parts else "no changes")
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+
+
+def _socket(args) -> str:
+    return args.socket or os.environ.get(SOCKET_ENV) or DEFAULT_CONTROL_SOCKET
+
+
+def _request(args, cmd: str, **kw) -> Any:
+    t = args.timeout if args.timeout is not None else 5.0
+    return control_request(_socket(args), cmd, timeout=t, **kw)
+
+
+def cmd_status(args) -> int:
+    result = _request(args, "status")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        if not isinstance(result, list):
+            raise CliError("unexpected status result from vpn-gw (expected a list)")
+        print(render_status(result))
+    return 0
+
+
+def render_result(result: Any, name: str, fallback: str) -> str:
+    """One line for the result of up/down (schemas in docs/control.md)."""
+    if result is None or result == "":
+        return f"{name}: {fallback}"
+    if isinstance(result, str):
+        return result
+    if isinstance(result, dict):
+        if isinstance(result.get("message"), str):
+            return result["message"]
+        conn = result.get("connection", name)
+        if "state" in result:
+            return f"{conn}: {result['state']}"
+        if "terminated" in result:
+            n = result["terminated"]
+            return f"{conn}: {n} IKE SA{'' if n == 1 else 's'} terminated"
+    return json.dumps(result)
+
+
+def cmd_up(args) -> int:
+    # The daemon waits up to args.wait seconds for the IKE SA; the socket waits a little longer.
+    t = args.timeout if args.timeout is not None else args.wait + 5.0
+    result = control_request(_socket(args), "up", timeout=t,
+                             args={"name": args.name, "timeout": args.wait})
+    print(render_result(result, args.name, "initiating"))
+    return 0
+
+
+def cmd_down(args) -> int:
+    print(render_result(_request(args, "down", name=args.name), args.name, "closing"))
+    return 0
+
+
+def cmd_reload(args) -> int:
+    print(render_reload(_request(args, "reload")))
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"{p}", file=sys.stderr)
+        return 1
+    for w in cfg.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    n = len(cfg.connections)
+    print(f"{args.file}: OK ({n} connection{'' if n == 1 else 's'})")
+    return 0
+
+
+def _call_maybe_async(fn, *a) -> Any:
+    result = fn(*a)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return result
+
+
+def _exit_code(result: Any) -> int:
+    if isinstance(result, bool):
+        return 0 if result else 1
+    return result if isinstance(result, int) else 0
+
+
+def _import_optional(module: str, what: str):
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise CliError(f"{what} is not available in this build ({module} is missing)",
+                           code=2) from None
+        raise
+
+
+def cmd_run(args) -> int:
+    cfg = load_config(args.config)
+    from .log import setup_logging
+    level = args.log_level or cfg.log_level
+    fmt = args.log_format or cfg.log_format
+    setup_logging(level, fmt)
+    import structlog
+    logger = structlog.get_logger("vpn_gw")
+    for w in cfg.warnings:
+        logger.warning("configuration warning", problem=str(w))
+    daemon = _import_optional("vpn_gw.daemon", "the daemon")
+    return _exit_code(_call_maybe_async(daemon.run, cfg, args))
+
+
+def cmd_demo(args) -> int:
+    demo = _import_optional("vpn_gw.demo", "the demo")
+    entry = getattr(demo, "run", None) or getattr(demo, "main", None)
+    if entry is None:
+        raise CliError("the demo is not available in this build (vpn_gw.demo has no run())",
+                       code=2)
+    return _exit_code(_call_maybe_async(entry, args))
+
+
+# --------------------------------------------------------------------------------------------
+# parser and entry point
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line + usage hint, exit 2
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks on errors")
+    sock = argparse.ArgumentParser(add_help=False)
+    sock.add_argument("-s", "--socket", metavar="SOCKET",
+                      help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_CONTROL_SOCKET})")
+    sock.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                      help="how long to wait for the daemon's answer (default: 5, for up: "
+                           "--wait + 5)")
+
+    p = _Parser(prog=PROG, description="IKEv2/IPsec VPN gateway", parents=[common])
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    r = sub.add_parser("run", parents=[common], help="run the gateway daemon")
+    r.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
+    r.add_argument("--log-format", choices=("console", "json"),
+                   help="log format (default: gateway.log_format, else console)")
+    r.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="log level (default: gateway.log_level, else info)")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", parents=[common, sock], help="show IKE and CHILD SAs")
+    s.add_argument("--json", action="store_true", help="print the raw status JSON")
+    s.set_defaults(func=cmd_status)
+
+    u = sub.add_parser("up", parents=[common, sock], help="initiate a connection")
+    u.add_argument("name", help="connection name")
+    u.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long the daemon waits for the IKE SA to come up (default: 30)")
+    u.set_defaults(func=cmd_up)
+
+    d = sub.add_parser("down", parents=[common, sock], help="close a connection's SAs")
+    d.add_argument("name", help="connection name")
+    d.set_defaults(func=cmd_down)
+
+    rl = sub.add_parser("reload", parents=[common, sock],
+                        help="re-read the daemon's configuration file and apply the changes")
+    rl.set_defaults(func=cmd_reload)
+
+    c = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
+    c.add_argument("file", help="configuration file")
+    c.set_defaults(func=cmd_check_config)
+
+    dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, ControlError, CliError) as e:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return getattr(e, "code", 1)
+    except BrokenPipeError:  # e.g. `vpn-gw status | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:  # pragma: no cover
+            pass
+        return 1
+    except OSError as e:  # the environment: ports in use, permissions, missing files
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        msg = " ".join(f"{type(e).__name__}: {e}".split())
+        print(f"{PROG}: internal error: {msg} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

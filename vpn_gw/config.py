@@ -1,0 +1,1328 @@
+"""Gateway configuration: TOML file -> validated, immutable dataclasses.
+
+``load_config(path)`` reads and validates a file; ``parse_config(text, ...)`` does the same for a
+string. Every problem found is reported as a ``ConfigError`` whose ``str`` is one line naming the
+file, the line, the key and what is wrong, e.g.::
+
+    hq.toml:14: connection[0].child[0].local_ts[1]: '10.1.0.5/24' has host bits set (did you mean '10.1.0.0/24'?)
+
+All problems of a file are collected (``ConfigError.problems``); the first one is the message.
+Key names follow strongSwan's swanctl.conf. ``docs/config.md`` documents every key; keep the two
+in step (tests/test_config_docs.py checks that every key is documented).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import difflib
+import hmac
+import hashlib
+import ipaddress
+import os
+import re
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+
+from ikev2.identity import Identity, IdentityPattern
+
+from .durations import parse_duration, parse_size
+
+__all__ = [
+    "ConfigError", "Problem", "Secret", "parse_identity",
+    "GatewayConfig", "ConnectionConfig", "ChildConfig", "ConfigDiff",
+    "load_config", "parse_config", "diff_configs", "KeyLocator", "format_key_path",
+    "DEFAULT_CONTROL_SOCKET",
+]
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+RemoteAddr = Union[ipaddress.IPv4Address, ipaddress.IPv6Address,
+                   ipaddress.IPv4Network, ipaddress.IPv6Network, str]
+
+DEFAULT_CONTROL_SOCKET = "/run/vpn-gw/control.sock"
+
+# Minimum PSK length: shorter keys are rejected outright (documented in docs/config.md).
+PSK_MIN_BYTES = 8
+# PSKs shorter than this load, with a warning.
+PSK_WARN_BYTES = 16
+
+AUTH_METHODS = ("psk", "pubkey", "eap-mschapv2", "eap-md5", "eap-tls")
+EAP_METHODS = ("eap-mschapv2", "eap-md5", "eap-tls")
+START_ACTIONS = ("none", "start", "trap")
+DPD_ACTIONS = ("clear", "restart", "trap")
+MODES = ("tunnel", "transport")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("console", "json")
+
+DEFAULT_IKE_PROPOSALS = ("aes256gcm16-aes128gcm16-prfsha256-prfsha384-x25519-ecp256-modp3072",
+                         "aes256-aes128-sha256-sha384-x25519-ecp256-modp3072")
+DEFAULT_ESP_PROPOSALS = ("aes256gcm16-aes128gcm16", "aes256-aes128-sha256-sha384")
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets
+
+
+class Secret:
+    """Holds a secret value; ``repr``/``str``/``format`` never show it. ``reveal()`` returns it.
+
+    Equality compares the values (constant time for bytes), so a changed PSK shows up in
+    ``diff_configs``; private key objects compare by their DER encoding.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Any):
+        object.__setattr__(self, "_value", value)
+
+    def __setattr__(self, name, value):  # pragma: no cover - immutability guard
+        raise AttributeError("Secret is immutable")
+
+    def reveal(self) -> Any:
+        return self._value
+
+    def _cmp_bytes(self) -> bytes:
+        v = self._value
+        if isinstance(v, (bytes, bytearray)):
+            return bytes(v)
+        if isinstance(v, str):
+            return v.encode()
+        if hasattr(v, "private_bytes"):
+            from cryptography.hazmat.primitives import serialization
+            return v.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption())
+        return repr(v).encode()
+
+    def __eq__(self, other):
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._cmp_bytes(), other._cmp_bytes())
+
+    def __hash__(self):
+        return hash(hashlib.sha256(self._cmp_bytes()).digest())
+
+    def __len__(self):
+        return len(self._value)
+
+    def __repr__(self):
+        return "Secret('***')"
+
+    def __str__(self):
+        return "***"
+
+    def __format__(self, spec):
+        return "***"
+
+    def __reduce__(self):  # keep secrets out of pickles too
+        raise TypeError("Secret cannot be pickled")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error or warning: file, line (1-based, None if unknown), key path, message."""
+    file: str | None
+    line: int | None
+    key: str | None
+    message: str
+
+    def __str__(self):
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "") + ": "
+        elif self.line:
+            where = f"line {self.line}: "
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}{key}{self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is unreadable or invalid. ``str()`` is one line; ``problems`` lists all."""
+
+    def __init__(self, message: str | Problem, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None, problems: Sequence[Problem] = ()):
+        first = message if isinstance(message, Problem) else Problem(file, line, key, message)
+        self.problems: tuple[Problem, ...] = tuple(problems) or (first,)
+        self.file, self.line, self.key, self.message = first.file, first.line, first.key, first.message
+        text = str(first).replace("\n", " ")
+        extra = len(self.problems) - 1
+        if extra > 0:
+            text += f" (and {extra} more problem{'s' if extra > 1 else ''})"
+        super().__init__(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Locating keys in the TOML source (tomllib gives no positions)
+
+
+def format_key_path(path: Iterable[str | int]) -> str:
+    out = ""
+    for p in path:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            s = p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else '"' + p.replace('"', '\\"') + '"'
+            out += ("." if out else "") + s
+    return out
+
+
+class KeyLocator:
+    """Maps key paths like ("connection", 1, "child", 0, "local_ts", 2) to 1-based source lines.
+
+    A small scanner over (already tomllib-validated) TOML text: it records the line of every
+    table header, array-of-tables entry, key, inline-table key and array element.
+    ``line(path)`` returns the line of the longest recorded prefix of path, so a missing key
+    points at its table's header.
+    """
+
+    _BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+    def __init__(self, text: str):
+        self.text = text
+        self.lines: dict[tuple, int] = {}
+        self._aot: dict[tuple, int] = {}
+        self._nl = [m.start() for m in re.finditer("\n", text)]
+        try:
+            self._scan()
+        except Exception:  # never let locating break error reporting
+            pass
+
+    def line(self, path: Iterable[str | int]) -> int | None:
+        p = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return None
+
+    # -- scanner ---------------------------------------------------------------------------
+    def _line_of(self, i: int) -> int:
+        import bisect
+        return bisect.bisect_left(self._nl, i) + 1
+
+    def _record(self, path: tuple, i: int):
+        self.lines.setdefault(path, self._line_of(i))
+
+    def _skip_ws(self, i: int, newlines: bool) -> int:
+        t = self.text
+        while i < len(t):
+            c = t[i]
+            if c in " \t\r" or (newlines and c == "\n"):
+                i += 1
+            elif c == "#" :
+                while i < len(t) and t[i] != "\n":
+                    i += 1
+            else:
+                break
+        return i
+
+    def _key(self, i: int) -> tuple[list[str], int]:
+        """Parse a dotted key starting at i; returns parts and the index after it."""
+        t = self.text
+        parts = []
+        while True:
+            i = self._skip_ws(i, False)
+            if t[i] in "\"'":
+                s, i = self._string(i)
+                parts.append(s)
+            else:
+                m = self._BARE.match(t, i)
+                if not m:
+                    raise ValueError("bad key")
+                parts.append(m.group())
+                i = m.end()
+            i = self._skip_ws(i, False)
+            if i < len(t) and t[i] == ".":
+                i += 1
+                continue
+            return parts, i
+
+    def _string(self, i: int) -> tuple[str, int]:
+        t = self.text
+        q = t[i]
+        if t.startswith(q * 3, i):
+            end = t.index(q * 3, i + 3)
+            while t.startswith(q, end + 3):  # up to two extra quotes may close the string
+                end += 1
+            return t[i + 3:end], end + 3
+        j = i + 1
+        buf = []
+        while t[j] != q:
+            if q == '"' and t[j] == "\\":
+                buf.append(t[j:j + 2])
+                j += 2
+                continue
+            buf.append(t[j])
+            j += 1
+        raw = "".join(buf)
+        if q == '"' and "\\" in raw:
+            try:
+                raw = tomllib.loads(f"x = \"{raw}\"")["x"]
+            except tomllib.TOMLDecodeError:
+                pass
+        return raw, j + 1
+
+    def _value(self, i: int, path: tuple) -> int:
+        t = self.text
+        c = t[i]
+        if c == "[":
+            i += 1
+            idx = 0
+            while True:
+                i = self._skip_ws(i, True)
+                if t[i] == "]":
+                    return i + 1
+                self._record(path + (idx,), i)
+                i = self._value(i, path + (idx,))
+                i = self._skip_ws(i, True)
+                if t[i] == ",":
+                    i += 1
+                    idx += 1
+        if c == "{":
+            i += 1
+            while True:
+                i = self._skip_ws(i, False)
+                if t[i] == "}":
+                    return i + 1
+                start = i
+                parts, i = self._key(i)
+                self._record(path + tuple(parts), start)
+                i = self._skip_ws(i, False) + 1  # '='
+                i = self._skip_ws(i, False)
+                i = self._value(i, path + tuple(parts))
+                i = self._skip_ws(i, False)
+                if t[i] == ",":
+                    i += 1
+        if c in "\"'":
+            return self._string(i)[1]
+        while i < len(t) and t[i] not in ",]}\n#":
+            i += 1
+        return i
+
+    def _resolve(self, parts: Sequence[str]) -> tuple:
+        out: tuple = ()
+        for part in parts:
+            out += (part,)
+            if out in self._aot:
+                out += (self._aot[out] - 1,)
+        return out
+
+    def _scan(self):
+        t = self.text
+        table: tuple = ()
+        i = 0
+        while True:
+            i = self._skip_ws(i, True)
+            if i >= len(t):
+                return
+            start = i
+            if t[i] == "[":
+                aot = t.startswith("[[", i)
+                parts, i = self._key(i + (2 if aot else 1))
+                i += 2 if aot else 1
+                if aot:
+                    parent = self._resolve(parts[:-1])
+                    arr = parent + (parts[-1],)
+                    n = self._aot.get(arr, 0)
+                    self._aot[arr] = n + 1
+                    self._record(arr, start)
+                    table = arr + (n,)
+                else:
+                    table = self._resolve(parts)
+                self._record(table, start)
+            else:
+                parts, i = self._key(i)
+                full = table + tuple(parts)
+                for k in range(len(table) + 1, len(full) + 1):
+                    self._record(full[:k], start)
+                i = self._skip_ws(i, False) + 1  # '='
+                i = self._skip_ws(i, False)
+                i = self._value(i, full)
+
+
+# --------------------------------------------------------------------------------------------
+# Identities
+
+
+def parse_identity(text: str) -> Identity:
+    """Parse an identity string with the protocol core's strongSwan-style rules (``Identity.parse``).
+
+    ValueError says what is wrong; ``%any`` is not an identity here (see ``_remote_id``).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("identity must be a non-empty string")
+    try:
+        return Identity.parse(text)
+    except ValueError as e:
+        raise ValueError(str(e) or "unparseable identity") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The configuration objects
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """One CHILD_SA (``[[connection.child]]``): traffic selectors, ESP proposals, lifetimes."""
+    name: str
+    local_ts: tuple[IPNetwork, ...]
+    remote_ts: tuple[IPNetwork, ...]
+    esp_proposals: tuple[Any, ...]          # ikev2 Proposal objects, parsed
+    esp_proposals_text: tuple[str, ...]     # the strings as written
+    mode: str                               # tunnel | transport
+    start_action: str                       # none | start | trap (inherited from the connection)
+    dpd_action: str                         # clear | restart | trap (inherited)
+    rekey_time: float                       # seconds, 0 = never
+    life_time: float
+    rand_time: float
+    rekey_bytes: int                        # 0 = no volume limit
+    life_bytes: int
+    rekey_packets: int
+    life_packets: int
+    replay_window: int                      # packets, 0 = anti-replay off
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """One ``[[connection]]``: peers, authentication, IKE SA parameters and its children."""
+    name: str
+    local_addrs: tuple[IPAddress, ...]      # empty = %any
+    remote_addrs: tuple[RemoteAddr, ...]    # addresses, networks, FQDNs (str); empty = %any
+    local_id: Identity | None               # ikev2.identity.Identity; None: certificate subject
+                                            # (auth = pubkey) or the local IP address
+    remote_id: IdentityPattern              # exact, wildcard ("*@example.org") or "%any"
+    auth: str
+    psk: Secret | None                      # Secret(bytes)
+    certs: tuple[Any, ...]                  # cryptography x509.Certificate, own cert first
+    cert_files: tuple[Path, ...]
+    private_key: Secret | None              # Secret(private key object)
+    private_key_file: Path | None
+    cacerts: tuple[Any, ...]
+    cacert_files: tuple[Path, ...]
+    ike_proposals: tuple[Any, ...]
+    ike_proposals_text: tuple[str, ...]
+    start_action: str
+    dpd_delay: float                        # seconds, 0 = no DPD
+    dpd_action: str
+    rekey_time: float
+    reauth_time: float
+    over_time: float
+    rand_time: float
+    encap: bool
+    mobike: bool
+    fragmentation: bool
+    fragment_size: int
+    keyingtries: int                        # 0 = forever
+    if_id: int | None
+    interface: str | None
+    children: tuple[ChildConfig, ...]
+
+    def child(self, name: str) -> ChildConfig:
+        for c in self.children:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def remote_any(self) -> bool:
+        return not self.remote_addrs
+
+    @property
+    def initiate_targets(self) -> tuple[IPAddress | str, ...]:
+        """remote_addrs the gateway can initiate to: single addresses and FQDNs."""
+        return _initiable(self.remote_addrs)
+
+    def matches_remote_addr(self, addr: IPAddress | str) -> bool:
+        """Whether a peer at addr may use this connection (FQDNs match any address here)."""
+        if not self.remote_addrs:
+            return True
+        ip = ipaddress.ip_address(addr)
+        for a in self.remote_addrs:
+            if isinstance(a, str):
+                return True  # resolved at run time by the daemon
+            if isinstance(a, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                if ip.version == a.version and ip in a:
+                    return True
+            elif a == ip:
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole file: ``[gateway]`` settings and the connections."""
+    control_socket: Path
+    listen: tuple[IPAddress, ...]
+    ike_port: int
+    natt_port: int
+    log_level: str
+    log_format: str
+    half_open_limit: int
+    cookie_threshold: int
+    connections: tuple[ConnectionConfig, ...]
+    source: Path | None = field(default=None, compare=False)
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
+
+    def connection(self, name: str) -> ConnectionConfig:
+        for c in self.connections:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def connection_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.connections)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation machinery
+
+
+class _Bad(Exception):
+    """A converter's complaint; sub is a key-path suffix (e.g. a list index)."""
+
+    def __init__(self, msg: str, sub: tuple = ()):
+        super().__init__(msg)
+        self.sub = sub
+
+
+class _BadValue:
+    def __repr__(self):
+        return "<invalid>"
+
+
+BAD: Any = _BadValue()
+_REQUIRED: Any = object()
+_REQUIRED_DEFAULT: Any = object()   # "use the built-in default proposals"
+
+
+def _ok(*values) -> bool:
+    return all(v is not BAD for v in values)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    m = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not m:
+        m = difflib.get_close_matches(word.lower(), [c.lower() for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{m[0]}'?)" if m else ""
+
+
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+               dict: "table"}
+
+
+def _describe(v: Any, show: bool = True) -> str:
+    name = _TYPE_NAMES.get(type(v), type(v).__name__)
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, list):
+        return "an array"
+    article = "an" if name[0] in "aeiou" else "a"
+    if not show:
+        return f"{article} {name}"
+    r = repr(v)
+    if len(r) > 40:
+        r = r[:37] + "..."
+    return f"{article} {name} ({r})"
+
+
+class _Ctx:
+    def __init__(self, file: str | None, locator: KeyLocator, base_dir: Path):
+        self.file = file
+        self.loc = locator
+        self.base_dir = base_dir
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def problem(self, path: tuple, msg: str) -> Problem:
+        return Problem(self.file, self.loc.line(path), format_key_path(path) or None, msg)
+
+    def error(self, path: tuple, msg: str):
+        self.errors.append(self.problem(path, msg))
+
+    def warn(self, path: tuple, msg: str):
+        self.warnings.append(self.problem(path, msg))
+
+    def path(self, s: str) -> Path:
+        p = Path(s).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+class _Table:
+    """Reads one TOML table: unknown-key check, typed getters that record errors."""
+
+    def __init__(self, ctx: _Ctx, data: dict, path: tuple, known: Sequence[str],
+                 elsewhere: Mapping[str, str] | None = None):
+        self.ctx, self.data, self.path = ctx, data, path
+        for k in data:
+            if k in known:
+                continue
+            if elsewhere and k in elsewhere:
+                hint = f" ({elsewhere[k]})"
+            else:
+                hint = _did_you_mean(k, known)
+            where = format_key_path(path) or "the top level"
+            ctx.error(path + (k,), f"unknown key '{k}' in {where}{hint}")
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def get(self, key: str, conv: Callable[[Any], Any], default: Any = _REQUIRED,
+            why: str = "") -> Any:
+        if key not in self.data:
+            if default is _REQUIRED:
+                self.ctx.error(self.path, f"missing required key '{key}'{why}")
+                return BAD
+            return default
+        try:
+            return conv(self.data[key])
+        except _Bad as e:
+            self.ctx.error(self.path + (key,) + e.sub, str(e))
+            return BAD
+
+
+# -- converters --------------------------------------------------------------------------------
+
+def _str(v):
+    if not isinstance(v, str):
+        raise _Bad(f"expected a string, got {_describe(v)}")
+    return v
+
+
+def _nonempty_str(v):
+    v = _str(v)
+    if not v.strip():
+        raise _Bad("must not be empty")
+    return v
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        hint = " (write true or false, without quotes)" if isinstance(v, str) and \
+            v.lower() in ("true", "false", "yes", "no") else ""
+        raise _Bad(f"expected a boolean, got {_describe(v)}{hint}")
+    return v
+
+
+def _int(lo: int | None = None, hi: int | None = None):
+    def conv(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            hint = " (write it without quotes)" if isinstance(v, str) and v.strip().isdigit() else ""
+            raise _Bad(f"expected an integer, got {_describe(v)}{hint}")
+        if lo is not None and v < lo or hi is not None and v > hi:
+            if hi is None:
+                raise _Bad(f"must be >= {lo}, got {v}")
+            raise _Bad(f"must be between {lo} and {hi}, got {v}")
+        return v
+    return conv
+
+
+def _choice(choices: Sequence[str]):
+    def conv(v):
+        v = _str(v)
+        if v not in choices:
+            raise _Bad(f"invalid value {v!r}: must be one of {', '.join(choices)}"
+                       f"{_did_you_mean(v, choices)}")
+        return v
+    return conv
+
+
+def _duration(v):
+    try:
+        return parse_duration(v)
+    except ValueError as e:
+        raise _Bad(str(e)) from None
+
+
+def _size(v):
+    try:
+        return parse_size(v)
+    except ValueError as e:
+        raise _Bad(str(e)) from None
+
+
+def _list(conv: Callable[[Any], Any], *, nonempty: bool = True, unique: bool = True,
+          example: str = '["..."]'):
+    def lconv(v):
+        if not isinstance(v, list):
+            raise _Bad(f"expected an array, got {_describe(v)}; write e.g. {example}")
+        if nonempty and not v:
+            raise _Bad("must not be empty")
+        out = []
+        for i, item in enumerate(v):
+            try:
+                x = conv(item)
+            except _Bad as e:
+                raise _Bad(str(e), (i,) + e.sub) from None
+            if unique and x in out:
+                raise _Bad(f"duplicate entry {item!r}", (i,))
+            out.append(x)
+        return tuple(out)
+    return lconv
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _name(v):
+    v = _str(v)
+    if not _NAME_RE.fullmatch(v):
+        raise _Bad(f"invalid name {v!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                   f"starting with a letter or digit")
+    return v
+
+
+def _ip(v):
+    v = _str(v)
+    try:
+        return ipaddress.ip_address(v.strip())
+    except ValueError:
+        raise _Bad(f"{v!r} is not an IP address") from None
+
+
+_HOST_RE = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
+                      r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+
+
+def _local_addr(v):
+    v = _str(v)
+    if v == "%any":
+        return None
+    return _ip(v)
+
+
+def _remote_addr(v):
+    v = _str(v).strip()
+    if v == "%any":
+        return None
+    try:
+        return ipaddress.ip_address(v)
+    except ValueError:
+        pass
+    if "/" in v:
+        try:
+            return ipaddress.ip_network(v, strict=True)
+        except ValueError as e:
+            raise _Bad(f"{v!r} is not a valid address or CIDR network ({e})") from None
+    if re.fullmatch(r"[0-9.]+", v) or ":" in v:
+        raise _Bad(f"{v!r} is not a valid IP address")
+    if not _HOST_RE.fullmatch(v):
+        raise _Bad(f"{v!r} is neither an IP address, a CIDR network, an FQDN nor %any")
+    return v
+
+
+def _ts(v):
+    v = _str(v).strip()
+    try:
+        return ipaddress.ip_network(v, strict=True)
+    except ValueError:
+        pass
+    try:
+        net = ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        hint = " (traffic selectors are CIDR subnets like 10.1.0.0/24 or 2001:db8::/64)"
+        if v in ("dynamic", "%dynamic"):
+            hint = " ('dynamic' is not supported: list the subnets explicitly)"
+        raise _Bad(f"{v!r} is not a valid CIDR subnet{hint}") from None
+    raise _Bad(f"{v!r} has host bits set (did you mean '{net}'?)")
+
+
+def _local_id(v):
+    v = _nonempty_str(v).strip()
+    if v == "%any" or any(c in v for c in "*?"):
+        raise _Bad(f"local_id must be one exact identity, not {v!r}")
+    try:
+        return parse_identity(v)
+    except ValueError as e:
+        raise _Bad(f"invalid identity {v!r}: {e}") from None
+
+
+def _remote_id(v):
+    v = _nonempty_str(v).strip()
+    if v not in ("%any", "*") and not any(c in v for c in "*?"):
+        try:
+            parse_identity(v)
+        except ValueError as e:
+            raise _Bad(f"invalid identity {v!r}: {e}") from None
+    return IdentityPattern(v)
+
+
+def _proposals(protocol: str):
+    def conv(v):
+        texts = _list(_nonempty_str, example='["aes256gcm16-prfsha256-x25519"]')(v)
+        return texts, _parse_proposals(texts, protocol)
+    return conv
+
+
+def _parse_proposals(texts: Sequence[str], protocol: str) -> tuple:
+    # Imported lazily: the proposal parser lives in the protocol core.
+    from ikev2.constants import ProtocolId
+    from ikev2.crypto.proposals import parse_proposal
+    from ikev2.errors import ProposalError
+    out = []
+    for i, text in enumerate(texts):
+        try:
+            out.append(parse_proposal(text.strip(), ProtocolId[protocol]))
+        except ProposalError as e:
+            msg = str(e)
+            if text.strip() not in msg:
+                msg += f" (in proposal {text!r})"
+            raise _Bad(msg, (i,)) from None
+    return tuple(out)
+
+
+def _read_file(ctx: _Ctx, s: str, what: str) -> tuple[Path, bytes]:
+    p = ctx.path(s)
+    try:
+        return p, p.read_bytes()
+    except OSError as e:
+        raise _Bad(f"cannot read {what} {str(p)!r}: {e.strerror or e}") from None
+
+
+def _check_private_perms(ctx: _Ctx, path: tuple, p: Path, what: str):
+    try:
+        mode = p.stat().st_mode
+    except OSError:  # pragma: no cover
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        ctx.warn(path, f"{what} file {str(p)!r} is readable by group/others "
+                       f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+
+
+def _psk(ctx: _Ctx, path: tuple):
+    def conv(v):
+        if not isinstance(v, str):
+            raise _Bad(f"expected a string, got {_describe(v, show=False)}")
+        if v.startswith("file:"):
+            p, data = _read_file(ctx, v[5:].strip(), "PSK file")
+            _check_private_perms(ctx, path, p, "PSK")
+            text = data.rstrip(b"\r\n")
+            # a file may itself hold 0x/0s notation
+            try:
+                s = text.decode()
+            except UnicodeDecodeError:
+                value = text
+            else:
+                value = _decode_psk(s) if s.startswith(("0x", "0s")) else text
+        else:
+            value = _decode_psk(v)
+        if len(value) < PSK_MIN_BYTES:
+            raise _Bad(f"pre-shared key is {len(value)} bytes; at least {PSK_MIN_BYTES} are required "
+                       f"(use a long random key, e.g. `head -c 32 /dev/urandom | base64`)")
+        if len(value) < PSK_WARN_BYTES:
+            ctx.warn(path, f"pre-shared key is only {len(value)} bytes; use at least "
+                           f"{PSK_WARN_BYTES} random bytes")
+        return Secret(bytes(value))
+    return conv
+
+
+def _decode_psk(s: str) -> bytes:
+    if s.startswith("0x"):
+        try:
+            return bytes.fromhex(s[2:])
+        except ValueError:
+            raise _Bad("pre-shared key starts with '0x' but is not valid hex") from None
+    if s.startswith("0s"):
+        try:
+            return base64.b64decode(s[2:], validate=True)
+        except (binascii.Error, ValueError):
+            raise _Bad("pre-shared key starts with '0s' but is not valid base64") from None
+    return s.encode()
+
+
+def _certs(ctx: _Ctx):
+    def conv(v):
+        files = _list(_nonempty_str, example='["/etc/vpn-gw/hq.pem"]')(v)
+        from cryptography import x509
+        paths, certs = [], []
+        for i, s in enumerate(files):
+            try:
+                p, data = _read_file(ctx, s, "certificate file")
+            except _Bad as e:
+                raise _Bad(str(e), (i,)) from None
+            try:
+                loaded = x509.load_pem_x509_certificates(data)
+            except ValueError:
+                raise _Bad(f"{str(p)!r} is not a PEM certificate file (expected "
+                           f"-----BEGIN CERTIFICATE-----)", (i,)) from None
+            paths.append(p)
+            certs.extend(loaded)
+        return tuple(paths), tuple(certs)
+    return conv
+
+
+def _private_key(ctx: _Ctx, path: tuple):
+    def conv(v):
+        s = _nonempty_str(v)
+        from cryptography.hazmat.primitives import serialization
+        p, data = _read_file(ctx, s, "private key file")
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            raise _Bad(f"private key {str(p)!r} is encrypted; vpn-gw needs an unencrypted key "
+                       f"(protect it with file mode 0600 instead)") from None
+        except (ValueError, Exception):
+            raise _Bad(f"{str(p)!r} is not a PEM private key") from None
+        _check_private_perms(ctx, path, p, "private key")
+        return p, Secret(key)
+    return conv
+
+
+# -- key sets ----------------------------------------------------------------------------------
+
+TOP_KEYS = ("gateway", "connection")
+GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
+                "half_open_limit", "cookie_threshold")
+CONNECTION_KEYS = (
+    "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "psk", "certs",
+    "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
+    "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "fragmentation",
+    "fragment_size", "keyingtries", "if_id", "interface", "child",
+)
+CHILD_KEYS = (
+    "name", "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "dpd_action",
+    "rekey_time", "life_time", "rand_time", "rekey_bytes", "life_bytes", "rekey_packets",
+    "life_packets", "replay_window",
+)
+
+_CONN_ONLY_HINT = {k: f"'{k}' is a connection key; keys written after [[connection.child]] belong "
+                      f"to that child, so move it above the first [[connection.child]]"
+                   for k in CONNECTION_KEYS if k not in CHILD_KEYS}
+_GW_HINT = {k: f"'{k}' belongs in [gateway]" for k in GATEWAY_KEYS}
+_CONN_HINT = {k: f"'{k}' belongs in a [[connection]] table" for k in CONNECTION_KEYS}
+_CHILD_HINT = {k: f"'{k}' belongs in a [[connection.child]] table" for k in CHILD_KEYS
+               if k not in CONNECTION_KEYS}
+
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+def _ifname(v):
+    v = _str(v)
+    if not _IFNAME_RE.fullmatch(v) or v in (".", ".."):
+        raise _Bad(f"invalid interface name {v!r}: 1-15 characters of letters, digits, "
+                   f"'_', '-', '.'")
+    return v
+
+
+def _tables(v, what: str):
+    """An array of tables; a plain table (single [x] instead of [[x]]) is a type error."""
+    if isinstance(v, dict):
+        raise _Bad(f"expected an array of tables: write [[{what}]] instead of [{what}]")
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise _Bad(f"expected an array of tables ([[{what}]]), got {_describe(v)}")
+    return v
+
+
+# -- the loader --------------------------------------------------------------------------------
+
+def load_config(path: str | os.PathLike) -> GatewayConfig:
+    """Read and validate a configuration file. Raises ConfigError."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration: {e.strerror or e}", file=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError("file is not valid UTF-8", file=str(path), line=line) from None
+    return parse_config(text, str(path), p.resolve().parent, _source=p)
+
+
+_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def parse_config(text: str, filename: str | None = "<string>", base_dir: str | os.PathLike | None = None,
+                 *, _source: Path | None = None) -> GatewayConfig:
+    """Validate configuration text. Relative paths in it resolve against base_dir (default cwd)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        line = None
+        m = _TOML_POS.search(msg)
+        if m:
+            line = int(m.group(1))
+            msg = msg[:m.start()] + f" (column {m.group(2)})"
+        raise ConfigError(f"invalid TOML: {msg}", file=filename, line=line) from None
+    ctx = _Ctx(filename, KeyLocator(text), Path(base_dir) if base_dir else Path.cwd())
+    cfg = _build(ctx, data, _source)
+    if ctx.errors or cfg is None:
+        errors = sorted(ctx.errors, key=lambda p: p.line if p.line is not None else 1 << 30)
+        raise ConfigError(errors[0], problems=errors)
+    return cfg
+
+
+def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
+    top = _Table(ctx, data, (), TOP_KEYS, {**_GW_HINT, **_CONN_HINT, **_CHILD_HINT})
+    gw_data = data.get("gateway", {})
+    if not isinstance(gw_data, dict):
+        ctx.error(("gateway",), f"expected a table ([gateway]), got {_describe(gw_data)}")
+        gw_data = {}
+    g = _Table(ctx, gw_data, ("gateway",), GATEWAY_KEYS, _CONN_HINT)
+    control_socket = g.get("control_socket", _nonempty_str, DEFAULT_CONTROL_SOCKET)
+    if control_socket is not BAD:
+        control_socket = ctx.path(control_socket)
+    listen = g.get("listen", _list(_ip, example='["0.0.0.0", "::"]'),
+                   (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::")))
+    ike_port = g.get("ike_port", _int(1, 65535), 500)
+    natt_port = g.get("natt_port", _int(1, 65535), 4500)
+    if _ok(ike_port, natt_port) and ike_port == natt_port:
+        ctx.error(("gateway", "natt_port"), f"must differ from ike_port ({ike_port})")
+    log_level = g.get("log_level", _choice(LOG_LEVELS), "info")
+    log_format = g.get("log_format", _choice(LOG_FORMATS), "console")
+    half_open_limit = g.get("half_open_limit", _int(1), 1000)
+    cookie_threshold = g.get("cookie_threshold", _int(0), 100)
+    if _ok(half_open_limit, cookie_threshold) and cookie_threshold >= half_open_limit:
+        ctx.warn(("gateway", "cookie_threshold"), f"cookie_threshold ({cookie_threshold}) is not "
+                 f"below half_open_limit ({half_open_limit}): COOKIEs will never be requested")
+
+    conns_raw = top.get("connection", lambda v: _tables(v, "connection"), [])
+    connections = []
+    seen: dict[str, int] = {}
+    if conns_raw is not BAD:
+        for i, cd in enumerate(conns_raw):
+            name = cd.get("name")
+            if isinstance(name, str):
+                if name in seen:
+                    first = ctx.loc.line(("connection", seen[name], "name"))
+                    ctx.error(("connection", i, "name"), f"duplicate connection name {name!r}"
+                              + (f" (first defined at line {first})" if first else ""))
+                else:
+                    seen[name] = i
+            conn = _connection(ctx, cd, ("connection", i), listen)
+            if conn is not None:
+                connections.append(conn)
+        if not conns_raw:
+            ctx.warn((), "no connections defined")
+    _check_interfaces(ctx, connections)
+    if ctx.errors:
+        return None
+    warnings = sorted(ctx.warnings, key=lambda p: p.line if p.line is not None else 1 << 30)
+    return GatewayConfig(control_socket=control_socket, listen=listen, ike_port=ike_port,
+                         natt_port=natt_port, log_level=log_level, log_format=log_format,
+                         half_open_limit=half_open_limit, cookie_threshold=cookie_threshold,
+                         connections=tuple(connections),
+                         source=source, warnings=tuple(warnings))
+
+
+def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | None:
+    nerr = len(ctx.errors)
+    t = _Table(ctx, d, path, CONNECTION_KEYS, {**_GW_HINT, **_CHILD_HINT})
+    name = t.get("name", _name)
+    local_addrs = t.get("local_addrs", _list(_local_addr, example='["192.0.2.1"]'), (None,))
+    remote_addrs = t.get("remote_addrs", _list(_remote_addr, example='["198.51.100.1"]'), (None,))
+    local_addrs = _any_list(ctx, path + ("local_addrs",), local_addrs)
+    remote_addrs = _any_list(ctx, path + ("remote_addrs",), remote_addrs)
+    local_id = t.get("local_id", _local_id, None)
+    remote_id = t.get("remote_id", _remote_id, IdentityPattern("%any"))
+    auth = t.get("auth", _choice(AUTH_METHODS), "psk")
+
+    psk = t.get("psk", _psk(ctx, path + ("psk",)), None)
+    cc = t.get("certs", _certs(ctx), ((), ()))
+    cert_files, certs = (BAD, BAD) if cc is BAD else cc
+    pk = t.get("private_key", _private_key(ctx, path + ("private_key",)), (None, None))
+    private_key_file, private_key = (BAD, BAD) if pk is BAD else pk
+    ca = t.get("cacerts", _certs(ctx), ((), ()))
+    cacert_files, cacerts = (BAD, BAD) if ca is BAD else ca
+
+    if auth is not BAD:
+        if auth == "psk":
+            if not t.has("psk"):
+                ctx.error(path, "missing required key 'psk' (auth = \"psk\" needs a pre-shared key)")
+            for k in ("certs", "private_key", "cacerts"):
+                if t.has(k):
+                    ctx.error(path + (k,), f"'{k}' is not used with auth = \"psk\" "
+                                           f"(remove it, or set auth = \"pubkey\")")
+        else:
+            if t.has("psk"):
+                ctx.error(path + ("psk",), f"'psk' is only used with auth = \"psk\", "
+                                           f"not auth = {auth!r}")
+            for k in ("certs", "private_key"):
+                if not t.has(k):
+                    ctx.error(path, f"missing required key '{k}' (auth = {auth!r}: the gateway "
+                                    f"authenticates with a certificate)")
+            if auth in ("pubkey", "eap-tls") and not t.has("cacerts"):
+                ctx.error(path, f"missing required key 'cacerts' (auth = {auth!r} verifies the "
+                                f"peer's certificate against these CAs)")
+            if auth in EAP_METHODS:
+                ctx.warn(path + ("auth",), f"auth = {auth!r} is planned for remote access and not "
+                                           f"implemented yet; peers will fail to authenticate")
+    if _ok(certs, private_key) and certs and private_key is not None:
+        _check_key_matches(ctx, path, certs[0], private_key.reveal())
+
+    ike = t.get("ike_proposals", _proposals("IKE"), _REQUIRED_DEFAULT)
+    if ike is _REQUIRED_DEFAULT:
+        ike = _default_proposals(ctx, path + ("ike_proposals",), DEFAULT_IKE_PROPOSALS, "IKE")
+    ike_text, ike_parsed = (BAD, BAD) if ike is BAD else ike
+
+    start_action = t.get("start_action", _choice(START_ACTIONS), "none")
+    dpd_delay = t.get("dpd_delay", _duration, 0.0)
+    dpd_action = t.get("dpd_action", _choice(DPD_ACTIONS), "clear")
+    rekey_time = t.get("rekey_time", _duration, 4 * 3600.0)
+    reauth_time = t.get("reauth_time", _duration, 0.0)
+    over_time = t.get("over_time", _duration, None)
+    rand_time = t.get("rand_time", _duration, None)
+    if _ok(rekey_time, reauth_time, over_time):
+        if over_time is None:
+            over_time = round(0.1 * max(rekey_time, reauth_time), 3)
+        if rand_time is None:
+            rand_time = over_time
+        if rand_time is not BAD:
+            limits = [x for x in (rekey_time, reauth_time) if x > 0]
+            if limits and rand_time >= min(limits):
+                which = "rekey_time" if min(limits) == rekey_time else "reauth_time"
+                ctx.error(path + ("rand_time",) if t.has("rand_time") else path + ("over_time",),
+                          f"rand_time ({rand_time:g}s) must be less than {which} ({min(limits):g}s)")
+    encap = t.get("encap", _bool, False)
+    mobike = t.get("mobike", _bool, True)
+    fragmentation = t.get("fragmentation", _bool, True)
+    fragment_size = t.get("fragment_size", _int(512, 65535), 1280)
+    keyingtries = t.get("keyingtries", _int(0), 1)
+    if_id = t.get("if_id", _int(1, 0xFFFFFFFF), None)
+    interface = t.get("interface", _ifname, None)
+
+    # peers
+    if _ok(local_addrs, listen) and local_addrs:
+        for j, a in enumerate(local_addrs):
+            unspec = ipaddress.ip_address("0.0.0.0" if a.version == 4 else "::")
+            if a not in listen and unspec not in listen:
+                ctx.error(path + ("local_addrs", j), f"{a} is not covered by gateway.listen "
+                                                     f"({', '.join(map(str, listen))})")
+    if _ok(local_addrs, remote_addrs) and local_addrs and remote_addrs and \
+            not any(isinstance(a, str) for a in remote_addrs):
+        if not {a.version for a in local_addrs} & {a.version for a in remote_addrs}:
+            ctx.error(path + ("remote_addrs",), "local_addrs and remote_addrs have no address "
+                                                "family in common")
+
+    # children
+    children = []
+    children_raw = t.get("child", lambda v: _tables(v, "connection.child"), [])
+    if children_raw is not BAD:
+        if not children_raw:
+            ctx.warn(path, "connection has no [[connection.child]]: it will only set up an IKE SA")
+        seen: dict[str, int] = {}
+        for j, cd in enumerate(children_raw):
+            cname = cd.get("name")
+            if isinstance(cname, str):
+                if cname in seen:
+                    first = ctx.loc.line(path + ("child", seen[cname], "name"))
+                    ctx.error(path + ("child", j, "name"), f"duplicate child name {cname!r} in "
+                              f"this connection" + (f" (first defined at line {first})"
+                                                    if first else ""))
+                else:
+                    seen[cname] = j
+            ch = _child(ctx, cd, path + ("child", j), start_action, dpd_action)
+            if ch is not None:
+                children.append(ch)
+
+    if _ok(start_action, remote_addrs):
+        actions = {start_action} | {c.start_action for c in children}
+        if actions & {"start", "trap"} and not _initiable(remote_addrs):
+            key = path + ("start_action",) if start_action != "none" else path + ("remote_addrs",)
+            ctx.error(key, "start_action = start/trap needs a remote address or FQDN to initiate "
+                           "to in remote_addrs (%any and subnets can only respond)")
+    if len(ctx.errors) > nerr:
+        return None
+    return ConnectionConfig(
+        name=name, local_addrs=local_addrs, remote_addrs=remote_addrs, local_id=local_id,
+        remote_id=remote_id, auth=auth, psk=psk, certs=certs, cert_files=cert_files,
+        private_key=private_key, private_key_file=private_key_file, cacerts=cacerts,
+        cacert_files=cacert_files, ike_proposals=ike_parsed, ike_proposals_text=ike_text,
+        start_action=start_action, dpd_delay=dpd_delay, dpd_action=dpd_action,
+        rekey_time=rekey_time, reauth_time=reauth_time, over_time=over_time, rand_time=rand_time,
+        encap=encap, mobike=mobike, fragmentation=fragmentation, fragment_size=fragment_size,
+        keyingtries=keyingtries, if_id=if_id, interface=interface, children=tuple(children))
+
+
+def _initiable(remote_addrs) -> tuple:
+    return tuple(a for a in remote_addrs
+                 if isinstance(a, (str, ipaddress.IPv4Address, ipaddress.IPv6Address)))
+
+
+def _default_proposals(ctx: _Ctx, path: tuple, texts: Sequence[str], protocol: str):
+    try:
+        return tuple(texts), _parse_proposals(texts, protocol)
+    except _Bad as e:  # the built-in default is not supported by the protocol core
+        ctx.error(path, f"default {protocol} proposals are not usable ({e}); set the key explicitly")
+        return BAD
+
+
+def _any_list(ctx: _Ctx, path: tuple, values):
+    """[%any] -> (); %any mixed with addresses is an error."""
+    if values is BAD:
+        return BAD
+    if None in values:
+        if len(values) > 1:
+            ctx.error(path, "%any cannot be combined with other addresses")
+            return BAD
+        return ()
+    return values
+
+
+def _check_key_matches(ctx: _Ctx, path: tuple, cert, key):
+    from cryptography.hazmat.primitives import serialization
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        same = cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
+    except Exception:  # pragma: no cover - exotic key types
+        return
+    if not same:
+        ctx.error(path + ("private_key",), "private_key does not match the public key of the "
+                                           "first certificate in certs")
+
+
+def _child(ctx: _Ctx, d: dict, path: tuple, conn_start, conn_dpd) -> ChildConfig | None:
+    nerr = len(ctx.errors)
+    t = _Table(ctx, d, path, CHILD_KEYS, _CONN_ONLY_HINT)
+    name = t.get("name", _name)
+    local_ts = t.get("local_ts", _list(_ts, example='["10.1.0.0/24"]'))
+    remote_ts = t.get("remote_ts", _list(_ts, example='["10.2.0.0/24"]'))
+    if _ok(local_ts, remote_ts):
+        if not {n.version for n in local_ts} & {n.version for n in remote_ts}:
+            ctx.error(path + ("remote_ts",), "local_ts and remote_ts have no address family in "
+                                             "common (IPv4 with IPv6 can never match)")
+    esp = t.get("esp_proposals", _proposals("ESP"), _REQUIRED_DEFAULT)
+    if esp is _REQUIRED_DEFAULT:
+        esp = _default_proposals(ctx, path + ("esp_proposals",), DEFAULT_ESP_PROPOSALS, "ESP")
+    esp_text, esp_parsed = (BAD, BAD) if esp is BAD else esp
+    mode = t.get("mode", _choice(MODES), "tunnel")
+    start_action = t.get("start_action", _choice(START_ACTIONS),
+                         conn_start if conn_start is not BAD else "none")
+    dpd_action = t.get("dpd_action", _choice(DPD_ACTIONS),
+                       conn_dpd if conn_dpd is not BAD else "clear")
+    rekey_time = t.get("rekey_time", _duration, 3600.0)
+    life_time = t.get("life_time", _duration, None)
+    rand_time = t.get("rand_time", _duration, None)
+    if _ok(rekey_time, life_time, rand_time):
+        if life_time is None:
+            life_time = round(rekey_time * 1.1, 3)
+        elif rekey_time and life_time and life_time <= rekey_time:
+            ctx.error(path + ("life_time",), f"life_time ({life_time:g}s) must be greater than "
+                                             f"rekey_time ({rekey_time:g}s)")
+        if rand_time is None:
+            rand_time = round(max(life_time - rekey_time, 0.0), 3) if rekey_time else 0.0
+        elif rekey_time and rand_time >= rekey_time:
+            ctx.error(path + ("rand_time",), f"rand_time ({rand_time:g}s) must be less than "
+                                             f"rekey_time ({rekey_time:g}s)")
+    rekey_bytes = t.get("rekey_bytes", _size, 0)
+    life_bytes = t.get("life_bytes", _size, None)
+    rekey_packets = t.get("rekey_packets", _int(0), 0)
+    life_packets = t.get("life_packets", _int(0), None)
+    life_bytes = _volume_life(ctx, path, "bytes", rekey_bytes, life_bytes)
+    life_packets = _volume_life(ctx, path, "packets", rekey_packets, life_packets)
+    replay_window = t.get("replay_window", _int(0, 65536), 1024)
+    if replay_window == 0:
+        ctx.warn(path + ("replay_window",), "replay_window = 0 disables anti-replay protection")
+    if len(ctx.errors) > nerr:
+        return None
+    return ChildConfig(
+        name=name, local_ts=local_ts, remote_ts=remote_ts, esp_proposals=esp_parsed,
+        esp_proposals_text=esp_text, mode=mode, start_action=start_action, dpd_action=dpd_action,
+        rekey_time=rekey_time, life_time=life_time, rand_time=rand_time, rekey_bytes=rekey_bytes,
+        life_bytes=life_bytes, rekey_packets=rekey_packets, life_packets=life_packets,
+        replay_window=replay_window)
+
+
+def _volume_life(ctx: _Ctx, path: tuple, unit: str, rekey, life):
+    if not _ok(rekey, life):
+        return BAD
+    if life is None:
+        return int(rekey * 1.1) if rekey else 0
+    if rekey and life and life <= rekey:
+        ctx.error(path + (f"life_{unit}",), f"life_{unit} ({life}) must be greater than "
+                                            f"rekey_{unit} ({rekey})")
+    return life
+
+
+def _check_interfaces(ctx: _Ctx, connections: Sequence[ConnectionConfig]):
+    """Connections may share an XFRM interface, but one name must map to one if_id."""
+    by_name: dict[str, tuple[int, int | None]] = {}
+    by_id: dict[int, tuple[int, str | None]] = {}
+    for i, c in enumerate(connections):
+        if c.interface and c.if_id is not None:
+            prev = by_name.get(c.interface)
+            if prev and prev[1] is not None and prev[1] != c.if_id:
+                ctx.error(("connection", i, "if_id"), f"interface {c.interface!r} already has "
+                          f"if_id {prev[1]} (connection {connections[prev[0]].name!r})")
+            by_name.setdefault(c.interface, (i, c.if_id))
+        if c.if_id is not None:
+            prev2 = by_id.get(c.if_id)
+            if prev2 and prev2[1] != c.interface:
+                ctx.error(("connection", i, "if_id"), f"if_id {c.if_id} is already used by "
+                          f"connection {connections[prev2[0]].name!r} with a different interface")
+            by_id.setdefault(c.if_id, (i, c.interface))
+
+
+# --------------------------------------------------------------------------------------------
+# Reload diff
+
+
+@dataclass(frozen=True)
+class ConfigDiff:
+    """What ``vpn-gw reload`` changes. Names keep the order of the file they come from."""
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    changed_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    gateway_changed: tuple[str, ...] = ()   # [gateway] keys that differ
+
+    def __bool__(self):
+        return bool(self.added or self.removed or self.changed or self.gateway_changed)
+
+    def to_dict(self) -> dict:
+        return {"added": list(self.added), "removed": list(self.removed),
+                "changed": list(self.changed), "unchanged": list(self.unchanged),
+                "changed_keys": {k: list(v) for k, v in self.changed_keys.items()},
+                "gateway_changed": list(self.gateway_changed)}
+
+
+def _changed_fields(a, b, skip: Iterable[str] = ()) -> list[str]:
+    out = []
+    for f in dataclasses.fields(a):
+        if f.name in skip or not f.compare:
+            continue
+        if getattr(a, f.name) != getattr(b, f.name):
+            out.append(f.name)
+    return out
+
+
+def diff_configs(old: GatewayConfig, new: GatewayConfig) -> ConfigDiff:
+    old_c = {c.name: c for c in old.connections}
+    new_c = {c.name: c for c in new.connections}
+    added = tuple(n for n in new_c if n not in old_c)
+    removed = tuple(n for n in old_c if n not in new_c)
+    changed, unchanged, keys = [], [], {}
+    for name, nc in new_c.items():
+        oc = old_c.get(name)
+        if oc is None:
+            continue
+        if oc == nc:
+            unchanged.append(name)
+            continue
+        changed.append(name)
+        ks = _changed_fields(oc, nc, skip=("children",))
+        ochild = {c.name: c for c in oc.children}
+        nchild = {c.name: c for c in nc.children}
+        for cn, ncc in nchild.items():
+            occ = ochild.get(cn)
+            if occ is None:
+                ks.append(f"child {cn}: added")
+            elif occ != ncc:
+                ks.extend(f"child {cn}: {k}" for k in _changed_fields(occ, ncc))
+        ks.extend(f"child {cn}: removed" for cn in ochild if cn not in nchild)
+        if [c.name for c in oc.children] != [c.name for c in nc.children] and \
+                set(ochild) == set(nchild):
+            ks.append("child order")
+        keys[name] = tuple(ks)
+    gw = tuple(_changed_fields(old, new, skip=("connections",)))
+    return ConfigDiff(added, removed, tuple(changed), tuple(unchanged), keys, gw)

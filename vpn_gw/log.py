@@ -1,0 +1,221 @@
+"""Logging for the daemon: structlog, human ("console") or JSON lines, with secrets redacted.
+
+``setup_logging(level, fmt)`` configures structlog and routes the standard library's logging
+(pyroute2, asyncio, ...) through the same processors, so every line is redacted and formatted
+alike. ``redact_secrets`` is the processor: any key named like a secret (psk, secret, password,
+key, private_key, sk_*, ...) and any ``Secret`` value, at any depth, becomes ``"***"``.
+
+``RateLimitedLogger`` bounds floods (one log line per dropped packet would be a DoS amplifier):
+at most ``limit`` events per key per ``interval`` seconds, then one "suppressed N" summary.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, TextIO
+
+import structlog
+
+from .config import Secret
+
+__all__ = ["setup_logging", "redact_secrets", "is_secret_key", "RateLimitedLogger", "get_logger",
+           "REDACTED", "LEVELS"]
+
+REDACTED = "***"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR, "critical": logging.CRITICAL}
+
+_SECRET_NAMES = frozenset({
+    "psk", "secret", "secrets", "password", "passwd", "passphrase", "key", "keys", "keymat",
+    "private_key", "privkey", "skeyseed", "shared_secret", "dh_secret", "token",
+})
+_SECRET_SUFFIXES = ("_psk", "_secret", "_password", "_passphrase", "_key", "_keymat")
+_NOT_SECRET = frozenset({"public_key", "pubkey", "peer_key", "rate_limit_key"})
+
+
+def is_secret_key(name: object) -> bool:
+    """Whether a log field of this name carries key material (case-insensitive)."""
+    if not isinstance(name, str):
+        return False
+    n = name.lower()
+    if n in _NOT_SECRET:
+        return False
+    return n in _SECRET_NAMES or n.startswith("sk_") or n.endswith(_SECRET_SUFFIXES)
+
+
+def _redact(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, Secret):
+        return REDACTED
+    if depth > 8:
+        return value
+    if isinstance(value, dict):
+        return {k: (REDACTED if is_secret_key(k) else _redact(v, depth + 1))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        out = [_redact(v, depth + 1) for v in value]
+        return out if isinstance(value, list) else tuple(out)
+    return value
+
+
+def redact_secrets(logger: Any, method_name: str, event_dict: dict) -> dict:
+    """structlog processor: blank secret-named keys and Secret values, recursively."""
+    for k in list(event_dict):
+        if k == "event":
+            if isinstance(event_dict[k], Secret):
+                event_dict[k] = REDACTED
+            continue
+        if is_secret_key(k):
+            event_dict[k] = REDACTED
+        else:
+            event_dict[k] = _redact(event_dict[k])
+    return event_dict
+
+
+def _renderer(fmt: str, stream: TextIO):
+    if fmt == "json":
+        return structlog.processors.JSONRenderer(default=_json_default, sort_keys=False)
+    if fmt == "console":
+        colors = bool(getattr(stream, "isatty", lambda: False)())
+        return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=
+                                             structlog.dev.plain_traceback)
+    raise ValueError(f"unknown log format {fmt!r} (console or json)")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Secret):
+        return REDACTED
+    if isinstance(o, (bytes, bytearray)):
+        return bytes(o).hex()
+    return str(o)
+
+
+def setup_logging(level: str | int = "info", fmt: str = "console",
+                  stream: TextIO | None = None) -> None:
+    """Configure structlog and stdlib logging. level: debug|info|warning|error; fmt: console|json."""
+    if isinstance(level, str):
+        try:
+            lvl = LEVELS[level.lower()]
+        except KeyError:
+            raise ValueError(f"unknown log level {level!r} "
+                             f"(one of {', '.join(LEVELS)})") from None
+    else:
+        lvl = int(level)
+    stream = stream or sys.stderr
+    renderer = _renderer(fmt, stream)
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=shared + [
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+    final = [structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact_secrets]
+    if fmt == "json":
+        final.append(structlog.processors.format_exc_info)
+    final.append(renderer)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared + [structlog.stdlib.ExtraAdder()],
+        processors=final,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler.set_name("vpn-gw")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if h.get_name() == "vpn-gw":
+            root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(lvl)
+
+
+def get_logger(name: str | None = None, **initial: Any):
+    return structlog.get_logger(name, **initial)
+
+
+class RateLimitedLogger:
+    """At most ``limit`` events per key per ``interval`` seconds; then one summary.
+
+    ``log(key, event, **fields)`` logs through ``logger`` unless the key's budget for the current
+    window is spent; suppressed events are counted, and when the window has ended the next
+    ``log()`` or ``flush()`` first emits ``"suppressed N similar messages"`` (fields
+    ``rate_limit_key``, ``suppressed``, ``interval``). ``clock`` is a callable returning seconds
+    (``time.monotonic`` by default) so tests can drive time. At most ``max_keys`` keys are
+    tracked; the oldest window is flushed and forgotten when more appear.
+    """
+
+    def __init__(self, logger: Any = None, *, limit: int = 10, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, level: str = "warning",
+                 max_keys: int = 10000):
+        if limit < 1 or interval <= 0:
+            raise ValueError("limit must be >= 1 and interval > 0")
+        self.logger = logger if logger is not None else structlog.get_logger("vpn_gw.ratelimit")
+        self.limit = limit
+        self.interval = interval
+        self.clock = clock
+        self.level = level
+        self.max_keys = max_keys
+        # key -> [window_start, emitted, suppressed, level, event]
+        self._windows: OrderedDict[Hashable, list] = OrderedDict()
+
+    def _emit(self, level: str, event: str, **fields):
+        getattr(self.logger, level)(event, **fields)
+
+    def _summary(self, key: Hashable, w: list):
+        if w[2]:
+            self._emit(w[3], f"suppressed {w[2]} similar messages", rate_limit_key=_key_str(key),
+                       suppressed=w[2], interval=self.interval, last_event=w[4])
+
+    def log(self, key: Hashable, event: str, level: str | None = None, **fields) -> bool:
+        """Log unless rate-limited; returns whether the event was emitted."""
+        level = level or self.level
+        now = self.clock()
+        w = self._windows.get(key)
+        if w is not None and now - w[0] >= self.interval:
+            self._summary(key, w)
+            del self._windows[key]
+            w = None
+        if w is None:
+            while len(self._windows) >= self.max_keys:
+                old_key, old = self._windows.popitem(last=False)
+                self._summary(old_key, old)
+            w = self._windows[key] = [now, 0, 0, level, event]
+        if w[1] < self.limit:
+            w[1] += 1
+            self._emit(level, event, **fields)
+            return True
+        w[2] += 1
+        w[3], w[4] = level, event
+        return False
+
+    def flush(self, force: bool = False) -> int:
+        """Emit summaries for windows that have ended (all windows if force); returns how many."""
+        now = self.clock()
+        n = 0
+        for key in list(self._windows):
+            w = self._windows[key]
+            if force or now - w[0] >= self.interval:
+                if w[2]:
+                    n += 1
+                self._summary(key, w)
+                del self._windows[key]
+        return n
+
+    def suppressed(self, key: Hashable) -> int:
+        w = self._windows.get(key)
+        return w[2] if w else 0
+
+
+def _key_str(key: Hashable) -> str:
+    if isinstance(key, tuple):
+        return "/".join(str(k) for k in key)
+    return str(key)
