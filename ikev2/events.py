@@ -38,6 +38,7 @@ class IkeUp(Event):
     spi_i: bytes
     spi_r: bytes
     proposal: str
+    initial_contact: bool = False  # the peer sent INITIAL_CONTACT: older SAs with it are stale
 
 
 @dataclass

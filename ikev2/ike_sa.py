@@ -153,6 +153,7 @@ class IkeSA:
         self.peer_mobike = False
         self.peer_hash_algs: list[int] = []
         self.peer_certreq: list[bytes] = []
+        self.peer_initial_contact = False
         self.nat_local = False  # we are behind a NAT (our NAT-D source hash did not match)
         self.nat_remote = False  # the peer is behind a NAT
         self.natd_seen = False
@@ -873,7 +874,8 @@ class IkeSA:
                  spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex(), proposal=proposal_display(self.proposal))
         self._emit(IkeUp(local=self.local, remote=self.remote, local_id=str(self.policy.local_id),
                          remote_id=str(self.peer_id), spi_i=self.spi_i, spi_r=self.spi_r,
-                         proposal=proposal_display(self.proposal)))
+                         proposal=proposal_display(self.proposal),
+                         initial_contact=self.peer_initial_contact))
 
     def _start_other_children(self, now: float) -> None:
         for cp in self.policy.children:
@@ -899,6 +901,7 @@ class IkeSA:
         self.policy = matching[0]
         self.peer_id = self._verify_peer_auth(req, self.policy, now)
         self.peer_mobike = req.notify(N.MOBIKE_SUPPORTED) is not None
+        self.peer_initial_contact = req.notify(N.INITIAL_CONTACT) is not None
         out = self._our_auth_payloads(P.IDrPayload)
         child_payloads, child = self._respond_child(req, now, self.ni, self.nr, None, rekey_of=None)
         out += child_payloads

@@ -14,7 +14,7 @@ from typing import Callable
 from . import payloads as P
 from .constants import ExchangeType as X, HeaderFlag, NotifyType as N
 from .errors import ParseError, UnsupportedCriticalPayload
-from .events import Address, Event
+from .events import Address, Event, IkeUp
 from .ike_sa import IkeSA, State
 from .message import Message, UnsupportedVersion, decode_header, decode_message, encode_message
 from .policy import IkePolicy
@@ -63,7 +63,11 @@ class IkeManager:
     def _collect(self) -> None:
         for sa in list(self.sas):
             self._out += sa.pop_datagrams()
-            self._events += sa.pop_events()
+            evs = sa.pop_events()
+            self._events += evs
+            for ev in evs:
+                if isinstance(ev, IkeUp) and ev.initial_contact:
+                    self._initial_contact(sa, ev)
             if sa.successor is not None and sa.successor not in self.sas:
                 sa.successor.ike_id = self._new_id()
                 self._add(sa.successor)
@@ -74,6 +78,18 @@ class IkeManager:
                 self.sas.remove(sa)
                 if self.by_spi.get(sa.our_spi) is sa:
                     del self.by_spi[sa.our_spi]
+
+    def _initial_contact(self, new: IkeSA, ev: IkeUp) -> None:
+        """RFC 7296 2.4: the peer rebooted and lost its state; our older IKE SAs with the same
+        identity on the same connection are dead. Remove them without a DELETE exchange."""
+        for sa in list(self.sas):
+            if sa is new or sa.state == State.DELETED or sa.policy is not new.policy:
+                continue
+            if sa.peer_id is not None and str(sa.peer_id) == ev.remote_id:
+                self.log("info", "INITIAL_CONTACT: removing stale IKE SA", ike_id=sa.ike_id,
+                         spi_i=sa.spi_i.hex(), spi_r=sa.spi_r.hex(), peer_id=ev.remote_id)
+                sa._die(0.0, "replaced after peer's INITIAL_CONTACT")
+                self._events += sa.pop_events()
 
     def pop_datagrams(self) -> list[tuple[bytes, Address, Address]]:
         self._collect()

@@ -330,3 +330,21 @@ def test_unauthenticated_garbage_is_dropped_without_state_change():
     link.b.receive(fake, ("192.0.2.1", 4500), ("203.0.113.9", 4500), link.now)
     assert link.b.pop_datagrams() == []
     assert sa.status(link.now) == good  # not moved to the forged address, nothing changed
+
+
+def test_initial_contact_replaces_stale_sa():
+    """The branch reboots (new manager, same identity) and reconnects with INITIAL_CONTACT: the
+    hub drops the stale IKE SA and its Child SA at once."""
+    hq, br = site_to_site()
+    link = pair(br, hq)
+    up(link)
+    assert len(link.b.sas) == 1
+    stale = link.b.sas[0]
+    from ikev2.manager import IkeManager
+    from tests.engine.harness import DetRandom
+    link.a = IkeManager([br], DetRandom("rebooted"))
+    up(link)
+    assert len(link.b.sas) == 1 and link.b.sas[0] is not stale
+    assert stale.state == State.DELETED
+    downs = events(link.events_b, ChildDown)
+    assert downs and downs[0].reason == "replaced after peer's INITIAL_CONTACT"
