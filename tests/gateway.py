@@ -113,6 +113,14 @@ class OurGateway:
             except subprocess.TimeoutExpired:
                 pass
 
+    def control(self, cmd: str, timeout: float = 30.0, **args) -> Any:
+        """A control-socket request straight from the test process (the socket is a file)."""
+        from vpn_gw.control import control_request
+        return control_request(str(self.socket), cmd, timeout=timeout, **args)
+
+    def rekey(self, name: str, child: str | None = None, ike: bool = False) -> Any:
+        return self.control("rekey", name=name, child=child, ike=ike)
+
     def status(self) -> list[dict]:
         return json.loads(self.cli("status", "--json", "-s", str(self.socket)).stdout)
 

@@ -223,7 +223,31 @@ class Gateway:
             return {"connection": name, "terminated": n}
         if cmd == "reload":
             return self.reload()
+        if cmd == "rekey":
+            return self.rekey(args.get("name", ""), args.get("child"), bool(args.get("ike")))
         raise ValueError(f"unknown command '{cmd}'")
+
+    def rekey(self, name: str, child: str | None, ike: bool) -> dict:
+        """Rekey a connection's IKE SA (ike) or its Child SAs (all, or those named child)."""
+        if self._conn(name) is None:
+            raise ValueError(f"no connection named '{name}'")
+        sas = self.manager.find(name)
+        if not sas:
+            raise ValueError(f"connection '{name}' has no IKE SA")
+        now = time.monotonic()
+        started = 0
+        for sa in sas:
+            if ike:
+                sa.rekey_ike(now)
+                started += 1
+                continue
+            for c in list(sa.children):
+                if child is None or c.name == child:
+                    started += bool(sa.rekey_child(c.spi_in, now))
+        self._flush()
+        if not started:
+            raise ValueError(f"nothing to rekey on '{name}'" + (f" (no CHILD_SA '{child}')" if child else ""))
+        return {"connection": name, "rekeying": started, "what": "ike" if ike else "child"}
 
     def reload(self) -> dict:
         if self.config.source is None:
