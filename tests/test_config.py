@@ -1,0 +1,692 @@
+"""Configuration loading and validation: parsed types, defaults, error messages with lines."""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import textwrap
+
+import pytest
+
+from ikev2.constants import IdType, ProtocolId
+from ikev2.payloads import Proposal
+from vpn_gw.config import (ConfigError, KeyLocator, Secret, diff_configs, format_key_path,
+                           load_config, parse_config)
+
+BASE = """\
+[gateway]
+listen = ["0.0.0.0", "::"]
+
+[[connection]]
+name = "branch1"
+local_addrs = ["192.0.2.1"]
+remote_addrs = ["198.51.100.1"]
+local_id = "hq.example.org"
+remote_id = "branch1.example.org"
+psk = "0x00112233445566778899aabbccddeeff"
+ike_proposals = ["aes256gcm16-prfsha256-x25519", "aes128-sha256-ecp256"]
+start_action = "start"
+dpd_delay = "30s"
+
+  [[connection.child]]
+  name = "net"
+  local_ts = ["10.1.0.0/24"]
+  remote_ts = ["10.2.0.0/24"]
+  esp_proposals = ["aes256gcm16"]
+"""
+
+
+def parse(text, tmp_path=None, name="gw.toml"):
+    return parse_config(textwrap.dedent(text), name, tmp_path)
+
+
+def error(text, tmp_path=None) -> ConfigError:
+    with pytest.raises(ConfigError) as ei:
+        parse(text, tmp_path)
+    e = ei.value
+    assert "\n" not in str(e)
+    return e
+
+
+def messages(e: ConfigError) -> list[str]:
+    return [str(p) for p in e.problems]
+
+
+# -- a valid file ------------------------------------------------------------------------------
+
+def test_valid_config_parsed_types():
+    cfg = parse(BASE)
+    assert cfg.listen == (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::"))
+    (c,) = cfg.connections
+    assert c.name == "branch1" and cfg.connection("branch1") is c
+    assert c.local_addrs == (ipaddress.IPv4Address("192.0.2.1"),)
+    assert c.remote_addrs == (ipaddress.IPv4Address("198.51.100.1"),)
+    assert c.local_id.id_type == IdType.ID_FQDN and c.local_id.data == b"hq.example.org"
+    assert c.remote_id.text == "branch1.example.org"
+    assert c.auth == "psk"
+    assert isinstance(c.psk, Secret) and c.psk.reveal() == bytes.fromhex("00112233445566778899aabbccddeeff")
+    assert all(isinstance(p, Proposal) and p.protocol == ProtocolId.IKE for p in c.ike_proposals)
+    assert c.ike_proposals_text == ("aes256gcm16-prfsha256-x25519", "aes128-sha256-ecp256")
+    assert c.dpd_delay == 30.0 and isinstance(c.dpd_delay, float)
+    assert c.start_action == "start"
+    (ch,) = c.children
+    assert c.child("net") is ch
+    assert ch.local_ts == (ipaddress.ip_network("10.1.0.0/24"),)
+    assert ch.esp_proposals[0].protocol == ProtocolId.ESP
+    assert ch.start_action == "start"  # inherited from the connection
+    assert cfg.warnings == ()
+
+
+def test_defaults():
+    cfg = parse("""
+        [[connection]]
+        name = "c"
+        remote_addrs = ["%any"]
+        psk = "a long enough pre-shared key"
+        [[connection.child]]
+        name = "n"
+        local_ts = ["10.0.0.0/8"]
+        remote_ts = ["0.0.0.0/0", "::/0"]
+    """)
+    assert str(cfg.control_socket) == "/run/vpn-gw/control.sock"
+    assert (cfg.ike_port, cfg.natt_port, cfg.log_level, cfg.log_format, cfg.half_open_limit,
+            cfg.cookie_threshold) == (500, 4500, "info", "console", 1000, 100)
+    c = cfg.connections[0]
+    assert c.local_addrs == () and c.remote_addrs == () and c.remote_any
+    assert c.local_id is None and c.remote_id.is_any
+    assert (c.auth, c.start_action, c.dpd_delay, c.dpd_action) == ("psk", "none", 0.0, "clear")
+    assert (c.rekey_time, c.reauth_time, c.over_time, c.rand_time) == (14400.0, 0.0, 1440.0, 1440.0)
+    assert (c.encap, c.mobike, c.fragmentation, c.fragment_size, c.keyingtries) == \
+        (False, True, True, 1280, 1)
+    assert c.if_id is None and c.interface is None
+    assert len(c.ike_proposals) == 2
+    ch = c.children[0]
+    assert (ch.mode, ch.start_action, ch.dpd_action, ch.replay_window) == ("tunnel", "none", "clear", 1024)
+    assert (ch.rekey_time, ch.life_time, ch.rand_time) == (3600.0, 3960.0, 360.0)
+    assert (ch.rekey_bytes, ch.life_bytes, ch.rekey_packets, ch.life_packets) == (0, 0, 0, 0)
+    assert len(ch.esp_proposals) == 2
+    assert c.matches_remote_addr("203.0.113.9")
+
+
+def test_config_is_immutable():
+    cfg = parse(BASE)
+    with pytest.raises(Exception):
+        cfg.connections[0].name = "x"  # type: ignore[misc]
+    assert isinstance(cfg.connections, tuple) and isinstance(cfg.connections[0].children, tuple)
+
+
+@pytest.mark.parametrize("value,seconds", [('"30s"', 30), ('"5m"', 300), ('"4h"', 14400),
+                                           ('"1d"', 86400), ("90", 90), ('"1.5h"', 5400),
+                                           ('"45"', 45), ("2.5", 2.5)])
+def test_durations(value, seconds):
+    cfg = parse(BASE.replace('dpd_delay = "30s"', f"dpd_delay = {value}"))
+    assert cfg.connections[0].dpd_delay == seconds
+
+
+def test_duration_errors():
+    e = error(BASE.replace('dpd_delay = "30s"', 'dpd_delay = "30x"'))
+    assert str(e).startswith("gw.toml:13: connection[0].dpd_delay: invalid duration '30x'")
+    e = error(BASE.replace('dpd_delay = "30s"', "dpd_delay = -5"))
+    assert "must be a finite number >= 0" in str(e)
+    e = error(BASE.replace('dpd_delay = "30s"', "dpd_delay = true"))
+    assert "expected a duration" in str(e)
+
+
+def test_volume_limits_and_lifetimes():
+    cfg = parse(BASE + '  rekey_bytes = "500M"\n  rekey_packets = 1000000\n  life_time = "2h"\n'
+                       '  rand_time = "5m"\n  replay_window = 64\n')
+    ch = cfg.connections[0].children[0]
+    assert ch.rekey_bytes == 500 * 2**20 and ch.life_bytes == int(500 * 2**20 * 1.1)
+    assert ch.rekey_packets == 1000000 and ch.life_packets == 1100000
+    assert (ch.life_time, ch.rand_time, ch.replay_window) == (7200.0, 300.0, 64)
+
+
+def test_lifetime_consistency_errors():
+    e = error(BASE + '  rekey_time = "1h"\n  life_time = "30m"\n')
+    assert "connection[0].child[0].life_time: life_time (1800s) must be greater than rekey_time (3600s)" in str(e)
+    assert str(e).startswith("gw.toml:21:")
+    e = error(BASE + '  rand_time = "2h"\n')
+    assert "rand_time (7200s) must be less than rekey_time (3600s)" in str(e)
+    e = error(BASE + "  rekey_bytes = 1000\n  life_bytes = 1000\n")
+    assert "life_bytes (1000) must be greater than rekey_bytes (1000)" in str(e)
+    e = error(BASE.replace('dpd_delay = "30s"', 'rekey_time = "1h"\nrand_time = "2h"'))
+    assert "connection[0].rand_time: rand_time (7200s) must be less than rekey_time (3600s)" in str(e)
+
+
+# -- error messages: file, line, key -----------------------------------------------------------
+
+def test_unknown_key_did_you_mean_with_line():
+    e = error(BASE.replace('dpd_delay = "30s"', 'dpd_dealy = "30s"'))
+    assert str(e) == ("gw.toml:13: connection[0].dpd_dealy: unknown key 'dpd_dealy' in "
+                      "connection[0] (did you mean 'dpd_delay'?)")
+    assert (e.file, e.line, e.key) == ("gw.toml", 13, "connection[0].dpd_dealy")
+    e = error("[gateway]\nlisten = []\nlog_levl = 'debug'\n")
+    assert messages(e) == [
+        "gw.toml:2: gateway.listen: must not be empty",
+        "gw.toml:3: gateway.log_levl: unknown key 'log_levl' in gateway (did you mean 'log_level'?)",
+    ]
+    e = error("[gatway]\n")
+    assert str(e) == "gw.toml:1: gatway: unknown key 'gatway' in the top level (did you mean 'gateway'?)"
+
+
+def test_connection_key_inside_child_gets_a_hint():
+    e = error(BASE + "  mobike = false\n")
+    assert str(e).startswith("gw.toml:20: connection[0].child[0].mobike: unknown key 'mobike'")
+    assert "move it above the first [[connection.child]]" in str(e)
+
+
+def test_list_element_lines_in_multiline_arrays():
+    text = BASE.replace('local_ts = ["10.1.0.0/24"]',
+                        'local_ts = [\n    "10.1.0.0/24",\n    "2001:db8:1::/48",  # v6 too\n'
+                        '    "10.3.0.7/24",\n  ]')
+    e = error(text)
+    assert str(e) == ("gw.toml:20: connection[0].child[0].local_ts[2]: '10.3.0.7/24' has host "
+                      "bits set (did you mean '10.3.0.0/24'?)")
+
+
+def test_error_in_second_connection_and_child():
+    text = BASE + textwrap.dedent("""
+        [[connection]]
+        name = "branch2"
+        remote_addrs = ["203.0.113.7"]
+        psk = "another long secret"
+
+          [[connection.child]]
+          name = "a"
+          local_ts = ["10.1.0.0/24"]
+          remote_ts = ["10.4.0.0/24"]
+
+          [[connection.child]]
+          name = "b"
+          local_ts = ["10.1.0.0/24"]
+          remote_ts = ["10.5.0.0/33"]
+        """)
+    e = error(text)
+    assert str(e) == ("gw.toml:34: connection[1].child[1].remote_ts[0]: '10.5.0.0/33' is not a "
+                      "valid CIDR subnet (traffic selectors are CIDR subnets like 10.1.0.0/24 or "
+                      "2001:db8::/64)")
+
+
+def test_missing_required_key_points_at_table_header():
+    e = error(BASE.replace('  name = "net"\n', ""))
+    assert str(e) == "gw.toml:15: connection[0].child[0]: missing required key 'name'"
+    e = error(BASE.replace('psk = "0x00112233445566778899aabbccddeeff"\n', ""))
+    assert str(e) == ("gw.toml:4: connection[0]: missing required key 'psk' (auth = \"psk\" needs "
+                      "a pre-shared key)")
+
+
+def test_toml_syntax_error_has_line():
+    e = error(BASE.replace('dpd_delay = "30s"', "dpd_delay = 30s"))
+    assert str(e).startswith("gw.toml:13: invalid TOML: ")
+    assert e.line == 13
+
+
+def test_all_problems_collected_first_is_message():
+    e = error(BASE.replace('start_action = "start"', 'start_action = "strat"')
+              .replace('["10.2.0.0/24"]', '["10.2.0.0/16", "fe80::1/64"]')
+              .replace("[gateway]", "[gateway]\nike_port = 70000"))
+    assert messages(e) == [
+        "gw.toml:2: gateway.ike_port: must be between 1 and 65535, got 70000",
+        "gw.toml:13: connection[0].start_action: invalid value 'strat': must be one of none, "
+        "start, trap (did you mean 'start'?)",
+        "gw.toml:19: connection[0].child[0].remote_ts[1]: 'fe80::1/64' has host bits set "
+        "(did you mean 'fe80::/64'?)",
+    ]
+    assert str(e).endswith("(and 2 more problems)")
+
+
+@pytest.mark.parametrize("replace,expected", [
+    (("[gateway]", "[gateway]\nike_port = \"500\""),
+     "gw.toml:2: gateway.ike_port: expected an integer, got a string ('500') (write it without quotes)"),
+    (("[gateway]", "[gateway]\ncookie_threshold = -1"),
+     "gw.toml:2: gateway.cookie_threshold: must be >= 0, got -1"),
+    (("[gateway]", "[gateway]\nhalf_open_limit = 0"),
+     "gw.toml:2: gateway.half_open_limit: must be >= 1, got 0"),
+    (("[gateway]", "[gateway]\nnatt_port = 500"),
+     "gw.toml:2: gateway.natt_port: must differ from ike_port (500)"),
+    (('dpd_delay = "30s"', 'mobike = "yes"'),
+     "gw.toml:13: connection[0].mobike: expected a boolean, got a string ('yes') (write true or false, without quotes)"),
+    (('local_ts = ["10.1.0.0/24"]', 'local_ts = "10.1.0.0/24"'),
+     "gw.toml:17: connection[0].child[0].local_ts: expected an array, got a string ('10.1.0.0/24'); write e.g. [\"10.1.0.0/24\"]"),
+    (('local_ts = ["10.1.0.0/24"]', 'local_ts = []'),
+     "gw.toml:17: connection[0].child[0].local_ts: must not be empty"),
+    (('local_ts = ["10.1.0.0/24"]', 'local_ts = ["10.1.0.0/24", "10.1.0.0/24"]'),
+     "gw.toml:17: connection[0].child[0].local_ts[1]: duplicate entry '10.1.0.0/24'"),
+    (('local_ts = ["10.1.0.0/24"]', 'local_ts = ["dynamic"]'),
+     "gw.toml:17: connection[0].child[0].local_ts[0]: 'dynamic' is not a valid CIDR subnet ('dynamic' is not supported: list the subnets explicitly)"),
+    (('name = "branch1"', 'name = 5'),
+     "gw.toml:5: connection[0].name: expected a string, got an integer (5)"),
+    (('name = "branch1"', 'name = "branch 1"'),
+     "gw.toml:5: connection[0].name: invalid name 'branch 1': use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+    (('local_addrs = ["192.0.2.1"]', 'local_addrs = ["192.0.2.300"]'),
+     "gw.toml:6: connection[0].local_addrs[0]: '192.0.2.300' is not an IP address"),
+    (('remote_addrs = ["198.51.100.1"]', 'remote_addrs = ["198.51.100.1", "%any"]'),
+     "gw.toml:7: connection[0].remote_addrs: %any cannot be combined with other addresses"),
+    (('remote_addrs = ["198.51.100.1"]', 'remote_addrs = ["not a host!"]'),
+     "gw.toml:7: connection[0].remote_addrs[0]: 'not a host!' is neither an IP address, a CIDR network, an FQDN nor %any"),
+    (('remote_addrs = ["198.51.100.1"]', 'remote_addrs = ["2001:db8::1"]'),
+     "gw.toml:7: connection[0].remote_addrs: local_addrs and remote_addrs have no address family in common"),
+    (('remote_addrs = ["198.51.100.1"]', 'remote_addrs = ["198.51.100.0/24"]'),
+     "gw.toml:12: connection[0].start_action: start_action = start/trap needs a remote address or FQDN to initiate to in remote_addrs (%any and subnets can only respond)"),
+    (('listen = ["0.0.0.0", "::"]', 'listen = ["192.0.2.9", "::"]'),
+     "gw.toml:6: connection[0].local_addrs[0]: 192.0.2.1 is not covered by gateway.listen (192.0.2.9, ::)"),
+    (('local_id = "hq.example.org"', 'local_id = "%any"'),
+     "gw.toml:8: connection[0].local_id: local_id must be one exact identity, not '%any'"),
+    (('local_id = "hq.example.org"', 'local_id = "C=CH, XX=foo"'),
+     "gw.toml:8: connection[0].local_id: invalid identity 'C=CH, XX=foo': unknown DN attribute 'XX'"),
+    (('dpd_delay = "30s"', 'auth = "pks"'),
+     "gw.toml:13: connection[0].auth: invalid value 'pks': must be one of psk, pubkey, eap-mschapv2, eap-md5, eap-tls (did you mean 'psk'?)"),
+    (('dpd_delay = "30s"', 'dpd_action = "hold"'),
+     "gw.toml:13: connection[0].dpd_action: invalid value 'hold': must be one of clear, restart, trap"),
+    (('esp_proposals = ["aes256gcm16"]', 'mode = "tunel"'),
+     "gw.toml:19: connection[0].child[0].mode: invalid value 'tunel': must be one of tunnel, transport (did you mean 'tunnel'?)"),
+    (('dpd_delay = "30s"', 'fragment_size = 100'),
+     "gw.toml:13: connection[0].fragment_size: must be between 512 and 65535, got 100"),
+    (('dpd_delay = "30s"', 'interface = "this-name-is-too-long"'),
+     "gw.toml:13: connection[0].interface: invalid interface name 'this-name-is-too-long': 1-15 characters of letters, digits, '_', '-', '.'"),
+    (("[[connection]]", "[connection]"),
+     "gw.toml:4: connection: expected an array of tables: write [[connection]] instead of [connection]"),
+])
+def test_specific_errors(replace, expected):
+    old, new = replace
+    assert old in BASE
+    e = error(BASE.replace(old, new, 1))
+    assert str(e).split(" (and ")[0] == expected or expected in messages(e)
+
+
+def test_child_table_instead_of_array():
+    text = BASE.replace("[[connection.child]]", "[connection.child]")
+    e = error(text)
+    assert "gw.toml:15: connection[0].child: expected an array of tables: write " \
+           "[[connection.child]] instead of [connection.child]" in messages(e)
+
+
+def test_proposal_errors_name_the_token_and_line():
+    e = error(BASE.replace('"aes128-sha256-ecp256"', '"aes999-foo"'))
+    assert str(e).startswith("gw.toml:11: connection[0].ike_proposals[1]: ")
+    assert "aes999" in str(e)
+    e = error(BASE.replace('esp_proposals = ["aes256gcm16"]', 'esp_proposals = ["aes256gcm16", "3des-md5"]'))
+    assert str(e).startswith("gw.toml:19: connection[0].child[0].esp_proposals[1]: ")
+    assert "3des" in str(e)
+    e = error(BASE.replace('esp_proposals = ["aes256gcm16"]', "esp_proposals = []"))
+    assert str(e) == "gw.toml:19: connection[0].child[0].esp_proposals: must not be empty"
+    # an AEAD IKE proposal needs a PRF
+    e = error(BASE.replace('"aes128-sha256-ecp256"', '"aes256gcm16-x25519"'))
+    assert "PRF" in str(e)
+
+
+def test_other_real_proposals_accepted():
+    cfg = parse(BASE.replace('"aes128-sha256-ecp256"', '"aes256-sha384-modp3072"')
+                .replace('esp_proposals = ["aes256gcm16"]', 'esp_proposals = ["aes128-sha256-modp2048", "aes256gcm16-esn"]'))
+    assert len(cfg.connections[0].children[0].esp_proposals) == 2
+
+
+# -- names -------------------------------------------------------------------------------------
+
+def test_duplicate_connection_and_child_names():
+    dup = BASE + BASE.split("\n", 3)[3].replace('local_addrs = ["192.0.2.1"]\n', "")
+    e = error(dup)
+    assert "gw.toml:21: connection[1].name: duplicate connection name 'branch1' (first defined at line 5)" \
+        in messages(e)
+    e = error(BASE + '\n  [[connection.child]]\n  name = "net"\n  local_ts = ["10.9.0.0/24"]\n'
+                     '  remote_ts = ["10.8.0.0/24"]\n')
+    assert str(e) == ("gw.toml:22: connection[0].child[1].name: duplicate child name 'net' in "
+                      "this connection (first defined at line 16)")
+
+
+def test_same_child_name_in_two_connections_is_fine():
+    second = BASE.split("\n", 3)[3].replace('"branch1"', '"branch2"', 1) \
+        .replace("198.51.100.1", "198.51.100.2")
+    cfg = parse(BASE + second)
+    assert [c.name for c in cfg.connections] == ["branch1", "branch2"]
+    assert [c.children[0].name for c in cfg.connections] == ["net", "net"]
+
+
+# -- addresses, traffic selectors, identities --------------------------------------------------
+
+def test_remote_addr_forms_and_matching():
+    cfg = parse(BASE.replace('remote_addrs = ["198.51.100.1"]',
+                             'remote_addrs = ["198.51.100.1", "vpn.example.net", "203.0.113.0/24"]'))
+    c = cfg.connections[0]
+    assert c.remote_addrs == (ipaddress.ip_address("198.51.100.1"), "vpn.example.net",
+                              ipaddress.ip_network("203.0.113.0/24"))
+    assert c.initiate_targets == (ipaddress.ip_address("198.51.100.1"), "vpn.example.net")
+    cfg = parse(BASE.replace('remote_addrs = ["198.51.100.1"]',
+                             'remote_addrs = ["198.51.100.1", "203.0.113.0/24"]'))
+    c = cfg.connections[0]
+    assert c.matches_remote_addr("203.0.113.77") and c.matches_remote_addr("198.51.100.1")
+    assert not c.matches_remote_addr("198.51.100.2")
+    assert not c.matches_remote_addr("2001:db8::1")
+
+
+def test_traffic_selectors_ipv6_and_mixed_families():
+    cfg = parse(BASE.replace('local_ts = ["10.1.0.0/24"]', 'local_ts = ["10.1.0.0/24", "2001:db8:1::/48"]')
+                .replace('remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["2001:db8:2::/48", "10.2.0.5"]'))
+    ch = cfg.connections[0].children[0]
+    assert ch.local_ts == (ipaddress.ip_network("10.1.0.0/24"), ipaddress.ip_network("2001:db8:1::/48"))
+    assert ch.remote_ts[1] == ipaddress.ip_network("10.2.0.5/32")
+    e = error(BASE.replace('remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["2001:db8:2::/48"]'))
+    assert str(e) == ("gw.toml:18: connection[0].child[0].remote_ts: local_ts and remote_ts have "
+                      "no address family in common (IPv4 with IPv6 can never match)")
+
+
+@pytest.mark.parametrize("text,id_type,data", [
+    ("192.0.2.1", IdType.ID_IPV4_ADDR, bytes([192, 0, 2, 1])),
+    ("2001:db8::1", IdType.ID_IPV6_ADDR, ipaddress.ip_address("2001:db8::1").packed),
+    ("hq.example.org", IdType.ID_FQDN, b"hq.example.org"),
+    ("@hq.example.org", IdType.ID_FQDN, b"hq.example.org"),
+    ("admin@example.org", IdType.ID_RFC822_ADDR, b"admin@example.org"),
+    ("fqdn:admin@example.org", IdType.ID_FQDN, b"admin@example.org"),
+    ("email:hq.example.org", IdType.ID_RFC822_ADDR, b"hq.example.org"),
+    ("keyid:0a0b", IdType.ID_KEY_ID, b"\x0a\x0b"),
+    ("ipv4:192.0.2.1", IdType.ID_IPV4_ADDR, bytes([192, 0, 2, 1])),
+    ("C=CH, O=Example, CN=hq", IdType.ID_DER_ASN1_DN, None),
+])
+def test_identity_inference(text, id_type, data):
+    cfg = parse(BASE.replace('local_id = "hq.example.org"', f'local_id = "{text}"'))
+    ident = cfg.connections[0].local_id
+    assert ident.id_type == id_type
+    if data is not None:
+        assert ident.data == data
+    else:
+        assert ident.data.startswith(b"\x30")  # DER SEQUENCE
+
+
+def test_remote_id_patterns():
+    cfg = parse(BASE.replace('remote_id = "branch1.example.org"', 'remote_id = "*@example.org"'))
+    assert cfg.connections[0].remote_id.text == "*@example.org"
+    cfg = parse(BASE.replace('remote_id = "branch1.example.org"', 'remote_id = "%any"'))
+    assert cfg.connections[0].remote_id.is_any
+
+
+# -- PSK ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value,expected", [
+    ('"correct horse battery staple"', b"correct horse battery staple"),
+    ('"0x0011223344556677889900112233445566778899"', bytes.fromhex("0011223344556677889900112233445566778899")),
+    ('"0sAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="', bytes(range(32))),
+])
+def test_psk_formats(value, expected):
+    cfg = parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', value))
+    assert cfg.connections[0].psk.reveal() == expected
+
+
+def test_psk_file_relative_to_config(tmp_path):
+    (tmp_path / "b1.psk").write_bytes(b"a-very-long-and-random-psk-value\n")
+    os.chmod(tmp_path / "b1.psk", 0o600)
+    cfg = parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"file:b1.psk"'), tmp_path)
+    assert cfg.connections[0].psk.reveal() == b"a-very-long-and-random-psk-value"
+    assert cfg.warnings == ()
+    os.chmod(tmp_path / "b1.psk", 0o644)
+    cfg = parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"file:b1.psk"'), tmp_path)
+    assert [str(w) for w in cfg.warnings] == [
+        f"gw.toml:10: connection[0].psk: PSK file '{tmp_path}/b1.psk' is readable by group/others "
+        f"(mode 0644); chmod 600 it"]
+
+
+def test_psk_file_missing(tmp_path):
+    e = error(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"file:nope.psk"'), tmp_path)
+    assert str(e) == (f"gw.toml:10: connection[0].psk: cannot read PSK file '{tmp_path}/nope.psk': "
+                      f"No such file or directory")
+
+
+def test_psk_length_rules():
+    e = error(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"1234567"'))
+    assert str(e).startswith("gw.toml:10: connection[0].psk: pre-shared key is 7 bytes; at least 8 are required")
+    assert "1234567" not in str(e)
+    cfg = parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"12345678"'))
+    assert [str(w) for w in cfg.warnings] == [
+        "gw.toml:10: connection[0].psk: pre-shared key is only 8 bytes; use at least 16 random bytes"]
+
+
+def test_psk_errors_never_echo_the_value():
+    e = error(BASE.replace('"0x00112233445566778899aabbccddeeff"', "12345678901234567890"))
+    assert str(e) == "gw.toml:10: connection[0].psk: expected a string, got an integer"
+    e = error(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"0xnothexatallsecret"'))
+    assert "nothexatallsecret" not in str(e) and "not valid hex" in str(e)
+    e = error(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"0s!!!secretbase64!!!"'))
+    assert "secretbase64" not in str(e) and "not valid base64" in str(e)
+
+
+def test_secret_never_shows_its_value():
+    s = Secret(b"hunter22hunter22")
+    assert repr(s) == "Secret('***')" and str(s) == "***" and f"{s}" == "***" and f"{s:>10}" == "***"
+    assert s == Secret(b"hunter22hunter22") and s != Secret(b"other")
+    assert hash(s) == hash(Secret(b"hunter22hunter22"))
+    cfg = parse(BASE)
+    assert "00112233" not in repr(cfg) and "Secret('***')" in repr(cfg)
+    import pickle
+    with pytest.raises(TypeError):
+        pickle.dumps(s)
+
+
+# -- certificates ------------------------------------------------------------------------------
+
+def _make_pki(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("CA")).issuer_name(name("CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=3650))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("hq.example.org")).issuer_name(name("CA"))
+            .public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=365)).sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "hq.pem").write_bytes(cert.public_bytes(pem))
+    (tmp_path / "hq.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    os.chmod(tmp_path / "hq.key", 0o600)
+    (tmp_path / "other.key").write_bytes(ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                              serialization.NoEncryption()))
+    os.chmod(tmp_path / "other.key", 0o600)
+    (tmp_path / "enc.key").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
+    (tmp_path / "garbage.pem").write_text("hello\n")
+    return ca, cert
+
+
+PUBKEY = BASE.replace('psk = "0x00112233445566778899aabbccddeeff"',
+                      'auth = "pubkey"\ncerts = ["hq.pem"]\nprivate_key = "hq.key"\n'
+                      'cacerts = ["ca.pem"]')
+
+
+def test_pubkey_loads_certs_and_key(tmp_path):
+    ca, cert = _make_pki(tmp_path)
+    cfg = parse(PUBKEY, tmp_path)
+    c = cfg.connections[0]
+    assert c.auth == "pubkey" and c.psk is None
+    assert c.certs == (cert,) and c.cacerts == (ca,)
+    assert c.cert_files == (tmp_path / "hq.pem",) and c.private_key_file == tmp_path / "hq.key"
+    assert isinstance(c.private_key, Secret) and repr(c.private_key) == "Secret('***')"
+    assert cfg.warnings == ()
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ('certs = ["hq.pem"]', 'certs = ["missing.pem"]',
+     "gw.toml:11: connection[0].certs[0]: cannot read certificate file '{d}/missing.pem': No such file or directory"),
+    ('certs = ["hq.pem"]', 'certs = ["garbage.pem"]',
+     "gw.toml:11: connection[0].certs[0]: '{d}/garbage.pem' is not a PEM certificate file (expected -----BEGIN CERTIFICATE-----)"),
+    ('private_key = "hq.key"', 'private_key = "other.key"',
+     "gw.toml:12: connection[0].private_key: private_key does not match the public key of the first certificate in certs"),
+    ('private_key = "hq.key"', 'private_key = "enc.key"',
+     "gw.toml:12: connection[0].private_key: private key '{d}/enc.key' is encrypted; vpn-gw needs an unencrypted key (protect it with file mode 0600 instead)"),
+    ('private_key = "hq.key"', 'private_key = "hq.pem"',
+     "gw.toml:12: connection[0].private_key: '{d}/hq.pem' is not a PEM private key"),
+    ('cacerts = ["ca.pem"]\n', '',
+     "gw.toml:4: connection[0]: missing required key 'cacerts' (auth = 'pubkey' verifies the peer's certificate against these CAs)"),
+    ('certs = ["hq.pem"]\n', '',
+     "gw.toml:4: connection[0]: missing required key 'certs' (auth = 'pubkey': the gateway authenticates with a certificate)"),
+    ('auth = "pubkey"', 'auth = "pubkey"\npsk = "0123456789abcdef"',
+     "gw.toml:11: connection[0].psk: 'psk' is only used with auth = \"psk\", not auth = 'pubkey'"),
+    ('auth = "pubkey"', 'auth = "psk"\npsk = "0123456789abcdefghijk"',
+     "gw.toml:12: connection[0].certs: 'certs' is not used with auth = \"psk\" (remove it, or set auth = \"pubkey\")"),
+])
+def test_pubkey_errors(tmp_path, old, new, expected):
+    _make_pki(tmp_path)
+    assert old in PUBKEY
+    e = error(PUBKEY.replace(old, new), tmp_path)
+    assert expected.format(d=tmp_path) in messages(e)
+
+
+def test_eap_methods_accepted_with_warning(tmp_path):
+    _make_pki(tmp_path)
+    cfg = parse(PUBKEY.replace('auth = "pubkey"', 'auth = "eap-mschapv2"'), tmp_path)
+    assert cfg.connections[0].auth == "eap-mschapv2"
+    assert any("planned for remote access and not implemented yet" in str(w) for w in cfg.warnings)
+
+
+# -- interfaces --------------------------------------------------------------------------------
+
+def test_interface_if_id_consistency():
+    second = BASE.split("\n", 3)[3].replace('"branch1"', '"branch2"', 1).replace("198.51.100.1", "198.51.100.2")
+    a = BASE.replace('dpd_delay = "30s"', 'interface = "vti0"\nif_id = 7')
+    cfg = parse(a + second.replace('dpd_delay = "30s"', 'interface = "vti0"\nif_id = 7'))
+    assert [c.if_id for c in cfg.connections] == [7, 7]
+    e = error(a + second.replace('dpd_delay = "30s"', 'interface = "vti0"\nif_id = 8'))
+    assert "interface 'vti0' already has if_id 7 (connection 'branch1')" in str(e)
+    e = error(a + second.replace('dpd_delay = "30s"', 'interface = "vti1"\nif_id = 7'))
+    assert "if_id 7 is already used by connection 'branch1' with a different interface" in str(e)
+
+
+# -- files -------------------------------------------------------------------------------------
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        load_config(tmp_path / "nope.toml")
+    assert str(ei.value) == f"{tmp_path}/nope.toml: cannot read configuration: No such file or directory"
+    p = tmp_path / "bad.toml"
+    p.write_bytes(b'[gateway]\nlog_level = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"bad.toml:2: file is not valid UTF-8"):
+        load_config(p)
+    p.write_text(BASE)
+    cfg = load_config(p)
+    assert cfg.source == p and cfg.connection_names == ("branch1",)
+
+
+def test_gateway_warnings_and_misplaced_keys():
+    cfg = parse("[gateway]\nhalf_open_limit = 50\ncookie_threshold = 50\n")
+    assert [str(w) for w in cfg.warnings] == [
+        "gw.toml:3: gateway.cookie_threshold: cookie_threshold (50) is not below half_open_limit "
+        "(50): COOKIEs will never be requested", "gw.toml: no connections defined"]
+    e = error("[gateway]\ndpd_delay = 5\n")
+    assert str(e) == ("gw.toml:2: gateway.dpd_delay: unknown key 'dpd_delay' in gateway "
+                      "('dpd_delay' belongs in a [[connection]] table)")
+    e = error("name = 'x'\n")
+    assert str(e) == ("gw.toml:1: name: unknown key 'name' in the top level ('name' belongs in a "
+                      "[[connection]] table)")
+
+
+def test_relative_control_socket_resolved_against_config_dir(tmp_path):
+    p = tmp_path / "gw.toml"
+    p.write_text('[gateway]\ncontrol_socket = "run/c.sock"\n')
+    cfg = load_config(p)
+    assert cfg.control_socket == tmp_path / "run" / "c.sock"
+    assert [str(w) for w in cfg.warnings] == [f"{p}: no connections defined"]
+
+
+# -- the key locator ---------------------------------------------------------------------------
+
+def test_key_locator_handles_tricky_toml():
+    text = textwrap.dedent('''\
+        title = """
+        [[connection]]
+        name = "fake"
+        """
+        "quoted key" = 'x = [1'
+        a.b.c = 1   # dotted
+        [gateway]
+        listen = [ "0.0.0.0",   # comment ]
+          "::" ]
+        t = { x = 1, y = [2, 3] }
+
+        [[connection]]
+        name = "one"
+        [[connection.child]]
+        name = "c0"
+        [[connection.child]]
+        name = "c1"
+        [[connection]]
+        name = "two"
+          [[connection.child]]
+          name = 'c0'
+          local_ts = [
+            "10.0.0.0/8",
+            "10.1.0.0/16"
+          ]
+        ''')
+    loc = KeyLocator(text)
+    assert loc.line(("title",)) == 1
+    assert loc.line(("quoted key",)) == 5
+    assert loc.line(("a", "b", "c")) == 6
+    assert loc.line(("gateway",)) == 7
+    assert loc.line(("gateway", "listen", 1)) == 9
+    assert loc.line(("gateway", "t", "y", 1)) == 10
+    assert loc.line(("connection", 0, "name")) == 13
+    assert loc.line(("connection", 0, "child", 1, "name")) == 17
+    assert loc.line(("connection", 1)) == 18
+    assert loc.line(("connection", 1, "child", 0)) == 20
+    assert loc.line(("connection", 1, "child", 0, "local_ts", 1)) == 24
+    assert loc.line(("connection", 1, "child", 0, "missing")) == 20
+    assert loc.line(("nothing",)) is None
+    assert format_key_path(("connection", 1, "child", 0, "local_ts", 2)) == \
+        "connection[1].child[0].local_ts[2]"
+    assert format_key_path(("a b", "c")) == '"a b".c'
+
+
+# -- diff --------------------------------------------------------------------------------------
+
+def _conn(name, peer, extra=""):
+    return textwrap.dedent(f"""
+        [[connection]]
+        name = "{name}"
+        remote_addrs = ["{peer}"]
+        psk = "a long enough secret {name}"
+        {extra}
+          [[connection.child]]
+          name = "net"
+          local_ts = ["10.1.0.0/24"]
+          remote_ts = ["10.2.0.0/24"]
+        """)
+
+
+def test_diff_configs():
+    old = parse(_conn("a", "198.51.100.1") + _conn("b", "198.51.100.2") + _conn("c", "198.51.100.3"))
+    new = parse('[gateway]\nlog_level = "debug"\n' + _conn("a", "198.51.100.1") +
+                _conn("c", "198.51.100.3", 'dpd_delay = "10s"').replace("10.2.0.0/24", "10.9.0.0/24") +
+                _conn("d", "198.51.100.4"))
+    d = diff_configs(old, new)
+    assert d.added == ("d",) and d.removed == ("b",) and d.changed == ("c",) and d.unchanged == ("a",)
+    assert d.changed_keys == {"c": ("dpd_delay", "child net: remote_ts")}
+    assert d.gateway_changed == ("log_level",)
+    assert bool(d)
+    assert d.to_dict()["added"] == ["d"]
+    same = diff_configs(old, parse(_conn("a", "198.51.100.1") + _conn("b", "198.51.100.2") +
+                                   _conn("c", "198.51.100.3")))
+    assert not same and same.unchanged == ("a", "b", "c")
+
+
+def test_diff_detects_secret_change_without_showing_it():
+    old = parse(_conn("a", "198.51.100.1"))
+    new = parse(_conn("a", "198.51.100.1").replace("a long enough secret a", "another secret value"))
+    d = diff_configs(old, new)
+    assert d.changed == ("a",) and d.changed_keys["a"] == ("psk",)
+    assert "another" not in repr(d)
+
+
+def test_diff_child_added_and_removed():
+    old = parse(_conn("a", "198.51.100.1"))
+    new = parse(_conn("a", "198.51.100.1").replace('name = "net"', 'name = "net2"'))
+    d = diff_configs(old, new)
+    assert d.changed_keys["a"] == ("child net2: added", "child net: removed")

@@ -1,0 +1,247 @@
+"""The control socket: a real ControlServer in a background event loop, the blocking client."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vpn_gw.control import (CommandFailed, ControlError, ControlServer, DaemonNotRunning,
+                            control_request, encode_message)
+
+
+class LoopThread:
+    """An asyncio loop in a thread, so blocking clients can talk to a server in the same test."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout=5.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def sockdir():
+    # short path: sockaddr_un paths are limited to 107 bytes
+    d = tempfile.mkdtemp(prefix="vgc", dir="/tmp")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def loop():
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+calls: list = []
+
+
+async def handler(cmd, args):
+    calls.append((cmd, args))
+    if cmd == "status":
+        return [{"name": "branch1", "state": "ESTABLISHED"}]
+    if cmd == "echo":
+        return args
+    if cmd == "up":
+        if args.get("name") != "branch1":
+            raise ControlError(f"no connection named {args.get('name')!r}")
+        return "branch1: initiating"
+    if cmd == "crash":
+        raise RuntimeError("kaboom\nsecond line")
+    if cmd == "slow":
+        await asyncio.sleep(args.get("delay", 1.0))
+        return "late"
+    if cmd == "reload":
+        from vpn_gw.config import parse_config
+        parse_config("[gateway]\nike_port = 0\n", "/etc/vpn-gw/gw.toml")
+    if cmd == "weird":
+        return object()
+    raise ControlError(f"unknown command {cmd!r}")
+
+
+@pytest.fixture
+def server(loop, sockdir):
+    path = sockdir / "run" / "control.sock"
+    srv = ControlServer(path, handler)
+    loop.run(srv.start())
+    yield srv
+    loop.run(srv.stop())
+
+
+def raw(path, data: bytes) -> list[bytes]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(3)
+    s.connect(str(path))
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    buf = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return buf.splitlines()
+
+
+def test_socket_created_with_mode_0600_in_new_directory(server):
+    st = os.stat(server.path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(server.path.parent).st_mode) == 0o700
+
+
+def test_request_response(server):
+    assert control_request(server.path, "status") == [{"name": "branch1", "state": "ESTABLISHED"}]
+    assert control_request(server.path, "echo", name="x", n=3) == {"name": "x", "n": 3}
+    assert control_request(server.path, "up", name="branch1") == "branch1: initiating"
+
+
+def test_handler_control_error_is_one_line_failure(server):
+    with pytest.raises(CommandFailed) as ei:
+        control_request(server.path, "up", name="nope")
+    assert str(ei.value) == "no connection named 'nope'"
+    with pytest.raises(CommandFailed, match="unknown command 'frobnicate'"):
+        control_request(server.path, "frobnicate")
+
+
+def test_handler_crash_is_internal_error_one_line(server):
+    with pytest.raises(CommandFailed) as ei:
+        control_request(server.path, "crash")
+    msg = str(ei.value)
+    assert msg == "internal error in 'crash': RuntimeError: kaboom second line"
+    # the server keeps serving
+    assert control_request(server.path, "status")[0]["name"] == "branch1"
+
+
+def test_config_error_is_a_user_error(server):
+    with pytest.raises(CommandFailed) as ei:
+        control_request(server.path, "reload")
+    assert str(ei.value) == "/etc/vpn-gw/gw.toml:2: gateway.ike_port: must be between 1 and 65535, got 0"
+
+
+def test_unserialisable_result(server):
+    with pytest.raises(CommandFailed, match="not serialisable"):
+        control_request(server.path, "weird")
+
+
+def test_protocol_details(server):
+    lines = raw(server.path, b'{"cmd": "status", "id": 7}\n\n{"cmd": "echo", "args": {"a": 1}}\n'
+                             b'not json\n[1]\n{"cmd": 5}\n{"cmd": "echo", "args": []}\n')
+    import json
+    resp = [json.loads(x) for x in lines]
+    assert resp[0] == {"ok": True, "result": [{"name": "branch1", "state": "ESTABLISHED"}],
+                       "id": 7}
+    assert resp[1] == {"ok": True, "result": {"a": 1}}
+    assert resp[2]["ok"] is False and resp[2]["error"].startswith("malformed request")
+    assert resp[3] == {"ok": False, "error": "malformed request: expected a JSON object"}
+    assert "'cmd' must be a non-empty string" in resp[4]["error"]
+    assert "'args' must be an object" in resp[5]["error"]
+    assert len(resp) == 6
+
+
+def test_client_timeout(server):
+    t0 = time.monotonic()
+    with pytest.raises(ControlError, match=r"no answer from vpn-gw within 0.3s"):
+        control_request(server.path, "slow", delay=2.0, timeout=0.3)
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_not_running_messages(sockdir):
+    missing = sockdir / "nope.sock"
+    with pytest.raises(DaemonNotRunning) as ei:
+        control_request(missing, "status")
+    assert str(ei.value) == f"vpn-gw is not running (no control socket at {missing})"
+    # a socket file nobody listens on
+    stale = sockdir / "stale.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(stale))
+    s.close()
+    with pytest.raises(DaemonNotRunning, match="stale control socket"):
+        control_request(stale, "status")
+
+
+def test_stale_socket_removed_on_start_and_socket_removed_on_stop(loop, sockdir):
+    path = sockdir / "c.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()
+    srv = ControlServer(path, handler)
+    loop.run(srv.start())
+    assert control_request(path, "status")
+    loop.run(srv.stop())
+    assert not path.exists()
+    loop.run(srv.stop())  # idempotent
+
+
+def test_refuses_to_start_when_another_daemon_listens(loop, server):
+    other = ControlServer(server.path, handler)
+    with pytest.raises(ControlError, match="another vpn-gw is already running"):
+        loop.run(other.start())
+    # the live socket is untouched
+    assert control_request(server.path, "status")
+
+
+def test_refuses_to_replace_non_socket(loop, sockdir):
+    path = sockdir / "file"
+    path.write_text("x")
+    with pytest.raises(ControlError, match="is not a socket"):
+        loop.run(ControlServer(path, handler).start())
+    assert path.read_text() == "x"
+
+
+def test_path_too_long(loop, sockdir):
+    path = sockdir / ("x" * 120) / "c.sock"
+    with pytest.raises(ControlError, match="too long"):
+        loop.run(ControlServer(path, handler).start())
+
+
+def test_stop_closes_idle_connections(loop, sockdir):
+    path = sockdir / "c.sock"
+    srv = ControlServer(path, handler)
+    loop.run(srv.start())
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(3)
+    s.connect(str(path))
+    s.sendall(b'{"cmd":"status"}\n')
+    assert b'"ok":true' in s.recv(65536)
+    loop.run(srv.stop())
+    assert s.recv(10) == b""  # server closed our connection
+    s.close()
+
+
+def test_async_context_manager(sockdir):
+    async def main():
+        async with ControlServer(sockdir / "a.sock", handler) as srv:
+            assert srv.serving and srv.path.exists()
+            r, w = await asyncio.open_unix_connection(str(srv.path))
+            w.write(b'{"cmd": "echo", "args": {"k": "v"}}\n')
+            line = await r.readline()
+            w.close()
+        assert not (sockdir / "a.sock").exists()
+        return line
+    assert asyncio.run(main()) == b'{"ok":true,"result":{"k":"v"}}\n'
+
+
+def test_encode_message_converts_common_types():
+    import ipaddress
+    from vpn_gw.config import Secret
+    line = encode_message({"a": ipaddress.ip_address("192.0.2.1"), "n": ipaddress.ip_network("10.0.0.0/8"),
+                           "b": b"\x01\xff", "s": Secret(b"hunter22"), "t": (1, 2)})
+    assert line == b'{"a":"192.0.2.1","n":"10.0.0.0/8","b":"01ff","s":"***","t":[1,2]}\n'
