@@ -238,6 +238,13 @@ def cmd_down(args) -> int:
     return 0
 
 
+def cmd_rekey(args) -> int:
+    res = _request(args, "rekey", name=args.name, child=args.child, ike=args.ike)
+    what = "IKE SA" if args.ike else (f"CHILD_SA '{args.child}'" if args.child else "CHILD_SAs")
+    print(f"{args.name}: rekeying {what} ({res.get('rekeying', 0)} started)")
+    return 0
+
+
 def cmd_reload(args) -> int:
     print(render_reload(_request(args, "reload")))
     return 0
@@ -350,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("down", parents=[common, sock], help="close a connection's SAs")
     d.add_argument("name", help="connection name")
     d.set_defaults(func=cmd_down)
+
+    rk = sub.add_parser("rekey", parents=[common, sock], help="rekey a connection's CHILD_SAs or IKE SA")
+    rk.add_argument("name", help="connection name")
+    rk_what = rk.add_mutually_exclusive_group()
+    rk_what.add_argument("--child", metavar="CHILD", help="only this CHILD_SA (default: all)")
+    rk_what.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
+    rk.set_defaults(func=cmd_rekey)
 
     rl = sub.add_parser("reload", parents=[common, sock],
                         help="re-read the daemon's configuration file and apply the changes")

@@ -57,6 +57,7 @@ DPD_ACTIONS = ("clear", "restart", "trap")
 MODES = ("tunnel", "transport")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
+DATAPLANES = ("userspace", "none")
 
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-aes128gcm16-prfsha256-prfsha384-x25519-ecp256-modp3072",
                          "aes256-aes128-sha256-sha384-x25519-ecp256-modp3072")
@@ -467,6 +468,12 @@ class GatewayConfig:
     half_open_limit: int
     cookie_threshold: int
     connections: tuple[ConnectionConfig, ...]
+    dataplane: str = "userspace"            # userspace | none
+    path_mtu: int = 1500                    # outer path MTU for the tunnel MTU (red-side fragmentation)
+    keepalive_interval: float = 20.0        # NAT-T keepalives, seconds, 0 = off
+    retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
+    retransmit_base: float = 1.8            # back-off factor
+    retransmit_tries: int = 5               # retransmissions before giving up
     source: Path | None = field(default=None, compare=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
@@ -621,6 +628,16 @@ def _int(lo: int | None = None, hi: int | None = None):
                 raise _Bad(f"must be >= {lo}, got {v}")
             raise _Bad(f"must be between {lo} and {hi}, got {v}")
         return v
+    return conv
+
+
+def _float(lo: float, hi: float):
+    def conv(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _Bad(f"expected a number, got {_describe(v)}")
+        if not lo <= v <= hi:
+            raise _Bad(f"must be between {lo} and {hi}, got {v}")
+        return float(v)
     return conv
 
 
@@ -879,7 +896,8 @@ def _private_key(ctx: _Ctx, path: tuple):
 
 TOP_KEYS = ("gateway", "connection")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
-                "half_open_limit", "cookie_threshold")
+                "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
+                "retransmit_timeout", "retransmit_base", "retransmit_tries")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "psk", "certs",
     "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
@@ -985,6 +1003,15 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
         ctx.warn(("gateway", "cookie_threshold"), f"cookie_threshold ({cookie_threshold}) is not "
                  f"below half_open_limit ({half_open_limit}): COOKIEs will never be requested")
 
+    dataplane = g.get("dataplane", _choice(DATAPLANES), "userspace")
+    path_mtu = g.get("path_mtu", _int(576, 65535), 1500)
+    keepalive_interval = g.get("keepalive_interval", _duration, 20.0)
+    retransmit_timeout = g.get("retransmit_timeout", _duration, 4.0)
+    retransmit_base = g.get("retransmit_base", _float(1.0, 4.0), 1.8)
+    retransmit_tries = g.get("retransmit_tries", _int(0, 20), 5)
+    if _ok(retransmit_timeout) and retransmit_timeout <= 0:
+        ctx.error(("gateway", "retransmit_timeout"), "must be more than 0s")
+
     conns_raw = top.get("connection", lambda v: _tables(v, "connection"), [])
     connections = []
     seen: dict[str, int] = {}
@@ -1010,7 +1037,9 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     return GatewayConfig(control_socket=control_socket, listen=listen, ike_port=ike_port,
                          natt_port=natt_port, log_level=log_level, log_format=log_format,
                          half_open_limit=half_open_limit, cookie_threshold=cookie_threshold,
-                         connections=tuple(connections),
+                         connections=tuple(connections), dataplane=dataplane, path_mtu=path_mtu,
+                         keepalive_interval=keepalive_interval, retransmit_timeout=retransmit_timeout,
+                         retransmit_base=retransmit_base, retransmit_tries=retransmit_tries,
                          source=source, warnings=tuple(warnings))
 
 

@@ -17,7 +17,7 @@ from ikev2.constants import NON_ESP_MARKER
 from ikev2.manager import IkeManager
 
 from .config import GatewayConfig, diff_configs, load_config
-from .control import ControlServer
+from .control import ControlError, ControlServer
 from .dataplane import DataPlane, RecordingDataPlane
 from .ike_socket import IkeSocket, route_source
 from .policies import ike_policy, initiate_target
@@ -31,12 +31,17 @@ class Gateway:
     def __init__(self, config: GatewayConfig, dataplane: DataPlane | None = None):
         self.config = config
         if dataplane is None:
-            from .userspace import UserspaceDataPlane
-            dataplane = UserspaceDataPlane(self._send_esp, self._interface_for)
+            if config.dataplane == "userspace":
+                from .userspace import UserspaceDataPlane
+                dataplane = UserspaceDataPlane(self._send_esp, self._interface_for, path_mtu=config.path_mtu,
+                                               keepalive_interval=config.keepalive_interval)
+            else:
+                dataplane = RecordingDataPlane()
         self.dataplane = dataplane
-        self.manager = IkeManager([ike_policy(c) for c in config.connections], os.urandom,
+        self.manager = IkeManager([ike_policy(c, config) for c in config.connections], os.urandom,
                                   log=self._engine_log, wall_offset=time.time() - time.monotonic(),
-                                  half_open_limit=config.half_open_limit)
+                                  half_open_limit=config.half_open_limit,
+                                  cookie_threshold=config.cookie_threshold)
         self.sockets: dict[tuple[int, int], list[IkeSocket]] = {}  # (family, port) -> sockets
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: list[tuple[str, asyncio.Future]] = []
@@ -197,6 +202,12 @@ class Gateway:
         return sa
 
     async def handle_control(self, cmd: str, args: dict) -> Any:
+        try:
+            return await self._handle_control(cmd, args)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ControlError(str(e)) from None
+
+    async def _handle_control(self, cmd: str, args: dict) -> Any:
         if cmd == "status":
             return self.status()
         if cmd == "up":
@@ -257,15 +268,14 @@ class Gateway:
         for name in d.removed:
             self.manager.terminate(name, time.monotonic())
         pols = {p.name: p for p in self.manager.policies}
-        self.manager.policies = [pols[c.name] if c.name in d.unchanged else ike_policy(c)
+        self.manager.policies = [pols[c.name] if c.name in d.unchanged else ike_policy(c, new)
                                  for c in new.connections]
         self.config = new
         for name in d.added:
             if self._conn(name).start_action == "start":
                 self.initiate(name)
         self._flush()
-        return {"added": list(d.added), "removed": list(d.removed), "changed": list(d.changed),
-                "unchanged": list(d.unchanged)}
+        return d.to_dict()
 
     def status(self) -> list[dict]:
         now = time.monotonic()

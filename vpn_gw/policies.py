@@ -28,7 +28,7 @@ def child_policy(c) -> ChildPolicy:
     )
 
 
-def ike_policy(conn) -> IkePolicy:
+def ike_policy(conn, gateway=None) -> IkePolicy:
     """One IkePolicy per [[connection]]. FQDN remote addresses are left to the daemon's resolver;
     for matching they count as "any" until resolved."""
     if conn.auth == "psk":
@@ -71,6 +71,11 @@ def ike_policy(conn) -> IkePolicy:
         mobike=conn.mobike,
         rekey_time=conn.rekey_time or 0.0,
         dpd_delay=conn.dpd_delay or 0.0,
+        **({} if gateway is None else {
+            "retransmit_timeout": gateway.retransmit_timeout,
+            "retransmit_base": gateway.retransmit_base,
+            "retransmit_tries": gateway.retransmit_tries,
+        }),
     )
 
 
