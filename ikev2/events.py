@@ -92,3 +92,5 @@ class ExchangeDone(Event):
     message_id: int
     outcome: str
     peer: Address | None = None
+    spi_i: bytes = b""
+    spi_r: bytes = b""

@@ -205,6 +205,8 @@ class IkeSA:
     def _emit(self, ev: Event) -> None:
         ev.ike_name = self.name
         ev.ike_id = self.ike_id
+        if isinstance(ev, ExchangeDone):
+            ev.spi_i, ev.spi_r = self.spi_i, self.spi_r
         self._events.append(ev)
 
     def pop_datagrams(self) -> list[tuple[bytes, Address, Address]]:

@@ -47,10 +47,23 @@ class Gateway:
         self._waiters: list[tuple[str, asyncio.Future]] = []
         self._retry: dict[str, float] = {}
         self.started = time.time()
+        from .log import RateLimitedLogger
+        self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
 
     # ------------------------------------------------------------------ logging
 
+    # Events a peer (or anyone on the Internet) can trigger at will: rate-limited per kind and
+    # source address, so a flood of garbage cannot flood the log.
+    _FLOODABLE = frozenset({"dropped datagram", "dropped malformed message",
+                            "dropped message failing integrity check", "IKE_SA_INIT refused",
+                            "asking for a cookie", "dropped request with unexpected message ID",
+                            "dropped unexpected response"})
+
     def _engine_log(self, level: str, event: str, **fields: Any) -> None:
+        if event in self._FLOODABLE:
+            peer = str(fields.get("peer", "")).rsplit(":", 1)[0]
+            self._ratelimit.log((event, fields.get("reason", ""), peer), event, level=level, **fields)
+            return
         getattr(log, level, log.info)(event, **fields)
 
     # ------------------------------------------------------------------ sockets
@@ -173,7 +186,8 @@ class Gateway:
             log.warning("authentication failed", connection=ev.ike_name, reason=ev.reason)
         elif isinstance(ev, E.ExchangeDone):
             log.info("exchange", connection=ev.ike_name, exchange=ev.exchange, role=ev.role,
-                     mid=ev.message_id, outcome=ev.outcome)
+                     mid=ev.message_id, outcome=ev.outcome, spi_i=ev.spi_i.hex(), spi_r=ev.spi_r.hex(),
+                     peer=f"{ev.peer[0]}:{ev.peer[1]}" if ev.peer else None)
         for name, fut in list(self._waiters):
             if ev.ike_name == name and not fut.done() and isinstance(ev, (E.IkeUp, E.IkeDown, E.AuthFailed)):
                 fut.set_result(ev)
