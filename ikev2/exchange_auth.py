@@ -1,0 +1,208 @@
+"""IKE_AUTH (RFC 7296 1.2, 2.15 AUTH, RFC 7427 signatures, certificates), both roles."""
+from __future__ import annotations
+
+import hmac
+from . import payloads as P
+from .constants import AuthMethod, ExchangeType as X, NotifyType as N
+from .crypto import auth as cauth
+from .crypto.proposals import proposal_display
+from .events import AuthFailed, ExchangeDone, IkeUp
+from .identity import Identity
+from .message import Message
+from .policy import IkePolicy
+from .sa_common import State, ExchangeFailed, _ChildRequest, _notify_name, _local_id_ok
+
+
+class AuthExchange:
+    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+
+    def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:
+        s = self.suite
+        if sent_by_initiator:
+            return cauth.signed_octets(self.init_request_raw, self.nr, s.prf, self.keys.sk_pi, id_body)
+        return cauth.signed_octets(self.init_response_raw, self.ni, s.prf, self.keys.sk_pr, id_body)
+
+    def _our_auth_payloads(self, id_cls) -> list[P.Payload]:
+        pol = self.policy
+        ident = pol.local_id
+        out: list[P.Payload] = [id_cls(id_type=ident.id_type, data=ident.data)]
+        octets = self._auth_octets(self.initiator, ident.body())
+        a = pol.local_auth
+        if a.method == "psk":
+            out.append(P.AuthPayload(method=AuthMethod.PSK,
+                                     data=cauth.psk_auth_data(self.suite.prf, a.psk, octets)))
+        elif a.method == "pubkey":
+            from .certs import cert_payload_data
+            for cert in a.certs:
+                out.insert(len(out), P.CertPayload(encoding=4, data=cert_payload_data(cert)))
+            method, data = cauth.sign(a.private_key, octets, self._sign_hash(a.private_key))
+            out.append(P.AuthPayload(method=method, data=data))
+        else:
+            raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"auth method {a.method} not supported yet")
+        return out
+
+    def _sign_hash(self, key):
+        from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+        from .constants import HashAlgorithm
+        if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+            return None  # EdDSA signs the message itself (RFC 8420, "identity" hash)
+        prefs = [HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512]
+        for h in prefs:
+            if not self.peer_hash_algs or h in self.peer_hash_algs:
+                return h
+        return None
+
+    def _verify_peer_auth(self, req: Message, pol: IkePolicy, now: float) -> Identity:
+        """Check the peer's ID and AUTH against ``pol``; raises ExchangeFailed."""
+        id_cls = P.IDiPayload if not self.initiator else P.IDrPayload
+        idp = req.get(id_cls)
+        authp = req.get(P.AuthPayload)
+        if idp is None or authp is None:
+            raise ExchangeFailed(N.AUTHENTICATION_FAILED, "missing ID or AUTH payload", fatal=True)
+        ident = Identity(idp.id_type, idp.data)
+        if not pol.remote_id.matches(ident):
+            raise ExchangeFailed(N.AUTHENTICATION_FAILED,
+                                 f"peer identity '{ident}' does not match '{pol.remote_id.text}'", fatal=True)
+        octets = self._auth_octets(not self.initiator, idp.encode_body())
+        ra = pol.remote_auth
+        if ra.method == "psk":
+            if authp.method != AuthMethod.PSK:
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED,
+                                     f"peer used auth method {authp.method}, expected PSK", fatal=True)
+            expected = cauth.psk_auth_data(self.suite.prf, ra.psk, octets)
+            if not hmac.compare_digest(expected, authp.data):
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED,
+                                     f"PSK authentication of '{ident}' failed (wrong pre-shared key?)", fatal=True)
+        elif ra.method == "pubkey":
+            from .certs import CertificateError, identity_matches_cert, parse_cert_payload, verify_chain
+            import datetime
+            certs = [c for c in req.all(P.CertPayload) if c.encoding == 4]
+            if not certs:
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED, "peer sent no certificate", fatal=True)
+            try:
+                ee = parse_cert_payload(certs[0].data)
+                inter = [parse_cert_payload(c.data) for c in certs[1:]]
+                when = datetime.datetime.fromtimestamp(self.wall(now), datetime.timezone.utc)
+                verify_chain(ee, inter, ra.cacerts, when)
+            except CertificateError as e:
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"certificate of '{ident}' rejected: {e}",
+                                     fatal=True) from None
+            if not identity_matches_cert(ident, ee):
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED,
+                                     f"identity '{ident}' is not confirmed by its certificate", fatal=True)
+            if not cauth.verify(ee.public_key(), authp.method, authp.data, octets):
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED,
+                                     f"signature of '{ident}' does not verify", fatal=True)
+        else:
+            raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"auth method {ra.method} not supported yet",
+                                 fatal=True)
+        return ident
+
+    def _build_auth_request(self):
+        pol = self.policy
+        payloads = self._our_auth_payloads(P.IDiPayload)
+        idi = payloads[0]
+        extra: list[P.Payload] = []
+        if pol.initial_contact:
+            extra.append(P.NotifyPayload(notify_type=N.INITIAL_CONTACT))
+        if pol.remote_auth.method == "pubkey" and pol.remote_auth.cacerts:
+            from .certs import certreq_data
+            extra.append(P.CertReqPayload(encoding=4, data=certreq_data(pol.remote_auth.cacerts)))
+        if pol.send_idr and not pol.remote_id.is_any and not any(c in pol.remote_id.text for c in "*?"):
+            rid = Identity.parse(pol.remote_id.text)
+            extra.append(P.IDrPayload(id_type=rid.id_type, data=rid.data))
+        # Order as strongSwan: IDi N(INIT_CONTACT) CERTREQ IDr [CERT] AUTH SA TSi TSr N(...)
+        rest = payloads[1:]
+        out: list[P.Payload] = [idi] + extra + rest
+        cp = next((c for c in pol.children if c.start_action == "start"), pol.children[0] if pol.children else None)
+        if cp is not None:
+            req = _ChildRequest(cp, self._new_child_spi(), [], list(cp.local_ts), list(cp.remote_ts))
+            req.proposals = self._child_proposals(cp, req.spi_in, with_ke=False)
+            self._first_child = req
+            self._first_child_policy = cp
+            out += [P.SAPayload(proposals=req.proposals), P.TSiPayload(selectors=req.ts_i),
+                    P.TSrPayload(selectors=req.ts_r)]
+        if pol.mobike:
+            out.append(P.NotifyPayload(notify_type=N.MOBIKE_SUPPORTED))
+        return X.IKE_AUTH, out, lambda m: self._on_auth_response(m, self._now)
+
+    def _on_auth_response(self, msg: Message, now: float) -> None:
+        errors = [n for n in msg.notifies() if n.is_error]
+        if any(n.notify_type == N.AUTHENTICATION_FAILED for n in errors) or msg.get(P.AuthPayload) is None:
+            reason = "peer rejected our authentication (AUTHENTICATION_FAILED)" if errors else \
+                "IKE_AUTH response without AUTH"
+            if errors and not any(n.notify_type == N.AUTHENTICATION_FAILED for n in errors):
+                reason = f"IKE_AUTH failed: peer answered {_notify_name(errors[0].notify_type)}"
+            self._emit(AuthFailed(reason=reason))
+            self._die(now, reason)
+            return
+        try:
+            ident = self._verify_peer_auth(msg, self.policy, now)
+        except ExchangeFailed as e:
+            self._emit(AuthFailed(reason=str(e)))
+            self.log("warning", "peer authentication failed", reason=str(e))
+            # RFC 7296 2.21.2: tell the peer in an INFORMATIONAL, then drop the SA.
+            self._send(self._seal(X.INFORMATIONAL, self.next_mid,
+                                  [P.NotifyPayload(notify_type=N.AUTHENTICATION_FAILED)], response=False))
+            self._die(now, str(e))
+            return
+        self.peer_id = ident
+        self.peer_mobike = msg.notify(N.MOBIKE_SUPPORTED) is not None
+        self._established(now)
+        req = self._first_child
+        self._first_child = None
+        if req is not None:
+            self._finish_child_as_initiator(req, msg, now, self.ni, self.nr, None)
+        self._start_other_children(now)
+
+    def _established(self, now: float) -> None:
+        self.state = State.ESTABLISHED
+        self.established_at = now
+        self.last_inbound = now
+        self.init_retries = 0
+        if self.policy.rekey_time:
+            self.rekey_at = now + self.policy.rekey_time
+        self.log("info", "IKE_SA established", local=f"{self.local[0]}:{self.local[1]}",
+                 remote=f"{self.remote[0]}:{self.remote[1]}", peer_id=str(self.peer_id),
+                 spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex(), proposal=proposal_display(self.proposal))
+        self._emit(IkeUp(local=self.local, remote=self.remote, local_id=str(self.policy.local_id),
+                         remote_id=str(self.peer_id), spi_i=self.spi_i, spi_r=self.spi_r,
+                         proposal=proposal_display(self.proposal),
+                         initial_contact=self.peer_initial_contact))
+
+    def _start_other_children(self, now: float) -> None:
+        for cp in self.policy.children:
+            if cp.start_action == "start" and cp is not self._first_child_policy:
+                self.create_child(cp, now)
+
+    def _on_auth_request(self, req: Message, now: float) -> None:
+        if self.initiator or self.state != State.INIT_DONE:
+            raise ExchangeFailed(N.INVALID_SYNTAX, "unexpected IKE_AUTH request")
+        idi = req.get(P.IDiPayload)
+        if idi is None:
+            raise ExchangeFailed(N.AUTHENTICATION_FAILED, "IKE_AUTH without IDi", fatal=True)
+        ident = Identity(idi.id_type, idi.data)
+        idr = req.get(P.IDrPayload)
+        wanted = Identity(idr.id_type, idr.data) if idr else None
+        matching = [c for c in self.candidates if c.remote_id.matches(ident)
+                    and (wanted is None or _local_id_ok(c, wanted))]
+        if not matching:
+            raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"no connection accepts peer identity '{ident}'",
+                                 fatal=True)
+        # The most specific match wins: exact remote_id before wildcards.
+        matching.sort(key=lambda c: (c.remote_id.is_any, any(ch in c.remote_id.text for ch in "*?")))
+        self.policy = matching[0]
+        self.peer_id = self._verify_peer_auth(req, self.policy, now)
+        self.peer_mobike = req.notify(N.MOBIKE_SUPPORTED) is not None
+        self.peer_initial_contact = req.notify(N.INITIAL_CONTACT) is not None
+        out = self._our_auth_payloads(P.IDrPayload)
+        child_payloads, child = self._respond_child(req, now, self.ni, self.nr, None, rekey_of=None)
+        out += child_payloads
+        if self.policy.mobike and self.peer_mobike:
+            out.append(P.NotifyPayload(notify_type=N.MOBIKE_SUPPORTED))
+        self._respond(req, out)
+        self._established(now)
+        if child is not None:
+            self._install_child(child, now)
+        self._emit(ExchangeDone(exchange="IKE_AUTH", role="responder", message_id=req.message_id,
+                                outcome="established", peer=self.remote))
