@@ -47,3 +47,34 @@ def test_policy_based_ping_and_status(sites):
     finally:
         ga.stop()
         gb.stop()
+
+
+def test_reload_adds_connection_without_touching_running_sas(sites):
+    grp, (router, a, b), tmp = sites
+    conn_ab = connection("to-b", a.wan, b.wan, "a.example.org", "b.example.org", local_ts=a.lan, remote_ts=b.lan)
+    ga = OurGateway(a.gw, tmp, "a", [conn_ab], listen=[a.wan])
+    gb = OurGateway(b.gw, tmp, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
+                                                local_ts=b.lan, remote_ts=a.lan)], listen=[b.wan])
+    try:
+        ga.start()
+        gb.start()
+        ga.up("to-b")
+        (before, _), = ga.wait_children(1)
+        # Add a second connection to the file and reload: the running SA keeps its SPIs.
+        from tests.gateway import render_toml
+        extra = connection("spare", a.wan, "203.0.113.77", "a.example.org", "spare.example.org",
+                           local_ts=a.lan, remote_ts="10.9.0.0/24")
+        ga.config.write_text(render_toml({"control_socket": str(ga.socket), "listen": [a.wan]}, [conn_ab, extra]))
+        out = ga.cli("reload", "-s", str(ga.socket)).stdout
+        assert "added spare" in out
+        (after, _), = ga.wait_children(1)
+        assert (after["spi_i"], after["spi_r"]) == (before["spi_i"], before["spi_r"])
+        # A broken file is refused with the line number, and nothing changes.
+        ga.config.write_text(ga.config.read_text().replace('ike_proposals = ["aes256gcm16-prfsha256-x25519"]',
+                                                           'ike_proposals = ["aes999-nonsense"]', 1))
+        bad = ga.cli("reload", "-s", str(ga.socket), check=False)
+        assert bad.returncode != 0 and "vpn-gw.toml:" in (bad.stderr + bad.stdout)
+        assert ga.ike_sas()[0]["spi_i"] == before["spi_i"]
+    finally:
+        ga.stop()
+        gb.stop()
