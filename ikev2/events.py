@@ -80,6 +80,12 @@ class PeerAddressChanged(Event):
 
 
 @dataclass
+class LocalAddressChanged(Event):
+    old: Address
+    new: Address
+
+
+@dataclass
 class AuthFailed(Event):
     reason: str
 

@@ -13,6 +13,8 @@ class Informational:
     """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
 
     def _on_informational_request(self, req: Message, now: float) -> None:
+        if self._mobike_request(req, now):
+            return
         deletes = req.all(P.DeletePayload)
         out: list[P.Payload] = []
         if any(d.protocol == ProtocolId.IKE for d in deletes):
@@ -44,10 +46,11 @@ class Informational:
             return
         self._respond(req, out)
 
-    def liveness(self, now: float) -> None:
+    def liveness(self, now: float, force: bool = False) -> None:
         """Send an empty INFORMATIONAL (dead peer detection); no answer after the retransmissions
-        deletes the IKE SA."""
-        if any(q.what == "liveness check" for q in self.queue):
+        deletes the IKE SA. ``force``: also when one is already queued (after a local move, the
+        check must leave from the new address)."""
+        if not force and any(q.what == "liveness check" for q in self.queue):
             return
         self._request("liveness check", lambda: (X.INFORMATIONAL, [], lambda m: None)
                       if self.state == State.ESTABLISHED else None)

@@ -28,6 +28,7 @@ from .events import (
     Event,
     ExchangeDone,
     IkeDown,
+    LocalAddressChanged,
     PeerAddressChanged,
 )
 from .identity import Identity
@@ -45,11 +46,12 @@ from .exchange_child import ChildExchanges
 from .exchange_ike_rekey import IkeRekey
 from .exchange_info import Informational
 from .exchange_init import InitExchange
+from .exchange_mobike import Mobike
 
 __all__ = ["IkeSA", "State", "ExchangeFailed"]
 
 
-class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational):
+class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational, Mobike):
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
                  candidates: list[IkePolicy] | None = None, local: Address, remote: Address,
                  rng: RandomBytes, now: float, log: LogFn | None = None,
@@ -102,6 +104,9 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational)
         self.last_response: tuple[int, list[bytes]] | None = None  # (mid, packets) for retransmits
         self._now = now
         self._first_child_policy: ChildPolicy | None = None
+        self._last_src: tuple[Address, Address] = (local, remote)
+        self.peer_addresses: list[str] = []  # RFC 4555 ADDITIONAL_*_ADDRESS: candidates only
+        self.activity_probe = None  # callable(spi_in) -> last inbound ESP time, set by the manager
         self.reassembler = FragmentReassembler()
         self.last_inbound = now
         self.rekey_at: float | None = None
@@ -242,7 +247,7 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational)
                     times.append(c.rekey_at)
                 times.append(c.expire_at)
             if self.policy.dpd_delay:
-                times.append(self.last_inbound + self.policy.dpd_delay)
+                times.append(self._last_activity() + self.policy.dpd_delay)
         return min(times) if times else None
 
     def _timers(self, now: float) -> None:
@@ -257,9 +262,19 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational)
                          spi_in=c.spi_in.hex())
                 self._remove_child(c, "hard lifetime expired")
                 self._request("delete expired child", lambda c=c: self._build_delete_child([c]))
-        if (self.policy.dpd_delay and now - self.last_inbound >= self.policy.dpd_delay
+        if (self.policy.dpd_delay and now - self._last_activity() >= self.policy.dpd_delay
                 and self.pending is None and not self.queue):
             self.liveness(now)
+
+    def _last_activity(self) -> float:
+        """Any authenticated packet counts as a sign of life: IKE, or ESP on one of our Child SAs."""
+        last = self.last_inbound
+        if self.activity_probe is not None:
+            for c in self.children:
+                t = self.activity_probe(c.spi_in)
+                if t is not None and t > last:
+                    last = t
+        return last
 
     def _die(self, now: float, reason: str) -> None:
         if self.state == State.DELETED:
@@ -349,7 +364,14 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational)
             inner = open_message(raw, msg, self.sk_in)
         # Authenticated from here on.
         self.last_inbound = now
-        self._adopt_address(local, remote, now)
+        self._last_src = (local, remote)
+        if not inner.is_response and (remote != self.remote or local != self.local):
+            # A new request (its message ID is the next one: never a replay) from a new address.
+            if self.state == State.INIT_DONE or self._adoption_enabled():
+                self.adopt(local, remote, now, "authenticated IKE request")
+            else:
+                self.log("info", "IKE request from a new address not adopted (address_adoption off)",
+                         peer=f"{remote[0]}:{remote[1]}")
         self.log("debug", "received", message=inner.summary(), peer=f"{remote[0]}:{remote[1]}")
         if inner.is_response:
             p = self.pending
@@ -360,17 +382,54 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational)
         else:
             self._handle_request(inner, now)
 
-    def _adopt_address(self, local: Address, remote: Address, now: float) -> None:
-        """Authenticated packet from a new address: move the IKE SA (RFC 7296 2.23 port float;
-        address adoption). Only the responder side of NAT-T floats here; MOBIKE comes later."""
-        if remote != self.remote or local != self.local:
-            old = self.remote
-            self.remote = remote
-            self.local = local
-            if old != remote:
-                self.log("info", "peer address changed", old=f"{old[0]}:{old[1]}",
-                         new=f"{remote[0]}:{remote[1]}")
-                self._emit(PeerAddressChanged(old=old, new=remote))
+    def _adoption_enabled(self) -> bool:
+        """Address adoption (move the SAs to a peer's new address on authenticated traffic):
+        "auto" enables it for peers behind a NAT and for connections that accept any remote
+        address (remote access); true/false force it."""
+        mode = self.policy.address_adoption if self.policy else "auto"
+        if mode in (True, "true", "yes"):
+            return True
+        if mode in (False, "false", "no"):
+            return False
+        return self.nat_remote or not self.policy.remote_addrs or "%any" in self.policy.remote_addrs
+
+    def adopt(self, local: Address, remote: Address, now: float, why: str) -> None:
+        """Move the IKE SA and all its Child SAs to new addresses at once (no new handshake, no
+        rekey). RFC 7296 2.23 port floating and the gateway's address adoption both end here."""
+        if (local, remote) == (self.local, self.remote):
+            return
+        old_local, old = self.local, self.remote
+        self.remote = remote
+        self.local = local
+        if old != remote:
+            self.log("info", "peer address changed", old=f"{old[0]}:{old[1]}", new=f"{remote[0]}:{remote[1]}",
+                     reason=why, spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex())
+            self._emit(PeerAddressChanged(old=old, new=remote))
+        if old_local != local:
+            self.log("info", "local address changed", old=f"{old_local[0]}:{old_local[1]}",
+                     new=f"{local[0]}:{local[1]}", reason=why)
+            self._emit(LocalAddressChanged(old=old_local, new=local))
+
+    def adopt_from_esp(self, local: Address, remote: Address, now: float) -> bool:
+        """The data plane saw an authenticated ESP packet, newer than any before, from a new
+        address: adopt it if the connection allows address adoption."""
+        if self.state != State.ESTABLISHED or not self._adoption_enabled():
+            return False
+        self.adopt(local, remote, now, "authenticated ESP packet")
+        return True
+
+    def local_moved(self, new_local: Address, now: float) -> None:
+        """Our own outer address changed (client roaming). With MOBIKE, tell the peer with
+        UPDATE_SA_ADDRESSES (RFC 4555 3.5); otherwise send an authenticated liveness check from
+        the new address, which the peer adopts."""
+        if self.state != State.ESTABLISHED or new_local == self.local:
+            return
+        self.adopt(new_local, self.remote, now, "local address changed")
+        if self.peer_mobike and self.policy.mobike and self.initiator:
+            self._request("MOBIKE address update", self._build_update_sa_addresses)
+            self._pump(now)
+        else:
+            self.liveness(now, force=True)
 
     def _respond(self, req: Message, payloads: list[P.Payload]) -> None:
         packets = self._seal(req.exchange, req.message_id, payloads, response=True)

@@ -40,6 +40,7 @@ class IkeManager:
         self._out: list[tuple[bytes, Address, Address]] = []
         self._events: list[Event] = []
         self.dropped: dict[str, int] = {}
+        self.activity_probe = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -52,6 +53,7 @@ class IkeManager:
         return i
 
     def _add(self, sa: IkeSA) -> None:
+        sa.activity_probe = self.activity_probe
         self.sas.append(sa)
         if sa.our_spi and sa.our_spi != bytes(8):
             self.by_spi[sa.our_spi] = sa
@@ -122,6 +124,35 @@ class IkeManager:
         sa.start(now)
         self._collect()
         return sa
+
+    def by_id(self, ike_id: int) -> IkeSA | None:
+        return next((sa for sa in self.sas if sa.ike_id == ike_id and sa.state != State.DELETED), None)
+
+    def esp_adopt(self, ike_id: int, local: Address, remote: Address, now: float) -> bool:
+        """The data plane saw an authenticated ESP packet, newer than all before, from a new
+        address: move the IKE SA and its Child SAs there if the connection adopts addresses."""
+        sa = self.by_id(ike_id)
+        moved = bool(sa and sa.adopt_from_esp(local, remote, now))
+        self._collect()
+        return moved
+
+    def local_address_changed(self, old_ip: str, new_ip: str, now: float) -> int:
+        """Our address old_ip is gone and new_ip replaces it: move the IKE SAs that used it and
+        let their peers know (MOBIKE update or an authenticated liveness check)."""
+        n = 0
+        for sa in list(self.sas):
+            if sa.local[0] == old_ip and sa.state == State.ESTABLISHED:
+                self._guarded(sa, sa.local_moved, (new_ip, sa.local[1]), now)
+                n += 1
+        self._collect()
+        return n
+
+    def set_activity_probe(self, probe) -> None:
+        """probe(spi_in) -> monotonic time of the last authenticated inbound ESP packet, or None:
+        any authenticated packet counts for liveness (dead peer detection)."""
+        self.activity_probe = probe
+        for sa in self.sas:
+            sa.activity_probe = probe
 
     def find(self, name: str) -> list[IkeSA]:
         return [sa for sa in self.sas if sa.policy and sa.policy.name == name and sa.state != State.DELETED]
@@ -245,6 +276,7 @@ class IkeManager:
         sa = IkeSA(ike_id=self._new_id(), initiator=False, policy=None, candidates=candidates, local=local,
                    remote=remote, rng=self.rng, now=now, log=self.log, wall_offset=self.wall_offset)
         sa.policy = candidates[0]
+        sa.activity_probe = self.activity_probe
         self.sas.append(sa)
         self._guarded(sa, sa.receive, data, msg, local, remote, now)
         if sa.state != State.DELETED:

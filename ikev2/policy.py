@@ -51,6 +51,7 @@ class IkePolicy:
     fragment_size: int = 1280  # max IP datagram size of a fragment (as strongSwan's fragment_size)
     forced_encap: bool = False  # fake NAT-D so the peer believes there is a NAT (RFC 3948 always)
     mobike: bool = True
+    address_adoption: str | bool = "auto"  # auto: for peers behind NAT and %any (remote access)
     retransmit_timeout: float = 4.0
     retransmit_base: float = 1.8
     retransmit_tries: int = 5

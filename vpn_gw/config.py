@@ -418,6 +418,7 @@ class ConnectionConfig:
     rand_time: float
     encap: bool
     mobike: bool
+    address_adoption: str | bool            # "auto" | true | false
     fragmentation: bool
     fragment_size: int
     keyingtries: int                        # 0 = forever
@@ -639,6 +640,12 @@ def _float(lo: float, hi: float):
             raise _Bad(f"must be between {lo} and {hi}, got {v}")
         return float(v)
     return conv
+
+
+def _auto_bool(v):
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise _Bad(f"expected true, false or \"auto\", got {_describe(v)}")
 
 
 def _choice(choices: Sequence[str]):
@@ -901,7 +908,7 @@ GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level"
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "psk", "certs",
     "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
-    "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "fragmentation",
+    "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "address_adoption", "fragmentation",
     "fragment_size", "keyingtries", "if_id", "interface", "child",
 )
 CHILD_KEYS = (
@@ -1113,6 +1120,7 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
                           f"rand_time ({rand_time:g}s) must be less than {which} ({min(limits):g}s)")
     encap = t.get("encap", _bool, False)
     mobike = t.get("mobike", _bool, True)
+    address_adoption = t.get("address_adoption", _auto_bool, "auto")
     fragmentation = t.get("fragmentation", _bool, True)
     fragment_size = t.get("fragment_size", _int(512, 65535), 1280)
     keyingtries = t.get("keyingtries", _int(0), 1)
@@ -1168,7 +1176,7 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         cacert_files=cacert_files, ike_proposals=ike_parsed, ike_proposals_text=ike_text,
         start_action=start_action, dpd_delay=dpd_delay, dpd_action=dpd_action,
         rekey_time=rekey_time, reauth_time=reauth_time, over_time=over_time, rand_time=rand_time,
-        encap=encap, mobike=mobike, fragmentation=fragmentation, fragment_size=fragment_size,
+        encap=encap, mobike=mobike, address_adoption=address_adoption, fragmentation=fragmentation, fragment_size=fragment_size,
         keyingtries=keyingtries, if_id=if_id, interface=interface, children=tuple(children))
 
 

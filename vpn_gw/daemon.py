@@ -42,6 +42,9 @@ class Gateway:
                                   log=self._engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
                                   cookie_threshold=config.cookie_threshold)
+        self.manager.set_activity_probe(self.dataplane.last_rx)
+        if hasattr(self.dataplane, "on_peer_moved"):
+            self.dataplane.on_peer_moved = self._esp_peer_moved
         self.sockets: dict[tuple[int, int], list[IkeSocket]] = {}  # (family, port) -> sockets
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: list[tuple[str, asyncio.Future]] = []
@@ -125,6 +128,10 @@ class Gateway:
         except OSError:
             pass  # like a congested or unreachable link: ESP is best effort
 
+    def _esp_peer_moved(self, ike_id: int, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        self.manager.esp_adopt(ike_id, local, remote, time.monotonic())
+        self._flush()
+
     def _interface_for(self, name: str) -> str | None:
         conn = self._conn(name)
         return conn.interface if conn is not None else None
@@ -173,7 +180,7 @@ class Gateway:
             self.dataplane.install_child(ev)
         elif isinstance(ev, E.ChildDown):
             self.dataplane.remove_child(ev.spi_in, ev.spi_out)
-        elif isinstance(ev, E.PeerAddressChanged):
+        elif isinstance(ev, (E.PeerAddressChanged, E.LocalAddressChanged)):
             sa = next((s for s in self.manager.sas if s.ike_id == ev.ike_id), None)
             if sa is not None:
                 self.dataplane.update_addresses(ev.ike_id, sa.local, sa.remote)

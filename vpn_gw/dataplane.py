@@ -50,6 +50,10 @@ class DataPlane:
         """An ESP packet that arrived in UDP on the NAT-T port."""
         raise NotImplementedError
 
+    def last_rx(self, spi_in: bytes) -> float | None:
+        """Monotonic time of the last authenticated packet received on this Child SA."""
+        return None
+
 
 class RecordingDataPlane(DataPlane):
     """Keeps installed SAs (without key material) and counts ESP it is handed but cannot use."""

@@ -69,6 +69,7 @@ def ike_policy(conn, gateway=None) -> IkePolicy:
         fragment_size=conn.fragment_size,
         forced_encap=conn.encap,
         mobike=conn.mobike,
+        address_adoption=conn.address_adoption,
         rekey_time=conn.rekey_time or 0.0,
         dpd_delay=conn.dpd_delay or 0.0,
         **({} if gateway is None else {
