@@ -49,6 +49,7 @@ class Gateway:
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: list[tuple[str, asyncio.Future]] = []
         self._retry: dict[str, float] = {}
+        self._held_down: set[str] = set()  # taken down by `vpn-gw down`: no automatic restart
         self.started = time.time()
         from .log import RateLimitedLogger
         self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
@@ -187,7 +188,10 @@ class Gateway:
         elif isinstance(ev, E.IkeDown):
             log.info("IKE_SA down", connection=ev.ike_name, reason=ev.reason)
             conn = self._conn(ev.ike_name)
-            if conn is not None and conn.start_action == "start" and not self.manager.find(ev.ike_name):
+            keep_up = conn is not None and (conn.start_action == "start" or conn.dpd_action == "restart")
+            if keep_up and ev.ike_name not in self._held_down and initiate_target(conn) \
+                    and not self.manager.find(ev.ike_name):
+                log.info("re-initiating", connection=ev.ike_name, delay=RETRY_DELAY)
                 self._retry[ev.ike_name] = time.monotonic() + RETRY_DELAY
         elif isinstance(ev, E.AuthFailed):
             log.warning("authentication failed", connection=ev.ike_name, reason=ev.reason)
@@ -205,6 +209,7 @@ class Gateway:
     # ------------------------------------------------------------------ commands
 
     def initiate(self, name: str):
+        self._held_down.discard(name)
         conn = self._conn(name)
         if conn is None:
             raise ValueError(f"no connection named '{name}'")
@@ -249,6 +254,7 @@ class Gateway:
             name = args.get("name", "")
             if self._conn(name) is None:
                 raise ValueError(f"no connection named '{name}'")
+            self._held_down.add(name)
             n = self.manager.terminate(name, time.monotonic())
             self._retry.pop(name, None)
             self._flush()
