@@ -133,6 +133,46 @@ class Gateway:
         self.manager.esp_adopt(ike_id, local, remote, time.monotonic())
         self._flush()
 
+    def check_local_addresses(self) -> int:
+        """Client roaming: if the address the kernel would now use to reach a peer is not the one
+        an IKE SA uses (ours disappeared, the default route moved), move the SA there and tell
+        the peer (MOBIKE update, or an authenticated liveness check it adopts)."""
+        moved = 0
+        for sa in list(self.manager.sas):
+            if not sa.initiator or sa.state.value != "established" or sa.policy.local_addrs:
+                continue  # a connection with configured local_addrs never roams
+            try:
+                src = route_source(sa.remote[0])
+            except OSError:
+                continue  # no route at all right now: keep the SA, DPD decides
+            if src != sa.local[0]:
+                why = "address gone" if not self._is_local(sa.local[0]) else "route changed"
+                log.info("local path changed, moving IKE SA", connection=sa.name, old=sa.local[0], new=src,
+                         reason=why)
+                moved += self.manager.local_address_changed(sa.local[0], src, time.monotonic())
+        if moved:
+            self._flush()
+        return moved
+
+    @staticmethod
+    def _is_local(ip: str) -> bool:
+        """Is ip still an address of this host (bindable)?"""
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((ip, 0))
+                return True
+            except OSError:
+                return False
+
+    async def _watch_local_addresses(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.check_local_addresses()
+            except Exception as e:  # noqa: BLE001 - never let the watcher die
+                log.error("local address check failed", error=f"{type(e).__name__}: {e}")
+
     def _interface_for(self, name: str) -> str | None:
         conn = self._conn(name)
         return conn.interface if conn is not None else None
@@ -362,7 +402,9 @@ class Gateway:
                     log.warning("cannot initiate", connection=conn.name, error=str(e))
                     self._retry[conn.name] = time.monotonic() + RETRY_DELAY
         self._flush()
+        watcher = loop.create_task(self._watch_local_addresses())
         await stop.wait()
+        watcher.cancel()
         log.info("stopping: deleting IKE SAs")
         now = time.monotonic()
         for sa in list(self.manager.sas):
