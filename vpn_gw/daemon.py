@@ -21,6 +21,7 @@ from .control import ControlError, ControlServer
 from .dataplane import DataPlane, RecordingDataPlane
 from .ike_socket import IkeSocket, route_source
 from .policies import ike_policy, initiate_target
+from .probe import ProbeResponder, is_probe
 
 log = structlog.get_logger("vpn_gw")
 
@@ -53,6 +54,7 @@ class Gateway:
         self.started = time.time()
         from .log import RateLimitedLogger
         self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
+        self.probe_responder = ProbeResponder()  # docs/probe.md: stateless, rate-limited echo
 
     # ------------------------------------------------------------------ logging
 
@@ -96,8 +98,23 @@ class Gateway:
                     self.dataplane.esp_received(data, local, remote)
                     continue
                 data = data[4:]
+            if is_probe(data):  # firewall-traversal probe: answered here, never IKE
+                self._answer_probe(sock, data, local, remote)
+                continue
             self.manager.receive(data, local, remote, time.monotonic())
         self._flush()
+
+    def _answer_probe(self, sock: IkeSocket, data: bytes, local: tuple[str, int],
+                      remote: tuple[str, int]) -> None:
+        reply = self.probe_responder.handle(data, remote[0], time.monotonic())
+        if reply is None:
+            return
+        if sock.port == self.config.natt_port:
+            reply = NON_ESP_MARKER + reply
+        try:
+            sock.send(reply, local[0], remote)
+        except OSError:
+            pass  # best effort, like the probe itself
 
     def _socket_for(self, local: tuple[str, int]) -> IkeSocket | None:
         fam = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
@@ -172,6 +189,24 @@ class Gateway:
                 self.check_local_addresses()
             except Exception as e:  # noqa: BLE001 - never let the watcher die
                 log.error("local address check failed", error=f"{type(e).__name__}: {e}")
+
+    def _install_traps(self) -> None:
+        if not hasattr(self.dataplane, "install_trap"):
+            return
+        self.dataplane.on_acquire = self._acquire
+        for conn in self.config.connections:
+            if conn.start_action == "trap":
+                pol = next(p for p in self.manager.policies if p.name == conn.name)
+                for cp in pol.children:
+                    self.dataplane.install_trap(conn.name, cp.local_ts, cp.remote_ts)
+
+    def _acquire(self, name: str) -> None:
+        if self.manager.find(name):
+            return  # already being set up
+        try:
+            self.initiate(name)
+        except (OSError, ValueError) as e:
+            log.warning("cannot start connection for trapped traffic", connection=name, error=str(e))
 
     def _interface_for(self, name: str) -> str | None:
         conn = self._conn(name)
@@ -301,6 +336,8 @@ class Gateway:
             return {"connection": name, "terminated": n}
         if cmd == "reload":
             return self.reload()
+        if cmd == "stats":
+            return {"probe": self.probe_responder.counters()}
         if cmd == "rekey":
             return self.rekey(args.get("name", ""), args.get("child"), bool(args.get("ike")))
         raise ValueError(f"unknown command '{cmd}'")
@@ -390,6 +427,7 @@ class Gateway:
                     log.error("cannot create the connection's interface", connection=conn.name,
                               interface=conn.interface, error=str(e))
         self.open_sockets()
+        self._install_traps()
         control = ControlServer(str(self.config.control_socket), self.handle_control)
         await control.start()
         log.info("vpn-gw started", connections=len(self.config.connections),

@@ -42,6 +42,8 @@ log = structlog.get_logger("vpn_gw.dataplane")
 DEFAULT_TUN = "vpngw0"
 KEEPALIVE = b"\xff"
 READ_BATCH = 256
+TRAP_QUEUE = 64  # packets held per trap policy while the IKE SA comes up
+TRAP_RETRY = 5.0  # seconds before traffic may trigger the connection again
 
 
 @dataclass
@@ -80,6 +82,17 @@ class _Child:
     routes: list[str] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
     last_rx: float | None = None
+
+
+@dataclass
+class _Trap:
+    conn: str
+    local_ts: list[_Selector]
+    remote_ts: list[_Selector]
+    tun: Tun
+    queue: list[bytes] = field(default_factory=list)
+    acquired_at: float = -1e9
+    routes: list[str] = field(default_factory=list)
 
 
 def _flow(pkt: bytes) -> tuple[int, int, int, int, int, int] | None:
@@ -138,6 +151,8 @@ class UserspaceDataPlane(DataPlane):
         self.unmatched: dict[str, int] = {}  # drops before an SA is known
         self._keepalive_task: asyncio.Task | None = None
         self.on_peer_moved: Callable[[int, Address, Address], None] | None = None
+        self.on_acquire: Callable[[str], None] | None = None
+        self.traps: dict[str, _Trap] = {}
         self._raw4: socket.socket | None = None  # ICMP errors we generate (see _send_icmp4)
 
     # ------------------------------------------------------------------ lifecycle
@@ -209,6 +224,7 @@ class UserspaceDataPlane(DataPlane):
         self.by_tun[tun.name].append(child)
         if self.interface_for(ev.ike_name) is None:
             child.routes = self._add_routes(tun, child)
+        self._flush_trap(child)
         log.info("CHILD_SA installed in userspace data plane", child=ev.child_name, interface=tun.name,
                  spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), tunnel_mtu=mtu,
                  peer=f"{ev.remote[0]}:{ev.remote[1]}")
@@ -313,7 +329,8 @@ class UserspaceDataPlane(DataPlane):
     def _outbound(self, tun: Tun, pkt: bytes) -> None:
         child = self._select(tun, pkt)
         if child is None:
-            self._count("no_policy")
+            if not self._trap(tun, pkt):
+                self._count("no_policy")
             return
         if len(pkt) > child.mtu:
             try:
@@ -362,6 +379,56 @@ class UserspaceDataPlane(DataPlane):
         except EspError:
             return  # counted on the SA
         self.send_udp(esp, (child.local[0], 4500), (child.remote[0], child.remote[1]))
+
+    # ------------------------------------------------------------------ trap policies
+
+    def install_trap(self, conn: str, local_ts: list, remote_ts: list) -> None:
+        """start_action = "trap": traffic matching the selectors starts the IKE SA; the first
+        packets wait (bounded) until the Child SA is up, then they are sent through it."""
+        ifname = self.interface_for(conn)
+        tun = self._tun(ifname or DEFAULT_TUN)
+        trap = _Trap(conn, [_Selector.from_ts(t) for t in local_ts], [_Selector.from_ts(t) for t in remote_ts], tun)
+        self.traps[conn] = trap
+        if ifname is None:
+            probe = _Child(conn, -1, b"", b"", None, None, ("", 0), ("", 0), trap.local_ts, trap.remote_ts, tun, 0)
+            trap.routes = self._add_routes(tun, probe)
+        log.info("trap policy installed", connection=conn, interface=tun.name,
+                 remote_ts=[n for s in trap.remote_ts for n in s.network_strings()])
+
+    def remove_trap(self, conn: str) -> None:
+        trap = self.traps.pop(conn, None)
+        if trap is not None:
+            trap.queue.clear()
+
+    def _trap(self, tun: Tun, pkt: bytes) -> bool:
+        f = _flow(pkt)
+        for trap in self.traps.values():
+            if trap.tun is not tun:
+                continue
+            route_based = self.interface_for(trap.conn) is not None
+            if not route_based and (f is None or not (_match(trap.local_ts, f[0], f[1], f[3], f[4])
+                                                      and _match(trap.remote_ts, f[0], f[2], f[3], f[5]))):
+                continue
+            if len(trap.queue) < TRAP_QUEUE:
+                trap.queue.append(pkt)
+            else:
+                self._count("trap_queue_full")
+            now = self.clock()
+            if self.on_acquire is not None and now - trap.acquired_at > TRAP_RETRY:
+                trap.acquired_at = now
+                log.info("traffic for a trap policy: starting the connection", connection=trap.conn)
+                self.on_acquire(trap.conn)
+            return True
+        return False
+
+    def _flush_trap(self, child: _Child) -> None:
+        trap = self.traps.get(child.conn)
+        if trap is None or not trap.queue:
+            return
+        queued, trap.queue = trap.queue, []
+        log.info("sending packets held by the trap policy", connection=child.conn, packets=len(queued))
+        for pkt in queued:
+            self._outbound(child.tun, pkt)
 
     # ------------------------------------------------------------------ inbound
 

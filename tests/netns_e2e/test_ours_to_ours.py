@@ -78,3 +78,25 @@ def test_reload_adds_connection_without_touching_running_sas(sites):
     finally:
         ga.stop()
         gb.stop()
+
+
+def test_trap_policy_starts_tunnel_and_delivers_first_packets(sites):
+    grp, (router, a, b), tmp = sites
+    ga = OurGateway(a.gw, tmp, "a", [connection("to-b", a.wan, b.wan, "a.example.org", "b.example.org",
+                                                local_ts=a.lan, remote_ts=b.lan, start_action="trap")],
+                    listen=[a.wan])
+    gb = OurGateway(b.gw, tmp, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
+                                                local_ts=b.lan, remote_ts=a.lan)], listen=[b.wan])
+    try:
+        ga.start()
+        gb.start()
+        assert ga.status() == []  # nothing negotiated until traffic arrives
+        # One ping: its echo request is held by the trap policy and sent once the SA is up.
+        r = a.host.run(["ping", "-c", "1", "-W", "5", b.host_ip], check=False, timeout=10)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (sa, ch), = ga.children()
+        assert ch["packets_out"] >= 1
+        assert any(l.get("event") == "traffic for a trap policy: starting the connection" for l in ga.log_lines())
+    finally:
+        ga.stop()
+        gb.stop()
