@@ -86,6 +86,21 @@ class LocalAddressChanged(Event):
 
 
 @dataclass
+class VirtualIpAssigned(Event):
+    """Gateway: a remote-access client got these addresses from a pool."""
+    identity: str
+    addresses: list[str]
+
+
+@dataclass
+class VirtualIpReceived(Event):
+    """Client: the gateway assigned us these addresses (configuration payload)."""
+    addresses: list[str]
+    dns: list[str]
+    subnets: list[str]
+
+
+@dataclass
 class AuthFailed(Event):
     reason: str
 

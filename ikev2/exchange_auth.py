@@ -100,7 +100,13 @@ class AuthExchange:
 
     def _build_auth_request(self):
         pol = self.policy
-        payloads = self._our_auth_payloads(P.IDiPayload)
+        eap = pol.local_auth.method.startswith("eap")
+        if eap:
+            # No AUTH: asking for EAP (RFC 7296 2.16).
+            payloads = [P.IDiPayload(id_type=pol.local_id.id_type, data=pol.local_id.data)]
+            self._eap_client_obj = pol.local_auth.eap_client()
+        else:
+            payloads = self._our_auth_payloads(P.IDiPayload)
         idi = payloads[0]
         extra: list[P.Payload] = []
         if pol.initial_contact:
@@ -113,7 +119,7 @@ class AuthExchange:
             extra.append(P.IDrPayload(id_type=rid.id_type, data=rid.data))
         # Order as strongSwan: IDi N(INIT_CONTACT) CERTREQ IDr [CERT] AUTH SA TSi TSr N(...)
         rest = payloads[1:]
-        out: list[P.Payload] = [idi] + extra + rest
+        out: list[P.Payload] = self._eap_client_request([idi] + extra + rest)
         cp = next((c for c in pol.children if c.start_action == "start"), pol.children[0] if pol.children else None)
         if cp is not None:
             req = _ChildRequest(cp, self._new_child_spi(), [], list(cp.local_ts), list(cp.remote_ts))
@@ -124,6 +130,8 @@ class AuthExchange:
                     P.TSrPayload(selectors=req.ts_r)]
         if pol.mobike:
             out.append(P.NotifyPayload(notify_type=N.MOBIKE_SUPPORTED))
+        if eap:
+            return X.IKE_AUTH, out, lambda m: self._on_auth_response_eap(m, self._now)
         return X.IKE_AUTH, out, lambda m: self._on_auth_response(m, self._now)
 
     def _on_auth_response(self, msg: Message, now: float) -> None:
@@ -148,6 +156,7 @@ class AuthExchange:
             return
         self.peer_id = ident
         self.peer_mobike = msg.notify(N.MOBIKE_SUPPORTED) is not None
+        self._read_cp_reply(msg)
         self._established(now)
         req = self._first_child
         self._first_child = None
@@ -178,6 +187,9 @@ class AuthExchange:
     def _on_auth_request(self, req: Message, now: float) -> None:
         if self.initiator or self.state != State.INIT_DONE:
             raise ExchangeFailed(N.INVALID_SYNTAX, "unexpected IKE_AUTH request")
+        if self._eap_server_obj is not None:
+            self._continue_eap_server(req, now)
+            return
         idi = req.get(P.IDiPayload)
         if idi is None:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, "IKE_AUTH without IDi", fatal=True)
@@ -191,12 +203,24 @@ class AuthExchange:
                                  fatal=True)
         # The most specific match wins: exact remote_id before wildcards.
         matching.sort(key=lambda c: (c.remote_id.is_any, any(ch in c.remote_id.text for ch in "*?")))
-        self.policy = matching[0]
-        self.peer_id = self._verify_peer_auth(req, self.policy, now)
+        if req.get(P.AuthPayload) is None:
+            # No AUTH: the client asks for EAP. Prefer a connection that authenticates with EAP.
+            eap_first = [c for c in matching if c.remote_auth.method.startswith("eap")]
+            self.policy = (eap_first or matching)[0]
+        else:
+            self.policy = matching[0]
         self.peer_mobike = req.notify(N.MOBIKE_SUPPORTED) is not None
         self.peer_initial_contact = req.notify(N.INITIAL_CONTACT) is not None
+        if req.get(P.AuthPayload) is None:
+            self._start_eap_server(req, ident, now)
+            return
+        self.peer_id = self._verify_peer_auth(req, self.policy, now)
         out = self._our_auth_payloads(P.IDrPayload)
-        child_payloads, child = self._respond_child(req, now, self.ni, self.nr, None, rekey_of=None)
+        vip_ts, cp_reply = self._assign_virtual_ip(req)
+        if cp_reply is not None:
+            out.append(cp_reply)
+        child_payloads, child = self._respond_child(req, now, self.ni, self.nr, None, rekey_of=None,
+                                                    peer_ts=vip_ts)
         out += child_payloads
         if self.policy.mobike and self.peer_mobike:
             out.append(P.NotifyPayload(notify_type=N.MOBIKE_SUPPORTED))

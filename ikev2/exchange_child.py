@@ -33,7 +33,8 @@ class ChildExchanges:
         return out
 
     def _respond_child(self, req: Message, now: float, ni: bytes, nr: bytes, shared: bytes | None,
-                       rekey_of: ChildSA | None) -> tuple[list[P.Payload], ChildSA | None]:
+                       rekey_of: ChildSA | None, peer_ts: list[P.TrafficSelector] | None = None
+                       ) -> tuple[list[P.Payload], ChildSA | None]:
         """Responder side of a Child SA (IKE_AUTH or CREATE_CHILD_SA): choose proposal and
         narrow selectors. Returns the payloads to answer with and the new ChildSA (not installed)."""
         sa = req.get(P.SAPayload)
@@ -47,7 +48,8 @@ class ChildExchanges:
         policies = [rekey_of.policy] if rekey_of else self.policy.children
         best_err = (N.TS_UNACCEPTABLE, "traffic selectors unacceptable")
         for cp in policies:
-            ts_i = narrow(tsi.selectors, cp.remote_ts)
+            # A remote-access client's selectors are narrowed to its virtual IP (peer_ts).
+            ts_i = narrow(narrow(tsi.selectors, peer_ts) if peer_ts else tsi.selectors, cp.remote_ts)
             ts_r = narrow(tsr.selectors, cp.local_ts)
             if not ts_i or not ts_r:
                 continue

@@ -47,11 +47,12 @@ from .exchange_ike_rekey import IkeRekey
 from .exchange_info import Informational
 from .exchange_init import InitExchange
 from .exchange_mobike import Mobike
+from .exchange_eap import EapExchange
 
 __all__ = ["IkeSA", "State", "ExchangeFailed"]
 
 
-class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational, Mobike):
+class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational, Mobike, EapExchange):
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
                  candidates: list[IkePolicy] | None = None, local: Address, remote: Address,
                  rng: RandomBytes, now: float, log: LogFn | None = None,
@@ -105,7 +106,18 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         self._now = now
         self._first_child_policy: ChildPolicy | None = None
         self._last_src: tuple[Address, Address] = (local, remote)
-        self.peer_addresses: list[str] = []  # RFC 4555 ADDITIONAL_*_ADDRESS: candidates only
+        self.peer_addresses: list[str] = []
+        # EAP and configuration payload (ikev2.exchange_eap)
+        self._eap_server_obj = None
+        self._eap_client_obj = None
+        self._eap_first_request = None
+        self._eap_rounds = 0
+        self._eap_done = False
+        self._eap_msk = b""
+        self._eap_server_authenticated = False
+        self._eap_server_idr = None
+        self.eap_identity: str | None = None
+        self.virtual_ips: list[str] = []  # RFC 4555 ADDITIONAL_*_ADDRESS: candidates only
         self.activity_probe = None  # callable(spi_in) -> last inbound ESP time, set by the manager
         self.reassembler = FragmentReassembler()
         self.last_inbound = now
@@ -482,6 +494,8 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
             "proposal": proposal_display(self.proposal) if self.proposal else "",
             "established_for": round(now - self.established_at, 1) if self.established_at is not None else None,
             "nat_local": self.nat_local,
+            "eap_identity": self.eap_identity,
+            "virtual_ips": list(self.virtual_ips),
             "nat_remote": self.nat_remote,
             "children": [{
                 "name": c.name, "state": c.state.value, "spi_in": c.spi_in.hex(), "spi_out": c.spi_out.hex(),

@@ -19,6 +19,8 @@ class AuthConfig:
     certs: list = field(default_factory=list)  # our chain: end entity first (cryptography x509)
     private_key: object | None = field(default=None, repr=False)
     cacerts: list = field(default_factory=list)  # trust anchors for the peer's certificate
+    eap_server: object | None = None  # callable() -> ikev2.eap.EapServer (gateway side)
+    eap_client: object | None = None  # callable() -> ikev2.eap.EapClient (client side)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class IkePolicy:
     forced_encap: bool = False  # fake NAT-D so the peer believes there is a NAT (RFC 3948 always)
     mobike: bool = True
     address_adoption: str | bool = "auto"  # auto: for peers behind NAT and %any (remote access)
+    vips: list[str] = field(default_factory=list)  # client: request virtual IPs ("0.0.0.0", "::")
+    address_assigner: object | None = None  # gateway: callable(identity, request) -> assignment | None
     retransmit_timeout: float = 4.0
     retransmit_base: float = 1.8
     retransmit_tries: int = 5
