@@ -4,13 +4,14 @@
     vpn-gw status [--json] [-s SOCKET]
     vpn-gw up NAME | down NAME | reload            [-s SOCKET]
     vpn-gw check-config FILE
+    vpn-gw probe HOST [--port 500,4500] [--timeout S] [--json]
     vpn-gw demo
     vpn-gw --version
 
 Every failure ends with a non-zero exit status and a one-line reason on stderr; ``--debug``
 shows the traceback instead. Exit statuses: 0 success, 1 failure (bad configuration, command
 refused, daemon not running), 2 usage error or feature not available in this build, 130
-interrupted.
+interrupted; ``probe`` also uses 3 (UDP blocked on every port) and 4 (some ports blocked).
 """
 from __future__ import annotations
 
@@ -250,6 +251,57 @@ def cmd_reload(args) -> int:
     return 0
 
 
+def _ports(text: str) -> list[int]:
+    ports: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise argparse.ArgumentTypeError(f"invalid port list {text!r} (e.g. 500,4500)")
+        if int(part) not in ports:
+            ports.append(int(part))
+    return ports
+
+
+def _probe_timeout(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        t = -1.0
+    if not 0 < t <= 300:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r} (seconds, 0 < S <= 300)")
+    return t
+
+
+def render_probe(host: str, results: list, timeout: float) -> str:
+    from .probe import verdict
+    lines = []
+    for r in results:
+        if r.reachable:
+            state = f"reachable, rtt {r.rtt * 1000:.2f} ms"
+        else:
+            state = f"no reply within {timeout:g} s" + (f" ({r.icmp_error})" if r.icmp_error else "")
+        lines.append(f"{host} udp/{r.port}: {state}: {r.verdict}")
+    lines.append(f"verdict: {verdict(results)[1]}")
+    return "\n".join(lines)
+
+
+def cmd_probe(args) -> int:
+    from .probe import probe, verdict
+    try:
+        results = asyncio.run(probe(args.host, args.port, args.timeout))
+    except (OSError, UnicodeError) as e:
+        raise CliError(f"cannot probe {args.host}: {' '.join(str(e).split())}") from None
+    code, summary = verdict(results)
+    if args.json:
+        print(json.dumps({"host": args.host, "address": results[0].address if results else None,
+                          "timeout": args.timeout, "ports": [r.to_dict() for r in results],
+                          "verdict": {0: "ok", 3: "blocked", 4: "partial"}[code], "summary": summary,
+                          "exit_status": code}, indent=2))
+    else:
+        print(render_probe(args.host, results, args.timeout))
+    return code
+
+
 def cmd_check_config(args) -> int:
     try:
         cfg = load_config(args.file)
@@ -372,6 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
     c.add_argument("file", help="configuration file")
     c.set_defaults(func=cmd_check_config)
+
+    pr = sub.add_parser("probe", parents=[common],
+                        help="check whether UDP 500/4500 reach a gateway (exit 0 ok, 3 blocked, 4 partial)")
+    pr.add_argument("host", help="gateway address or name")
+    pr.add_argument("--port", type=_ports, default=[500, 4500], metavar="PORTS",
+                    help="comma-separated UDP ports (default: 500,4500; 4500 is probed behind the "
+                         "non-ESP marker)")
+    pr.add_argument("--timeout", type=_probe_timeout, default=3.0, metavar="SECONDS",
+                    help="how long to wait for the replies, all ports together (default: 3)")
+    pr.add_argument("--json", action="store_true", help="print the result as JSON")
+    pr.set_defaults(func=cmd_probe)
 
     dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo")
     dm.set_defaults(func=cmd_demo)
