@@ -4,14 +4,14 @@ Pure functions over ``ikev2.payloads.CPPayload``; no I/O, no state.
 
 Gateway side::
 
-    req = parse_cfg_request(cp)              # CFG_REQUEST -> CfgRequest (what the client asks for)
-    ...                                      # acquire addresses for req.address_families
-    cp = build_cfg_reply(Assignment(addresses=(vip,), dns=(dns1,), subnets=(net,)))
+    req = parse_request(cp)       # CFG_REQUEST -> CfgRequest (what the client asks for)
+    ...                           # acquire an address for each of req.address_families
+    cp = build_reply(Assignment(addresses=(vip,), dns=(dns1,), subnets=(net,)))
 
 Client side::
 
-    cp = build_cfg_request([ipaddress.ip_address("0.0.0.0")])   # vips = ["0.0.0.0"]
-    vc = parse_cfg_reply(cp)                 # CFG_REPLY -> VirtualConfig(addresses, dns, subnets)
+    cp = build_request(["0.0.0.0"])   # vips = ["0.0.0.0"]
+    vc = parse_reply(cp)              # CFG_REPLY -> VirtualConfig(addresses, dns, subnets)
 
 Attributes handled: INTERNAL_IP4_ADDRESS, INTERNAL_IP4_NETMASK, INTERNAL_IP4_DNS,
 INTERNAL_IP4_SUBNET, INTERNAL_IP6_ADDRESS (address + prefix length), INTERNAL_IP6_DNS,
@@ -38,7 +38,7 @@ from .payloads import CfgAttribute, CPPayload
 
 __all__ = [
     "CfgRequest", "Assignment", "VirtualConfig",
-    "parse_cfg_request", "build_cfg_reply", "build_cfg_request", "parse_cfg_reply",
+    "parse_request", "build_reply", "build_request", "parse_reply",
 ]
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -94,55 +94,54 @@ class CfgRequest:
         return None
 
 
-def _as_interface(a) -> IPInterface:
-    if isinstance(a, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
-        return a
-    if isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return ipaddress.ip_interface(a)
-    if isinstance(a, str):
-        return ipaddress.ip_interface(a)
-    raise TypeError(f"expected an IP address or interface, got {type(a).__name__}")
-
-
 @dataclass(frozen=True)
 class Assignment:
-    """What the gateway hands out: the CFG_REPLY content (``build_cfg_reply``).
+    """What the gateway hands out: the CFG_REPLY content (``build_reply``).
 
-    ``addresses`` are host addresses (``IPv4Address``/``IPv6Address``, sent as /32 and /128) or
-    interfaces: an IPv4 interface with a prefix shorter than /32 adds INTERNAL_IP4_NETMASK
-    (only one netmask may be sent, so all such IPv4 interfaces must share it); an IPv6
-    interface's prefix length goes into INTERNAL_IP6_ADDRESS. Addresses, strings and networks
-    given here are normalised (``Assignment(addresses=["10.99.0.1"])`` works).
+    ``addresses``: the virtual IPs (host addresses, at most one per family in practice).
+    ``ip4_prefix``: if set, INTERNAL_IP4_NETMASK with this prefix length follows the IPv4
+    address (RFC 7296 allows one netmask per reply); None (default, as strongSwan): no netmask,
+    the client treats its address as a /32. ``ip6_prefix``: the prefix length sent in every
+    INTERNAL_IP6_ADDRESS (default 128, as strongSwan). Strings are accepted and normalised
+    (``Assignment(addresses=["10.99.0.1"], dns=["10.20.0.53"], subnets=["10.20.0.0/24"])``).
     """
-    addresses: tuple[IPInterface, ...] = ()
+    addresses: tuple[IPAddress, ...] = ()
     dns: tuple[IPAddress, ...] = ()
     subnets: tuple[IPNetwork, ...] = ()
+    ip4_prefix: int | None = None
+    ip6_prefix: int = 128
 
     def __post_init__(self):
-        object.__setattr__(self, "addresses", tuple(_as_interface(a) for a in self.addresses))
+        object.__setattr__(self, "addresses", tuple(ipaddress.ip_address(a) for a in self.addresses))
         object.__setattr__(self, "dns", tuple(ipaddress.ip_address(a) for a in self.dns))
         object.__setattr__(self, "subnets", tuple(ipaddress.ip_network(n) for n in self.subnets))
+        if self.ip4_prefix is not None and not 0 <= self.ip4_prefix <= 32:
+            raise ValueError(f"ip4_prefix {self.ip4_prefix} is not between 0 and 32")
+        if not 0 <= self.ip6_prefix <= 128:
+            raise ValueError(f"ip6_prefix {self.ip6_prefix} is not between 0 and 128")
 
 
 @dataclass(frozen=True)
 class VirtualConfig:
     """What a client got in a CFG_REPLY.
 
-    ``addresses``: the assigned virtual IPs as interfaces (IPv4 with INTERNAL_IP4_NETMASK if the
-    gateway sent one, else /32; IPv6 with the prefix length sent). ``dns``: DNS servers of both
+    ``addresses``: the assigned virtual IPs in the order received. ``dns``: DNS servers of both
     families in the order received; ``subnets``: the gateway's protected subnets
-    (INTERNAL_IP4/6_SUBNET, for split tunnelling). ``other``: attributes not handled here.
+    (INTERNAL_IP4/6_SUBNET, for split tunnelling). ``interfaces``: the addresses with the
+    prefix the gateway sent (IPv4: INTERNAL_IP4_NETMASK, else /32; IPv6: the prefix length
+    byte). ``other``: attributes not handled here.
     """
-    addresses: tuple[IPInterface, ...] = ()
+    addresses: tuple[IPAddress, ...] = ()
     dns: tuple[IPAddress, ...] = ()
     subnets: tuple[IPNetwork, ...] = ()
+    interfaces: tuple[IPInterface, ...] = ()
     other: tuple[CfgAttribute, ...] = field(default=(), compare=False)
 
     def address(self, version: int) -> IPAddress | None:
         """The first assigned address of a family (4 or 6), or None."""
         for a in self.addresses:
             if a.version == version:
-                return a.ip
+                return a
         return None
 
 
@@ -198,7 +197,8 @@ def _prefix_byte(b: int, where: _Where) -> int:
     return b
 
 
-def _unicast(a: IPAddress, what: str, where: _Where) -> IPAddress:
+def _unicast(a: IPAddress, what: str, where) -> IPAddress:
+    """Raises where(reason) (a ``_Where`` or an exception class) unless a is unicast."""
     bad = None
     if a.is_unspecified:
         bad = "the unspecified address"
@@ -243,7 +243,7 @@ def _check_type(cp: CPPayload, want: int) -> None:
 # Gateway side
 
 
-def parse_cfg_request(cp: CPPayload) -> CfgRequest:
+def parse_request(cp: CPPayload) -> CfgRequest:
     """Read a CFG_REQUEST: which addresses, DNS servers and subnets the client asks for.
 
     Values in a request are hints: an INTERNAL_IP4/6_ADDRESS may be empty, all-zero (any
@@ -289,35 +289,25 @@ def parse_cfg_request(cp: CPPayload) -> CfgRequest:
                       netmask=netmask, other=tuple(other))
 
 
-def build_cfg_reply(assignment: Assignment) -> CPPayload:
-    """The CFG_REPLY for an assignment, attributes in the order: addresses (IPv4 netmask right
-    after the IPv4 addresses), DNS servers, subnets (each in the assignment's order).
-
-    Raises ``ValueError`` for what cannot be encoded: two different IPv4 netmasks, an
-    unspecified or multicast address or DNS server.
+def build_reply(assignment: Assignment) -> CPPayload:
+    """The CFG_REPLY for an assignment. Attribute order: IPv4 addresses, the IPv4 netmask (if
+    ``ip4_prefix`` is set and there is an IPv4 address), IPv6 addresses, DNS servers, subnets
+    (each in the assignment's order). Raises ``ValueError`` for an address or DNS server that is
+    not unicast (unspecified, multicast, loopback, IPv4 limited broadcast).
     """
     attrs: list[CfgAttribute] = []
-    masks = set()
     for a in assignment.addresses:
-        if a.ip.is_unspecified or a.ip.is_multicast:
-            raise ValueError(f"cannot assign {a.ip}: not a unicast address")
+        _unicast(a, "address", ValueError)
         if a.version == 4:
-            attrs.append(CfgAttribute(CfgAttr.INTERNAL_IP4_ADDRESS, a.ip.packed))
-            if a.network.prefixlen < 32:
-                masks.add(a.network.prefixlen)
-    if len(masks) > 1:
-        raise ValueError(f"IPv4 addresses with different netmasks "
-                         f"({', '.join('/' + str(m) for m in sorted(masks))}): "
-                         f"a CFG_REPLY carries only one INTERNAL_IP4_NETMASK")
-    if masks:
-        attrs.append(CfgAttribute(CfgAttr.INTERNAL_IP4_NETMASK, _mask_bytes(masks.pop())))
+            attrs.append(CfgAttribute(CfgAttr.INTERNAL_IP4_ADDRESS, a.packed))
+    if assignment.ip4_prefix is not None and any(a.version == 4 for a in assignment.addresses):
+        attrs.append(CfgAttribute(CfgAttr.INTERNAL_IP4_NETMASK, _mask_bytes(assignment.ip4_prefix)))
     for a in assignment.addresses:
         if a.version == 6:
             attrs.append(CfgAttribute(CfgAttr.INTERNAL_IP6_ADDRESS,
-                                      a.ip.packed + bytes([a.network.prefixlen])))
+                                      a.packed + bytes([assignment.ip6_prefix])))
     for d in assignment.dns:
-        if d.is_unspecified or d.is_multicast:
-            raise ValueError(f"cannot send DNS server {d}: not a unicast address")
+        _unicast(d, "DNS server", ValueError)
         attrs.append(CfgAttribute(_DNS_ATTR[d.version], d.packed))
     for n in assignment.subnets:
         if n.version == 4:
@@ -332,7 +322,7 @@ def build_cfg_reply(assignment: Assignment) -> CPPayload:
 # Client side
 
 
-def build_cfg_request(vips: Iterable[IPAddress | str], *, dns: bool = True,
+def build_request(vips: Iterable[IPAddress | str], *, dns: bool = True,
                       subnets: bool = False) -> CPPayload:
     """A CFG_REQUEST asking for one virtual address per entry of ``vips`` (``0.0.0.0`` / ``::``:
     any address of that family, sent as an empty value like strongSwan does; anything else:
@@ -359,7 +349,7 @@ def build_cfg_request(vips: Iterable[IPAddress | str], *, dns: bool = True,
     return CPPayload(cfg_type=CfgType.CFG_REQUEST, attributes=attrs)
 
 
-def parse_cfg_reply(cp: CPPayload) -> VirtualConfig:
+def parse_reply(cp: CPPayload) -> VirtualConfig:
     """Read a CFG_REPLY into a ``VirtualConfig``. Raises ``ParseError`` on a malformed value
     (see the module docstring) or a CP type other than CFG_REPLY. Duplicate values are kept
     once."""
@@ -408,11 +398,11 @@ def parse_cfg_reply(cp: CPPayload) -> VirtualConfig:
                 subnets.append(n)
     if mask is not None and not v4:
         raise mask_where("netmask without an INTERNAL_IP4_ADDRESS")
-    addresses: list[IPInterface] = []
+    interfaces: list[IPInterface] = []
     for version, k in order:
         if version == 4:
-            addresses.append(ipaddress.IPv4Interface((v4[k], 32 if mask is None else mask)))
+            interfaces.append(ipaddress.IPv4Interface((v4[k], 32 if mask is None else mask)))
         else:
-            addresses.append(v6[k])
-    return VirtualConfig(addresses=tuple(addresses), dns=tuple(dns), subnets=tuple(subnets),
-                         other=tuple(other))
+            interfaces.append(v6[k])
+    return VirtualConfig(addresses=tuple(i.ip for i in interfaces), dns=tuple(dns),
+                         subnets=tuple(subnets), interfaces=tuple(interfaces), other=tuple(other))

@@ -33,7 +33,7 @@ from .durations import parse_duration, parse_size
 
 __all__ = [
     "ConfigError", "Problem", "Secret", "parse_identity",
-    "GatewayConfig", "ConnectionConfig", "ChildConfig", "ConfigDiff",
+    "GatewayConfig", "ConnectionConfig", "ChildConfig", "PoolConfig", "ConfigDiff",
     "load_config", "parse_config", "diff_configs", "KeyLocator", "format_key_path",
     "DEFAULT_CONTROL_SOCKET",
 ]
@@ -425,6 +425,8 @@ class ConnectionConfig:
     if_id: int | None
     interface: str | None
     children: tuple[ChildConfig, ...]
+    pools: tuple[str, ...] = ()             # gateway side: [[pool]] names to hand out from, in order
+    vips: tuple[IPAddress, ...] = ()        # client side: request a virtual IP (0.0.0.0 and/or ::)
 
     def child(self, name: str) -> ChildConfig:
         for c in self.children:
@@ -458,6 +460,23 @@ class ConnectionConfig:
 
 
 @dataclass(frozen=True)
+class PoolConfig:
+    """One ``[[pool]]``: virtual IPs for remote-access clients (see vpn_gw.pools, ikev2.cp)."""
+    name: str
+    addrs: str                              # normalised: "10.99.0.0/24" or "10.99.0.10-10.99.0.200"
+    first: IPAddress                        # the range as written (a CIDR's network address ...
+    last: IPAddress                         # ... and broadcast address included)
+    network: IPNetwork | None               # the CIDR, None for a range
+    dns: tuple[IPAddress, ...]              # INTERNAL_IP4/6_DNS
+    subnets: tuple[IPNetwork, ...]          # INTERNAL_IP4/6_SUBNET (split tunnelling)
+    lease_file: Path
+
+    @property
+    def version(self) -> int:
+        return self.first.version
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole file: ``[gateway]`` settings and the connections."""
     control_socket: Path
@@ -475,6 +494,7 @@ class GatewayConfig:
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
     retransmit_base: float = 1.8            # back-off factor
     retransmit_tries: int = 5               # retransmissions before giving up
+    pools: tuple[PoolConfig, ...] = ()      # [[pool]] tables
     source: Path | None = field(default=None, compare=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
@@ -487,6 +507,12 @@ class GatewayConfig:
     @property
     def connection_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.connections)
+
+    def pool(self, name: str) -> PoolConfig:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -901,7 +927,7 @@ def _private_key(ctx: _Ctx, path: tuple):
 
 # -- key sets ----------------------------------------------------------------------------------
 
-TOP_KEYS = ("gateway", "connection")
+TOP_KEYS = ("gateway", "connection", "pool")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
                 "retransmit_timeout", "retransmit_base", "retransmit_tries")
@@ -909,7 +935,7 @@ CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "psk", "certs",
     "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
     "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "address_adoption", "fragmentation",
-    "fragment_size", "keyingtries", "if_id", "interface", "child",
+    "fragment_size", "keyingtries", "if_id", "interface", "pools", "vips", "child",
 )
 CHILD_KEYS = (
     "name", "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "dpd_action",
@@ -924,6 +950,9 @@ _GW_HINT = {k: f"'{k}' belongs in [gateway]" for k in GATEWAY_KEYS}
 _CONN_HINT = {k: f"'{k}' belongs in a [[connection]] table" for k in CONNECTION_KEYS}
 _CHILD_HINT = {k: f"'{k}' belongs in a [[connection.child]] table" for k in CHILD_KEYS
                if k not in CONNECTION_KEYS}
+POOL_KEYS = ("name", "addrs", "dns", "subnets", "lease_file")
+_POOL_HINT = {k: f"'{k}' belongs in a [[pool]] table (a connection refers to pools by name "
+                 f"with pools = [...])" for k in POOL_KEYS if k != "name"}
 
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
@@ -945,10 +974,188 @@ def _tables(v, what: str):
     return v
 
 
+# -- pools (remote access) ---------------------------------------------------------------------
+
+# Blocks a pool must stay out of: addresses a client cannot use as its own.
+_NOT_FOR_POOLS = tuple((ipaddress.ip_network(n), why) for n, why in (
+    ("0.0.0.0/8", "'this network'"), ("127.0.0.0/8", "loopback"), ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved, includes 255.255.255.255"),
+    ("::/127", "unspecified and loopback"), ("fe80::/10", "link-local"), ("ff00::/8", "multicast"),
+))
+
+
+def _span_overlaps(first, last, net) -> bool:
+    return first.version == net.version and int(first) <= int(net[-1]) and int(net[0]) <= int(last)
+
+
+def _pool_addrs(v):
+    from .pools import parse_pool_addrs
+    v = _str(v)
+    try:
+        first, last, net = parse_pool_addrs(v)
+    except ValueError as e:
+        raise _Bad(str(e)) from None
+    for block, why in _NOT_FOR_POOLS:
+        if _span_overlaps(first, last, block):
+            raise _Bad(f"{v!r} overlaps {block} ({why}): a pool must hold unicast addresses a "
+                       f"client can use")
+    return first, last, net
+
+
+def _unicast_ip(v):
+    a = _ip(v)
+    if a.is_unspecified or a.is_multicast or a.is_loopback:
+        raise _Bad(f"{a} is not a unicast address")
+    return a
+
+
+_VIP_HINTS = {"%any": "0.0.0.0", "%any4": "0.0.0.0", "%config": "0.0.0.0", "%config4": "0.0.0.0",
+              "%cfg": "0.0.0.0", "%any6": "::", "%config6": "::"}
+
+
+def _vip(v):
+    s = _str(v).strip()
+    if s in _VIP_HINTS:
+        raise _Bad(f"write {_VIP_HINTS[s]!r} instead of {s!r} (vips takes 0.0.0.0 for an IPv4 "
+                   f"and :: for an IPv6 virtual IP)")
+    try:
+        a = ipaddress.ip_address(s)
+    except ValueError:
+        raise _Bad(f"{s!r} is not an IP address; write \"0.0.0.0\" to request an IPv4 virtual IP "
+                   f"or \"::\" for IPv6") from None
+    if not a.is_unspecified:
+        any_ = "0.0.0.0" if a.version == 4 else "::"
+        raise _Bad(f"{s!r}: only \"0.0.0.0\" and \"::\" are supported (request any IPv4/IPv6 "
+                   f"address; the gateway picks it and gives the same one back on reconnect); "
+                   f"did you mean {any_!r}?")
+    return a
+
+
+def _interface_addrs(items: Iterable[Any]) -> list[tuple[str | None, Any]]:
+    """Normalise parse_config's interface_addrs to (name or None, ip_interface)."""
+    out = []
+    for item in items:
+        name = None
+        if isinstance(item, tuple):
+            name, item = item
+        if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            item = f"{item.network_address}/{item.prefixlen}"
+        out.append((name, ipaddress.ip_interface(item)))
+    return out
+
+
+def _at_line(ctx: _Ctx, path: tuple) -> str:
+    line = ctx.loc.line(path)
+    return f" (line {line})" if line else ""
+
+
+def _pool(ctx: _Ctx, d: dict, path: tuple) -> PoolConfig | None:
+    from .pools import default_lease_file
+    nerr = len(ctx.errors)
+    t = _Table(ctx, d, path, POOL_KEYS, {**_GW_HINT, **_CONN_HINT, **_CHILD_HINT})
+    name = t.get("name", _name)
+    addrs = t.get("addrs", _pool_addrs, why=' (a CIDR like "10.99.0.0/24" or a range like '
+                                            '"10.99.0.10-10.99.0.200")')
+    dns = t.get("dns", _list(_unicast_ip, example='["10.1.0.53"]'), ())
+    subnets = t.get("subnets", _list(_ts, example='["10.1.0.0/24"]'), ())
+    lease_file = t.get("lease_file", _nonempty_str, None)
+    if len(ctx.errors) > nerr:
+        return None
+    first, last, net = addrs
+    return PoolConfig(name=name, addrs=str(net) if net is not None else f"{first}-{last}",
+                      first=first, last=last, network=net, dns=dns, subnets=subnets,
+                      lease_file=ctx.path(lease_file) if lease_file is not None
+                      else default_lease_file(name))
+
+
+def _pools(ctx: _Ctx, top: _Table) -> tuple[list | None, list[tuple[int, PoolConfig]]]:
+    """The [[pool]] tables: (raw tables or None if not an array of tables, [(index, PoolConfig)])."""
+    raw = top.get("pool", lambda v: _tables(v, "pool"), [])
+    if raw is BAD:
+        return None, []
+    out: list[tuple[int, PoolConfig]] = []
+    seen: dict[str, int] = {}
+    for k, pd in enumerate(raw):
+        path = ("pool", k)
+        name = pd.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                first = ctx.loc.line(("pool", seen[name], "name"))
+                ctx.error(path + ("name",), f"duplicate pool name {name!r}"
+                          + (f" (first defined at line {first})" if first else ""))
+            else:
+                seen[name] = k
+        pc = _pool(ctx, pd, path)
+        if pc is None:
+            continue
+        for k2, other in out:
+            if pc.version == other.version and int(pc.first) <= int(other.last) and \
+                    int(other.first) <= int(pc.last):
+                ctx.error(path + ("addrs",), f"pool {pc.name!r} ({pc.addrs}) overlaps pool "
+                          f"{other.name!r} ({other.addrs}){_at_line(ctx, ('pool', k2, 'addrs'))}")
+            if pc.lease_file == other.lease_file:
+                ctx.error(path + ("lease_file",), f"lease_file {str(pc.lease_file)!r} is also used "
+                          f"by pool {other.name!r}{_at_line(ctx, ('pool', k2))}; each pool needs "
+                          f"its own")
+        out.append((k, pc))
+    return raw, out
+
+
+def _check_pools(ctx: _Ctx, pools_raw: list | None, pools: list[tuple[int, PoolConfig]],
+                 conns_raw, connections: Sequence[ConnectionConfig]):
+    """Connections' pool names exist; pools stay clear of protected and interface subnets."""
+    conns_raw = conns_raw if conns_raw is not BAD else []
+    names = [pd.get("name") for pd in (pools_raw or []) if isinstance(pd.get("name"), str)]
+    used: set[str] = set()
+    for i, cd in enumerate(conns_raw):
+        refs = cd.get("pools")
+        if not isinstance(refs, list):
+            continue
+        for j, n in enumerate(refs):
+            if not isinstance(n, str):
+                continue
+            used.add(n)
+            if pools_raw is not None and n not in names:
+                hint = _did_you_mean(n, names) or (f" (defined pools: {', '.join(names)})" if names
+                                                   else " (no [[pool]] is defined)")
+                ctx.error(("connection", i, "pools", j), f"unknown pool {n!r}{hint}")
+    index = {}
+    for i, cd in enumerate(conns_raw):
+        index.setdefault(cd.get("name"), i)
+    ifaces = getattr(ctx, "interface_addrs", ())
+    for k, pc in pools:
+        path = ("pool", k, "addrs")
+        if pc.name not in used:
+            ctx.warn(("pool", k, "name"), f"pool {pc.name!r} is not used by any connection "
+                                          f"(list it in a connection's pools)")
+        for c in connections:
+            i = index.get(c.name)
+            for j, ch in enumerate(c.children):
+                for m, ts in enumerate(ch.local_ts):
+                    if ts.prefixlen == 0 or not _span_overlaps(pc.first, pc.last, ts):
+                        continue  # 0.0.0.0/0 and ::/0 mean "everything" (full tunnel), no subnet
+                    where = _at_line(ctx, ("connection", i, "child", j, "local_ts", m)) \
+                        if i is not None else ""
+                    ctx.error(path, f"pool {pc.name!r} ({pc.addrs}) overlaps local_ts {ts} of "
+                                    f"connection {c.name!r} child {ch.name!r}{where}: the "
+                                    f"gateway's protected subnets cannot be handed out to clients")
+        reported = set()
+        for ifname, iface in ifaces:
+            net = iface.network
+            if (ifname, net) in reported or not _span_overlaps(pc.first, pc.last, net):
+                continue
+            reported.add((ifname, net))
+            who = f"interface {ifname}" if ifname else "a gateway interface"
+            ctx.error(path, f"pool {pc.name!r} ({pc.addrs}) overlaps {net}, the subnet of {who} "
+                            f"(address {iface})")
+
+
 # -- the loader --------------------------------------------------------------------------------
 
-def load_config(path: str | os.PathLike) -> GatewayConfig:
-    """Read and validate a configuration file. Raises ConfigError."""
+def load_config(path: str | os.PathLike, *, interface_addrs: Iterable[Any] = ()) -> GatewayConfig:
+    """Read and validate a configuration file. Raises ConfigError.
+
+    ``interface_addrs``: the addresses on the gateway's interfaces (see ``parse_config``)."""
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -959,15 +1166,22 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise ConfigError("file is not valid UTF-8", file=str(path), line=line) from None
-    return parse_config(text, str(path), p.resolve().parent, _source=p)
+    return parse_config(text, str(path), p.resolve().parent, _source=p,
+                        interface_addrs=interface_addrs)
 
 
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
 def parse_config(text: str, filename: str | None = "<string>", base_dir: str | os.PathLike | None = None,
-                 *, _source: Path | None = None) -> GatewayConfig:
-    """Validate configuration text. Relative paths in it resolve against base_dir (default cwd)."""
+                 *, _source: Path | None = None,
+                 interface_addrs: Iterable[Any] = ()) -> GatewayConfig:
+    """Validate configuration text. Relative paths in it resolve against base_dir (default cwd).
+
+    ``interface_addrs``: the addresses on the gateway's interfaces, each an interface like
+    ``"192.0.2.1/24"`` (str or ``ipaddress`` interface/network) or a pair ``("eth0",
+    "192.0.2.1/24")``; no [[pool]] may overlap their subnets. The daemon passes the real ones;
+    ``check-config`` and tests may pass none."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -979,6 +1193,7 @@ def parse_config(text: str, filename: str | None = "<string>", base_dir: str | o
             msg = msg[:m.start()] + f" (column {m.group(2)})"
         raise ConfigError(f"invalid TOML: {msg}", file=filename, line=line) from None
     ctx = _Ctx(filename, KeyLocator(text), Path(base_dir) if base_dir else Path.cwd())
+    ctx.interface_addrs = _interface_addrs(interface_addrs)
     cfg = _build(ctx, data, _source)
     if ctx.errors or cfg is None:
         errors = sorted(ctx.errors, key=lambda p: p.line if p.line is not None else 1 << 30)
@@ -987,7 +1202,7 @@ def parse_config(text: str, filename: str | None = "<string>", base_dir: str | o
 
 
 def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
-    top = _Table(ctx, data, (), TOP_KEYS, {**_GW_HINT, **_CONN_HINT, **_CHILD_HINT})
+    top = _Table(ctx, data, (), TOP_KEYS, {**_GW_HINT, **_CONN_HINT, **_CHILD_HINT, **_POOL_HINT})
     gw_data = data.get("gateway", {})
     if not isinstance(gw_data, dict):
         ctx.error(("gateway",), f"expected a table ([gateway]), got {_describe(gw_data)}")
@@ -1019,6 +1234,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     if _ok(retransmit_timeout) and retransmit_timeout <= 0:
         ctx.error(("gateway", "retransmit_timeout"), "must be more than 0s")
 
+    pools_raw, pools = _pools(ctx, top)
     conns_raw = top.get("connection", lambda v: _tables(v, "connection"), [])
     connections = []
     seen: dict[str, int] = {}
@@ -1038,6 +1254,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
         if not conns_raw:
             ctx.warn((), "no connections defined")
     _check_interfaces(ctx, connections)
+    _check_pools(ctx, pools_raw, pools, conns_raw, connections)
     if ctx.errors:
         return None
     warnings = sorted(ctx.warnings, key=lambda p: p.line if p.line is not None else 1 << 30)
@@ -1047,12 +1264,13 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
                          connections=tuple(connections), dataplane=dataplane, path_mtu=path_mtu,
                          keepalive_interval=keepalive_interval, retransmit_timeout=retransmit_timeout,
                          retransmit_base=retransmit_base, retransmit_tries=retransmit_tries,
-                         source=source, warnings=tuple(warnings))
+                         pools=tuple(pc for _, pc in pools), source=source,
+                         warnings=tuple(warnings))
 
 
 def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | None:
     nerr = len(ctx.errors)
-    t = _Table(ctx, d, path, CONNECTION_KEYS, {**_GW_HINT, **_CHILD_HINT})
+    t = _Table(ctx, d, path, CONNECTION_KEYS, {**_GW_HINT, **_CHILD_HINT, **_POOL_HINT})
     name = t.get("name", _name)
     local_addrs = t.get("local_addrs", _list(_local_addr, example='["192.0.2.1"]'), (None,))
     remote_addrs = t.get("remote_addrs", _list(_remote_addr, example='["198.51.100.1"]'), (None,))
@@ -1126,6 +1344,11 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     keyingtries = t.get("keyingtries", _int(0), 1)
     if_id = t.get("if_id", _int(1, 0xFFFFFFFF), None)
     interface = t.get("interface", _ifname, None)
+    pools = t.get("pools", _list(_name, example='["rw"]'), ())
+    vips = t.get("vips", _list(_vip, example='["0.0.0.0"]'), ())
+    if pools and vips and _ok(pools, vips):
+        ctx.error(path + ("vips",), "a connection either hands out virtual IPs (pools) or "
+                                    "requests one (vips), not both")
 
     # peers
     if _ok(local_addrs, listen) and local_addrs:
@@ -1177,7 +1400,8 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         start_action=start_action, dpd_delay=dpd_delay, dpd_action=dpd_action,
         rekey_time=rekey_time, reauth_time=reauth_time, over_time=over_time, rand_time=rand_time,
         encap=encap, mobike=mobike, address_adoption=address_adoption, fragmentation=fragmentation, fragment_size=fragment_size,
-        keyingtries=keyingtries, if_id=if_id, interface=interface, children=tuple(children))
+        keyingtries=keyingtries, if_id=if_id, interface=interface, children=tuple(children),
+        pools=pools, vips=vips)
 
 
 def _initiable(remote_addrs) -> tuple:
