@@ -427,6 +427,7 @@ class ConnectionConfig:
     children: tuple[ChildConfig, ...]
     pools: tuple[str, ...] = ()             # gateway side: [[pool]] names to hand out from, in order
     vips: tuple[IPAddress, ...] = ()        # client side: request a virtual IP (0.0.0.0 and/or ::)
+    dns_file: Path | None = None            # client side: where to write the DNS servers received
 
     def child(self, name: str) -> ChildConfig:
         for c in self.children:
@@ -935,7 +936,7 @@ CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "psk", "certs",
     "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
     "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "address_adoption", "fragmentation",
-    "fragment_size", "keyingtries", "if_id", "interface", "pools", "vips", "child",
+    "fragment_size", "keyingtries", "if_id", "interface", "pools", "vips", "dns_file", "child",
 )
 CHILD_KEYS = (
     "name", "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "dpd_action",
@@ -1346,6 +1347,11 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     interface = t.get("interface", _ifname, None)
     pools = t.get("pools", _list(_name, example='["rw"]'), ())
     vips = t.get("vips", _list(_vip, example='["0.0.0.0"]'), ())
+    dns_file = t.get("dns_file", _nonempty_str, None)
+    if dns_file is not None and dns_file is not BAD:
+        dns_file = ctx.path(dns_file)
+        if not vips:
+            ctx.warn(path + ("dns_file",), "dns_file has no effect without vips (only a client receives DNS servers)")
     if pools and vips and _ok(pools, vips):
         ctx.error(path + ("vips",), "a connection either hands out virtual IPs (pools) or "
                                     "requests one (vips), not both")
@@ -1401,7 +1407,7 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         rekey_time=rekey_time, reauth_time=reauth_time, over_time=over_time, rand_time=rand_time,
         encap=encap, mobike=mobike, address_adoption=address_adoption, fragmentation=fragmentation, fragment_size=fragment_size,
         keyingtries=keyingtries, if_id=if_id, interface=interface, children=tuple(children),
-        pools=pools, vips=vips)
+        pools=pools, vips=vips, dns_file=dns_file)
 
 
 def _initiable(remote_addrs) -> tuple:

@@ -39,7 +39,10 @@ class Gateway:
             else:
                 dataplane = RecordingDataPlane()
         self.dataplane = dataplane
-        self.manager = IkeManager([ike_policy(c, config) for c in config.connections], os.urandom,
+        from .pools import PoolSet
+        self.pools = PoolSet.from_config(config.pools)
+        self._vip_owner: dict[int, str] = {}  # ike_id -> identity holding pool leases
+        self.manager = IkeManager([self._policy(c, config) for c in config.connections], os.urandom,
                                   log=self._engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
                                   cookie_threshold=config.cookie_threshold)
@@ -55,6 +58,33 @@ class Gateway:
         from .log import RateLimitedLogger
         self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
         self.probe_responder = ProbeResponder()  # docs/probe.md: stateless, rate-limited echo
+
+    def _policy(self, conn, config):
+        return ike_policy(conn, config, address_assigner=lambda ident, req, c=conn: self._assign(c, ident, req))
+
+    def _assign(self, conn, identity: str, req):
+        """Lease virtual IPs for a remote-access client from the connection's pools (sticky per
+        identity, persisted) and build the configuration reply."""
+        from ikev2.cp import Assignment
+        now = time.time()
+        addrs, dns, subnets = [], [], []
+        for version in sorted(req.address_families):
+            got = self.pools.acquire(conn.pools, identity, version, now=now, requested=req.requested(version))
+            if got is None:
+                log.warning("address pool exhausted", connection=conn.name, identity=identity, family=version)
+                continue
+            pool_name, addr = got
+            addrs.append(addr)
+            pc = self.config.pool(pool_name)
+            dns += [d for d in pc.dns if d not in dns]
+            subnets += [n for n in pc.subnets if n not in subnets]
+        if not addrs:
+            return None
+        try:
+            self.pools.save()
+        except OSError as e:
+            log.error("cannot save pool leases", error=str(e))
+        return Assignment(addresses=tuple(addrs), dns=tuple(dns), subnets=tuple(subnets))
 
     # ------------------------------------------------------------------ logging
 
@@ -190,6 +220,23 @@ class Gateway:
             except Exception as e:  # noqa: BLE001 - never let the watcher die
                 log.error("local address check failed", error=f"{type(e).__name__}: {e}")
 
+    def _write_dns(self, conn_name: str, servers: list[str]) -> None:
+        """Client: write the DNS servers the gateway sent to the connection's dns_file (never
+        the system resolver unless the file named is the system resolver's)."""
+        conn = self._conn(conn_name)
+        path = getattr(conn, "dns_file", None) if conn else None
+        if not path or not servers:
+            return
+        try:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as fh:
+                fh.write(f"# written by vpn-gw for connection {conn_name}\n")
+                fh.writelines(f"nameserver {s}\n" for s in servers)
+            os.replace(tmp, path)
+            log.info("DNS servers written", connection=conn_name, file=str(path), servers=servers)
+        except OSError as e:
+            log.error("cannot write DNS servers", file=str(path), error=str(e))
+
     def _install_traps(self) -> None:
         if not hasattr(self.dataplane, "install_trap"):
             return
@@ -260,8 +307,25 @@ class Gateway:
             sa = next((s for s in self.manager.sas if s.ike_id == ev.ike_id), None)
             if sa is not None:
                 self.dataplane.update_addresses(ev.ike_id, sa.local, sa.remote)
+        elif isinstance(ev, E.VirtualIpAssigned):
+            self._vip_owner[ev.ike_id] = ev.identity
+        elif isinstance(ev, E.VirtualIpReceived):
+            self.dataplane.add_virtual_ips(ev.ike_name, ev.addresses)
+            self._write_dns(ev.ike_name, ev.dns)
         elif isinstance(ev, E.IkeDown):
             log.info("IKE_SA down", connection=ev.ike_name, reason=ev.reason)
+            owner = self._vip_owner.pop(ev.ike_id, None)
+            conn_ = self._conn(ev.ike_name)
+            if owner is not None and conn_ is not None and conn_.pools:
+                released = self.pools.release(owner, names=conn_.pools, now=time.time())
+                log.info("virtual IP released (lease kept for the same identity)", identity=owner,
+                         addresses=[str(a) for _, a in released])
+                try:
+                    self.pools.save()
+                except OSError as e:
+                    log.error("cannot save pool leases", error=str(e))
+            if conn_ is not None and conn_.vips:
+                self.dataplane.remove_virtual_ips(ev.ike_name)
             conn = self._conn(ev.ike_name)
             keep_up = conn is not None and (conn.start_action == "start" or conn.dpd_action == "restart")
             if keep_up and ev.ike_name not in self._held_down and initiate_target(conn) \
@@ -372,7 +436,7 @@ class Gateway:
         for name in d.removed:
             self.manager.terminate(name, time.monotonic())
         pols = {p.name: p for p in self.manager.policies}
-        self.manager.policies = [pols[c.name] if c.name in d.unchanged else ike_policy(c, new)
+        self.manager.policies = [pols[c.name] if c.name in d.unchanged else self._policy(c, new)
                                  for c in new.connections]
         self.config = new
         for name in d.added:
@@ -418,6 +482,8 @@ class Gateway:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        for note in self.pools.load():
+            log.warning("address pool", note=note)
         await self.dataplane.start()
         for conn in self.config.connections:
             if conn.interface:

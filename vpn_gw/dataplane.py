@@ -37,6 +37,12 @@ class DataPlane:
     def install_child(self, ev: ChildUp) -> None:
         raise NotImplementedError
 
+    def add_virtual_ips(self, conn: str, addresses: list[str]) -> None:
+        """Client: put the virtual IPs the gateway assigned on the connection's interface."""
+
+    def remove_virtual_ips(self, conn: str) -> None:
+        pass
+
     def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
         raise NotImplementedError
 

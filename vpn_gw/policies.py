@@ -28,7 +28,7 @@ def child_policy(c) -> ChildPolicy:
     )
 
 
-def ike_policy(conn, gateway=None) -> IkePolicy:
+def ike_policy(conn, gateway=None, address_assigner=None) -> IkePolicy:
     """One IkePolicy per [[connection]]. FQDN remote addresses are left to the daemon's resolver;
     for matching they count as "any" until resolved."""
     if conn.auth == "psk":
@@ -70,6 +70,8 @@ def ike_policy(conn, gateway=None) -> IkePolicy:
         forced_encap=conn.encap,
         mobike=conn.mobike,
         address_adoption=conn.address_adoption,
+        vips=[str(v) for v in getattr(conn, "vips", ())],
+        address_assigner=address_assigner if getattr(conn, "pools", ()) else None,
         rekey_time=conn.rekey_time or 0.0,
         dpd_delay=conn.dpd_delay or 0.0,
         **({} if gateway is None else {

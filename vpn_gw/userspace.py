@@ -153,6 +153,7 @@ class UserspaceDataPlane(DataPlane):
         self.on_peer_moved: Callable[[int, Address, Address], None] | None = None
         self.on_acquire: Callable[[str], None] | None = None
         self.traps: dict[str, _Trap] = {}
+        self.vips: dict[str, tuple[Tun, list[str]]] = {}
         self._raw4: socket.socket | None = None  # ICMP errors we generate (see _send_icmp4)
 
     # ------------------------------------------------------------------ lifecycle
@@ -180,6 +181,34 @@ class UserspaceDataPlane(DataPlane):
 
     def ensure_interface(self, name: str) -> None:
         self._tun(name)
+
+    def add_virtual_ips(self, conn: str, addresses: list[str]) -> None:
+        tun = self._tun(self.interface_for(conn) or DEFAULT_TUN)
+
+        def add(ipr):
+            for a in addresses:
+                plen = 128 if ":" in a else 32
+                try:
+                    ipr.addr("add", index=tun.index, address=a, prefixlen=plen)
+                except Exception as e:  # noqa: BLE001 - already there (reconnect) is fine
+                    if "exists" not in str(e).lower():
+                        log.warning("cannot add virtual IP", address=a, interface=tun.name, error=str(e))
+        ipr_call(add)
+        self.vips[conn] = (tun, list(addresses))
+        log.info("virtual IP installed", connection=conn, interface=tun.name, addresses=addresses)
+
+    def remove_virtual_ips(self, conn: str) -> None:
+        tun, addresses = self.vips.pop(conn, (None, []))
+        if tun is None:
+            return
+
+        def delete(ipr):
+            for a in addresses:
+                try:
+                    ipr.addr("del", index=tun.index, address=a, prefixlen=128 if ":" in a else 32)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+        ipr_call(delete)
 
     def _count(self, reason: str) -> None:
         self.unmatched[reason] = self.unmatched.get(reason, 0) + 1

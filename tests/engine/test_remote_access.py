@@ -1,0 +1,72 @@
+"""Remote access in memory: configuration payload (virtual IP, DNS, split subnets) and pools."""
+from __future__ import annotations
+
+import ipaddress
+
+from ikev2.cp import Assignment
+from ikev2.events import ChildUp, VirtualIpAssigned, VirtualIpReceived
+from ikev2.ike_sa import State
+from tests.engine.harness import child, pair, psk_policy
+from vpn_gw.pools import PoolSet, AddressPool
+
+
+def ra_pair(pool):
+    gw = psk_policy("rw", "vpn.example.org", "*@example.org", "192.0.2.1", "%any",
+                    [child("rw", "10.1.0.0/16", "0.0.0.0/0")])
+
+    def assign(identity, req):
+        got = pool.acquire(["rw"], identity, 4)
+        return Assignment(addresses=(got[1],), dns=("10.1.0.53",), subnets=("10.1.0.0/16",)) if got else None
+    gw.address_assigner = assign
+    cl = psk_policy("gw", "alice@example.org", "vpn.example.org", "198.51.100.7", "192.0.2.1",
+                    [child("rw", "0.0.0.0/0", "10.1.0.0/16")])
+    cl.vips = ["0.0.0.0"]
+    return gw, cl
+
+
+def test_client_gets_virtual_ip_dns_and_narrowed_selectors():
+    pool = PoolSet([AddressPool("rw", "10.99.0.0/24")])
+    gw, cl = ra_pair(pool)
+    link = pair(cl, gw)
+    sa = link.a.initiate("gw", 0.0)
+    link.run(2.0)
+    assert sa.state == State.ESTABLISHED
+    rx = [e for e in link.events_a if isinstance(e, VirtualIpReceived)]
+    assert rx and rx[0].addresses == ["10.99.0.1"] and rx[0].dns == ["10.1.0.53"]
+    assert rx[0].subnets == ["10.1.0.0/16"]
+    assigned = [e for e in link.events_b if isinstance(e, VirtualIpAssigned)]
+    assert assigned[0].identity == "alice@example.org"
+    # The client's Child SA is narrowed to its virtual IP on both sides.
+    cu_a = [e for e in link.events_a if isinstance(e, ChildUp)][0]
+    cu_b = [e for e in link.events_b if isinstance(e, ChildUp)][0]
+    assert [str(t) for t in cu_a.local_ts] == ["10.99.0.1/32"]
+    assert [str(t) for t in cu_b.remote_ts] == ["10.99.0.1/32"]
+
+
+def test_same_identity_gets_same_address_again_and_distinct_clients_distinct():
+    pool = PoolSet([AddressPool("rw", "10.99.0.0/24")])
+    addrs = {}
+    for who in ["alice", "bob", "carol", "alice"]:
+        gw, cl = ra_pair(pool)
+        from ikev2.identity import Identity
+        cl.local_id = Identity.parse(f"{who}@example.org")
+        link = pair(cl, gw, seed=who + str(len(addrs)))
+        link.a.initiate("gw", 0.0)
+        link.run(2.0)
+        got = [e for e in link.events_a if isinstance(e, VirtualIpReceived)][0].addresses[0]
+        if who in addrs:
+            assert addrs[who] == got
+        addrs[who] = got
+        pool.release(f"{who}@example.org")
+    assert len(set(addrs.values())) == 3
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network("10.99.0.0/24") for a in addrs.values())
+
+
+def test_pool_exhausted_gives_internal_address_failure():
+    pool = PoolSet([AddressPool("rw", "10.99.0.5-10.99.0.5")])
+    pool.acquire(["rw"], "someone-else", 4)
+    gw, cl = ra_pair(pool)
+    link = pair(cl, gw)
+    sa = link.a.initiate("gw", 0.0)
+    link.run(2.0)
+    assert sa.state == State.DELETED
