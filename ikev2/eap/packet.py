@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from ikev2.constants import EapCode, EapType
 from ikev2.errors import IKEv2Error
 
-__all__ = ["EapError", "EapStep", "EapPacket", "MethodResult", "PeerResult", "METHODS", "METHOD_TYPES", "method_name", "parse_methods"]
+__all__ = ["EapError", "EapStep", "EapPacket", "MethodResult", "PeerResult", "METHODS", "METHOD_TYPES",
+           "method_name", "parse_methods"]
 
 
 class EapError(IKEv2Error):

@@ -153,6 +153,21 @@ class TlsConfig:
         if not self._ca:
             raise EapError("EAP-TLS needs trust anchors (ca) to verify the peer's certificate")
 
+    @classmethod
+    def from_files(cls, certs: list | None, private_key, cacerts: list, **kw) -> "TlsConfig":
+        """From PEM files as docs/config.md names them: ``certs`` (ours first, then
+        intermediates), ``private_key`` (unencrypted), ``cacerts`` (trust anchors)."""
+        def read(path) -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                raise EapError(f"EAP-TLS: cannot read {path}: {e.strerror or e}") from None
+
+        cert_pems = b"".join(read(p) for p in certs or [])
+        return cls(certificate=cert_pems or None, private_key=read(private_key) if private_key else None,
+                   ca=b"".join(read(p) for p in cacerts), **kw)
+
     def context(self, server_side: bool):
         """The pyOpenSSL context of one role, built once (contexts are frozen after first use)."""
         if SSL is None:
@@ -220,21 +235,38 @@ def _names_match(cert: x509.Certificate, wanted: str) -> bool:
     return cert.subject.rfc4514_string() == wanted
 
 
+# OpenSSL X509_V_ERR_* codes seen in practice (x509_vfy.h), for readable reasons.
+_X509_ERRORS = {
+    2: "unable to get issuer certificate", 7: "certificate signature failure",
+    9: "certificate is not yet valid", 10: "certificate has expired",
+    18: "self-signed certificate", 19: "self-signed certificate in chain",
+    20: "unable to get local issuer certificate (untrusted CA)", 21: "unable to verify the first certificate",
+    23: "certificate revoked", 24: "invalid CA certificate", 26: "unsupported certificate purpose",
+}
+
+
 def _verify_callback(conn, cert, errnum, depth, ok) -> bool:
-    """OpenSSL's chain verdict, plus the name check of the end-entity certificate."""
+    """OpenSSL's chain verdict, plus the name check of the end-entity certificate.
+    Never raises (pyOpenSSL would re-raise the exception out of do_handshake)."""
     engine = conn.get_app_data()
-    if not ok:
-        if engine is not None and not engine.detail:
-            engine.detail = f"peer certificate rejected (X509 error {errnum} at depth {depth})"
+    try:
+        if not ok:
+            if engine is not None and not engine.detail:
+                what = _X509_ERRORS.get(errnum, f"X509 error {errnum}")
+                engine.detail = f"peer certificate rejected: {what} (depth {depth})"
+            return False
+        if depth != 0 or engine is None or engine.expected_name is None:
+            return True
+        ee = cert.to_cryptography()
+        if _names_match(ee, engine.expected_name):
+            return True
+        engine.detail = (f"peer certificate {ee.subject.rfc4514_string()!r} does not name "
+                         f"{engine.expected_name!r}")
         return False
-    if depth != 0 or engine is None or engine.expected_name is None:
-        return True
-    ee = cert.to_cryptography()
-    if _names_match(ee, engine.expected_name):
-        return True
-    engine.detail = (f"peer certificate {ee.subject.rfc4514_string()!r} does not name "
-                     f"{engine.expected_name!r}")
-    return False
+    except Exception as e:  # noqa: BLE001 - a certificate we cannot inspect is rejected
+        if engine is not None:
+            engine.detail = f"peer certificate could not be checked: {e}"
+        return False
 
 
 class _Engine:
