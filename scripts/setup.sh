@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the gateway, its tests and its demo need on Debian 12 (run as root):
 # Debian packages (strongSwan as interop peer, iproute2/nftables/tcpdump for the netns tests,
-# headers for netfilterqueue) and a virtualenv in .venv with the project in editable mode.
+# headers for netfilterqueue, Knot DNS + dig for the ddns tests) and a virtualenv in .venv
+# with the project in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -10,6 +11,7 @@ APT_PKGS=(
   strongswan-charon strongswan-swanctl strongswan-pki libstrongswan-standard-plugins
   libcharon-extra-plugins libcharon-extauth-plugins
   libnetfilter-queue-dev build-essential python3-dev
+  knot dnsutils
 )
 missing=()
 for p in "${APT_PKGS[@]}"; do
