@@ -525,13 +525,13 @@ def test_pubkey_loads_certs_and_key(tmp_path):
     ('private_key = "hq.key"', 'private_key = "hq.pem"',
      "gw.toml:12: connection[0].private_key: '{d}/hq.pem' is not a PEM private key"),
     ('cacerts = ["ca.pem"]\n', '',
-     "gw.toml:4: connection[0]: missing required key 'cacerts' (auth = 'pubkey' verifies the peer's certificate against these CAs)"),
+     "gw.toml:4: connection[0]: missing required key 'cacerts' (auth = \"pubkey\" needs the CAs that sign the peer's certificate)"),
     ('certs = ["hq.pem"]\n', '',
-     "gw.toml:4: connection[0]: missing required key 'certs' (auth = 'pubkey': the gateway authenticates with a certificate)"),
+     "gw.toml:4: connection[0]: missing required key 'certs' (auth = \"pubkey\" needs our certificate)"),
     ('auth = "pubkey"', 'auth = "pubkey"\npsk = "0123456789abcdef"',
-     "gw.toml:11: connection[0].psk: 'psk' is only used with auth = \"psk\", not auth = 'pubkey'"),
+     "gw.toml:11: connection[0].psk: 'psk' is not used with auth = \"pubkey\""),
     ('auth = "pubkey"', 'auth = "psk"\npsk = "0123456789abcdefghijk"',
-     "gw.toml:12: connection[0].certs: 'certs' is not used with auth = \"psk\" (remove it, or set auth = \"pubkey\")"),
+     "gw.toml:12: connection[0].certs: 'certs' is not used with auth = \"psk\""),
 ])
 def test_pubkey_errors(tmp_path, old, new, expected):
     _make_pki(tmp_path)
@@ -540,11 +540,24 @@ def test_pubkey_errors(tmp_path, old, new, expected):
     assert expected.format(d=tmp_path) in messages(e)
 
 
-def test_eap_methods_accepted_with_warning(tmp_path):
+def test_eap_gateway_and_client_roles(tmp_path):
     _make_pki(tmp_path)
-    cfg = parse(PUBKEY.replace('auth = "pubkey"', 'auth = "eap-mschapv2"'), tmp_path)
-    assert cfg.connections[0].auth == "eap-mschapv2"
-    assert any("planned for remote access and not implemented yet" in str(w) for w in cfg.warnings)
+    (tmp_path / "users.toml").write_text('[[user]]\nname = "alice@example.org"\nnt_hash = "8846f7eaee8fb117ad06bdd830b7586c"\n')
+    gw = PUBKEY.replace('auth = "pubkey"', 'auth = "pubkey"\nremote_auth = "eap-mschapv2"\nusers_file = "users.toml"')
+    gw = gw.replace('cacerts = ["ca.pem"]\n', '')
+    cfg = parse(gw, tmp_path)
+    c = cfg.connections[0]
+    assert (c.auth, c.remote_auth, c.users_file) == ("pubkey", "eap-mschapv2", tmp_path / "users.toml")
+    # A client authenticating with EAP verifies the gateway's certificate.
+    client = PUBKEY.replace('auth = "pubkey"', 'auth = "eap-mschapv2"\neap_password = "correct horse"')
+    client = client.replace('certs = ["hq.pem"]\n', '').replace('private_key = "hq.key"\n', '')
+    c = parse(client, tmp_path).connections[0]
+    assert (c.auth, c.remote_auth) == ("eap-mschapv2", "pubkey")
+    assert repr(c.eap_password) == "Secret('***')"
+    e = error(client.replace('eap_password = "correct horse"\n', ''), tmp_path)
+    assert "missing required key 'eap_password'" in str(e)
+    e = error(gw.replace('users_file = "users.toml"\n', ''), tmp_path)
+    assert "missing required key 'users_file'" in str(e)
 
 
 # -- interfaces --------------------------------------------------------------------------------

@@ -399,7 +399,7 @@ class ConnectionConfig:
     local_id: Identity | None               # ikev2.identity.Identity; None: certificate subject
                                             # (auth = pubkey) or the local IP address
     remote_id: IdentityPattern              # exact, wildcard ("*@example.org") or "%any"
-    auth: str
+    auth: str                               # how we authenticate
     psk: Secret | None                      # Secret(bytes)
     certs: tuple[Any, ...]                  # cryptography x509.Certificate, own cert first
     cert_files: tuple[Path, ...]
@@ -428,6 +428,10 @@ class ConnectionConfig:
     pools: tuple[str, ...] = ()             # gateway side: [[pool]] names to hand out from, in order
     vips: tuple[IPAddress, ...] = ()        # client side: request a virtual IP (0.0.0.0 and/or ::)
     dns_file: Path | None = None            # client side: where to write the DNS servers received
+    remote_auth: str = "psk"                # how the peer authenticates (default: like us)
+    users_file: Path | None = None          # gateway: EAP users (remote_auth = eap-mschapv2/md5)
+    eap_identity: str | None = None         # client: EAP identity (default: local_id)
+    eap_password: Secret | None = None      # client: EAP password
 
     def child(self, name: str) -> ChildConfig:
         for c in self.children:
@@ -933,7 +937,8 @@ GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level"
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
                 "retransmit_timeout", "retransmit_base", "retransmit_tries")
 CONNECTION_KEYS = (
-    "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "psk", "certs",
+    "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
+    "users_file", "eap_identity", "eap_password", "psk", "certs",
     "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
     "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "address_adoption", "fragmentation",
     "fragment_size", "keyingtries", "if_id", "interface", "pools", "vips", "dns_file", "child",
@@ -1289,28 +1294,48 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     ca = t.get("cacerts", _certs(ctx), ((), ()))
     cacert_files, cacerts = (BAD, BAD) if ca is BAD else ca
 
-    if auth is not BAD:
-        if auth == "psk":
-            if not t.has("psk"):
-                ctx.error(path, "missing required key 'psk' (auth = \"psk\" needs a pre-shared key)")
-            for k in ("certs", "private_key", "cacerts"):
-                if t.has(k):
-                    ctx.error(path + (k,), f"'{k}' is not used with auth = \"psk\" "
-                                           f"(remove it, or set auth = \"pubkey\")")
-        else:
-            if t.has("psk"):
-                ctx.error(path + ("psk",), f"'psk' is only used with auth = \"psk\", "
-                                           f"not auth = {auth!r}")
-            for k in ("certs", "private_key"):
-                if not t.has(k):
-                    ctx.error(path, f"missing required key '{k}' (auth = {auth!r}: the gateway "
-                                    f"authenticates with a certificate)")
-            if auth in ("pubkey", "eap-tls") and not t.has("cacerts"):
-                ctx.error(path, f"missing required key 'cacerts' (auth = {auth!r} verifies the "
-                                f"peer's certificate against these CAs)")
+    remote_auth = t.get("remote_auth", _choice(AUTH_METHODS), None)
+    users_file = t.get("users_file", _nonempty_str, None)
+    if users_file is not None and users_file is not BAD:
+        users_file = ctx.path(users_file)
+        from ikev2.eap import UserDB, UserFileError
+        try:
+            for w in UserDB.load(str(users_file)).warnings:
+                ctx.warn(path + ("users_file",), w)
+        except (UserFileError, OSError) as e:
+            ctx.error(path + ("users_file",), str(e))
+    eap_identity = t.get("eap_identity", _nonempty_str, None)
+    eap_password = t.get("eap_password", _psk(ctx, path + ("eap_password",)), None)
+    if auth is not BAD and remote_auth is not BAD:
+        if remote_auth is None:
+            # strongSwan's local/remote sections in one key: by default the peer authenticates
+            # like us; a client that uses EAP verifies the gateway's certificate (or its PSK).
             if auth in EAP_METHODS:
-                ctx.warn(path + ("auth",), f"auth = {auth!r} is planned for remote access and not "
-                                           f"implemented yet; peers will fail to authenticate")
+                remote_auth = "pubkey" if t.has("cacerts") else "psk"
+            else:
+                remote_auth = auth
+        need: dict[str, str] = {}
+        if "psk" in (auth, remote_auth):
+            need["psk"] = "a pre-shared key"
+        if auth in ("pubkey", "eap-tls"):
+            need["certs"] = "our certificate"
+            need["private_key"] = "our private key"
+        if remote_auth in ("pubkey", "eap-tls"):
+            need["cacerts"] = "the CAs that sign the peer's certificate"
+        if auth in ("eap-mschapv2", "eap-md5"):
+            need["eap_password"] = "the EAP password"
+        if remote_auth in ("eap-mschapv2", "eap-md5"):
+            need["users_file"] = "the EAP users"
+        how = f'auth = "{auth}"' + (f', remote_auth = "{remote_auth}"' if remote_auth != auth else "")
+        for k, what in need.items():
+            if not t.has(k):
+                ctx.error(path, f"missing required key '{k}' ({how} needs {what})")
+        for k in ("psk", "certs", "private_key", "cacerts", "eap_password", "users_file", "eap_identity"):
+            if t.has(k) and k not in need and not (k == "eap_identity" and auth in EAP_METHODS):
+                ctx.error(path + (k,), f"'{k}' is not used with {how}")
+        if auth in EAP_METHODS and remote_auth in EAP_METHODS:
+            ctx.error(path + ("remote_auth",), "only one side of a connection can use EAP: the "
+                                               "client (auth) or the gateway's peers (remote_auth)")
     if _ok(certs, private_key) and certs and private_key is not None:
         _check_key_matches(ctx, path, certs[0], private_key.reveal())
 
@@ -1400,7 +1425,8 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         return None
     return ConnectionConfig(
         name=name, local_addrs=local_addrs, remote_addrs=remote_addrs, local_id=local_id,
-        remote_id=remote_id, auth=auth, psk=psk, certs=certs, cert_files=cert_files,
+        remote_id=remote_id, auth=auth, remote_auth=remote_auth, users_file=users_file,
+        eap_identity=eap_identity, eap_password=eap_password, psk=psk, certs=certs, cert_files=cert_files,
         private_key=private_key, private_key_file=private_key_file, cacerts=cacerts,
         cacert_files=cacert_files, ike_proposals=ike_parsed, ike_proposals_text=ike_text,
         start_action=start_action, dpd_delay=dpd_delay, dpd_action=dpd_action,

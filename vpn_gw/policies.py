@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 from ikev2.identity import Identity
@@ -28,18 +29,40 @@ def child_policy(c) -> ChildPolicy:
     )
 
 
+def _auth_config(conn, method: str, local: bool) -> AuthConfig:
+    """How one side authenticates: ours (local) or the peer's."""
+    if method == "psk":
+        return AuthConfig("psk", psk=_secret(conn.psk))
+    if method == "pubkey":
+        if local:
+            return AuthConfig("pubkey", certs=list(conn.certs), private_key=_secret(conn.private_key))
+        return AuthConfig("pubkey", cacerts=list(conn.cacerts))
+    eap = method.removeprefix("eap-")
+    tls = None
+    if eap == "tls":
+        from ikev2.eap import TlsConfig
+        tls = TlsConfig(certificate=conn.certs[0] if conn.certs else None,
+                        private_key=_secret(conn.private_key), ca=list(conn.cacerts) or None,
+                        chain=list(conn.certs[1:]) or None)
+    if local:
+        from ikev2.eap import EapClient
+        identity = getattr(conn, "eap_identity", None) or str(conn.local_id)
+        password = _secret(getattr(conn, "eap_password", None))
+        if isinstance(password, bytes):
+            password = password.decode("utf-8", "replace")
+        return AuthConfig(method, eap_client=lambda: EapClient(identity, password=password, tls_context=tls,
+                                                               allowed={eap}, random_bytes=os.urandom))
+    from ikev2.eap import EapServer, UserDB
+    users = UserDB.load(str(conn.users_file)) if getattr(conn, "users_file", None) else None
+    return AuthConfig(method, eap_server=lambda: EapServer(eap, users, os.urandom, tls_context=tls),
+                      cacerts=list(conn.cacerts))
+
+
 def ike_policy(conn, gateway=None, address_assigner=None) -> IkePolicy:
     """One IkePolicy per [[connection]]. FQDN remote addresses are left to the daemon's resolver;
     for matching they count as "any" until resolved."""
-    if conn.auth == "psk":
-        local_auth = AuthConfig("psk", psk=_secret(conn.psk))
-        remote_auth = AuthConfig("psk", psk=_secret(conn.psk))
-    elif conn.auth == "pubkey":
-        local_auth = AuthConfig("pubkey", certs=list(conn.certs), private_key=_secret(conn.private_key))
-        remote_auth = AuthConfig("pubkey", cacerts=list(conn.cacerts))
-    else:
-        local_auth = AuthConfig(conn.auth)
-        remote_auth = AuthConfig(conn.auth)
+    local_auth = _auth_config(conn, conn.auth, local=True)
+    remote_auth = _auth_config(conn, getattr(conn, "remote_auth", conn.auth), local=False)
     local_id = conn.local_id
     if local_id is None:
         if conn.certs:

@@ -70,3 +70,73 @@ def test_pool_exhausted_gives_internal_address_failure():
     sa = link.a.initiate("gw", 0.0)
     link.run(2.0)
     assert sa.state == State.DELETED
+
+
+# ---------------------------------------------------------------------------- EAP in IKE_AUTH
+
+import pytest  # noqa: E402
+
+from ikev2.eap import EapClient, EapServer, TlsConfig, UserDB, nt_hash  # noqa: E402
+from ikev2.events import AuthFailed  # noqa: E402
+from ikev2.policy import AuthConfig  # noqa: E402
+from tests.engine.certgen import chain  # noqa: E402
+from tests.engine.harness import DetRandom  # noqa: E402
+
+USERS = UserDB.from_toml(f'''
+[[user]]
+name = "alice@example.org"
+nt_hash = "{nt_hash("alice-password")}"
+methods = ["mschapv2"]
+[[user]]
+name = "bob@example.org"
+password = "bob-password"
+methods = ["md5"]
+[[user]]
+name = "dave@example.org"
+password = "unused"
+methods = ["tls"]
+''')
+
+
+def eap_pair(method, who, password, gw_auth="psk"):
+    pool = PoolSet([AddressPool("rw", "10.99.0.0/24")])
+    gw, cl = ra_pair(pool)
+    from ikev2.identity import Identity
+    cl.local_id = Identity.parse(who)
+    tls_srv = tls_cli = None
+    if method == "tls":
+        ca, srv_chain, srv_key = chain("ecdsa", "vpn.example.org")
+        _ca2, cli_chain, cli_key = chain("ecdsa", "dave@example.org")
+        tls_srv = TlsConfig(certificate=srv_chain[0], private_key=srv_key, ca=[_ca2])
+        tls_cli = TlsConfig(certificate=cli_chain[0], private_key=cli_key, ca=[ca])
+    gw.remote_auth = AuthConfig(f"eap-{method}", eap_server=lambda: EapServer(method, USERS, DetRandom("eap-s"),
+                                                                                tls_context=tls_srv))
+    cl.local_auth = AuthConfig(f"eap-{method}", eap_client=lambda: EapClient(
+        who, password=password, tls_context=tls_cli, allowed={method}, random_bytes=DetRandom("eap-c")))
+    return pair(cl, gw, seed=method + who)
+
+
+@pytest.mark.parametrize("method,who,password", [
+    ("mschapv2", "alice@example.org", "alice-password"),
+    ("md5", "bob@example.org", "bob-password"),
+    ("tls", "dave@example.org", None),
+])
+def test_eap_methods_establish_with_virtual_ip(method, who, password):
+    link = eap_pair(method, who, password)
+    sa = link.a.initiate("gw", 0.0)
+    link.run(3.0)
+    fails = [e.reason for e in link.events_a + link.events_b if isinstance(e, AuthFailed)]
+    assert sa.state == State.ESTABLISHED, fails
+    assert link.b.sas[0].eap_identity == who
+    assert [e for e in link.events_a if isinstance(e, VirtualIpReceived)][0].addresses == ["10.99.0.1"]
+    assert [e for e in link.events_a if isinstance(e, ChildUp)]
+
+
+def test_eap_wrong_password_fails_cleanly():
+    link = eap_pair("mschapv2", "alice@example.org", "not-the-password")
+    sa = link.a.initiate("gw", 0.0)
+    link.run(3.0)
+    assert sa.state == State.DELETED and not link.b.sas
+    reasons = [e.reason for e in link.events_b if isinstance(e, AuthFailed)]
+    assert reasons and "EAP authentication of 'alice@example.org' failed" in reasons[0]
+    assert [e for e in link.events_a if isinstance(e, AuthFailed)]
