@@ -482,6 +482,29 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class DdnsConfig:
+    """One ``[[ddns]]``: publish the address of a WAN interface under some names."""
+    interface: str
+    names: tuple[str, ...]
+    method: str                             # rfc2136 | dyndns2
+    families: tuple[int, ...]
+    update_period: float                    # seconds, 0 = only on change
+    server: str
+    port: int
+    zone: str | None = None                 # rfc2136
+    tsig_name: str | None = None
+    tsig_secret: Secret | None = None
+    tsig_algorithm: str = "hmac-sha256"
+    ttl: int = 60
+    scheme: str = "https"                   # dyndns2
+    path: str = "/nic/update"
+    user: str | None = None
+    password: Secret | None = None
+    ca_file: Path | None = None
+    user_agent: str = "vpn-gw/0.1"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole file: ``[gateway]`` settings and the connections."""
     control_socket: Path
@@ -499,6 +522,12 @@ class GatewayConfig:
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
     retransmit_base: float = 1.8            # back-off factor
     retransmit_tries: int = 5               # retransmissions before giving up
+    dns_servers: tuple[IPAddress, ...] = () # resolver for FQDN remote_addrs; () = /etc/resolv.conf
+    dns_port: int = 53
+    dns_timeout: float = 2.0
+    dns_min_ttl: float = 5.0
+    dns_max_ttl: float = 3600.0
+    ddns: tuple[DdnsConfig, ...] = ()       # [[ddns]] tables
     pools: tuple[PoolConfig, ...] = ()      # [[pool]] tables
     source: Path | None = field(default=None, compare=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
@@ -932,10 +961,15 @@ def _private_key(ctx: _Ctx, path: tuple):
 
 # -- key sets ----------------------------------------------------------------------------------
 
-TOP_KEYS = ("gateway", "connection", "pool")
+TOP_KEYS = ("gateway", "connection", "pool", "ddns")
+DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "server", "port", "zone",
+             "tsig_name", "tsig_secret", "tsig_algorithm", "ttl", "scheme", "path", "user", "password",
+             "ca_file", "user_agent")
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
-                "retransmit_timeout", "retransmit_base", "retransmit_tries")
+                "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
+                "dns_timeout", "dns_min_ttl", "dns_max_ttl")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
     "users_file", "eap_identity", "eap_password", "psk", "certs",
@@ -1072,6 +1106,69 @@ def _pool(ctx: _Ctx, d: dict, path: tuple) -> PoolConfig | None:
                       first=first, last=last, network=net, dns=dns, subnets=subnets,
                       lease_file=ctx.path(lease_file) if lease_file is not None
                       else default_lease_file(name))
+
+
+def _family(v):
+    if v not in (4, 6) or isinstance(v, bool):
+        raise _Bad(f"expected 4 or 6, got {_describe(v)}")
+    return v
+
+
+def _fqdn(v):
+    v = _str(v).rstrip(".")
+    if not _HOST_RE.fullmatch(v) or "." not in v:
+        raise _Bad(f"{v!r} is not a fully qualified domain name")
+    return v
+
+
+def _ddns_tables(ctx: _Ctx, top: _Table) -> list[DdnsConfig]:
+    raw = top.get("ddns", lambda v: _tables(v, "ddns"), [])
+    if raw is BAD:
+        return []
+    out = []
+    for k, d in enumerate(raw):
+        path = ("ddns", k)
+        nerr = len(ctx.errors)
+        t = _Table(ctx, d, path, DDNS_KEYS, {**_GW_HINT, **_CONN_HINT})
+        interface = t.get("interface", _ifname)
+        names = t.get("names", _list(_fqdn, example='["gw.example.org"]'))
+        method = t.get("method", _choice(("rfc2136", "dyndns2")))
+        families = t.get("families", _list(_family, example="[4, 6]"), (4, 6) if method == "rfc2136" else (4,))
+        update_period = t.get("update_period", _duration, 3600.0 if method == "rfc2136" else 86400.0)
+        server = t.get("server", _nonempty_str)
+        scheme = t.get("scheme", _choice(("https", "http")), "https")
+        default_port = 53 if method == "rfc2136" else (443 if scheme == "https" else 80)
+        port = t.get("port", _int(1, 65535), default_port)
+        kw = {}
+        if method == "rfc2136":
+            kw["zone"] = t.get("zone", _fqdn)
+            kw["tsig_name"] = t.get("tsig_name", _nonempty_str)
+            kw["tsig_secret"] = t.get("tsig_secret", _psk(ctx, path + ("tsig_secret",)))
+            kw["tsig_algorithm"] = t.get("tsig_algorithm", _choice(TSIG_ALGORITHMS), "hmac-sha256")
+            kw["ttl"] = t.get("ttl", _int(0, 86400), 60)
+            if _ok(names, kw["zone"]) and names:
+                for j, n in enumerate(names):
+                    if not (n == kw["zone"] or n.endswith("." + kw["zone"])):
+                        ctx.error(path + ("names", j), f"{n!r} is not inside zone {kw['zone']!r}")
+            for k2 in ("user", "password", "ca_file", "path", "scheme"):
+                if t.has(k2):
+                    ctx.error(path + (k2,), f"'{k2}' is for method = \"dyndns2\", not \"rfc2136\"")
+        elif method == "dyndns2":
+            kw["user"] = t.get("user", _nonempty_str)
+            kw["password"] = t.get("password", _psk(ctx, path + ("password",)))
+            kw["path"] = t.get("path", _nonempty_str, "/nic/update")
+            kw["user_agent"] = t.get("user_agent", _nonempty_str, "vpn-gw/0.1")
+            ca = t.get("ca_file", _nonempty_str, None)
+            kw["ca_file"] = ctx.path(ca) if ca not in (None, BAD) else None
+            kw["scheme"] = scheme
+            for k2 in ("zone", "tsig_name", "tsig_secret", "tsig_algorithm", "ttl"):
+                if t.has(k2):
+                    ctx.error(path + (k2,), f"'{k2}' is for method = \"rfc2136\", not \"dyndns2\"")
+        if len(ctx.errors) > nerr:
+            continue
+        out.append(DdnsConfig(interface=interface, names=names, method=method, families=families,
+                              update_period=update_period, server=server, port=port, **kw))
+    return out
 
 
 def _pools(ctx: _Ctx, top: _Table) -> tuple[list | None, list[tuple[int, PoolConfig]]]:
@@ -1239,6 +1336,14 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     retransmit_tries = g.get("retransmit_tries", _int(0, 20), 5)
     if _ok(retransmit_timeout) and retransmit_timeout <= 0:
         ctx.error(("gateway", "retransmit_timeout"), "must be more than 0s")
+    dns_servers = g.get("dns_servers", _list(_ip, example='["192.0.2.53"]'), ())
+    dns_port = g.get("dns_port", _int(1, 65535), 53)
+    dns_timeout = g.get("dns_timeout", _duration, 2.0)
+    dns_min_ttl = g.get("dns_min_ttl", _duration, 5.0)
+    dns_max_ttl = g.get("dns_max_ttl", _duration, 3600.0)
+    if _ok(dns_min_ttl, dns_max_ttl) and dns_min_ttl > dns_max_ttl:
+        ctx.error(("gateway", "dns_min_ttl"), f"dns_min_ttl ({dns_min_ttl:g}s) is above dns_max_ttl ({dns_max_ttl:g}s)")
+    ddns = _ddns_tables(ctx, top)
 
     pools_raw, pools = _pools(ctx, top)
     conns_raw = top.get("connection", lambda v: _tables(v, "connection"), [])
@@ -1270,7 +1375,9 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
                          connections=tuple(connections), dataplane=dataplane, path_mtu=path_mtu,
                          keepalive_interval=keepalive_interval, retransmit_timeout=retransmit_timeout,
                          retransmit_base=retransmit_base, retransmit_tries=retransmit_tries,
-                         pools=tuple(pc for _, pc in pools), source=source,
+                         pools=tuple(pc for _, pc in pools), dns_servers=dns_servers, dns_port=dns_port,
+                         dns_timeout=dns_timeout, dns_min_ttl=dns_min_ttl, dns_max_ttl=dns_max_ttl,
+                         ddns=tuple(ddns), source=source,
                          warnings=tuple(warnings))
 
 

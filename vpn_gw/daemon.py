@@ -19,6 +19,7 @@ from ikev2.manager import IkeManager
 from .config import GatewayConfig, diff_configs, load_config
 from .control import ControlError, ControlServer
 from .dataplane import DataPlane, RecordingDataPlane
+from .ddns_service import is_fqdn
 from .ike_socket import IkeSocket, route_source
 from .policies import ike_policy, initiate_target
 from .probe import ProbeResponder, is_probe
@@ -39,7 +40,9 @@ class Gateway:
             else:
                 dataplane = RecordingDataPlane()
         self.dataplane = dataplane
+        from .ddns_service import DdnsService
         from .pools import PoolSet
+        self.ddns = DdnsService(config, self)
         self.pools = PoolSet.from_config(config.pools)
         self._vip_owner: dict[int, str] = {}  # ike_id -> identity holding pool leases
         self.manager = IkeManager([self._policy(c, config) for c in config.connections], os.urandom,
@@ -355,16 +358,50 @@ class Gateway:
         target = initiate_target(conn)
         if target is None:
             raise ValueError(f"connection '{name}' has no remote address to initiate to (remote_addrs is %any)")
+        if is_fqdn(target):
+            # A dynamic-DNS peer: resolve (honouring the TTL) on every initiation and retry.
+            asyncio.get_running_loop().create_task(self._initiate_fqdn(name, target))
+            return None
+        return self._initiate_to(name, target)
+
+    async def _initiate_fqdn(self, name: str, fqdn: str) -> None:
+        addrs = await self.ddns.resolve(fqdn)
+        usable = [a for a in addrs if self._reachable(a)]
+        if not usable:
+            log.warning("cannot initiate: peer name did not resolve to a reachable address", connection=name,
+                        name=fqdn, addresses=addrs)
+            self._retry[name] = time.monotonic() + RETRY_DELAY
+            self._arm_timer()
+            return
         try:
-            ipaddress.ip_address(target)
-            remote_ip = target
-        except ValueError:
-            remote_ip = socket.getaddrinfo(target, 500, type=socket.SOCK_DGRAM)[0][4][0]
+            self._initiate_to(name, usable[0])
+        except (OSError, ValueError) as e:
+            log.warning("cannot initiate", connection=name, error=str(e))
+
+    @staticmethod
+    def _reachable(ip: str) -> bool:
+        try:
+            route_source(ip)
+            return True
+        except OSError:
+            return False
+
+    def _initiate_to(self, name: str, remote_ip: str):
+        conn = self._conn(name)
         local_ip = str(conn.local_addrs[0]) if conn.local_addrs else route_source(remote_ip)
         sa = self.manager.initiate(name, time.monotonic(), remote=(remote_ip, self.config.ike_port),
                                    local=(local_ip, self.config.ike_port))
         self._flush()
         return sa
+
+    def sas_for_fqdn(self, fqdn: str) -> list:
+        """Established IKE SAs of connections whose remote_addrs name this FQDN."""
+        names = {c.name for c in self.config.connections if fqdn in [a for a in c.remote_addrs if isinstance(a, str)]}
+        return [sa for sa in self.manager.sas if sa.name in names and sa.state.value == "established"]
+
+    def liveness_check(self, sa) -> None:
+        sa.liveness(time.monotonic())
+        self._flush()
 
     async def handle_control(self, cmd: str, args: dict) -> Any:
         try:
@@ -482,6 +519,7 @@ class Gateway:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await self.ddns.start()
         for note in self.pools.load():
             log.warning("address pool", note=note)
         await self.dataplane.start()
@@ -523,6 +561,7 @@ class Gateway:
                 loop.remove_reader(s.fileno())
                 s.close()
         await self.dataplane.close()
+        await self.ddns.stop()
         log.info("vpn-gw stopped")
 
 
