@@ -63,6 +63,7 @@ class ChildUp(Event):
     encap: bool
     proposal: str
     rekey_of: bytes | None = None  # spi_in of the Child SA this one replaces
+    replay_window: int = 1024  # packets; 0 = anti-replay off (the child's replay_window)
 
 
 @dataclass

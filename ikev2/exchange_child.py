@@ -131,7 +131,8 @@ class ChildExchanges:
         self._emit(ChildUp(child_name=child.name, keys=child.keys, local_ts=child.local_ts,
                            remote_ts=child.remote_ts, local=self.local, remote=self.remote,
                            encap=self.encap, proposal=child.proposal_text,
-                           rekey_of=rekey_of.spi_in if rekey_of else None))
+                           rekey_of=rekey_of.spi_in if rekey_of else None,
+                           replay_window=child.policy.replay_window))
 
     def _finish_child_as_initiator(self, req: _ChildRequest, msg: Message, now: float, ni: bytes,
                                    nr: bytes, shared: bytes | None) -> None:

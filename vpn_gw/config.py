@@ -387,7 +387,7 @@ class ChildConfig:
     life_bytes: int
     rekey_packets: int
     life_packets: int
-    replay_window: int                      # packets, 0 = anti-replay off
+    replay_window: int                      # packets (32..65536)
 
 
 @dataclass(frozen=True)
@@ -1619,9 +1619,7 @@ def _child(ctx: _Ctx, d: dict, path: tuple, conn_start, conn_dpd) -> ChildConfig
     life_packets = t.get("life_packets", _int(0), None)
     life_bytes = _volume_life(ctx, path, "bytes", rekey_bytes, life_bytes)
     life_packets = _volume_life(ctx, path, "packets", rekey_packets, life_packets)
-    replay_window = t.get("replay_window", _int(0, 65536), 1024)
-    if replay_window == 0:
-        ctx.warn(path + ("replay_window",), "replay_window = 0 disables anti-replay protection")
+    replay_window = t.get("replay_window", _int(32, 65536), 1024)
     if len(ctx.errors) > nerr:
         return None
     return ChildConfig(

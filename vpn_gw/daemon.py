@@ -53,6 +53,7 @@ class Gateway:
         if hasattr(self.dataplane, "on_peer_moved"):
             self.dataplane.on_peer_moved = self._esp_peer_moved
         self.sockets: dict[tuple[int, int], list[IkeSocket]] = {}  # (family, port) -> sockets
+        self._sock_cache: dict[tuple[str, int], IkeSocket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: list[tuple[str, asyncio.Future]] = []
         self._retry: dict[str, float] = {}
@@ -150,12 +151,16 @@ class Gateway:
             pass  # best effort, like the probe itself
 
     def _socket_for(self, local: tuple[str, int]) -> IkeSocket | None:
-        fam = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
-        cands = self.sockets.get((fam, local[1]), [])
-        for s in cands:
-            if s.address == local[0]:
-                return s
-        return cands[0] if cands else None
+        sock = self._sock_cache.get(local)
+        if sock is None:
+            fam = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
+            cands = self.sockets.get((fam, local[1]), [])
+            sock = next((s for s in cands if s.address == local[0]), cands[0] if cands else None)
+            if sock is not None:
+                if len(self._sock_cache) > 1024:
+                    self._sock_cache.clear()
+                self._sock_cache[local] = sock
+        return sock
 
     def _send(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
         sock = self._socket_for(local)

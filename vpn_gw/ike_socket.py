@@ -12,6 +12,7 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 CMSG_SPACE = 256
 MAX_DATAGRAM = 65535
+SOCKET_BUFFER = 4 * 1024 * 1024  # ESP bursts overflow the 212 KB default receive buffer
 
 
 class IkeSocket:
@@ -26,9 +27,17 @@ class IkeSocket:
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
         else:
             s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                # as root, go past net.core.rmem_max/wmem_max
+                s.setsockopt(socket.SOL_SOCKET, {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}[opt], SOCKET_BUFFER)
+            except OSError:
+                pass
         s.setblocking(False)
         s.bind((address, port))
         self.sock = s
+        self._anc: dict[str, list] = {}  # source address -> ancillary data (PKTINFO), cached
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -51,16 +60,24 @@ class IkeSocket:
                 local_ip = socket.inet_ntop(socket.AF_INET6, cdata[:16])
         return data, (local_ip, self.port), (src[0], src[1])
 
+    def _ancillary(self, local_ip: str | None) -> list:
+        anc = self._anc.get(local_ip)
+        if anc is None:
+            anc = []
+            if local_ip and not ipaddress.ip_address(local_ip).is_unspecified:
+                if self.family == socket.AF_INET:
+                    anc = [(socket.IPPROTO_IP, IP_PKTINFO,
+                            struct.pack("=I4s4s", 0, socket.inet_pton(socket.AF_INET, local_ip), bytes(4)))]
+                else:
+                    anc = [(socket.IPPROTO_IPV6, IPV6_PKTINFO,
+                            struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, local_ip), 0))]
+            if len(self._anc) > 1024:
+                self._anc.clear()
+            self._anc[local_ip] = anc
+        return anc
+
     def send(self, data: bytes, local_ip: str | None, remote: tuple[str, int]) -> None:
-        anc = []
-        if local_ip and not ipaddress.ip_address(local_ip).is_unspecified:
-            if self.family == socket.AF_INET:
-                anc = [(socket.IPPROTO_IP, IP_PKTINFO,
-                        struct.pack("=I4s4s", 0, socket.inet_pton(socket.AF_INET, local_ip), bytes(4)))]
-            else:
-                anc = [(socket.IPPROTO_IPV6, IPV6_PKTINFO,
-                        struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, local_ip), 0))]
-        self.sock.sendmsg([data], anc, 0, remote)
+        self.sock.sendmsg([data], self._ancillary(local_ip), 0, remote)
 
     def close(self) -> None:
         self.sock.close()

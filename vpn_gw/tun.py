@@ -30,6 +30,7 @@ class Tun:
             os.close(fd)
             raise TunError(f"cannot create TUN device {name}: {e.strerror}") from None
         self.fd = fd
+        self.route_based = False  # one connection per interface (set by the data plane)
         self.name = res[:16].rstrip(b"\0").decode()
         self.mtu = mtu
         from .netlink import ipr_call

@@ -217,6 +217,7 @@ class UserspaceDataPlane(DataPlane):
         tun = self.tuns.get(name)
         if tun is None:
             tun = Tun(name, self.tun_mtu)
+            tun.route_based = name != DEFAULT_TUN
             self.tuns[name] = tun
             self.by_tun[name] = []
             asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_readable, tun)
@@ -235,7 +236,7 @@ class UserspaceDataPlane(DataPlane):
             log.error("cannot install CHILD_SA in the userspace data plane", child=ev.child_name, error=str(e))
             return
         sa_in = EspSA(Direction.IN, int.from_bytes(k.spi_in, "big"), c_in, esn=k.esn,
-                      replay_window=self.replay_window, created_at=now)
+                      replay_window=ev.replay_window or self.replay_window, created_at=now)
         sa_out = EspSA(Direction.OUT, int.from_bytes(k.spi_out, "big"), c_out, esn=k.esn,
                        created_at=now, lifetime=Lifetime())
         ifname = self.interface_for(ev.ike_name) or DEFAULT_TUN
@@ -333,7 +334,7 @@ class UserspaceDataPlane(DataPlane):
         children = self.by_tun.get(tun.name)
         if not children:
             return None
-        if tun.name != DEFAULT_TUN or self.interface_for(children[-1].conn) is not None:
+        if tun.route_based:
             return children[-1]  # route-based: the interface chose the connection
         f = _flow(pkt)
         if f is None:

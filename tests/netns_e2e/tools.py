@@ -1,0 +1,305 @@
+"""Traffic and capture helpers for the ours-to-ours namespace tests (and bench/throughput.py).
+
+Everything is bounded in time and started through ``Netns.popen`` (so the namespace group's
+cleanup kills whatever a failing test leaves behind); every helper also stops its own
+processes by PID.
+
+* :class:`Capture` - tcpdump on one interface of one namespace, ``-s 0 -w file``.
+* :func:`ipv4_packets` - the IPv4 packets of a pcap file with their outer header fields
+  (no reassembly: the fragmentation tests need to see fragments as they are on the wire).
+* :class:`UdpReceiver` - a UDP socket in a namespace that reports every datagram's length
+  and payload digest (JSON lines on stdout).
+* :func:`send_udp` - one datagram from a namespace, DF set or clear.
+* :func:`iperf3` - an iperf3 TCP run between two namespaces, parsed JSON result.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import signal
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.interop.pcapfile import read_pcap
+from tests.netns import Netns, kill_pid, wait_until
+
+PYTHON = sys.executable
+
+
+# --------------------------------------------------------------------------- capture
+
+
+class Capture:
+    """tcpdump in ``ns`` on ``iface`` writing ``path`` (full snaplen, packet-buffered)."""
+
+    def __init__(self, ns: Netns, iface: str, path: Path | str, bpf: str = ""):
+        self.ns = ns
+        self.iface = iface
+        self.path = Path(path)
+        self.bpf = bpf
+        self.proc: subprocess.Popen | None = None
+        self.err = self.path.with_suffix(".tcpdump.log")
+
+    def start(self, timeout: float = 10.0) -> "Capture":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["tcpdump", "-i", self.iface, "-s", "0", "-n", "-U", "--immediate-mode", "-Z", "root",
+                "-w", str(self.path)] + (self.bpf.split() if self.bpf else [])
+        with open(self.err, "wb") as err:
+            self.proc = self.ns.popen(argv, stderr=err)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tcpdump exited: {self.err.read_text(errors='replace')}")
+            return "listening on" in self.err.read_text(errors="replace")
+        wait_until(ready, timeout=timeout, what=f"tcpdump on {self.iface} to listen")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        time.sleep(0.2)  # let the last packets reach the file
+        kill_pid(self.proc.pid, timeout=timeout, sig=signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=2.0)
+
+    def __enter__(self) -> "Capture":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclass
+class Ip4:
+    time: float
+    src: str
+    dst: str
+    proto: int
+    total_len: int
+    ident: int
+    df: bool
+    mf: bool
+    frag_offset: int  # bytes
+    sport: int | None  # UDP/TCP ports of unfragmented packets (or first fragments)
+    dport: int | None
+    l4: bytes  # everything after the IP header (as captured)
+
+    @property
+    def is_fragment(self) -> bool:
+        return self.mf or self.frag_offset != 0
+
+    @property
+    def udp_payload(self) -> bytes:
+        return self.l4[8:] if self.proto == 17 and len(self.l4) >= 8 else b""
+
+
+def _ipv4(ts: float, pkt: bytes) -> Ip4 | None:
+    if len(pkt) < 20 or pkt[0] >> 4 != 4:
+        return None
+    ihl = (pkt[0] & 0x0F) * 4
+    total, ident, fl = struct.unpack("!HHH", pkt[2:8])
+    src = ".".join(str(b) for b in pkt[12:16])
+    dst = ".".join(str(b) for b in pkt[16:20])
+    l4 = pkt[ihl:total]
+    off = (fl & 0x1FFF) * 8
+    sport = dport = None
+    if pkt[9] in (6, 17) and off == 0 and len(l4) >= 4:
+        sport, dport = struct.unpack("!HH", l4[:4])
+    return Ip4(ts, src, dst, pkt[9], total, ident, bool(fl & 0x4000), bool(fl & 0x2000), off,
+               sport, dport, l4)
+
+
+def ipv4_packets(path: Path | str) -> list[Ip4]:
+    """Every IPv4 packet of a classic pcap (Ethernet, Linux cooked or raw IP link types)."""
+    out = []
+    for ts, lt, frame in read_pcap(path):
+        if lt == 1:
+            if len(frame) < 14 or frame[12:14] != b"\x08\x00":
+                continue
+            pkt = frame[14:]
+        elif lt == 113:
+            if frame[14:16] != b"\x08\x00":
+                continue
+            pkt = frame[16:]
+        elif lt == 276:
+            if frame[0:2] != b"\x08\x00":
+                continue
+            pkt = frame[20:]
+        elif lt in (101, 12, 228):
+            pkt = frame
+        else:
+            continue
+        p = _ipv4(ts, pkt)
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def esp_in_udp(pkts: list[Ip4], port: int = 4500) -> list[Ip4]:
+    """The ESP-in-UDP packets among ``pkts`` (no keepalives, no IKE with the non-ESP marker)."""
+    return [p for p in pkts if p.proto == 17 and not p.is_fragment and port in (p.sport, p.dport)
+            and len(p.udp_payload) > 1 and p.udp_payload[:4] != b"\0\0\0\0"]
+
+
+# --------------------------------------------------------------------------- UDP
+
+
+_RECEIVER = r"""
+import hashlib, json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(float(sys.argv[3]))
+print(json.dumps({"ready": True}), flush=True)
+while True:
+    try:
+        data, peer = s.recvfrom(65535)
+    except socket.timeout:
+        break
+    print(json.dumps({"len": len(data), "sha": hashlib.sha256(data).hexdigest()[:16],
+                      "from": peer[0]}), flush=True)
+"""
+
+
+class UdpReceiver:
+    """``python -c`` UDP receiver in ``ns``; exits by itself after ``lifetime`` seconds."""
+
+    def __init__(self, ns: Netns, addr: str, port: int, lifetime: float = 25.0):
+        self.ns = ns
+        self.proc = ns.popen([PYTHON, "-u", "-c", _RECEIVER, addr, str(port), str(lifetime)],
+                             stdout=subprocess.PIPE, text=True)
+        line = self._readline(10.0)
+        if not line or not json.loads(line).get("ready"):
+            self.stop()
+            raise RuntimeError(f"UDP receiver in {ns.name} did not start")
+        self.got: list[dict] = []
+
+    def _readline(self, timeout: float) -> str | None:
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            if not sel.select(timeout):
+                return None
+            return self.proc.stdout.readline()
+        finally:
+            sel.close()
+
+    def wait(self, n: int, timeout: float = 5.0) -> list[dict]:
+        """Wait until ``n`` datagrams in total have arrived (or the timeout); returns all."""
+        deadline = time.monotonic() + timeout
+        while len(self.got) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            line = self._readline(left)
+            if not line:
+                break
+            self.got.append(json.loads(line))
+        return self.got
+
+    def drain(self, quiet: float = 0.5) -> list[dict]:
+        """Collect whatever arrives until ``quiet`` seconds pass with nothing new."""
+        while True:
+            line = self._readline(quiet)
+            if not line:
+                return self.got
+            self.got.append(json.loads(line))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            kill_pid(self.proc.pid, timeout=2.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=2.0)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+_SENDER = r"""
+import socket, sys
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO if sys.argv[4] == "df" else IP_PMTUDISC_DONT)
+if sys.argv[5] != "-":
+    s.bind((sys.argv[5], 0))
+data = bytes.fromhex(sys.stdin.read().strip())
+for _ in range(int(sys.argv[3])):
+    s.sendto(data, (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def send_udp(ns: Netns, dst: str, port: int, payload: bytes, *, df: bool = False, count: int = 1,
+             src: str | None = None) -> None:
+    """Send ``payload`` ``count`` times from ``ns`` to dst:port, DF set or clear."""
+    ns.run([PYTHON, "-c", _SENDER, dst, str(port), str(count), "df" if df else "nodf", src or "-"],
+           input=payload.hex(), timeout=10)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- iperf3
+
+
+def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0, streams: int = 1,
+           port: int = 5201, extra: list[str] | None = None, cpu_of: list[int] | None = None) -> dict:
+    """One iperf3 TCP run (client -> server). Returns iperf3's JSON plus, when ``cpu_of`` is
+    given, ``"_cpu"``: {pid: % of one core over the run} for those PIDs."""
+    srv = server.popen(["iperf3", "-s", "-1", "-B", server_ip, "-p", str(port)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: listening(server, port), timeout=5.0, what="iperf3 server")
+        cpu0 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+        t0 = time.monotonic()
+        res = client.run(["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}",
+                          "-P", str(streams), "-J", "--connect-timeout", "3000", *(extra or [])],
+                         check=False, timeout=seconds + 20)
+        elapsed = time.monotonic() - t0
+        cpu1 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+        try:
+            out = json.loads(res.stdout)
+        except ValueError:
+            raise RuntimeError(f"iperf3 gave no JSON (rc {res.returncode}): {res.stdout[-500:]} "
+                               f"{res.stderr[-500:]}") from None
+        if "error" in out:
+            raise RuntimeError(f"iperf3: {out['error']}")
+        if cpu_of:
+            import os
+            hz = os.sysconf("SC_CLK_TCK")
+            out["_cpu"] = {pid: round(100.0 * (cpu1[pid] - cpu0[pid]) / hz / elapsed, 1)
+                           for pid in cpu_of if cpu0[pid] is not None and cpu1[pid] is not None}
+        return out
+    finally:
+        if srv.poll() is None:
+            kill_pid(srv.pid, timeout=2.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            srv.wait(timeout=2.0)
+
+
+def listening(ns: Netns, port: int) -> bool:
+    out = ns.run(["ss", "-Htln", f"sport = :{port}"], check=False).stdout
+    return bool(out.strip())
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except OSError:
+        return None
+
+
+def mbps(result: dict) -> float:
+    """Receiver-side throughput of an iperf3 JSON result in Mbit/s."""
+    return result["end"]["sum_received"]["bits_per_second"] / 1e6
+
+
+def retransmits(result: dict) -> int:
+    return int(result["end"]["sum_sent"].get("retransmits", 0))
