@@ -167,9 +167,11 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         out, self._events = self._events, []
         return out
 
-    def _send(self, packets: list[bytes]) -> None:
+    def _send(self, packets: list[bytes], path: tuple[Address, Address] | None = None) -> None:
+        """Queue datagrams on our current path, or on ``path`` (local, remote)."""
+        local, remote = path or (self.local, self.remote)
         for pkt in packets:
-            self._out.append((pkt, self.local, self.remote))
+            self._out.append((pkt, local, remote))
 
     def _flags(self, response: bool) -> int:
         f = HeaderFlag.INITIATOR if self.initiator else 0
@@ -361,7 +363,7 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
                     return  # RFC 7383 2.6.1: only the first fragment triggers a retransmit
                 if mid == msg.message_id:
                     self.log("debug", "peer retransmitted request, resending response", mid=mid)
-                    self._send(packets)
+                    self._send(packets, (local, remote))  # RFC 7296 2.11: back where it came from
                 return
             if msg.message_id != self.peer_next_mid:
                 self.log("info", "dropped request with unexpected message ID",
@@ -447,7 +449,9 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         packets = self._seal(req.exchange, req.message_id, payloads, response=True)
         self.last_response = (req.message_id, packets)
         self.peer_next_mid = req.message_id + 1
-        self._send(packets)
+        # RFC 7296 2.11: a response goes to the address and port the request came from, whether
+        # or not that address is adopted (MOBIKE path checks rely on it).
+        self._send(packets, self._last_src)
 
     def _handle_request(self, req: Message, now: float) -> None:
         handlers = {

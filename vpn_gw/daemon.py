@@ -27,6 +27,7 @@ from .probe import ProbeResponder, is_probe
 log = structlog.get_logger("vpn_gw")
 
 RETRY_DELAY = 5.0
+ROAM_DEBOUNCE = 0.05  # seconds after a netlink event before the roaming check
 
 
 class Gateway:
@@ -221,12 +222,38 @@ class Gateway:
                 return False
 
     async def _watch_local_addresses(self, interval: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.check_local_addresses()
-            except Exception as e:  # noqa: BLE001 - never let the watcher die
-                log.error("local address check failed", error=f"{type(e).__name__}: {e}")
+        """Check the roaming connections' paths as soon as the kernel reports an address, route
+        or link change (netlink), after a short debounce; and every ``interval`` seconds anyway."""
+        events = None
+        try:
+            from pyroute2 import AsyncIPRoute
+            from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR,
+                                               RTMGRP_IPV6_ROUTE, RTMGRP_LINK)
+            events = AsyncIPRoute()
+            await events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+                              | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+        except Exception as e:  # noqa: BLE001 - fall back to polling only
+            log.warning("no netlink events for roaming, polling only", error=str(e))
+            events = None
+        try:
+            while True:
+                if events is not None:
+                    try:
+                        async with asyncio.timeout(interval):
+                            async for _msg in events.get():
+                                break
+                        await asyncio.sleep(ROAM_DEBOUNCE)  # let the kernel finish the change
+                    except TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(interval)
+                try:
+                    self.check_local_addresses()
+                except Exception as e:  # noqa: BLE001 - never let the watcher die
+                    log.error("local address check failed", error=f"{type(e).__name__}: {e}")
+        finally:
+            if events is not None:
+                events.close()
 
     def _write_dns(self, conn_name: str, servers: list[str]) -> None:
         """Client: write the DNS servers the gateway sent to the connection's dns_file (never

@@ -130,3 +130,17 @@ def test_only_the_initiator_may_send_update_sa_addresses():
     b.local_moved(("192.0.2.50", 4500), link.now)  # the responder moved: no MOBIKE update
     out = link.b.pop_datagrams()
     assert out and all(o[1] == ("192.0.2.50", 4500) for o in out)
+
+
+def test_response_goes_back_to_the_request_source_even_without_adoption():
+    """RFC 7296 2.11. A MOBIKE peer checks a new path with an empty INFORMATIONAL before it sends
+    UPDATE_SA_ADDRESSES: the answer must reach it on that path."""
+    hq, br = site_to_site()
+    hq.address_adoption = False
+    link = pair(br, hq)
+    a, b = up(link)
+    a.liveness(link.now)
+    send_from(link, link.a, link.b, ("203.0.113.5", 4500), ("192.0.2.1", 4500))
+    out = link.b.pop_datagrams()
+    assert out and out[0][2] == ("203.0.113.5", 4500)
+    assert b.remote == ("198.51.100.1", 4500)  # not adopted
