@@ -118,6 +118,10 @@ def render_status(result: list[dict], now: float | None = None) -> str:
         nat = " (behind NAT)" if sa.get("nat_remote") else ""
         out.append(f"  remote {_endpoint(sa.get('remote_addr'), sa.get('remote_port')):<28}"
                    f" id {_g(sa, 'remote_id')}{nat}")
+        if sa.get("eap_identity"):
+            out.append(f"  EAP identity {sa['eap_identity']}")
+        if sa.get("virtual_ips"):
+            out.append(f"  virtual IP {', '.join(map(str, sa['virtual_ips']))}")
         algs = _algs(sa.get("algorithms"))
         if algs:
             out.append(f"  {algs}")

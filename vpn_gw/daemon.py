@@ -529,7 +529,8 @@ class Gateway:
                 "local_id": st["local_id"], "remote_id": st["remote_id"],
                 "spi_i": st["spi_i"], "spi_r": st["spi_r"], "algorithms": st["proposal"],
                 "established": (wall - est) if est is not None else None,
-                "nat_local": st["nat_local"], "nat_remote": st["nat_remote"], "children": [],
+                "nat_local": st["nat_local"], "nat_remote": st["nat_remote"],
+                "eap_identity": st.get("eap_identity"), "virtual_ips": st.get("virtual_ips", []), "children": [],
             }
             for c in st["children"]:
                 cnt = self.dataplane.counters(bytes.fromhex(c["spi_in"]))
