@@ -31,7 +31,7 @@ class AuthExchange:
         if a.method == "psk":
             out.append(P.AuthPayload(method=AuthMethod.PSK,
                                      data=cauth.psk_auth_data(self.suite.prf, a.psk, octets)))
-        elif a.method == "pubkey":
+        elif a.method in ("pubkey", "eap-only"):
             from .certs import cert_payload_data
             for cert in a.certs:
                 out.insert(len(out), P.CertPayload(encoding=4, data=cert_payload_data(cert)))

@@ -22,6 +22,7 @@ from .message import Message
 from .sa_common import ExchangeFailed, _notify_name
 
 MAX_EAP_ROUNDS = 50
+MUTUAL_EAP = ("eap-tls",)  # methods that authenticate the server too (RFC 5998 EAP-only)
 
 
 class EapExchange:
@@ -51,9 +52,17 @@ class EapExchange:
         self._eap_first_request = req
         self._eap_rounds = 0
         self.peer_id = ident
-        out = self._our_auth_payloads(P.IDrPayload)
+        eap_only = (req.notify(N.EAP_ONLY_AUTHENTICATION) is not None and ra.method in MUTUAL_EAP
+                    and self.policy.local_auth.method == "eap-only")
+        if eap_only:
+            # RFC 5998: the client accepts EAP-only authentication and the method authenticates
+            # us too: no CERT/AUTH now; our AUTH after EAP (keyed with the MSK) binds the exchange.
+            idr = self.policy.local_id
+            out: list[P.Payload] = [P.IDrPayload(id_type=idr.id_type, data=idr.data)]
+        else:
+            out = self._our_auth_payloads(P.IDrPayload)
         out.append(P.EAPPayload(message=self._eap_server_obj.start()))
-        self.log("info", "starting EAP", peer_id=str(ident), method=ra.method)
+        self.log("info", "starting EAP", peer_id=str(ident), method=ra.method, eap_only=eap_only)
         self._respond(req, out)
 
     def _continue_eap_server(self, req: Message, now: float) -> None:

@@ -182,6 +182,10 @@ class TlsConfig:
             ctx.set_min_proto_version(getattr(SSL, _VERSIONS[self.min_version]))
             ctx.set_max_proto_version(getattr(SSL, _VERSIONS[self.max_version]))
             ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
+            if not server_side:
+                # strongSwan's TLS stack sends no renegotiation_info (RFC 5746); OpenSSL 3 refuses
+                # such servers by default. Renegotiation is off anyway, so accepting them is safe.
+                ctx.set_options(getattr(SSL, "OP_LEGACY_SERVER_CONNECT", 0x4))
             ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
             if self._cert is not None:
                 ctx.use_certificate(self._cert)
