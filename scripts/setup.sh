@@ -12,6 +12,7 @@ APT_PKGS=(
   libcharon-extra-plugins libcharon-extauth-plugins
   libnetfilter-queue-dev build-essential python3-dev
   knot dnsutils
+  qemu-system-x86 busybox-static kmod linux-libc-dev
 )
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -222,7 +222,7 @@ class XfrmDataPlane(DataPlane):
                  priority_base: int = DEFAULT_PRIORITY_BASE, mark: tuple[int, int] | None = None,
                  netns: str | None = None, on_event: Callable[[str, dict], None] | None = None,
                  endpoints_for: Callable[[str], tuple[str | None, str | None]] = lambda conn: (None, None),
-                 clock: Callable[[], float] = time.monotonic):
+                 rekey_grace: float = 2.0, clock: Callable[[], float] = time.monotonic):
         self.send_udp = send_udp
         self.interface_for = interface_for
         self.if_id_for = if_id_for
@@ -237,6 +237,11 @@ class XfrmDataPlane(DataPlane):
         self.on_event = on_event
         self.endpoints_for = endpoints_for  # trap templates: (local IP, remote IP) of a connection
         self.clock = clock
+        # After a rekey the old inbound SA lives on for rekey_grace seconds: the peer may still
+        # send with it until it has processed the DELETE (the side that answers a DELETE removes
+        # its SAs half a round trip before the other side switches over).
+        self.rekey_grace = rekey_grace
+        self._deferred: list[tuple[float, _Child]] = []
         # Hooks the daemon sets (same contract as the userspace data plane):
         self.on_acquire: Callable[[str], None] | None = None  # trapped traffic for a connection
         self.on_peer_moved: Callable[[int, Address, Address], None] | None = None  # NAT mapping changed
@@ -305,6 +310,7 @@ class XfrmDataPlane(DataPlane):
             return
         for c in list(self.children.values()):
             self.remove_child(c.spi_in, c.spi_out)
+        self.reap_deferred(force=True)
         for p in list(self.policies.values()):
             self._del_policy(p)
         self.policies.clear()
@@ -473,7 +479,7 @@ class XfrmDataPlane(DataPlane):
                 self._next_if_id += 1
             mtu = tunnel_mtu(self.path_mtu, 6, overhead_for(12, 14), udp_encap=True)  # worst case until an SA is up
             data = [("IFLA_XFRM_IF_ID", if_id)]
-            attrs = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_IFALIAS", LINK_ALIAS),
+            attrs = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu),
                      ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "xfrm"),
                                                   ("IFLA_INFO_DATA", {"attrs": data})]})]
             try:
@@ -487,6 +493,10 @@ class XfrmDataPlane(DataPlane):
             link = next((x for x in self._links() if x["name"] == name), None)
             if link is None:
                 raise XfrmError(f"XFRM interface {name} was created but cannot be found")
+            # The alias marks the link as ours for the leftover sweep (RTM_NEWLINK ignores
+            # IFLA_IFALIAS when it creates a link, so it is set afterwards).
+            self._link_request(RTM_NEWLINK, 0, index=link["index"], attrs=[("IFLA_IFALIAS", LINK_ALIAS)],
+                               what=f"set alias of {name}")
             itf = _Interface(name, link["index"], if_id, True)
             log.info("XFRM interface created", interface=name, if_id=if_id, mtu=mtu)
         self.interfaces[name] = itf
@@ -657,6 +667,7 @@ class XfrmDataPlane(DataPlane):
     def install_child(self, ev: ChildUp) -> None:
         if self.xfrm is None:
             self.open()
+        self.reap_deferred()
         k = ev.keys
         old = self.children.get(ev.rekey_of) if ev.rekey_of else None
         ifname = self.interface_for(ev.ike_name)
@@ -713,44 +724,74 @@ class XfrmDataPlane(DataPlane):
             self._release(key, c)
 
     def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
+        self.reap_deferred()
         c = self.children.pop(spi_in, None)
         if c is None or self.xfrm is None:
             return
+        successor = any(o.reqid == c.reqid for o in self.children.values())
+        self._release_policies(c)  # a successor (rekey) takes the OUT policies over first
         self._del_sa(c, inbound=False)
-        self._del_sa(c, inbound=True)
-        self._release_policies(c)
-        log.info("CHILD_SA removed from the kernel", spi_in=spi_in.hex(), spi_out=spi_out.hex(), reqid=c.reqid)
+        if successor and self.rekey_grace > 0:
+            self._deferred.append((self.clock() + self.rekey_grace, c))
+            try:
+                asyncio.get_running_loop().call_later(self.rekey_grace + 0.05, self.reap_deferred)
+            except RuntimeError:
+                pass  # no event loop (tests): reaped by the next call, or by shutdown()
+        else:
+            self._del_sa(c, inbound=True)
+        self._rx_seen.pop(spi_in, None)
+        log.info("CHILD_SA removed from the kernel", spi_in=spi_in.hex(), spi_out=spi_out.hex(), reqid=c.reqid,
+                 inbound_grace=self.rekey_grace if successor else 0)
+
+    def reap_deferred(self, force: bool = False) -> None:
+        """Delete the old inbound SAs whose post-rekey grace time is over."""
+        if not self._deferred or self.xfrm is None:
+            return
+        now = self.clock()
+        keep = []
+        for when, c in self._deferred:
+            if force or now >= when:
+                self._del_sa(c, inbound=True)
+            else:
+                keep.append((when, c))
+        self._deferred = keep
 
     def update_addresses(self, ike_id: int, local: Address, remote: Address) -> None:
         """Move the IKE SA's Child SAs to new addresses/ports (MOBIKE, NAT mapping change).
 
-        The SAs are re-installed with their current replay state (sequence numbers carry on,
-        so the peer's anti-replay window accepts them); the policies' templates follow."""
+        Only the ports changed (a NAT rebinding): XFRM_MSG_UPDSA changes the SAs' encapsulation
+        in place. An address changed: the SAs are re-created at the new addresses carrying their
+        replay state (sequence numbers go on, so the peer's anti-replay window accepts them) and
+        their counters; the policies' templates follow."""
         for c in [c for c in self.children.values() if c.ike_id == ike_id]:
             if (c.local, c.remote) == (local, remote):
                 continue
-            states = {}
-            for inbound in (True, False):
-                got = self._get_sa(c, inbound)
-                esn = nl.get_attr(got, "XFRMA_REPLAY_ESN_VAL") if got is not None else None
-                states[inbound] = esn
-            for inbound in (True, False):
-                self._del_sa(c, inbound)
+            # UPDSA changes the ports of an SA that already has UDP encapsulation; adding it (or a
+            # new address) means a new SA.
+            same_ips = (c.local[0], c.remote[0]) == (local[0], remote[0]) and c.encap
+            snapshot = {inbound: self._get_sa(c, inbound) for inbound in (True, False)}
+            if not same_ips:
+                for inbound in (True, False):
+                    self._del_sa(c, inbound)
             old_keys = list(c.policy_keys)
             c.local, c.remote = local, remote
-            c.encap = c.encap or local[1] != 500
+            c.encap = c.encap or local[1] != 500 or remote[1] != 500
             try:
                 for inbound in (True, False):
-                    esn = states[inbound]
-                    if esn:
-                        attrs = self._sa_attrs(c, inbound)
-                        attrs = [a for a in attrs if a[0] != "XFRMA_REPLAY_ESN_VAL"]
-                        attrs.append(("XFRMA_REPLAY_ESN_VAL", {k: esn[k] for k in (
-                            "bmp_len", "oseq", "seq", "oseq_hi", "seq_hi", "replay_window", "bmp")}))
-                        assert self.xfrm is not None
-                        self.xfrm.add_sa(self._sa_info(c, inbound), attrs)
-                    else:
-                        self._add_sa(c, inbound)
+                    attrs = self._sa_attrs(c, inbound)
+                    got = snapshot[inbound]
+                    if got is not None and not same_ips:
+                        esn = nl.get_attr(got, "XFRMA_REPLAY_ESN_VAL")
+                        legacy = nl.get_attr(got, "XFRMA_REPLAY_VAL")
+                        if esn:
+                            attrs = [a for a in attrs if a[0] != "XFRMA_REPLAY_ESN_VAL"]
+                            attrs.append(("XFRMA_REPLAY_ESN_VAL", {k: esn[k] for k in (
+                                "bmp_len", "oseq", "seq", "oseq_hi", "seq_hi", "replay_window", "bmp")}))
+                        elif legacy:
+                            attrs.append(("XFRMA_REPLAY_VAL", {k: legacy[k] for k in ("oseq", "seq", "bitmap")}))
+                        attrs.append(("XFRMA_LTIME_VAL", dict(got["curlft"])))
+                    assert self.xfrm is not None
+                    self.xfrm.add_sa(self._sa_info(c, inbound), attrs, update=same_ips)
                 c.policy_keys = []
                 for p in self._policies_for(c):
                     if p.key in old_keys:
@@ -760,7 +801,7 @@ class XfrmDataPlane(DataPlane):
                 log.error("cannot move CHILD_SA to the new addresses", spi_in=c.spi_in.hex(), error=str(e))
                 continue
             log.info("CHILD_SA moved", spi_in=c.spi_in.hex(), local=f"{local[0]}:{local[1]}",
-                     remote=f"{remote[0]}:{remote[1]}")
+                     remote=f"{remote[0]}:{remote[1]}", in_place=same_ips)
 
     def counters(self, spi_in: bytes) -> ChildCounters | None:
         c = self.children.get(spi_in)

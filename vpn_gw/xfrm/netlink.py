@@ -30,12 +30,13 @@ import struct
 import threading
 from typing import Any, Iterable, Iterator
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, nla, nlmsg
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, nla, nlmsg
 
 NETLINK_ROUTE = 0
 NETLINK_XFRM = 6
 NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
 NLM_F_MULTI = 2
+NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400  # for RTM_NEWLINK / RTM_NEWADDR requests
 
 # --------------------------------------------------------------------------- constants
 
@@ -171,6 +172,15 @@ class Struct:
         if isinstance(kind, type) and issubclass(kind, Struct):
             return kind.size
         return struct.calcsize(_fmt(kind))
+
+    @classmethod
+    def offsets(cls) -> dict[str, int]:
+        """Byte offset of each member (compared with offsetof() in the tests)."""
+        out, off = {}, 0
+        for name, kind in cls.fields:
+            out[name] = off
+            off += cls._field_size(kind)
+        return out
 
     @classmethod
     def pack(cls, value: dict | None) -> bytes:
@@ -1010,9 +1020,3 @@ def attrs_dict(msg) -> dict[str, Any]:
 
 def get_attr(msg, name: str, default=None):
     return attrs_dict(msg).get(name, default)
-
-
-__all__ = [n for n in dir() if n.isupper() or n.startswith("xfrm_") or n in (
-    "Struct", "STRUCTS", "XfrmSocket", "NetlinkError", "encode", "decode", "attrs_dict", "get_attr",
-    "group_mask", "addr_bytes", "addr_str", "resolve_addresses")]
-_ = (NLM_F_CREATE, NLM_F_EXCL)  # re-exported for callers building their own requests
