@@ -33,14 +33,17 @@ class IkeRekey:
             priv = ke_by_id(group).generate(self.rng)
             payloads = [P.SAPayload(proposals=props), P.NoncePayload(data=nonce),
                         P.KEPayload(group=group, data=priv.public_bytes)]
+            self._ike_rekey_nonce = nonce
 
             def on_response(msg: Message) -> None:
+                self._ike_rekey_nonce = None
                 errors = [n for n in msg.notifies() if n.is_error]
                 sa, nr, ke = msg.get(P.SAPayload), msg.get(P.NoncePayload), msg.get(P.KEPayload)
                 if errors or sa is None or nr is None or ke is None or len(sa.proposals) != 1:
                     self.log("warning", "IKE rekey failed",
                              reason=_notify_name(errors[0].notify_type) if errors else "bad response")
                     self.rekey_at = self._now + 60.0
+                    self._settle_lost_collision()
                     return
                 chosen = sa.proposals[0]
                 try:
@@ -52,9 +55,14 @@ class IkeRekey:
                     shared = priv.shared_secret(ke.data)
                 except (ProposalError, InvalidKeyExchange) as e:
                     self.log("warning", "IKE rekey response unacceptable", reason=str(e))
+                    self._settle_lost_collision()
                     return
-                self._create_successor(True, new_spi, chosen.spi, suite, chosen, nonce, nr.data, shared,
-                                       self._now)
+                collision = self._ike_collision
+                self._ike_collision = None
+                ours = self._create_successor(True, new_spi, chosen.spi, suite, chosen, nonce, nr.data, shared,
+                                              self._now, take_children=collision is None)
+                if collision is not None:
+                    self._resolve_ike_collision(ours, (nonce, nr.data), *collision)
             return X.CREATE_CHILD_SA, payloads, on_response
         self._request("rekey IKE SA", build)
         self._pump(now)
@@ -76,15 +84,59 @@ class IkeRekey:
             shared = priv.shared_secret(ke.data)
         except InvalidKeyExchange as e:
             raise ExchangeFailed(N.INVALID_SYNTAX, f"bad KE value: {e}") from None
+        if self.state == State.REKEYED:
+            # Our own rekey of this SA already completed: the peer will see it (and our delete).
+            raise ExchangeFailed(N.TEMPORARY_FAILURE, "IKE SA already rekeyed")
         new_spi = self._new_ike_spi()
         nr = self.rng(NONCE_LEN)
         ours = P.Proposal(chosen.num, ProtocolId.IKE, new_spi, chosen.transforms)
         self._respond(req, [P.SAPayload(proposals=[ours]), P.NoncePayload(data=nr),
                             P.KEPayload(group=suite.ke.group, data=priv.public_bytes)])
+        if self._ike_rekey_nonce is not None:
+            # RFC 7296 2.8.2: both ends rekey this IKE SA at once. Answer as usual; which of the
+            # two new SAs survives is decided by the nonces once our own exchange completes.
+            theirs = self._create_successor(False, chosen.spi, new_spi, suite, ours, ni.data, nr, shared, now,
+                                            take_children=False)
+            self._ike_collision = (theirs, (ni.data, nr))
+            self.log("info", "IKE rekey collision: answered the peer's rekey, waiting for ours")
+            return
         self._create_successor(False, chosen.spi, new_spi, suite, ours, ni.data, nr, shared, now)
 
+    def _resolve_ike_collision(self, ours, our_nonces, theirs, their_nonces) -> None:
+        """RFC 7296 2.8.2: the new IKE SA created with the lowest of the four nonces is redundant;
+        its initiator deletes it. The Child SAs move to the survivor, and the old SA is deleted
+        by the initiator of the surviving exchange."""
+        if min(our_nonces) < min(their_nonces):
+            winner, loser = theirs, ours
+            self.log("info", "IKE rekey collision: our new IKE SA is redundant, deleting it",
+                     redundant=f"{ours.spi_i.hex()}_{ours.spi_r.hex()}")
+            loser.children = []
+            loser._request("delete redundant IKE SA", lambda: (
+                X.INFORMATIONAL, [P.DeletePayload(protocol=ProtocolId.IKE)], lambda m: loser._gone(loser._now)))
+            loser._pump(self._now)
+        else:
+            winner, loser = ours, theirs
+            self.log("info", "IKE rekey collision: the peer's new IKE SA is redundant (it deletes it)",
+                     redundant=f"{theirs.spi_i.hex()}_{theirs.spi_r.hex()}")
+            loser.children = []
+            loser.redundant = True  # the peer deletes it: disappear quietly then
+            self._request("delete rekeyed IKE SA", lambda: (X.INFORMATIONAL,
+                          [P.DeletePayload(protocol=ProtocolId.IKE)], lambda m: self._gone(self._now)))
+        winner.children = self.children
+        self.children = []
+        self.successor = winner
+
+    def _settle_lost_collision(self) -> None:
+        """Our rekey failed while the peer's succeeded: the peer's new SA takes over."""
+        collision, self._ike_collision = self._ike_collision, None
+        if collision is not None:
+            theirs = collision[0]
+            theirs.children = self.children
+            self.children = []
+            self.successor = theirs
+
     def _create_successor(self, we_initiated: bool, spi_i: bytes, spi_r: bytes, suite, proposal,
-                          ni: bytes, nr: bytes, shared: bytes, now: float) -> None:
+                          ni: bytes, nr: bytes, shared: bytes, now: float, take_children: bool = True):
         """RFC 7296 2.18: the new IKE SA takes over all Child SAs; the old one is deleted by the
         side that initiated the rekey."""
         from .ike_sa import IkeSA
@@ -105,17 +157,20 @@ class IkeRekey:
         new.established_at = now
         new.last_inbound = now
         new.rekey_at = now + self.policy.rekey_time if self.policy.rekey_time else None
-        new.children = self.children
-        self.children = []
-        self.successor = new
+        if take_children:
+            new.children = self.children
+            self.children = []
+            self.successor = new
+        self.successors.append(new)
         self.state = State.REKEYED
         self.rekey_at = None
         self.log("info", "IKE_SA rekeyed", old_spi_i=self.spi_i.hex(), old_spi_r=self.spi_r.hex(),
                  spi_i=spi_i.hex(), spi_r=spi_r.hex(), proposal=proposal_display(proposal))
         self._emit(IkeRekeyed(old_spis=(self.spi_i, self.spi_r), new_spis=(spi_i, spi_r)))
-        if we_initiated:
+        if we_initiated and take_children:
             self._request("delete rekeyed IKE SA", lambda: (X.INFORMATIONAL,
                           [P.DeletePayload(protocol=ProtocolId.IKE)], lambda m: self._gone(self._now)))
+        return new
 
     def _gone(self, now: float) -> None:
         """Old IKE SA after rekey: disappear quietly (no IkeDown: the successor lives on)."""

@@ -20,7 +20,7 @@ class Informational:
         if any(d.protocol == ProtocolId.IKE for d in deletes):
             self._respond(req, [])
             self.log("info", "IKE_SA deleted by peer", spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex())
-            if self.state == State.REKEYED:
+            if self.state == State.REKEYED or self.redundant:
                 self._gone(now)
             else:
                 self._die(now, "deleted by peer")

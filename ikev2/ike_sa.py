@@ -123,7 +123,11 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         self.last_inbound = now
         self.rekey_at: float | None = None
         self.delete_reason = ""
-        self.successor: IkeSA | None = None  # set when an IKE rekey created a new SA
+        self.successor: IkeSA | None = None  # the IKE SA that took over our Child SAs (rekey)
+        self.successors: list[IkeSA] = []  # every IKE SA a rekey created (two after a collision)
+        self._ike_rekey_nonce: bytes | None = None  # our IKE rekey request is outstanding
+        self._ike_collision = None  # (peer's new IKE SA, its nonces) during a rekey collision
+        self.redundant = False  # lost an IKE rekey collision: the peer deletes this SA
 
     # ------------------------------------------------------------------ helpers
 
@@ -260,7 +264,8 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
                 if c.state == ChildState.INSTALLED:
                     times.append(c.rekey_at)
                 times.append(c.expire_at)
-            if self.policy.dpd_delay:
+            if self.policy.dpd_delay and self.pending is None and not self.queue:
+                # (while a request is outstanding its retransmission deadline governs)
                 times.append(self._last_activity() + self.policy.dpd_delay)
         return min(times) if times else None
 

@@ -70,9 +70,10 @@ class IkeManager:
             for ev in evs:
                 if isinstance(ev, IkeUp) and ev.initial_contact:
                     self._initial_contact(sa, ev)
-            if sa.successor is not None and sa.successor not in self.sas:
-                sa.successor.ike_id = self._new_id()
-                self._add(sa.successor)
+            for succ in sa.successors:
+                if succ not in self.sas and succ.state != State.DELETED:
+                    succ.ike_id = self._new_id()
+                    self._add(succ)
             if sa.our_spi and sa.our_spi != bytes(8) and self.by_spi.get(sa.our_spi) is not sa \
                     and sa.state != State.DELETED:
                 self.by_spi[sa.our_spi] = sa

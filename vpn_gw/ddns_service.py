@@ -46,6 +46,7 @@ class DdnsService:
         self.publishers: list[tuple[object, object]] = []  # (DdnsConfig, publisher)
         self._tasks: list[asyncio.Task] = []
         self._last_published: dict[int, float] = {}
+        self._retry_at: dict[int, float] = {}  # [[ddns]] table -> when to retry a failed publication
 
     # ------------------------------------------------------------------ peer resolution
 
@@ -88,6 +89,7 @@ class DdnsService:
                                 t.scheme, str(t.ca_file) if t.ca_file else None, t.user_agent)
 
     async def _publish(self, t, pub, addresses: list[str], force: bool) -> None:
+        self._retry_at.pop(id(t), None)
         addrs = [a for a in addresses if ipaddress.ip_address(a).version in t.families]
         if not addrs:
             log.info("nothing to publish (no address of the wanted families)", interface=t.interface,
@@ -104,13 +106,22 @@ class DdnsService:
         else:
             log.warning("publishing our address failed", method=t.method, names=list(t.names),
                         error=res.error, stopped=getattr(res, "stopped", False))
+            retry_at = getattr(res, "retry_at", None)
+            if retry_at is not None and not getattr(res, "stopped", False):
+                self._retry_at[id(t)] = retry_at
 
     def _on_change(self, interface: str) -> Callable:
-        async def cb(addresses: list[str]) -> None:
+        def cb(addresses: list[str]) -> None:
+            # In the background: an unanswering DNS server or provider never delays the gateway.
             for t, pub in self.publishers:
                 if t.interface == interface:
-                    await self._publish(t, pub, addresses, force=False)
+                    self._spawn(self._publish(t, pub, list(addresses), force=False))
         return cb
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     async def _periodic(self) -> None:
         while True:
@@ -118,7 +129,9 @@ class DdnsService:
             now = time.monotonic()
             for t, pub in self.publishers:
                 last = self._last_published.get(id(t), now)
-                if t.update_period and now - last >= t.update_period:
+                retry = self._retry_at.get(id(t))
+                due_retry = retry is not None and now >= retry
+                if due_retry or (t.update_period and now - last >= t.update_period):
                     w = self.watchers.get(t.interface)
                     await self._publish(t, pub, list(w.addresses) if w else [], force=True)
 
@@ -130,17 +143,20 @@ class DdnsService:
         for t in self.tables:
             self.publishers.append((t, self._publisher(t)))
         for iface in {t.interface for t in self.tables}:
-            w = AddressWatcher(iface, self._on_change(iface))
-            try:
-                await w.start()
-                self.watchers[iface] = w
-            except Exception as e:  # noqa: BLE001 - a missing interface must not stop the gateway
-                log.error("cannot watch interface for DDNS", interface=iface, error=str(e))
+            self._spawn(self._start_watcher(iface))
         if self.publishers:
             self._tasks.append(loop.create_task(self._periodic()))
 
+    async def _start_watcher(self, iface: str) -> None:
+        w = AddressWatcher(iface, self._on_change(iface))
+        try:
+            await w.start()
+            self.watchers[iface] = w
+        except Exception as e:  # noqa: BLE001 - a missing interface must not stop the gateway
+            log.error("cannot watch interface for DDNS", interface=iface, error=str(e))
+
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
         for w in self.watchers.values():
             await w.stop()

@@ -348,3 +348,27 @@ def test_initial_contact_replaces_stale_sa():
     assert stale.state == State.DELETED
     downs = events(link.events_b, ChildDown)
     assert downs and downs[0].reason == "replaced after peer's INITIAL_CONTACT"
+
+
+def test_simultaneous_ike_rekey_collision_leaves_one_ike_sa_with_the_children():
+    """RFC 7296 2.8.2: both ends rekey the IKE SA at once: the new SA made with the lowest nonce
+    is deleted by its initiator, the Child SA ends up on the survivor, nothing else is left."""
+    for seed in ("c1", "c2", "c3", "c4"):
+        hq, br = site_to_site()
+        link = pair(br, hq, seed=seed)
+        up(link)
+        before = installed_pairs(link)
+        link.a.sas[0].rekey_ike(link.now)
+        link.b.sas[0].rekey_ike(link.now)
+        link.run(link.now + 5.0)
+        live_a = [sa for sa in link.a.sas if sa.state == State.ESTABLISHED]
+        live_b = [sa for sa in link.b.sas if sa.state == State.ESTABLISHED]
+        assert len(live_a) == 1 and len(live_b) == 1, (seed, [(s.spi_i.hex(), s.state) for s in link.a.sas])
+        assert (live_a[0].spi_i, live_a[0].spi_r) == (live_b[0].spi_i, live_b[0].spi_r)
+        assert installed_pairs(link) == before
+        assert not [e for e in link.events_a + link.events_b if isinstance(e, IkeDown)]
+        # The survivor works.
+        live_a[0].rekey_child(live_a[0].children[0].spi_in, link.now)
+        link.run(link.now + 2.0)
+        ca, cb = installed_pairs(link)
+        assert ca == cb and len(ca) == 1
