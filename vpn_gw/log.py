@@ -136,6 +136,10 @@ def setup_logging(level: str | int = "info", fmt: str = "console",
             root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(lvl)
+    # Libraries that narrate every netlink message or event-loop detail at debug level would
+    # drown the gateway's own events.
+    for noisy in ("pyroute2", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(lvl, logging.INFO) if isinstance(lvl, int) else logging.INFO)
 
 
 def get_logger(name: str | None = None, **initial: Any):

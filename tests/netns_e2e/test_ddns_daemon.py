@@ -104,13 +104,16 @@ class Dyn:
         return srv.start()
 
     def close(self) -> None:
-        for p in self.pingers:
-            p.stop()
-        for s in self.servers:
-            s.stop()
-        for gw in self.e2e.gateways:
-            gw.stop()
-        self.knot.stop()
+        """Stop what this test started, by PID (the e2e fixture then deletes the namespaces)."""
+        try:
+            for p in self.pingers:
+                p.stop()
+            for s in self.servers:
+                s.stop()
+            for gw in self.e2e.gateways:
+                gw.stop()
+        finally:
+            self.knot.stop()
 
 
 @pytest.fixture
