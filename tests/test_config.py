@@ -703,3 +703,30 @@ def test_diff_child_added_and_removed():
     new = parse(_conn("a", "198.51.100.1").replace('name = "net"', 'name = "net2"'))
     d = diff_configs(old, new)
     assert d.changed_keys["a"] == ("child net2: added", "child net: removed")
+
+
+def test_tcp_encapsulation_keys():
+    cfg = parse(BASE)
+    assert cfg.tcp_port == 4500
+    assert (cfg.connections[0].transport, cfg.connections[0].tcp_port) == ("udp", 4500)
+    cfg = parse(BASE.replace('dpd_delay = "30s"', 'dpd_delay = "30s"\ntransport = "auto"\ntcp_port = 443')
+                .replace('[gateway]', '[gateway]\ntcp_port = 0'))
+    assert cfg.tcp_port == 0
+    assert (cfg.connections[0].transport, cfg.connections[0].tcp_port) == ("auto", 443)
+    assert cfg.warnings == ()
+    e = error(BASE.replace('dpd_delay = "30s"', 'dpd_delay = "30s"\ntransport = "tls"'))
+    assert str(e) == "gw.toml:14: connection[0].transport: invalid value 'tls': must be one of udp, tcp, auto"
+    e = error(BASE.replace('dpd_delay = "30s"', 'dpd_delay = "30s"\ntransport = "tcp"\ntcp_port = 500'))
+    assert "connection[0].tcp_port: 500 cannot be used" in str(e)
+    e = error(BASE.replace('[gateway]', '[gateway]\ntcp_port = 70000'))
+    assert "gateway.tcp_port" in str(e)
+    cfg = parse(BASE.replace('dpd_delay = "30s"', 'dpd_delay = "30s"\ntcp_port = 443'))
+    assert [str(w) for w in cfg.warnings] == [
+        'gw.toml:14: connection[0].tcp_port: tcp_port has no effect with transport = "udp"']
+
+
+def test_tcp_transport_needs_the_userspace_data_plane():
+    text = BASE.replace('dpd_delay = "30s"', 'dpd_delay = "30s"\ntransport = "tcp"')
+    assert parse(text).connections[0].transport == "tcp"
+    e = error(text.replace("[gateway]", '[gateway]\ndataplane = "xfrm"'))
+    assert "connection[0].transport" in str(e) and 'needs dataplane = "userspace"' in str(e)

@@ -118,6 +118,8 @@ def render_status(result: list[dict], now: float | None = None) -> str:
         nat = " (behind NAT)" if sa.get("nat_remote") else ""
         out.append(f"  remote {_endpoint(sa.get('remote_addr'), sa.get('remote_port')):<28}"
                    f" id {_g(sa, 'remote_id')}{nat}")
+        if sa.get("transport") == "tcp":
+            out.append("  over TCP (RFC 9329)")
         if sa.get("eap_identity"):
             out.append(f"  EAP identity {sa['eap_identity']}")
         if sa.get("virtual_ips"):

@@ -54,10 +54,11 @@ AUTH_METHODS = ("psk", "pubkey", "eap-mschapv2", "eap-md5", "eap-tls")
 EAP_METHODS = ("eap-mschapv2", "eap-md5", "eap-tls")
 START_ACTIONS = ("none", "start", "trap")
 DPD_ACTIONS = ("clear", "restart", "trap")
+TRANSPORTS = ("udp", "tcp", "auto")  # how a connection initiates: RFC 9329 TCP encapsulation
 MODES = ("tunnel", "transport")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
-DATAPLANES = ("userspace", "none")
+DATAPLANES = ("userspace", "xfrm", "none")
 
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-aes128gcm16-prfsha256-prfsha384-x25519-ecp256-modp3072",
                          "aes256-aes128-sha256-sha384-x25519-ecp256-modp3072")
@@ -432,6 +433,8 @@ class ConnectionConfig:
     users_file: Path | None = None          # gateway: EAP users (remote_auth = eap-mschapv2/md5)
     eap_identity: str | None = None         # client: EAP identity (default: local_id)
     eap_password: Secret | None = None      # client: EAP password
+    transport: str = "udp"                  # udp | tcp | auto (initiating; docs/tcp-encapsulation.md)
+    tcp_port: int = 4500                    # the peer's TCP port for transport = tcp/auto
 
     def child(self, name: str) -> ChildConfig:
         for c in self.children:
@@ -516,9 +519,10 @@ class GatewayConfig:
     half_open_limit: int
     cookie_threshold: int
     connections: tuple[ConnectionConfig, ...]
-    dataplane: str = "userspace"            # userspace | none
+    dataplane: str = "userspace"            # userspace | xfrm | none
     path_mtu: int = 1500                    # outer path MTU for the tunnel MTU (red-side fragmentation)
     keepalive_interval: float = 20.0        # NAT-T keepalives, seconds, 0 = off
+    tcp_port: int = 4500                    # RFC 9329 TCP encapsulation listener, 0 = off
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
     retransmit_base: float = 1.8            # back-off factor
     retransmit_tries: int = 5               # retransmissions before giving up
@@ -969,13 +973,14 @@ TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
                 "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
-                "dns_timeout", "dns_min_ttl", "dns_max_ttl")
+                "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
     "users_file", "eap_identity", "eap_password", "psk", "certs",
     "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
     "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "address_adoption", "fragmentation",
-    "fragment_size", "keyingtries", "if_id", "interface", "pools", "vips", "dns_file", "child",
+    "fragment_size", "keyingtries", "if_id", "interface", "pools", "vips", "dns_file", "transport",
+    "tcp_port", "child",
 )
 CHILD_KEYS = (
     "name", "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "dpd_action",
@@ -1331,6 +1336,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     dataplane = g.get("dataplane", _choice(DATAPLANES), "userspace")
     path_mtu = g.get("path_mtu", _int(576, 65535), 1500)
     keepalive_interval = g.get("keepalive_interval", _duration, 20.0)
+    tcp_port = g.get("tcp_port", _int(0, 65535), 4500)
     retransmit_timeout = g.get("retransmit_timeout", _duration, 4.0)
     retransmit_base = g.get("retransmit_base", _float(1.0, 4.0), 1.8)
     retransmit_tries = g.get("retransmit_tries", _int(0, 20), 5)
@@ -1365,6 +1371,14 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
         if not conns_raw:
             ctx.warn((), "no connections defined")
     _check_interfaces(ctx, connections)
+    if _ok(dataplane) and dataplane not in ("userspace", "none"):
+        # TCP encapsulation carries ESP in the TCP stream: only our userspace data plane can.
+        names = [cd.get("name") for cd in conns_raw] if conns_raw is not BAD else []
+        for c in connections:
+            if c.transport != "udp":
+                ctx.error(("connection", names.index(c.name), "transport"),
+                          f'transport = "{c.transport}" needs dataplane = "userspace" (ESP travels '
+                          f'in the TCP connection)')
     _check_pools(ctx, pools_raw, pools, conns_raw, connections)
     if ctx.errors:
         return None
@@ -1374,6 +1388,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
                          half_open_limit=half_open_limit, cookie_threshold=cookie_threshold,
                          connections=tuple(connections), dataplane=dataplane, path_mtu=path_mtu,
                          keepalive_interval=keepalive_interval, retransmit_timeout=retransmit_timeout,
+                         tcp_port=tcp_port,
                          retransmit_base=retransmit_base, retransmit_tries=retransmit_tries,
                          pools=tuple(pc for _, pc in pools), dns_servers=dns_servers, dns_port=dns_port,
                          dns_timeout=dns_timeout, dns_min_ttl=dns_min_ttl, dns_max_ttl=dns_max_ttl,
@@ -1429,7 +1444,7 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
             need["private_key"] = "our private key"
         if remote_auth in ("pubkey", "eap-tls"):
             need["cacerts"] = "the CAs that sign the peer's certificate"
-        if auth in ("eap-mschapv2", "eap-md5"):
+        if auth in ("eap-mschapv2", "eap-md5") and remote_auth not in EAP_METHODS:
             need["eap_password"] = "the EAP password"
         if remote_auth in ("eap-mschapv2", "eap-md5"):
             need["users_file"] = "the EAP users"
@@ -1440,9 +1455,10 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         for k in ("psk", "certs", "private_key", "cacerts", "eap_password", "users_file", "eap_identity"):
             if t.has(k) and k not in need and not (k == "eap_identity" and auth in EAP_METHODS):
                 ctx.error(path + (k,), f"'{k}' is not used with {how}")
-        if auth in EAP_METHODS and remote_auth in EAP_METHODS:
+        if auth in EAP_METHODS and remote_auth in EAP_METHODS and (auth, remote_auth) != ("eap-tls", "eap-tls"):
             ctx.error(path + ("remote_auth",), "only one side of a connection can use EAP: the "
-                                               "client (auth) or the gateway's peers (remote_auth)")
+                                               "client (auth) or the gateway's peers (remote_auth); "
+                                               "both \"eap-tls\" means EAP-only (RFC 5998)")
     if _ok(certs, private_key) and certs and private_key is not None:
         _check_key_matches(ctx, path, certs[0], private_key.reveal())
 
@@ -1480,6 +1496,15 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     pools = t.get("pools", _list(_name, example='["rw"]'), ())
     vips = t.get("vips", _list(_vip, example='["0.0.0.0"]'), ())
     dns_file = t.get("dns_file", _nonempty_str, None)
+    transport = t.get("transport", _choice(TRANSPORTS), "udp")
+    tcp_port = t.get("tcp_port", _int(1, 65535), 4500)
+    if _ok(transport, tcp_port):
+        if t.has("tcp_port") and transport == "udp":
+            ctx.warn(path + ("tcp_port",), 'tcp_port has no effect with transport = "udp"')
+        elif tcp_port == 500 and transport != "udp":
+            # RFC 7296 2.23: an initiator talking to port 500 moves to 4500 after IKE_SA_INIT.
+            ctx.error(path + ("tcp_port",), "500 cannot be used: an initiator whose peer port is 500 "
+                                            "switches to port 4500 after IKE_SA_INIT (RFC 7296 2.23)")
     if dns_file is not None and dns_file is not BAD:
         dns_file = ctx.path(dns_file)
         if not vips:
@@ -1540,7 +1565,7 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         rekey_time=rekey_time, reauth_time=reauth_time, over_time=over_time, rand_time=rand_time,
         encap=encap, mobike=mobike, address_adoption=address_adoption, fragmentation=fragmentation, fragment_size=fragment_size,
         keyingtries=keyingtries, if_id=if_id, interface=interface, children=tuple(children),
-        pools=pools, vips=vips, dns_file=dns_file)
+        pools=pools, vips=vips, dns_file=dns_file, transport=transport, tcp_port=tcp_port)
 
 
 def _initiable(remote_addrs) -> tuple:

@@ -38,6 +38,12 @@ class Gateway:
                 from .userspace import UserspaceDataPlane
                 dataplane = UserspaceDataPlane(self._send_esp, self._interface_for, path_mtu=config.path_mtu,
                                                keepalive_interval=config.keepalive_interval)
+            elif config.dataplane == "xfrm":
+                from .xfrm.backend import XfrmDataPlane
+                ifids = {c.interface: c.if_id for c in config.connections if c.interface}
+                dataplane = XfrmDataPlane(self._send_esp, self._interface_for, if_id_for=ifids.get,
+                                          path_mtu=config.path_mtu, keepalive_interval=config.keepalive_interval,
+                                          endpoints_for=self._endpoints_for)
             else:
                 dataplane = RecordingDataPlane()
         self.dataplane = dataplane
@@ -63,6 +69,8 @@ class Gateway:
         from .log import RateLimitedLogger
         self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
         self.probe_responder = ProbeResponder()  # docs/probe.md: stateless, rate-limited echo
+        from .tcp_transport import TcpService
+        self.tcp = TcpService(self)  # RFC 9329 TCP paths (docs/tcp-encapsulation.md)
 
     def _policy(self, conn, config):
         return ike_policy(conn, config, address_assigner=lambda ident, req, c=conn: self._assign(c, ident, req))
@@ -113,6 +121,10 @@ class Gateway:
         for addr in self.config.listen:
             for port in (self.config.ike_port, self.config.natt_port):
                 s = IkeSocket(str(addr), port)
+                if self.dataplane.name == "xfrm":
+                    # IKE itself must never be encrypted; the kernel decapsulates ESP-in-UDP.
+                    from .xfrm.sockets import prepare_ike_socket
+                    prepare_ike_socket(s, natt=(port == self.config.natt_port))
                 self.sockets.setdefault((s.family, port), []).append(s)
                 asyncio.get_running_loop().add_reader(s.fileno(), self._readable, s)
                 log.info("listening", address=str(addr), port=port)
@@ -164,6 +176,8 @@ class Gateway:
         return sock
 
     def _send(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        if self.tcp.send_ike(data, local, remote):
+            return  # a TCP path: framed onto its connection
         sock = self._socket_for(local)
         if sock is None:
             log.error("no socket to send from", local=f"{local[0]}:{local[1]}")
@@ -177,6 +191,8 @@ class Gateway:
 
     def _send_esp(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
         """ESP in UDP (and NAT keepalives) from the NAT-T socket: no non-ESP marker."""
+        if self.tcp.send_esp(data, local, remote):
+            return  # a TCP path: framed onto its connection
         sock = self._socket_for((local[0], self.config.natt_port))
         if sock is None:
             return
@@ -202,6 +218,8 @@ class Gateway:
             except OSError:
                 continue  # no route at all right now: keep the SA, DPD decides
             if src != sa.local[0]:
+                if self.tcp.roam(sa):
+                    continue  # over TCP: the connection is re-opened from the new address
                 why = "address gone" if not self._is_local(sa.local[0]) else "route changed"
                 log.info("local path changed, moving IKE SA", connection=sa.name, old=sa.local[0], new=src,
                          reason=why)
@@ -289,6 +307,15 @@ class Gateway:
             self.initiate(name)
         except (OSError, ValueError) as e:
             log.warning("cannot start connection for trapped traffic", connection=name, error=str(e))
+
+    def _endpoints_for(self, name: str) -> tuple[str | None, str | None]:
+        """(local, remote) outer addresses of a connection, for kernel trap-policy templates."""
+        conn = self._conn(name)
+        if conn is None:
+            return None, None
+        local = str(conn.local_addrs[0]) if conn.local_addrs else None
+        target = initiate_target(conn)
+        return local, (target if target and not is_fqdn(target) else None)
 
     def _interface_for(self, name: str) -> str | None:
         conn = self._conn(name)
@@ -418,9 +445,11 @@ class Gateway:
         except OSError:
             return False
 
-    def _initiate_to(self, name: str, remote_ip: str):
+    def _initiate_to(self, name: str, remote_ip: str, transport: str | None = None):
         conn = self._conn(name)
         local_ip = str(conn.local_addrs[0]) if conn.local_addrs else route_source(remote_ip)
+        if transport is None and self.tcp.takes(conn):
+            return self.tcp.initiate(conn, remote_ip, local_ip)  # transport tcp/auto: asynchronous
         sa = self.manager.initiate(name, time.monotonic(), remote=(remote_ip, self.config.ike_port),
                                    local=(local_ip, self.config.ike_port))
         self._flush()
@@ -428,7 +457,10 @@ class Gateway:
 
     def sas_for_fqdn(self, fqdn: str) -> list:
         """Established IKE SAs of connections whose remote_addrs name this FQDN."""
-        names = {c.name for c in self.config.connections if fqdn in [a for a in c.remote_addrs if isinstance(a, str)]}
+        def norm(n: str) -> str:
+            return n.lower().rstrip(".")
+        names = {c.name for c in self.config.connections
+                 if norm(fqdn) in [norm(a) for a in c.remote_addrs if isinstance(a, str)]}
         return [sa for sa in self.manager.sas if sa.name in names and sa.state.value == "established"]
 
     def liveness_check(self, sa) -> None:
@@ -470,7 +502,7 @@ class Gateway:
         if cmd == "reload":
             return self.reload()
         if cmd == "stats":
-            return {"probe": self.probe_responder.counters()}
+            return {"probe": self.probe_responder.counters(), "tcp": self.tcp.counters()}
         if cmd == "rekey":
             return self.rekey(args.get("name", ""), args.get("child"), bool(args.get("ike")))
         raise ValueError(f"unknown command '{cmd}'")
@@ -530,6 +562,7 @@ class Gateway:
                 "spi_i": st["spi_i"], "spi_r": st["spi_r"], "algorithms": st["proposal"],
                 "established": (wall - est) if est is not None else None,
                 "nat_local": st["nat_local"], "nat_remote": st["nat_remote"],
+                "transport": self.tcp.transport_of((local_ip, int(local_port)), (remote_ip, int(remote_port))),
                 "eap_identity": st.get("eap_identity"), "virtual_ips": st.get("virtual_ips", []), "children": [],
             }
             for c in st["children"]:
@@ -555,7 +588,10 @@ class Gateway:
         await self.ddns.start()
         for note in self.pools.load():
             log.warning("address pool", note=note)
-        await self.dataplane.start()
+        try:
+            await self.dataplane.start()
+        except Exception as e:  # noqa: BLE001 - e.g. no kernel ESP for dataplane = "xfrm"
+            raise StartupError(f"cannot start the {self.dataplane.name} data plane: {e}") from None
         for conn in self.config.connections:
             if conn.interface:
                 try:
@@ -564,6 +600,7 @@ class Gateway:
                     log.error("cannot create the connection's interface", connection=conn.name,
                               interface=conn.interface, error=str(e))
         self.open_sockets()
+        await self.tcp.start()
         self._install_traps()
         control = ControlServer(str(self.config.control_socket), self.handle_control)
         await control.start()
@@ -589,6 +626,7 @@ class Gateway:
         if self._timer:
             self._timer.cancel()
         await control.stop()
+        await self.tcp.close()
         for socks in self.sockets.values():
             for s in socks:
                 loop.remove_reader(s.fileno())
@@ -598,6 +636,16 @@ class Gateway:
         log.info("vpn-gw stopped")
 
 
+class StartupError(RuntimeError):
+    """The gateway cannot start (one-line reason for the user)."""
+
+
 def run(config: GatewayConfig, args=None) -> int:
-    asyncio.run(Gateway(config).serve())
+    try:
+        asyncio.run(Gateway(config).serve())
+    except (StartupError, OSError) as e:
+        log.error("vpn-gw cannot start", error=str(e))
+        import sys
+        print(f"vpn-gw: {e}", file=sys.stderr)
+        return 1
     return 0

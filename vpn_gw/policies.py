@@ -61,7 +61,13 @@ def _auth_config(conn, method: str, local: bool) -> AuthConfig:
 def ike_policy(conn, gateway=None, address_assigner=None) -> IkePolicy:
     """One IkePolicy per [[connection]]. FQDN remote addresses are left to the daemon's resolver;
     for matching they count as "any" until resolved."""
-    local_auth = _auth_config(conn, conn.auth, local=True)
+    remote_method = getattr(conn, "remote_auth", conn.auth)
+    if conn.auth == "eap-tls" and remote_method == "eap-tls":
+        # EAP-only gateway (RFC 5998): no AUTH before EAP for clients that accept it; a
+        # certificate AUTH for those that do not.
+        local_auth = AuthConfig("eap-only", certs=list(conn.certs), private_key=_secret(conn.private_key))
+    else:
+        local_auth = _auth_config(conn, conn.auth, local=True)
     remote_auth = _auth_config(conn, getattr(conn, "remote_auth", conn.auth), local=False)
     local_id = conn.local_id
     if local_id is None:

@@ -408,7 +408,9 @@ class UserspaceDataPlane(DataPlane):
             esp = encapsulate(child.sa_out, pkt, nh)
         except EspError:
             return  # counted on the SA
-        self.send_udp(esp, (child.local[0], 4500), (child.remote[0], child.remote[1]))
+        # The SA's own path: (ip, NAT-T port) for ESP in UDP, or a TCP connection's addresses
+        # (RFC 9329; the daemon writes it to that connection).
+        self.send_udp(esp, child.local, child.remote)
 
     # ------------------------------------------------------------------ trap policies
 
@@ -480,7 +482,7 @@ class UserspaceDataPlane(DataPlane):
             # never a replay of an old packet. Address adoption decides (the engine).
             if (int.from_bytes(data[4:8], "big") == (child.sa_in.replay.top & 0xFFFFFFFF)
                     and self.on_peer_moved is not None):
-                self.on_peer_moved(child.ike_id, (local[0], 4500), remote)
+                self.on_peer_moved(child.ike_id, local, remote)
         f = _flow(inner)
         if f is None:
             child.drops["malformed"] = child.drops.get("malformed", 0) + 1
@@ -495,12 +497,13 @@ class UserspaceDataPlane(DataPlane):
     # ------------------------------------------------------------------ keepalives
 
     async def _keepalives(self) -> None:
-        """RFC 3948 NAT keepalives (one 0xFF byte) to every peer, always (forced encapsulation)."""
+        """RFC 3948 NAT keepalives (one 0xFF byte) to every peer, always (forced encapsulation).
+        On a TCP path (RFC 9329 8) the daemon does not send them."""
         while True:
             await asyncio.sleep(self.keepalive_interval)
-            peers = {(c.local[0], c.remote) for c in self.by_spi_in.values()}
-            for local_ip, remote in peers:
-                self.send_udp(KEEPALIVE, (local_ip, 4500), remote)
+            peers = {(c.local, c.remote) for c in self.by_spi_in.values()}
+            for local, remote in peers:
+                self.send_udp(KEEPALIVE, local, remote)
 
 
 def _v6_source(child: _Child):

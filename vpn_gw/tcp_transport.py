@@ -1,0 +1,707 @@
+"""TCP encapsulation of IKE and ESP (RFC 9329), both roles (docs/tcp-encapsulation.md).
+
+Wire format. The TCP Originator (the side that opened the connection: always the IKE
+initiator here) first sends the 6-octet stream prefix ``IKETCP``, once. After that, both
+directions carry frames::
+
+    Length (2 octets, big-endian, counts itself) | payload (Length - 2 octets)
+
+    IKE:  payload = 00 00 00 00 (non-ESP marker) | IKE message
+    ESP:  payload = ESP packet as is (its SPI is never zero)
+    NAT keepalive: payload = FF (Length 3): dropped silently, never sent (RFC 9329 8)
+
+A Length below 3 cannot frame anything and closes the connection, as does a wrong prefix.
+A frame is at most 65535 octets (the field's range), so every read buffer is bounded by one
+frame plus one read.
+
+How the engine sees it. Each TCP connection is a path whose local address is (our IP, our TCP
+port) and whose remote address is (peer IP, peer TCP port). The sans-IO engine needs nothing
+else: responses go back to the path a request came from (RFC 7296 2.11), NAT detection hashes
+the TCP addresses (RFC 9329 7), and a new connection for an existing IKE SA is an
+authenticated request from a new address, which address adoption or MOBIKE follows. The
+daemon asks this module, for every datagram it sends, whether the path is a TCP one
+(:meth:`TcpService.send_ike`, :meth:`TcpService.send_esp` return True when they took it).
+
+Roles. The gateway listens on ``[gateway] tcp_port`` (default 4500, 0 = off) and never opens
+connections. A connection with ``transport = "tcp"`` initiates over a new TCP connection to
+the peer's ``tcp_port``; ``"auto"`` runs the UDP probe (vpn_gw.probe) first and uses TCP only
+if UDP 500 or 4500 does not answer. When the originator's connection breaks, it reconnects with
+bounded back-off and moves the IKE SA to the new connection (``IkeSA.local_moved``: a MOBIKE
+update or an authenticated liveness check, which the peer adopts); same SPIs, no new handshake.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ikev2 import events as E
+from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER
+from ikev2.sa_common import State
+
+from .ike_socket import route_source
+from .log import RateLimitedLogger
+from .probe import EXIT_OK, is_probe, probe, verdict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .daemon import Gateway
+
+__all__ = ["PREFIX", "MIN_FRAME", "MAX_FRAME", "MAX_PAYLOAD", "NAT_KEEPALIVE", "FramingError", "frame",
+           "ike_frame", "esp_frame", "Deframer", "classify", "TcpConnection", "TcpService"]
+
+log = structlog.get_logger("vpn_gw.tcp")
+
+PREFIX = b"IKETCP"
+_LEN = struct.Struct("!H")
+MIN_FRAME = 3             # Length counts itself: 2 + at least one octet of payload
+MAX_FRAME = 0xFFFF        # the Length field's range
+MAX_PAYLOAD = MAX_FRAME - _LEN.size
+NAT_KEEPALIVE = b"\xff"
+ESP_HEADER_LEN = 8        # SPI + sequence number
+
+# Limits and timers (constants, documented in docs/tcp-encapsulation.md).
+PREFIX_TIMEOUT = 10.0     # an accepted connection must send "IKETCP" within this many seconds
+IDLE_TIMEOUT = 30.0       # responder: close a connection no IKE SA uses after this long without a frame
+ORIGINATOR_GRACE = 5.0    # originator: close a connection no IKE SA uses after this long
+SWEEP_INTERVAL = 1.0
+CONNECT_TIMEOUT = 5.0
+PROBE_TIMEOUT = 3.0       # transport = "auto": how long the UDP probe waits
+RECONNECT_MIN = 0.5       # back-off after a failed reconnect: 0.5, 1, 2, ... 30 s
+RECONNECT_MAX = 30.0
+MAX_CONNECTIONS = 4096    # accepted connections, all sources together
+MAX_PER_SOURCE = 256      # accepted connections from one IP address
+MAX_GARBAGE = 8           # frames that are neither IKE, ESP nor keepalive before the connection is closed
+USER_TIMEOUT_MS = 30_000  # TCP_USER_TIMEOUT: a connection whose data stays unacknowledged this long fails
+WRITE_HIGH = 256 * 1024   # above this, ESP frames are dropped (like a full UDP socket buffer)
+WRITE_HARD = 4 * 1024 * 1024  # above this the peer is not reading: the connection is closed
+
+Address = tuple[str, int]
+Path = tuple[Address, Address]
+
+
+# --------------------------------------------------------------------------------- framing
+
+
+class FramingError(ValueError):
+    """The byte stream is not RFC 9329 framing: the connection must be closed."""
+
+
+def frame(payload: bytes) -> bytes:
+    """One frame: the 2-octet Length (payload + 2) and the payload."""
+    if not payload:
+        raise ValueError("an RFC 9329 frame carries at least one octet")
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} octets does not fit a frame (max {MAX_PAYLOAD})")
+    return _LEN.pack(len(payload) + _LEN.size) + payload
+
+
+def ike_frame(message: bytes) -> bytes:
+    """An IKE message behind the non-ESP marker, framed."""
+    return frame(NON_ESP_MARKER + message)
+
+
+def esp_frame(packet: bytes) -> bytes:
+    """An ESP packet as is, framed."""
+    return frame(packet)
+
+
+class Deframer:
+    """Incremental, strict decoder of one direction of a connection.
+
+    ``feed(data)`` returns the payloads of the frames completed so far (any split of the stream
+    gives the same frames) and raises FramingError on a wrong stream prefix (as soon as one
+    octet differs) or a Length below MIN_FRAME. ``expect_prefix``: this is the TCP
+    Responder's side, which reads "IKETCP" first.
+    """
+
+    __slots__ = ("_buf", "prefix_done")
+
+    def __init__(self, expect_prefix: bool):
+        self._buf = bytearray()
+        self.prefix_done = not expect_prefix
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        if not self.prefix_done:
+            n = min(len(buf), len(PREFIX))
+            if buf[:n] != PREFIX[:n]:
+                raise FramingError("stream does not start with the IKETCP prefix")
+            if n < len(PREFIX):
+                return out
+            del buf[:n]
+            self.prefix_done = True
+        while len(buf) >= _LEN.size:
+            (length,) = _LEN.unpack_from(buf)
+            if length < MIN_FRAME:
+                raise FramingError(f"frame length {length} (at least {MIN_FRAME})")
+            if len(buf) < length:
+                break
+            with memoryview(buf) as mv:
+                out.append(bytes(mv[_LEN.size:length]))
+            del buf[:length]
+        return out
+
+
+IKE, ESP, KEEPALIVE, RUNT = "ike", "esp", "keepalive", "runt"
+
+
+def classify(payload: bytes) -> tuple[str, bytes]:
+    """(kind, data): IKE (data without the marker), ESP, KEEPALIVE or RUNT (too short for either)."""
+    if payload == NAT_KEEPALIVE:
+        return KEEPALIVE, b""
+    if payload[:4] == NON_ESP_MARKER:
+        if len(payload) < len(NON_ESP_MARKER) + IKE_HEADER_LEN:
+            return RUNT, payload
+        return IKE, payload[len(NON_ESP_MARKER):]
+    if len(payload) < ESP_HEADER_LEN:
+        return RUNT, payload
+    return ESP, payload
+
+
+# --------------------------------------------------------------------------------- connections
+
+
+def _addr(sockaddr: Any) -> Address:
+    return (str(sockaddr[0]), int(sockaddr[1]))
+
+
+class TcpConnection(asyncio.Protocol):
+    """One TCP connection carrying IKE and ESP frames (either role)."""
+
+    def __init__(self, service: "TcpService", originator: bool):
+        self.service = service
+        self.originator = originator
+        self.deframer = Deframer(expect_prefix=not originator)
+        self.transport: asyncio.Transport | None = None
+        self.local: Address = ("", 0)
+        self.remote: Address = ("", 0)
+        self.opened = self.last_rx = service.clock()
+        self.registered = False
+        self.counted = False  # responder: counted in the per-source limit
+        self.paused = False
+        self.closed = False
+        self.garbage = 0
+        self.frames_in = self.frames_out = 0
+
+    @property
+    def path(self) -> Path:
+        return self.local, self.remote
+
+    # asyncio callbacks: each guarded, an error closes this connection and never leaves a traceback
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        try:
+            self.local = _addr(transport.get_extra_info("sockname"))
+            self.remote = _addr(transport.get_extra_info("peername"))
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A path that silently died (no RST) fails once our data goes unacknowledged, so
+                # the originator reconnects instead of waiting for DPD to give up on the IKE SA.
+                if hasattr(socket, "TCP_USER_TIMEOUT"):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+            self.transport.set_write_buffer_limits(high=WRITE_HIGH)
+            if self.originator:
+                self.transport.write(PREFIX)
+            self.service._opened(self)
+        except Exception as e:  # noqa: BLE001
+            log.error("TCP connection setup failed", error=f"{type(e).__name__}: {e}")
+            self.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            frames = self.deframer.feed(data)
+        except FramingError as e:
+            self.service._framing_error(self, str(e))
+            self.abort()
+            return
+        if not self.registered and self.deframer.prefix_done:
+            self.service._prefix_ok(self)
+        if frames:
+            self.last_rx = self.service.clock()
+            self.frames_in += len(frames)
+            self.service._frames(self, frames)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        try:
+            self.service._lost(self, exc)
+        except Exception as e:  # noqa: BLE001
+            log.error("TCP connection teardown failed", error=f"{type(e).__name__}: {e}")
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    # ours
+    def write(self, data: bytes, essential: bool) -> bool:
+        """Queue one frame; ESP (not essential) is dropped while the peer is not keeping up."""
+        t = self.transport
+        if self.closed or t is None or t.is_closing():
+            return False
+        if t.get_write_buffer_size() > WRITE_HARD:
+            self.service._ratelimit.log(("peer not reading", self.remote[0]), "TCP peer is not reading, closing",
+                                        peer=f"{self.remote[0]}:{self.remote[1]}", level="warning")
+            self.abort()
+            return False
+        if self.paused and not essential:
+            return False
+        t.write(data)
+        self.frames_out += 1
+        return True
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        self.closed = True
+
+
+# --------------------------------------------------------------------------------- service
+
+
+class TcpService:
+    """The daemon's TCP side: listener, originator connections, reconnects, the path registry.
+
+    It uses the gateway's ``manager``, ``dataplane`` and ``config`` and these helpers:
+    ``_flush()`` (send what the engine produced), ``_initiate_to(name, ip, transport="udp")``,
+    ``_on_event(ev)``/``_arm_timer()`` (an initiation that failed before an IKE SA existed is
+    reported like a failed IKE SA: ``up`` waiters and restart logic see an IkeDown).
+    """
+
+    def __init__(self, gateway: "Gateway", *, clock=time.monotonic,
+                 idle_timeout: float = IDLE_TIMEOUT, prefix_timeout: float = PREFIX_TIMEOUT):
+        self.gw = gateway
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.prefix_timeout = prefix_timeout
+        self.conns: dict[Path, TcpConnection] = {}
+        self.dead: dict[Path, float] = {}  # closed TCP paths that IKE SAs may still use: sends dropped
+        self.servers: list[asyncio.AbstractServer] = []
+        self.stats: Counter[str] = Counter()
+        self._per_source: Counter[str] = Counter()
+        self._pending: set[TcpConnection] = set()  # accepted, not yet registered (prefix outstanding)
+        self._initiating: set[str] = set()
+        self._reconnecting: dict[Path, asyncio.Task] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task | None = None
+        self._closing = False
+        self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
+
+    @property
+    def config(self):
+        return self.gw.config  # follows `vpn-gw reload`
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        port = getattr(self.config, "tcp_port", 0)
+        if port and getattr(self.config, "dataplane", "userspace") not in ("userspace", "none"):
+            log.info("not listening for TCP-encapsulated IKE: ESP over TCP needs the userspace data plane",
+                     dataplane=self.config.dataplane, port=port)
+            port = 0
+        if port:
+            for addr in self.config.listen:
+                fam = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+                try:
+                    srv = await loop.create_server(lambda: TcpConnection(self, originator=False), host=str(addr),
+                                                   port=port, family=fam, reuse_address=True, backlog=128)
+                except OSError as e:
+                    log.error("cannot listen for TCP-encapsulated IKE", address=str(addr), port=port, error=str(e))
+                    continue
+                self.servers.append(srv)
+                log.info("listening", address=str(addr), port=port, protocol="tcp")
+        self._sweeper = loop.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        self._closing = True
+        for t in [self._sweeper, *self._tasks, *self._reconnecting.values()]:
+            if t is not None:
+                t.cancel()
+        for srv in self.servers:
+            srv.close()
+        for c in [*self.conns.values(), *self._pending]:
+            c.abort()
+        for srv in self.servers:
+            try:
+                await asyncio.wait_for(srv.wait_closed(), 1.0)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+        self.servers.clear()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    # ------------------------------------------------------------------ daemon hooks
+
+    def is_tcp(self, local: Address, remote: Address) -> bool:
+        path = (local, remote)
+        return path in self.conns or path in self.dead
+
+    def transport_of(self, local: Address, remote: Address) -> str:
+        return "tcp" if self.is_tcp(local, remote) else "udp"
+
+    def _write(self, local: Address, remote: Address, data: bytes, essential: bool) -> bool:
+        path = (local, remote)
+        c = self.conns.get(path)
+        if c is None:
+            if path in self.dead:
+                self.stats["dropped_no_connection"] += 1
+                return True
+            return False
+        if not c.write(data, essential):
+            self.stats["dropped_congestion" if not c.closed else "dropped_no_connection"] += 1
+        return True
+
+    def send_ike(self, data: bytes, local: Address, remote: Address) -> bool:
+        """The daemon's _send: True if (local, remote) is a TCP path (the message is then framed
+        and written to its connection, or dropped while the connection is down)."""
+        if not self.conns and not self.dead:
+            return False
+        return self._write(local, remote, ike_frame(data), essential=True)
+
+    def send_esp(self, data: bytes, local: Address, remote: Address) -> bool:
+        """The daemon's _send_esp: True if the path is a TCP one. NAT keepalives are not sent over
+        TCP (RFC 9329 8)."""
+        if not self.conns and not self.dead:
+            return False
+        if (local, remote) not in self.conns and (local, remote) not in self.dead:
+            return False
+        if data == NAT_KEEPALIVE:
+            return True
+        try:
+            fr = esp_frame(data)
+        except ValueError:
+            self.stats["dropped_oversize"] += 1
+            return True
+        return self._write(local, remote, fr, essential=False)
+
+    def takes(self, conn) -> bool:
+        """Whether initiating this connection is ours (transport tcp or auto)."""
+        return getattr(conn, "transport", "udp") in ("tcp", "auto")
+
+    def initiate(self, conn, remote_ip: str, local_ip: str | None) -> None:
+        """Start initiating (asynchronously): probe for "auto", connect, then IKE_SA_INIT."""
+        if conn.name in self._initiating:
+            log.debug("initiation already in progress", connection=conn.name)
+            return None
+        self._initiating.add(conn.name)
+        self._spawn(self._initiate(conn, remote_ip, local_ip))
+        return None
+
+    def roam(self, sa) -> bool:
+        """The client's source address changed (daemon.check_local_addresses). For an IKE SA on
+        a TCP path: drop the connection, the reconnect leaves from the new address. Returns
+        whether the SA is a TCP one (then the daemon does nothing else)."""
+        path = (sa.local, sa.remote)
+        if not self.is_tcp(*path):
+            return False
+        c = self.conns.get(path)
+        if c is not None and c.originator:
+            log.info("local address changed, reconnecting the TCP connection", connection=sa.name,
+                     local=f"{sa.local[0]}:{sa.local[1]}")
+            c.abort()
+        return True
+
+    def counters(self) -> dict:
+        out = {k: v for k, v in sorted(self.stats.items())}
+        out["open"] = len(self.conns)
+        out["listening"] = len(self.servers)
+        return out
+
+    # ------------------------------------------------------------------ connection events
+
+    def _opened(self, c: TcpConnection) -> None:
+        if c.originator:
+            self._register(c)
+            self.stats["connected"] += 1
+            log.info("TCP connection to the peer opened", local=f"{c.local[0]}:{c.local[1]}",
+                     remote=f"{c.remote[0]}:{c.remote[1]}")
+            return
+        ip = c.remote[0]
+        total = len(self._pending) + sum(1 for x in self.conns.values() if not x.originator)
+        if total >= MAX_CONNECTIONS or self._per_source[ip] >= MAX_PER_SOURCE:
+            self.stats["refused_limit"] += 1
+            self._ratelimit.log(("TCP connection refused", ip), "TCP connection refused: too many connections",
+                                peer=ip, level="warning", total=total, from_source=self._per_source[ip])
+            c.abort()
+            return
+        self._per_source[ip] += 1
+        c.counted = True
+        self._pending.add(c)
+        self.stats["accepted"] += 1
+        log.debug("TCP connection accepted", peer=f"{ip}:{c.remote[1]}", local=f"{c.local[0]}:{c.local[1]}")
+
+    def _register(self, c: TcpConnection) -> None:
+        old = self.conns.get(c.path)
+        if old is not None and old is not c:
+            old.abort()
+        self.conns[c.path] = c
+        self.dead.pop(c.path, None)
+        c.registered = True
+
+    def _prefix_ok(self, c: TcpConnection) -> None:
+        """The stream prefix arrived: from now on this path is a TCP one."""
+        self._pending.discard(c)
+        self._register(c)
+
+    def _framing_error(self, c: TcpConnection, why: str) -> None:
+        key = "bad_prefix" if not c.deframer.prefix_done else "bad_frame"
+        self.stats[key] += 1
+        self._ratelimit.log(("TCP framing error", key, c.remote[0]), "closing TCP connection: not RFC 9329 framing",
+                            peer=f"{c.remote[0]}:{c.remote[1]}", reason=why, level="warning")
+
+    def _frames(self, c: TcpConnection, frames: list[bytes]) -> None:
+        gw = self.gw
+        flush = False
+        now = time.monotonic()
+        for payload in frames:
+            if c.closed:
+                break
+            kind, data = classify(payload)
+            try:
+                if kind == IKE:
+                    if is_probe(data):  # the UDP probe has no meaning here
+                        self.stats["probe_dropped"] += 1
+                        continue
+                    self.stats["ike_in"] += 1
+                    gw.manager.receive(data, c.local, c.remote, now)
+                    flush = True
+                elif kind == ESP:
+                    self.stats["esp_in"] += 1
+                    gw.dataplane.esp_received(data, c.local, c.remote)
+                elif kind == KEEPALIVE:
+                    self.stats["keepalive_in"] += 1
+                else:
+                    self.stats["runt"] += 1
+                    c.garbage += 1
+                    if c.garbage > MAX_GARBAGE:
+                        self._ratelimit.log(("TCP garbage", c.remote[0]), "closing TCP connection: unparsable frames",
+                                            peer=f"{c.remote[0]}:{c.remote[1]}", frames=c.garbage, level="warning")
+                        c.abort()
+            except Exception as e:  # noqa: BLE001 - one frame never stops the gateway
+                self._ratelimit.log(("TCP frame failed", type(e).__name__), "TCP frame handling failed",
+                                    error=f"{type(e).__name__}: {e}", kind=kind, level="error")
+        if flush:
+            try:
+                gw._flush()
+            except Exception as e:  # noqa: BLE001
+                log.error("sending after a TCP frame failed", error=f"{type(e).__name__}: {e}")
+
+    def _lost(self, c: TcpConnection, exc: Exception | None) -> None:
+        self._pending.discard(c)
+        if c.counted:
+            c.counted = False
+            self._per_source[c.remote[0]] -= 1
+            if self._per_source[c.remote[0]] <= 0:
+                del self._per_source[c.remote[0]]
+        if not c.registered:
+            return
+        if self.conns.get(c.path) is c:
+            del self.conns[c.path]
+            self.dead[c.path] = self.clock()
+        self.stats["closed"] += 1
+        if self._closing:
+            return
+        sas = self._sas_on(c.path)
+        why = f"{type(exc).__name__}: {exc}" if exc else "closed"
+        fields = dict(local=f"{c.local[0]}:{c.local[1]}", remote=f"{c.remote[0]}:{c.remote[1]}", reason=why,
+                      frames_in=c.frames_in, frames_out=c.frames_out)
+        if not sas:
+            log.debug("TCP connection closed", **fields)
+            return
+        if not c.originator:
+            log.info("TCP connection closed, waiting for the peer to reconnect", connection=sas[0].name, **fields)
+            return
+        if c.path not in self._reconnecting:
+            log.info("TCP connection lost, reconnecting", connection=sas[0].name, **fields)
+            t = asyncio.get_running_loop().create_task(self._reconnect(c.path))
+            self._reconnecting[c.path] = t
+            t.add_done_callback(lambda _t, p=c.path: self._reconnecting.pop(p, None))
+
+    # ------------------------------------------------------------------ originator
+
+    def _sas_on(self, path: Path) -> list:
+        return [sa for sa in self.gw.manager.sas if sa.state != State.DELETED and (sa.local, sa.remote) == path]
+
+    async def _connect(self, local_ip: str | None, remote: Address) -> TcpConnection:
+        loop = asyncio.get_running_loop()
+        fam = socket.AF_INET6 if ":" in remote[0] else socket.AF_INET
+        _t, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: TcpConnection(self, originator=True), host=remote[0], port=remote[1],
+                                   family=fam, local_addr=(local_ip, 0) if local_ip else None),
+            CONNECT_TIMEOUT)
+        return proto  # type: ignore[return-value]
+
+    async def _choose(self, conn, remote_ip: str) -> tuple[str, str]:
+        """transport = "auto": UDP if the probe answers on the IKE and NAT-T ports, else TCP."""
+        ports = (self.config.ike_port, self.config.natt_port)
+        try:
+            results = await probe(remote_ip, ports=ports, timeout=PROBE_TIMEOUT, natt_ports=(self.config.natt_port,))
+        except OSError as e:
+            return "tcp", f"UDP probe failed: {e}"
+        code, summary = verdict(results)
+        detail = ", ".join(f"udp/{r.port} " + (f"rtt {r.rtt * 1000:.1f} ms" if r.reachable else "no reply")
+                           for r in results)
+        return ("udp" if code == EXIT_OK else "tcp"), f"probe: {summary} ({detail})"
+
+    async def _initiate(self, conn, remote_ip: str, local_ip: str | None) -> None:
+        name = conn.name
+        try:
+            transport = conn.transport
+            if transport == "auto":
+                transport, why = await self._choose(conn, remote_ip)
+                log.info("transport chosen", connection=name, transport=transport, reason=why)
+                if transport == "udp":
+                    self.gw._initiate_to(name, remote_ip, transport="udp")
+                    return
+            remote = (remote_ip, conn.tcp_port)
+            try:
+                c = await self._connect(local_ip, remote)
+            except (OSError, TimeoutError, asyncio.TimeoutError) as e:
+                self.stats["connect_failed"] += 1
+                self._failed(name, f"TCP connection to {remote_ip}:{conn.tcp_port} failed: "
+                                   f"{str(e) or type(e).__name__}")
+                return
+            if c.closed:
+                self._failed(name, f"TCP connection to {remote_ip}:{conn.tcp_port} closed at once")
+                return
+            log.info("initiating over TCP", connection=name, local=f"{c.local[0]}:{c.local[1]}",
+                     remote=f"{remote_ip}:{conn.tcp_port}")
+            self.gw.manager.initiate(name, time.monotonic(), remote=c.remote, local=c.local)
+            self.gw._flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - never a traceback, never a dead daemon
+            self._failed(name, f"{type(e).__name__}: {e}")
+        finally:
+            self._initiating.discard(name)
+
+    def _failed(self, name: str, reason: str) -> None:
+        """An initiation failed before any IKE SA existed: report it like a failed IKE SA."""
+        log.warning("cannot initiate", connection=name, reason=reason)
+        ev = E.IkeDown(reason=reason)
+        ev.ike_name = name
+        self.gw._on_event(ev)
+        self.gw._arm_timer()
+
+    async def _reconnect(self, path: Path) -> None:
+        try:
+            await self._reconnect_loop(path)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - never a traceback, never a dead daemon
+            log.error("TCP reconnect error", remote=f"{path[1][0]}:{path[1][1]}", error=f"{type(e).__name__}: {e}")
+
+    async def _reconnect_loop(self, path: Path) -> None:
+        """Reconnect for the IKE SAs of a lost originator connection and move them over."""
+        remote = path[1]
+        delay = 0.0
+        attempt = 0
+        while not self._closing:
+            if delay:
+                await asyncio.sleep(delay)
+            sas = self._sas_on(path)
+            if not sas:
+                return  # deleted meanwhile (DPD, shutdown, `down`)
+            attempt += 1
+            delay = min(max(2 * delay, RECONNECT_MIN), RECONNECT_MAX)
+            conn = self.gw._conn(sas[0].name)
+            try:
+                if conn is not None and conn.local_addrs:
+                    local_ip = str(conn.local_addrs[0])
+                else:
+                    local_ip = route_source(remote[0])  # roaming clients follow the routing table
+                c = await self._connect(local_ip, remote)
+            except (OSError, TimeoutError, asyncio.TimeoutError) as e:
+                self.stats["reconnect_failed"] += 1
+                self._ratelimit.log(("TCP reconnect failed", remote[0]), "TCP reconnect failed",
+                                    connection=sas[0].name, remote=f"{remote[0]}:{remote[1]}", attempt=attempt,
+                                    retry_in=delay, error=str(e) or type(e).__name__, level="warning")
+                continue
+            if c.closed:
+                continue
+            now = time.monotonic()
+            moved = []
+            for sa in self._sas_on(path):
+                if sa.pending is not None:
+                    # A request in flight was lost with the old connection: resend it on the new
+                    # one now rather than at its next retransmission time (the peer answers a
+                    # duplicate from its cache, RFC 7296 2.1).
+                    sa.pending.next_retransmit = min(sa.pending.next_retransmit, now)
+                if sa.state == State.ESTABLISHED:
+                    sa.local_moved(c.local, now)  # MOBIKE update or liveness check from the new path
+                elif sa.state in (State.REKEYED, State.DELETING):
+                    sa.adopt(c.local, sa.remote, now, "TCP reconnect")
+                else:
+                    sa.delete(now, "TCP connection lost during the IKE SA's negotiation")
+                    continue
+                moved.append(sa)
+            self.stats["reconnected"] += 1
+            self.gw.manager.tick(now)  # the early retransmissions above
+            if moved:
+                log.info("TCP connection re-established, IKE SA continues", connection=moved[0].name,
+                         local=f"{c.local[0]}:{c.local[1]}", remote=f"{remote[0]}:{remote[1]}", attempt=attempt,
+                         spi_i=moved[0].spi_i.hex(), spi_r=moved[0].spi_r.hex())
+            self.gw._flush()
+            return
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                self.sweep()
+            except Exception as e:  # noqa: BLE001 - never let the sweeper die
+                log.error("TCP housekeeping failed", error=f"{type(e).__name__}: {e}")
+
+    def sweep(self) -> None:
+        """Close connections nobody needs: accepted ones without the prefix after PREFIX_TIMEOUT,
+        responder connections no IKE SA uses and idle for idle_timeout, originator connections
+        whose IKE SA is gone; forget closed paths no IKE SA uses."""
+        now = self.clock()
+        in_use = {(sa.local, sa.remote) for sa in self.gw.manager.sas if sa.state != State.DELETED}
+        for c in list(self._pending):
+            if now - c.opened > self.prefix_timeout:
+                self.stats["prefix_timeout"] += 1
+                self._ratelimit.log(("TCP prefix timeout", c.remote[0]), "closing TCP connection: no IKETCP prefix",
+                                    peer=f"{c.remote[0]}:{c.remote[1]}", level="info")
+                c.abort()
+                self._pending.discard(c)
+        for path, c in list(self.conns.items()):
+            if path in in_use:
+                continue
+            if c.originator:
+                if now - c.opened > ORIGINATOR_GRACE:
+                    log.info("closing TCP connection: its IKE SA is gone", local=f"{c.local[0]}:{c.local[1]}",
+                             remote=f"{c.remote[0]}:{c.remote[1]}")
+                    self.stats["closed_unused"] += 1
+                    c.abort()
+            elif now - c.last_rx > self.idle_timeout:
+                log.debug("closing idle TCP connection without an IKE SA", peer=f"{c.remote[0]}:{c.remote[1]}")
+                self.stats["closed_idle"] += 1
+                c.abort()
+        for path in [p for p in self.dead if p not in in_use and p not in self._reconnecting]:
+            del self.dead[path]
