@@ -478,6 +478,7 @@ class PoolConfig:
     dns: tuple[IPAddress, ...]              # INTERNAL_IP4/6_DNS
     subnets: tuple[IPNetwork, ...]          # INTERNAL_IP4/6_SUBNET (split tunnelling)
     lease_file: Path
+    masquerade: str | None = None           # interface: source-NAT the pool's traffic leaving there
 
     @property
     def version(self) -> int:
@@ -995,7 +996,7 @@ _GW_HINT = {k: f"'{k}' belongs in [gateway]" for k in GATEWAY_KEYS}
 _CONN_HINT = {k: f"'{k}' belongs in a [[connection]] table" for k in CONNECTION_KEYS}
 _CHILD_HINT = {k: f"'{k}' belongs in a [[connection.child]] table" for k in CHILD_KEYS
                if k not in CONNECTION_KEYS}
-POOL_KEYS = ("name", "addrs", "dns", "subnets", "lease_file")
+POOL_KEYS = ("name", "addrs", "dns", "subnets", "lease_file", "masquerade")
 _POOL_HINT = {k: f"'{k}' belongs in a [[pool]] table (a connection refers to pools by name "
                  f"with pools = [...])" for k in POOL_KEYS if k != "name"}
 
@@ -1104,10 +1105,11 @@ def _pool(ctx: _Ctx, d: dict, path: tuple) -> PoolConfig | None:
     dns = t.get("dns", _list(_unicast_ip, example='["10.1.0.53"]'), ())
     subnets = t.get("subnets", _list(_ts, example='["10.1.0.0/24"]'), ())
     lease_file = t.get("lease_file", _nonempty_str, None)
+    masquerade = t.get("masquerade", _ifname, None)
     if len(ctx.errors) > nerr:
         return None
     first, last, net = addrs
-    return PoolConfig(name=name, addrs=str(net) if net is not None else f"{first}-{last}",
+    return PoolConfig(masquerade=masquerade, name=name, addrs=str(net) if net is not None else f"{first}-{last}",
                       first=first, last=last, network=net, dns=dns, subnets=subnets,
                       lease_file=ctx.path(lease_file) if lease_file is not None
                       else default_lease_file(name))

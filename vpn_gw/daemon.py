@@ -588,6 +588,13 @@ class Gateway:
         await self.ddns.start()
         for note in self.pools.load():
             log.warning("address pool", note=note)
+        from . import nat
+        try:
+            if nat.install(self.config.pools):
+                log.info("pool masquerading installed", table=nat.TABLE,
+                         pools=[p.name for p in self.config.pools if p.masquerade])
+        except nat.NatError as e:
+            raise StartupError(str(e)) from None
         try:
             await self.dataplane.start()
         except Exception as e:  # noqa: BLE001 - e.g. no kernel ESP for dataplane = "xfrm"
@@ -633,6 +640,9 @@ class Gateway:
                 s.close()
         await self.dataplane.close()
         await self.ddns.stop()
+        if any(p.masquerade for p in self.config.pools):
+            from . import nat
+            nat.remove()
         log.info("vpn-gw stopped")
 
 

@@ -270,7 +270,9 @@ class UserspaceDataPlane(DataPlane):
             for net in sel.network_strings():
                 n = ipaddress.ip_network(net)
                 if n.prefixlen == 0:
-                    continue  # never hijack the default route in policy-based mode
+                    if child.conn in self.vips:
+                        added += self._full_tunnel_routes(ipr, tun, child, n.version)
+                    continue  # otherwise never hijack the default route in policy-based mode
                 src = next((a for a in local_addrs if a.version == n.version
                             and _match(child.local_ts, a.version, int(a), 0, 0)), None)
                 kw = {"dst": net, "oif": tun.index}
@@ -283,16 +285,49 @@ class UserspaceDataPlane(DataPlane):
                     log.warning("cannot add route", dst=net, interface=tun.name, error=str(e))
         return added
 
+    def _full_tunnel_routes(self, ipr, tun: Tun, child: _Child, version: int) -> list[str]:
+        """A remote-access client sending everything through the tunnel: the two halves of the
+        address space via the TUN (more specific than the default route, which stays), and a
+        host route to the gateway via the path it has now, so IKE and ESP do not loop."""
+        added = []
+        peer = child.remote[0]
+        if ipaddress.ip_address(peer).version == version:
+            try:
+                r = ipr.route("get", dst=peer)[0]
+                kw = {"dst": f"{peer}/{32 if version == 4 else 128}", "oif": r.get_attr("RTA_OIF")}
+                if r.get_attr("RTA_GATEWAY"):
+                    kw["gateway"] = r.get_attr("RTA_GATEWAY")
+                ipr.route("replace", **kw)
+                added.append(kw["dst"])
+            except Exception as e:  # noqa: BLE001
+                log.warning("cannot pin the route to the gateway", gateway=peer, error=str(e))
+                return added
+        vip = next((a for a in self.vips[child.conn][1] if ipaddress.ip_address(a).version == version), None)
+        halves = ("0.0.0.0/1", "128.0.0.0/1") if version == 4 else ("::/1", "8000::/1")
+        for net in halves:
+            kw = {"dst": net, "oif": tun.index}
+            if vip:
+                kw["prefsrc"] = vip
+            try:
+                ipr.route("replace", **kw)
+                added.append(net)
+            except Exception as e:  # noqa: BLE001
+                log.warning("cannot add route", dst=net, interface=tun.name, error=str(e))
+        log.info("full tunnel: all traffic goes through the VPN", connection=child.conn, gateway=peer)
+        return added
+
     def _del_routes(self, child: _Child) -> None:
         still = {r for c in self.by_spi_in.values() for r in c.routes}
         gone = [net for net in child.routes if net not in still]
 
         def delete(ipr):
             for net in gone:
-                try:
-                    ipr.route("del", dst=net, oif=child.tun.index)
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
+                for kw in ({"oif": child.tun.index}, {}):  # TUN routes; the pinned gateway route
+                    try:
+                        ipr.route("del", dst=net, **kw)
+                        break
+                    except Exception:  # noqa: BLE001 - already gone / not via the TUN
+                        continue
         if gone:
             ipr_call(delete)
 
