@@ -394,6 +394,14 @@ class Gateway:
                     and not self.manager.find(ev.ike_name):
                 log.info("re-initiating", connection=ev.ike_name, delay=RETRY_DELAY)
                 self._retry[ev.ike_name] = time.monotonic() + RETRY_DELAY
+            elif (conn is not None and conn.dpd_action == "trap" and ev.ike_name not in self._held_down
+                  and hasattr(self.dataplane, "install_trap") and ev.ike_name not in self.dataplane.traps):
+                # dpd_action = trap: the next packet for the tunnel starts it again.
+                pol = next(p for p in self.manager.policies if p.name == conn.name)
+                for cp in pol.children:
+                    self.dataplane.install_trap(conn.name, cp.local_ts, cp.remote_ts)
+                log.info("peer lost: trap policy installed, traffic will restart the connection",
+                         connection=ev.ike_name)
         elif isinstance(ev, E.AuthFailed):
             log.warning("authentication failed", connection=ev.ike_name, reason=ev.reason)
         elif isinstance(ev, E.ExchangeDone):

@@ -100,3 +100,30 @@ def test_trap_policy_starts_tunnel_and_delivers_first_packets(sites):
     finally:
         ga.stop()
         gb.stop()
+
+
+def test_dpd_action_trap_restarts_on_traffic(sites):
+    grp, (router, a, b), tmp = sites
+    fast = {"retransmit_timeout": "0.5s", "retransmit_tries": 1}
+    ga = OurGateway(a.gw, tmp, "a", [connection("to-b", a.wan, b.wan, "a.example.org", "b.example.org",
+                                                local_ts=a.lan, remote_ts=b.lan, dpd_delay="1s",
+                                                dpd_action="trap")], listen=[a.wan], gateway=fast)
+    conn_b = [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org", local_ts=b.lan, remote_ts=a.lan)]
+    gb = OurGateway(b.gw, tmp, "b", conn_b, listen=[b.wan])
+    try:
+        ga.start()
+        gb.start()
+        ga.up("to-b")
+        ga.wait_children(1)
+        gb.stop()  # the peer dies without a word
+        wait_for(lambda: ga.status() == [], 10, "the dead peer to be detected")
+        assert any(l.get("event") == "peer lost: trap policy installed, traffic will restart the connection"
+                   for l in ga.log_lines())
+        gb = OurGateway(b.gw, tmp, "b2", conn_b, listen=[b.wan])
+        gb.start()
+        r = a.host.run(["ping", "-c", "1", "-W", "5", b.host_ip], check=False, timeout=10)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert ga.children()
+    finally:
+        ga.stop()
+        gb.stop()
