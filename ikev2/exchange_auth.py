@@ -215,11 +215,17 @@ class AuthExchange:
             self._start_eap_server(req, ident, now)
             return
         self.peer_id = self._verify_peer_auth(req, self.policy, now)
-        out = self._our_auth_payloads(P.IDrPayload)
-        vip_ts, cp_reply = self._assign_virtual_ip(req)
+        self._complete_auth_responder(req, req, self._our_auth_payloads(P.IDrPayload), now, "established")
+
+    def _complete_auth_responder(self, req: Message, first: Message, out: list[P.Payload], now: float,
+                                 outcome: str) -> None:
+        """The last IKE_AUTH response: our AUTH payloads (``out``), then the configuration reply,
+        the first Child SA and MOBIKE support, all answering the *first* IKE_AUTH request (with
+        EAP that is several round trips before ``req``)."""
+        vip_ts, cp_reply = self._assign_virtual_ip(first)
         if cp_reply is not None:
             out.append(cp_reply)
-        child_payloads, child = self._respond_child(req, now, self.ni, self.nr, None, rekey_of=None,
+        child_payloads, child = self._respond_child(first, now, self.ni, self.nr, None, rekey_of=None,
                                                     peer_ts=vip_ts)
         out += child_payloads
         if self.policy.mobike and self.peer_mobike:
@@ -229,4 +235,4 @@ class AuthExchange:
         if child is not None:
             self._install_child(child, now)
         self._emit(ExchangeDone(exchange="IKE_AUTH", role="responder", message_id=req.message_id,
-                                outcome="established", peer=self.remote))
+                                outcome=outcome, peer=self.remote))

@@ -16,7 +16,7 @@ import hmac
 from . import payloads as P
 from .constants import CfgType, ExchangeType as X, NotifyType as N
 from .crypto import auth as cauth
-from .events import AuthFailed, ExchangeDone, VirtualIpAssigned, VirtualIpReceived
+from .events import AuthFailed, VirtualIpAssigned, VirtualIpReceived
 from .identity import Identity
 from .message import Message
 from .sa_common import ExchangeFailed, _notify_name
@@ -103,20 +103,7 @@ class EapExchange:
                                  f"AUTH after EAP of '{self.peer_id}' does not match the EAP key", fatal=True)
         idr = self.policy.local_id
         out: list[P.Payload] = [P.AuthPayload(method=2, data=self._msk_auth(False, idr.body()))]
-        vip_ts, cp_reply = self._assign_virtual_ip(first)
-        if cp_reply is not None:
-            out.append(cp_reply)
-        child_payloads, child = self._respond_child(first, now, self.ni, self.nr, None, rekey_of=None,
-                                                    peer_ts=vip_ts)
-        out += child_payloads
-        if self.policy.mobike and self.peer_mobike:
-            out.append(P.NotifyPayload(notify_type=N.MOBIKE_SUPPORTED))
-        self._respond(req, out)
-        self._established(now)
-        if child is not None:
-            self._install_child(child, now)
-        self._emit(ExchangeDone(exchange="IKE_AUTH", role="responder", message_id=req.message_id,
-                                outcome="established (EAP)", peer=self.remote))
+        self._complete_auth_responder(req, first, out, now, "established (EAP)")
 
     def _assign_virtual_ip(self, first: Message):
         """CFG_REQUEST in the first IKE_AUTH request: lease addresses from the connection's pools.
