@@ -18,6 +18,9 @@ from .message import Message
 from .sa_common import NONCE_LEN, State, ExchangeFailed, _notify_name
 
 
+REDUNDANT_SA_LIFETIME = 30.0  # seconds a lost collision's SA waits for the peer's DELETE
+
+
 class IkeRekey:
     """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
 
@@ -97,6 +100,7 @@ class IkeRekey:
             # two new SAs survives is decided by the nonces once our own exchange completes.
             theirs = self._create_successor(False, chosen.spi, new_spi, suite, ours, ni.data, nr, shared, now,
                                             take_children=False)
+            theirs.collision_candidate = True  # a DELETE for it before we decide: it lost
             self._ike_collision = (theirs, (ni.data, nr))
             self.log("info", "IKE rekey collision: answered the peer's rekey, waiting for ours")
             return
@@ -120,8 +124,13 @@ class IkeRekey:
                      redundant=f"{theirs.spi_i.hex()}_{theirs.spi_r.hex()}")
             loser.children = []
             loser.redundant = True  # the peer deletes it: disappear quietly then
+            if loser.state != State.DELETED:
+                # ...or never, if the peer aborted its half of the exchange: forget it after a while.
+                loser.state = State.REKEYED
+                loser.forget_at = self._now + REDUNDANT_SA_LIFETIME
             self._request("delete rekeyed IKE SA", lambda: (X.INFORMATIONAL,
                           [P.DeletePayload(protocol=ProtocolId.IKE)], lambda m: self._gone(self._now)))
+        winner.collision_candidate = False
         winner.children = self.children
         self.children = []
         self.successor = winner
@@ -131,6 +140,7 @@ class IkeRekey:
         collision, self._ike_collision = self._ike_collision, None
         if collision is not None:
             theirs = collision[0]
+            theirs.collision_candidate = False
             theirs.children = self.children
             self.children = []
             self.successor = theirs

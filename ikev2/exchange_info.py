@@ -20,7 +20,12 @@ class Informational:
         if any(d.protocol == ProtocolId.IKE for d in deletes):
             self._respond(req, [])
             self.log("info", "IKE_SA deleted by peer", spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex())
-            if self.state == State.REKEYED or self.redundant:
+            if self._ike_collision is not None:
+                # The peer won a rekey collision and deletes the old SA before our own rekey
+                # completed: its new SA takes over our Child SAs.
+                self._settle_lost_collision()
+                self._gone(now)
+            elif self.state == State.REKEYED or self.redundant or self.collision_candidate:
                 self._gone(now)
             else:
                 self._die(now, "deleted by peer")

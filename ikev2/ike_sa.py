@@ -128,6 +128,8 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         self._ike_rekey_nonce: bytes | None = None  # our IKE rekey request is outstanding
         self._ike_collision = None  # (peer's new IKE SA, its nonces) during a rekey collision
         self.redundant = False  # lost an IKE rekey collision: the peer deletes this SA
+        self.collision_candidate = False  # made by the peer's rekey during a collision, undecided
+        self.forget_at: float | None = None  # a redundant SA disappears then at the latest
 
     # ------------------------------------------------------------------ helpers
 
@@ -230,6 +232,11 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         if self.state == State.DELETED:
             return
         self._now = now
+        if self.forget_at is not None and now >= self.forget_at:
+            self.log("info", "redundant IKE SA from a rekey collision forgotten (no DELETE came)",
+                     spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex())
+            self._gone(now)
+            return
         p = self.pending
         if p is not None and now >= p.next_retransmit:
             pol = self.policy
@@ -252,7 +259,7 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         self._pump(now)
 
     def next_deadline(self) -> float | None:
-        times = []
+        times = [self.forget_at] if self.forget_at is not None else []
         if self.pending is not None:
             times.append(self.pending.next_retransmit)
         if self.state == State.INIT_DONE:
