@@ -244,7 +244,11 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
                 self.log("warning", "peer not responding, giving up", exchange=X(p.exchange).name,
                          mid=p.message_id, tries=p.tries + 1)
                 self.pending = None
-                self._die(now, f"peer did not answer {p.what} after {p.tries + 1} transmissions")
+                if self.state == State.REKEYED or self.redundant:
+                    # A replaced SA (its successor carries on): disappear quietly, no IKE_SA down.
+                    self._gone(now)
+                else:
+                    self._die(now, f"peer did not answer {p.what} after {p.tries + 1} transmissions")
                 return
             p.tries += 1
             p.next_retransmit = now + pol.retransmit_timeout * (pol.retransmit_base ** p.tries)

@@ -72,7 +72,9 @@ class IkeManager:
                     self._initial_contact(sa, ev)
             for succ in sa.successors:
                 if succ not in self.sas and succ.state != State.DELETED:
-                    succ.ike_id = self._new_id()
+                    # Same number: the data plane's Child SAs and the daemon's per-SA state
+                    # (virtual IP leases) follow the IKE SA across rekeys.
+                    succ.ike_id = sa.ike_id
                     self._add(succ)
             if sa.our_spi and sa.our_spi != bytes(8) and self.by_spi.get(sa.our_spi) is not sa \
                     and sa.state != State.DELETED:
@@ -127,7 +129,9 @@ class IkeManager:
         return sa
 
     def by_id(self, ike_id: int) -> IkeSA | None:
-        return next((sa for sa in self.sas if sa.ike_id == ike_id and sa.state != State.DELETED), None)
+        """The IKE SA with this number; after a rekey the established successor (same number)."""
+        cands = [sa for sa in self.sas if sa.ike_id == ike_id and sa.state != State.DELETED]
+        return next((sa for sa in cands if sa.state == State.ESTABLISHED), cands[0] if cands else None)
 
     def esp_adopt(self, ike_id: int, local: Address, remote: Address, now: float) -> bool:
         """The data plane saw an authenticated ESP packet, newer than all before, from a new

@@ -366,7 +366,7 @@ class Gateway:
         elif isinstance(ev, E.ChildDown):
             self.dataplane.remove_child(ev.spi_in, ev.spi_out)
         elif isinstance(ev, (E.PeerAddressChanged, E.LocalAddressChanged)):
-            sa = next((s for s in self.manager.sas if s.ike_id == ev.ike_id), None)
+            sa = self.manager.by_id(ev.ike_id)
             if sa is not None:
                 self.dataplane.update_addresses(ev.ike_id, sa.local, sa.remote)
         elif isinstance(ev, E.VirtualIpAssigned):

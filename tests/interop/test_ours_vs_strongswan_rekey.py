@@ -137,11 +137,6 @@ def _rekey_ike_losing_delete_response(env: H.Env) -> None:
     time.sleep(GIVE_UP)  # until we gave up on the DELETE
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a rekeyed (old) IKE SA whose DELETE goes unanswered (response lost, the peer already removed "
-    "it) dies through IkeSA.tick() -> _die(), which emits IkeDown for the connection although its "
-    "successor is up: the daemon logs 'IKE_SA down' (and runs its IkeDown handling: VIP removal, "
-    "lease release); it should disappear quietly like _gone()"))
 def test_lost_delete_response_after_ike_rekey(sswan_workdir):
     t0 = time.monotonic()
     psk = "test-only-" + secrets.token_hex(12)
@@ -159,10 +154,6 @@ def test_lost_delete_response_after_ike_rekey(sswan_workdir):
     assert time.monotonic() - t0 < 40
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "same root cause as test_lost_delete_response_after_ike_rekey: the old IKE SA's IkeDown makes "
-    "the daemon call dataplane.remove_virtual_ips(<connection name>), so the remote-access client "
-    "loses its virtual IP while the new IKE SA and its CHILD_SA are up"))
 def test_lost_delete_response_after_ike_rekey_keeps_vip(sswan_workdir):
     import ra_helpers as R  # remote-access helpers (our client against a strongSwan gateway)
     t0 = time.monotonic()
