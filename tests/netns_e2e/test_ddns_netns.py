@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
 import datetime
 import ipaddress
-import os
 import queue
 import shutil
 import socket
@@ -57,38 +55,7 @@ long  3600 A 198.51.100.10
 gw    A   203.0.113.1
 """
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(ns_name: str) -> None:
-    fd = os.open(f"/run/netns/{ns_name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({ns_name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def in_netns(ns_name: str, fn, timeout: float = 10.0):
-    """Run ``fn()`` in a new thread inside namespace ``ns_name``; return its result."""
-    out: dict = {}
-
-    def target():
-        try:
-            _setns(ns_name)
-            out["v"] = fn()
-        except BaseException as e:  # handed to the caller
-            out["e"] = e
-    t = threading.Thread(target=target, name=f"in-{ns_name}", daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        raise TimeoutError(f"in_netns({ns_name}) still running after {timeout}s")
-    if "e" in out:
-        raise out["e"]
-    return out["v"]
+from tests.netns_e2e.ddns_tools import _setns, in_netns  # noqa: E402  (one copy of the netns helpers)
 
 
 class NsLoop:
