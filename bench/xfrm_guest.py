@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Kernel ESP throughput in the QEMU guest: SAs installed by vpn_gw.xfrm vs. hand-keyed `ip xfrm`.
 
-    sudo .venv/bin/python bench/xfrm_guest.py                 # 5 s per run, 2 rounds
+    sudo .venv/bin/python bench/xfrm_guest.py                 # 5 s per run, 3 rounds
     sudo .venv/bin/python bench/xfrm_guest.py --seconds 10 --rounds 3 --cipher aes256gcm16
 
 Boots the guest (tests/kernel_guest/runner.py; this machine's kernel has no ESP) and, in the
@@ -10,9 +10,12 @@ iperf3 TCP host-a -> host-b through a tunnel set up three ways, alternating:
 
 * ``plain``: no IPsec (the router gets a route to the LANs) - the guest's ceiling;
 * ``hand``: ``ip xfrm state/policy add`` with the same algorithm, tunnel mode;
-* ``ours``: XfrmDataPlane.install_child with the same algorithm (policy-based).
+* ``ours``: XfrmDataPlane.install_child with the same algorithm (policy-based);
+* ``userspace``: two of our daemons (`vpn-gw run`, the default userspace data plane: ESP in
+  UDP 4500 over TUN, in Python) negotiating the same algorithm over IKE, for comparison.
 
-Under TCG absolute numbers are meaningless (software-emulated CPU); the ratio ours/hand in the
+``hand`` and ``ours`` alternate (their order flips every round) so drift in the emulated
+machine's speed does not favour either. Under TCG absolute numbers are meaningless (software-emulated CPU); the ratio ours/hand in the
 same run is what to look at: both are the kernel's ESP, so it should be ~1.0 (our policies and
 SAs are what the kernel runs, nothing of ours is in the packet path). Not a test: it only prints.
 """
@@ -46,7 +49,7 @@ def in_guest(args) -> int:
 
     subprocess.run(["modprobe", "-a", "esp4", "xfrm_user", "aesni_intel", "gcm"], check=False)
     encr, bits, kname, icv = CIPHERS[args.cipher]
-    results: dict[str, list[float]] = {"plain": [], "hand": [], "ours": []}
+    results: dict[str, list[float]] = {"plain": [], "hand": [], "ours": [], "userspace": []}
     with NetnsGroup("bx") as grp:
         router, a, b = two_sites(grp)
         sides = ((a, b), (b, a))
@@ -55,14 +58,14 @@ def in_guest(args) -> int:
             out = iperf3(a.host, b.host, b.host_ip, seconds=args.seconds)
             return out["end"]["sum_received"]["bits_per_second"] / 1e6
 
-        for _ in range(args.rounds):
-            # plain
+        def plain() -> None:
             router.ip("route", "add", a.lan, "via", a.wan)
             router.ip("route", "add", b.lan, "via", b.wan)
             results["plain"].append(run("plain"))
             router.ip("route", "del", a.lan)
             router.ip("route", "del", b.lan)
-            # hand-keyed
+
+        def hand() -> None:
             k_ab, k_ba = secrets.token_hex(bits // 8 + 4), secrets.token_hex(bits // 8 + 4)
             for (me, peer), (k_out, k_in), (s_out, s_in) in zip(sides, ((k_ab, k_ba), (k_ba, k_ab)),
                                                                 (("0x1001", "0x1002"), ("0x1002", "0x1001"))):
@@ -79,7 +82,8 @@ def in_guest(args) -> int:
             for me, _ in sides:
                 me.gw.ip("xfrm", "state", "flush")
                 me.gw.ip("xfrm", "policy", "flush")
-            # ours
+
+        def ours() -> None:
             klen = bits // 8 + 4
             k1, k2 = secrets.token_bytes(klen), secrets.token_bytes(klen)
             s1, s2 = secrets.token_bytes(4), secrets.token_bytes(4)
@@ -95,25 +99,60 @@ def in_guest(args) -> int:
             results["ours"].append(run("ours"))
             for dp in dps:
                 dp.shutdown()
+
+        for i in range(args.rounds):
+            plain()
+            for step in ((hand, ours) if i % 2 == 0 else (ours, hand)):
+                step()
+        if args.userspace:
+            results["userspace"] = userspace_runs(a, b, run, args.rounds, args.cipher)
     out = {k: [round(v, 1) for v in vs] for k, vs in results.items()}
     Path(args.out).write_text(json.dumps(out))
     return 0
 
 
+def userspace_runs(a, b, run, rounds: int, cipher: str) -> list[float]:
+    """Two of our daemons with the userspace data plane, negotiating ``cipher`` over IKE."""
+    import tempfile
+    import time
+
+    from tests.gateway import OurGateway, connection
+
+    work = Path(tempfile.mkdtemp(prefix="bench-us-"))
+    gws = []
+    try:
+        for me, peer, tag, ptag in ((a, b, "a", "b"), (b, a, "b", "a")):
+            conn = connection("bench", me.wan, peer.wan, f"{tag}.bench.example", f"{ptag}.bench.example",
+                              local_ts=me.lan, remote_ts=peer.lan, esp=cipher)
+            gws.append(OurGateway(me.gw, work, tag, [conn], listen=[me.wan]))
+        for g in gws:
+            g.start(timeout=90)
+        gws[0].control("up", name="bench", timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not a.host.ping(b.host_ip, count=1, wait=1):
+            time.sleep(0.2)
+        return [run("userspace") for _ in range(rounds)]
+    finally:
+        for g in gws:
+            g.stop()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cipher", choices=sorted(CIPHERS), default="aes256gcm16")
+    ap.add_argument("--no-userspace", dest="userspace", action="store_false",
+                    help="skip the userspace data plane comparison")
     ap.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="/results/bench.json", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.in_guest:
         return in_guest(args)
     from tests.kernel_guest.runner import GuestError, run_guest
-    budget = 90 + args.rounds * 3 * (args.seconds + 8)
+    budget = 90 + args.rounds * 4 * (args.seconds + 8) + (60 if args.userspace else 0)
     cmd = (f".venv/bin/python bench/xfrm_guest.py --in-guest --seconds {args.seconds:g} "
-           f"--rounds {args.rounds} --cipher {args.cipher}")
+           f"--rounds {args.rounds} --cipher {args.cipher}" + ("" if args.userspace else " --no-userspace"))
     try:
         res = run_guest(cmd, timeout=budget)
     except GuestError as e:
@@ -124,12 +163,15 @@ def main(argv=None) -> int:
         print(res.describe(), file=sys.stderr)
         return 1
     r = json.loads(bench.read_text())
-    med = {k: statistics.median(v) for k, v in r.items()}
+    med = {k: statistics.median(v) for k, v in r.items() if v}
     print(f"kernel ESP in the guest (TCG), {args.cipher}, iperf3 TCP {args.seconds:g} s x {args.rounds} "
           f"(guest run {res.elapsed:.0f} s)")
-    for k in ("plain", "hand", "ours"):
-        print(f"  {k:5s} {med[k]:8.1f} Mbit/s   runs: {r[k]}")
+    for k in ("plain", "hand", "ours", "userspace"):
+        if r.get(k):
+            print(f"  {k:9s} {med[k]:8.1f} Mbit/s   runs: {r[k]}")
     print(f"  ratio ours/hand = {med['ours'] / med['hand']:.2f}   (hand/plain = {med['hand'] / med['plain']:.2f})")
+    if r.get("userspace"):
+        print(f"  userspace data plane / kernel (ours) = {med['userspace'] / med['ours']:.2f}")
     return 0
 
 

@@ -143,8 +143,11 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
 
     @property
     def encap(self) -> bool:
-        """ESP rides in UDP (RFC 3948): always once we float to 4500."""
-        return self.local[1] != IKE_PORT or self.remote[1] != IKE_PORT
+        """ESP rides in UDP (RFC 3948): when NAT-D showed a NAT on either side (a forced
+        encapsulation fakes one). Floating IKE to port 4500 alone (MOBIKE, or NAT-D without a
+        NAT) leaves ESP plain, as RFC 4555 3.5 and strongSwan do. The userspace data plane puts
+        ESP in UDP whatever this says (forced UDP-4500 design)."""
+        return self.nat_local or self.nat_remote
 
     def _new_ike_spi(self) -> bytes:
         while True:

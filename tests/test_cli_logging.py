@@ -162,3 +162,20 @@ def test_rate_limited_through_structlog():
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert [x["event"] for x in lines] == ["drop", "drop", "suppressed 3 similar messages"]
     assert lines[0]["psk"] == "***"
+
+
+def test_library_debug_noise_stays_out_even_when_imported_later():
+    """pyroute2 resets its logger to level 0 on import; a daemon at debug level must still not
+    print its per-message netlink chatter (fresh interpreter: pyroute2 not yet imported)."""
+    import subprocess
+    import sys
+    code = ("import logging, sys\n"
+            "from vpn_gw.log import setup_logging\n"
+            "setup_logging('debug', 'json', stream=sys.stdout)\n"
+            "import pyroute2.netlink.core\n"
+            "logging.getLogger('pyroute2.netlink.core').debug('netlink noise')\n"
+            "logging.getLogger('pyroute2.netlink.core').warning('netlink trouble')\n"
+            "logging.getLogger('vpn_gw.x').debug('our debug line')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert "our debug line" in out and "netlink trouble" in out
+    assert "netlink noise" not in out

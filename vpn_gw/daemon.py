@@ -368,7 +368,7 @@ class Gateway:
         elif isinstance(ev, (E.PeerAddressChanged, E.LocalAddressChanged)):
             sa = self.manager.by_id(ev.ike_id)
             if sa is not None:
-                self.dataplane.update_addresses(ev.ike_id, sa.local, sa.remote)
+                self.dataplane.update_addresses(ev.ike_id, sa.local, sa.remote, encap=sa.encap)
         elif isinstance(ev, E.VirtualIpAssigned):
             self._vip_owner[ev.ike_id] = ev.identity
         elif isinstance(ev, E.VirtualIpReceived):
@@ -578,7 +578,8 @@ class Gateway:
                 entry["children"].append({
                     "name": c["name"], "state": c["state"].upper(), "mode": "tunnel",
                     "spi_in": c["spi_in"], "spi_out": c["spi_out"], "algorithms": c["proposal"],
-                    "encap": c["encap"], "local_ts": c["local_ts"], "remote_ts": c["remote_ts"],
+                    # ESP in UDP: what was negotiated (NAT or forced); the userspace plane always does
+                    "encap": c["encap"] or self.dataplane.name == "userspace", "local_ts": c["local_ts"], "remote_ts": c["remote_ts"],
                     "bytes_in": cnt.bytes_in if cnt else 0, "packets_in": cnt.packets_in if cnt else 0,
                     "bytes_out": cnt.bytes_out if cnt else 0, "packets_out": cnt.packets_out if cnt else 0,
                     "drops": dict(cnt.drops) if cnt else {},

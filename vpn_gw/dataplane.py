@@ -46,7 +46,9 @@ class DataPlane:
     def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
         raise NotImplementedError
 
-    def update_addresses(self, ike_id: int, local: Address, remote: Address) -> None:
+    def update_addresses(self, ike_id: int, local: Address, remote: Address, encap: bool | None = None) -> None:
+        """The IKE SA moved (MOBIKE, address adoption, NAT mapping): move its Child SAs.
+        ``encap``: ESP in UDP from now on (NAT on the new path), None = unchanged."""
         raise NotImplementedError
 
     def counters(self, spi_in: bytes) -> ChildCounters | None:
@@ -78,7 +80,7 @@ class RecordingDataPlane(DataPlane):
     def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
         self.children.pop(spi_in, None)
 
-    def update_addresses(self, ike_id: int, local: Address, remote: Address) -> None:
+    def update_addresses(self, ike_id: int, local: Address, remote: Address, encap: bool | None = None) -> None:
         for c in self.children.values():
             if c["ike_id"] == ike_id:
                 c["local"], c["remote"] = local, remote

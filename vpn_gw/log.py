@@ -138,6 +138,10 @@ def setup_logging(level: str | int = "info", fmt: str = "console",
     root.setLevel(lvl)
     # Libraries that narrate every netlink message or event-loop detail at debug level would
     # drown the gateway's own events.
+    try:  # pyroute2 sets its logger to level 0 when first imported: import it before setting ours
+        import pyroute2.config.log  # noqa: F401
+    except ImportError:
+        pass
     for noisy in ("pyroute2", "asyncio"):
         logging.getLogger(noisy).setLevel(max(lvl, logging.INFO) if isinstance(lvl, int) else logging.INFO)
 

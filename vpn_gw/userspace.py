@@ -344,7 +344,8 @@ class UserspaceDataPlane(DataPlane):
         child.sa_out.wipe()
         log.info("CHILD_SA removed from userspace data plane", spi_in=spi_in.hex(), spi_out=spi_out.hex())
 
-    def update_addresses(self, ike_id: int, local: Address, remote: Address) -> None:
+    def update_addresses(self, ike_id: int, local: Address, remote: Address, encap: bool | None = None) -> None:
+        # encap is ignored: this data plane always puts ESP in UDP 4500
         for c in self.by_spi_in.values():
             if c.ike_id == ike_id:
                 c.local, c.remote = local, remote

@@ -144,3 +144,39 @@ def test_response_goes_back_to_the_request_source_even_without_adoption():
     out = link.b.pop_datagrams()
     assert out and out[0][2] == ("203.0.113.5", 4500)
     assert b.remote == ("198.51.100.1", 4500)  # not adopted
+
+
+def test_esp_encapsulation_follows_nat_detection_not_the_ike_port():
+    """IKE floats to 4500 once NAT-D was exchanged, but ESP is UDP-encapsulated (ChildUp.encap,
+    what a kernel data plane programs) only with a NAT on either side or a forced one (RFC 3948,
+    RFC 4555 3.5): otherwise a kernel peer such as strongSwan expects plain ESP."""
+    from ikev2.events import ChildUp
+
+    def child_up(link):
+        link.a.initiate("hq", link.now)
+        link.run(link.now + 2.0)
+        a, b = link.a.sas[0], link.b.sas[0]
+        evs = [e for e in link.events_a + link.events_b if isinstance(e, ChildUp)]
+        return a, b, evs
+
+    a, b, evs = child_up(pair(*reversed(site_to_site())))
+    assert a.local[1] == 4500 and b.local[1] == 4500  # floated
+    assert len(evs) == 2 and not any(e.encap for e in evs) and not a.encap and not b.encap
+
+    hq, br = site_to_site()
+    br.forced_encap = True
+    a, b, evs = child_up(pair(br, hq))
+    assert a.nat_local and b.nat_remote
+    assert len(evs) == 2 and all(e.encap for e in evs)
+
+    hq, br = site_to_site()
+    hq.remote_addrs = ["203.0.113.99"]
+    link = pair(br, hq)
+    link.a.initiate("hq", 0.0)
+    for i in range(3):  # the branch's packets reach the hub through a NAT
+        send_from(link, link.a, link.b, ("203.0.113.99", 40000 if i == 0 else 40001), ("192.0.2.1", 500 if i == 0 else 4500))
+        for data, src, dst in link.b.pop_datagrams():
+            link.a.receive(data, ("198.51.100.1", dst[1] if dst[1] in (500, 4500) else 4500), src, link.now)
+    evs = [e for m in (link.a, link.b) for e in m.pop_events() if isinstance(e, ChildUp)]
+    assert link.b.sas[0].nat_remote and link.a.sas[0].nat_local
+    assert len(evs) == 2 and all(e.encap for e in evs)

@@ -194,6 +194,7 @@ class _Child:
     reqid_out: int = 0  # differs from reqid while a rekeyed SA waits to take over outbound traffic
     installed_in: bool = False
     installed_out: bool = False
+    counter_base: dict = field(default_factory=dict)  # inbound -> (bytes, packets) before a MIGRATE
 
 
 @dataclass
@@ -260,6 +261,8 @@ class XfrmDataPlane(DataPlane):
         self._next_if_id = DEFAULT_IF_ID_BASE
         self._keepalive_task: asyncio.Task | None = None
         self._reader_fd: int | None = None
+        self.use_migrate = True  # XFRM_MSG_MIGRATE for address moves (off when the kernel lacks it)
+        self.moves: dict[str, int] = {}  # Child SA moves by method (update, migrate, re-create)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -756,28 +759,47 @@ class XfrmDataPlane(DataPlane):
                 keep.append((when, c))
         self._deferred = keep
 
-    def update_addresses(self, ike_id: int, local: Address, remote: Address) -> None:
-        """Move the IKE SA's Child SAs to new addresses/ports (MOBIKE, NAT mapping change).
+    def update_addresses(self, ike_id: int, local: Address, remote: Address, encap: bool | None = None) -> None:
+        """Move the IKE SA's Child SAs to new addresses/ports (MOBIKE, address adoption, NAT
+        mapping change), keeping SPIs, keys and sequence numbers (no rekey).
 
-        Only the ports changed (a NAT rebinding): XFRM_MSG_UPDSA changes the SAs' encapsulation
-        in place. An address changed: the SAs are re-created at the new addresses carrying their
-        replay state (sequence numbers go on, so the peer's anti-replay window accepts them) and
-        their counters; the policies' templates follow."""
+        * Only the ports changed (a NAT rebinding): XFRM_MSG_UPDSA changes the SAs'
+          encapsulation in place.
+        * An address changed: XFRM_MSG_MIGRATE, one message per policy of the Child SA, moves
+          the policies' templates and the SAs (the kernel clones each SA to the new addresses with
+          its replay state and removes the old one). The kernel does not carry the byte/packet
+          counters over, so they are added to a per-SA base and status keeps counting.
+        * Where MIGRATE is not possible (kernel without CONFIG_XFRM_MIGRATE, an SA whose policy is
+          held by another Child SA during a rekey), the SA is re-created at the new addresses with
+          its replay state and counters (XFRMA_REPLAY_ESN_VAL / XFRMA_LTIME_VAL)."""
         for c in [c for c in self.children.values() if c.ike_id == ike_id]:
-            if (c.local, c.remote) == (local, remote):
+            new_encap = c.encap if encap is None else encap
+            if (c.local, c.remote, c.encap) == (local, remote, new_encap):
                 continue
             # UPDSA changes the ports of an SA that already has UDP encapsulation; adding it (or a
             # new address) means a new SA.
-            same_ips = (c.local[0], c.remote[0]) == (local[0], remote[0]) and c.encap
+            same_ips = (c.local[0], c.remote[0]) == (local[0], remote[0]) and c.encap and new_encap
             snapshot = {inbound: self._get_sa(c, inbound) for inbound in (True, False)}
+            old_local, old_remote = c.local, c.remote
+            migrated: set[bool] = set()
+            ips_changed = (c.local[0], c.remote[0]) != (local[0], remote[0])
+            if ips_changed and not (c.encap and not new_encap):  # MIGRATE cannot drop encapsulation
+                migrated = self._migrate(c, local, remote, new_encap)
             if not same_ips:
                 for inbound in (True, False):
-                    self._del_sa(c, inbound)
+                    if inbound not in migrated:
+                        self._del_sa(c, inbound)
             old_keys = list(c.policy_keys)
-            c.local, c.remote = local, remote
-            c.encap = c.encap or local[1] != 500 or remote[1] != 500
+            c.local, c.remote, c.encap = local, remote, new_encap
+            for inbound in migrated:  # the kernel's clone starts its counters at zero
+                got = snapshot[inbound]
+                if got is not None:
+                    base = c.counter_base.get(inbound, (0, 0))
+                    c.counter_base[inbound] = (base[0] + got["curlft"]["bytes"], base[1] + got["curlft"]["packets"])
             try:
                 for inbound in (True, False):
+                    if inbound in migrated:
+                        continue
                     attrs = self._sa_attrs(c, inbound)
                     got = snapshot[inbound]
                     if got is not None and not same_ips:
@@ -800,8 +822,60 @@ class XfrmDataPlane(DataPlane):
             except (nl.NetlinkError, XfrmError) as e:
                 log.error("cannot move CHILD_SA to the new addresses", spi_in=c.spi_in.hex(), error=str(e))
                 continue
-            log.info("CHILD_SA moved", spi_in=c.spi_in.hex(), local=f"{local[0]}:{local[1]}",
-                     remote=f"{remote[0]}:{remote[1]}", in_place=same_ips)
+            how = "update" if same_ips else "migrate" if len(migrated) == 2 else \
+                "migrate+re-create" if migrated else "re-create"
+            self.moves[how] = self.moves.get(how, 0) + 1
+            log.info("CHILD_SA moved", spi_in=c.spi_in.hex(), old_local=f"{old_local[0]}:{old_local[1]}",
+                     old_remote=f"{old_remote[0]}:{old_remote[1]}", local=f"{local[0]}:{local[1]}",
+                     remote=f"{remote[0]}:{remote[1]}", method=how)
+
+    def _migrate(self, c: _Child, local: Address, remote: Address, encap: bool) -> set[bool]:
+        """XFRM_MSG_MIGRATE for every policy this Child SA holds; returns the directions
+        (True = inbound) whose SA the kernel moved, checked by reading the SA back at the new
+        addresses."""
+        if not self.use_migrate or self.xfrm is None:
+            return set()
+        ident = ([("XFRMA_IF_ID", c.if_id)] if c.if_id else [])
+        done: set[bool] = set()
+        for key in list(c.policy_keys):
+            p = self.policies.get(key)
+            inbound = p is not None and p.dir != nl.XFRM_POLICY_OUT
+            want_reqid = c.reqid if inbound else (c.reqid_out or c.reqid)
+            if p is None or p.owner != want_reqid:
+                continue  # held by another Child SA (rekey in progress): its owner moves it
+            old_src, old_dst = (c.remote[0], c.local[0]) if inbound else (c.local[0], c.remote[0])
+            new_src, new_dst = (remote[0], local[0]) if inbound else (local[0], remote[0])
+            if p.tmpl.get("saddr") != old_src or p.tmpl["id"]["daddr"] != old_dst:
+                continue
+            entry = {"old_daddr": old_dst, "old_saddr": old_src, "new_daddr": new_dst, "new_saddr": new_src,
+                     "proto": nl.IPPROTO_ESP, "mode": c.mode, "reqid": want_reqid,
+                     "old_family": _family(old_dst), "new_family": _family(new_dst)}
+            enc = None
+            if encap:
+                sport, dport = (remote[1], local[1]) if inbound else (local[1], remote[1])
+                enc = {"encap_type": nl.UDP_ENCAP_ESPINUDP, "encap_sport": sport, "encap_dport": dport}
+            try:
+                self.xfrm.migrate(p.sel, p.dir, [entry], encap=enc, attrs=ident)
+            except nl.NetlinkError as e:
+                if e.code in (95, 92):  # EOPNOTSUPP / ENOPROTOOPT: a kernel without XFRM_MIGRATE
+                    log.warning("the kernel cannot MIGRATE XFRM SAs; re-creating them instead", error=str(e))
+                    self.use_migrate = False
+                    return set()
+                log.warning("MIGRATE failed; the SA will be re-created", spi_in=c.spi_in.hex(), error=str(e))
+                continue
+            done.add(inbound)
+        moved: set[bool] = set()
+        for inbound in done:
+            daddr = local[0] if inbound else remote[0]
+            spi = c.spi_in if inbound else c.spi_out
+            try:
+                got = self.xfrm.get_sa(daddr, int.from_bytes(spi, "big"), nl.IPPROTO_ESP,
+                                       ident + self._mark_attrs())
+            except nl.NetlinkError:
+                got = None
+            if got is not None and got.get("saddr") == (remote[0] if inbound else local[0]):
+                moved.add(inbound)
+        return moved
 
     def counters(self, spi_in: bytes) -> ChildCounters | None:
         c = self.children.get(spi_in)
@@ -810,8 +884,10 @@ class XfrmDataPlane(DataPlane):
         sa_in, sa_out = self._get_sa(c, True), self._get_sa(c, False)
         cnt = ChildCounters()
         drops: dict[str, int] = {}
+        base_in, base_out = c.counter_base.get(True, (0, 0)), c.counter_base.get(False, (0, 0))
         if sa_in is not None:
-            cnt.bytes_in, cnt.packets_in = sa_in["curlft"]["bytes"], sa_in["curlft"]["packets"]
+            cnt.bytes_in = base_in[0] + sa_in["curlft"]["bytes"]
+            cnt.packets_in = base_in[1] + sa_in["curlft"]["packets"]
             st = sa_in["stats"]
             for reason, n in (("replay", st["replay"] + st["replay_window"]),
                               ("auth_failed", st["integrity_failed"])):
@@ -820,7 +896,8 @@ class XfrmDataPlane(DataPlane):
         else:
             drops["sa_missing"] = 1
         if sa_out is not None:
-            cnt.bytes_out, cnt.packets_out = sa_out["curlft"]["bytes"], sa_out["curlft"]["packets"]
+            cnt.bytes_out = base_out[0] + sa_out["curlft"]["bytes"]
+            cnt.packets_out = base_out[1] + sa_out["curlft"]["packets"]
         cnt.drops = drops
         return cnt
 

@@ -22,6 +22,7 @@ import pytest
 from esp.fragment import tunnel_mtu
 from ikev2.events import ChildSAKeys, ChildUp
 from ikev2.payloads import TrafficSelector
+from tests.gateway import PYTHON, ROOT, OurGateway, connection
 from tests.netns import NetnsGroup
 from tests.netns_e2e.topology import two_sites
 from vpn_gw.xfrm import netlink as nl
@@ -147,8 +148,8 @@ def test_policy_based_aes_gcm(sites):
         # sequence numbers and counters.
         socks = [encap_socket(a.gw.name), encap_socket(b.gw.name)]
         try:
-            dpa.update_addresses(1, (a.wan, 4500), (b.wan, 4500))
-            dpb.update_addresses(1, (b.wan, 4500), (a.wan, 4500))
+            dpa.update_addresses(1, (a.wan, 4500), (b.wan, 4500), encap=True)
+            dpb.update_addresses(1, (b.wan, 4500), (a.wan, 4500), encap=True)
             assert a.host.ping(b.host_ip, count=3, interval=0.1)
             moved = dpa.counters(ev_a.keys.spi_in)
             st2 = dpa.sa_state(ev_a.keys.spi_in)
@@ -334,43 +335,52 @@ def test_expire_and_acquire_events(sites):
 # --------------------------------------------------------------------------- ours to ours (IKE)
 
 
+class KernelGateway(OurGateway):
+    """`vpn-gw run` with ``dataplane = "xfrm"``; requests go through the control socket from
+    this process (a CLI process per call costs seconds under TCG)."""
+
+    def __init__(self, *args, gateway: dict | None = None, **kw):
+        super().__init__(*args, gateway={"dataplane": "xfrm", "retransmit_timeout": 2.0, **(gateway or {})}, **kw)
+
+    def start_nowait(self):
+        fh = open(self.log, "w")
+        self.proc = self.ns.popen([PYTHON, "-m", "vpn_gw", "run", "-c", str(self.config), "--log-format", "json",
+                                   "--log-level", "debug"], stdout=fh, stderr=subprocess.STDOUT, cwd=str(ROOT))
+        fh.close()
+        return self
+
+    def wait_started(self, timeout: float = 90.0):
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} did not start\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def up(self, name: str):
+        return self.control("up", name=name, timeout=60)
+
+    def down(self, name: str):
+        return self.control("down", name=name)
+
+    def status(self):
+        return self.control("status")
+
+    def events(self, event: str) -> list[dict]:
+        return [e for e in self.log_lines() if e.get("event") == event]
+
+
+def extra_subnets(a, b) -> None:
+    """10.11.0.0/24 behind a and 10.12.0.0/24 behind b (for route-based connections)."""
+    for ns, addr in ((a.gw, "10.11.0.1/24"), (a.host, "10.11.0.2/24"), (b.gw, "10.12.0.1/24"),
+                     (b.host, "10.12.0.2/24")):
+        ns.ip("addr", "replace", addr, "dev", "lan" if ns in (a.gw, b.gw) else "eth0")
+
+
 def test_ours_to_ours_ike_policy_and_route_based(sites, tmp_path):
-    """Two of our daemons (tests/kernel_guest/xfrm_gateway.py): a policy-based connection with
+    """Two of our daemons (`vpn-gw run`, dataplane = "xfrm"): a policy-based connection with
     plain ESP and a route-based one with forced UDP encapsulation, between the same gateways."""
-    from tests.gateway import PYTHON, OurGateway, connection
-
-    class KernelGateway(OurGateway):
-        def start(self, timeout: float = 90.0):
-            fh = open(self.log, "w")
-            self.proc = self.ns.popen([PYTHON, "-m", "tests.kernel_guest.xfrm_gateway", "-c", str(self.config)],
-                                      stdout=fh, stderr=subprocess.STDOUT, cwd=str(Path(__file__).parents[3]))
-            fh.close()
-            return self
-
-        # Everything through the control socket from this process: a CLI process per call costs
-        # seconds under TCG.
-        def up(self, name: str):
-            return self.control("up", name=name)
-
-        def down(self, name: str):
-            return self.control("down", name=name)
-
-        def status(self):
-            return self.control("status")
-
-        def wait_started(self, timeout: float = 90.0):
-            deadline = time.monotonic() + timeout
-            while not self.socket.exists():
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"{self.name} did not start\n{self.log_tail()}")
-                time.sleep(0.2)
-
     router, a, b = sites
-    # Extra subnets for the route-based connection: 10.11.0.0/24 behind a, 10.12.0.0/24 behind b.
-    a.gw.ip("addr", "add", "10.11.0.1/24", "dev", "lan")
-    a.host.ip("addr", "add", "10.11.0.2/24", "dev", "eth0")
-    b.gw.ip("addr", "add", "10.12.0.1/24", "dev", "lan")
-    b.host.ip("addr", "add", "10.12.0.2/24", "dev", "eth0")
+    extra_subnets(a, b)
 
     def conns(me, peer, me_tag, peer_tag, my_net, peer_net):
         pol = connection("pol", me.wan, peer.wan, f"{me_tag}-pol.example.org", f"{peer_tag}-pol.example.org",
@@ -383,8 +393,8 @@ def test_ours_to_ours_ike_policy_and_route_based(sites, tmp_path):
     ga = KernelGateway(a.gw, tmp_path, "a", conns(a, b, "a", "b", "10.11.0.0/24", "10.12.0.0/24"), listen=[a.wan])
     gb = KernelGateway(b.gw, tmp_path, "b", conns(b, a, "b", "a", "10.12.0.0/24", "10.11.0.0/24"), listen=[b.wan])
     try:
-        ga.start()
-        gb.start()
+        ga.start_nowait()
+        gb.start_nowait()
         ga.wait_started()
         gb.wait_started()
         started = time.monotonic() - t0
@@ -425,3 +435,191 @@ def test_ours_to_ours_ike_policy_and_route_based(sites, tmp_path):
                                      "links_a": a.gw.links()})
     assert a.gw.run(["ip", "xfrm", "policy"]).stdout.strip() == ""
     assert "ipsec-a" not in a.gw.links()
+
+
+# --------------------------------------------------------------------------- rekey under load, MOBIKE
+
+
+def _udp_stream(client, server, server_ip: str, *, mbit: int, seconds: float, port: int) -> dict:
+    from tests.netns_e2e.tools import iperf3
+    return iperf3(client, server, server_ip, seconds=seconds, port=port,
+                  extra=["-u", "-b", f"{mbit}M", "-l", "1200"])
+
+
+def test_ours_rekey_under_load_and_mobike_migrate(sites, tmp_path):
+    """Our daemons over kernel ESP: a Child SA rekey in the middle of a UDP stream loses no more
+    than the packets in flight; then gateway a's address changes and MOBIKE moves the SAs with
+    XFRM_MSG_MIGRATE on both sides: same SPIs, new addresses, traffic flows again, no rekey."""
+    import threading
+
+    router, a, b = sites
+    new_wan = "192.0.2.2"
+    # a roams: no local_addrs (a connection pinned to an address never roams); b accepts any.
+    ca = connection("m", a.wan, b.wan, "a-m.example.org", "b-m.example.org", local_ts=a.lan, remote_ts=b.lan)
+    del ca["local_addrs"]
+    cb = connection("m", b.wan, "%any", "b-m.example.org", "a-m.example.org", local_ts=b.lan, remote_ts=a.lan)
+    ga = KernelGateway(a.gw, tmp_path, "ma", [ca])
+    gb = KernelGateway(b.gw, tmp_path, "mb", [cb], listen=[b.wan])
+    a.gw.run(["sysctl", "-qw", "net.ipv4.conf.wan.promote_secondaries=1"])
+    try:
+        ga.start_nowait()
+        gb.start_nowait()
+        ga.wait_started()
+        gb.wait_started()
+        ga.up("m")
+        ((_, c0),) = ga.wait_children(1, timeout=30)
+        gb.wait_children(1, timeout=30)
+        a.host.wait_ping(b.host_ip, timeout=10)
+        rtt = a.host.run(["ping", "-c", "5", "-i", "0.2", "-q", b.host_ip]).stdout
+        rtt_ms = float(rtt.rsplit("=", 1)[1].split("/")[1])
+
+        # --- rekey in the middle of a 6 s, 4 Mbit/s UDP stream (~420 packets/s)
+        mbit, seconds = 4, 6.0
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(
+            _udp_stream(a.host, b.host, b.host_ip, mbit=mbit, seconds=seconds, port=5301)))
+        t.start()
+        time.sleep(2.5)
+        ga.control("rekey", name="m", child="net")
+        t.join(timeout=seconds + 30)
+        assert not t.is_alive() and "end" in result, result
+        lost = result["end"]["sum"]["lost_packets"]
+        sent = result["end"]["sum"]["packets"]
+        after = ga.children()
+        assert len(after) == 1 and after[0][1]["spi_in"] != c0["spi_in"], "no rekey happened"
+        pps = mbit * 1e6 / (1200 * 8)
+        in_flight = int(pps * rtt_ms / 1000) + 1
+        fact("rekey_under_load", {"sent": sent, "lost": lost, "rtt_ms": rtt_ms, "in_flight": in_flight,
+                                  "old_spi": c0["spi_in"], "new_spi": after[0][1]["spi_in"]})
+        assert lost <= in_flight, f"{lost} of {sent} packets lost across the rekey (in flight: {in_flight})"
+        assert count_xfrm(a.gw, "state") == 2 or _wait_states(a.gw, 2), a.gw.run(["ip", "xfrm", "state"]).stdout
+
+        # --- a's address changes: MOBIKE UPDATE_SA_ADDRESSES, MIGRATE on both sides
+        ((_, c1),) = ga.children()
+        spis = {c1["spi_in"], c1["spi_out"]}
+        packets_before = c1["packets_in"]
+        a.gw.ip("addr", "add", f"{new_wan}/24", "dev", "wan")
+        a.gw.ip("addr", "del", f"{a.wan}/24", "dev", "wan")
+        a.gw.run(["ip", "route", "replace", "default", "via", "192.0.2.254"])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            sas = gb.ike_sas("m")
+            if sas and sas[0]["remote_addr"] == new_wan:
+                break
+            time.sleep(0.2)
+        a.host.wait_ping(b.host_ip, timeout=10)
+        assert a.host.ping(b.host_ip, count=3, interval=0.1)
+        ((_, c2),) = ga.children()
+        states = {n: ns.run(["ip", "xfrm", "state"]).stdout for n, ns in (("a", a.gw), ("b", b.gw))}
+        moves = {n: [(e.get("method"), e.get("local"), e.get("remote")) for e in g.events("CHILD_SA moved")]
+                 for n, g in (("a", ga), ("b", gb))}
+        fact("mobike_migrate", {"moves": moves, "states": states, "ike_b": gb.ike_sas("m"),
+                                "packets_in_before": packets_before, "packets_in_after": c2["packets_in"]})
+        assert {c2["spi_in"], c2["spi_out"]} == spis, "the Child SA was replaced, not moved"
+        assert gb.ike_sas("m")[0]["remote_addr"] == new_wan
+        for n in ("a", "b"):
+            assert moves[n] and all(m[0] == "migrate" for m in moves[n]), moves
+            assert f"src {new_wan} " in states[n] or f"dst {new_wan}" in states[n], states[n]
+            assert f"src {a.wan} " not in states[n] and f"dst {a.wan}\n" not in states[n], states[n]
+        assert c2["packets_in"] > packets_before  # counters carried over the migration
+        ga.down("m")
+        assert _wait_states(a.gw, 0) and _wait_states(b.gw, 0)
+    finally:
+        ga.stop()
+        gb.stop()
+        fact("mobike_logs", {"a": ga.log_tail(20), "b": gb.log_tail(20)})
+        a.gw.run(["ip", "addr", "replace", f"{a.wan}/24", "dev", "wan"], check=False)
+        a.gw.run(["ip", "addr", "del", f"{new_wan}/24", "dev", "wan"], check=False)
+        a.gw.run(["ip", "route", "replace", "default", "via", "192.0.2.254"], check=False)
+
+
+def _wait_states(ns, n: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if count_xfrm(ns, "state") == n:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+# --------------------------------------------------------------------------- strongSwan (kernel-netlink)
+
+SWAN_PLUGINS = "random nonce openssl pem pkcs1 x509 pubkey kdf kernel-netlink socket-default vici"
+
+
+def test_strongswan_kernel_netlink_policy_and_route_based(sites, tmp_path):
+    """Our daemon (gw-a) and strongSwan's charon with its kernel-netlink backend (gw-b), both on
+    kernel ESP: a policy-based connection with plain ESP (we initiate) and a route-based one
+    over ESP-in-UDP (strongSwan initiates; XFRM interfaces with their own if_id on both sides,
+    0/0 selectors). Ping and iperf3 through each; SPIs and counters agree."""
+    from tests.interop.strongswan import Charon
+    from tests.netns_e2e.tools import iperf3
+
+    router, a, b = sites
+    extra_subnets(a, b)
+    psk = "guest-interop-psk-0123456789"
+    conns = [connection("pol", a.wan, b.wan, "a-pol.example.org", "sw-pol.example.org", local_ts=a.lan,
+                        remote_ts=b.lan, psk=psk),
+             connection("rb", a.wan, b.wan, "a-rb.example.org", "sw-rb.example.org", local_ts="0.0.0.0/0",
+                        remote_ts="0.0.0.0/0", psk=psk, esp="aes128gcm16", interface="ipsec-a", if_id=50,
+                        encap=True)]
+    ga = KernelGateway(a.gw, tmp_path, "sa", conns, listen=[a.wan])
+    b.gw.ip("link", "add", "xfrm-sw", "type", "xfrm", "dev", "wan", "if_id", "77")
+    b.gw.ip("link", "set", "xfrm-sw", "up")
+    sw = Charon(b.gw, tmp_path / "charon", plugins=SWAN_PLUGINS, retransmit_timeout=2.0, retransmit_tries=3,
+                charon_settings={"install_routes": "no"})
+
+    def conn(name, ts_l, ts_r, esp, **extra):
+        child_extra = {k: extra.pop(k) for k in ("if_id_in", "if_id_out") if k in extra}
+        return {"version": 2, "local_addrs": b.wan, "remote_addrs": a.wan, "proposals": "aes256gcm16-prfsha256-x25519",
+                "local": {"auth": "psk", "id": f"sw-{name}.example.org"},
+                "remote": {"auth": "psk", "id": f"a-{name}.example.org"},
+                "children": {name: {"local_ts": ts_l, "remote_ts": ts_r, "esp_proposals": esp, "mode": "tunnel",
+                                    **child_extra}}, **extra}
+    sw.write_swanctl_conf({
+        "connections": {"pol": conn("pol", b.lan, a.lan, "aes256gcm16"),
+                        "rb": conn("rb", "0.0.0.0/0", "0.0.0.0/0", "aes128gcm16", encap="yes",
+                                   if_id_in=77, if_id_out=77)},
+        "secrets": {f"ike-{n}": {"id-a": f"a-{n}.example.org", "id-b": f"sw-{n}.example.org", "secret": psk}
+                    for n in ("pol", "rb")}})
+    try:
+        ga.start_nowait()
+        sw.start(timeout=60)
+        sw.load_all()
+        ga.wait_started()
+        a.gw.run(["ip", "route", "replace", "10.12.0.0/24", "dev", "ipsec-a"], check=False)
+        ga.up("pol")
+        sw.initiate(child="rb", timeout=40)
+        ga.wait_children(2, timeout=30)
+        b.gw.ip("route", "replace", "10.11.0.0/24", "dev", "xfrm-sw")
+        a.gw.run(["ip", "route", "replace", "10.12.0.0/24", "dev", "ipsec-a"])
+        a.host.wait_ping(b.host_ip, timeout=10)
+        a.host.wait_ping("10.12.0.2", timeout=10, src="10.11.0.2")
+        tput = {"pol": iperf3(a.host, b.host, b.host_ip, seconds=2, port=5311),
+                "rb": iperf3(a.host, b.host, "10.12.0.2", seconds=2, port=5312, extra=["-B", "10.11.0.2"])}
+        mbit = {k: round(v["end"]["sum_received"]["bits_per_second"] / 1e6, 1) for k, v in tput.items()}
+        ours = {sa["name"]: c for sa, c in ga.children()}
+        theirs = {c["name"]: c for _, c in sw.children()}
+        states_b = b.gw.run(["ip", "xfrm", "state"]).stdout
+        fact("strongswan_kernel", {"mbit": mbit, "ours": ours, "theirs": theirs, "states_b": states_b})
+        assert set(ours) == {"pol", "rb"} and set(theirs) == {"pol", "rb"}
+        for n in ("pol", "rb"):
+            assert ours[n]["spi_in"] == theirs[n]["spi-out"] and ours[n]["spi_out"] == theirs[n]["spi-in"], (n, ours, theirs)
+            assert ours[n]["packets_in"] > 100 and int(theirs[n]["packets-in"]) > 100, (n, ours[n], theirs[n])
+            assert mbit[n] > 1.0, mbit
+        assert ours["rb"]["encap"] and theirs["rb"].get("encap") == "yes" and "espinudp" in states_b
+        assert not ours["pol"]["encap"] and theirs["pol"].get("encap") != "yes"
+        ga.down("pol")
+        ga.down("rb")
+        assert _wait_states(b.gw, 0) and _wait_states(a.gw, 0)
+    finally:
+        fact("strongswan_kernel_logs", {
+            "ours": ga.log_tail(20), "charon": sw.log_text()[-6000:],
+            **{f"{n}_{w}": ns.run(["ip", "-s", "xfrm", w], check=False).stdout
+               for n, ns in (("a", a.gw), ("b", b.gw)) for w in ("state", "policy")},
+            **{f"{n}_routes": ns.run(["ip", "route", "show", "table", "all"], check=False).stdout
+               for n, ns in (("a", a.gw), ("b", b.gw))}})
+        ga.stop()
+        sw.stop()
+        b.gw.run(["ip", "link", "del", "xfrm-sw"], check=False)
+    assert a.gw.run(["ip", "xfrm", "policy"]).stdout.strip() == ""
