@@ -172,3 +172,50 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
     left = {"a": _rules(a.gw), "b": _rules(b.gw)}
     fact("nfqueue_cleanup", left)
     assert all(TABLE not in r and CHAIN not in r for r in left.values()), left
+
+
+def test_policy_based_ipv6_packet_too_big_from_kernel(sites):
+    """IPv6 inner traffic needs no queue: routers never fragment IPv6, and the kernel answers
+    "packet too big" with the bundle's MTU (ip6_forward) before the forward hook."""
+    router, a, b = sites
+    a6, b6 = "2001:db8:1::/64", "2001:db8:2::/64"
+    a.gw.add_addr("lan", "2001:db8:1::1/64")
+    a.host.add_addr("eth0", "2001:db8:1::2/64")
+    b.gw.add_addr("lan", "2001:db8:2::1/64")
+    b.host.add_addr("eth0", "2001:db8:2::2/64")
+    a.host.ip("-6", "route", "add", "default", "via", "2001:db8:1::1")
+    b.host.ip("-6", "route", "add", "default", "via", "2001:db8:2::1")
+    a.gw.ip("-6", "route", "add", b6, "dev", "wan")  # any route: the XFRM bundle replaces it
+    b.gw.ip("-6", "route", "add", a6, "dev", "wan")
+    dpa = XfrmDataPlane(netns=a.gw.name, fragmenter=RedFragmenter(netns=a.gw.name))
+    dpb = XfrmDataPlane(netns=b.gw.name, fragmenter=RedFragmenter(netns=b.gw.name))
+    dpa.open()
+    dpb.open()
+    cap = None
+    try:
+        ev_a, ev_b = child_pair(a, b, a6, b6, encr=12, bits=256, integ=12)
+        dpa.install_child(ev_a)
+        dpb.install_child(ev_b)
+        a.host.wait_ping("2001:db8:2::2", timeout=10)
+        mtu = tunnel_mtu(1500, 4, overhead_for(12, 12))
+        cap = _capture(router, "toa")
+        _drain(cap)
+        big = a.host.run(["ping", "-6", "-n", "-c", "1", "-W", "3", "-s", "1452", "2001:db8:2::2"], check=False)
+        learnt = a.host.ip("-6", "route", "get", "2001:db8:2::2")
+        again = a.host.run(["ping", "-6", "-n", "-c", "2", "-W", "3", "-s", "3000", "2001:db8:2::2"], check=False)
+        time.sleep(0.3)
+        frames = _outer(_drain(cap), a, b)
+        fact("nfqueue_ipv6", {"mtu": mtu, "big_rc": big.returncode, "big_out": (big.stdout + big.stderr)[-300:],
+                              "learnt": learnt.strip(), "again_rc": again.returncode,
+                              "esp_packets": sum(1 for f in frames if f["proto"] == 50),
+                              "outer_fragments": sum(1 for f in frames if f["mf"] or f["off"]),
+                              "rules_a": _rules(a.gw), "queued_a": dpa.fragmenter.counters["queued"]})
+        assert big.returncode != 0 and f"mtu {mtu}" in learnt, (big.stdout, learnt)
+        assert again.returncode == 0
+        assert not any(f["mf"] or f["off"] for f in frames)
+        assert "queue" not in _rules(a.gw)  # IPv6 selectors: no rule
+    finally:
+        if cap is not None:
+            cap.close()
+        dpa.shutdown()
+        dpb.shutdown()
