@@ -16,6 +16,7 @@ checked is the queue path itself:
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
@@ -26,6 +27,7 @@ import pytest
 from ikev2.payloads import TrafficSelector
 from tests.netns import NetnsGroup, require_root
 from vpn_gw.xfrm import netlink as nl
+from vpn_gw.xfrm.backend import XfrmDataPlane
 from vpn_gw.xfrm.fragmenter import CHAIN, TABLE, RedFragmenter
 
 pytestmark = pytest.mark.netns
@@ -205,4 +207,24 @@ def test_reader_not_running(net, fail_open):
             assert got is None and wire == []
     finally:
         frag.close()
+    assert TABLE not in _nft_tables(gw) and CHAIN not in _nft_tables(gw)
+
+
+def test_started_by_the_xfrm_data_plane_on_its_loop(net):
+    """The daemon's way: XfrmDataPlane.start() binds the queue and reads it from the asyncio
+    loop; close() removes the rules."""
+    ha, gw, hb = net
+
+    async def main():
+        dp = XfrmDataPlane(netns=gw.name, fragmenter=RedFragmenter(queue_num=9))
+        await dp.start()
+        try:
+            assert dp.fragmenter is not None and dp.fragmenter.netns == gw.name
+            dp.fragmenter.add("child", _ts("10.1.0.0/24"), _ts("10.2.0.0/24"), MTU)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, _send_and_capture, ha, gw, hb, 3000, False, 5020)
+        finally:
+            await dp.close()
+    payload, got, wire, _ = asyncio.run(main())
+    assert got == payload and len(wire) == 3 and all(w["len"] <= MTU for w in wire), wire
     assert TABLE not in _nft_tables(gw) and CHAIN not in _nft_tables(gw)

@@ -256,7 +256,7 @@ class RedFragmenter:
 
     def mtu_for(self, src: bytes, dst: bytes) -> int | None:
         s, d = ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst)
-        mtus = [t.mtu for t in self.tunnels.values() if t.matches(s, d)]
+        mtus = [t.mtu for t in list(self.tunnels.values()) if t.matches(s, d)]  # the reader may be a thread
         return min(mtus) if mtus else None
 
     # ------------------------------------------------------------------ lifecycle
