@@ -274,15 +274,17 @@ class RedFragmenter:
         self.remove_table()
 
         def opener():
-            raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            socks: list[socket.socket] = []
             try:
-                raw.setsockopt(socket.IPPROTO_IP, IP_NODEFRAG, 1)
-                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                nls = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+                socks.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
+                socks[0].setsockopt(socket.IPPROTO_IP, IP_NODEFRAG, 1)
+                socks.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                socks.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
             except OSError:
-                raw.close()
+                for s in socks:
+                    s.close()
                 raise
-            return raw, udp, nls
+            return tuple(socks)
         try:
             self._raw, self._udp, self._nl_sock = nl._open_in_netns(self.netns, opener)
             self._nfq = NetfilterQueue(sockfd=self._nl_sock.fileno())

@@ -72,6 +72,23 @@ def _udp(ns_name: str, bind: tuple | None = None) -> socket.socket:
     return nl._open_in_netns(ns_name, opener)
 
 
+def _udp_once(a, b, port: int, size: int = 3000) -> tuple[bytes | None, bytes]:
+    """One DF-clear UDP datagram of ``size`` bytes (IP packet) from host-a to host-b."""
+    rx = _udp(b.host.name, (b.host_ip, port))
+    rx.settimeout(5)
+    tx = _udp(a.host.name)
+    payload = os.urandom(size - 28)
+    try:
+        tx.sendto(payload, (b.host_ip, port))
+        try:
+            return rx.recv(65535), payload
+        except socket.timeout:
+            return None, payload
+    finally:
+        tx.close()
+        rx.close()
+
+
 def _rules(ns) -> str:
     return ns.run(["nft", "list", "ruleset"], check=False).stdout
 
@@ -101,19 +118,7 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
         big = a.host.run(["ping", "-n", "-c", "2", "-W", "3", "-M", "dont", "-s", str(4000 - 28), b.host_ip],
                          check=False)
         # A 3000-byte UDP datagram without DF, checked byte for byte.
-        rx = _udp(b.host.name, (b.host_ip, 5001))
-        rx.settimeout(5)
-        tx = _udp(a.host.name)
-        payload = os.urandom(3000 - 28)
-        try:
-            tx.sendto(payload, (b.host_ip, 5001))
-            try:
-                got = rx.recv(65535)
-            except socket.timeout:
-                got = None
-        finally:
-            tx.close()
-            rx.close()
+        got, payload = _udp_once(a, b, 5001)
         # Locally generated (gw-a's LAN address is in the local selector): the stack hands the
         # whole datagram to XFRM (its fragments are only cut after encryption), so the output
         # hook queues it too.
@@ -129,6 +134,19 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
         df_fit = a.host.run(["ping", "-n", "-c", "1", "-W", "3", "-M", "do", "-s", str(mtu - 28), b.host_ip],
                             check=False)
         counters_a, counters_b = dict(dpa.fragmenter.counters), dict(dpb.fragmenter.counters)
+
+        # Conntrack active in gw-a: its defragmenter reassembles host-a's link fragments before the
+        # forward hook (the queue sees the whole 3000-byte datagram), and IP_NODEFRAG keeps it from
+        # reassembling the re-injected fragments on output.
+        a.gw.run(["nft", "-f", "-"], input="table ip ct_test {\n chain pre {\n type filter hook prerouting "
+                                           "priority 0; ct state new counter\n }\n}\n")
+        a.host.ip("route", "flush", "cache")
+        _drain(cap)
+        ct_got, ct_payload = _udp_once(a, b, 5002)
+        time.sleep(0.3)
+        ct_frames = _outer(_drain(cap), a, b)
+        ct_counters = dict(dpa.fragmenter.counters)
+        a.gw.run(["nft", "delete", "table", "ip", "ct_test"])
 
         # Fail-open: gw-a's reader stops, the rule stays (bypass): still delivered, but now the
         # kernel fragments the ESP packet (what the queue is there to avoid).
@@ -151,6 +169,9 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
             "df_ping_rc": df.returncode, "df_ping_out": (df.stdout + df.stderr).strip()[-300:],
             "route_learnt": learnt.strip(), "df_fit_rc": df_fit.returncode,
             "unread_ping_rc": unread.returncode,
+            "conntrack": {"udp_intact": ct_got == ct_payload, "esp": sum(1 for f in ct_frames if f["proto"] == 50),
+                          "outer_fragments": sum(1 for f in ct_frames if f["mf"] or f["off"]),
+                          "fragmented": ct_counters["fragmented"] - counters_a["fragmented"]},
             "unread_outer_fragments": sum(1 for f in unread_frames if f["mf"] or f["off"])})
         assert big.returncode == 0, big.stdout
         assert got == payload
@@ -163,6 +184,8 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
         assert counters_a["fragmented"] >= 7 and counters_b["fragmented"] >= 6
         assert df.returncode != 0 and f"mtu {mtu}" in learnt, (df.stdout, learnt)
         assert df_fit.returncode == 0
+        assert ct_got == ct_payload and not any(f["mf"] or f["off"] for f in ct_frames)
+        assert ct_counters["fragmented"] == counters_a["fragmented"] + 1  # one whole datagram queued
         assert unread.returncode == 0
     finally:
         if cap is not None:
