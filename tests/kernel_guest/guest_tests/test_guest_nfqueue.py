@@ -133,6 +133,9 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
         learnt = a.host.ip("route", "get", b.host_ip)
         df_fit = a.host.run(["ping", "-n", "-c", "1", "-W", "3", "-M", "do", "-s", str(mtu - 28), b.host_ip],
                             check=False)
+        # DF set from the gateway itself: the socket is refused with the tunnel MTU.
+        local_df = a.gw.run(["ping", "-n", "-c", "1", "-W", "3", "-M", "do", "-I", a.gw_lan, "-s", "1472", b.host_ip],
+                            check=False)
         counters_a, counters_b = dict(dpa.fragmenter.counters), dict(dpb.fragmenter.counters)
 
         # Conntrack active in gw-a: its defragmenter reassembles host-a's link fragments before the
@@ -168,6 +171,7 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
             "host_b_reasm": host_b_reasm2 - host_b_reasm, "counters_a": counters_a, "counters_b": counters_b,
             "df_ping_rc": df.returncode, "df_ping_out": (df.stdout + df.stderr).strip()[-300:],
             "route_learnt": learnt.strip(), "df_fit_rc": df_fit.returncode,
+            "local_df_rc": local_df.returncode, "local_df_out": (local_df.stdout + local_df.stderr).strip()[-300:],
             "unread_ping_rc": unread.returncode,
             "conntrack": {"udp_intact": ct_got == ct_payload, "esp": sum(1 for f in ct_frames if f["proto"] == 50),
                           "outer_fragments": sum(1 for f in ct_frames if f["mf"] or f["off"]),
@@ -184,6 +188,7 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
         assert counters_a["fragmented"] >= 7 and counters_b["fragmented"] >= 6
         assert df.returncode != 0 and f"mtu {mtu}" in learnt, (df.stdout, learnt)
         assert df_fit.returncode == 0
+        assert local_df.returncode != 0 and f"mtu={mtu}" in (local_df.stdout + local_df.stderr).replace(" ", "")
         assert ct_got == ct_payload and not any(f["mf"] or f["off"] for f in ct_frames)
         assert ct_counters["fragmented"] == counters_a["fragmented"] + 1  # one whole datagram queued
         assert unread.returncode == 0
