@@ -730,3 +730,23 @@ def test_tcp_transport_needs_the_userspace_data_plane():
     assert parse(text).connections[0].transport == "tcp"
     e = error(text.replace("[gateway]", '[gateway]\ndataplane = "xfrm"'))
     assert "connection[0].transport" in str(e) and 'needs dataplane = "userspace"' in str(e)
+
+
+def test_xfrm_red_side_fragmentation_keys():
+    cfg = parse(BASE)
+    assert (cfg.xfrm_fragmentation, cfg.xfrm_nfqueue, cfg.xfrm_nfqueue_fail) == ("nfqueue", 0x5647, "open")
+    cfg = parse(BASE.replace("[gateway]", '[gateway]\ndataplane = "xfrm"\nxfrm_fragmentation = "off"\n'
+                                          'xfrm_nfqueue = 7\nxfrm_nfqueue_fail = "closed"'))
+    assert (cfg.xfrm_fragmentation, cfg.xfrm_nfqueue, cfg.xfrm_nfqueue_fail) == ("off", 7, "closed")
+    assert "gateway.xfrm_nfqueue" in str(error(BASE.replace("[gateway]", "[gateway]\nxfrm_nfqueue = 65536")))
+    assert "gateway.xfrm_nfqueue_fail" in str(error(BASE.replace("[gateway]", '[gateway]\nxfrm_nfqueue_fail = "maybe"')))
+
+
+def test_daemon_wires_the_fragmenter():
+    from vpn_gw.daemon import Gateway
+    from vpn_gw.xfrm.fragmenter import RedFragmenter
+    gw = Gateway(parse(BASE.replace("[gateway]", '[gateway]\ndataplane = "xfrm"\nxfrm_nfqueue_fail = "closed"')))
+    frag = gw.dataplane.fragmenter
+    assert isinstance(frag, RedFragmenter) and frag.queue_num == 0x5647 and not frag.fail_open
+    gw = Gateway(parse(BASE.replace("[gateway]", '[gateway]\ndataplane = "xfrm"\nxfrm_fragmentation = "off"')))
+    assert gw.dataplane.fragmenter is None

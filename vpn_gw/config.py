@@ -522,6 +522,9 @@ class GatewayConfig:
     connections: tuple[ConnectionConfig, ...]
     dataplane: str = "userspace"            # userspace | xfrm | none
     path_mtu: int = 1500                    # outer path MTU for the tunnel MTU (red-side fragmentation)
+    xfrm_fragmentation: str = "nfqueue"     # policy-based xfrm tunnels: nfqueue | off
+    xfrm_nfqueue: int = 0x5647              # NFQUEUE number of the red-side fragmenter
+    xfrm_nfqueue_fail: str = "open"         # open (bypass) | closed, when the queue reader is not running
     keepalive_interval: float = 20.0        # NAT-T keepalives, seconds, 0 = off
     tcp_port: int = 4500                    # RFC 9329 TCP encapsulation listener, 0 = off
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
@@ -973,7 +976,7 @@ DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "serve
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
-                "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
+                "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
                 "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
@@ -1337,6 +1340,9 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
 
     dataplane = g.get("dataplane", _choice(DATAPLANES), "userspace")
     path_mtu = g.get("path_mtu", _int(576, 65535), 1500)
+    xfrm_fragmentation = g.get("xfrm_fragmentation", _choice(("nfqueue", "off")), "nfqueue")
+    xfrm_nfqueue = g.get("xfrm_nfqueue", _int(0, 65535), 0x5647)
+    xfrm_nfqueue_fail = g.get("xfrm_nfqueue_fail", _choice(("open", "closed")), "open")
     keepalive_interval = g.get("keepalive_interval", _duration, 20.0)
     tcp_port = g.get("tcp_port", _int(0, 65535), 4500)
     retransmit_timeout = g.get("retransmit_timeout", _duration, 4.0)
@@ -1389,6 +1395,8 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
                          natt_port=natt_port, log_level=log_level, log_format=log_format,
                          half_open_limit=half_open_limit, cookie_threshold=cookie_threshold,
                          connections=tuple(connections), dataplane=dataplane, path_mtu=path_mtu,
+                         xfrm_fragmentation=xfrm_fragmentation, xfrm_nfqueue=xfrm_nfqueue,
+                         xfrm_nfqueue_fail=xfrm_nfqueue_fail,
                          keepalive_interval=keepalive_interval, retransmit_timeout=retransmit_timeout,
                          tcp_port=tcp_port,
                          retransmit_base=retransmit_base, retransmit_tries=retransmit_tries,

@@ -41,9 +41,13 @@ class Gateway:
             elif config.dataplane == "xfrm":
                 from .xfrm.backend import XfrmDataPlane
                 ifids = {c.interface: c.if_id for c in config.connections if c.interface}
+                fragmenter = None
+                if config.xfrm_fragmentation == "nfqueue":
+                    from .xfrm.fragmenter import RedFragmenter
+                    fragmenter = RedFragmenter(config.xfrm_nfqueue, fail_open=config.xfrm_nfqueue_fail == "open")
                 dataplane = XfrmDataPlane(self._send_esp, self._interface_for, if_id_for=ifids.get,
                                           path_mtu=config.path_mtu, keepalive_interval=config.keepalive_interval,
-                                          endpoints_for=self._endpoints_for)
+                                          endpoints_for=self._endpoints_for, fragmenter=fragmenter)
             else:
                 dataplane = RecordingDataPlane()
         self.dataplane = dataplane

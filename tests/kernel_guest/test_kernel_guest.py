@@ -17,12 +17,14 @@ from tests.kernel_guest.runner import GuestError, run_guest
 
 pytestmark = pytest.mark.netns
 
-GUEST_TIMEOUT = 300.0
+GUEST_TIMEOUT = 330.0
 EXPECTED = {
     "test_policy_based_aes_gcm", "test_policy_based_rekey_without_loss", "test_leftovers_removed_others_untouched",
     "test_route_based_espinudp_red_side_fragmentation", "test_expire_and_acquire_events",
     "test_ours_to_ours_ike_policy_and_route_based", "test_ours_rekey_under_load_and_mobike_migrate",
     "test_strongswan_kernel_netlink_policy_and_route_based",
+    # test_guest_nfqueue.py
+    "test_policy_based_red_side_fragmentation_nfqueue", "test_policy_based_ipv6_packet_too_big_from_kernel",
 }
 
 
@@ -55,6 +57,10 @@ def test_kernel_esp_in_guest(tmp_path):
     assert " 0% packet loss" in facts["rekey"]["ping"]
     rb = facts["route_based"]
     assert rb["mtu"] == rb["want_mtu"] and rb["gw_b_reasm"] == 0 and rb["host_b_reasm"] >= 2
+    nfq = facts["nfqueue"]  # policy-based red-side fragmentation: no ESP packet was fragmented
+    assert nfq["outer_fragments"] == 0 and nfq["esp_packets"] >= 20 and nfq["gw_b_reasm"] == 0
+    assert nfq["udp_intact"] and f"mtu {nfq['mtu']}" in nfq["route_learnt"]
+    assert facts["nfqueue_ipv6"]["outer_fragments"] == 0
     o2o = facts["ours_to_ours"]["children"]
     assert o2o["pol"]["packets_in"] >= 3 and o2o["rb"]["packets_in"] >= 3 and o2o["rb"]["encap"]
     rk = facts["rekey_under_load"]

@@ -223,8 +223,12 @@ class XfrmDataPlane(DataPlane):
                  priority_base: int = DEFAULT_PRIORITY_BASE, mark: tuple[int, int] | None = None,
                  netns: str | None = None, on_event: Callable[[str, dict], None] | None = None,
                  endpoints_for: Callable[[str], tuple[str | None, str | None]] = lambda conn: (None, None),
-                 rekey_grace: float = 2.0, clock: Callable[[], float] = time.monotonic):
+                 rekey_grace: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 fragmenter: Any = None):
         self.send_udp = send_udp
+        # Red-side fragmentation for policy-based tunnels (vpn_gw.xfrm.fragmenter.RedFragmenter):
+        # route-based ones get it from the XFRM interface MTU.
+        self.fragmenter = fragmenter
         self.interface_for = interface_for
         self.if_id_for = if_id_for
         self.path_mtu = path_mtu
@@ -283,6 +287,18 @@ class XfrmDataPlane(DataPlane):
             self._close_sockets()
             raise XfrmError(f"cannot open XFRM netlink sockets (kernel without XFRM_USER?): {e}") from e
         self.sweep_leftovers()
+        if self.fragmenter is not None and self.fragmenter.netns is None:
+            self.fragmenter.netns = self.netns
+
+    def _start_fragmenter(self, loop) -> None:
+        from .fragmenter import FragmenterError
+        try:
+            self.fragmenter.start(loop)
+        except FragmenterError as e:
+            # Fail-open by nature: the tunnel works, oversized DF-clear packets are encrypted whole
+            # and the kernel fragments the ESP packet instead.
+            log.error("red-side fragmentation for policy-based tunnels is off", error=str(e))
+            self.fragmenter = None
 
     async def start(self) -> None:
         self.open()
@@ -290,6 +306,8 @@ class XfrmDataPlane(DataPlane):
         if self.events is not None:
             self._reader_fd = self.events.fileno()
             loop.add_reader(self._reader_fd, self.poll_events)
+        if self.fragmenter is not None:
+            self._start_fragmenter(loop)
         if self.keepalive_interval and self.send_udp is not None:
             self._keepalive_task = loop.create_task(self._keepalives())
         log.info("XFRM data plane started", reqids=f"{self.reqid_base:#x}+{self.reqid_count:#x}",
@@ -324,6 +342,8 @@ class XfrmDataPlane(DataPlane):
             if itf.created:
                 self._link_del(itf.index, itf.name)
         self.interfaces.clear()
+        if self.fragmenter is not None:
+            self.fragmenter.close()
         self._close_sockets()
         log.info("XFRM data plane stopped")
 
@@ -709,10 +729,20 @@ class XfrmDataPlane(DataPlane):
             fam = 6 if ":" in ev.remote[0] else 4
             mtu = tunnel_mtu(self.path_mtu, fam, overhead_for(k.encr_id, k.integ_id), udp_encap=ev.encap)
             self._set_mtu(itf, mtu)
+        else:
+            self._fragment_rule(c)
         log.info("CHILD_SA installed in the kernel", child=ev.child_name, connection=ev.ike_name,
                  spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), reqid=reqid, interface=ifname,
                  if_id=c.if_id or None, encap=ev.encap, policies=len(c.policy_keys),
                  rekey_of=ev.rekey_of.hex() if ev.rekey_of else None)
+
+    def _fragment_rule(self, c: _Child) -> None:
+        """Policy-based tunnel mode: queue its oversized DF-clear IPv4 traffic to the fragmenter."""
+        if self.fragmenter is None or c.mode != nl.XFRM_MODE_TUNNEL or c.ifname:
+            return
+        mtu = tunnel_mtu(self.path_mtu, 6 if ":" in c.remote[0] else 4, overhead_for(c.keys.encr_id, c.keys.integ_id),
+                         udp_encap=c.encap)
+        self.fragmenter.add(c.spi_in, c.local_ts, c.remote_ts, mtu)
 
     def _undo(self, c: _Child) -> None:
         if c.installed_out:
@@ -732,6 +762,8 @@ class XfrmDataPlane(DataPlane):
         if c is None or self.xfrm is None:
             return
         successor = any(o.reqid == c.reqid for o in self.children.values())
+        if self.fragmenter is not None:
+            self.fragmenter.remove(c.spi_in)
         self._release_policies(c)  # a successor (rekey) takes the OUT policies over first
         self._del_sa(c, inbound=False)
         if successor and self.rekey_grace > 0:
@@ -822,6 +854,7 @@ class XfrmDataPlane(DataPlane):
             except (nl.NetlinkError, XfrmError) as e:
                 log.error("cannot move CHILD_SA to the new addresses", spi_in=c.spi_in.hex(), error=str(e))
                 continue
+            self._fragment_rule(c)  # the tunnel MTU depends on UDP encapsulation
             how = "update" if same_ips else "migrate" if len(migrated) == 2 else \
                 "migrate+re-create" if migrated else "re-create"
             self.moves[how] = self.moves.get(how, 0) + 1
