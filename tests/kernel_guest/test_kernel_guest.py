@@ -22,6 +22,7 @@ EXPECTED = {
     "test_policy_based_aes_gcm", "test_policy_based_rekey_without_loss", "test_leftovers_removed_others_untouched",
     "test_route_based_espinudp_red_side_fragmentation", "test_expire_and_acquire_events",
     "test_ours_to_ours_ike_policy_and_route_based", "test_ours_rekey_under_load_and_mobike_migrate",
+    "test_ours_address_adoption_migrate",
     "test_strongswan_kernel_netlink_policy_and_route_based",
     # test_guest_nfqueue.py
     "test_policy_based_red_side_fragmentation_nfqueue", "test_policy_based_ipv6_packet_too_big_from_kernel",
@@ -65,8 +66,9 @@ def test_kernel_esp_in_guest(tmp_path):
     assert o2o["pol"]["packets_in"] >= 3 and o2o["rb"]["packets_in"] >= 3 and o2o["rb"]["encap"]
     rk = facts["rekey_under_load"]
     assert rk["sent"] > 1000 and rk["lost"] <= rk["in_flight"] and rk["old_spi"] != rk["new_spi"]
-    mv = facts["mobike_migrate"]["moves"]
-    assert mv["a"] and mv["b"] and all(m[0] == "migrate" for side in mv.values() for m in side)
+    for tag in ("mobike", "adoption"):
+        mv = facts[f"{tag}_migrate"]["moves"]
+        assert mv["a"] and mv["b"] and all(m[0] == "migrate" for side in mv.values() for m in side)
     sk = facts["strongswan_kernel"]
     assert sk["ours"]["pol"]["spi_in"] == sk["theirs"]["pol"]["spi-out"] and sk["mbit"]["rb"] > 1.0
     print(f"kernel guest: {len(results)} tests passed in {res.elapsed:.0f}s (kernel {facts.get('kernel')})")

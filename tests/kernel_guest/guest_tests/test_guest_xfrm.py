@@ -450,14 +450,28 @@ def test_ours_rekey_under_load_and_mobike_migrate(sites, tmp_path):
     """Our daemons over kernel ESP: a Child SA rekey in the middle of a UDP stream loses no more
     than the packets in flight; then gateway a's address changes and MOBIKE moves the SAs with
     XFRM_MSG_MIGRATE on both sides: same SPIs, new addresses, traffic flows again, no rekey."""
+    _roaming_pair(sites, tmp_path, mobike=True, rekey_under_load=True)
+
+
+def test_ours_address_adoption_migrate(sites, tmp_path):
+    """The same move without MOBIKE (the hub does not offer it): gateway a sends an
+    authenticated liveness check from its new address, the hub adopts the address, and both
+    sides MIGRATE their kernel SAs."""
+    _roaming_pair(sites, tmp_path, mobike=False, rekey_under_load=False)
+
+
+def _roaming_pair(sites, tmp_path, *, mobike: bool, rekey_under_load: bool) -> None:
     import threading
 
     router, a, b = sites
     new_wan = "192.0.2.2"
+    tag = "mobike" if mobike else "adoption"
     # a roams: no local_addrs (a connection pinned to an address never roams); b accepts any.
     ca = connection("m", a.wan, b.wan, "a-m.example.org", "b-m.example.org", local_ts=a.lan, remote_ts=b.lan)
     del ca["local_addrs"]
-    cb = connection("m", b.wan, "%any", "b-m.example.org", "a-m.example.org", local_ts=b.lan, remote_ts=a.lan)
+    # With MOBIKE the hub's address adoption is off, so UPDATE_SA_ADDRESSES alone must move it.
+    cb = connection("m", b.wan, "%any", "b-m.example.org", "a-m.example.org", local_ts=b.lan, remote_ts=a.lan,
+                    mobike=mobike, address_adoption=not mobike)
     ga = KernelGateway(a.gw, tmp_path, "ma", [ca])
     gb = KernelGateway(b.gw, tmp_path, "mb", [cb], listen=[b.wan])
     a.gw.run(["sysctl", "-qw", "net.ipv4.conf.wan.promote_secondaries=1"])
@@ -470,31 +484,32 @@ def test_ours_rekey_under_load_and_mobike_migrate(sites, tmp_path):
         ((_, c0),) = ga.wait_children(1, timeout=30)
         gb.wait_children(1, timeout=30)
         a.host.wait_ping(b.host_ip, timeout=10)
-        rtt = a.host.run(["ping", "-c", "5", "-i", "0.2", "-q", b.host_ip]).stdout
-        rtt_ms = float(rtt.rsplit("=", 1)[1].split("/")[1])
 
-        # --- rekey in the middle of a 6 s, 4 Mbit/s UDP stream (~420 packets/s)
-        mbit, seconds = 4, 6.0
-        result: dict = {}
-        t = threading.Thread(target=lambda: result.update(
-            _udp_stream(a.host, b.host, b.host_ip, mbit=mbit, seconds=seconds, port=5301)))
-        t.start()
-        time.sleep(2.5)
-        ga.control("rekey", name="m", child="net")
-        t.join(timeout=seconds + 30)
-        assert not t.is_alive() and "end" in result, result
-        lost = result["end"]["sum"]["lost_packets"]
-        sent = result["end"]["sum"]["packets"]
-        after = ga.children()
-        assert len(after) == 1 and after[0][1]["spi_in"] != c0["spi_in"], "no rekey happened"
-        pps = mbit * 1e6 / (1200 * 8)
-        in_flight = int(pps * rtt_ms / 1000) + 1
-        fact("rekey_under_load", {"sent": sent, "lost": lost, "rtt_ms": rtt_ms, "in_flight": in_flight,
-                                  "old_spi": c0["spi_in"], "new_spi": after[0][1]["spi_in"]})
-        assert lost <= in_flight, f"{lost} of {sent} packets lost across the rekey (in flight: {in_flight})"
-        assert count_xfrm(a.gw, "state") == 2 or _wait_states(a.gw, 2), a.gw.run(["ip", "xfrm", "state"]).stdout
+        if rekey_under_load:  # rekey in the middle of a 6 s, 4 Mbit/s UDP stream (~420 packets/s)
+            rtt = a.host.run(["ping", "-c", "5", "-i", "0.2", "-q", b.host_ip]).stdout
+            rtt_ms = float(rtt.rsplit("=", 1)[1].split("/")[1])
+            mbit, seconds = 4, 6.0
+            result: dict = {}
+            t = threading.Thread(target=lambda: result.update(
+                _udp_stream(a.host, b.host, b.host_ip, mbit=mbit, seconds=seconds, port=5301)))
+            t.start()
+            time.sleep(2.5)
+            ga.control("rekey", name="m", child="net")
+            t.join(timeout=seconds + 30)
+            assert not t.is_alive() and "end" in result, result
+            lost = result["end"]["sum"]["lost_packets"]
+            sent = result["end"]["sum"]["packets"]
+            after = ga.children()
+            assert len(after) == 1 and after[0][1]["spi_in"] != c0["spi_in"], "no rekey happened"
+            pps = mbit * 1e6 / (1200 * 8)
+            in_flight = int(pps * rtt_ms / 1000) + 1
+            fact("rekey_under_load", {"sent": sent, "lost": lost, "rtt_ms": rtt_ms, "in_flight": in_flight,
+                                      "old_spi": c0["spi_in"], "new_spi": after[0][1]["spi_in"]})
+            assert lost <= in_flight, f"{lost} of {sent} packets lost across the rekey (in flight: {in_flight})"
+            assert _wait_states(a.gw, 2), a.gw.run(["ip", "xfrm", "state"]).stdout
 
-        # --- a's address changes: MOBIKE UPDATE_SA_ADDRESSES, MIGRATE on both sides
+        # --- a's address changes: MOBIKE UPDATE_SA_ADDRESSES (or a liveness check the hub
+        # adopts), MIGRATE on both sides
         ((_, c1),) = ga.children()
         spis = {c1["spi_in"], c1["spi_out"]}
         packets_before = c1["packets_in"]
@@ -513,10 +528,15 @@ def test_ours_rekey_under_load_and_mobike_migrate(sites, tmp_path):
         states = {n: ns.run(["ip", "xfrm", "state"]).stdout for n, ns in (("a", a.gw), ("b", b.gw))}
         moves = {n: [(e.get("method"), e.get("local"), e.get("remote")) for e in g.events("CHILD_SA moved")]
                  for n, g in (("a", ga), ("b", gb))}
-        fact("mobike_migrate", {"moves": moves, "states": states, "ike_b": gb.ike_sas("m"),
+        reasons = [e.get("reason") for e in gb.events("peer address changed")]
+        fact(f"{tag}_migrate", {"moves": moves, "reasons": reasons, "states": states, "ike_b": gb.ike_sas("m"),
                                 "packets_in_before": packets_before, "packets_in_after": c2["packets_in"]})
         assert {c2["spi_in"], c2["spi_out"]} == spis, "the Child SA was replaced, not moved"
         assert gb.ike_sas("m")[0]["remote_addr"] == new_wan
+        if mobike:
+            assert "MOBIKE UPDATE_SA_ADDRESSES" in reasons, reasons
+        else:
+            assert "authenticated IKE request" in reasons and "MOBIKE UPDATE_SA_ADDRESSES" not in reasons, reasons
         for n in ("a", "b"):
             assert moves[n] and all(m[0] == "migrate" for m in moves[n]), moves
             assert f"src {new_wan} " in states[n] or f"dst {new_wan}" in states[n], states[n]
@@ -527,7 +547,7 @@ def test_ours_rekey_under_load_and_mobike_migrate(sites, tmp_path):
     finally:
         ga.stop()
         gb.stop()
-        fact("mobike_logs", {"a": ga.log_tail(20), "b": gb.log_tail(20)})
+        fact(f"{tag}_logs", {"a": ga.log_tail(20), "b": gb.log_tail(20)})
         a.gw.run(["ip", "addr", "replace", f"{a.wan}/24", "dev", "wan"], check=False)
         a.gw.run(["ip", "addr", "del", f"{new_wan}/24", "dev", "wan"], check=False)
         a.gw.run(["ip", "route", "replace", "default", "via", "192.0.2.254"], check=False)
