@@ -573,6 +573,16 @@ def test_interface_if_id_consistency():
     assert "if_id 7 is already used by connection 'branch1' with a different interface" in str(e)
 
 
+def test_routes_of_a_route_based_connection():
+    cfg = parse(BASE.replace('dpd_delay = "30s"', 'interface = "vti0"\nroutes = ["10.2.0.0/24", "2001:db8:2::/48"]'))
+    assert [str(n) for n in cfg.connections[0].routes] == ["10.2.0.0/24", "2001:db8:2::/48"]
+    assert parse(BASE).connections[0].routes == ()
+    e = error(BASE.replace('dpd_delay = "30s"', 'routes = ["10.2.0.0/24"]'))
+    assert "routes need an interface" in str(e) and ":" in str(e).split("routes")[0]
+    e = error(BASE.replace('dpd_delay = "30s"', 'interface = "vti0"\nroutes = ["10.2.0.1/24"]'))
+    assert "host bits set (did you mean '10.2.0.0/24'?)" in str(e)
+
+
 # -- files -------------------------------------------------------------------------------------
 
 def test_load_config_file_errors(tmp_path):

@@ -435,6 +435,7 @@ class ConnectionConfig:
     eap_password: Secret | None = None      # client: EAP password
     transport: str = "udp"                  # udp | tcp | auto (initiating; docs/tcp-encapsulation.md)
     tcp_port: int = 4500                    # the peer's TCP port for transport = tcp/auto
+    routes: tuple = ()                      # CIDR networks routed into `interface` while the daemon runs
 
     def child(self, name: str) -> ChildConfig:
         for c in self.children:
@@ -983,7 +984,7 @@ CONNECTION_KEYS = (
     "users_file", "eap_identity", "eap_password", "psk", "certs",
     "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
     "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "address_adoption", "fragmentation",
-    "fragment_size", "keyingtries", "if_id", "interface", "pools", "vips", "dns_file", "transport",
+    "fragment_size", "keyingtries", "if_id", "interface", "routes", "pools", "vips", "dns_file", "transport",
     "tcp_port", "child",
 )
 CHILD_KEYS = (
@@ -1503,6 +1504,10 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     keyingtries = t.get("keyingtries", _int(0), 1)
     if_id = t.get("if_id", _int(1, 0xFFFFFFFF), None)
     interface = t.get("interface", _ifname, None)
+    routes = t.get("routes", _list(_ts, example='["10.2.0.0/24"]'), ())
+    if routes and _ok(routes, interface) and not interface:
+        ctx.error(path + ("routes",), "routes need an interface: they are routed into the "
+                                      "connection's own interface (route-based VPN)")
     pools = t.get("pools", _list(_name, example='["rw"]'), ())
     vips = t.get("vips", _list(_vip, example='["0.0.0.0"]'), ())
     dns_file = t.get("dns_file", _nonempty_str, None)
@@ -1574,7 +1579,8 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         start_action=start_action, dpd_delay=dpd_delay, dpd_action=dpd_action,
         rekey_time=rekey_time, reauth_time=reauth_time, over_time=over_time, rand_time=rand_time,
         encap=encap, mobike=mobike, address_adoption=address_adoption, fragmentation=fragmentation, fragment_size=fragment_size,
-        keyingtries=keyingtries, if_id=if_id, interface=interface, children=tuple(children),
+        keyingtries=keyingtries, if_id=if_id, interface=interface,
+        routes=tuple(routes) if _ok(routes) else (), children=tuple(children),
         pools=pools, vips=vips, dns_file=dns_file, transport=transport, tcp_port=tcp_port)
 
 

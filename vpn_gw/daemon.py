@@ -205,6 +205,55 @@ class Gateway:
         except OSError:
             pass  # like a congested or unreachable link: ESP is best effort
 
+    def _install_conn_routes(self) -> None:
+        """``routes`` of route-based connections: into the connection's interface, for as long
+        as the daemon runs (removed again at stop; an interface we created takes them along)."""
+        from .netlink import ipr_call
+        self._conn_routes: list[tuple[str, str]] = []
+        wanted = [(str(net), c.interface, c.name) for c in self.config.connections if c.interface
+                  for net in c.routes]
+        if not wanted:
+            return
+
+        def add(ipr):
+            done = []
+            for dst, ifname, conn in wanted:
+                idx = ipr.link_lookup(ifname=ifname)
+                if not idx:
+                    log.error("cannot add route: no such interface", connection=conn, dst=dst, interface=ifname)
+                    continue
+                try:
+                    ipr.route("replace", dst=dst, oif=idx[0])
+                    done.append((dst, ifname))
+                    log.info("route installed", connection=conn, dst=dst, interface=ifname)
+                except Exception as e:  # noqa: BLE001 - pyroute2's NetlinkError
+                    log.error("cannot add route", connection=conn, dst=dst, interface=ifname, error=str(e))
+            return done
+        try:
+            self._conn_routes = ipr_call(add)
+        except Exception as e:  # noqa: BLE001 - e.g. netlink thread failure: the tunnel still negotiates
+            log.error("cannot add the connections' routes", error=f"{type(e).__name__}: {e}")
+
+    def _remove_conn_routes(self) -> None:
+        from .netlink import ipr_call
+        routes = getattr(self, "_conn_routes", [])
+        if not routes:
+            return
+
+        def delete(ipr):
+            for dst, ifname in routes:
+                idx = ipr.link_lookup(ifname=ifname)
+                if idx:
+                    try:
+                        ipr.route("del", dst=dst, oif=idx[0])
+                    except Exception:  # noqa: BLE001 - already gone with its interface
+                        pass
+        try:
+            ipr_call(delete)
+        except Exception as e:  # noqa: BLE001
+            log.warning("cannot remove the connections' routes", error=str(e))
+        self._conn_routes = []
+
     def _esp_peer_moved(self, ike_id: int, local: tuple[str, int], remote: tuple[str, int]) -> None:
         self.manager.esp_adopt(ike_id, local, remote, time.monotonic())
         self._flush()
@@ -619,6 +668,7 @@ class Gateway:
                 except OSError as e:
                     log.error("cannot create the connection's interface", connection=conn.name,
                               interface=conn.interface, error=str(e))
+        self._install_conn_routes()
         self.open_sockets()
         await self.tcp.start()
         self._install_traps()
@@ -651,6 +701,7 @@ class Gateway:
             for s in socks:
                 loop.remove_reader(s.fileno())
                 s.close()
+        self._remove_conn_routes()
         await self.dataplane.close()
         await self.ddns.stop()
         if any(p.masquerade for p in self.config.pools):

@@ -23,6 +23,8 @@ EXPECTED = {
     "test_route_based_espinudp_red_side_fragmentation", "test_expire_and_acquire_events",
     "test_ours_to_ours_ike_policy_and_route_based", "test_ours_rekey_under_load_and_mobike_migrate",
     "test_ours_address_adoption_migrate",
+    # test_guest_hub.py
+    "test_hub_three_branches_identical_selectors_own_interfaces",
     "test_strongswan_kernel_netlink_policy_and_route_based",
     # test_guest_nfqueue.py
     "test_policy_based_red_side_fragmentation_nfqueue", "test_policy_based_ipv6_packet_too_big_from_kernel",
@@ -71,4 +73,7 @@ def test_kernel_esp_in_guest(tmp_path):
         assert mv["a"] and mv["b"] and all(m[0] == "migrate" for side in mv.values() for m in side)
     sk = facts["strongswan_kernel"]
     assert sk["ours"]["pol"]["spi_in"] == sk["theirs"]["pol"]["spi-out"] and sk["mbit"]["rb"] > 1.0
+    landed = facts["hub_three_branches"]["landed"]
+    assert all(landed[str(n)][str(n)] >= 5 and sum(landed[str(n)].values()) == landed[str(n)][str(n)]
+               for n in (1, 2, 3)), landed
     print(f"kernel guest: {len(results)} tests passed in {res.elapsed:.0f}s (kernel {facts.get('kernel')})")

@@ -32,8 +32,9 @@ def _children_by_conn(gw) -> dict[str, dict]:
 
 def test_hub_and_three_branches(e2e, tmp_path):
     hub = hub_and_branches(e2e.grp, 3)
+    # Routes from the config (`routes`): installed into each connection's interface at start.
     hub_conns = [connection(f"br{b.n}", hub.wan, "%any", "hub.example.org", f"br{b.n}.example.org",
-                            local_ts=ANY, remote_ts=ANY, psk=_psk(b.n), interface=f"br{b.n}")
+                            local_ts=ANY, remote_ts=ANY, psk=_psk(b.n), interface=f"br{b.n}", routes=[b.lan])
                  for b in hub.branches]
     ghub = e2e.gateway(hub.gw, "hub", hub_conns, [hub.wan])
     gws = {}
@@ -42,8 +43,9 @@ def test_hub_and_three_branches(e2e, tmp_path):
                           local_ts=ANY, remote_ts=ANY, psk=_psk(b.n), interface="hub")
         gws[b.n] = e2e.gateway(b.gw, f"br{b.n}", [conn], [b.wan])
     assert {"br1", "br2", "br3"} <= set(hub.gw.links())
+    hub_routes = hub.gw.run(["ip", "route"]).stdout
     for b in hub.branches:
-        hub.gw.ip("route", "add", b.lan, "dev", f"br{b.n}")
+        assert f"{b.lan} dev br{b.n}" in hub_routes, hub_routes
         b.gw.ip("route", "add", hub.lan, "dev", "hub")
 
     for b in hub.branches:
