@@ -1,6 +1,7 @@
 """Every example validates; docs/config.md documents exactly the keys the loader knows."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
@@ -69,3 +70,16 @@ def _documented(section: str) -> set[str]:
 ])
 def test_docs_document_every_key(section, keys):
     assert _documented(section) == set(keys)
+
+
+def test_route_based_hub_example_pairs_with_its_branch():
+    hub = load_config(ROOT / "examples/hub-route-based/hub.toml")
+    br = load_config(ROOT / "examples/hub-route-based/branch1.toml").connections[0]
+    by_id = {c.remote_id.text: c for c in hub.connections}
+    h = by_id[br.local_id.data.decode()]
+    assert h.local_id.data.decode() == br.remote_id.text and h.psk.reveal() == br.psk.reveal()
+    assert len({c.interface for c in hub.connections}) == 3 and all(c.routes for c in hub.connections)
+    assert [str(n) for n in h.routes] == [str(ts) for ts in
+                                          [ipaddress.ip_network("10.1.0.0/24")]]
+    assert all(str(ts) == "0.0.0.0/0" for c in hub.connections for ch in c.children
+               for ts in (*ch.local_ts, *ch.remote_ts))
