@@ -563,7 +563,8 @@ class Gateway:
         if cmd == "reload":
             return self.reload()
         if cmd == "stats":
-            return {"probe": self.probe_responder.counters(), "tcp": self.tcp.counters()}
+            return {"probe": self.probe_responder.counters(), "tcp": self.tcp.counters(),
+                    "dataplane": self.dataplane.stats()}
         if cmd == "rekey":
             return self.rekey(args.get("name", ""), args.get("child"), bool(args.get("ike")))
         raise ValueError(f"unknown command '{cmd}'")

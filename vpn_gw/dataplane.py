@@ -30,6 +30,10 @@ class DataPlane:
     async def close(self) -> None:
         pass
 
+    def stats(self) -> dict:
+        """Data-plane counters that belong to no Child SA (for the control command `stats`)."""
+        return {"name": self.name, "unmatched": dict(getattr(self, "unmatched", {}) or {})}
+
     def ensure_interface(self, name: str) -> None:
         """Create a route-based connection's interface at start-up, so routes can point to it
         before the tunnel is up (traffic to it is dropped and counted until then)."""

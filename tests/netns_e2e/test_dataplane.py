@@ -70,6 +70,14 @@ def test_policy_based_ping_tcp_counters(e2e):
     res = tools.iperf3(a.host, b.host, b.host_ip, seconds=1, extra=["-R"])
     assert res["end"]["sum_received"]["bytes"] > 500_000
 
+    # traffic routed into the TUN that matches no policy is dropped and counted (`stats`)
+    before = ga.control("stats")["dataplane"]
+    assert before["name"] == "userspace"
+    a.gw.ip("route", "add", "10.99.0.0/24", "dev", "vpngw0")
+    assert not a.gw.ping("10.99.0.1", count=3, interval=0.2, wait=0.5)
+    after = ga.control("stats")["dataplane"]["unmatched"]
+    assert after.get("no_policy", 0) - before["unmatched"].get("no_policy", 0) >= 3, after
+
 
 # --------------------------------------------------------------------------- 2. route-based
 

@@ -268,6 +268,14 @@ class XfrmDataPlane(DataPlane):
         self.use_migrate = True  # XFRM_MSG_MIGRATE for address moves (off when the kernel lacks it)
         self.moves: dict[str, int] = {}  # Child SA moves by method (update, migrate, re-create)
 
+    def stats(self) -> dict:
+        out = super().stats()
+        out["moves"] = dict(self.moves)
+        out["migrate"] = self.use_migrate
+        if self.fragmenter is not None:
+            out["fragmenter"] = dict(self.fragmenter.counters)
+        return out
+
     # ------------------------------------------------------------------ lifecycle
 
     def open(self, events: bool = True) -> None:

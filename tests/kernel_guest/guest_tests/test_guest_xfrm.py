@@ -542,6 +542,9 @@ def _roaming_pair(sites, tmp_path, *, mobike: bool, rekey_under_load: bool) -> N
             assert f"src {new_wan} " in states[n] or f"dst {new_wan}" in states[n], states[n]
             assert f"src {a.wan} " not in states[n] and f"dst {a.wan}\n" not in states[n], states[n]
         assert c2["packets_in"] > packets_before  # counters carried over the migration
+        dp_stats = {n: g.control("stats")["dataplane"] for n, g in (("a", ga), ("b", gb))}
+        assert all(st["name"] == "xfrm" and st["moves"].get("migrate", 0) >= 1 and st["migrate"]
+                   for st in dp_stats.values()), dp_stats
         ga.down("m")
         assert _wait_states(a.gw, 0) and _wait_states(b.gw, 0)
     finally:
