@@ -64,6 +64,11 @@ class ChildUp(Event):
     proposal: str
     rekey_of: bytes | None = None  # spi_in of the Child SA this one replaces
     replay_window: int = 1024  # packets; 0 = anti-replay off (the child's replay_window)
+    # Volume limits for the data plane (0 = none): soft (rekey) and hard (delete) per SA.
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
 
 
 @dataclass

@@ -132,7 +132,9 @@ class ChildExchanges:
                            remote_ts=child.remote_ts, local=self.local, remote=self.remote,
                            encap=self.encap, proposal=child.proposal_text,
                            rekey_of=rekey_of.spi_in if rekey_of else None,
-                           replay_window=child.policy.replay_window))
+                           replay_window=child.policy.replay_window,
+                           rekey_bytes=child.policy.rekey_bytes, life_bytes=child.policy.life_bytes,
+                           rekey_packets=child.policy.rekey_packets, life_packets=child.policy.life_packets))
 
     def _finish_child_as_initiator(self, req: _ChildRequest, msg: Message, now: float, ni: bytes,
                                    nr: bytes, shared: bytes | None) -> None:

@@ -35,6 +35,11 @@ class ChildPolicy:
     replay_window: int = 1024
     start_action: str = "start"
     dpd_action: str = "clear"
+    # Volume limits (0 = none), enforced by the data plane: soft -> rekey, hard -> delete.
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
 
 
 @dataclass

@@ -205,6 +205,40 @@ class Gateway:
         except OSError:
             pass  # like a congested or unreachable link: ESP is best effort
 
+    async def _watch_lifetimes(self, interval: float = 0.2) -> None:
+        """Volume limits (rekey_bytes/life_bytes/rekey_packets/life_packets) and sequence-number
+        exhaustion live in the data plane (the kernel's SA lifetimes with dataplane = "xfrm"):
+        a soft limit rekeys the Child SA, a hard one deletes it. Checked five times a second (the
+        kernel reports its EXPIREs at once; the userspace plane's counters are polled)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.check_lifetimes()
+            except Exception as e:  # noqa: BLE001 - never let the watcher die
+                log.error("lifetime check failed", error=f"{type(e).__name__}: {e}")
+
+    def check_lifetimes(self) -> int:
+        now = time.monotonic()
+        acted = 0
+        for spi_in, state in self.dataplane.expiries(now):
+            sa = next((s for s in self.manager.sas if any(c.spi_in == spi_in for c in s.children)), None)
+            if sa is None:
+                continue
+            child = next(c for c in sa.children if c.spi_in == spi_in)
+            if state == "soft":
+                if sa.rekey_child(spi_in, now):
+                    log.info("CHILD_SA reached its soft volume limit: rekeying", connection=sa.name,
+                             child=child.name, spi_in=spi_in.hex())
+                    acted += 1
+            else:
+                log.warning("CHILD_SA reached its hard volume limit: deleting", connection=sa.name,
+                            child=child.name, spi_in=spi_in.hex())
+                sa.delete_child(spi_in, now)
+                acted += 1
+        if acted:
+            self._flush()
+        return acted
+
     def _install_conn_routes(self) -> None:
         """``routes`` of route-based connections: into the connection's interface, for as long
         as the daemon runs (removed again at stop; an interface we created takes them along)."""
@@ -686,8 +720,10 @@ class Gateway:
                     self._retry[conn.name] = time.monotonic() + RETRY_DELAY
         self._flush()
         watcher = loop.create_task(self._watch_local_addresses())
+        lifetimes = loop.create_task(self._watch_lifetimes())
         await stop.wait()
         watcher.cancel()
+        lifetimes.cancel()
         log.info("stopping: deleting IKE SAs")
         now = time.monotonic()
         for sa in list(self.manager.sas):

@@ -30,6 +30,11 @@ class DataPlane:
     async def close(self) -> None:
         pass
 
+    def expiries(self, now: float) -> list[tuple[bytes, str]]:
+        """Child SAs (by inbound SPI) that reached a volume or sequence-number limit since the
+        last call: ``"soft"`` (rekey it) or ``"hard"`` (delete it). Each is reported once."""
+        return []
+
     def stats(self) -> dict:
         """Data-plane counters that belong to no Child SA (for the control command `stats`)."""
         return {"name": self.name, "unmatched": dict(getattr(self, "unmatched", {}) or {})}

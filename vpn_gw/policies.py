@@ -26,6 +26,10 @@ def child_policy(c) -> ChildPolicy:
         replay_window=c.replay_window,
         start_action=c.start_action,
         dpd_action=c.dpd_action,
+        rekey_bytes=c.rekey_bytes or 0,
+        life_bytes=c.life_bytes or 0,
+        rekey_packets=c.rekey_packets or 0,
+        life_packets=c.life_packets or 0,
     )
 
 

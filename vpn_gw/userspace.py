@@ -149,6 +149,7 @@ class UserspaceDataPlane(DataPlane):
         self.by_spi_in: dict[bytes, _Child] = {}
         self.by_tun: dict[str, list[_Child]] = {}  # newest last
         self.unmatched: dict[str, int] = {}  # drops before an SA is known
+        self._expiry_reported: dict[bytes, str] = {}  # spi_in -> the last lifetime state reported
         self._keepalive_task: asyncio.Task | None = None
         self.on_peer_moved: Callable[[int, Address, Address], None] | None = None
         self.on_acquire: Callable[[str], None] | None = None
@@ -235,10 +236,13 @@ class UserspaceDataPlane(DataPlane):
         except (EspError, ValueError) as e:
             log.error("cannot install CHILD_SA in the userspace data plane", child=ev.child_name, error=str(e))
             return
+        # Time limits are the engine's (it rekeys by rekey_time); volume limits are ours.
+        lifetime = Lifetime(soft_bytes=ev.rekey_bytes or None, hard_bytes=ev.life_bytes or None,
+                            soft_packets=ev.rekey_packets or None, hard_packets=ev.life_packets or None)
         sa_in = EspSA(Direction.IN, int.from_bytes(k.spi_in, "big"), c_in, esn=k.esn,
-                      replay_window=ev.replay_window or self.replay_window, created_at=now)
+                      replay_window=ev.replay_window or self.replay_window, created_at=now, lifetime=lifetime)
         sa_out = EspSA(Direction.OUT, int.from_bytes(k.spi_out, "big"), c_out, esn=k.esn,
-                       created_at=now, lifetime=Lifetime())
+                       created_at=now, lifetime=lifetime)
         ifname = self.interface_for(ev.ike_name) or DEFAULT_TUN
         try:
             tun = self._tun(ifname)
@@ -349,6 +353,18 @@ class UserspaceDataPlane(DataPlane):
         for c in self.by_spi_in.values():
             if c.ike_id == ike_id:
                 c.local, c.remote = local, remote
+
+    def expiries(self, now: float) -> list[tuple[bytes, str]]:
+        out = []
+        for spi_in, c in list(self.by_spi_in.items()):
+            states = (c.sa_in.check_lifetime(now), c.sa_out.check_lifetime(now))
+            state = "hard" if "hard" in states else "soft" if "soft" in states else None
+            if state is not None and state != self._expiry_reported.get(spi_in):
+                self._expiry_reported[spi_in] = state
+                out.append((spi_in, state))
+        for spi in [s_ for s_ in self._expiry_reported if s_ not in self.by_spi_in]:
+            del self._expiry_reported[spi]
+        return out
 
     def last_rx(self, spi_in: bytes) -> float | None:
         c = self.by_spi_in.get(spi_in)

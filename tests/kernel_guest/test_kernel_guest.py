@@ -73,6 +73,8 @@ def test_kernel_esp_in_guest(tmp_path):
         assert mv["a"] and mv["b"] and all(m[0] == "migrate" for side in mv.values() for m in side)
     sk = facts["strongswan_kernel"]
     assert sk["ours"]["pol"]["spi_in"] == sk["theirs"]["pol"]["spi-out"] and sk["mbit"]["rb"] > 1.0
+    vr = facts["volume_rekey"]  # rekey_packets through the kernel's soft EXPIRE
+    assert vr["soft_events"] >= 1 and vr["children"] and vr["old_spi"] not in vr["children"]
     landed = facts["hub_three_branches"]["landed"]
     assert all(landed[str(n)][str(n)] >= 5 and sum(landed[str(n)].values()) == landed[str(n)][str(n)]
                for n in (1, 2, 3)), landed

@@ -327,3 +327,33 @@ def test_keepalives_on_idle_tunnel(e2e, tmp_path):
     for gw, before in ((ga, before_a), (gb, before_b)):
         now = _child(gw)
         assert (now["packets_in"], now["drops"]) == (before["packets_in"], before["drops"])
+
+
+def test_child_rekey_and_delete_by_volume(e2e):
+    """rekey_bytes is enforced by the data plane: crossing it rekeys the Child SA (both sides
+    cross it at about the same time: rekey collisions under load), traffic goes on."""
+    router, a, b, ga, gb = e2e.site_pair(rekey_bytes="20M", life_bytes="1G")
+    first = _child(ga)
+    res = tools.iperf3(a.host, b.host, b.host_ip, seconds=2)
+    assert res["end"]["sum_received"]["bytes"] > 1_000_000
+
+    def rekeyed():
+        ch = ga.children()
+        return len(ch) == 1 and ch[0][1]["spi_in"] != first["spi_in"] and ch[0][1]
+    wait_for(rekeyed, 10, "a rekey after 20 MB")
+    events = [r for r in ga.log_lines() + gb.log_lines() if r.get("event", "").startswith("CHILD_SA reached its soft")]
+    assert events, "no soft-limit rekey in the logs"
+    assert a.host.ping(b.host_ip, count=3, timeout=5)
+
+
+def test_child_deleted_at_hard_packet_limit(e2e):
+    """life_packets without rekey_packets: the Child SA is deleted (both sides) at the limit."""
+    router, a, b, ga, gb = e2e.site_pair(life_packets=50)
+    first = _child(ga)
+    assert a.host.ping(b.host_ip, count=60, interval=0.01, timeout=10)
+
+    def gone():
+        return all(c["spi_in"] != first["spi_in"] for _, c in ga.children())
+    wait_for(gone, 10, "the Child SA to be deleted at 50 packets")
+    hard = [r for r in ga.log_lines() + gb.log_lines() if r.get("event", "").startswith("CHILD_SA reached its hard")]
+    assert hard, "no hard-limit deletion in the logs"

@@ -195,6 +195,7 @@ class _Child:
     installed_in: bool = False
     installed_out: bool = False
     counter_base: dict = field(default_factory=dict)  # inbound -> (bytes, packets) before a MIGRATE
+    limits: tuple = (0, 0, 0, 0)  # soft/hard bytes, soft/hard packets (0 = none): kernel EXPIRE events
 
 
 @dataclass
@@ -265,8 +266,16 @@ class XfrmDataPlane(DataPlane):
         self._next_if_id = DEFAULT_IF_ID_BASE
         self._keepalive_task: asyncio.Task | None = None
         self._reader_fd: int | None = None
+        self._expiries: list[tuple[bytes, str]] = []  # from kernel EXPIRE events, drained by expiries()
+        self._expiry_reported: dict[bytes, str] = {}
         self.use_migrate = True  # XFRM_MSG_MIGRATE for address moves (off when the kernel lacks it)
         self.moves: dict[str, int] = {}  # Child SA moves by method (update, migrate, re-create)
+
+    def expiries(self, now: float) -> list[tuple[bytes, str]]:
+        out, self._expiries = self._expiries, []
+        for spi in [s for s in self._expiry_reported if s not in self.children]:
+            del self._expiry_reported[spi]
+        return [(spi, st) for spi, st in out if spi in self.children]
 
     def stats(self) -> dict:
         out = super().stats()
@@ -561,8 +570,10 @@ class XfrmDataPlane(DataPlane):
         flags = nl.XFRM_STATE_AF_UNSPEC if c.mode == nl.XFRM_MODE_TUNNEL else 0
         if c.keys.esn:
             flags |= nl.XFRM_STATE_ESN
+        lft = {k: v for k, v in (("soft_byte_limit", c.limits[0]), ("hard_byte_limit", c.limits[1]),
+                                 ("soft_packet_limit", c.limits[2]), ("hard_packet_limit", c.limits[3])) if v}
         return {"id": {"daddr": dst, "spi": int.from_bytes(spi, "big"), "proto": nl.IPPROTO_ESP},
-                "saddr": src, "family": _family(dst), "mode": c.mode,
+                "saddr": src, "family": _family(dst), "mode": c.mode, "lft": lft,
                 "reqid": c.reqid if inbound else (c.reqid_out or c.reqid), "flags": flags,
                 "replay_window": 0, "sel": {"family": 0 if c.mode == nl.XFRM_MODE_TUNNEL else _family(dst)}}
 
@@ -714,6 +725,7 @@ class XfrmDataPlane(DataPlane):
             # Child SA is removed: by then the peer has installed the new inbound SA too (it
             # sent or answered the DELETE), so no packet goes out with an SPI it cannot know yet.
             c.reqid_out = self._alloc_reqid() if old is not None else reqid
+            c.limits = (ev.rekey_bytes, ev.life_bytes, ev.rekey_packets, ev.life_packets)
             algorithm_attrs(k.encr_id, k.encr_key_bits, k.integ_id, k.encr_key_in, k.integ_key_in)  # validate
             # Inbound first: the peer may already send with the new SPI.
             self._add_sa(c, inbound=True)
@@ -1086,6 +1098,14 @@ class XfrmDataPlane(DataPlane):
             if trap is not None and self.on_acquire is not None:
                 log.info("traffic for a trap policy: starting the connection", connection=trap.conn)
                 self.on_acquire(trap.conn)
+        elif kind == "expire" and info.get("ours"):
+            spi = bytes.fromhex(info["spi"])
+            c = self.children.get(spi) or next((x for x in self.children.values() if x.spi_out == spi), None)
+            if c is not None:
+                state = "hard" if info.get("hard") else "soft"
+                if self._expiry_reported.get(c.spi_in) != state:
+                    self._expiry_reported[c.spi_in] = state
+                    self._expiries.append((c.spi_in, state))
         elif kind == "mapping" and info.get("ours"):
             spi = bytes.fromhex(info["spi"])
             c = self.children.get(spi)

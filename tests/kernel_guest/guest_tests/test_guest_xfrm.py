@@ -469,6 +469,8 @@ def _roaming_pair(sites, tmp_path, *, mobike: bool, rekey_under_load: bool) -> N
     # a roams: no local_addrs (a connection pinned to an address never roams); b accepts any.
     ca = connection("m", a.wan, b.wan, "a-m.example.org", "b-m.example.org", local_ts=a.lan, remote_ts=b.lan)
     del ca["local_addrs"]
+    if not rekey_under_load:  # a volume limit instead: the kernel's soft EXPIRE rekeys the Child SA
+        ca["children"][0].update(rekey_packets=300, life_packets=1_000_000)
     # With MOBIKE the hub's address adoption is off, so UPDATE_SA_ADDRESSES alone must move it.
     cb = connection("m", b.wan, "%any", "b-m.example.org", "a-m.example.org", local_ts=b.lan, remote_ts=a.lan,
                     mobike=mobike, address_adoption=not mobike)
@@ -506,6 +508,19 @@ def _roaming_pair(sites, tmp_path, *, mobike: bool, rekey_under_load: bool) -> N
             fact("rekey_under_load", {"sent": sent, "lost": lost, "rtt_ms": rtt_ms, "in_flight": in_flight,
                                       "old_spi": c0["spi_in"], "new_spi": after[0][1]["spi_in"]})
             assert lost <= in_flight, f"{lost} of {sent} packets lost across the rekey (in flight: {in_flight})"
+            assert _wait_states(a.gw, 2), a.gw.run(["ip", "xfrm", "state"]).stdout
+        else:  # rekey_packets = 300 on a: ~600 packets make the kernel send a soft EXPIRE
+            _udp_stream(a.host, b.host, b.host_ip, mbit=2, seconds=3.0, port=5302)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                now = ga.children()
+                if len(now) == 1 and now[0][1]["spi_in"] != c0["spi_in"]:
+                    break
+                time.sleep(0.2)
+            soft = ga.events("CHILD_SA reached its soft volume limit: rekeying")
+            fact("volume_rekey", {"soft_events": len(soft), "old_spi": c0["spi_in"],
+                                  "children": [c["spi_in"] for _, c in ga.children()]})
+            assert soft and len(ga.children()) == 1 and ga.children()[0][1]["spi_in"] != c0["spi_in"]
             assert _wait_states(a.gw, 2), a.gw.run(["ip", "xfrm", "state"]).stdout
 
         # --- a's address changes: MOBIKE UPDATE_SA_ADDRESSES (or a liveness check the hub
