@@ -523,7 +523,7 @@ class GatewayConfig:
     dataplane: str = "userspace"            # userspace | xfrm | none
     path_mtu: int = 1500                    # outer path MTU for the tunnel MTU (red-side fragmentation)
     keepalive_interval: float = 20.0        # NAT-T keepalives, seconds, 0 = off
-    udp_offload: bool = True                # userspace ESP: UDP GSO on send, GRO on receive
+    offload: bool = True                    # userspace ESP: UDP GSO/GRO, coalesced TUN writes
     tcp_port: int = 4500                    # RFC 9329 TCP encapsulation listener, 0 = off
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
     retransmit_base: float = 1.8            # back-off factor
@@ -974,7 +974,7 @@ DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "serve
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
-                "udp_offload", "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
+                "offload", "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
                 "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
@@ -1339,7 +1339,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     dataplane = g.get("dataplane", _choice(DATAPLANES), "userspace")
     path_mtu = g.get("path_mtu", _int(576, 65535), 1500)
     keepalive_interval = g.get("keepalive_interval", _duration, 20.0)
-    udp_offload = g.get("udp_offload", _bool, True)
+    offload = g.get("offload", _bool, True)
     tcp_port = g.get("tcp_port", _int(0, 65535), 4500)
     retransmit_timeout = g.get("retransmit_timeout", _duration, 4.0)
     retransmit_base = g.get("retransmit_base", _float(1.0, 4.0), 1.8)
@@ -1392,7 +1392,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
                          half_open_limit=half_open_limit, cookie_threshold=cookie_threshold,
                          connections=tuple(connections), dataplane=dataplane, path_mtu=path_mtu,
                          keepalive_interval=keepalive_interval, retransmit_timeout=retransmit_timeout,
-                         udp_offload=udp_offload,
+                         offload=offload,
                          tcp_port=tcp_port,
                          retransmit_base=retransmit_base, retransmit_tries=retransmit_tries,
                          pools=tuple(pc for _, pc in pools), dns_servers=dns_servers, dns_port=dns_port,

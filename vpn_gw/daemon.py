@@ -37,7 +37,8 @@ class Gateway:
             if config.dataplane == "userspace":
                 from .userspace import UserspaceDataPlane
                 dataplane = UserspaceDataPlane(self._send_esp, self._interface_for, path_mtu=config.path_mtu,
-                                               keepalive_interval=config.keepalive_interval)
+                                               keepalive_interval=config.keepalive_interval,
+                                               offload=config.offload)
             elif config.dataplane == "xfrm":
                 from .xfrm.backend import XfrmDataPlane
                 ifids = {c.interface: c.if_id for c in config.connections if c.interface}
@@ -57,7 +58,7 @@ class Gateway:
                                   half_open_limit=config.half_open_limit,
                                   cookie_threshold=config.cookie_threshold)
         self.manager.set_activity_probe(self.dataplane.last_rx)
-        if hasattr(self.dataplane, "send_udp_batch") and config.udp_offload:
+        if hasattr(self.dataplane, "send_udp_batch") and config.offload:
             self.dataplane.send_udp_batch = self._send_esp_batch
         if hasattr(self.dataplane, "on_peer_moved"):
             self.dataplane.on_peer_moved = self._esp_peer_moved
@@ -127,7 +128,7 @@ class Gateway:
                     # IKE itself must never be encrypted; the kernel decapsulates ESP-in-UDP.
                     from .xfrm.sockets import prepare_ike_socket
                     prepare_ike_socket(s, natt=(port == self.config.natt_port))
-                if self.dataplane.name == "userspace" and port == self.config.natt_port and self.config.udp_offload:
+                if self.dataplane.name == "userspace" and port == self.config.natt_port and self.config.offload:
                     s.enable_gro()  # ESP bursts arrive coalesced (docs/esp.md, batching)
                 self.sockets.setdefault((s.family, port), []).append(s)
                 asyncio.get_running_loop().add_reader(s.fileno(), self._readable, s)

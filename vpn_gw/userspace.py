@@ -180,7 +180,7 @@ class UserspaceDataPlane(DataPlane):
     def __init__(self, send_udp: Callable[[bytes, Address, Address], None],
                  interface_for: Callable[[str], str | None], *, path_mtu: int = 1500,
                  tun_mtu: int = 1500, keepalive_interval: float = 20.0, replay_window: int = 1024,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, offload: bool = True):
         self.send_udp = send_udp
         self.interface_for = interface_for
         self.path_mtu = path_mtu
@@ -200,6 +200,8 @@ class UserspaceDataPlane(DataPlane):
         self._raw4: socket.socket | None = None  # ICMP errors we generate (see _send_icmp4)
         # Several ESP datagrams for one path at once (the daemon sends them with UDP GSO);
         # None: one send_udp call per datagram.
+        self.offload = offload  # TUN devices with vnet_hdr: coalesced TCP writes (vpn_gw.gro)
+        self._rx: dict[Tun, list[bytes]] | None = None  # between rx_batch_begin and rx_batch_end
         self.send_udp_batch: Callable[[list[bytes], Address, Address], None] | None = None
         self._tx: dict[int, tuple[Address, Address, list[bytes]]] | None = None  # while draining a TUN
 
@@ -263,7 +265,7 @@ class UserspaceDataPlane(DataPlane):
     def _tun(self, name: str) -> Tun:
         tun = self.tuns.get(name)
         if tun is None:
-            tun = Tun(name, self.tun_mtu)
+            tun = Tun(name, self.tun_mtu, vnet_hdr=self.offload)
             tun.route_based = name != DEFAULT_TUN
             self.tuns[name] = tun
             self.by_tun[name] = []
@@ -441,13 +443,18 @@ class UserspaceDataPlane(DataPlane):
         """Drain the TUN device (bounded); the ESP datagrams for each path are sent together at
         the end (every TX_BATCH datagrams), as UDP GSO when the daemon can."""
         tx = self._tx = {}
-        read, fd = os.read, tun.fd
+        read, fd, vnet, strip = os.read, tun.fd, tun.vnet_hdr, tun.strip
         try:
             for _ in range(READ_BATCH):
                 try:
-                    pkt = read(fd, 65535)
+                    pkt = read(fd, 65545)
                 except BlockingIOError:
                     return
+                if vnet:
+                    pkt = strip(pkt)
+                    if pkt is None:
+                        self._count("malformed")
+                        continue
                 try:
                     self._outbound(tun, pkt)
                 except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
@@ -623,7 +630,25 @@ class UserspaceDataPlane(DataPlane):
         if not ok:
             child.drops["policy_mismatch"] = child.drops.get("policy_mismatch", 0) + 1
             return
-        child.tun.write(inner)
+        rx = self._rx
+        if rx is None:
+            child.tun.write(inner)
+        else:
+            pending = rx.get(child.tun)
+            if pending is None:
+                rx[child.tun] = [inner]
+            else:
+                pending.append(inner)
+
+    def rx_batch_begin(self) -> None:
+        self._rx = {}
+
+    def rx_batch_end(self) -> None:
+        rx, self._rx = self._rx, None
+        if rx:
+            for tun, packets in rx.items():
+                if tun.fd >= 0:
+                    tun.write_many(packets)
 
     # ------------------------------------------------------------------ keepalives
 

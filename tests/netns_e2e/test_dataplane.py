@@ -119,9 +119,9 @@ def test_red_side_fragmentation(e2e, tmp_path):
     """Transit links at MTU 1400 and ``path_mtu = 1400``: big clear packets (DF clear) are cut
     before encryption, so no outer packet is ever fragmented or bigger than the path MTU."""
     transit = 1400
-    # udp_offload off: the capture on the (virtual) transit link must show each datagram, not the
+    # offload off: the capture on the (virtual) transit link must show each datagram, not the
     # GSO bursts veth carries unsegmented (test_gso_bursts_arrive_whole covers the offload)
-    router, a, b, ga, gb = e2e.site_pair(transit_mtu=transit, gateway={"path_mtu": transit, "udp_offload": False})
+    router, a, b, ga, gb = e2e.site_pair(transit_mtu=transit, gateway={"path_mtu": transit, "offload": False})
     a.host.wait_ping(b.host_ip, timeout=5)
     mtu = tunnel_mtu(transit, 4, EspCipher(EncrId.AES_GCM_16, 256, None, bytes(36)), udp_encap=True)
     rx = tools.UdpReceiver(b.host, b.host_ip, 9999)
@@ -154,7 +154,7 @@ def test_red_side_fragmentation(e2e, tmp_path):
 
 
 def test_gso_bursts_arrive_whole(e2e, tmp_path):
-    """udp_offload (the default): the ESP datagrams of one burst leave gw-a in one UDP GSO send
+    """offload (the default): the ESP datagrams of one burst leave gw-a in one UDP GSO send
     (here: the pieces of big pings cut to the tunnel MTU); veth carries such bursts unsegmented,
     so the transit capture shows packets bigger than the path MTU; gw-b takes them apart again
     (UDP GRO) and delivers every piece, nothing dropped."""
