@@ -146,8 +146,13 @@ class Gateway:
                     break
                 data, seg, local, remote = got
                 if seg:  # UDP GRO: several datagrams from the same source, seg bytes each
+                    esp_received = dp.esp_received
                     for off in range(0, len(data), seg):
-                        self._datagram(sock, natt, data[off:off + seg], local, remote)
+                        d = data[off:off + seg]
+                        if len(d) >= 8 and d[:4] != NON_ESP_MARKER:
+                            esp_received(d, local, remote)  # the usual case, without detour
+                        else:
+                            self._datagram(sock, natt, d, local, remote)
                 else:
                     self._datagram(sock, natt, data, local, remote)
         finally:

@@ -30,17 +30,17 @@ MAX_SEGMENTS = 64
 _TCP_ACK, _TCP_PSH = 0x10, 0x08
 
 
-def _checksum_ok(pkt, ihl: int) -> bool:
+def _checksum_ok(pkt: bytes) -> bool:
     """Is the TCP checksum of this IPv4 packet (no IP options) right? Ones' complement sum via
     one big integer: 2^16 = 1 (mod 0xFFFF), so the sum of the 16-bit words is the integer
-    modulo 0xFFFF; a correct segment sums (with the pseudo header) to 0 modulo 0xFFFF."""
-    seg = memoryview(pkt)[ihl:]
-    n = len(seg)
-    v = int.from_bytes(seg, "big")
+    modulo 0xFFFF. Source and destination address (bytes 12..20) directly precede the TCP
+    header, so one integer covers them and the segment; protocol and TCP length complete the
+    pseudo header. A correct segment sums to 0 modulo 0xFFFF."""
+    n = len(pkt) - 20
+    v = int.from_bytes(memoryview(pkt)[12:], "big")
     if n & 1:
         v <<= 8
-    pseudo = (int.from_bytes(pkt[12:16], "big") + int.from_bytes(pkt[16:20], "big") + 6 + n)
-    return (v + pseudo) % 0xFFFF == 0
+    return (v + 6 + n) % 0xFFFF == 0
 
 
 def _ip_checksum(hdr: bytes | bytearray) -> int:
@@ -82,13 +82,14 @@ def coalesce(pkts: list[bytes]) -> list[list]:
             out.append([NO_OFFLOAD, p])
             i += 1
             continue
-        # what must match: TOS (1), TTL (8), addresses and ports (12..24), ACK number and data
-        # offset (28..33), window (34..36), TCP options (40..hl); flags: ACK, PSH on the last
-        tos_ttl = (p[1], p[8])
+        # what must match: version, IHL, TOS (0..2), flags, fragment offset, TTL, protocol
+        # (6..10), addresses and ports (12..24), ACK number and data offset (28..33), window
+        # (34..36), urgent pointer and TCP options (38..hl); flags: ACK, PSH on the last
+        ip_a, ip_b = p[:2], p[6:10]
         same = p[12:24]
         ack_off = p[28:33]
         win = p[34:36]
-        opts = p[40:hl]
+        opts = p[38:hl]
         seq = int.from_bytes(p[24:28], "big")
         total = len(p)
         bufs = [p[:hl], memoryview(p)[hl:]]
@@ -100,13 +101,14 @@ def coalesce(pkts: list[bytes]) -> list[list]:
             if qi is None:
                 break
             qthl, qsize, qflags = qi
-            if (qthl != thl or qsize > size or total + qsize > MAX_LEN or (q[1], q[8]) != tos_ttl
-                    or q[12:24] != same or q[28:33] != ack_off or q[34:36] != win or q[40:hl] != opts
-                    or int.from_bytes(q[24:28], "big") != (seq + total - hl) & 0xFFFFFFFF):
+            if (qthl != thl or qsize > size or total + qsize > MAX_LEN or q[12:24] != same
+                    or int.from_bytes(q[24:28], "big") != (seq + total - hl) & 0xFFFFFFFF
+                    or q[28:33] != ack_off or q[34:36] != win or q[38:hl] != opts
+                    or q[:2] != ip_a or q[6:10] != ip_b):
                 break
-            if j == i + 1 and not _checksum_ok(p, 20):
+            if j == i + 1 and not _checksum_ok(p):
                 break
-            if not _checksum_ok(q, 20):
+            if not _checksum_ok(q):
                 break
             bufs.append(memoryview(q)[hl:])
             total += qsize

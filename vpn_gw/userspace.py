@@ -16,6 +16,12 @@ exact overhead (esp.fragment.tunnel_mtu). A clear IPv4 packet that does not fit 
 *before* encryption when DF is clear, so encrypted packets never need fragmenting on the wire;
 with DF set the sender gets ICMP "fragmentation needed" with the tunnel MTU; IPv6 gets Packet
 Too Big.
+
+Batching (``offload``, docs/esp.md "The data plane loop"): a TUN wake-up drains the device and
+hands the ESP datagrams of each path to ``send_udp_batch`` (UDP GSO in the daemon); the daemon
+brackets each NAT-T socket wake-up (UDP GRO bursts) with ``rx_batch_begin``/``rx_batch_end``,
+and the decrypted packets of the burst are written with ``Tun.write_many`` (TCP segments of one
+flow coalesced, vpn_gw.gro).
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ DEFAULT_TUN = "vpngw0"
 KEEPALIVE = b"\xff"
 READ_BATCH = 256
 TX_BATCH = 64  # ESP datagrams held per path while draining a TUN device (one GSO send)
+RX_BATCH = 64  # decrypted packets held per TUN device during one socket wake-up (coalescing)
 TRAP_QUEUE = 64  # packets held per trap policy while the IKE SA comes up
 TRAP_RETRY = 5.0  # seconds before traffic may trigger the connection again
 
@@ -639,6 +646,9 @@ class UserspaceDataPlane(DataPlane):
                 rx[child.tun] = [inner]
             else:
                 pending.append(inner)
+                if len(pending) >= RX_BATCH:
+                    del rx[child.tun]
+                    child.tun.write_many(pending)
 
     def rx_batch_begin(self) -> None:
         self._rx = {}
