@@ -135,3 +135,10 @@ def test_complete_checksum_for_needs_csum_reads():
     assert complete_checksum(vnet, partial) == pkt
     assert complete_checksum(NO_OFFLOAD, pkt) == pkt
     assert complete_checksum(struct.pack("=BBHHHH", 0, 1, 40, 1000, 0, 0), pkt) is None
+
+
+def test_counted_writes_cover_every_packet_once():
+    from vpn_gw.gro import coalesce_counted
+    pkts = [tcp4(i * 100, os.urandom(100)) for i in range(5)] + [tcp4(0, b"", flags=0x10)]
+    got = coalesce_counted(pkts)
+    assert [n for _, n in got] == [5, 1] and sum(n for _, n in got) == len(pkts)

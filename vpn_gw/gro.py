@@ -67,19 +67,24 @@ def _segment_info(p: bytes) -> tuple[int, int, int] | None:
 def coalesce(pkts: list[bytes]) -> list[list]:
     """Group ``pkts`` (decrypted IP packets, in order) for writing: a list of writes, each the
     list of buffers of one TUN write, virtio-net header first. Order is kept."""
-    out: list[list] = []
+    return [bufs for bufs, _n in coalesce_counted(pkts)]
+
+
+def coalesce_counted(pkts: list[bytes]) -> list[tuple[list, int]]:
+    """``coalesce``, each write with the number of ``pkts`` it carries."""
+    out: list[tuple[list, int]] = []
     i, n = 0, len(pkts)
     while i < n:
         p = pkts[i]
         info = _segment_info(p)
         if info is None or i + 1 == n:
-            out.append([NO_OFFLOAD, p])
+            out.append(([NO_OFFLOAD, p], 1))
             i += 1
             continue
         thl, size, flags = info
         hl = 20 + thl
         if flags & _TCP_PSH:
-            out.append([NO_OFFLOAD, p])
+            out.append(([NO_OFFLOAD, p], 1))
             i += 1
             continue
         # what must match: version, IHL, TOS (0..2), flags, fragment offset, TTL, protocol
@@ -117,7 +122,7 @@ def coalesce(pkts: list[bytes]) -> list[list]:
             if qsize < size or qflags & _TCP_PSH:
                 break  # a short or pushed segment ends the packet (as in GRO)
         if j == i + 1:
-            out.append([NO_OFFLOAD, p])
+            out.append(([NO_OFFLOAD, p], 1))
             i += 1
             continue
         tcp_len = total - 20
@@ -134,7 +139,7 @@ def coalesce(pkts: list[bytes]) -> list[list]:
         hdr[36:38] = ps.to_bytes(2, "big")
         bufs[0] = hdr
         vnet = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hl, size, 20, 16)
-        out.append([vnet, *bufs])
+        out.append(([vnet, *bufs], j - i))
         i = j
     return out
 

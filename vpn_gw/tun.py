@@ -9,7 +9,7 @@ import fcntl
 import os
 import struct
 
-from .gro import NO_OFFLOAD, VNET_HDR_LEN, coalesce, complete_checksum
+from .gro import NO_OFFLOAD, VNET_HDR_LEN, coalesce_counted, complete_checksum
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -41,6 +41,7 @@ class Tun:
             os.close(fd)
             raise TunError(f"cannot create TUN device {name}: {err.strerror}") from None
         self.vnet_hdr = bool(flags & IFF_VNET_HDR)
+        self.coalescing = self.vnet_hdr  # write_many may hand the kernel coalesced TCP segments
         self.fd = fd
         self.route_based = False  # one connection per interface (set by the data plane)
         self.name = res[:16].rstrip(b"\0").decode()
@@ -84,17 +85,27 @@ class Tun:
             pass  # queue full: drop, like a congested link
 
     def write_many(self, packets: list[bytes]) -> None:
-        """Write packets in order; with vnet_hdr, runs of TCP segments of one flow as one."""
-        if not self.vnet_hdr:
+        """Write packets in order; with vnet_hdr, runs of TCP segments of one flow as one. If
+        the kernel refuses a coalesced packet, its segments are written one by one, and this
+        device is not offered coalesced packets again."""
+        if not self.vnet_hdr or not self.coalescing:
             for p in packets:
                 self.write(p)
             return
         writev, fd = os.writev, self.fd
-        for bufs in coalesce(packets):
+        done = 0
+        for bufs, n in coalesce_counted(packets):
             try:
                 writev(fd, bufs)
             except BlockingIOError:
-                pass
+                pass  # queue full: drop, like a congested link
+            except OSError:
+                if n == 1:
+                    raise
+                self.coalescing = False
+                for p in packets[done:done + n]:
+                    self.write(p)
+            done += n
 
     def close(self) -> None:
         if self.fd >= 0:
