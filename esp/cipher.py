@@ -22,6 +22,7 @@ Encryption without integrity protection (CBC with no HMAC) is refused by design.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from hmac import compare_digest
@@ -63,6 +64,11 @@ _INTEG: dict[int, tuple[Callable[[], hashes.HashAlgorithm], int, int]] = {
 }
 
 SALT_LEN = 4
+_HDR_IV = struct.Struct("!IIQ")  # SPI | low 32 bits of seq | explicit IV (the 64-bit seq)
+_AAD_ESN = struct.Struct("!III")  # SPI | high | low 32 bits of seq (RFC 4106 5)
+_MASK32 = 0xFFFFFFFF
+# AEAD trailers (padding to 4 bytes, RFC 4303 2.4 default padding 1, 2, 3) per (pad, next header)
+_AEAD_TRAILERS = {(pad, nh): bytes(range(1, pad + 1)) + bytes((pad, nh)) for pad in range(4) for nh in range(256)}
 AEAD_IV_LEN = 8
 AEAD_ICV_LEN = 16
 CBC_IV_LEN = 16
@@ -208,6 +214,34 @@ class EspCipher:
             raise EspError(DropReason.AUTH_FAILED, "HMAC")
         dec = Cipher(self._aes, modes.CBC(iv)).decryptor()
         return dec.update(body[self.iv_len : split]) + dec.finalize()
+
+    # -- AEAD fast path (the data plane): whole packets, no intermediate objects ---------------
+    def seal_packet(self, spi: int, seq: int, payload: bytes, next_header: int, esn: bool) -> bytes:
+        """AEAD only: the whole ESP packet for ``payload`` with full sequence number ``seq``
+        (explicit IV = seq, minimal padding). Same bytes as ``esp_seal`` with ``iv_for(seq)``."""
+        aead = self._aead
+        if aead is None:
+            raise EspError(DropReason.SA_DEAD, "cipher wiped") if self.wiped else ValueError("not an AEAD cipher")
+        hdr = _HDR_IV.pack(spi, seq & _MASK32, seq)
+        aad = _AAD_ESN.pack(spi, seq >> 32, seq & _MASK32) if esn else hdr[:8]
+        trailer = _AEAD_TRAILERS[(-(len(payload) + 2) & 3, next_header)]
+        return hdr + aead.encrypt(self._salt + hdr[8:], payload + trailer, aad)
+
+    def open_packet(self, packet: bytes, seq: int, esn: bool) -> bytes:
+        """AEAD only: verify and decrypt a whole ESP packet (length already checked against
+        the minimum) assuming full sequence number ``seq``; returns the plaintext."""
+        aead = self._aead
+        if aead is None:
+            raise EspError(DropReason.SA_DEAD, "cipher wiped") if self.wiped else ValueError("not an AEAD cipher")
+        ct_len = len(packet) - 32  # header 8, IV 8, ICV 16
+        if ct_len < 4 or ct_len & 3:
+            raise EspError(DropReason.MALFORMED, f"ciphertext length {ct_len} impossible")
+        aad = _AAD_ESN.pack(int.from_bytes(packet[:4], "big"), seq >> 32, seq & _MASK32) if esn \
+            else bytes(packet[:8])
+        try:
+            return aead.decrypt(self._salt + bytes(packet[8:16]), packet[16:], aad)
+        except InvalidTag:
+            raise EspError(DropReason.AUTH_FAILED, "AEAD tag") from None
 
     def icv(self, *parts: bytes) -> bytes:
         """Truncated HMAC over the concatenation of ``parts`` (non-AEAD ciphers only)."""

@@ -28,6 +28,8 @@ ESP_HEADER_LEN = 8
 TRAILER_LEN = 2  # Pad Length + Next Header
 MAX_PAD = 255
 _PAD_BYTES = bytes(range(1, MAX_PAD + 1))  # RFC 4303 2.4 default padding: 1, 2, 3, ...
+_SPI_SEQ = struct.Struct("!II")
+_AEAD_MIN_LEN = ESP_HEADER_LEN + 8 + 16 + TRAILER_LEN  # header, explicit IV, ICV, trailer
 
 
 def peek_spi(esp_bytes: bytes) -> int:
@@ -113,15 +115,20 @@ def encapsulate(sa_out: EspSA, inner_ip_packet: bytes, next_header: int) -> byte
     try:
         sa_out.ensure_usable()
         seq = sa_out.next_seq()
-        packet = esp_seal(
-            sa_out.cipher, sa_out.spi, seq, sa_out.cipher.iv_for(seq), inner_ip_packet,
-            next_header, esn=sa_out.esn,
-        )
+        cipher = sa_out.cipher
+        if cipher.is_aead and 0 <= next_header <= 255:
+            packet = cipher.seal_packet(sa_out.spi, seq, inner_ip_packet, next_header, sa_out.esn)
+        else:
+            packet = esp_seal(
+                cipher, sa_out.spi, seq, cipher.iv_for(seq), inner_ip_packet,
+                next_header, esn=sa_out.esn,
+            )
     except EspError as exc:
         sa_out.stats.record_drop(exc.reason)
         raise
-    sa_out.stats.packets += 1
-    sa_out.stats.bytes += len(inner_ip_packet)
+    stats = sa_out.stats
+    stats.packets += 1
+    stats.bytes += len(inner_ip_packet)
     return packet
 
 
@@ -137,24 +144,71 @@ def decapsulate(sa_in: EspSA, esp_bytes: bytes) -> tuple[int, bytes]:
         raise ValueError("decapsulate needs an inbound SA")
     try:
         sa_in.ensure_usable()
-        spi = peek_spi(esp_bytes)
+        if len(esp_bytes) < ESP_HEADER_LEN:
+            raise EspError(DropReason.MALFORMED, "shorter than the ESP header")
+        spi, seq_low = _SPI_SEQ.unpack_from(esp_bytes)
         if spi != sa_in.spi:
             raise EspError(DropReason.SPI_MISMATCH, f"{spi:#010x} != {sa_in.spi:#010x}")
         replay = sa_in.replay
-        seq = replay.infer_seq(int.from_bytes(esp_bytes[4:8], "big"))
+        seq = replay.infer_seq(seq_low) if replay.esn else seq_low
         if not replay.check(seq):
             raise EspError(DropReason.REPLAY, f"seq {seq}")
-        plaintext = esp_open(sa_in.cipher, esp_bytes, seq, esn=sa_in.esn)
+        cipher = sa_in.cipher
+        if cipher.is_aead:
+            if len(esp_bytes) < _AEAD_MIN_LEN:
+                raise EspError(DropReason.MALFORMED, f"ESP packet of {len(esp_bytes)} bytes too short")
+            plaintext = cipher.open_packet(esp_bytes, seq, sa_in.esn)
+        else:
+            plaintext = esp_open(cipher, esp_bytes, seq, esn=sa_in.esn)
         replay.update(seq)  # authentic: the window moves even if the trailer is then refused
-        next_header, payload = parse_trailer(plaintext)
+        # the trailer (parse_trailer, inlined: this is the per-packet path)
+        n = len(plaintext)
+        if n < TRAILER_LEN:
+            raise EspError(DropReason.MALFORMED, "no room for the ESP trailer")
+        pad, next_header = plaintext[-2], plaintext[-1]
+        end = n - TRAILER_LEN - pad
+        if end < 0:
+            raise EspError(DropReason.BAD_PADDING, f"pad length {pad} exceeds payload")
+        if pad and plaintext[end : end + pad] != _PAD_BYTES[:pad]:
+            raise EspError(DropReason.BAD_PADDING, "padding bytes not 1, 2, 3, ...")
         if next_header == PROTO_NONE:
             raise EspError(DropReason.DUMMY, f"seq {seq}")
         if next_header not in sa_in.allowed_next_headers:
             raise EspError(DropReason.BAD_NEXT_HEADER, f"next header {next_header}")
-        inner = _inner_packet(next_header, payload)
+        inner = _inner_of(next_header, plaintext, end)
     except EspError as exc:
         sa_in.stats.record_drop(exc.reason)
         raise
-    sa_in.stats.packets += 1
-    sa_in.stats.bytes += len(inner)
+    stats = sa_in.stats
+    stats.packets += 1
+    stats.bytes += len(inner)
     return next_header, inner
+
+
+def _inner_of(next_header: int, plaintext: bytes, end: int) -> bytes:
+    """``_inner_packet(next_header, plaintext[:end])`` with a single copy: the same checks
+    (those of parse_ipv4 without checksum / parse_ipv6), TFC padding stripped."""
+    if next_header == PROTO_IPIP:
+        if end == 0 or plaintext[0] >> 4 != 4:
+            raise EspError(DropReason.MALFORMED, "next header 4 but inner packet not IPv4")
+        if end < 20:
+            raise EspError(DropReason.MALFORMED, "IPv4 packet shorter than 20 bytes")
+        hlen = (plaintext[0] & 0x0F) * 4
+        if hlen < 20:
+            raise EspError(DropReason.MALFORMED, "IPv4 IHL below 5")
+        length = (plaintext[2] << 8) | plaintext[3]
+        if length < hlen or length > end:
+            raise EspError(DropReason.MALFORMED, "IPv4 total length inconsistent")
+        return plaintext[:length]
+    if next_header == PROTO_IPV6:
+        if end == 0 or plaintext[0] >> 4 != 6:
+            raise EspError(DropReason.MALFORMED, "next header 41 but inner packet not IPv6")
+        if end < 40:
+            raise EspError(DropReason.MALFORMED, "IPv6 packet shorter than 40 bytes")
+        plen = (plaintext[4] << 8) | plaintext[5]
+        if plen == 0 and end > 40:
+            raise EspError(DropReason.MALFORMED, "IPv6 jumbogram not supported")
+        if 40 + plen > end:
+            raise EspError(DropReason.MALFORMED, "IPv6 payload length exceeds packet")
+        return plaintext[: 40 + plen]
+    return plaintext[:end]

@@ -527,6 +527,7 @@ class GatewayConfig:
     xfrm_nfqueue: int = 0x5647              # NFQUEUE number of the red-side fragmenter
     xfrm_nfqueue_fail: str = "open"         # open (bypass) | closed, when the queue reader is not running
     keepalive_interval: float = 20.0        # NAT-T keepalives, seconds, 0 = off
+    offload: bool = True                    # userspace ESP: UDP GSO/GRO, coalesced TUN writes
     tcp_port: int = 4500                    # RFC 9329 TCP encapsulation listener, 0 = off
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
     retransmit_base: float = 1.8            # back-off factor
@@ -977,7 +978,7 @@ DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "serve
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
-                "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
+                "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
                 "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
@@ -1345,6 +1346,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     xfrm_nfqueue = g.get("xfrm_nfqueue", _int(0, 65535), 0x5647)
     xfrm_nfqueue_fail = g.get("xfrm_nfqueue_fail", _choice(("open", "closed")), "open")
     keepalive_interval = g.get("keepalive_interval", _duration, 20.0)
+    offload = g.get("offload", _bool, True)
     tcp_port = g.get("tcp_port", _int(0, 65535), 4500)
     retransmit_timeout = g.get("retransmit_timeout", _duration, 4.0)
     retransmit_base = g.get("retransmit_base", _float(1.0, 4.0), 1.8)
@@ -1399,6 +1401,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
                          xfrm_fragmentation=xfrm_fragmentation, xfrm_nfqueue=xfrm_nfqueue,
                          xfrm_nfqueue_fail=xfrm_nfqueue_fail,
                          keepalive_interval=keepalive_interval, retransmit_timeout=retransmit_timeout,
+                         offload=offload,
                          tcp_port=tcp_port,
                          retransmit_base=retransmit_base, retransmit_tries=retransmit_tries,
                          pools=tuple(pc for _, pc in pools), dns_servers=dns_servers, dns_port=dns_port,

@@ -37,7 +37,8 @@ class Gateway:
             if config.dataplane == "userspace":
                 from .userspace import UserspaceDataPlane
                 dataplane = UserspaceDataPlane(self._send_esp, self._interface_for, path_mtu=config.path_mtu,
-                                               keepalive_interval=config.keepalive_interval)
+                                               keepalive_interval=config.keepalive_interval,
+                                               offload=config.offload)
             elif config.dataplane == "xfrm":
                 from .xfrm.backend import XfrmDataPlane
                 ifids = {c.interface: c.if_id for c in config.connections if c.interface}
@@ -61,6 +62,8 @@ class Gateway:
                                   half_open_limit=config.half_open_limit,
                                   cookie_threshold=config.cookie_threshold)
         self.manager.set_activity_probe(self.dataplane.last_rx)
+        if hasattr(self.dataplane, "send_udp_batch") and config.offload:
+            self.dataplane.send_udp_batch = self._send_esp_batch
         if hasattr(self.dataplane, "on_peer_moved"):
             self.dataplane.on_peer_moved = self._esp_peer_moved
         self.sockets: dict[tuple[int, int], list[IkeSocket]] = {}  # (family, port) -> sockets
@@ -129,31 +132,53 @@ class Gateway:
                     # IKE itself must never be encrypted; the kernel decapsulates ESP-in-UDP.
                     from .xfrm.sockets import prepare_ike_socket
                     prepare_ike_socket(s, natt=(port == self.config.natt_port))
+                if self.dataplane.name == "userspace" and port == self.config.natt_port and self.config.offload:
+                    s.enable_gro()  # ESP bursts arrive coalesced (docs/esp.md, batching)
                 self.sockets.setdefault((s.family, port), []).append(s)
                 asyncio.get_running_loop().add_reader(s.fileno(), self._readable, s)
                 log.info("listening", address=str(addr), port=port)
 
     def _readable(self, sock: IkeSocket) -> None:
-        for _ in range(64):  # bounded batch per wake-up
-            got = sock.recv()
-            if got is None:
-                break
-            data, local, remote = got
-            if sock.port == self.config.natt_port:
-                if data == b"\xff":
-                    continue  # NAT-T keepalive
-                if len(data) < 4:
-                    log.debug("dropped runt datagram on NAT-T port", peer=remote[0], size=len(data))
-                    continue
-                if data[:4] != NON_ESP_MARKER:
-                    self.dataplane.esp_received(data, local, remote)
-                    continue
-                data = data[4:]
-            if is_probe(data):  # firewall-traversal probe: answered here, never IKE
-                self._answer_probe(sock, data, local, remote)
-                continue
-            self.manager.receive(data, local, remote, time.monotonic())
+        natt = sock.port == self.config.natt_port
+        dp = self.dataplane
+        if natt:
+            dp.rx_batch_begin()
+        try:
+            for _ in range(64):  # bounded batch per wake-up
+                got = sock.recv_segments()
+                if got is None:
+                    break
+                data, seg, local, remote = got
+                if seg:  # UDP GRO: several datagrams from the same source, seg bytes each
+                    esp_received = dp.esp_received
+                    for off in range(0, len(data), seg):
+                        d = data[off:off + seg]
+                        if len(d) >= 8 and d[:4] != NON_ESP_MARKER:
+                            esp_received(d, local, remote)  # the usual case, without detour
+                        else:
+                            self._datagram(sock, natt, d, local, remote)
+                else:
+                    self._datagram(sock, natt, data, local, remote)
+        finally:
+            if natt:
+                dp.rx_batch_end()
         self._flush()
+
+    def _datagram(self, sock: IkeSocket, natt: bool, data: bytes, local: tuple[str, int],
+                  remote: tuple[str, int]) -> None:
+        if natt:
+            if len(data) < 4:
+                if data != b"\xff":  # NAT-T keepalive
+                    log.debug("dropped runt datagram on NAT-T port", peer=remote[0], size=len(data))
+                return
+            if data[:4] != NON_ESP_MARKER:
+                self.dataplane.esp_received(data, local, remote)
+                return
+            data = data[4:]
+        if is_probe(data):  # firewall-traversal probe: answered here, never IKE
+            self._answer_probe(sock, data, local, remote)
+            return
+        self.manager.receive(data, local, remote, time.monotonic())
 
     def _answer_probe(self, sock: IkeSocket, data: bytes, local: tuple[str, int],
                       remote: tuple[str, int]) -> None:
@@ -287,6 +312,20 @@ class Gateway:
         except Exception as e:  # noqa: BLE001
             log.warning("cannot remove the connections' routes", error=str(e))
         self._conn_routes = []
+
+    def _send_esp_batch(self, datagrams: list[bytes], local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """Several ESP datagrams for one path, in order: UDP GSO where the kernel can."""
+        if self.tcp.conns or self.tcp.dead:
+            for d in datagrams:
+                self._send_esp(d, local, remote)
+            return
+        sock = self._socket_for((local[0], self.config.natt_port))
+        if sock is None:
+            return
+        try:
+            sock.send_many(datagrams, local[0], remote)
+        except OSError:
+            pass  # like a congested or unreachable link: ESP is best effort
 
     def _esp_peer_moved(self, ike_id: int, local: tuple[str, int], remote: tuple[str, int]) -> None:
         self.manager.esp_adopt(ike_id, local, remote, time.monotonic())

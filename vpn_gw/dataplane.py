@@ -71,6 +71,13 @@ class DataPlane:
         """Monotonic time of the last authenticated packet received on this Child SA."""
         return None
 
+    def rx_batch_begin(self) -> None:
+        """The daemon is about to hand over several datagrams (one socket wake-up); the data
+        plane may hold what it delivers until ``rx_batch_end``."""
+
+    def rx_batch_end(self) -> None:
+        """End of the batch: deliver everything held."""
+
 
 class RecordingDataPlane(DataPlane):
     """Keeps installed SAs (without key material) and counts ESP it is handed but cannot use."""

@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import socket
 import struct
+import sys
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
@@ -13,6 +14,12 @@ IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 CMSG_SPACE = 256
 MAX_DATAGRAM = 65535
 SOCKET_BUFFER = 4 * 1024 * 1024  # ESP bursts overflow the 212 KB default receive buffer
+SOL_UDP = 17
+UDP_SEGMENT = 103  # UDP GSO (Linux 4.18): one sendmsg, several equal-sized datagrams
+UDP_GRO = 104  # UDP GRO (Linux 5.0): one recvmsg, several datagrams of the cmsg's size
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels (newer ones allow 128)
+GSO_MAX_BYTES = 65000  # UDP payload of one GSO send (below 65535 - IP and UDP headers)
+_GSO_FALLBACK_ERRNOS = (errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
 class IkeSocket:
@@ -38,12 +45,35 @@ class IkeSocket:
         s.bind((address, port))
         self.sock = s
         self._anc: dict[str, list] = {}  # source address -> ancillary data (PKTINFO), cached
+        self._local: dict[bytes, str] = {}  # PKTINFO address bytes -> text, cached
+        self.gro = False  # UDP_GRO enabled: recv_segments() may return several datagrams
+        self.gso = True  # try UDP_SEGMENT in send_many(); off after the kernel refused it
+
+    def enable_gro(self) -> bool:
+        """Ask the kernel for coalesced datagrams (UDP_GRO); False if it cannot."""
+        try:
+            self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError:
+            return False
+        self.gro = True
+        return True
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def recv(self) -> tuple[bytes, tuple[str, int], tuple[str, int]] | None:
-        """One datagram: (data, local (ip, port), remote (ip, port)), or None if none is queued."""
+        """One datagram: (data, local (ip, port), remote (ip, port)), or None if none is queued.
+        Not with GRO enabled (use recv_segments)."""
+        got = self.recv_segments()
+        if got is None:
+            return None
+        data, _seg, local, remote = got
+        return data, local, remote
+
+    def recv_segments(self) -> tuple[bytes, int, tuple[str, int], tuple[str, int]] | None:
+        """(data, segment size, local, remote), or None if nothing is queued. With GRO enabled
+        ``data`` may hold several datagrams from the same source: each ``segment size`` bytes
+        long, the last one possibly shorter; segment size 0 means one datagram."""
         try:
             data, anc, _flags, src = self.sock.recvmsg(MAX_DATAGRAM, CMSG_SPACE)
         except (BlockingIOError, InterruptedError):
@@ -53,12 +83,29 @@ class IkeSocket:
                 return None  # ICMP errors reported on the socket
             raise
         local_ip = self.address
+        seg = 0
         for level, ctype, cdata in anc:
             if level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
-                local_ip = socket.inet_ntop(socket.AF_INET, cdata[8:12])
+                key = cdata[8:12]
+                local_ip = self._local.get(key)
+                if local_ip is None:
+                    local_ip = self._cache_local(key, socket.inet_ntop(socket.AF_INET, key))
             elif level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO and len(cdata) >= 16:
-                local_ip = socket.inet_ntop(socket.AF_INET6, cdata[:16])
-        return data, (local_ip, self.port), (src[0], src[1])
+                key = cdata[:16]
+                local_ip = self._local.get(key)
+                if local_ip is None:
+                    local_ip = self._cache_local(key, socket.inet_ntop(socket.AF_INET6, key))
+            elif level == SOL_UDP and ctype == UDP_GRO and len(cdata) >= 2:
+                seg = int.from_bytes(cdata[:4] if len(cdata) >= 4 else cdata[:2], sys.byteorder)
+        if seg >= len(data):
+            seg = 0
+        return data, seg, (local_ip, self.port), (src[0], src[1])
+
+    def _cache_local(self, key: bytes, text: str) -> str:
+        if len(self._local) > 1024:
+            self._local.clear()
+        self._local[key] = text
+        return text
 
     def _ancillary(self, local_ip: str | None) -> list:
         anc = self._anc.get(local_ip)
@@ -78,6 +125,46 @@ class IkeSocket:
 
     def send(self, data: bytes, local_ip: str | None, remote: tuple[str, int]) -> None:
         self.sock.sendmsg([data], self._ancillary(local_ip), 0, remote)
+
+    def send_many(self, datagrams: list[bytes], local_ip: str | None, remote: tuple[str, int]) -> None:
+        """Send datagrams in order, best effort (errors drop what they concern, like a congested
+        link). Runs of equal-sized datagrams (the last may be shorter) go out as one UDP GSO
+        sendmsg; if the kernel refuses GSO they are sent one by one (and GSO is not tried again
+        on this socket if it is unsupported)."""
+        anc = self._ancillary(local_ip)
+        sendmsg = self.sock.sendmsg
+        n = len(datagrams)
+        i = 0
+        while i < n:
+            size = len(datagrams[i])
+            j = i + 1
+            if self.gso:
+                total = size
+                limit = min(n, i + GSO_MAX_SEGMENTS)
+                while j < limit:
+                    m = len(datagrams[j])
+                    if m > size or total + m > GSO_MAX_BYTES:
+                        break
+                    total += m
+                    j += 1
+                    if m < size:
+                        break  # a shorter datagram ends the run
+            try:
+                if j - i == 1:
+                    sendmsg([datagrams[i]], anc, 0, remote)
+                else:
+                    sendmsg(datagrams[i:j], anc + [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))],
+                            0, remote)
+            except OSError as e:
+                if j - i > 1 and e.errno in _GSO_FALLBACK_ERRNOS:
+                    if e.errno != errno.EINVAL:  # EINVAL: a datagram too big for the path
+                        self.gso = False
+                    for d in datagrams[i:j]:
+                        try:
+                            sendmsg([d], anc, 0, remote)
+                        except OSError:
+                            pass
+            i = j
 
     def close(self) -> None:
         self.sock.close()

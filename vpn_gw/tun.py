@@ -1,13 +1,20 @@
-"""TUN devices (Linux /dev/net/tun, IFF_TUN | IFF_NO_PI): raw IP packets in and out."""
+"""TUN devices (Linux /dev/net/tun, IFF_TUN | IFF_NO_PI): raw IP packets in and out.
+
+With ``vnet_hdr`` (IFF_VNET_HDR) every packet carries a 10-byte virtio-net header on the
+device: ``read`` and ``write`` hide it, ``write_many`` uses it to hand the kernel coalesced TCP
+segments (vpn_gw.gro)."""
 from __future__ import annotations
 
 import fcntl
 import os
 import struct
 
+from .gro import NO_OFFLOAD, VNET_HDR_LEN, coalesce_counted, complete_checksum
+
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 IFNAMSIZ = 16
 
 
@@ -16,19 +23,25 @@ class TunError(OSError):
 
 
 class Tun:
-    def __init__(self, name: str, mtu: int = 1500):
+    def __init__(self, name: str, mtu: int = 1500, *, vnet_hdr: bool = False):
         if not name or len(name) >= IFNAMSIZ:
             raise TunError(f"bad interface name {name!r} (1-15 characters)")
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             raise TunError(f"cannot open /dev/net/tun: {e.strerror}") from None
-        try:
-            ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI)
-            res = fcntl.ioctl(fd, TUNSETIFF, ifr)
-        except OSError as e:
+        res = None
+        for flags in ((IFF_TUN | IFF_NO_PI | IFF_VNET_HDR,) if vnet_hdr else ()) + (IFF_TUN | IFF_NO_PI,):
+            try:
+                res = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+                break
+            except OSError as e:
+                err = e
+        if res is None:
             os.close(fd)
-            raise TunError(f"cannot create TUN device {name}: {e.strerror}") from None
+            raise TunError(f"cannot create TUN device {name}: {err.strerror}") from None
+        self.vnet_hdr = bool(flags & IFF_VNET_HDR)
+        self.coalescing = self.vnet_hdr  # write_many may hand the kernel coalesced TCP segments
         self.fd = fd
         self.route_based = False  # one connection per interface (set by the data plane)
         self.name = res[:16].rstrip(b"\0").decode()
@@ -50,15 +63,49 @@ class Tun:
 
     def read(self) -> bytes | None:
         try:
-            return os.read(self.fd, 65535)
+            pkt = os.read(self.fd, 65535 + VNET_HDR_LEN)
         except BlockingIOError:
             return None
+        return self.strip(pkt) if self.vnet_hdr else pkt
+
+    @staticmethod
+    def strip(pkt: bytes) -> bytes | None:
+        """The IP packet of what a vnet_hdr device gave us (None: unusable, see gro)."""
+        if pkt[:2] == b"\0\0":  # no checksum left to us, no GSO: the usual case
+            return pkt[VNET_HDR_LEN:]
+        return complete_checksum(pkt[:VNET_HDR_LEN], pkt[VNET_HDR_LEN:])
 
     def write(self, packet: bytes) -> None:
         try:
-            os.write(self.fd, packet)
+            if self.vnet_hdr:
+                os.writev(self.fd, (NO_OFFLOAD, packet))
+            else:
+                os.write(self.fd, packet)
         except BlockingIOError:
             pass  # queue full: drop, like a congested link
+
+    def write_many(self, packets: list[bytes]) -> None:
+        """Write packets in order; with vnet_hdr, runs of TCP segments of one flow as one. If
+        the kernel refuses a coalesced packet, its segments are written one by one, and this
+        device is not offered coalesced packets again."""
+        if not self.vnet_hdr or not self.coalescing:
+            for p in packets:
+                self.write(p)
+            return
+        writev, fd = os.writev, self.fd
+        done = 0
+        for bufs, n in coalesce_counted(packets):
+            try:
+                writev(fd, bufs)
+            except BlockingIOError:
+                pass  # queue full: drop, like a congested link
+            except OSError:
+                if n == 1:
+                    raise
+                self.coalescing = False
+                for p in packets[done:done + n]:
+                    self.write(p)
+            done += n
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -16,11 +16,18 @@ exact overhead (esp.fragment.tunnel_mtu). A clear IPv4 packet that does not fit 
 *before* encryption when DF is clear, so encrypted packets never need fragmenting on the wire;
 with DF set the sender gets ICMP "fragmentation needed" with the tunnel MTU; IPv6 gets Packet
 Too Big.
+
+Batching (``offload``, docs/esp.md "The data plane loop"): a TUN wake-up drains the device and
+hands the ESP datagrams of each path to ``send_udp_batch`` (UDP GSO in the daemon); the daemon
+brackets each NAT-T socket wake-up (UDP GRO bursts) with ``rx_batch_begin``/``rx_batch_end``,
+and the decrypted packets of the burst are written with ``Tun.write_many`` (TCP segments of one
+flow coalesced, vpn_gw.gro).
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -42,6 +49,8 @@ log = structlog.get_logger("vpn_gw.dataplane")
 DEFAULT_TUN = "vpngw0"
 KEEPALIVE = b"\xff"
 READ_BATCH = 256
+TX_BATCH = 64  # ESP datagrams held per path while draining a TUN device (one GSO send)
+RX_BATCH = 64  # decrypted packets held per TUN device during one socket wake-up (coalescing)
 TRAP_QUEUE = 64  # packets held per trap policy while the IKE SA comes up
 TRAP_RETRY = 5.0  # seconds before traffic may trigger the connection again
 
@@ -82,6 +91,14 @@ class _Child:
     routes: list[str] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
     last_rx: float | None = None
+    # {version: ((lo, hi), ...)} when every selector is "any protocol, any port" (the usual
+    # case): the per-packet policy checks then need only the addresses; None otherwise.
+    fast_local: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
+    fast_remote: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.fast_local = _address_ranges(self.local_ts)
+        self.fast_remote = _address_ranges(self.remote_ts)
 
 
 @dataclass
@@ -123,6 +140,39 @@ def _flow(pkt: bytes) -> tuple[int, int, int, int, int, int] | None:
     return None
 
 
+def _addresses(pkt: bytes) -> tuple[int, int, int] | None:
+    """(version, src, dst) of a clear IP packet; None exactly when ``_flow`` is None."""
+    if not pkt:
+        return None
+    v = pkt[0] >> 4
+    if v == 4:
+        if len(pkt) < 20:
+            return None
+        return 4, int.from_bytes(pkt[12:16], "big"), int.from_bytes(pkt[16:20], "big")
+    if v == 6:
+        if len(pkt) < 40:
+            return None
+        return 6, int.from_bytes(pkt[8:24], "big"), int.from_bytes(pkt[24:40], "big")
+    return None
+
+
+def _address_ranges(sels: list[_Selector]) -> dict[int, tuple[tuple[int, int], ...]] | None:
+    """Selectors as address ranges per IP version if none restricts protocol or ports."""
+    ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    for s in sels:
+        if s.proto != 0 or (s.sport, s.eport) != (0, 65535) or s.version not in ranges:
+            return None
+        ranges[s.version].append((s.lo, s.hi))
+    return {v: tuple(r) for v, r in ranges.items()}
+
+
+def _in_ranges(ranges: tuple[tuple[int, int], ...], addr: int) -> bool:
+    for lo, hi in ranges:
+        if lo <= addr <= hi:
+            return True
+    return False
+
+
 def _match(sels: list[_Selector], version: int, addr: int, proto: int, port: int) -> bool:
     for s in sels:
         if s.version == version and s.lo <= addr <= s.hi and (s.proto == 0 or s.proto == proto) \
@@ -137,7 +187,7 @@ class UserspaceDataPlane(DataPlane):
     def __init__(self, send_udp: Callable[[bytes, Address, Address], None],
                  interface_for: Callable[[str], str | None], *, path_mtu: int = 1500,
                  tun_mtu: int = 1500, keepalive_interval: float = 20.0, replay_window: int = 1024,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, offload: bool = True):
         self.send_udp = send_udp
         self.interface_for = interface_for
         self.path_mtu = path_mtu
@@ -156,6 +206,12 @@ class UserspaceDataPlane(DataPlane):
         self.traps: dict[str, _Trap] = {}
         self.vips: dict[str, tuple[Tun, list[str]]] = {}
         self._raw4: socket.socket | None = None  # ICMP errors we generate (see _send_icmp4)
+        # Several ESP datagrams for one path at once (the daemon sends them with UDP GSO);
+        # None: one send_udp call per datagram.
+        self.offload = offload  # TUN devices with vnet_hdr: coalesced TCP writes (vpn_gw.gro)
+        self._rx: dict[Tun, list[bytes]] | None = None  # between rx_batch_begin and rx_batch_end
+        self.send_udp_batch: Callable[[list[bytes], Address, Address], None] | None = None
+        self._tx: dict[int, tuple[Address, Address, list[bytes]]] | None = None  # while draining a TUN
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -217,7 +273,7 @@ class UserspaceDataPlane(DataPlane):
     def _tun(self, name: str) -> Tun:
         tun = self.tuns.get(name)
         if tun is None:
-            tun = Tun(name, self.tun_mtu)
+            tun = Tun(name, self.tun_mtu, vnet_hdr=self.offload)
             tun.route_based = name != DEFAULT_TUN
             self.tuns[name] = tun
             self.by_tun[name] = []
@@ -388,25 +444,57 @@ class UserspaceDataPlane(DataPlane):
             return None
         if tun.route_based:
             return children[-1]  # route-based: the interface chose the connection
-        f = _flow(pkt)
-        if f is None:
+        a = _addresses(pkt)
+        if a is None:
             return None
-        v, src, dst, proto, sport, dport = f
+        v, src, dst = a
+        f = None
         for c in reversed(children):  # newest first (after a rekey)
+            fl, fr = c.fast_local, c.fast_remote
+            if fl is not None and fr is not None:
+                if _in_ranges(fl[v], src) and _in_ranges(fr[v], dst):
+                    return c
+                continue
+            if f is None:
+                f = _flow(pkt)
+                assert f is not None  # _addresses() was not None
+            _v, _src, _dst, proto, sport, dport = f
             if _match(c.local_ts, v, src, proto, sport) and _match(c.remote_ts, v, dst, proto, dport):
                 return c
         return None
 
     def _tun_readable(self, tun: Tun) -> None:
-        for _ in range(READ_BATCH):
-            pkt = tun.read()
-            if pkt is None:
-                return
-            try:
-                self._outbound(tun, pkt)
-            except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
-                self._count("internal_error")
-                log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+        """Drain the TUN device (bounded); the ESP datagrams for each path are sent together at
+        the end (every TX_BATCH datagrams), as UDP GSO when the daemon can."""
+        tx = self._tx = {}
+        read, fd, vnet, strip = os.read, tun.fd, tun.vnet_hdr, tun.strip
+        try:
+            for _ in range(READ_BATCH):
+                try:
+                    pkt = read(fd, 65545)
+                except BlockingIOError:
+                    return
+                if vnet:
+                    pkt = strip(pkt)
+                    if pkt is None:
+                        self._count("malformed")
+                        continue
+                try:
+                    self._outbound(tun, pkt)
+                except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
+                    self._count("internal_error")
+                    log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+        finally:
+            self._tx = None
+            for local, remote, datagrams in tx.values():
+                self._transmit(datagrams, local, remote)
+
+    def _transmit(self, datagrams: list[bytes], local: Address, remote: Address) -> None:
+        if len(datagrams) > 1 and self.send_udp_batch is not None:
+            self.send_udp_batch(datagrams, local, remote)
+        else:
+            for d in datagrams:
+                self.send_udp(d, local, remote)
 
     def _outbound(self, tun: Tun, pkt: bytes) -> None:
         child = self._select(tun, pkt)
@@ -462,7 +550,19 @@ class UserspaceDataPlane(DataPlane):
             return  # counted on the SA
         # The SA's own path: (ip, NAT-T port) for ESP in UDP, or a TCP connection's addresses
         # (RFC 9329; the daemon writes it to that connection).
-        self.send_udp(esp, child.local, child.remote)
+        tx = self._tx
+        if tx is None:
+            self.send_udp(esp, child.local, child.remote)
+            return
+        key = id(child)
+        entry = tx.get(key)
+        if entry is None:
+            tx[key] = (child.local, child.remote, [esp])
+            return
+        entry[2].append(esp)
+        if len(entry[2]) >= TX_BATCH:
+            del tx[key]
+            self._transmit(entry[2], entry[0], entry[1])
 
     # ------------------------------------------------------------------ trap policies
 
@@ -535,16 +635,47 @@ class UserspaceDataPlane(DataPlane):
             if (int.from_bytes(data[4:8], "big") == (child.sa_in.replay.top & 0xFFFFFFFF)
                     and self.on_peer_moved is not None):
                 self.on_peer_moved(child.ike_id, local, remote)
-        f = _flow(inner)
-        if f is None:
-            child.drops["malformed"] = child.drops.get("malformed", 0) + 1
-            return
-        v, src, dst, proto, sport, dport = f
         # RFC 4301 5.2: the inner packet must match the SA's selectors.
-        if not (_match(child.remote_ts, v, src, proto, sport) and _match(child.local_ts, v, dst, proto, dport)):
+        fl, fr = child.fast_local, child.fast_remote
+        if fl is not None and fr is not None:
+            a = _addresses(inner)
+            if a is None:
+                child.drops["malformed"] = child.drops.get("malformed", 0) + 1
+                return
+            v, src, dst = a
+            ok = _in_ranges(fr[v], src) and _in_ranges(fl[v], dst)
+        else:
+            f = _flow(inner)
+            if f is None:
+                child.drops["malformed"] = child.drops.get("malformed", 0) + 1
+                return
+            v, src, dst, proto, sport, dport = f
+            ok = _match(child.remote_ts, v, src, proto, sport) and _match(child.local_ts, v, dst, proto, dport)
+        if not ok:
             child.drops["policy_mismatch"] = child.drops.get("policy_mismatch", 0) + 1
             return
-        child.tun.write(inner)
+        rx = self._rx
+        if rx is None:
+            child.tun.write(inner)
+        else:
+            pending = rx.get(child.tun)
+            if pending is None:
+                rx[child.tun] = [inner]
+            else:
+                pending.append(inner)
+                if len(pending) >= RX_BATCH:
+                    del rx[child.tun]
+                    child.tun.write_many(pending)
+
+    def rx_batch_begin(self) -> None:
+        self._rx = {}
+
+    def rx_batch_end(self) -> None:
+        rx, self._rx = self._rx, None
+        if rx:
+            for tun, packets in rx.items():
+                if tun.fd >= 0:
+                    tun.write_many(packets)
 
     # ------------------------------------------------------------------ keepalives
 

@@ -127,7 +127,9 @@ def test_red_side_fragmentation(e2e, tmp_path):
     """Transit links at MTU 1400 and ``path_mtu = 1400``: big clear packets (DF clear) are cut
     before encryption, so no outer packet is ever fragmented or bigger than the path MTU."""
     transit = 1400
-    router, a, b, ga, gb = e2e.site_pair(transit_mtu=transit, gateway={"path_mtu": transit})
+    # offload off: the capture on the (virtual) transit link must show each datagram, not the
+    # GSO bursts veth carries unsegmented (test_gso_bursts_arrive_whole covers the offload)
+    router, a, b, ga, gb = e2e.site_pair(transit_mtu=transit, gateway={"path_mtu": transit, "offload": False})
     a.host.wait_ping(b.host_ip, timeout=5)
     mtu = tunnel_mtu(transit, 4, EspCipher(EncrId.AES_GCM_16, 256, None, bytes(36)), udp_encap=True)
     rx = tools.UdpReceiver(b.host, b.host_ip, 9999)
@@ -157,6 +159,28 @@ def test_red_side_fragmentation(e2e, tmp_path):
     assert _child(ga)["drops"].get("too_big", 0) == 0
     log = [r for r in ga.log_lines() if r.get("event") == "CHILD_SA installed in userspace data plane"]
     assert log and log[-1]["tunnel_mtu"] == mtu == 1338
+
+
+def test_gso_bursts_arrive_whole(e2e, tmp_path):
+    """offload (the default): the ESP datagrams of one burst leave gw-a in one UDP GSO send
+    (here: the pieces of big pings cut to the tunnel MTU); veth carries such bursts unsegmented,
+    so the transit capture shows packets bigger than the path MTU; gw-b takes them apart again
+    (UDP GRO) and delivers every piece, nothing dropped."""
+    router, a, b, ga, gb = e2e.site_pair()
+    a.host.wait_ping(b.host_ip, timeout=5)
+    b0 = _child(gb)
+    cap = tools.Capture(router, "tob", tmp_path / "gso.pcap", f"udp and src host {a.wan}").start()
+    try:
+        p = _ping(a.host, b.host_ip, "-M", "dont", "-s", "4000", count=5)
+    finally:
+        cap.stop()
+    esp = tools.esp_in_udp(tools.ipv4_packets(tmp_path / "gso.pcap"))
+    assert p.stdout.count("4008 bytes from") == 5, (p.stdout, [p.total_len for p in esp])
+    assert max(p.total_len for p in esp) > PATH_MTU, sorted({p.total_len for p in esp})
+    b1 = _child(gb)
+    # 5 pings of 4028 bytes: 3 host fragments each, 2 of them cut again to the tunnel MTU
+    assert b1["packets_in"] - b0["packets_in"] >= 5 * 5
+    assert not b1["drops"], b1["drops"]
 
 
 # --------------------------------------------------------------------------- 5. DF set

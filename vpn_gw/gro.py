@@ -1,0 +1,168 @@
+"""TCP segment coalescing for TUN writes (what the kernel's GRO does for a network card).
+
+The userspace data plane decrypts bursts of ESP packets (one UDP GRO receive); consecutive
+IPv4 TCP segments of one flow in such a burst are written to the TUN device as one large
+packet with a virtio-net header (IFF_VNET_HDR, GSO type TCPV4, segment size = the first
+segment's payload). The kernel then forwards and delivers that one packet (cutting it into the
+original segments again wherever it must, e.g. on a link without TSO), instead of running its
+whole stack once per segment.
+
+The rules are those of Linux's tcp_gro_receive, a little stricter: adjacent segments only
+(never reordered), same addresses, ports, TOS, TTL, DF set, no IP options, no fragments, same
+ACK number, window and TCP options (timestamps included), ACK flag only (PSH allowed on the last
+segment), consecutive sequence numbers, every segment but the last exactly the first one's
+length, at most 64 KiB. Each segment's TCP checksum is verified first (as GRO does): the merged
+packet's checksum is left to the kernel (NEEDS_CSUM), so a segment that arrived corrupted
+(before the peer encrypted it) is written on its own, unchanged, for the receiver to refuse.
+"""
+from __future__ import annotations
+
+import struct
+
+VNET_HDR_LEN = 10  # struct virtio_net_hdr (no num_buffers: TUN's default header size)
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+NO_OFFLOAD = bytes(VNET_HDR_LEN)
+_VNET = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+MAX_LEN = 65535
+MAX_SEGMENTS = 64
+_TCP_ACK, _TCP_PSH = 0x10, 0x08
+
+
+def _checksum_ok(pkt: bytes) -> bool:
+    """Is the TCP checksum of this IPv4 packet (no IP options) right? Ones' complement sum via
+    one big integer: 2^16 = 1 (mod 0xFFFF), so the sum of the 16-bit words is the integer
+    modulo 0xFFFF. Source and destination address (bytes 12..20) directly precede the TCP
+    header, so one integer covers them and the segment; protocol and TCP length complete the
+    pseudo header. A correct segment sums to 0 modulo 0xFFFF."""
+    n = len(pkt) - 20
+    v = int.from_bytes(memoryview(pkt)[12:], "big")
+    if n & 1:
+        v <<= 8
+    return (v + 6 + n) % 0xFFFF == 0
+
+
+def _ip_checksum(hdr: bytes | bytearray) -> int:
+    total = sum(struct.unpack("!10H", hdr[:20]))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _segment_info(p: bytes) -> tuple[int, int, int] | None:
+    """(TCP header length, payload length, flags) of a segment that may be coalesced, else None."""
+    n = len(p)
+    if n < 40 or p[0] != 0x45 or p[9] != 6 or p[6] != 0x40 or p[7] != 0:
+        return None  # not IPv4 without options / not TCP / DF clear or a fragment
+    if (p[2] << 8 | p[3]) != n:
+        return None
+    thl = (p[32] >> 4) * 4
+    flags = p[33]
+    if thl < 20 or n <= 20 + thl or (flags & ~_TCP_PSH) != _TCP_ACK:
+        return None  # no payload, or SYN/FIN/RST/URG/ECE/CWR
+    return thl, n - 20 - thl, flags
+
+
+def coalesce(pkts: list[bytes]) -> list[list]:
+    """Group ``pkts`` (decrypted IP packets, in order) for writing: a list of writes, each the
+    list of buffers of one TUN write, virtio-net header first. Order is kept."""
+    return [bufs for bufs, _n in coalesce_counted(pkts)]
+
+
+def coalesce_counted(pkts: list[bytes]) -> list[tuple[list, int]]:
+    """``coalesce``, each write with the number of ``pkts`` it carries."""
+    out: list[tuple[list, int]] = []
+    i, n = 0, len(pkts)
+    while i < n:
+        p = pkts[i]
+        info = _segment_info(p)
+        if info is None or i + 1 == n:
+            out.append(([NO_OFFLOAD, p], 1))
+            i += 1
+            continue
+        thl, size, flags = info
+        hl = 20 + thl
+        if flags & _TCP_PSH:
+            out.append(([NO_OFFLOAD, p], 1))
+            i += 1
+            continue
+        # what must match: version, IHL, TOS (0..2), flags, fragment offset, TTL, protocol
+        # (6..10), addresses and ports (12..24), ACK number and data offset (28..33), window
+        # (34..36), urgent pointer and TCP options (38..hl); flags: ACK, PSH on the last
+        ip_a, ip_b = p[:2], p[6:10]
+        same = p[12:24]
+        ack_off = p[28:33]
+        win = p[34:36]
+        opts = p[38:hl]
+        seq = int.from_bytes(p[24:28], "big")
+        total = len(p)
+        bufs = [p[:hl], memoryview(p)[hl:]]
+        last_flags = flags
+        j = i + 1
+        while j < n and len(bufs) <= MAX_SEGMENTS:
+            q = pkts[j]
+            qi = _segment_info(q)
+            if qi is None:
+                break
+            qthl, qsize, qflags = qi
+            if (qthl != thl or qsize > size or total + qsize > MAX_LEN or q[12:24] != same
+                    or int.from_bytes(q[24:28], "big") != (seq + total - hl) & 0xFFFFFFFF
+                    or q[28:33] != ack_off or q[34:36] != win or q[38:hl] != opts
+                    or q[:2] != ip_a or q[6:10] != ip_b):
+                break
+            if j == i + 1 and not _checksum_ok(p):
+                break
+            if not _checksum_ok(q):
+                break
+            bufs.append(memoryview(q)[hl:])
+            total += qsize
+            last_flags = qflags
+            j += 1
+            if qsize < size or qflags & _TCP_PSH:
+                break  # a short or pushed segment ends the packet (as in GRO)
+        if j == i + 1:
+            out.append(([NO_OFFLOAD, p], 1))
+            i += 1
+            continue
+        tcp_len = total - 20
+        hdr = bytearray(bufs[0])
+        hdr[2:4] = total.to_bytes(2, "big")
+        hdr[10:12] = b"\0\0"
+        hdr[10:12] = _ip_checksum(hdr).to_bytes(2, "big")
+        hdr[33] = flags | (last_flags & _TCP_PSH)
+        # NEEDS_CSUM: the checksum field holds the (not complemented) pseudo-header sum
+        ps = int.from_bytes(hdr[12:14], "big") + int.from_bytes(hdr[14:16], "big") \
+            + int.from_bytes(hdr[16:18], "big") + int.from_bytes(hdr[18:20], "big") + 6 + tcp_len
+        while ps > 0xFFFF:
+            ps = (ps & 0xFFFF) + (ps >> 16)
+        hdr[36:38] = ps.to_bytes(2, "big")
+        bufs[0] = hdr
+        vnet = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hl, size, 20, 16)
+        out.append(([vnet, *bufs], j - i))
+        i = j
+    return out
+
+
+def complete_checksum(vnet: bytes, pkt: bytes) -> bytes | None:
+    """A packet read from the TUN device with its virtio-net header: the plain packet, with the
+    checksum the kernel left to us (NEEDS_CSUM) filled in; None for a GSO packet (never sent
+    to us: the device offers no TSO)."""
+    flags, gso_type, _hl, _gs, start, offset = _VNET.unpack(vnet)
+    if gso_type != VIRTIO_NET_HDR_GSO_NONE:
+        return None
+    if not flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        return pkt
+    if start + offset + 2 > len(pkt):
+        return None
+    seg = pkt[start:]
+    v = int.from_bytes(seg, "big")
+    if len(seg) & 1:
+        v <<= 8
+    s = v % 0xFFFF  # the ones' complement sum, with 0xFFFF (-0) reported as 0
+    csum = ~s & 0xFFFF if s else 0
+    if csum == 0 and offset == 6:
+        csum = 0xFFFF  # UDP: 0 would mean "no checksum"
+    b = bytearray(pkt)
+    b[start + offset:start + offset + 2] = csum.to_bytes(2, "big")
+    return bytes(b)
