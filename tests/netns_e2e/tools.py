@@ -172,7 +172,8 @@ class UdpReceiver:
     def __init__(self, ns: Netns, addr: str, port: int, lifetime: float = 25.0):
         self.ns = ns
         self.proc = ns.popen([PYTHON, "-u", "-c", _RECEIVER, addr, str(port), str(lifetime)],
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE)
+        self._buf = b""
         line = self._readline(10.0)
         if not line or not json.loads(line).get("ready"):
             self.stop()
@@ -180,15 +181,22 @@ class UdpReceiver:
         self.got: list[dict] = []
 
     def _readline(self, timeout: float) -> str | None:
-        import selectors
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        try:
-            if not sel.select(timeout):
+        """The next line, from our own buffer first: several lines may arrive in one read, and
+        select() cannot see lines already taken off the pipe (a buffered reader would hide
+        them, which once made 5 received datagrams look like 1)."""
+        import os
+        import select
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
                 return None
-            return self.proc.stdout.readline()
-        finally:
-            sel.close()
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
 
     def wait(self, n: int, timeout: float = 5.0) -> list[dict]:
         """Wait until ``n`` datagrams in total have arrived (or the timeout); returns all."""
