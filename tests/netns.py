@@ -25,6 +25,7 @@ only have to be unique within one namespace.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -522,3 +523,46 @@ class NetnsGroup:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- capture
+
+
+class Capture:
+    """tcpdump in ``ns`` on ``iface`` writing ``path`` (full snaplen, packet-buffered)."""
+
+    def __init__(self, ns: Netns, iface: str, path: Path | str, bpf: str = ""):
+        self.ns = ns
+        self.iface = iface
+        self.path = Path(path)
+        self.bpf = bpf
+        self.proc: subprocess.Popen | None = None
+        self.err = self.path.with_suffix(".tcpdump.log")
+
+    def start(self, timeout: float = 10.0) -> "Capture":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["tcpdump", "-i", self.iface, "-s", "0", "-n", "-U", "--immediate-mode", "-Z", "root",
+                "-w", str(self.path)] + (self.bpf.split() if self.bpf else [])
+        with open(self.err, "wb") as err:
+            self.proc = self.ns.popen(argv, stderr=err)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tcpdump exited: {self.err.read_text(errors='replace')}")
+            return "listening on" in self.err.read_text(errors="replace")
+        wait_until(ready, timeout=timeout, what=f"tcpdump on {self.iface} to listen")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        time.sleep(0.2)  # let the last packets reach the file
+        kill_pid(self.proc.pid, timeout=timeout, sig=signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=2.0)
+
+    def __enter__(self) -> "Capture":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

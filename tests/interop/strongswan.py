@@ -59,7 +59,7 @@ _TESTS_DIR = Path(__file__).resolve().parent.parent
 if str(_TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(_TESTS_DIR))
 
-from netns import Netns, NetnsGroup, kill_pid, pid_alive, wait_until  # noqa: E402  (tests/netns.py)
+from netns import Capture, Netns, NetnsGroup, kill_pid, pid_alive, wait_until  # noqa: E402,F401  (tests/netns.py)
 
 try:  # structured list-sas; falls back to parsing `swanctl --list-sas --pretty`
     import vici as _vici  # type: ignore
@@ -957,47 +957,7 @@ def strongswan_pair(
 # --------------------------------------------------------------------------- capture
 
 
-class Capture:
-    """tcpdump on ``iface`` in ``ns`` writing ``path`` (full snaplen, packet-buffered)."""
-
-    def __init__(self, ns: Netns, iface: str, path: Path | str, bpf: str = ""):
-        self.ns = ns
-        self.iface = iface
-        self.path = Path(path)
-        self.bpf = bpf
-        self.proc: subprocess.Popen | None = None
-        self.stderr_path = self.path.with_suffix(".tcpdump.log")
-
-    def start(self, timeout: float = 10.0) -> "Capture":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        argv = ["tcpdump", "-i", self.iface, "-s", "0", "-n", "-U", "--immediate-mode", "-Z", "root",
-                "-w", str(self.path)] + (self.bpf.split() if self.bpf else [])
-        err = open(self.stderr_path, "wb")
-        try:
-            self.proc = self.ns.popen(argv, stderr=err)
-        finally:
-            err.close()
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tcpdump exited: {self.stderr_path.read_text()}")
-            return "listening on" in self.stderr_path.read_text(errors="replace")
-        wait_until(ready, timeout=timeout, what="tcpdump to listen")
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        time.sleep(0.1)  # let the last packets reach the buffer
-        kill_pid(self.proc.pid, timeout=timeout, sig=signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=2.0)
-
-    def __enter__(self) -> "Capture":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+# Capture (tcpdump in a namespace) lives in tests/netns.py, shared with tests/netns_e2e.
 
 
 # --------------------------------------------------------------------------- log parsing
