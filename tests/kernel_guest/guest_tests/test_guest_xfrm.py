@@ -454,9 +454,11 @@ def test_ours_rekey_under_load_and_mobike_migrate(sites, tmp_path):
 
 
 def test_ours_address_adoption_migrate(sites, tmp_path):
-    """The same move without MOBIKE (the hub does not offer it): gateway a sends an
-    authenticated liveness check from its new address, the hub adopts the address, and both
-    sides MIGRATE their kernel SAs."""
+    """The same move without MOBIKE (the hub does not offer it), route-based this time (XFRM
+    interfaces, 0/0 selectors, routes from the config): gateway a sends an authenticated
+    liveness check from its new address, the hub adopts the address, and both sides MIGRATE
+    their kernel SAs (with the if_id). Before that, rekey_packets = 300 makes the kernel's soft
+    EXPIRE rekey the Child SA."""
     _roaming_pair(sites, tmp_path, mobike=False, rekey_under_load=False)
 
 
@@ -466,14 +468,20 @@ def _roaming_pair(sites, tmp_path, *, mobike: bool, rekey_under_load: bool) -> N
     router, a, b = sites
     new_wan = "192.0.2.2"
     tag = "mobike" if mobike else "adoption"
+    # The MOBIKE variant is policy-based, the adoption variant route-based (XFRM interfaces:
+    # MIGRATE must carry the if_id), so both kinds of kernel policies move.
+    route_based = not mobike
+    ts_a, ts_b = ("0.0.0.0/0", "0.0.0.0/0") if route_based else (a.lan, b.lan)
+    rb_a = {"interface": "xm-a", "if_id": 71, "routes": [b.lan]} if route_based else {}
+    rb_b = {"interface": "xm-b", "if_id": 72, "routes": [a.lan]} if route_based else {}
     # a roams: no local_addrs (a connection pinned to an address never roams); b accepts any.
-    ca = connection("m", a.wan, b.wan, "a-m.example.org", "b-m.example.org", local_ts=a.lan, remote_ts=b.lan)
+    ca = connection("m", a.wan, b.wan, "a-m.example.org", "b-m.example.org", local_ts=ts_a, remote_ts=ts_b, **rb_a)
     del ca["local_addrs"]
     if not rekey_under_load:  # a volume limit instead: the kernel's soft EXPIRE rekeys the Child SA
         ca["children"][0].update(rekey_packets=300, life_packets=1_000_000)
     # With MOBIKE the hub's address adoption is off, so UPDATE_SA_ADDRESSES alone must move it.
-    cb = connection("m", b.wan, "%any", "b-m.example.org", "a-m.example.org", local_ts=b.lan, remote_ts=a.lan,
-                    mobike=mobike, address_adoption=not mobike)
+    cb = connection("m", b.wan, "%any", "b-m.example.org", "a-m.example.org", local_ts=ts_b, remote_ts=ts_a,
+                    mobike=mobike, address_adoption=not mobike, **rb_b)
     ga = KernelGateway(a.gw, tmp_path, "ma", [ca])
     gb = KernelGateway(b.gw, tmp_path, "mb", [cb], listen=[b.wan])
     a.gw.run(["sysctl", "-qw", "net.ipv4.conf.wan.promote_secondaries=1"])
@@ -509,18 +517,19 @@ def _roaming_pair(sites, tmp_path, *, mobike: bool, rekey_under_load: bool) -> N
                                       "old_spi": c0["spi_in"], "new_spi": after[0][1]["spi_in"]})
             assert lost <= in_flight, f"{lost} of {sent} packets lost across the rekey (in flight: {in_flight})"
             assert _wait_states(a.gw, 2), a.gw.run(["ip", "xfrm", "state"]).stdout
-        else:  # rekey_packets = 300 on a: ~600 packets make the kernel send a soft EXPIRE
-            _udp_stream(a.host, b.host, b.host_ip, mbit=2, seconds=3.0, port=5302)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                now = ga.children()
-                if len(now) == 1 and now[0][1]["spi_in"] != c0["spi_in"]:
-                    break
+        else:  # rekey_packets = 300 on a: ~450 packets make the kernel send one soft EXPIRE
+            _udp_stream(a.host, b.host, b.host_ip, mbit=2, seconds=2.2, port=5302)
+
+            def settled():  # exactly one Child SA left, in any state, and it is a new one
+                every = [c for sa in ga.status() for c in sa["children"]]
+                return len(every) == 1 and every[0]["state"] == "INSTALLED" and every[0]["spi_in"] != c0["spi_in"]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not settled():
                 time.sleep(0.2)
             soft = ga.events("CHILD_SA reached its soft volume limit: rekeying")
             fact("volume_rekey", {"soft_events": len(soft), "old_spi": c0["spi_in"],
                                   "children": [c["spi_in"] for _, c in ga.children()]})
-            assert soft and len(ga.children()) == 1 and ga.children()[0][1]["spi_in"] != c0["spi_in"]
+            assert soft and settled(), (len(soft), ga.status())
             assert _wait_states(a.gw, 2), a.gw.run(["ip", "xfrm", "state"]).stdout
 
         # --- a's address changes: MOBIKE UPDATE_SA_ADDRESSES (or a liveness check the hub
