@@ -210,7 +210,7 @@ def test_event_reader_in_asyncio(pair):
 
     async def main():
         dp = XfrmDataPlane(netns=a.name, endpoints_for=lambda conn: ("192.0.2.1", "192.0.2.2"),
-                           keepalive_interval=0)
+                           keepalive_interval=0, require_esp=False)  # this kernel has no ESP
         got = asyncio.get_running_loop().create_future()
         dp.on_acquire = lambda conn: got.done() or got.set_result(conn)
         await dp.start()
@@ -274,3 +274,43 @@ def test_open_fails_clearly_without_namespace():
         XfrmDataPlane(netns="/nonexistent/netns").open()
     assert "nonexistent" in str(ei.value)
 
+
+
+def kernel_has_esp(ns) -> bool:
+    return ns.run(["ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+                   "spi", "0x999", "mode", "tunnel", "enc", "cbc(aes)", "0x" + "00" * 16,
+                   "auth-trunc", "hmac(sha256)", "0x" + "00" * 32, "128"], check=False).returncode == 0
+
+
+def test_start_refuses_a_kernel_without_esp(grp, tmp_path):
+    """This machine's kernel accepts XFRM policies but no ESP SA: start() says so in one line
+    (and `vpn-gw run` stops with it, no traceback), instead of failing every Child SA later.
+    Where the kernel has ESP (the QEMU guest), the probe SA comes and goes and start() works."""
+    ns = grp.add("e")
+    if kernel_has_esp(ns):  # not this machine; the guest's daemon tests cover the success path
+        ns.run(["ip", "xfrm", "state", "flush"])
+        pytest.fail("this kernel has ESP: the refusal cannot be shown here", pytrace=False)
+
+    async def main():
+        dp = XfrmDataPlane(netns=ns.name)
+        try:
+            await dp.start()
+        finally:
+            await dp.close()
+    with pytest.raises(Exception) as ei:
+        asyncio.run(main())
+    assert "this kernel refuses ESP SAs" in str(ei.value) and 'dataplane = "userspace"' in str(ei.value)
+    assert ns.run(["ip", "xfrm", "state"]).stdout.strip() == ""
+
+    from tests.gateway import PYTHON
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[gateway]\ncontrol_socket = "%s"\nlisten = ["127.0.0.1"]\ndataplane = "xfrm"\n\n'
+                   '[[connection]]\nname = "b"\nlocal_addrs = ["127.0.0.1"]\nremote_addrs = ["127.0.0.2"]\n'
+                   'local_id = "a.example.org"\nremote_id = "b.example.org"\nauth = "psk"\n'
+                   'psk = "0123456789abcdef0123456789"\n[[connection.child]]\nname = "net"\n'
+                   'local_ts = ["10.1.0.0/24"]\nremote_ts = ["10.2.0.0/24"]\n' % (tmp_path / "c.sock"))
+    ns.run(["ip", "link", "set", "lo", "up"])
+    p = ns.run([PYTHON, "-m", "vpn_gw", "run", "-c", str(cfg)], check=False, timeout=60)
+    assert p.returncode != 0 and "Traceback" not in p.stderr + p.stdout, (p.stdout, p.stderr)
+    assert "this kernel refuses ESP SAs" in p.stderr + p.stdout, (p.stdout, p.stderr)
+    assert ns.run(["ip", "xfrm", "policy"]).stdout.strip() == ""

@@ -225,6 +225,7 @@ class XfrmDataPlane(DataPlane):
                  netns: str | None = None, on_event: Callable[[str, dict], None] | None = None,
                  endpoints_for: Callable[[str], tuple[str | None, str | None]] = lambda conn: (None, None),
                  rekey_grace: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 require_esp: bool = True,
                  fragmenter: Any = None):
         self.send_udp = send_udp
         # Red-side fragmentation for policy-based tunnels (vpn_gw.xfrm.fragmenter.RedFragmenter):
@@ -243,6 +244,7 @@ class XfrmDataPlane(DataPlane):
         self.on_event = on_event
         self.endpoints_for = endpoints_for  # trap templates: (local IP, remote IP) of a connection
         self.clock = clock
+        self.require_esp = require_esp  # start() refuses a kernel without ESP (tests on such kernels: False)
         # After a rekey the old inbound SA lives on for rekey_grace seconds: the peer may still
         # send with it until it has processed the DELETE (the side that answers a DELETE removes
         # its SAs half a round trip before the other side switches over).
@@ -317,8 +319,32 @@ class XfrmDataPlane(DataPlane):
             log.error("red-side fragmentation for policy-based tunnels is off", error=str(e))
             self.fragmenter = None
 
+    def check_kernel_esp(self) -> None:
+        """Install and remove one throwaway ESP SA (AES-CBC/HMAC-SHA-256, a TEST-NET-1 address,
+        one of our reqids): a kernel without ESP support accepts policies but refuses SAs, and
+        that must stop the daemon at start with a clear message, not fail every Child SA later."""
+        assert self.xfrm is not None
+        reqid = self.reqid_base + self.reqid_count - 1  # ours, swept after a crash like the rest
+        info = {"id": {"daddr": "192.0.2.254", "spi": 0xFFFFFF01, "proto": nl.IPPROTO_ESP},
+                "saddr": "192.0.2.253", "family": nl.AF_INET, "mode": nl.XFRM_MODE_TUNNEL, "reqid": reqid,
+                "flags": nl.XFRM_STATE_AF_UNSPEC}
+        attrs = [("XFRMA_ALG_CRYPT", {"alg_name": "cbc(aes)", "alg_key": bytes(16)}),
+                 ("XFRMA_ALG_AUTH_TRUNC", {"alg_name": "hmac(sha256)", "alg_key_len": 256, "alg_trunc_len": 128,
+                                           "alg_key": bytes(32)})] + self._mark_attrs()
+        try:
+            self.xfrm.add_sa(info, attrs)
+        except nl.NetlinkError as e:
+            raise XfrmError(f"this kernel refuses ESP SAs ({e}): it lacks ESP support (esp4/esp6 "
+                            f"modules or CONFIG_INET_ESP); use dataplane = \"userspace\"") from None
+        try:
+            self.xfrm.del_sa("192.0.2.254", 0xFFFFFF01, nl.IPPROTO_ESP, self._mark_attrs())
+        except nl.NetlinkError as e:
+            log.warning("cannot remove the ESP probe SA", error=str(e))
+
     async def start(self) -> None:
         self.open()
+        if self.require_esp:
+            self.check_kernel_esp()
         loop = asyncio.get_running_loop()
         if self.events is not None:
             self._reader_fd = self.events.fileno()
