@@ -378,7 +378,9 @@ def extra_subnets(a, b) -> None:
 
 def test_ours_to_ours_ike_policy_and_route_based(sites, tmp_path):
     """Two of our daemons (`vpn-gw run`, dataplane = "xfrm"): a policy-based connection with
-    plain ESP and a route-based one with forced UDP encapsulation, between the same gateways."""
+    plain ESP and a route-based one with forced UDP encapsulation, between the same gateways.
+    The route-based one carries IPv4 and IPv6 (0.0.0.0/0 and ::/0 policies with the if_id),
+    with its routes from the config."""
     router, a, b = sites
     extra_subnets(a, b)
 
@@ -386,11 +388,21 @@ def test_ours_to_ours_ike_policy_and_route_based(sites, tmp_path):
         pol = connection("pol", me.wan, peer.wan, f"{me_tag}-pol.example.org", f"{peer_tag}-pol.example.org",
                          local_ts=me.lan, remote_ts=peer.lan)
         rb = connection("rb", me.wan, peer.wan, f"{me_tag}-rb.example.org", f"{peer_tag}-rb.example.org",
-                        local_ts="0.0.0.0/0", remote_ts="0.0.0.0/0", esp="aes128-sha256",
-                        interface=f"ipsec-{me_tag}", if_id=50 if me_tag == "a" else 60, encap=True)
+                        local_ts=["0.0.0.0/0", "::/0"], remote_ts=["0.0.0.0/0", "::/0"], esp="aes128-sha256",
+                        interface=f"ipsec-{me_tag}", if_id=50 if me_tag == "a" else 60, encap=True,
+                        routes=[peer_net, peer_net6])
         return [pol, rb]
+    # IPv6 inside the route-based tunnel (outer IPv4): ::/0 policies with the if_id
+    for ns, addr, dev in ((a.gw, "2001:db8:11::1/64", "lan"), (a.host, "2001:db8:11::2/64", "eth0"),
+                          (b.gw, "2001:db8:12::1/64", "lan"), (b.host, "2001:db8:12::2/64", "eth0")):
+        ns.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=False)
+        ns.ip("addr", "replace", addr, "dev", dev, "nodad")
+    a.host.run(["ip", "-6", "route", "replace", "2001:db8:12::/64", "via", "2001:db8:11::1"])
+    b.host.run(["ip", "-6", "route", "replace", "2001:db8:11::/64", "via", "2001:db8:12::1"])
     t0 = time.monotonic()
+    peer_net6 = "2001:db8:12::/64"
     ga = KernelGateway(a.gw, tmp_path, "a", conns(a, b, "a", "b", "10.11.0.0/24", "10.12.0.0/24"), listen=[a.wan])
+    peer_net6 = "2001:db8:11::/64"
     gb = KernelGateway(b.gw, tmp_path, "b", conns(b, a, "b", "a", "10.12.0.0/24", "10.11.0.0/24"), listen=[b.wan])
     try:
         ga.start_nowait()
@@ -398,8 +410,8 @@ def test_ours_to_ours_ike_policy_and_route_based(sites, tmp_path):
         ga.wait_started()
         gb.wait_started()
         started = time.monotonic() - t0
-        a.gw.ip("route", "add", "10.12.0.0/24", "dev", "ipsec-a")
-        b.gw.ip("route", "add", "10.11.0.0/24", "dev", "ipsec-b")
+        routes_a = a.gw.run(["ip", "route"]).stdout + a.gw.run(["ip", "-6", "route"]).stdout
+        assert "10.12.0.0/24 dev ipsec-a" in routes_a and "2001:db8:12::/64 dev ipsec-a" in routes_a, routes_a
         ga.up("pol")
         ga.up("rb")
         ga.wait_children(2, timeout=30)
@@ -408,6 +420,9 @@ def test_ours_to_ours_ike_policy_and_route_based(sites, tmp_path):
         a.host.wait_ping("10.12.0.2", timeout=10, src="10.11.0.2")
         assert a.host.ping(b.host_ip, count=3, interval=0.1)
         assert a.host.ping("10.12.0.2", count=3, interval=0.1, src="10.11.0.2")
+        a.host.wait_ping("2001:db8:12::2", timeout=10)
+        policies_a = a.gw.run(["ip", "xfrm", "policy"]).stdout
+        assert "src ::/0 dst ::/0" in policies_a and "if_id 0x32" in policies_a, policies_a
         by_conn = {sa["name"]: (sa, c) for sa, c in ga.children()}
         states = a.gw.run(["ip", "xfrm", "state"]).stdout
         fact("ours_to_ours", {
