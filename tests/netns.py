@@ -34,6 +34,8 @@ import re
 import shlex
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -566,3 +568,42 @@ class Capture:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------- packet taps
+
+ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
+
+
+def packet_tap(ns_name: str, dev: str, *, every_frame: bool = False, rcvbuf: int = 4 << 20) -> socket.socket:
+    """A non-blocking AF_PACKET socket on ``dev`` inside the namespace, read with
+    :func:`read_ipv4`: IPv4 frames the device receives, or with ``every_frame`` every frame in
+    and out (ETH_P_ALL; non-IPv4 ones are skipped when reading)."""
+    from vpn_gw.xfrm.netlink import _open_in_netns
+    proto = ETH_P_ALL if every_frame else ETH_P_IP
+
+    def opener():
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(proto))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.bind((dev, proto))
+        s.setblocking(False)
+        return s
+    return _open_in_netns(ns_name, opener)
+
+
+def read_ipv4(tap: socket.socket) -> list[dict]:
+    """Everything queued on a :func:`packet_tap` so far, as IPv4 header fields (``len``, ``id``,
+    ``df``, ``mf``, ``off`` in bytes, ``proto``, ``src``, ``dst``) plus ``l4`` (the payload)."""
+    out = []
+    while True:
+        try:
+            data, addr = tap.recvfrom(65535)
+        except BlockingIOError:
+            return out
+        if addr[1] != ETH_P_IP or len(data) < 20:
+            continue
+        vihl, _, total, ident, frag, _, proto = struct.unpack_from("!BBHHHBB", data)
+        hl = (vihl & 15) * 4
+        out.append({"len": total, "id": ident, "df": bool(frag & 0x4000), "mf": bool(frag & 0x2000),
+                    "off": (frag & 0x1FFF) * 8, "proto": proto, "src": socket.inet_ntoa(data[12:16]),
+                    "dst": socket.inet_ntoa(data[16:20]), "l4": data[hl:total]})

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from ikev2.payloads import TrafficSelector
-from tests.netns import NetnsGroup, require_root
+from tests.netns import NetnsGroup, packet_tap, read_ipv4, require_root
 from vpn_gw.xfrm import netlink as nl
 from vpn_gw.xfrm.backend import XfrmDataPlane
 from vpn_gw.xfrm.fragmenter import CHAIN, TABLE, RedFragmenter
@@ -39,7 +39,6 @@ except ImportError:
 
 MTU = 1400
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2
-ETH_P_IP = 0x0800
 
 
 @pytest.fixture
@@ -72,29 +71,7 @@ def _sock(ns, kind, proto=0, **bind):
 
 
 def _capture(ns, dev: str) -> socket.socket:
-    def opener():
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
-        s.bind((dev, ETH_P_IP))
-        s.setblocking(False)
-        return s
-    return nl._open_in_netns(ns.name, opener)
-
-
-def _drain(s: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(s.recv(65535))
-        except BlockingIOError:
-            return out
-
-
-def _ipv4(frame: bytes) -> dict:
-    vihl, _, total, ident, frag, _, proto = struct.unpack_from("!BBHHHBB", frame)
-    hl = (vihl & 15) * 4
-    return {"len": total, "id": ident, "df": bool(frag & 0x4000), "mf": bool(frag & 0x2000),
-            "off": (frag & 0x1FFF) * 8, "proto": proto, "src": socket.inet_ntoa(frame[12:16]),
-            "dst": socket.inet_ntoa(frame[16:20]), "l4": frame[hl:total]}
+    return packet_tap(ns.name, dev)
 
 
 def _udp_pair(ha, hb, df: bool, port: int):
@@ -113,15 +90,15 @@ def _send_and_capture(ha, gw, hb, size: int, df: bool, port: int):
     cap_out, cap_ha = _capture(hb, "eth0"), _capture(ha, "eth0")
     payload = os.urandom(size - 28)
     try:
-        _drain(cap_out), _drain(cap_ha)
+        read_ipv4(cap_out), read_ipv4(cap_ha)
         tx.sendto(payload, ("10.2.0.2", port))
         try:
             got = rx.recv(65535)
         except socket.timeout:
             got = None
         time.sleep(0.3)
-        wire = [_ipv4(f) for f in _drain(cap_out)]
-        back = [_ipv4(f) for f in _drain(cap_ha)]
+        wire = read_ipv4(cap_out)
+        back = read_ipv4(cap_ha)
         return payload, got, [w for w in wire if w["src"] == "10.1.0.2"], back
     finally:
         for s in (tx, rx, cap_out, cap_ha):
@@ -161,7 +138,7 @@ def test_fragment_df_clear_icmp_df_set_and_cleanup(net):
             tx.sendto(payload, ("10.2.0.2", 5005))
             got = rx.recv(65535)
             time.sleep(0.3)
-            wire = [w for w in map(_ipv4, _drain(cap)) if w["src"] == "10.1.0.1"]
+            wire = [w for w in read_ipv4(cap) if w["src"] == "10.1.0.1"]
         finally:
             for s in (tx, rx, cap):
                 s.close()

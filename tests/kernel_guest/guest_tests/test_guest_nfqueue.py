@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import time
 
 from esp.fragment import tunnel_mtu
@@ -23,37 +22,17 @@ from tests.kernel_guest.guest_tests.test_guest_xfrm import (  # noqa: F401 - fix
     sites,
     snmp,
 )
+from tests.netns import packet_tap, read_ipv4
 from vpn_gw.xfrm import netlink as nl
 from vpn_gw.xfrm.backend import XfrmDataPlane, overhead_for
 from vpn_gw.xfrm.fragmenter import CHAIN, TABLE, RedFragmenter
 
-ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
 
 
 def _capture(ns, dev: str) -> socket.socket:
-    """Every IPv4 frame in and out of ``dev`` (AF_PACKET, ETH_P_ALL), read later."""
-    def opener():
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.bind((dev, ETH_P_ALL))
-        s.setblocking(False)
-        return s
-    return nl._open_in_netns(ns.name, opener)
-
-
-def _drain(s: socket.socket) -> list[dict]:
-    out = []
-    while True:
-        try:
-            data, addr = s.recvfrom(65535)
-        except BlockingIOError:
-            return out
-        if addr[1] != ETH_P_IP or len(data) < 20:
-            continue
-        total, _, frag, _, proto = struct.unpack_from("!HHHBB", data, 2)
-        out.append({"len": total, "mf": bool(frag & 0x2000), "off": (frag & 0x1FFF) * 8, "df": bool(frag & 0x4000),
-                    "proto": proto, "src": socket.inet_ntoa(data[12:16]), "dst": socket.inet_ntoa(data[16:20])})
+    """Every IPv4 frame in and out of ``dev``, read later with read_ipv4."""
+    return packet_tap(ns.name, dev, every_frame=True)
 
 
 def _outer(frames: list[dict], a, b) -> list[dict]:
@@ -110,7 +89,7 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
         mtu = tunnel_mtu(1500, 4, overhead_for(12, 12))
         rules_a = _rules(a.gw)
         cap = _capture(router, "toa")
-        _drain(cap)
+        read_ipv4(cap)
         gw_b_reasm, host_b_reasm = snmp(b.gw, "ReasmOKs"), snmp(b.host, "ReasmOKs")
 
         # A 4000-byte ping without DF both ways (host-a sends 3 link fragments; each that
@@ -125,7 +104,7 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
         local = a.gw.run(["ping", "-n", "-c", "1", "-W", "3", "-M", "dont", "-I", a.gw_lan, "-s", str(3000 - 28),
                           b.host_ip], check=False)
         time.sleep(0.5)
-        frames = _outer(_drain(cap), a, b)
+        frames = _outer(read_ipv4(cap), a, b)
         gw_b_reasm2, host_b_reasm2 = snmp(b.gw, "ReasmOKs"), snmp(b.host, "ReasmOKs")
 
         # DF set and too big for the tunnel: ICMP "fragmentation needed" with the tunnel MTU.
@@ -144,10 +123,10 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
         a.gw.run(["nft", "-f", "-"], input="table ip ct_test {\n chain pre {\n type filter hook prerouting "
                                            "priority 0; ct state new counter\n }\n}\n")
         a.host.ip("route", "flush", "cache")
-        _drain(cap)
+        read_ipv4(cap)
         ct_got, ct_payload = _udp_once(a, b, 5002)
         time.sleep(0.3)
-        ct_frames = _outer(_drain(cap), a, b)
+        ct_frames = _outer(read_ipv4(cap), a, b)
         ct_counters = dict(dpa.fragmenter.counters)
         a.gw.run(["nft", "delete", "table", "ip", "ct_test"])
 
@@ -155,11 +134,11 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
         # kernel fragments the ESP packet (what the queue is there to avoid).
         dpa.fragmenter.stop_reading()
         a.host.ip("route", "flush", "cache")
-        _drain(cap)
+        read_ipv4(cap)
         unread = a.host.run(["ping", "-n", "-c", "1", "-W", "3", "-M", "dont", "-s", str(3000 - 28), b.host_ip],
                             check=False)
         time.sleep(0.3)
-        unread_frames = _outer(_drain(cap), a, b)
+        unread_frames = _outer(read_ipv4(cap), a, b)
         esp = [f for f in frames if f["proto"] == 50]
         outer_frags = [f for f in frames if f["mf"] or f["off"]]
         fact("nfqueue", {
@@ -227,12 +206,12 @@ def test_policy_based_ipv6_packet_too_big_from_kernel(sites):
         a.host.wait_ping("2001:db8:2::2", timeout=10)
         mtu = tunnel_mtu(1500, 4, overhead_for(12, 12))
         cap = _capture(router, "toa")
-        _drain(cap)
+        read_ipv4(cap)
         big = a.host.run(["ping", "-6", "-n", "-c", "1", "-W", "3", "-s", "1452", "2001:db8:2::2"], check=False)
         learnt = a.host.ip("-6", "route", "get", "2001:db8:2::2")
         again = a.host.run(["ping", "-6", "-n", "-c", "2", "-W", "3", "-s", "3000", "2001:db8:2::2"], check=False)
         time.sleep(0.3)
-        frames = _outer(_drain(cap), a, b)
+        frames = _outer(read_ipv4(cap), a, b)
         fact("nfqueue_ipv6", {"mtu": mtu, "big_rc": big.returncode, "big_out": (big.stdout + big.stderr)[-300:],
                               "learnt": learnt.strip(), "again_rc": again.returncode,
                               "esp_packets": sum(1 for f in frames if f["proto"] == 50),
