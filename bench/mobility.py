@@ -66,21 +66,6 @@ MODES = ("adoption", "mobike", "sw-sw")
 FAST = {"retransmit_timeout": 1.0, "retransmit_base": 1.4, "retransmit_tries": 3}
 
 
-class BenchGateway(OurGateway):
-    """OurGateway logging at info level (the test harness logs at debug)."""
-
-    def start(self, timeout: float = 15.0) -> "BenchGateway":
-        import subprocess
-        with open(self.log, "w") as fh:
-            self.proc = self.ns.popen([sys.executable, "-m", "vpn_gw", "run", "-c", str(self.config),
-                                       "--log-format", "json", "--log-level", "info"],
-                                      stdout=fh, stderr=subprocess.STDOUT, cwd=str(ROOT))
-        netns.wait_until(lambda: self.socket.exists() or self.proc.poll() is not None, timeout=timeout)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name}: exited with {self.proc.returncode}\n{self.log_tail()}")
-        return self
-
-
 def _sw_conf(psk: str, *, hub: bool) -> dict:
     c = {"version": 2, "proposals": IKE, "mobike": True, "encap": True,
          "local": {"auth": "psk", "id": HUB_ID if hub else CLIENT_ID},
@@ -124,13 +109,13 @@ class Run:
             self.hub_sw = hub
         else:
             mobike = mode == "mobike"
-            hub = BenchGateway(self.m.hub, self.dir, "hub", [connection(
+            hub = OurGateway(self.m.hub, self.dir, "hub", [connection(
                 "client", M.HUB_IP, "%any", HUB_ID, CLIENT_ID, local_ts=M.HUB_LAN, remote_ts=M.CLIENT_LAN,
                 psk=psk, mobike=mobike, address_adoption="auto" if not mobike else False)],
-                listen=[M.HUB_IP], gateway=FAST)
-            cl = BenchGateway(self.m.client, self.dir, "client", [M.ours_roaming(
+                listen=[M.HUB_IP], gateway=FAST, log_level="info")
+            cl = OurGateway(self.m.client, self.dir, "client", [M.ours_roaming(
                 "hub", M.HUB_IP, CLIENT_ID, HUB_ID, local_ts=M.CLIENT_LAN, remote_ts=M.HUB_LAN, psk=psk,
-                mobike=mobike)], gateway=FAST)
+                mobike=mobike)], gateway=FAST, log_level="info")
             for g in (hub, cl):
                 g.start()
                 self.stops.append(g.stop)

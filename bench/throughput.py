@@ -46,21 +46,6 @@ SITE_ID, GW_ID = "site.example.org", "gw.example.org"
 NAMES = {"aes256gcm16": "AES-GCM-256", "chacha20poly1305": "ChaCha20-Poly1305"}
 
 
-class BenchGateway(OurGateway):
-    """OurGateway logging at info level (the test harness logs at debug)."""
-
-    def start(self, timeout: float = 15.0) -> "BenchGateway":
-        import subprocess
-        with open(self.log, "w") as fh:
-            self.proc = self.ns.popen([sys.executable, "-m", "vpn_gw", "run", "-c", str(self.config),
-                                       "--log-format", "json", "--log-level", "info"],
-                                      stdout=fh, stderr=subprocess.STDOUT, cwd=str(ROOT))
-        netns.wait_until(lambda: self.socket.exists() or self.proc.poll() is not None, timeout=timeout)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name}: exited with {self.proc.returncode}\n{self.log_tail()}")
-        return self
-
-
 class Setup:
     """One tunnel between topo.site and topo.gw; ``pids`` are the two gateway processes."""
 
@@ -85,7 +70,7 @@ class Setup:
     def _ours(self, ns, name: str, local: str, remote: str, lid: str, rid: str, lts: str, rts: str):
         conn = connection("s2s", local, remote, lid, rid, local_ts=lts, remote_ts=rts, psk=self.psk,
                           ike=IKE, esp=self.cipher, child="net")
-        gw = BenchGateway(ns, self.dir, name, [conn], listen=[local])
+        gw = OurGateway(ns, self.dir, name, [conn], listen=[local], log_level="info")
         self.ours.append(gw)
         return gw.start()
 

@@ -68,7 +68,8 @@ class GatewayError(RuntimeError):
 
 class OurGateway:
     def __init__(self, ns: Netns, workdir: Path, name: str, connections: list[dict],
-                 listen: list[str] | None = None, gateway: dict | None = None, log_format: str = "json"):
+                 listen: list[str] | None = None, gateway: dict | None = None, log_format: str = "json",
+                 log_level: str = "debug"):
         self.ns = ns
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +83,7 @@ class OurGateway:
         gw.update(gateway or {})
         self.config.write_text(render_toml(gw, connections))
         self.log_format = log_format
+        self.log_level = log_level  # benchmarks run at "info" (debug logging costs throughput)
         self.proc: subprocess.Popen | None = None
 
     def cli(self, *args: str, check: bool = True, timeout: float = 40.0) -> subprocess.CompletedProcess:
@@ -94,7 +96,7 @@ class OurGateway:
     def start(self, timeout: float = 15.0) -> "OurGateway":
         fh = open(self.log, "w")
         self.proc = self.ns.popen([PYTHON, "-m", "vpn_gw", "run", "-c", str(self.config),
-                                   "--log-format", self.log_format, "--log-level", "debug"],
+                                   "--log-format", self.log_format, "--log-level", self.log_level],
                                   stdout=fh, stderr=subprocess.STDOUT, cwd=str(ROOT))
         fh.close()
         try:
