@@ -384,7 +384,7 @@ def test_ours_to_ours_ike_policy_and_route_based(sites, tmp_path):
     router, a, b = sites
     extra_subnets(a, b)
 
-    def conns(me, peer, me_tag, peer_tag, my_net, peer_net):
+    def conns(me, peer, me_tag, peer_tag, peer_net, peer_net6):
         pol = connection("pol", me.wan, peer.wan, f"{me_tag}-pol.example.org", f"{peer_tag}-pol.example.org",
                          local_ts=me.lan, remote_ts=peer.lan)
         rb = connection("rb", me.wan, peer.wan, f"{me_tag}-rb.example.org", f"{peer_tag}-rb.example.org",
@@ -400,10 +400,8 @@ def test_ours_to_ours_ike_policy_and_route_based(sites, tmp_path):
     a.host.run(["ip", "-6", "route", "replace", "2001:db8:12::/64", "via", "2001:db8:11::1"])
     b.host.run(["ip", "-6", "route", "replace", "2001:db8:11::/64", "via", "2001:db8:12::1"])
     t0 = time.monotonic()
-    peer_net6 = "2001:db8:12::/64"
-    ga = KernelGateway(a.gw, tmp_path, "a", conns(a, b, "a", "b", "10.11.0.0/24", "10.12.0.0/24"), listen=[a.wan])
-    peer_net6 = "2001:db8:11::/64"
-    gb = KernelGateway(b.gw, tmp_path, "b", conns(b, a, "b", "a", "10.12.0.0/24", "10.11.0.0/24"), listen=[b.wan])
+    ga = KernelGateway(a.gw, tmp_path, "a", conns(a, b, "a", "b", "10.12.0.0/24", "2001:db8:12::/64"), listen=[a.wan])
+    gb = KernelGateway(b.gw, tmp_path, "b", conns(b, a, "b", "a", "10.11.0.0/24", "2001:db8:11::/64"), listen=[b.wan])
     try:
         ga.start_nowait()
         gb.start_nowait()
