@@ -68,6 +68,17 @@ class _Server(http.server.ThreadingHTTPServer):
         self.owner = owner
         super().__init__(addr, handler)
 
+    def handle_error(self, request, client_address):
+        """A client that refuses our certificate (a test expects exactly that) or hangs up is
+        recorded, not printed as a traceback; anything else still is."""
+        import sys
+        err = sys.exc_info()[1]
+        if isinstance(err, (ssl.SSLError, ConnectionError)):
+            with self.owner._lock:
+                self.owner.tls_errors.append(f"{client_address[0]}: {err}")
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "dyndns2-test/1"
@@ -99,6 +110,7 @@ class Dyndns2TestServer:
         self.script = list(script or [])
         self.path = path
         self.requests: list[RecordedRequest] = []
+        self.tls_errors: list[str] = []  # handshakes the client broke off (e.g. unknown CA)
         self.records: dict[str, str] = {}    # host name -> address
         self.log_file = log_file
         self._lock = threading.Lock()

@@ -553,3 +553,4 @@ def test_dyndns2_over_https_with_test_ca(env):
     assert not res.ok and not res.stopped and res.retry_at is not None
     assert res.error.startswith(f"TLS certificate of {WEB_IP} not accepted: "), res.error
     assert len(srv.requests) == 1
+    assert any("UNKNOWN_CA" in e.upper() or "unknown ca" in e for e in srv.tls_errors), srv.tls_errors
