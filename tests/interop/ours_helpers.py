@@ -238,26 +238,32 @@ def ours_vs_strongswan(
             print((our_log_tail(ours) if ours else "") + "\n" + (sw.log_tail(60) if sw else ""))
         raise
     finally:
-        errors = []
-        for stop in ((ours.stop if ours else None), (sw.stop if sw else None)):
-            if stop is None:
-                continue
-            try:
-                stop()
-            except Exception as exc:  # keep tearing down
-                errors.append(exc)
-        if failed:
-            _keep_logs(prefix, ours, sw)  # after the stops: complete logs
+        teardown(ours, sw, group, pids, failed, keep_logs=lambda: _keep_logs(prefix, ours, sw))
+
+
+def teardown(ours, sw, group, pids: list[int], failed: bool, keep_logs=None) -> None:
+    """Stop both gateways (by PID, bounded), remove the namespaces, and, unless the test already
+    failed, assert that nothing is left behind (errors, namespaces, processes)."""
+    errors = []
+    for stop in ((ours.stop if ours else None), (sw.stop if sw else None)):
+        if stop is None:
+            continue
         try:
-            group.close()
-        except Exception as exc:
+            stop()
+        except Exception as exc:  # keep tearing down
             errors.append(exc)
-        left_ns = group.leftovers()
-        left_pids = [p for p in pids if netns.pid_alive(p)]
-        if not failed:
-            assert not errors, f"teardown errors: {errors}"
-            assert left_ns == [], f"namespaces left behind: {left_ns}"
-            assert left_pids == [], f"processes left behind: {left_pids}"
+    if failed and keep_logs is not None:
+        keep_logs()  # after the stops: complete logs
+    try:
+        group.close()
+    except Exception as exc:
+        errors.append(exc)
+    left_ns = group.leftovers()
+    left_pids = [p for p in pids if netns.pid_alive(p)]
+    if not failed:
+        assert not errors, f"teardown errors: {errors}"
+        assert left_ns == [], f"namespaces left behind: {left_ns}"
+        assert left_pids == [], f"processes left behind: {left_pids}"
 
 
 def _keep_logs(prefix: str, ours: OurGateway | None, sw: ss.Charon | None) -> None:

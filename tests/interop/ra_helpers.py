@@ -374,24 +374,7 @@ def ra_env(
             print((ours.log_tail(60) if ours else "") + "\n" + (sw.log_tail(60) if sw else ""))
         raise
     finally:
-        errors = []
-        for stop in ((ours.stop if ours else None), (sw.stop if sw else None)):
-            if stop is None:
-                continue
-            try:
-                stop()
-            except Exception as exc:  # keep tearing down
-                errors.append(exc)
-        try:
-            group.close()
-        except Exception as exc:
-            errors.append(exc)
-        left_ns = group.leftovers()
-        left_pids = [p for p in pids if netns.pid_alive(p)]
-        if not failed:
-            assert not errors, f"teardown errors: {errors}"
-            assert left_ns == [], f"namespaces left behind: {left_ns}"
-            assert left_pids == [], f"processes left behind: {left_pids}"
+        H.teardown(ours, sw, group, pids, failed)
 
 
 # --------------------------------------------------------------------------- checks
