@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kernel ESP throughput in the QEMU guest: SAs installed by vpn_gw.xfrm vs. hand-keyed `ip xfrm`.
+"""Kernel ESP throughput in the QEMU guest: SAs installed by vpn_gw.dataplane.xfrm vs. hand-keyed `ip xfrm`.
 
     sudo .venv/bin/python bench/xfrm_guest.py                 # 5 s per run, 3 rounds
     sudo .venv/bin/python bench/xfrm_guest.py --seconds 10 --rounds 3 --cipher aes256gcm16
@@ -45,7 +45,7 @@ def in_guest(args) -> int:
     from tests.netns import NetnsGroup
     from tests.netns_e2e.tools import iperf3
     from tests.netns_e2e.topology import two_sites
-    from vpn_gw.xfrm.backend import XfrmDataPlane
+    from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane
 
     subprocess.run(["modprobe", "-a", "esp4", "xfrm_user", "aesni_intel", "gcm", "tun"], check=False)
     encr, bits, kname, icv = CIPHERS[args.cipher]

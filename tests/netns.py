@@ -579,7 +579,7 @@ def packet_tap(ns_name: str, dev: str, *, every_frame: bool = False, rcvbuf: int
     """A non-blocking AF_PACKET socket on ``dev`` inside the namespace, read with
     :func:`read_ipv4`: IPv4 frames the device receives, or with ``every_frame`` every frame in
     and out (ETH_P_ALL; non-IPv4 ones are skipped when reading)."""
-    from vpn_gw.xfrm.netlink import _open_in_netns
+    from vpn_gw.dataplane.xfrm.netlink import _open_in_netns
     proto = ETH_P_ALL if every_frame else ETH_P_IP
 
     def opener():

@@ -754,7 +754,7 @@ def test_xfrm_red_side_fragmentation_keys():
 
 def test_daemon_wires_the_fragmenter():
     from vpn_gw.daemon import Gateway
-    from vpn_gw.xfrm.fragmenter import RedFragmenter
+    from vpn_gw.dataplane.xfrm.fragmenter import RedFragmenter
     gw = Gateway(parse(BASE.replace("[gateway]", '[gateway]\ndataplane = "xfrm"\nxfrm_nfqueue_fail = "closed"')))
     frag = gw.dataplane.fragmenter
     assert isinstance(frag, RedFragmenter) and frag.queue_num == 0x5647 and not frag.fail_open

@@ -1,11 +1,11 @@
-"""vpn_gw.gro: coalescing decrypted TCP segments into one TUN write, and back."""
+"""vpn_gw.dataplane.userspace.gro: coalescing decrypted TCP segments into one TUN write, and back."""
 from __future__ import annotations
 
 import os
 import struct
 
 from esp.ip import checksum
-from vpn_gw.gro import NO_OFFLOAD, VIRTIO_NET_HDR_GSO_TCPV4, coalesce, complete_checksum
+from vpn_gw.dataplane.userspace.gro import NO_OFFLOAD, VIRTIO_NET_HDR_GSO_TCPV4, coalesce, complete_checksum
 
 SRC, DST = bytes([10, 1, 0, 2]), bytes([10, 2, 0, 2])
 
@@ -138,7 +138,7 @@ def test_complete_checksum_for_needs_csum_reads():
 
 
 def test_counted_writes_cover_every_packet_once():
-    from vpn_gw.gro import coalesce_counted
+    from vpn_gw.dataplane.userspace.gro import coalesce_counted
     pkts = [tcp4(i * 100, os.urandom(100)) for i in range(5)] + [tcp4(0, b"", flags=0x10)]
     got = coalesce_counted(pkts)
     assert [n for _, n in got] == [5, 1] and sum(n for _, n in got) == len(pkts)

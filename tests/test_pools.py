@@ -1,4 +1,4 @@
-"""Address pools (vpn_gw/pools.py): allocation, sticky leases, reclaiming, persistence."""
+"""Address pools (vpn_gw/pools/local.py): allocation, sticky leases, reclaiming, persistence."""
 from __future__ import annotations
 
 import ipaddress

@@ -1,4 +1,4 @@
-"""RFC 9329 framing (vpn_gw.tcp_transport): encode/decode, partial reads, strictness, IKE/ESP
+"""RFC 9329 framing (vpn_gw.transport.tcp): encode/decode, partial reads, strictness, IKE/ESP
 demultiplexing, and the TCP service on loopback against a fake gateway (no namespaces)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from ikev2.constants import NON_ESP_MARKER
 from ikev2.sa_common import State
 from vpn_gw import probe as pr
-from vpn_gw import tcp_transport as T
+from vpn_gw.transport import tcp as T
 
 IKE_MSG = bytes(range(28)) + b"payload"           # shaped like an IKE message (28-octet header)
 ESP_PKT = b"\x00\x00\x12\x34" + b"\x00\x00\x00\x01" + b"ciphertext"

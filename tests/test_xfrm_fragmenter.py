@@ -1,11 +1,11 @@
-"""vpn_gw.xfrm.fragmenter without a kernel: rule generation, the reader's decisions."""
+"""vpn_gw.dataplane.xfrm.fragmenter without a kernel: rule generation, the reader's decisions."""
 from __future__ import annotations
 
 import ipaddress
 
 from esp.ip import build_ipv4_header, parse_ipv4
 from ikev2.payloads import TrafficSelector
-from vpn_gw.xfrm.fragmenter import (
+from vpn_gw.dataplane.xfrm.fragmenter import (
     QUEUE_MAX_LEN,
     RedFragmenter,
     Tunnel,

@@ -1,4 +1,4 @@
-"""vpn_gw.xfrm.fragmenter on this machine's kernel: the NFQUEUE path on forwarded clear traffic.
+"""vpn_gw.dataplane.xfrm.fragmenter on this machine's kernel: the NFQUEUE path on forwarded clear traffic.
 
 No ESP here (tests/kernel_guest has it), so the "tunnel" is only the fragmenter's rule; what is
 checked is the queue path itself:
@@ -26,9 +26,9 @@ import pytest
 
 from ikev2.payloads import TrafficSelector
 from tests.netns import NetnsGroup, packet_tap, read_ipv4, require_root
-from vpn_gw.xfrm import netlink as nl
-from vpn_gw.xfrm.backend import XfrmDataPlane
-from vpn_gw.xfrm.fragmenter import CHAIN, TABLE, RedFragmenter
+from vpn_gw.dataplane.xfrm import netlink as nl
+from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane
+from vpn_gw.dataplane.xfrm.fragmenter import CHAIN, TABLE, RedFragmenter
 
 pytestmark = pytest.mark.netns
 try:  # never skipped: scripts/setup.sh installs the extra, and the feature must be tested

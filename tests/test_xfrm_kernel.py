@@ -1,4 +1,4 @@
-"""vpn_gw.xfrm against this machine's kernel, inside throwaway network namespaces (XFRM state
+"""vpn_gw.dataplane.xfrm against this machine's kernel, inside throwaway network namespaces (XFRM state
 is per namespace, so nothing here touches the host's own SAs and policies).
 
 The machines this project runs on have the XFRM netlink API (policies, SPI allocation, ACQUIRE,
@@ -17,9 +17,9 @@ import pytest
 from ikev2.events import ChildSAKeys, ChildUp
 from ikev2.payloads import TrafficSelector
 from tests.netns import NetnsGroup, require_root
-from vpn_gw.xfrm import netlink as nl
-from vpn_gw.xfrm.backend import DEFAULT_REQID_BASE, XfrmDataPlane
-from vpn_gw.xfrm.sockets import get_encap, prepare_ike_socket
+from vpn_gw.dataplane.xfrm import netlink as nl
+from vpn_gw.dataplane.xfrm.backend import DEFAULT_REQID_BASE, XfrmDataPlane
+from vpn_gw.dataplane.xfrm.sockets import get_encap, prepare_ike_socket
 
 pytestmark = pytest.mark.netns
 

@@ -1,4 +1,4 @@
-"""XFRM netlink messages (vpn_gw.xfrm.netlink): struct layouts against the kernel's, and
+"""XFRM netlink messages (vpn_gw.dataplane.xfrm.netlink): struct layouts against the kernel's, and
 encode/decode round trips of every message the backend sends or receives. No kernel needed."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vpn_gw.xfrm import netlink as nl
+from vpn_gw.dataplane.xfrm import netlink as nl
 
 # sizeof() on x86_64 from linux/xfrm.h (linux-libc-dev 6.1), printed by the C program below
 # (gcc + linux-libc-dev); test_sizes_match_the_compiled_headers re-checks them when gcc is there.
@@ -98,7 +98,7 @@ def test_sizes_match_the_compiled_headers(tmp_path: Path):
 
 
 def test_constants():
-    from vpn_gw.xfrm import sockets
+    from vpn_gw.dataplane.xfrm import sockets
     assert (nl._xfrm_attrs.nla_map[31][1], nl.XFRM_MSG_MIGRATE, nl.XFRM_MSG_MAPPING) == \
         ("XFRMA_IF_ID", CONSTANTS["XFRM_MSG_MIGRATE"], CONSTANTS["XFRM_MSG_MAPPING"])
     assert nl._xfrm_attrs.nla_map[29][1] == "XFRMA_SET_MARK" and nl._xfrm_attrs.nla_map[32][1] == "XFRMA_MTIMER_THRESH"
@@ -260,7 +260,7 @@ def test_error_and_done_messages():
 
 
 def test_bypass_policy_struct():
-    from vpn_gw.xfrm.sockets import bypass_policy
+    from vpn_gw.dataplane.xfrm.sockets import bypass_policy
     raw = bypass_policy(socket.AF_INET6, nl.XFRM_POLICY_OUT)
     assert len(raw) == 168
     d = nl.xfrm_userpolicy_info.unpack(raw)
@@ -272,7 +272,7 @@ def test_backend_helpers():
     import ipaddress
 
     from ikev2.payloads import TrafficSelector
-    from vpn_gw.xfrm.backend import _port_blocks, algorithm_attrs, overhead_for, selector_blocks
+    from vpn_gw.dataplane.xfrm.backend import _port_blocks, algorithm_attrs, overhead_for, selector_blocks
     assert _port_blocks(0, 65535) == [(0, 0)]
     assert _port_blocks(53, 53) == [(53, 0xFFFF)]
     blocks = _port_blocks(1000, 1003)

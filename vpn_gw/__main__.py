@@ -1,3 +1,3 @@
-from .cli import main
+from vpn_gw.cli import main
 
 raise SystemExit(main())

@@ -25,9 +25,9 @@ import time
 import traceback
 from typing import Any, Sequence
 
-from .config import DEFAULT_CONTROL_SOCKET, ConfigError, load_config
-from .control import ControlError, control_request
-from .durations import format_duration, format_size
+from vpn_gw.config import DEFAULT_CONTROL_SOCKET, ConfigError, load_config
+from vpn_gw.control import ControlError, control_request
+from vpn_gw.durations import format_duration, format_size
 
 __all__ = ["main", "build_parser", "render_status", "render_reload", "render_result"]
 
@@ -279,7 +279,7 @@ def _probe_timeout(text: str) -> float:
 
 
 def render_probe(host: str, results: list, timeout: float) -> str:
-    from .probe import verdict
+    from vpn_gw.probe import verdict
     lines = []
     for r in results:
         if r.reachable:
@@ -292,7 +292,7 @@ def render_probe(host: str, results: list, timeout: float) -> str:
 
 
 def cmd_probe(args) -> int:
-    from .probe import probe, verdict
+    from vpn_gw.probe import probe, verdict
     try:
         results = asyncio.run(probe(args.host, args.port, args.timeout))
     except (OSError, UnicodeError) as e:
@@ -348,7 +348,7 @@ def _import_optional(module: str, what: str):
 
 def cmd_run(args) -> int:
     cfg = load_config(args.config)
-    from .log import setup_logging
+    from vpn_gw.log import setup_logging
     level = args.log_level or cfg.log_level
     fmt = args.log_format or cfg.log_format
     setup_logging(level, fmt)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from ikev2.identity import Identity, IdentityPattern
 
-from .durations import parse_duration, parse_size
+from vpn_gw.durations import parse_duration, parse_size
 
 __all__ = [
     "ConfigError", "Problem", "Secret", "parse_identity",
@@ -1040,7 +1040,7 @@ def _span_overlaps(first, last, net) -> bool:
 
 
 def _pool_addrs(v):
-    from .pools import parse_pool_addrs
+    from vpn_gw.pools import parse_pool_addrs
     v = _str(v)
     try:
         first, last, net = parse_pool_addrs(v)
@@ -1101,7 +1101,7 @@ def _at_line(ctx: _Ctx, path: tuple) -> str:
 
 
 def _pool(ctx: _Ctx, d: dict, path: tuple) -> PoolConfig | None:
-    from .pools import default_lease_file
+    from vpn_gw.pools import default_lease_file
     nerr = len(ctx.errors)
     t = _Table(ctx, d, path, POOL_KEYS, {**_GW_HINT, **_CONN_HINT, **_CHILD_HINT})
     name = t.get("name", _name)

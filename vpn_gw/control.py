@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
-from .config import DEFAULT_CONTROL_SOCKET, ConfigError, Secret
+from vpn_gw.config import DEFAULT_CONTROL_SOCKET, ConfigError, Secret
 
 __all__ = ["ControlServer", "control_request", "ControlError", "DaemonNotRunning",
            "CommandFailed", "DEFAULT_CONTROL_SOCKET", "MAX_LINE", "encode_message"]

@@ -16,13 +16,13 @@ from ikev2 import events as E
 from ikev2.constants import NON_ESP_MARKER
 from ikev2.manager import IkeManager
 
-from .config import GatewayConfig, diff_configs, load_config
-from .control import ControlError, ControlServer
-from .dataplane import DataPlane, RecordingDataPlane
-from .ddns_service import is_fqdn
-from .ike_socket import IkeSocket, route_source
-from .policies import ike_policy, initiate_target
-from .probe import ProbeResponder, is_probe
+from vpn_gw.config import GatewayConfig, diff_configs, load_config
+from vpn_gw.control import ControlError, ControlServer
+from vpn_gw.dataplane import DataPlane, RecordingDataPlane
+from vpn_gw.ddns.service import is_fqdn
+from vpn_gw.transport.udp import IkeSocket, route_source
+from vpn_gw.policies import ike_policy, initiate_target
+from vpn_gw.probe import ProbeResponder, is_probe
 
 log = structlog.get_logger("vpn_gw")
 
@@ -35,16 +35,16 @@ class Gateway:
         self.config = config
         if dataplane is None:
             if config.dataplane == "userspace":
-                from .userspace import UserspaceDataPlane
+                from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane
                 dataplane = UserspaceDataPlane(self._send_esp, self._interface_for, path_mtu=config.path_mtu,
                                                keepalive_interval=config.keepalive_interval,
                                                offload=config.offload)
             elif config.dataplane == "xfrm":
-                from .xfrm.backend import XfrmDataPlane
+                from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane
                 ifids = {c.interface: c.if_id for c in config.connections if c.interface}
                 fragmenter = None
                 if config.xfrm_fragmentation == "nfqueue":
-                    from .xfrm.fragmenter import RedFragmenter
+                    from vpn_gw.dataplane.xfrm.fragmenter import RedFragmenter
                     fragmenter = RedFragmenter(config.xfrm_nfqueue, fail_open=config.xfrm_nfqueue_fail == "open")
                 dataplane = XfrmDataPlane(self._send_esp, self._interface_for, if_id_for=ifids.get,
                                           path_mtu=config.path_mtu, keepalive_interval=config.keepalive_interval,
@@ -52,8 +52,8 @@ class Gateway:
             else:
                 dataplane = RecordingDataPlane()
         self.dataplane = dataplane
-        from .ddns_service import DdnsService
-        from .pools import PoolSet
+        from vpn_gw.ddns.service import DdnsService
+        from vpn_gw.pools import PoolSet
         self.ddns = DdnsService(config, self)
         self.pools = PoolSet.from_config(config.pools)
         self._vip_owner: dict[int, str] = {}  # ike_id -> identity holding pool leases
@@ -73,10 +73,10 @@ class Gateway:
         self._retry: dict[str, float] = {}
         self._held_down: set[str] = set()  # taken down by `vpn-gw down`: no automatic restart
         self.started = time.time()
-        from .log import RateLimitedLogger
+        from vpn_gw.log import RateLimitedLogger
         self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
         self.probe_responder = ProbeResponder()  # docs/probe.md: stateless, rate-limited echo
-        from .tcp_transport import TcpService
+        from vpn_gw.transport.tcp import TcpService
         self.tcp = TcpService(self)  # RFC 9329 TCP paths (docs/tcp-encapsulation.md)
 
     def _policy(self, conn, config):
@@ -130,7 +130,7 @@ class Gateway:
                 s = IkeSocket(str(addr), port)
                 if self.dataplane.name == "xfrm":
                     # IKE itself must never be encrypted; the kernel decapsulates ESP-in-UDP.
-                    from .xfrm.sockets import prepare_ike_socket
+                    from vpn_gw.dataplane.xfrm.sockets import prepare_ike_socket
                     prepare_ike_socket(s, natt=(port == self.config.natt_port))
                 if self.dataplane.name == "userspace" and port == self.config.natt_port and self.config.offload:
                     s.enable_gro()  # ESP bursts arrive coalesced (docs/esp.md, batching)
@@ -267,7 +267,7 @@ class Gateway:
     def _install_conn_routes(self) -> None:
         """``routes`` of route-based connections: into the connection's interface, for as long
         as the daemon runs (removed again at stop; an interface we created takes them along)."""
-        from .netlink import ipr_call
+        from vpn_gw.dataplane.iproute import ipr_call
         self._conn_routes: list[tuple[str, str]] = []
         wanted = [(str(net), c.interface, c.name) for c in self.config.connections if c.interface
                   for net in c.routes]
@@ -294,7 +294,7 @@ class Gateway:
             log.error("cannot add the connections' routes", error=f"{type(e).__name__}: {e}")
 
     def _remove_conn_routes(self) -> None:
-        from .netlink import ipr_call
+        from vpn_gw.dataplane.iproute import ipr_call
         routes = getattr(self, "_conn_routes", [])
         if not routes:
             return
@@ -724,7 +724,7 @@ class Gateway:
         await self.ddns.start()
         for note in self.pools.load():
             log.warning("address pool", note=note)
-        from . import nat
+        from vpn_gw.pools import masquerade as nat
         try:
             if nat.install(self.config.pools):
                 log.info("pool masquerading installed", table=nat.TABLE,
@@ -781,7 +781,7 @@ class Gateway:
         await self.dataplane.close()
         await self.ddns.stop()
         if any(p.masquerade for p in self.config.pools):
-            from . import nat
+            from vpn_gw.pools import masquerade as nat
             nat.remove()
         log.info("vpn-gw stopped")
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Hashable, TextIO
 
 import structlog
 
-from .config import Secret
+from vpn_gw.config import Secret
 
 __all__ = ["setup_logging", "redact_secrets", "is_secret_key", "RateLimitedLogger", "get_logger",
            "REDACTED", "LEVELS"]

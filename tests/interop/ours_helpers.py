@@ -48,7 +48,7 @@ SUITES = [
     ("aes256-sha384-modp3072", "aes256-sha384"),
 ]
 
-# Fast failure detection on our side (keys exist in [gateway], see vpn_gw/config.py).
+# Fast failure detection on our side (keys exist in [gateway], see vpn_gw/config/).
 FAST_RETRANSMIT = {"retransmit_timeout": 1.0, "retransmit_base": 1.4, "retransmit_tries": 3}
 
 

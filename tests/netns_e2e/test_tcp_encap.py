@@ -16,7 +16,7 @@ from tests.gateway import connection, wait_for
 from tests.netns import Netns
 from tests.netns_e2e.tools import Capture, esp_in_udp, ipv4_packets
 from tests.netns_e2e.topology import Site, two_sites
-from vpn_gw import tcp_transport as T
+from vpn_gw.transport import tcp as T
 
 pytestmark = pytest.mark.netns
 

@@ -10,10 +10,10 @@
 
 See docs/ddns.md.
 """
-from .addrwatch import AddressWatcher, IfAddr, read_addresses, select_addresses
-from .dyndns2 import Dyndns2Publisher, parse_answer
-from .publisher import Backoff, DnsUpdatePublisher, PublishResult
-from .resolver import PeerResolver, ResolveResult, is_ip_literal
+from vpn_gw.ddns.addrwatch import AddressWatcher, IfAddr, read_addresses, select_addresses
+from vpn_gw.ddns.dyndns2 import Dyndns2Publisher, parse_answer
+from vpn_gw.ddns.publisher import Backoff, DnsUpdatePublisher, PublishResult
+from vpn_gw.ddns.resolver import PeerResolver, ResolveResult, is_ip_literal
 
 __all__ = [
     "PeerResolver", "ResolveResult", "is_ip_literal",

@@ -41,7 +41,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
 
-from .publisher import Backoff, PublishResult
+from vpn_gw.ddns.publisher import Backoff, PublishResult
 
 __all__ = ["Dyndns2Publisher", "Answer", "parse_answer", "ANSWERS", "MAX_HOSTS"]
 

@@ -1,4 +1,4 @@
-"""Red-side fragmentation of policy-based XFRM tunnels (vpn_gw.xfrm.fragmenter), run *inside* the
+"""Red-side fragmentation of policy-based XFRM tunnels (vpn_gw.dataplane.xfrm.fragmenter), run *inside* the
 QEMU guest with real kernel ESP (Debian 6.1). Collected only in the guest, like test_guest_xfrm.py,
 whose topology and helpers it uses; facts go into the same facts.json.
 
@@ -23,9 +23,9 @@ from tests.kernel_guest.guest_tests.test_guest_xfrm import (  # noqa: F401 - fix
     snmp,
 )
 from tests.netns import packet_tap, read_ipv4
-from vpn_gw.xfrm import netlink as nl
-from vpn_gw.xfrm.backend import XfrmDataPlane, overhead_for
-from vpn_gw.xfrm.fragmenter import CHAIN, TABLE, RedFragmenter
+from vpn_gw.dataplane.xfrm import netlink as nl
+from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane, overhead_for
+from vpn_gw.dataplane.xfrm.fragmenter import CHAIN, TABLE, RedFragmenter
 
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
 

@@ -1,4 +1,4 @@
-"""Kernel ESP through vpn_gw.xfrm, run *inside* the QEMU guest (Debian 6.1 kernel).
+"""Kernel ESP through vpn_gw.dataplane.xfrm, run *inside* the QEMU guest (Debian 6.1 kernel).
 
 Collected only in the guest (tests/kernel_guest/conftest.py); tests/kernel_guest/test_kernel_guest.py
 boots the guest, runs this module and asserts on the JUnit report and on ``facts.json`` written
@@ -25,9 +25,9 @@ from ikev2.payloads import TrafficSelector
 from tests.gateway import PYTHON, ROOT, OurGateway, connection
 from tests.netns import NetnsGroup
 from tests.netns_e2e.topology import two_sites
-from vpn_gw.xfrm import netlink as nl
-from vpn_gw.xfrm.backend import DEFAULT_REQID_BASE, XfrmDataPlane, overhead_for
-from vpn_gw.xfrm.sockets import prepare_ike_socket
+from vpn_gw.dataplane.xfrm import netlink as nl
+from vpn_gw.dataplane.xfrm.backend import DEFAULT_REQID_BASE, XfrmDataPlane, overhead_for
+from vpn_gw.dataplane.xfrm.sockets import prepare_ike_socket
 
 RESULTS = Path(os.environ.get("VPN_GW_GUEST_RESULTS", "/results"))
 FACTS: dict = {}

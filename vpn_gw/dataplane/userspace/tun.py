@@ -2,14 +2,14 @@
 
 With ``vnet_hdr`` (IFF_VNET_HDR) every packet carries a 10-byte virtio-net header on the
 device: ``read`` and ``write`` hide it, ``write_many`` uses it to hand the kernel coalesced TCP
-segments (vpn_gw.gro)."""
+segments (vpn_gw.dataplane.userspace.gro)."""
 from __future__ import annotations
 
 import fcntl
 import os
 import struct
 
-from .gro import NO_OFFLOAD, VNET_HDR_LEN, coalesce_counted, complete_checksum
+from vpn_gw.dataplane.userspace.gro import NO_OFFLOAD, VNET_HDR_LEN, coalesce_counted, complete_checksum
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -46,7 +46,7 @@ class Tun:
         self.route_based = False  # one connection per interface (set by the data plane)
         self.name = res[:16].rstrip(b"\0").decode()
         self.mtu = mtu
-        from .netlink import ipr_call
+        from vpn_gw.dataplane.iproute import ipr_call
 
         def setup(ipr):
             idx = ipr.link_lookup(ifname=self.name)[0]

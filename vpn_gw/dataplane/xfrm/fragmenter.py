@@ -44,7 +44,7 @@ from esp.errors import EspError
 from esp.fragment import decide, fragment_ipv4, icmp_frag_needed
 from esp.ip import parse_ipv4
 
-from . import netlink as nl
+from vpn_gw.dataplane.xfrm import netlink as nl
 
 log = structlog.get_logger("vpn_gw.dataplane")
 

@@ -1,6 +1,6 @@
 """The Linux kernel XFRM data plane: the kernel encrypts, the daemon installs SAs and policies.
 
-Two modes, per connection (as in the userspace data plane, vpn_gw.userspace):
+Two modes, per connection (as in the userspace data plane, vpn_gw.dataplane.userspace.plane):
 
 * policy-based (no ``interface``): per Child SA, one policy per (local selector, remote
   selector) block and direction (out, in, fwd), each with a template naming the SA by reqid
@@ -39,8 +39,8 @@ from esp.fragment import tunnel_mtu
 from esp.cipher import EspOverhead
 from ikev2.events import Address, ChildUp
 
-from ..dataplane import ChildCounters, DataPlane
-from . import netlink as nl
+from vpn_gw.dataplane import ChildCounters, DataPlane
+from vpn_gw.dataplane.xfrm import netlink as nl
 
 log = structlog.get_logger("vpn_gw.dataplane")
 
@@ -228,7 +228,7 @@ class XfrmDataPlane(DataPlane):
                  require_esp: bool = True,
                  fragmenter: Any = None):
         self.send_udp = send_udp
-        # Red-side fragmentation for policy-based tunnels (vpn_gw.xfrm.fragmenter.RedFragmenter):
+        # Red-side fragmentation for policy-based tunnels (vpn_gw.dataplane.xfrm.fragmenter.RedFragmenter):
         # route-based ones get it from the XFRM interface MTU.
         self.fragmenter = fragmenter
         self.interface_for = interface_for
@@ -310,7 +310,7 @@ class XfrmDataPlane(DataPlane):
             self.fragmenter.netns = self.netns
 
     def _start_fragmenter(self, loop) -> None:
-        from .fragmenter import FragmenterError
+        from vpn_gw.dataplane.xfrm.fragmenter import FragmenterError
         try:
             self.fragmenter.start(loop)
         except FragmenterError as e:

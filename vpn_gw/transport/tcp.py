@@ -44,12 +44,12 @@ from ikev2 import events as E
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER
 from ikev2.sa_common import State
 
-from .ike_socket import route_source
-from .log import RateLimitedLogger
-from .probe import EXIT_OK, is_probe, probe, verdict
+from vpn_gw.transport.udp import route_source
+from vpn_gw.log import RateLimitedLogger
+from vpn_gw.probe import EXIT_OK, is_probe, probe, verdict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .daemon import Gateway
+    from vpn_gw.daemon import Gateway
 
 __all__ = ["PREFIX", "MIN_FRAME", "MAX_FRAME", "MAX_PAYLOAD", "NAT_KEEPALIVE", "FramingError", "frame",
            "ike_frame", "esp_frame", "Deframer", "classify", "TcpConnection", "TcpService"]

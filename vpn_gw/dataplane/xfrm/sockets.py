@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import socket
 
-from .netlink import (XFRM_POLICY_ALLOW, XFRM_POLICY_IN, XFRM_POLICY_OUT, UDP_ENCAP_ESPINUDP,
+from vpn_gw.dataplane.xfrm.netlink import (XFRM_POLICY_ALLOW, XFRM_POLICY_IN, XFRM_POLICY_OUT, UDP_ENCAP_ESPINUDP,
                       xfrm_userpolicy_info)
 
 SOL_UDP = 17
@@ -51,7 +51,7 @@ def prepare_ike_socket(sock, natt: bool) -> None:
     """Bypass policies on every IKE socket; ESP-in-UDP decapsulation on the NAT-T one.
 
     ``sock`` is a socket.socket or anything with a ``.sock`` attribute holding one
-    (vpn_gw.ike_socket.IkeSocket)."""
+    (vpn_gw.transport.udp.IkeSocket)."""
     s = getattr(sock, "sock", sock)
     set_bypass(s)
     if natt:

@@ -16,7 +16,7 @@ from typing import Callable
 
 import structlog
 
-from .ddns import AddressWatcher, DnsUpdatePublisher, Dyndns2Publisher, PeerResolver
+from vpn_gw.ddns import AddressWatcher, DnsUpdatePublisher, Dyndns2Publisher, PeerResolver
 
 log = structlog.get_logger("vpn_gw.ddns")
 

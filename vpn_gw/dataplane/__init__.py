@@ -1,7 +1,7 @@
 """The data-plane interface the daemon programs: install/remove Child SAs, move them to new
 addresses, read counters, and take ESP-in-UDP datagrams received on the NAT-T socket.
 
-Implementations: the userspace ESP data plane over TUN (vpn_gw.userspace, the default) and the
+Implementations: the userspace ESP data plane over TUN (vpn_gw.dataplane.userspace.plane, the default) and the
 Linux kernel XFRM backend. ``RecordingDataPlane`` keeps the SAs without moving packets: it is
 what runs when no packet-carrying backend is configured (IKE only), and in tests.
 """

@@ -21,7 +21,7 @@ Batching (``offload``, docs/esp.md "The data plane loop"): a TUN wake-up drains 
 hands the ESP datagrams of each path to ``send_udp_batch`` (UDP GSO in the daemon); the daemon
 brackets each NAT-T socket wake-up (UDP GRO bursts) with ``rx_batch_begin``/``rx_batch_end``,
 and the decrypted packets of the burst are written with ``Tun.write_many`` (TCP segments of one
-flow coalesced, vpn_gw.gro).
+flow coalesced, vpn_gw.dataplane.userspace.gro).
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ from esp.fragment import decide, fragment_ipv4, icmp_frag_needed, icmpv6_packet_
 from esp.packet import decapsulate, encapsulate
 from ikev2.events import Address, ChildUp
 
-from .dataplane import ChildCounters, DataPlane
-from .netlink import ipr_call
-from .tun import Tun, TunError
+from vpn_gw.dataplane import ChildCounters, DataPlane
+from vpn_gw.dataplane.iproute import ipr_call
+from vpn_gw.dataplane.userspace.tun import Tun, TunError
 
 log = structlog.get_logger("vpn_gw.dataplane")
 
@@ -208,7 +208,7 @@ class UserspaceDataPlane(DataPlane):
         self._raw4: socket.socket | None = None  # ICMP errors we generate (see _send_icmp4)
         # Several ESP datagrams for one path at once (the daemon sends them with UDP GSO);
         # None: one send_udp call per datagram.
-        self.offload = offload  # TUN devices with vnet_hdr: coalesced TCP writes (vpn_gw.gro)
+        self.offload = offload  # TUN devices with vnet_hdr: coalesced TCP writes (vpn_gw.dataplane.userspace.gro)
         self._rx: dict[Tun, list[bytes]] | None = None  # between rx_batch_begin and rx_batch_end
         self.send_udp_batch: Callable[[list[bytes], Address, Address], None] | None = None
         self._tx: dict[int, tuple[Address, Address, list[bytes]]] | None = None  # while draining a TUN
