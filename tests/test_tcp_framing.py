@@ -159,7 +159,7 @@ class FakeGateway:
         self.dataplane = FakeDataplane()
         self.flushes = 0
 
-    def _flush(self):
+    def flush(self):
         self.flushes += 1
 
 

@@ -66,13 +66,8 @@ async def _start(gw: Gateway) -> None:
 
 async def _stop(gw: Gateway) -> None:
     await gw.tcp.close()
-    loop = asyncio.get_running_loop()
-    for socks in gw.sockets.values():
-        for s in socks:
-            loop.remove_reader(s.fileno())
-            s.close()
-    if gw._timer:
-        gw._timer.cancel()
+    gw.udp.close()
+    gw.scheduler.close()
 
 
 async def _until(pred, timeout=10.0, what="condition"):
@@ -123,7 +118,7 @@ def test_ike_over_tcp_through_the_daemon_and_reconnect(tmp_path):
 
             # an IKE SA deleted by the client: its connection closes (after the grace period)
             client.manager.terminate("client", __import__("time").monotonic())
-            client._flush()
+            client.flush()
             await _until(lambda: not hub.manager.sas and not client.manager.sas, what="the delete")
         finally:
             await _stop(client)
@@ -139,7 +134,7 @@ def test_connect_failure_is_reported_to_up(tmp_path):
                                  extra=f'transport = "tcp"\ntcp_port = {closed_port}'))
         await _start(client)
         try:
-            res = await client.handle_control("up", {"name": "client", "timeout": 10})
+            res = await client.control.handle("up", {"name": "client", "timeout": 10})
             raise AssertionError(f"up succeeded: {res}")
         except Exception as e:  # noqa: BLE001
             assert "TCP connection to 127.0.0.2" in str(e) and "failed" in str(e), e

@@ -36,11 +36,10 @@ import socket
 import struct
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from ikev2 import events as E
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER
 from ikev2.sa_common import State
 
@@ -49,7 +48,9 @@ from vpn_gw.log import RateLimitedLogger
 from vpn_gw.probe import EXIT_OK, is_probe, probe, verdict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vpn_gw.daemon import Gateway
+    from ikev2.manager import IkeManager
+    from vpn_gw.config import GatewayConfig
+    from vpn_gw.dataplane import DataPlane
 
 __all__ = ["PREFIX", "MIN_FRAME", "MAX_FRAME", "MAX_PAYLOAD", "NAT_KEEPALIVE", "FramingError", "frame",
            "ike_frame", "esp_frame", "Deframer", "classify", "TcpConnection", "TcpService"]
@@ -277,16 +278,30 @@ class TcpConnection(asyncio.Protocol):
 # --------------------------------------------------------------------------------- service
 
 
+class TcpHost(Protocol):
+    """What the TCP transport needs from the daemon that runs it."""
+    manager: IkeManager
+    dataplane: DataPlane
+
+    @property
+    def config(self) -> GatewayConfig: ...  # follows `vpn-gw reload`
+    def flush(self) -> None: ...  # send what the engine produced, re-arm the timer
+    def connection(self, name: str) -> Any: ...  # the connection's config (None: no such name)
+    def initiate_to(self, name: str, remote_ip: str, transport: str | None = None) -> Any: ...
+    def initiation_failed(self, name: str, reason: str) -> None: ...
+
+
 class TcpService:
     """The daemon's TCP side: listener, originator connections, reconnects, the path registry.
 
-    It uses the gateway's ``manager``, ``dataplane`` and ``config`` and these helpers:
-    ``_flush()`` (send what the engine produced), ``_initiate_to(name, ip, transport="udp")``,
-    ``_on_event(ev)``/``_arm_timer()`` (an initiation that failed before an IKE SA existed is
-    reported like a failed IKE SA: ``up`` waiters and restart logic see an IkeDown).
+    It sees the daemon only through ``TcpHost``: its ``manager``, ``dataplane`` and ``config``,
+    ``flush()`` (send what the engine produced), ``initiate_to(name, ip, transport="udp")``,
+    ``connection(name)`` and ``initiation_failed(name, reason)`` (an initiation that failed
+    before an IKE SA existed is reported like a failed IKE SA: ``up`` waiters and restart logic
+    see an IkeDown).
     """
 
-    def __init__(self, gateway: "Gateway", *, clock=time.monotonic,
+    def __init__(self, gateway: TcpHost, *, clock=time.monotonic,
                  idle_timeout: float = IDLE_TIMEOUT, prefix_timeout: float = PREFIX_TIMEOUT):
         self.gw = gateway
         self.clock = clock
@@ -505,7 +520,7 @@ class TcpService:
                                     error=f"{type(e).__name__}: {e}", kind=kind, level="error")
         if flush:
             try:
-                gw._flush()
+                gw.flush()
             except Exception as e:  # noqa: BLE001
                 log.error("sending after a TCP frame failed", error=f"{type(e).__name__}: {e}")
 
@@ -574,7 +589,7 @@ class TcpService:
                 transport, why = await self._choose(conn, remote_ip)
                 log.info("transport chosen", connection=name, transport=transport, reason=why)
                 if transport == "udp":
-                    self.gw._initiate_to(name, remote_ip, transport="udp")
+                    self.gw.initiate_to(name, remote_ip, transport="udp")
                     return
             remote = (remote_ip, conn.tcp_port)
             try:
@@ -590,7 +605,7 @@ class TcpService:
             log.info("initiating over TCP", connection=name, local=f"{c.local[0]}:{c.local[1]}",
                      remote=f"{remote_ip}:{conn.tcp_port}")
             self.gw.manager.initiate(name, time.monotonic(), remote=c.remote, local=c.local)
-            self.gw._flush()
+            self.gw.flush()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - never a traceback, never a dead daemon
@@ -601,10 +616,7 @@ class TcpService:
     def _failed(self, name: str, reason: str) -> None:
         """An initiation failed before any IKE SA existed: report it like a failed IKE SA."""
         log.warning("cannot initiate", connection=name, reason=reason)
-        ev = E.IkeDown(reason=reason)
-        ev.ike_name = name
-        self.gw._on_event(ev)
-        self.gw._arm_timer()
+        self.gw.initiation_failed(name, reason)
 
     async def _reconnect(self, path: Path) -> None:
         try:
@@ -627,7 +639,7 @@ class TcpService:
                 return  # deleted meanwhile (DPD, shutdown, `down`)
             attempt += 1
             delay = min(max(2 * delay, RECONNECT_MIN), RECONNECT_MAX)
-            conn = self.gw._conn(sas[0].name)
+            conn = self.gw.connection(sas[0].name)
             try:
                 if conn is not None and conn.local_addrs:
                     local_ip = str(conn.local_addrs[0])
@@ -664,7 +676,7 @@ class TcpService:
                 log.info("TCP connection re-established, IKE SA continues", connection=moved[0].name,
                          local=f"{c.local[0]}:{c.local[1]}", remote=f"{remote[0]}:{remote[1]}", attempt=attempt,
                          spi_i=moved[0].spi_i.hex(), spi_r=moved[0].spi_r.hex())
-            self.gw._flush()
+            self.gw.flush()
             return
 
     # ------------------------------------------------------------------ housekeeping

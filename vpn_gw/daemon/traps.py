@@ -1,0 +1,48 @@
+"""``start_action = "trap"`` and ``dpd_action = "trap"``: trap policies in the data plane whose
+first packet starts the connection (an ACQUIRE)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import structlog
+
+from ikev2.manager import IkeManager
+
+from vpn_gw.dataplane import DataPlane
+
+log = structlog.get_logger("vpn_gw")
+
+
+class Traps:
+    def __init__(self, manager: IkeManager, dataplane: DataPlane, initiate: Callable[[str], Any]):
+        self.manager = manager
+        self.dataplane = dataplane
+        self.initiate = initiate
+
+    @property
+    def supported(self) -> bool:
+        return hasattr(self.dataplane, "install_trap")
+
+    def install_all(self, connections: Iterable[Any]) -> None:
+        if not self.supported:
+            return
+        self.dataplane.on_acquire = self._acquire  # type: ignore[attr-defined]
+        for conn in connections:
+            if conn.start_action == "trap":
+                self.install(conn.name)
+
+    def install(self, name: str) -> None:
+        pol = next(p for p in self.manager.policies if p.name == name)
+        for cp in pol.children:
+            self.dataplane.install_trap(name, cp.local_ts, cp.remote_ts)  # type: ignore[attr-defined]
+
+    def armed(self, name: str) -> bool:
+        return self.supported and name in self.dataplane.traps  # type: ignore[attr-defined]
+
+    def _acquire(self, name: str) -> None:
+        if self.manager.find(name):
+            return  # already being set up
+        try:
+            self.initiate(name)
+        except (OSError, ValueError) as e:
+            log.warning("cannot start connection for trapped traffic", connection=name, error=str(e))
