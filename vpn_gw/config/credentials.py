@@ -1,0 +1,124 @@
+"""Secrets read from the configuration: pre-shared keys, certificates, private keys."""
+from __future__ import annotations
+
+import base64
+import binascii
+import stat
+from pathlib import Path
+
+from vpn_gw.config.convert import _Bad, _Ctx, _describe, _list, _nonempty_str
+from vpn_gw.config.secret import Secret
+
+# Minimum PSK length: shorter keys are rejected outright (documented in docs/config.md).
+PSK_MIN_BYTES = 8
+# PSKs shorter than this load, with a warning.
+PSK_WARN_BYTES = 16
+
+
+def _read_file(ctx: _Ctx, s: str, what: str) -> tuple[Path, bytes]:
+    p = ctx.path(s)
+    try:
+        return p, p.read_bytes()
+    except OSError as e:
+        raise _Bad(f"cannot read {what} {str(p)!r}: {e.strerror or e}") from None
+
+
+def _check_private_perms(ctx: _Ctx, path: tuple, p: Path, what: str):
+    try:
+        mode = p.stat().st_mode
+    except OSError:  # pragma: no cover
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        ctx.warn(path, f"{what} file {str(p)!r} is readable by group/others "
+                       f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+
+
+def _psk(ctx: _Ctx, path: tuple):
+    def conv(v):
+        if not isinstance(v, str):
+            raise _Bad(f"expected a string, got {_describe(v, show=False)}")
+        if v.startswith("file:"):
+            p, data = _read_file(ctx, v[5:].strip(), "PSK file")
+            _check_private_perms(ctx, path, p, "PSK")
+            text = data.rstrip(b"\r\n")
+            # a file may itself hold 0x/0s notation
+            try:
+                s = text.decode()
+            except UnicodeDecodeError:
+                value = text
+            else:
+                value = _decode_psk(s) if s.startswith(("0x", "0s")) else text
+        else:
+            value = _decode_psk(v)
+        if len(value) < PSK_MIN_BYTES:
+            raise _Bad(f"pre-shared key is {len(value)} bytes; at least {PSK_MIN_BYTES} are required "
+                       f"(use a long random key, e.g. `head -c 32 /dev/urandom | base64`)")
+        if len(value) < PSK_WARN_BYTES:
+            ctx.warn(path, f"pre-shared key is only {len(value)} bytes; use at least "
+                           f"{PSK_WARN_BYTES} random bytes")
+        return Secret(bytes(value))
+    return conv
+
+
+def _decode_psk(s: str) -> bytes:
+    if s.startswith("0x"):
+        try:
+            return bytes.fromhex(s[2:])
+        except ValueError:
+            raise _Bad("pre-shared key starts with '0x' but is not valid hex") from None
+    if s.startswith("0s"):
+        try:
+            return base64.b64decode(s[2:], validate=True)
+        except (binascii.Error, ValueError):
+            raise _Bad("pre-shared key starts with '0s' but is not valid base64") from None
+    return s.encode()
+
+
+def _certs(ctx: _Ctx):
+    def conv(v):
+        files = _list(_nonempty_str, example='["/etc/vpn-gw/hq.pem"]')(v)
+        from cryptography import x509
+        paths, certs = [], []
+        for i, s in enumerate(files):
+            try:
+                p, data = _read_file(ctx, s, "certificate file")
+            except _Bad as e:
+                raise _Bad(str(e), (i,)) from None
+            try:
+                loaded = x509.load_pem_x509_certificates(data)
+            except ValueError:
+                raise _Bad(f"{str(p)!r} is not a PEM certificate file (expected "
+                           f"-----BEGIN CERTIFICATE-----)", (i,)) from None
+            paths.append(p)
+            certs.extend(loaded)
+        return tuple(paths), tuple(certs)
+    return conv
+
+
+def _private_key(ctx: _Ctx, path: tuple):
+    def conv(v):
+        s = _nonempty_str(v)
+        from cryptography.hazmat.primitives import serialization
+        p, data = _read_file(ctx, s, "private key file")
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            raise _Bad(f"private key {str(p)!r} is encrypted; vpn-gw needs an unencrypted key "
+                       f"(protect it with file mode 0600 instead)") from None
+        except (ValueError, Exception):
+            raise _Bad(f"{str(p)!r} is not a PEM private key") from None
+        _check_private_perms(ctx, path, p, "private key")
+        return p, Secret(key)
+    return conv
+
+
+def _check_key_matches(ctx: _Ctx, path: tuple, cert, key):
+    from cryptography.hazmat.primitives import serialization
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        same = cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
+    except Exception:  # pragma: no cover - exotic key types
+        return
+    if not same:
+        ctx.error(path + ("private_key",), "private_key does not match the public key of the "
+                                           "first certificate in certs")
