@@ -229,7 +229,7 @@ def describe(cert: x509.Certificate) -> str:
 
 
 def _fmt_time(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # --------------------------------------------------------------------------- loading / payloads
@@ -633,7 +633,7 @@ def verify_chain(end_entity: x509.Certificate, intermediates: list[x509.Certific
     if not isinstance(now, datetime.datetime):
         raise TypeError("now must be a datetime.datetime")
     if now.tzinfo is None:
-        now = now.replace(tzinfo=datetime.timezone.utc)
+        now = now.replace(tzinfo=datetime.UTC)
     try:
         ee = _node(_checked(end_entity, "end-entity certificate"), False)
         anchors_der: dict[bytes, _Node] = {}

@@ -29,8 +29,8 @@ one expected. Zero-length attributes in a CFG_REPLY carry nothing and are skippe
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Union
 
 from .constants import CfgAttr, CfgType
 from .errors import ParseError
@@ -41,9 +41,9 @@ __all__ = [
     "parse_request", "build_reply", "build_request", "parse_reply",
 ]
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _UNSPEC = {4: ipaddress.IPv4Address(0), 6: ipaddress.IPv6Address(0)}
 _ADDR_ATTR = {4: CfgAttr.INTERNAL_IP4_ADDRESS, 6: CfgAttr.INTERNAL_IP6_ADDRESS}

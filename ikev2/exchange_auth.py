@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import hmac
+
 from . import payloads as P
-from .constants import AuthMethod, ExchangeType as X, NotifyType as N
+from .constants import AuthMethod
+from .constants import ExchangeType as X
+from .constants import NotifyType as N
 from .crypto import auth as cauth
 from .crypto.proposals import proposal_display
 from .events import AuthFailed, ExchangeDone, IkeUp
 from .identity import Identity
 from .message import Message
 from .policy import IkePolicy
-from .sa_common import State, ExchangeFailed, _ChildRequest, _notify_name, _local_id_ok
+from .sa_common import ChildRequest, ExchangeFailed, State, local_id_ok, notify_name
+from .sa_core import IkeSACore
 
 
-class AuthExchange:
+class AuthExchange(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
 
     def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:
@@ -43,6 +47,7 @@ class AuthExchange:
 
     def _sign_hash(self, key):
         from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+
         from .constants import HashAlgorithm
         if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
             return None  # EdDSA signs the message itself (RFC 8420, "identity" hash)
@@ -74,15 +79,16 @@ class AuthExchange:
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED,
                                      f"PSK authentication of '{ident}' failed (wrong pre-shared key?)", fatal=True)
         elif ra.method == "pubkey":
-            from .certs import CertificateError, identity_matches_cert, parse_cert_payload, verify_chain
             import datetime
+
+            from .certs import CertificateError, identity_matches_cert, parse_cert_payload, verify_chain
             certs = [c for c in req.all(P.CertPayload) if c.encoding == 4]
             if not certs:
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED, "peer sent no certificate", fatal=True)
             try:
                 ee = parse_cert_payload(certs[0].data)
                 inter = [parse_cert_payload(c.data) for c in certs[1:]]
-                when = datetime.datetime.fromtimestamp(self.wall(now), datetime.timezone.utc)
+                when = datetime.datetime.fromtimestamp(self.wall(now), datetime.UTC)
                 verify_chain(ee, inter, ra.cacerts, when)
             except CertificateError as e:
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"certificate of '{ident}' rejected: {e}",
@@ -122,7 +128,7 @@ class AuthExchange:
         out: list[P.Payload] = self._eap_client_request([idi] + extra + rest)
         cp = next((c for c in pol.children if c.start_action == "start"), pol.children[0] if pol.children else None)
         if cp is not None:
-            req = _ChildRequest(cp, self._new_child_spi(), [], list(cp.local_ts), list(cp.remote_ts))
+            req = ChildRequest(cp, self._new_child_spi(), [], list(cp.local_ts), list(cp.remote_ts))
             req.proposals = self._child_proposals(cp, req.spi_in, with_ke=False)
             self._first_child = req
             self._first_child_policy = cp
@@ -140,7 +146,7 @@ class AuthExchange:
             reason = "peer rejected our authentication (AUTHENTICATION_FAILED)" if errors else \
                 "IKE_AUTH response without AUTH"
             if errors and not any(n.notify_type == N.AUTHENTICATION_FAILED for n in errors):
-                reason = f"IKE_AUTH failed: peer answered {_notify_name(errors[0].notify_type)}"
+                reason = f"IKE_AUTH failed: peer answered {notify_name(errors[0].notify_type)}"
             self._emit(AuthFailed(reason=reason))
             self._die(now, reason)
             return
@@ -197,7 +203,7 @@ class AuthExchange:
         idr = req.get(P.IDrPayload)
         wanted = Identity(idr.id_type, idr.data) if idr else None
         matching = [c for c in self.candidates if c.remote_id.matches(ident)
-                    and (wanted is None or _local_id_ok(c, wanted))]
+                    and (wanted is None or local_id_ok(c, wanted))]
         if not matching:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"no connection accepts peer identity '{ident}'",
                                  fatal=True)

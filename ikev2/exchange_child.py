@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import struct
+
 from . import payloads as P
 from .child_sa import ChildSA, ChildState
 from .constants import (
     ExchangeType as X,
+)
+from .constants import (
     NotifyType as N,
+)
+from .constants import (
     ProtocolId,
     TransformType,
 )
@@ -18,11 +23,12 @@ from .errors import InvalidKeyExchange, ProposalError
 from .events import ChildSAKeys, ChildUp, ExchangeDone
 from .message import Message
 from .policy import ChildPolicy
+from .sa_common import NONCE_LEN, ChildRequest, ExchangeFailed, State, notify_name
+from .sa_core import IkeSACore
 from .ts import all_within, narrow
-from .sa_common import NONCE_LEN, State, ExchangeFailed, _ChildRequest, _notify_name
 
 
-class ChildExchanges:
+class ChildExchanges(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
 
     def _child_proposals(self, cp: ChildPolicy, spi: bytes, with_ke: bool) -> list[P.Proposal]:
@@ -103,7 +109,8 @@ class ChildExchanges:
         return ChildSA(policy=cp, spi_in=spi_in, spi_out=spi_out, proposal=proposal,
                        keys=self._child_keys(k, suite, spi_in, spi_out, cp, we_initiated),
                        local_ts=local_ts, remote_ts=remote_ts, created=now,
-                       rekey_at=now + self._jitter(cp.rekey_time), expire_at=now + (cp.life_time or cp.rekey_time * 1.1),
+                       rekey_at=now + self._jitter(cp.rekey_time),
+                       expire_at=now + (cp.life_time or cp.rekey_time * 1.1),
                        proposal_text=proposal_display(proposal), nonces=(ni, nr))
 
     def _jitter(self, t: float) -> float:
@@ -136,14 +143,14 @@ class ChildExchanges:
                            rekey_bytes=child.policy.rekey_bytes, life_bytes=child.policy.life_bytes,
                            rekey_packets=child.policy.rekey_packets, life_packets=child.policy.life_packets))
 
-    def _finish_child_as_initiator(self, req: _ChildRequest, msg: Message, now: float, ni: bytes,
+    def _finish_child_as_initiator(self, req: ChildRequest, msg: Message, now: float, ni: bytes,
                                    nr: bytes, shared: bytes | None) -> None:
         errors = [n for n in msg.notifies() if n.is_error]
         sa = msg.get(P.SAPayload)
         tsi = msg.get(P.TSiPayload)
         tsr = msg.get(P.TSrPayload)
         if errors or sa is None or tsi is None or tsr is None:
-            why = _notify_name(errors[0].notify_type) if errors else "no SA/TS in the response"
+            why = notify_name(errors[0].notify_type) if errors else "no SA/TS in the response"
             self.log("warning", "CHILD_SA not created", child=req.policy.name, reason=why)
             if req.rekey_of is not None and req.rekey_of.state == ChildState.REKEYING:
                 req.rekey_of.state = ChildState.INSTALLED
@@ -189,7 +196,7 @@ class ChildExchanges:
 
     def _build_create_child(self, cp: ChildPolicy, rekey_of: ChildSA | None):
         spi = self._new_child_spi()
-        req = _ChildRequest(cp, spi, [], list(rekey_of.local_ts if rekey_of else cp.local_ts),
+        req = ChildRequest(cp, spi, [], list(rekey_of.local_ts if rekey_of else cp.local_ts),
                             list(rekey_of.remote_ts if rekey_of else cp.remote_ts), rekey_of=rekey_of)
         req.proposals = self._child_proposals(cp, spi, with_ke=True)
         req.nonce = self.rng(NONCE_LEN)

@@ -14,18 +14,21 @@ from __future__ import annotations
 import hmac
 
 from . import payloads as P
-from .constants import CfgType, ExchangeType as X, NotifyType as N
+from .constants import CfgType
+from .constants import ExchangeType as X
+from .constants import NotifyType as N
 from .crypto import auth as cauth
 from .events import AuthFailed, VirtualIpAssigned, VirtualIpReceived
 from .identity import Identity
 from .message import Message
-from .sa_common import ExchangeFailed, _notify_name
+from .sa_common import ExchangeFailed, notify_name
+from .sa_core import IkeSACore
 
 MAX_EAP_ROUNDS = 50
 MUTUAL_EAP = ("eap-tls",)  # methods that authenticate the server too (RFC 5998 EAP-only)
 
 
-class EapExchange:
+class EapExchange(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
 
     # ------------------------------------------------------------------ shared
@@ -150,7 +153,7 @@ class EapExchange:
         errors = [n for n in msg.notifies() if n.is_error]
         eap = msg.get(P.EAPPayload)
         if errors and eap is None:
-            why = f"IKE_AUTH failed: peer answered {_notify_name(errors[0].notify_type)}"
+            why = f"IKE_AUTH failed: peer answered {notify_name(errors[0].notify_type)}"
             self._emit(AuthFailed(reason=why))
             self._die(now, why)
             return
@@ -197,7 +200,7 @@ class EapExchange:
         auth = msg.get(P.AuthPayload)
         if auth is None:
             errors = [n for n in msg.notifies() if n.is_error]
-            why = f"IKE_AUTH failed after EAP: {_notify_name(errors[0].notify_type) if errors else 'no AUTH'}"
+            why = f"IKE_AUTH failed after EAP: {notify_name(errors[0].notify_type) if errors else 'no AUTH'}"
             self._emit(AuthFailed(reason=why))
             self._die(now, why)
             return

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import struct
+
 from . import payloads as P
 from .constants import (
     ExchangeType as X,
+)
+from .constants import (
     NotifyType as N,
+)
+from .constants import (
     ProtocolId,
     TransformType,
 )
@@ -15,13 +20,13 @@ from .crypto.proposals import choose_proposal, ike_suite, proposal_display
 from .errors import InvalidKeyExchange, ProposalError
 from .events import IkeRekeyed
 from .message import Message
-from .sa_common import NONCE_LEN, State, ExchangeFailed, _notify_name
-
+from .sa_common import NONCE_LEN, ExchangeFailed, State, notify_name
+from .sa_core import IkeSACore
 
 REDUNDANT_SA_LIFETIME = 30.0  # seconds a lost collision's SA waits for the peer's DELETE
 
 
-class IkeRekey:
+class IkeRekey(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
 
     def rekey_ike(self, now: float) -> None:
@@ -44,7 +49,7 @@ class IkeRekey:
                 sa, nr, ke = msg.get(P.SAPayload), msg.get(P.NoncePayload), msg.get(P.KEPayload)
                 if errors or sa is None or nr is None or ke is None or len(sa.proposals) != 1:
                     self.log("warning", "IKE rekey failed",
-                             reason=_notify_name(errors[0].notify_type) if errors else "bad response")
+                             reason=notify_name(errors[0].notify_type) if errors else "bad response")
                     self.rekey_at = self._now + 60.0
                     self._settle_lost_collision()
                     return
@@ -149,8 +154,7 @@ class IkeRekey:
                           ni: bytes, nr: bytes, shared: bytes, now: float, take_children: bool = True):
         """RFC 7296 2.18: the new IKE SA takes over all Child SAs; the old one is deleted by the
         side that initiated the rekey."""
-        from .ike_sa import IkeSA
-        new = IkeSA(ike_id=self.ike_id, initiator=we_initiated, policy=self.policy, local=self.local,
+        new = type(self)(ike_id=self.ike_id, initiator=we_initiated, policy=self.policy, local=self.local,
                     remote=self.remote, rng=self.rng, now=now, log=self.log, wall_offset=self.wall_offset)
         new.spi_i, new.spi_r = spi_i, spi_r
         new.suite, new.proposal = suite, proposal
@@ -181,13 +185,3 @@ class IkeRekey:
             self._request("delete rekeyed IKE SA", lambda: (X.INFORMATIONAL,
                           [P.DeletePayload(protocol=ProtocolId.IKE)], lambda m: self._gone(self._now)))
         return new
-
-    def _gone(self, now: float) -> None:
-        """Old IKE SA after rekey: disappear quietly (no IkeDown: the successor lives on)."""
-        self.state = State.DELETED
-        self.pending = None
-        self.queue.clear()
-        if self.sk_in:
-            self.sk_in.wipe()
-        if self.sk_out:
-            self.sk_out.wipe()

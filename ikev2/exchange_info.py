@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from . import payloads as P
 from .child_sa import ChildSA, ChildState
-from .constants import ExchangeType as X, NotifyType as N, ProtocolId
+from .constants import ExchangeType as X
+from .constants import NotifyType as N
+from .constants import ProtocolId
 from .events import AuthFailed
 from .message import Message
-from .sa_common import State, QueuedRequest
+from .sa_common import QueuedRequest, State
+from .sa_core import IkeSACore
 
 
-class Informational:
+class Informational(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
 
     def _on_informational_request(self, req: Message, now: float) -> None:

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import struct
+
 from . import payloads as P
 from .constants import (
-    ExchangeType as X,
-    HeaderFlag,
     IKE_PORT,
     NATT_PORT,
-    NotifyType as N,
+    HeaderFlag,
     ProtocolId,
     TransformType,
+)
+from .constants import (
+    ExchangeType as X,
+)
+from .constants import (
+    NotifyType as N,
 )
 from .crypto import auth as cauth
 from .crypto.dh import ke_by_id
@@ -21,11 +26,12 @@ from .events import Address
 from .message import Message, encode_message
 from .natd import natd_hash
 from .notify_data import group_of
+from .sa_common import MAX_INIT_RETRIES, NONCE_LEN, ExchangeFailed, State, notify_name
+from .sa_core import IkeSACore
 from .sk import SKKeys
-from .sa_common import NONCE_LEN, MAX_INIT_RETRIES, State, ExchangeFailed, _notify_name
 
 
-class InitExchange:
+class InitExchange(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
 
     def start(self, now: float) -> None:
@@ -118,7 +124,7 @@ class InitExchange:
             return
         errors = [n for n in msg.notifies() if n.is_error]
         if errors:
-            name = _notify_name(errors[0].notify_type)
+            name = notify_name(errors[0].notify_type)
             self._die(now, f"IKE_SA_INIT failed: peer answered {name}")
             return
         try:
@@ -263,7 +269,7 @@ class InitExchange:
 
     def _reject_init(self, msg: Message, notify: int, reason: str, data: bytes = b"") -> None:
         self.log("warning", "IKE_SA_INIT refused", peer=f"{self.remote[0]}:{self.remote[1]}",
-                 notify=_notify_name(notify), reason=reason)
+                 notify=notify_name(notify), reason=reason)
         resp = Message(msg.spi_i, bytes(8), X.IKE_SA_INIT, 0, HeaderFlag.RESPONSE,
                        [P.NotifyPayload(notify_type=notify, data=data)])
         self._send([encode_message(resp)])

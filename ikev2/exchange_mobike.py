@@ -16,11 +16,12 @@ from .constants import ExchangeType as X
 from .constants import NotifyType as N
 from .message import Message
 from .natd import natd_hash
+from .sa_core import IkeSACore
 
 COOKIE2_LEN = 16
 
 
-class Mobike:
+class Mobike(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
 
     def _natd_now(self) -> list[P.Payload]:

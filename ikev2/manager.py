@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from typing import Callable
+from collections.abc import Callable
 
 from . import payloads as P
-from .constants import ExchangeType as X, HeaderFlag, NotifyType as N
+from .constants import ExchangeType as X
+from .constants import HeaderFlag
+from .constants import NotifyType as N
 from .errors import ParseError, UnsupportedCriticalPayload
 from .events import Address, Event, IkeUp
 from .ike_sa import IkeSA, State

@@ -9,8 +9,8 @@ up to the ICV.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .constants import GENERIC_PAYLOAD_HEADER_LEN, IKE_HEADER_LEN, PayloadType
 from .errors import AuthenticatedParseError, IntegrityError, ParseError

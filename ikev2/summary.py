@@ -5,7 +5,9 @@ what strongSwan logged for the same message.
 """
 from __future__ import annotations
 
-from .constants import CfgAttr, CfgType, EapCode, EapType, NotifyType as N, PayloadType as P
+from .constants import CfgAttr, CfgType, EapCode, EapType
+from .constants import NotifyType as N
+from .constants import PayloadType as P
 
 PAYLOAD_SHORT = {
     P.SA: "SA", P.KE: "KE", P.IDi: "IDi", P.IDr: "IDr", P.CERT: "CERT", P.CERTREQ: "CERTREQ",

@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 
@@ -231,7 +231,7 @@ class KeyExchangeMethod:
     field_p: int = 0
     order: int = 0
 
-    def generate(self, random_bytes: RandomBytes) -> "KeyExchangePrivate":
+    def generate(self, random_bytes: RandomBytes) -> KeyExchangePrivate:
         """A fresh private value drawn from ``random_bytes``; deterministic given that stream."""
         if self.kind == "modp":
             # Exponent of at least twice the group's strength (RFC 3526 8; the lengths
@@ -246,7 +246,7 @@ class KeyExchangeMethod:
             return _EcpPrivate.from_scalar(self, d)
         return self.private_from_value(_take(random_bytes, self.public_len))
 
-    def private_from_value(self, value: int | bytes) -> "KeyExchangePrivate":
+    def private_from_value(self, value: int | bytes) -> KeyExchangePrivate:
         """Our half from a known private value (known-answer tests, interop debugging).
 
         MODP: the exponent x (int); ECP: the scalar (int, 1 <= d < n); X25519/X448: the
@@ -333,7 +333,7 @@ class _EcpPrivate(KeyExchangePrivate):
         self._key = key
 
     @classmethod
-    def from_scalar(cls, method: KeyExchangeMethod, d: int) -> "_EcpPrivate":
+    def from_scalar(cls, method: KeyExchangeMethod, d: int) -> _EcpPrivate:
         key = ec.derive_private_key(d, method.curve)
         pub = key.public_key().public_numbers()
         flen = method.public_len // 2

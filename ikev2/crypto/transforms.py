@@ -62,7 +62,7 @@ class KeyedCipher:
 
     __slots__ = ("algorithm", "salt", "_aead", "_aes")
 
-    def __init__(self, algorithm: "EncrAlgorithm", key: bytes):
+    def __init__(self, algorithm: EncrAlgorithm, key: bytes):
         if len(key) != algorithm.key_len:
             raise CryptoError(
                 f"{algorithm.name}: key must be {algorithm.key_len} octets, got {len(key)}")
@@ -136,7 +136,7 @@ class EncrAlgorithm:
     #: True when the transform carries a Key Length attribute on the wire (AES); ChaCha20-
     #: Poly1305 must be sent without one (RFC 7634 3).
     key_length_attribute: bool = True
-    _cache: "OrderedDict[bytes, KeyedCipher]" = field(default_factory=OrderedDict, repr=False,
+    _cache: OrderedDict[bytes, KeyedCipher] = field(default_factory=OrderedDict, repr=False,
                                                       compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

@@ -22,7 +22,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ikev2.constants import EapCode, EapType
 

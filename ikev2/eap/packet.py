@@ -113,7 +113,7 @@ class EapPacket:
     data: bytes = b""
 
     @classmethod
-    def parse(cls, msg: bytes) -> "EapPacket":
+    def parse(cls, msg: bytes) -> EapPacket:
         """Parse one EAP packet; raises :class:`EapError` on anything malformed.
 
         Octets beyond the Length field are link-layer padding and ignored (RFC 3748 4.1);

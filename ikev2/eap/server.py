@@ -26,7 +26,7 @@ Behaviour (RFC 3748 section numbers):
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ikev2.constants import EapCode, EapType
 

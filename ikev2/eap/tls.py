@@ -154,7 +154,7 @@ class TlsConfig:
             raise EapError("EAP-TLS needs trust anchors (ca) to verify the peer's certificate")
 
     @classmethod
-    def from_files(cls, certs: list | None, private_key, cacerts: list, **kw) -> "TlsConfig":
+    def from_files(cls, certs: list | None, private_key, cacerts: list, **kw) -> TlsConfig:
         """From PEM files as docs/config.md names them: ``certs`` (ours first, then
         intermediates), ``private_key`` (unencrypted), ``cacerts`` (trust anchors)."""
         def read(path) -> bytes:

@@ -27,9 +27,9 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .mschapv2 import nt_password_hash
 from .packet import EapError, parse_methods
@@ -99,7 +99,7 @@ class UserDB:
         return isinstance(identity, str) and self.lookup(identity) is not None
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "UserDB":
+    def load(cls, path: str | os.PathLike) -> UserDB:
         """Read a users file; :class:`UserFileError` names the file and the entry at fault."""
         p = Path(path)
         try:
@@ -116,7 +116,7 @@ class UserDB:
         return db
 
     @classmethod
-    def from_toml(cls, text: str, source: str = "<users>") -> "UserDB":
+    def from_toml(cls, text: str, source: str = "<users>") -> UserDB:
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
