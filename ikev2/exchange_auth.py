@@ -18,7 +18,14 @@ from .sa_core import IkeSACore
 
 
 class AuthExchange(IkeSACore):
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_auth_octets``, ``_build_auth_request``, ``_complete_auth_responder``,
+    ``_established``, ``_our_auth_payloads``, ``_start_other_children``, ``_verify_peer_auth``.
+    Calls other exchanges only through the hooks ``_assign_virtual_ip``, ``_child_proposals``,
+    ``_continue_eap_server``, ``_eap_client_request``, ``_finish_child_as_initiator``, ``_install_child``,
+    ``_on_auth_response_eap``, ``_read_cp_reply``, ``_respond_child``, ``_start_eap_server``,
+    ``create_child``.
+    """
 
     def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:
         s = self.suite

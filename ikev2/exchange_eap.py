@@ -29,7 +29,13 @@ MUTUAL_EAP = ("eap-tls",)  # methods that authenticate the server too (RFC 5998 
 
 
 class EapExchange(IkeSACore):
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_assign_virtual_ip``, ``_continue_eap_server``, ``_eap_client_request``,
+    ``_on_auth_response_eap``, ``_read_cp_reply``, ``_start_eap_server``.
+    Calls other exchanges only through the hooks ``_auth_octets``, ``_complete_auth_responder``,
+    ``_established``, ``_finish_child_as_initiator``, ``_our_auth_payloads``, ``_start_other_children``,
+    ``_verify_peer_auth``.
+    """
 
     # ------------------------------------------------------------------ shared
 

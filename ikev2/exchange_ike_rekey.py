@@ -27,7 +27,9 @@ REDUNDANT_SA_LIFETIME = 30.0  # seconds a lost collision's SA waits for the peer
 
 
 class IkeRekey(IkeSACore):
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_on_ike_rekey_request``, ``_settle_lost_collision``.
+    """
 
     def rekey_ike(self, now: float) -> None:
         def build():

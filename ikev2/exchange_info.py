@@ -13,7 +13,11 @@ from .sa_core import IkeSACore
 
 
 class Informational(IkeSACore):
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_delete_children``.
+    Calls other exchanges only through the hooks ``_child_by_spi_in``, ``_child_by_spi_out``,
+    ``_mobike_request``, ``_settle_lost_collision``.
+    """
 
     def _on_informational_request(self, req: Message, now: float) -> None:
         if self._mobike_request(req, now):

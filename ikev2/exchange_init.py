@@ -32,7 +32,10 @@ from .sk import SKKeys
 
 
 class InitExchange(IkeSACore):
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_install_keys``.
+    Calls other exchanges only through the hooks ``_build_auth_request``.
+    """
 
     def start(self, now: float) -> None:
         """Initiator: send IKE_SA_INIT."""

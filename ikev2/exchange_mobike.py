@@ -22,7 +22,9 @@ COOKIE2_LEN = 16
 
 
 class Mobike(IkeSACore):
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_mobike_request``.
+    """
 
     def _natd_now(self) -> list[P.Payload]:
         src = natd_hash(self.spi_i, self.spi_r, self.local[0], self.local[1])
