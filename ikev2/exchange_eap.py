@@ -70,7 +70,8 @@ class EapExchange(IkeSACore):
             out: list[P.Payload] = [P.IDrPayload(id_type=idr.id_type, data=idr.data)]
         else:
             out = self._our_auth_payloads(P.IDrPayload)
-        out.append(P.EAPPayload(message=self._eap_server_obj.start()))
+        self._eap_last_request = self._eap_server_obj.start()
+        out.append(P.EAPPayload(message=self._eap_last_request))
         self.log("info", "starting EAP", peer_id=str(ident), method=ra.method, eap_only=eap_only)
         self._respond(req, out)
 
@@ -94,12 +95,21 @@ class EapExchange(IkeSACore):
                 self.log("warning", "EAP authentication failed", reason=why)
                 self._die(now, why)
                 return
+            if step.send is None:
+                # RFC 3748 4.1: the authenticator silently discarded the Response (e.g. a wrong
+                # Identifier). Inside IKE_AUTH the request must still be answered: repeat the
+                # outstanding EAP Request, as a retransmission would (counted in the rounds).
+                self.log("info", "EAP Response discarded, repeating the outstanding Request",
+                         reason=step.reason)
+                self._respond(req, [P.EAPPayload(message=self._eap_last_request)])
+                return
             if step.done:
                 self._eap_done = True
                 self._eap_msk = step.msk or b""
                 self.eap_identity = step.identity
                 self.log("info", "EAP authentication succeeded", eap_identity=step.identity,
                          msk=bool(step.msk))
+            self._eap_last_request = step.send
             self._respond(req, [P.EAPPayload(message=step.send)])
             return
         if auth is None or not self._eap_done:
@@ -195,6 +205,13 @@ class EapExchange(IkeSACore):
                     lambda m: self._on_auth_final_eap(m, self._now)))
                 return
             send = step.send
+            if send is None:
+                # The EAP peer discarded the Request; the gateway will not send another one on
+                # its own (the IKE exchange is complete), so the conversation cannot go on.
+                why = f"EAP failed: the gateway's EAP Request was discarded ({step.reason})"
+                self._emit(AuthFailed(reason=why))
+                self._die(now, why)
+                return
             self._request("IKE_AUTH (EAP)", lambda: (X.IKE_AUTH, [P.EAPPayload(message=send)],
                                                      lambda m: self._on_auth_response_eap(m, self._now)))
             return

@@ -112,6 +112,7 @@ class IkeSACore:
         self._eap_server_obj: EapServer | None = None
         self._eap_client_obj: EapClient | None = None
         self._eap_first_request: Message | None = None
+        self._eap_last_request = b""  # the outstanding EAP Request (repeated if a Response is discarded)
         self._eap_rounds = 0
         self._eap_done = False
         self._eap_msk = b""
