@@ -43,11 +43,11 @@ class EapExchange(IkeSACore):
         """RFC 7296 2.16: the MSK if the method made one, else SK_pi / SK_pr."""
         if self._eap_msk:
             return self._eap_msk
-        return self.keys.sk_pi if initiator_side else self.keys.sk_pr
+        return self.derived_keys.sk_pi if initiator_side else self.derived_keys.sk_pr
 
     def _msk_auth(self, initiator_side: bool, id_body: bytes) -> bytes:
         octets = self._auth_octets(initiator_side, id_body)
-        return cauth.eap_msk_auth_data(self.suite.prf, self._msk_key(initiator_side), octets)
+        return cauth.eap_msk_auth_data(self.agreed_suite.prf, self._msk_key(initiator_side), octets)
 
     # ------------------------------------------------------------------ gateway side
 
@@ -57,7 +57,7 @@ class EapExchange(IkeSACore):
             raise ExchangeFailed(N.AUTHENTICATION_FAILED,
                                  f"'{ident}' asked for EAP, but connection '{self.policy.name}' "
                                  f"authenticates peers with {ra.method}", fatal=True)
-        self._eap_server_obj = ra.eap_server()
+        server = self._eap_server_obj = ra.eap_server()
         self._eap_first_request = req
         self._eap_rounds = 0
         self.peer_id = ident
@@ -70,7 +70,7 @@ class EapExchange(IkeSACore):
             out: list[P.Payload] = [P.IDrPayload(id_type=idr.id_type, data=idr.data)]
         else:
             out = self._our_auth_payloads(P.IDrPayload)
-        self._eap_last_request = self._eap_server_obj.start()
+        self._eap_last_request = server.start()
         out.append(P.EAPPayload(message=self._eap_last_request))
         self.log("info", "starting EAP", peer_id=str(ident), method=ra.method, eap_only=eap_only)
         self._respond(req, out)
@@ -81,10 +81,11 @@ class EapExchange(IkeSACore):
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, "too many EAP rounds", fatal=True)
         eap = req.get(P.EAPPayload)
         auth = req.get(P.AuthPayload)
-        if eap is not None and not self._eap_done:
+        server = self._eap_server_obj
+        if eap is not None and not self._eap_done and server is not None:
             from .eap import EapError
             try:
-                step = self._eap_server_obj.process(eap.message)
+                step = server.process(eap.message)
             except EapError as e:
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"EAP failed: {e}", fatal=True) from None
             if step.done and not step.success:
@@ -115,16 +116,18 @@ class EapExchange(IkeSACore):
         if auth is None or not self._eap_done:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, "EAP exchange out of order", fatal=True)
         first = self._eap_first_request
-        idi = first.get(P.IDiPayload)
+        idi = first.get(P.IDiPayload) if first is not None else None
+        if first is None or idi is None:
+            raise ExchangeFailed(N.AUTHENTICATION_FAILED, "EAP exchange out of order", fatal=True)
         expected = self._msk_auth(True, idi.encode_body())
         if not hmac.compare_digest(expected, auth.data):
             raise ExchangeFailed(N.AUTHENTICATION_FAILED,
                                  f"AUTH after EAP of '{self.peer_id}' does not match the EAP key", fatal=True)
         idr = self.policy.local_id
-        out: list[P.Payload] = [P.AuthPayload(method=2, data=self._msk_auth(False, idr.body()))]
-        self._complete_auth_responder(req, first, out, now, "established (EAP)")
+        self._complete_auth_responder(req, first, [P.AuthPayload(method=2, data=self._msk_auth(False, idr.body()))],
+                                      now, "established (EAP)")
 
-    def _assign_virtual_ip(self, first: Message):
+    def _assign_virtual_ip(self, first: Message) -> tuple[list[P.TrafficSelector] | None, P.CPPayload | None]:
         """CFG_REQUEST in the first IKE_AUTH request: lease addresses from the connection's pools.
         Returns (selectors to narrow the client's TSi to, CP reply payload) or (None, None)."""
         cp = first.get(P.CPPayload)
@@ -183,10 +186,11 @@ class EapExchange(IkeSACore):
             self._eap_server_authenticated = True
             self._eap_server_idr = msg.get(P.IDrPayload)
             self.peer_mobike = msg.notify(N.MOBIKE_SUPPORTED) is not None
-        if eap is not None:
+        client = self._eap_client_obj
+        if eap is not None and client is not None:
             from .eap import EapError
             try:
-                step = self._eap_client_obj.process(eap.message)
+                step = client.process(eap.message)
             except EapError as e:
                 self._emit(AuthFailed(reason=f"EAP failed: {e}"))
                 self._die(now, f"EAP failed: {e}")
@@ -228,6 +232,11 @@ class EapExchange(IkeSACore):
             self._die(now, why)
             return
         idr = msg.get(P.IDrPayload) or self._eap_server_idr
+        if idr is None:
+            why = "IKE_AUTH after EAP: the gateway never sent its identity (IDr)"
+            self._emit(AuthFailed(reason=why))
+            self._die(now, why)
+            return
         expected = self._msk_auth(False, idr.encode_body())
         if not hmac.compare_digest(expected, auth.data):
             why = "gateway's AUTH after EAP does not match the EAP key"

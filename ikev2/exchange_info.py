@@ -8,7 +8,7 @@ from .constants import NotifyType as N
 from .constants import ProtocolId
 from .events import AuthFailed
 from .message import Message
-from .sa_common import QueuedRequest, State
+from .sa_common import QueuedRequest, RequestBuilt, State
 from .sa_core import IkeSACore
 
 
@@ -68,7 +68,7 @@ class Informational(IkeSACore):
                       if self.state == State.ESTABLISHED else None)
         self._pump(now)
 
-    def _build_delete_child(self, children: list[ChildSA]):
+    def _build_delete_child(self, children: list[ChildSA]) -> RequestBuilt:
         spis = [c.spi_in for c in children]
         if not spis or self.state != State.ESTABLISHED:
             return None
@@ -104,7 +104,7 @@ class Informational(IkeSACore):
         self.queue.clear()
         self._now = now
 
-        def build():
+        def build() -> RequestBuilt:
             return (X.INFORMATIONAL, [P.DeletePayload(protocol=ProtocolId.IKE)],
                     lambda m: self._die(self._now, reason))
         self.pending = None  # abandon what is in flight; the delete supersedes it

@@ -14,6 +14,10 @@ together: receiving (decryption, reassembly, message-ID checks, dispatch), timer
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from . import payloads as P
 from .child_sa import ChildState
 from .constants import ExchangeType as X
@@ -101,7 +105,7 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
                 self.log("warning", "child SA hard lifetime expired", child=c.name,
                          spi_in=c.spi_in.hex())
                 self._remove_child(c, "hard lifetime expired")
-                self._request("delete expired child", lambda c=c: self._build_delete_child([c]))
+                self._request("delete expired child", functools.partial(self._build_delete_child, [c]))
         if (self.policy.dpd_delay and now - self._last_activity() >= self.policy.dpd_delay
                 and self.pending is None and not self.queue):
             self.liveness(now)
@@ -176,6 +180,8 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         self.log("debug", "received", message=inner.summary(), peer=f"{remote[0]}:{remote[1]}")
         if inner.is_response:
             p = self.pending
+            if p is None:  # checked before decryption; a response handler cannot clear it in between
+                return
             self.pending = None
             p.on_response(inner)
             self._emit(ExchangeDone(exchange=inner.exchange_name, role="initiator",
@@ -205,7 +211,7 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
             self.liveness(now, force=True)
 
     def _handle_request(self, req: Message, now: float) -> None:
-        handlers = {
+        handlers: dict[int, Callable[[Message, float], None]] = {
             X.IKE_AUTH: self._on_auth_request,
             X.INFORMATIONAL: self._on_informational_request,
             X.CREATE_CHILD_SA: self._on_create_child_request,
@@ -231,7 +237,7 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
             if n.notify_type not in HANDLED_NOTIFIES and n.notify_type > 16383:
                 self.log("debug", "ignored status notify", notify=n.notify_type)
 
-    def status(self, now: float) -> dict:
+    def status(self, now: float) -> dict[str, Any]:
         """Status for the control socket (no key material)."""
         return {
             "id": self.ike_id,

@@ -60,8 +60,11 @@ class IkeSACore:
                  wall_offset: float = 0.0):
         self.ike_id = ike_id
         self.initiator = initiator  # original initiator of this IKE SA
-        self.policy = policy
         self.candidates = candidates or ([policy] if policy else [])
+        if policy is None and not self.candidates:
+            raise ValueError("an IKE SA needs a policy or candidate policies")
+        # A responder starts with the first candidate; IKE_AUTH may switch to another one.
+        self.policy: IkePolicy = policy if policy is not None else self.candidates[0]
         self.local = local
         self.remote = remote
         self.rng = rng
@@ -138,6 +141,20 @@ class IkeSACore:
     @property
     def name(self) -> str:
         return self.policy.name if self.policy else "(unknown)"
+
+    @property
+    def agreed_suite(self) -> IkeSuite:
+        """The suite IKE_SA_INIT agreed on (an internal error before that)."""
+        if self.suite is None:
+            raise RuntimeError("IKE SA has no agreed suite yet")
+        return self.suite
+
+    @property
+    def derived_keys(self) -> IkeKeys:
+        """The IKE SA's keys (an internal error before IKE_SA_INIT completed)."""
+        if self.keys is None:
+            raise RuntimeError("IKE SA has no keys yet")
+        return self.keys
 
     @property
     def our_spi(self) -> bytes:
@@ -257,7 +274,7 @@ class IkeSACore:
             self.sk_out.wipe()
         if self.keys is not None and hasattr(self.keys, "wipe"):
             self.keys.wipe()
-        self.ke_private: KeyExchangePrivate | None = None
+        self.ke_private = None
         self._emit(IkeDown(reason=reason if was_up or self.initiator else f"{reason} (not established)"))
 
     def _remove_child(self, c: ChildSA, reason: str) -> None:
@@ -349,7 +366,8 @@ class IkeSACore:
     def _continue_eap_server(self, req: Message, now: float) -> None:  # exchange_eap
         raise NotImplementedError
 
-    def _assign_virtual_ip(self, first: Message) -> list[P.Payload]:  # exchange_eap
+    def _assign_virtual_ip(self, first: Message
+                           ) -> tuple[list[P.TrafficSelector] | None, P.CPPayload | None]:  # exchange_eap
         raise NotImplementedError
 
     def _read_cp_reply(self, msg: Message) -> None:  # exchange_eap

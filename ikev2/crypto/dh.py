@@ -429,3 +429,11 @@ _BY_ID = {m.group: m for m in KE_METHODS}
 
 def ke_by_id(group: int) -> KeyExchangeMethod | None:
     return _BY_ID.get(group)
+
+
+def ke_method(group: int | None) -> KeyExchangeMethod:
+    """The method of a group we offered or chose ourselves (so known; else an internal error)."""
+    method = _BY_ID.get(group) if group is not None else None
+    if method is None:
+        raise ValueError(f"unsupported key exchange method {group}")
+    return method
