@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import ClassVar
 
 from .asn1 import parse_dn
@@ -26,7 +27,7 @@ from .errors import ParseError
 from .notify_data import check_notify_data
 
 
-def _name(value: int, enum_cls) -> str:
+def _name(value: int, enum_cls: type[IntEnum]) -> str:
     v = enum_or_int(enum_cls, value)
     return v.name if hasattr(v, "name") else str(value)
 
@@ -60,10 +61,12 @@ class Reader:
         return self.take(1, what)[0]
 
     def u16(self, what: str) -> int:
-        return struct.unpack("!H", self.take(2, what))[0]
+        value: int = struct.unpack("!H", self.take(2, what))[0]
+        return value
 
     def u32(self, what: str) -> int:
-        return struct.unpack("!I", self.take(4, what))[0]
+        value: int = struct.unpack("!I", self.take(4, what))[0]
+        return value
 
     def rest(self) -> bytes:
         b = self.data[self.pos:self.end]
@@ -263,7 +266,7 @@ class KEPayload(Payload):
 
 # --------------------------------------------------------------------------- ID (3.5)
 
-_ID_FIXED_LEN = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16, IdType.ID_NULL: 0}
+_ID_FIXED_LEN: dict[int, int] = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16, IdType.ID_NULL: 0}
 
 
 @dataclass
@@ -529,8 +532,9 @@ class TrafficSelector:
     def __str__(self) -> str:
         if self.start_addr is None:
             return f"TS({self.ts_type}:{self.raw.hex()})"
-        nets = list(ipaddress.summarize_address_range(self.start_addr, self.end_addr)) \
-            if self.start_addr <= self.end_addr else []
+        # Decoded or built from one network: both addresses are of one family (mypy cannot see that).
+        start, end = self.start_addr, self.end_addr
+        nets = list(ipaddress.summarize_address_range(start, end)) if start <= end else []  # type: ignore[arg-type,operator]
         addr = str(nets[0]) if len(nets) == 1 else f"{self.start_addr}..{self.end_addr}"
         if self.ip_protocol == 0 and self.start_port == 0 and self.end_port == 65535:
             return addr

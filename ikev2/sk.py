@@ -178,7 +178,7 @@ class FragmentReassembler:
         self.max_bytes = max_bytes
         self.message_id: int | None = None
         self.total = 0
-        self.first_inner = PayloadType.NONE
+        self.first_inner: int = PayloadType.NONE
         self.pieces: dict[int, bytes] = {}
         self.size = 0
 
