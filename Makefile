@@ -1,5 +1,5 @@
 # The two entry points a newcomer needs: `make demo` and `make test`.
-.PHONY: setup demo test test-fast
+.PHONY: setup demo test test-fast lint
 
 setup:
 	./scripts/setup.sh
@@ -12,3 +12,8 @@ test: setup
 
 test-fast:
 	.venv/bin/python -m pytest -q -ra -m "not interop and not netns"
+
+# Linter and type checker (configured in pyproject.toml: ruff rules; mypy strict on ikev2/esp).
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/mypy -p ikev2 -p esp -p vpn_gw

@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -24,6 +25,11 @@ from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 from .constants import IdType
 from .errors import IKEv2Error
 from .identity import Identity
+
+#: The private key types IKE authentication signs with.
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+IP_ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
+_ExtT = TypeVar("_ExtT", bound=x509.ExtensionType)
 
 __all__ = [
     "CertificateError", "load_certificates", "load_private_key", "certreq_data",
@@ -229,7 +235,7 @@ def describe(cert: x509.Certificate) -> str:
 
 
 def _fmt_time(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # --------------------------------------------------------------------------- loading / payloads
@@ -286,7 +292,7 @@ def load_certificates(path: str) -> list[x509.Certificate]:
     return [_checked(c, f"{path}: certificate #{i + 1}") for i, c in enumerate(certs)]
 
 
-def load_private_key(path: str, password: bytes | None = None):
+def load_private_key(path: str, password: bytes | None = None) -> PrivateKey:
     """RSA, ECDSA, Ed25519 or Ed448 private key from a PEM (PKCS#1, SEC1, PKCS#8) or DER file."""
     try:
         with open(path, "rb") as f:
@@ -369,7 +375,7 @@ class _Node:
     desc: str
     self_issued: bool = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.self_issued = self.subject == self.issuer
 
 
@@ -379,7 +385,7 @@ def _node(cert: x509.Certificate, anchor: bool) -> _Node:
     return _Node(cert, der, _dn_key(raw.subject), _dn_key(raw.issuer), anchor, describe(cert))
 
 
-def _ext(cert: x509.Certificate, cls):
+def _ext(cert: x509.Certificate, cls: type[_ExtT]) -> _ExtT | None:
     try:
         return cert.extensions.get_extension_for_class(cls).value
     except x509.ExtensionNotFound:
@@ -576,8 +582,9 @@ class _Search:
                 self.sig_ok[k] = None
             except CertificateError as e:
                 self.sig_ok[k] = e
-        if self.sig_ok[k] is not None:
-            raise self.sig_ok[k]
+        failure = self.sig_ok[k]
+        if failure is not None:
+            raise failure
 
     def run(self, path: list[_Node]) -> list[_Node] | None:
         child = path[-1]
@@ -633,7 +640,7 @@ def verify_chain(end_entity: x509.Certificate, intermediates: list[x509.Certific
     if not isinstance(now, datetime.datetime):
         raise TypeError("now must be a datetime.datetime")
     if now.tzinfo is None:
-        now = now.replace(tzinfo=datetime.timezone.utc)
+        now = now.replace(tzinfo=datetime.UTC)
     try:
         ee = _node(_checked(end_entity, "end-entity certificate"), False)
         anchors_der: dict[bytes, _Node] = {}
@@ -694,8 +701,8 @@ def identity_matches_cert(ident: Identity, cert: x509.Certificate) -> bool:
         if t in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
             if len(data) != (4 if t == IdType.ID_IPV4_ADDR else 16):
                 return False
-            return any(isinstance(g, x509.IPAddress) and g.value.packed == data
-                       for g in _sans(cert))
+            return any(isinstance(g, x509.IPAddress) and isinstance(g.value, IP_ADDRESS_TYPES)
+                       and g.value.packed == data for g in _sans(cert))
         if t == IdType.ID_KEY_ID:
             return bool(data) and data in _key_ids(cert)
         return False
@@ -712,7 +719,7 @@ def default_identity(cert: x509.Certificate) -> Identity:
                 return Identity(IdType.ID_FQDN, g.value.encode())
             if isinstance(g, x509.RFC822Name):
                 return Identity(IdType.ID_RFC822_ADDR, g.value.encode())
-            if isinstance(g, x509.IPAddress):
+            if isinstance(g, x509.IPAddress) and isinstance(g.value, IP_ADDRESS_TYPES):
                 return Identity(IdType.ID_IPV4_ADDR if g.value.version == 4
                                 else IdType.ID_IPV6_ADDR, g.value.packed)
     return Identity(IdType.ID_DER_ASN1_DN, cert.subject.public_bytes())

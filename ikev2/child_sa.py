@@ -34,7 +34,7 @@ class ChildSA:
     proposal_text: str = ""
     # Nonces of the exchange that created it (RFC 7296 2.8.1 collision resolution).
     nonces: tuple[bytes, bytes] = (b"", b"")
-    replaces: "ChildSA | None" = field(default=None, repr=False)  # the SA a peer-initiated rekey replaces
+    replaces: ChildSA | None = field(default=None, repr=False)  # the SA a peer-initiated rekey replaces
 
     @property
     def name(self) -> str:

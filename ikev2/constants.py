@@ -17,7 +17,7 @@ IKE_PORT = 500
 NATT_PORT = 4500
 
 
-def enum_or_int(enum_cls, value: int):
+def enum_or_int(enum_cls: type[IntEnum], value: int) -> IntEnum | int:
     """Return the enum member for value, or value itself when the registry has no name for it."""
     try:
         return enum_cls(value)

@@ -29,8 +29,9 @@ one expected. Zero-length attributes in a CFG_REPLY carry nothing and are skippe
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Union
+from typing import TypeVar
 
 from .constants import CfgAttr, CfgType
 from .errors import ParseError
@@ -41,18 +42,19 @@ __all__ = [
     "parse_request", "build_reply", "build_request", "parse_reply",
 ]
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_AddrT = TypeVar("_AddrT", ipaddress.IPv4Address, ipaddress.IPv6Address, IPAddress)
 
-_UNSPEC = {4: ipaddress.IPv4Address(0), 6: ipaddress.IPv6Address(0)}
+_UNSPEC: dict[int, IPAddress] = {4: ipaddress.IPv4Address(0), 6: ipaddress.IPv6Address(0)}
 _ADDR_ATTR = {4: CfgAttr.INTERNAL_IP4_ADDRESS, 6: CfgAttr.INTERNAL_IP6_ADDRESS}
 _DNS_ATTR = {4: CfgAttr.INTERNAL_IP4_DNS, 6: CfgAttr.INTERNAL_IP6_DNS}
 _SUBNET_ATTR = {4: CfgAttr.INTERNAL_IP4_SUBNET, 6: CfgAttr.INTERNAL_IP6_SUBNET}
 _HANDLED = frozenset({*_ADDR_ATTR.values(), *_DNS_ATTR.values(), *_SUBNET_ATTR.values(),
                       CfgAttr.INTERNAL_IP4_NETMASK})
 # exact value lengths of the handled attributes (0 = empty, allowed in requests)
-_LENGTHS = {CfgAttr.INTERNAL_IP4_ADDRESS: 4, CfgAttr.INTERNAL_IP4_NETMASK: 4,
+_LENGTHS: dict[int, int] = {CfgAttr.INTERNAL_IP4_ADDRESS: 4, CfgAttr.INTERNAL_IP4_NETMASK: 4,
             CfgAttr.INTERNAL_IP4_DNS: 4, CfgAttr.INTERNAL_IP4_SUBNET: 8,
             CfgAttr.INTERNAL_IP6_ADDRESS: 17, CfgAttr.INTERNAL_IP6_DNS: 16,
             CfgAttr.INTERNAL_IP6_SUBNET: 17}
@@ -111,7 +113,7 @@ class Assignment:
     ip4_prefix: int | None = None
     ip6_prefix: int = 128
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "addresses", tuple(ipaddress.ip_address(a) for a in self.addresses))
         object.__setattr__(self, "dns", tuple(ipaddress.ip_address(a) for a in self.dns))
         object.__setattr__(self, "subnets", tuple(ipaddress.ip_network(n) for n in self.subnets))
@@ -197,7 +199,7 @@ def _prefix_byte(b: int, where: _Where) -> int:
     return b
 
 
-def _unicast(a: IPAddress, what: str, where) -> IPAddress:
+def _unicast(a: _AddrT, what: str, where: Callable[[str], Exception]) -> _AddrT:
     """Raises where(reason) (a ``_Where`` or an exception class) unless a is unicast."""
     bad = None
     if a.is_unspecified:
@@ -215,6 +217,7 @@ def _unicast(a: IPAddress, what: str, where) -> IPAddress:
 
 def _subnet(attr: CfgAttribute, where: _Where) -> IPNetwork:
     v = attr.value
+    addr: IPAddress
     if attr.type == CfgAttr.INTERNAL_IP4_SUBNET:
         addr = ipaddress.IPv4Address(v[:4])
         prefix = _prefix_from_mask(v[4:8], where)
@@ -396,7 +399,7 @@ def parse_reply(cp: CPPayload) -> VirtualConfig:
             n = _subnet(attr, where)
             if n not in subnets:
                 subnets.append(n)
-    if mask is not None and not v4:
+    if mask is not None and not v4 and mask_where is not None:
         raise mask_where("netmask without an INTERNAL_IP4_ADDRESS")
     interfaces: list[IPInterface] = []
     for version, k in order:

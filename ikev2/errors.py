@@ -25,7 +25,7 @@ class ParseError(IKEv2Error):
             where.append(f"offset {offset}")
         super().__init__(f"{reason} ({', '.join(where)})" if where else reason)
 
-    def at(self, offset: int | None = None, payload: str | None = None) -> "ParseError":
+    def at(self, offset: int | None = None, payload: str | None = None) -> ParseError:
         """Fill in location details that the raiser did not know; returns self."""
         if self.offset is None and offset is not None:
             self.offset = offset
@@ -69,7 +69,7 @@ class AuthenticatedParseError(ParseError):
     INVALID_SYNTAX (RFC 7296 2.21.2) rather than a silent drop."""
 
     @classmethod
-    def wrap(cls, e: ParseError) -> "AuthenticatedParseError":
+    def wrap(cls, e: ParseError) -> AuthenticatedParseError:
         new = cls(e.reason, e.offset, e.payload)
         new.__cause__ = e
         return new

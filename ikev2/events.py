@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .payloads import TrafficSelector
+
 Address = tuple[str, int]  # (IP literal, UDP port)
 
 
@@ -56,8 +58,8 @@ class IkeRekeyed(Event):
 class ChildUp(Event):
     child_name: str
     keys: ChildSAKeys
-    local_ts: list
-    remote_ts: list
+    local_ts: list[TrafficSelector]
+    remote_ts: list[TrafficSelector]
     local: Address
     remote: Address
     encap: bool

@@ -2,35 +2,48 @@
 from __future__ import annotations
 
 import hmac
+
 from . import payloads as P
-from .constants import AuthMethod, ExchangeType as X, NotifyType as N
+from .constants import AuthMethod, HashAlgorithm
+from .constants import ExchangeType as X
+from .constants import NotifyType as N
 from .crypto import auth as cauth
 from .crypto.proposals import proposal_display
 from .events import AuthFailed, ExchangeDone, IkeUp
 from .identity import Identity
 from .message import Message
 from .policy import IkePolicy
-from .sa_common import State, ExchangeFailed, _ChildRequest, _notify_name, _local_id_ok
+from .sa_common import ChildRequest, ExchangeFailed, RequestBuilt, State, local_id_ok, notify_name
+from .sa_core import IkeSACore
 
 
-class AuthExchange:
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+class AuthExchange(IkeSACore):
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_auth_octets``, ``_build_auth_request``, ``_complete_auth_responder``,
+    ``_established``, ``_our_auth_payloads``, ``_start_other_children``, ``_verify_peer_auth``.
+    Calls other exchanges only through the hooks ``_assign_virtual_ip``, ``_child_proposals``,
+    ``_continue_eap_server``, ``_eap_client_request``, ``_finish_child_as_initiator``, ``_install_child``,
+    ``_on_auth_response_eap``, ``_read_cp_reply``, ``_respond_child``, ``_start_eap_server``,
+    ``create_child``.
+    """
 
     def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:
-        s = self.suite
+        s = self.agreed_suite
         if sent_by_initiator:
-            return cauth.signed_octets(self.init_request_raw, self.nr, s.prf, self.keys.sk_pi, id_body)
-        return cauth.signed_octets(self.init_response_raw, self.ni, s.prf, self.keys.sk_pr, id_body)
+            return cauth.signed_octets(self.init_request_raw, self.nr, s.prf, self.derived_keys.sk_pi, id_body)
+        return cauth.signed_octets(self.init_response_raw, self.ni, s.prf, self.derived_keys.sk_pr, id_body)
 
-    def _our_auth_payloads(self, id_cls) -> list[P.Payload]:
+    def _our_auth_payloads(self, id_cls: type[P.IDiPayload] | type[P.IDrPayload]) -> list[P.Payload]:
         pol = self.policy
         ident = pol.local_id
         out: list[P.Payload] = [id_cls(id_type=ident.id_type, data=ident.data)]
         octets = self._auth_octets(self.initiator, ident.body())
         a = pol.local_auth
         if a.method == "psk":
+            if a.psk is None:
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"connection {pol.name}: no PSK configured")
             out.append(P.AuthPayload(method=AuthMethod.PSK,
-                                     data=cauth.psk_auth_data(self.suite.prf, a.psk, octets)))
+                                     data=cauth.psk_auth_data(self.agreed_suite.prf, a.psk, octets)))
         elif a.method in ("pubkey", "eap-only"):
             from .certs import cert_payload_data
             for cert in a.certs:
@@ -41,9 +54,9 @@ class AuthExchange:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"auth method {a.method} not supported yet")
         return out
 
-    def _sign_hash(self, key):
+    def _sign_hash(self, key: object) -> HashAlgorithm | None:
         from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
-        from .constants import HashAlgorithm
+
         if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
             return None  # EdDSA signs the message itself (RFC 8420, "identity" hash)
         prefs = [HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512]
@@ -69,20 +82,23 @@ class AuthExchange:
             if authp.method != AuthMethod.PSK:
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED,
                                      f"peer used auth method {authp.method}, expected PSK", fatal=True)
-            expected = cauth.psk_auth_data(self.suite.prf, ra.psk, octets)
+            if ra.psk is None:
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"connection {pol.name}: no PSK configured", fatal=True)
+            expected = cauth.psk_auth_data(self.agreed_suite.prf, ra.psk, octets)
             if not hmac.compare_digest(expected, authp.data):
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED,
                                      f"PSK authentication of '{ident}' failed (wrong pre-shared key?)", fatal=True)
         elif ra.method == "pubkey":
-            from .certs import CertificateError, identity_matches_cert, parse_cert_payload, verify_chain
             import datetime
+
+            from .certs import CertificateError, identity_matches_cert, parse_cert_payload, verify_chain
             certs = [c for c in req.all(P.CertPayload) if c.encoding == 4]
             if not certs:
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED, "peer sent no certificate", fatal=True)
             try:
                 ee = parse_cert_payload(certs[0].data)
                 inter = [parse_cert_payload(c.data) for c in certs[1:]]
-                when = datetime.datetime.fromtimestamp(self.wall(now), datetime.timezone.utc)
+                when = datetime.datetime.fromtimestamp(self.wall(now), datetime.UTC)
                 verify_chain(ee, inter, ra.cacerts, when)
             except CertificateError as e:
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"certificate of '{ident}' rejected: {e}",
@@ -98,12 +114,14 @@ class AuthExchange:
                                  fatal=True)
         return ident
 
-    def _build_auth_request(self):
+    def _build_auth_request(self) -> RequestBuilt:
         pol = self.policy
         eap = pol.local_auth.method.startswith("eap")
         if eap:
             # No AUTH: asking for EAP (RFC 7296 2.16).
-            payloads = [P.IDiPayload(id_type=pol.local_id.id_type, data=pol.local_id.data)]
+            payloads: list[P.Payload] = [P.IDiPayload(id_type=pol.local_id.id_type, data=pol.local_id.data)]
+            if pol.local_auth.eap_client is None:
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"connection {pol.name}: EAP without an EAP client")
             self._eap_client_obj = pol.local_auth.eap_client()
         else:
             payloads = self._our_auth_payloads(P.IDiPayload)
@@ -122,7 +140,7 @@ class AuthExchange:
         out: list[P.Payload] = self._eap_client_request([idi] + extra + rest)
         cp = next((c for c in pol.children if c.start_action == "start"), pol.children[0] if pol.children else None)
         if cp is not None:
-            req = _ChildRequest(cp, self._new_child_spi(), [], list(cp.local_ts), list(cp.remote_ts))
+            req = ChildRequest(cp, self._new_child_spi(), [], list(cp.local_ts), list(cp.remote_ts))
             req.proposals = self._child_proposals(cp, req.spi_in, with_ke=False)
             self._first_child = req
             self._first_child_policy = cp
@@ -140,7 +158,7 @@ class AuthExchange:
             reason = "peer rejected our authentication (AUTHENTICATION_FAILED)" if errors else \
                 "IKE_AUTH response without AUTH"
             if errors and not any(n.notify_type == N.AUTHENTICATION_FAILED for n in errors):
-                reason = f"IKE_AUTH failed: peer answered {_notify_name(errors[0].notify_type)}"
+                reason = f"IKE_AUTH failed: peer answered {notify_name(errors[0].notify_type)}"
             self._emit(AuthFailed(reason=reason))
             self._die(now, reason)
             return
@@ -171,12 +189,13 @@ class AuthExchange:
         self.init_retries = 0
         if self.policy.rekey_time:
             self.rekey_at = now + self.policy.rekey_time
+        proposal = proposal_display(self.proposal) if self.proposal else ""
         self.log("info", "IKE_SA established", local=f"{self.local[0]}:{self.local[1]}",
                  remote=f"{self.remote[0]}:{self.remote[1]}", peer_id=str(self.peer_id),
-                 spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex(), proposal=proposal_display(self.proposal))
+                 spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex(), proposal=proposal)
         self._emit(IkeUp(local=self.local, remote=self.remote, local_id=str(self.policy.local_id),
                          remote_id=str(self.peer_id), spi_i=self.spi_i, spi_r=self.spi_r,
-                         proposal=proposal_display(self.proposal),
+                         proposal=proposal,
                          initial_contact=self.peer_initial_contact))
 
     def _start_other_children(self, now: float) -> None:
@@ -197,7 +216,7 @@ class AuthExchange:
         idr = req.get(P.IDrPayload)
         wanted = Identity(idr.id_type, idr.data) if idr else None
         matching = [c for c in self.candidates if c.remote_id.matches(ident)
-                    and (wanted is None or _local_id_ok(c, wanted))]
+                    and (wanted is None or local_id_ok(c, wanted))]
         if not matching:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"no connection accepts peer identity '{ident}'",
                                  fatal=True)

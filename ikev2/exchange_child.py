@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 import struct
+
 from . import payloads as P
 from .child_sa import ChildSA, ChildState
 from .constants import (
     ExchangeType as X,
+)
+from .constants import (
     NotifyType as N,
+)
+from .constants import (
     ProtocolId,
     TransformType,
 )
-from .crypto.dh import ke_by_id
-from .crypto.keys import derive_child_keys
-from .crypto.proposals import child_suite, choose_proposal, proposal_display
+from .crypto.dh import ke_method
+from .crypto.keys import ChildKeys, derive_child_keys
+from .crypto.proposals import ChildSuite, child_suite, choose_proposal, proposal_display
 from .errors import InvalidKeyExchange, ProposalError
 from .events import ChildSAKeys, ChildUp, ExchangeDone
 from .message import Message
 from .policy import ChildPolicy
+from .sa_common import NONCE_LEN, ChildRequest, ExchangeFailed, RequestBuilt, State, notify_name
+from .sa_core import IkeSACore
 from .ts import all_within, narrow
-from .sa_common import NONCE_LEN, State, ExchangeFailed, _ChildRequest, _notify_name
 
 
-class ChildExchanges:
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+class ChildExchanges(IkeSACore):
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_child_by_spi_in``, ``_child_by_spi_out``, ``_child_proposals``,
+    ``_finish_child_as_initiator``, ``_install_child``, ``_respond_child``, ``create_child``.
+    Calls other exchanges only through the hooks ``_delete_children``, ``_on_ike_rekey_request``.
+    """
 
     def _child_proposals(self, cp: ChildPolicy, spi: bytes, with_ke: bool) -> list[P.Proposal]:
         out = []
@@ -95,15 +105,17 @@ class ChildExchanges:
             return [P.NotifyPayload(notify_type=best_err[0])], None
         raise ExchangeFailed(best_err[0], best_err[1])
 
-    def _make_child(self, cp: ChildPolicy, spi_in: bytes, spi_out: bytes, proposal: P.Proposal, suite,
-                    ni: bytes, nr: bytes, shared: bytes | None, local_ts, remote_ts, now: float,
+    def _make_child(self, cp: ChildPolicy, spi_in: bytes, spi_out: bytes, proposal: P.Proposal, suite: ChildSuite,
+                    ni: bytes, nr: bytes, shared: bytes | None, local_ts: list[P.TrafficSelector],
+                    remote_ts: list[P.TrafficSelector], now: float,
                     we_initiated: bool) -> ChildSA:
-        k = derive_child_keys(self.suite.prf, self.keys.sk_d, suite.encr, suite.integ, ni, nr, shared)
+        k = derive_child_keys(self.agreed_suite.prf, self.derived_keys.sk_d, suite.encr, suite.integ, ni, nr, shared)
         # Keys "i" protect traffic from the initiator of this exchange to its responder.
         return ChildSA(policy=cp, spi_in=spi_in, spi_out=spi_out, proposal=proposal,
                        keys=self._child_keys(k, suite, spi_in, spi_out, cp, we_initiated),
                        local_ts=local_ts, remote_ts=remote_ts, created=now,
-                       rekey_at=now + self._jitter(cp.rekey_time), expire_at=now + (cp.life_time or cp.rekey_time * 1.1),
+                       rekey_at=now + self._jitter(cp.rekey_time),
+                       expire_at=now + (cp.life_time or cp.rekey_time * 1.1),
                        proposal_text=proposal_display(proposal), nonces=(ni, nr))
 
     def _jitter(self, t: float) -> float:
@@ -111,7 +123,8 @@ class ChildExchanges:
         return t - t * 0.1 * (self.rng(1)[0] / 255.0)
 
     @staticmethod
-    def _child_keys(k, suite, spi_in, spi_out, cp, we_initiated: bool) -> ChildSAKeys:
+    def _child_keys(k: ChildKeys, suite: ChildSuite, spi_in: bytes, spi_out: bytes, cp: ChildPolicy,
+                    we_initiated: bool) -> ChildSAKeys:
         if we_initiated:
             e_in, a_in, e_out, a_out = k.encr_r, k.integ_r, k.encr_i, k.integ_i
         else:
@@ -136,14 +149,14 @@ class ChildExchanges:
                            rekey_bytes=child.policy.rekey_bytes, life_bytes=child.policy.life_bytes,
                            rekey_packets=child.policy.rekey_packets, life_packets=child.policy.life_packets))
 
-    def _finish_child_as_initiator(self, req: _ChildRequest, msg: Message, now: float, ni: bytes,
+    def _finish_child_as_initiator(self, req: ChildRequest, msg: Message, now: float, ni: bytes,
                                    nr: bytes, shared: bytes | None) -> None:
         errors = [n for n in msg.notifies() if n.is_error]
         sa = msg.get(P.SAPayload)
         tsi = msg.get(P.TSiPayload)
         tsr = msg.get(P.TSrPayload)
         if errors or sa is None or tsi is None or tsr is None:
-            why = _notify_name(errors[0].notify_type) if errors else "no SA/TS in the response"
+            why = notify_name(errors[0].notify_type) if errors else "no SA/TS in the response"
             self.log("warning", "CHILD_SA not created", child=req.policy.name, reason=why)
             if req.rekey_of is not None and req.rekey_of.state == ChildState.REKEYING:
                 req.rekey_of.state = ChildState.INSTALLED
@@ -180,16 +193,16 @@ class ChildExchanges:
 
     def create_child(self, cp: ChildPolicy, now: float) -> None:
         """Ask for an additional Child SA (CREATE_CHILD_SA)."""
-        def build():
+        def build() -> RequestBuilt:
             if self.state != State.ESTABLISHED:
                 return None
             return self._build_create_child(cp, None)
         self._request(f"create child {cp.name}", build)
         self._pump(now)
 
-    def _build_create_child(self, cp: ChildPolicy, rekey_of: ChildSA | None):
+    def _build_create_child(self, cp: ChildPolicy, rekey_of: ChildSA | None) -> RequestBuilt:
         spi = self._new_child_spi()
-        req = _ChildRequest(cp, spi, [], list(rekey_of.local_ts if rekey_of else cp.local_ts),
+        req = ChildRequest(cp, spi, [], list(rekey_of.local_ts if rekey_of else cp.local_ts),
                             list(rekey_of.remote_ts if rekey_of else cp.remote_ts), rekey_of=rekey_of)
         req.proposals = self._child_proposals(cp, spi, with_ke=True)
         req.nonce = self.rng(NONCE_LEN)
@@ -199,7 +212,7 @@ class ChildExchanges:
         payloads += [P.SAPayload(proposals=req.proposals), P.NoncePayload(data=req.nonce)]
         groups = [t.id for t in req.proposals[0].transforms if t.type == TransformType.DH and t.id]
         if groups:
-            req.ke = ke_by_id(groups[0]).generate(self.rng)
+            req.ke = ke_method(groups[0]).generate(self.rng)
             payloads.append(P.KEPayload(group=groups[0], data=req.ke.public_bytes))
         payloads += [P.TSiPayload(selectors=req.ts_i), P.TSrPayload(selectors=req.ts_r)]
 
@@ -221,7 +234,7 @@ class ChildExchanges:
             return False
         c.state = ChildState.REKEYING
 
-        def build():
+        def build() -> RequestBuilt:
             if self.state != State.ESTABLISHED or c.state != ChildState.REKEYING:
                 return None
             return self._build_create_child(c.policy, c)

@@ -14,19 +14,28 @@ from __future__ import annotations
 import hmac
 
 from . import payloads as P
-from .constants import CfgType, ExchangeType as X, NotifyType as N
+from .constants import CfgType
+from .constants import ExchangeType as X
+from .constants import NotifyType as N
 from .crypto import auth as cauth
 from .events import AuthFailed, VirtualIpAssigned, VirtualIpReceived
 from .identity import Identity
 from .message import Message
-from .sa_common import ExchangeFailed, _notify_name
+from .sa_common import ExchangeFailed, notify_name
+from .sa_core import IkeSACore
 
 MAX_EAP_ROUNDS = 50
 MUTUAL_EAP = ("eap-tls",)  # methods that authenticate the server too (RFC 5998 EAP-only)
 
 
-class EapExchange:
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+class EapExchange(IkeSACore):
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_assign_virtual_ip``, ``_continue_eap_server``, ``_eap_client_request``,
+    ``_on_auth_response_eap``, ``_read_cp_reply``, ``_start_eap_server``.
+    Calls other exchanges only through the hooks ``_auth_octets``, ``_complete_auth_responder``,
+    ``_established``, ``_finish_child_as_initiator``, ``_our_auth_payloads``, ``_start_other_children``,
+    ``_verify_peer_auth``.
+    """
 
     # ------------------------------------------------------------------ shared
 
@@ -34,11 +43,11 @@ class EapExchange:
         """RFC 7296 2.16: the MSK if the method made one, else SK_pi / SK_pr."""
         if self._eap_msk:
             return self._eap_msk
-        return self.keys.sk_pi if initiator_side else self.keys.sk_pr
+        return self.derived_keys.sk_pi if initiator_side else self.derived_keys.sk_pr
 
     def _msk_auth(self, initiator_side: bool, id_body: bytes) -> bytes:
         octets = self._auth_octets(initiator_side, id_body)
-        return cauth.eap_msk_auth_data(self.suite.prf, self._msk_key(initiator_side), octets)
+        return cauth.eap_msk_auth_data(self.agreed_suite.prf, self._msk_key(initiator_side), octets)
 
     # ------------------------------------------------------------------ gateway side
 
@@ -48,7 +57,7 @@ class EapExchange:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED,
                                  f"'{ident}' asked for EAP, but connection '{self.policy.name}' "
                                  f"authenticates peers with {ra.method}", fatal=True)
-        self._eap_server_obj = ra.eap_server()
+        server = self._eap_server_obj = ra.eap_server()
         self._eap_first_request = req
         self._eap_rounds = 0
         self.peer_id = ident
@@ -61,7 +70,8 @@ class EapExchange:
             out: list[P.Payload] = [P.IDrPayload(id_type=idr.id_type, data=idr.data)]
         else:
             out = self._our_auth_payloads(P.IDrPayload)
-        out.append(P.EAPPayload(message=self._eap_server_obj.start()))
+        self._eap_last_request = server.start()
+        out.append(P.EAPPayload(message=self._eap_last_request))
         self.log("info", "starting EAP", peer_id=str(ident), method=ra.method, eap_only=eap_only)
         self._respond(req, out)
 
@@ -71,10 +81,11 @@ class EapExchange:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, "too many EAP rounds", fatal=True)
         eap = req.get(P.EAPPayload)
         auth = req.get(P.AuthPayload)
-        if eap is not None and not self._eap_done:
+        server = self._eap_server_obj
+        if eap is not None and not self._eap_done and server is not None:
             from .eap import EapError
             try:
-                step = self._eap_server_obj.process(eap.message)
+                step = server.process(eap.message)
             except EapError as e:
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"EAP failed: {e}", fatal=True) from None
             if step.done and not step.success:
@@ -85,27 +96,38 @@ class EapExchange:
                 self.log("warning", "EAP authentication failed", reason=why)
                 self._die(now, why)
                 return
+            if step.send is None:
+                # RFC 3748 4.1: the authenticator silently discarded the Response (e.g. a wrong
+                # Identifier). Inside IKE_AUTH the request must still be answered: repeat the
+                # outstanding EAP Request, as a retransmission would (counted in the rounds).
+                self.log("info", "EAP Response discarded, repeating the outstanding Request",
+                         reason=step.reason)
+                self._respond(req, [P.EAPPayload(message=self._eap_last_request)])
+                return
             if step.done:
                 self._eap_done = True
                 self._eap_msk = step.msk or b""
                 self.eap_identity = step.identity
                 self.log("info", "EAP authentication succeeded", eap_identity=step.identity,
                          msk=bool(step.msk))
+            self._eap_last_request = step.send
             self._respond(req, [P.EAPPayload(message=step.send)])
             return
         if auth is None or not self._eap_done:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, "EAP exchange out of order", fatal=True)
         first = self._eap_first_request
-        idi = first.get(P.IDiPayload)
+        idi = first.get(P.IDiPayload) if first is not None else None
+        if first is None or idi is None:
+            raise ExchangeFailed(N.AUTHENTICATION_FAILED, "EAP exchange out of order", fatal=True)
         expected = self._msk_auth(True, idi.encode_body())
         if not hmac.compare_digest(expected, auth.data):
             raise ExchangeFailed(N.AUTHENTICATION_FAILED,
                                  f"AUTH after EAP of '{self.peer_id}' does not match the EAP key", fatal=True)
         idr = self.policy.local_id
-        out: list[P.Payload] = [P.AuthPayload(method=2, data=self._msk_auth(False, idr.body()))]
-        self._complete_auth_responder(req, first, out, now, "established (EAP)")
+        self._complete_auth_responder(req, first, [P.AuthPayload(method=2, data=self._msk_auth(False, idr.body()))],
+                                      now, "established (EAP)")
 
-    def _assign_virtual_ip(self, first: Message):
+    def _assign_virtual_ip(self, first: Message) -> tuple[list[P.TrafficSelector] | None, P.CPPayload | None]:
         """CFG_REQUEST in the first IKE_AUTH request: lease addresses from the connection's pools.
         Returns (selectors to narrow the client's TSi to, CP reply payload) or (None, None)."""
         cp = first.get(P.CPPayload)
@@ -150,7 +172,7 @@ class EapExchange:
         errors = [n for n in msg.notifies() if n.is_error]
         eap = msg.get(P.EAPPayload)
         if errors and eap is None:
-            why = f"IKE_AUTH failed: peer answered {_notify_name(errors[0].notify_type)}"
+            why = f"IKE_AUTH failed: peer answered {notify_name(errors[0].notify_type)}"
             self._emit(AuthFailed(reason=why))
             self._die(now, why)
             return
@@ -164,10 +186,11 @@ class EapExchange:
             self._eap_server_authenticated = True
             self._eap_server_idr = msg.get(P.IDrPayload)
             self.peer_mobike = msg.notify(N.MOBIKE_SUPPORTED) is not None
-        if eap is not None:
+        client = self._eap_client_obj
+        if eap is not None and client is not None:
             from .eap import EapError
             try:
-                step = self._eap_client_obj.process(eap.message)
+                step = client.process(eap.message)
             except EapError as e:
                 self._emit(AuthFailed(reason=f"EAP failed: {e}"))
                 self._die(now, f"EAP failed: {e}")
@@ -186,6 +209,13 @@ class EapExchange:
                     lambda m: self._on_auth_final_eap(m, self._now)))
                 return
             send = step.send
+            if send is None:
+                # The EAP peer discarded the Request; the gateway will not send another one on
+                # its own (the IKE exchange is complete), so the conversation cannot go on.
+                why = f"EAP failed: the gateway's EAP Request was discarded ({step.reason})"
+                self._emit(AuthFailed(reason=why))
+                self._die(now, why)
+                return
             self._request("IKE_AUTH (EAP)", lambda: (X.IKE_AUTH, [P.EAPPayload(message=send)],
                                                      lambda m: self._on_auth_response_eap(m, self._now)))
             return
@@ -197,11 +227,16 @@ class EapExchange:
         auth = msg.get(P.AuthPayload)
         if auth is None:
             errors = [n for n in msg.notifies() if n.is_error]
-            why = f"IKE_AUTH failed after EAP: {_notify_name(errors[0].notify_type) if errors else 'no AUTH'}"
+            why = f"IKE_AUTH failed after EAP: {notify_name(errors[0].notify_type) if errors else 'no AUTH'}"
             self._emit(AuthFailed(reason=why))
             self._die(now, why)
             return
         idr = msg.get(P.IDrPayload) or self._eap_server_idr
+        if idr is None:
+            why = "IKE_AUTH after EAP: the gateway never sent its identity (IDr)"
+            self._emit(AuthFailed(reason=why))
+            self._die(now, why)
+            return
         expected = self._msk_auth(False, idr.encode_body())
         if not hmac.compare_digest(expected, auth.data):
             why = "gateway's AUTH after EAP does not match the EAP key"

@@ -2,30 +2,38 @@
 from __future__ import annotations
 
 import struct
+from typing import Self
+
 from . import payloads as P
 from .constants import (
     ExchangeType as X,
+)
+from .constants import (
     NotifyType as N,
+)
+from .constants import (
     ProtocolId,
     TransformType,
 )
-from .crypto.dh import ke_by_id
+from .crypto.dh import ke_method
 from .crypto.keys import derive_rekeyed_ike_keys
-from .crypto.proposals import choose_proposal, ike_suite, proposal_display
+from .crypto.proposals import IkeSuite, choose_proposal, ike_suite, proposal_display
 from .errors import InvalidKeyExchange, ProposalError
 from .events import IkeRekeyed
 from .message import Message
-from .sa_common import NONCE_LEN, State, ExchangeFailed, _notify_name
-
+from .sa_common import NONCE_LEN, ExchangeFailed, RequestBuilt, State, notify_name
+from .sa_core import IkeSACore
 
 REDUNDANT_SA_LIFETIME = 30.0  # seconds a lost collision's SA waits for the peer's DELETE
 
 
-class IkeRekey:
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+class IkeRekey(IkeSACore):
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_on_ike_rekey_request``, ``_settle_lost_collision``.
+    """
 
     def rekey_ike(self, now: float) -> None:
-        def build():
+        def build() -> RequestBuilt:
             if self.state != State.ESTABLISHED:
                 return None
             new_spi = self._new_ike_spi()
@@ -33,7 +41,7 @@ class IkeRekey:
                      for i, p in enumerate(self.policy.ike_proposals, 1)]
             nonce = self.rng(NONCE_LEN)
             group = next(t.id for t in props[0].transforms if t.type == TransformType.DH)
-            priv = ke_by_id(group).generate(self.rng)
+            priv = ke_method(group).generate(self.rng)
             payloads = [P.SAPayload(proposals=props), P.NoncePayload(data=nonce),
                         P.KEPayload(group=group, data=priv.public_bytes)]
             self._ike_rekey_nonce = nonce
@@ -44,7 +52,7 @@ class IkeRekey:
                 sa, nr, ke = msg.get(P.SAPayload), msg.get(P.NoncePayload), msg.get(P.KEPayload)
                 if errors or sa is None or nr is None or ke is None or len(sa.proposals) != 1:
                     self.log("warning", "IKE rekey failed",
-                             reason=_notify_name(errors[0].notify_type) if errors else "bad response")
+                             reason=notify_name(errors[0].notify_type) if errors else "bad response")
                     self.rekey_at = self._now + 60.0
                     self._settle_lost_collision()
                     return
@@ -72,8 +80,8 @@ class IkeRekey:
 
     def _on_ike_rekey_request(self, req: Message, now: float) -> None:
         sa, ni, ke = req.get(P.SAPayload), req.get(P.NoncePayload), req.get(P.KEPayload)
-        if ni is None or ke is None:
-            raise ExchangeFailed(N.INVALID_SYNTAX, "IKE rekey without nonce or KE")
+        if sa is None or ni is None or ke is None:
+            raise ExchangeFailed(N.INVALID_SYNTAX, "IKE rekey without SA, nonce or KE")
         chosen = choose_proposal(self.policy.ike_proposals, sa.proposals)
         if chosen is None:
             raise ExchangeFailed(N.NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal for rekey")
@@ -106,7 +114,8 @@ class IkeRekey:
             return
         self._create_successor(False, chosen.spi, new_spi, suite, ours, ni.data, nr, shared, now)
 
-    def _resolve_ike_collision(self, ours, our_nonces, theirs, their_nonces) -> None:
+    def _resolve_ike_collision(self, ours: IkeSACore, our_nonces: tuple[bytes, bytes], theirs: IkeSACore,
+                               their_nonces: tuple[bytes, bytes]) -> None:
         """RFC 7296 2.8.2: the new IKE SA created with the lowest of the four nonces is redundant;
         its initiator deletes it. The Child SAs move to the survivor, and the old SA is deleted
         by the initiator of the surviving exchange."""
@@ -145,17 +154,17 @@ class IkeRekey:
             self.children = []
             self.successor = theirs
 
-    def _create_successor(self, we_initiated: bool, spi_i: bytes, spi_r: bytes, suite, proposal,
-                          ni: bytes, nr: bytes, shared: bytes, now: float, take_children: bool = True):
+    def _create_successor(self, we_initiated: bool, spi_i: bytes, spi_r: bytes, suite: IkeSuite,
+                          proposal: P.Proposal, ni: bytes, nr: bytes, shared: bytes, now: float,
+                          take_children: bool = True) -> Self:
         """RFC 7296 2.18: the new IKE SA takes over all Child SAs; the old one is deleted by the
         side that initiated the rekey."""
-        from .ike_sa import IkeSA
-        new = IkeSA(ike_id=self.ike_id, initiator=we_initiated, policy=self.policy, local=self.local,
+        new = type(self)(ike_id=self.ike_id, initiator=we_initiated, policy=self.policy, local=self.local,
                     remote=self.remote, rng=self.rng, now=now, log=self.log, wall_offset=self.wall_offset)
         new.spi_i, new.spi_r = spi_i, spi_r
         new.suite, new.proposal = suite, proposal
         new.ni, new.nr = ni, nr
-        _skeyseed, keys = derive_rekeyed_ike_keys(self.suite.prf, self.keys.sk_d, suite.prf, suite.encr,
+        _skeyseed, keys = derive_rekeyed_ike_keys(self.agreed_suite.prf, self.derived_keys.sk_d, suite.prf, suite.encr,
                                                   suite.integ, shared, ni, nr, spi_i, spi_r)
         new._install_keys(keys)
         new.peer_id = self.peer_id
@@ -181,13 +190,3 @@ class IkeRekey:
             self._request("delete rekeyed IKE SA", lambda: (X.INFORMATIONAL,
                           [P.DeletePayload(protocol=ProtocolId.IKE)], lambda m: self._gone(self._now)))
         return new
-
-    def _gone(self, now: float) -> None:
-        """Old IKE SA after rekey: disappear quietly (no IkeDown: the successor lives on)."""
-        self.state = State.DELETED
-        self.pending = None
-        self.queue.clear()
-        if self.sk_in:
-            self.sk_in.wipe()
-        if self.sk_out:
-            self.sk_out.wipe()

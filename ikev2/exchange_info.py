@@ -3,14 +3,21 @@ from __future__ import annotations
 
 from . import payloads as P
 from .child_sa import ChildSA, ChildState
-from .constants import ExchangeType as X, NotifyType as N, ProtocolId
+from .constants import ExchangeType as X
+from .constants import NotifyType as N
+from .constants import ProtocolId
 from .events import AuthFailed
 from .message import Message
-from .sa_common import State, QueuedRequest
+from .sa_common import QueuedRequest, RequestBuilt, State
+from .sa_core import IkeSACore
 
 
-class Informational:
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+class Informational(IkeSACore):
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_delete_children``.
+    Calls other exchanges only through the hooks ``_child_by_spi_in``, ``_child_by_spi_out``,
+    ``_mobike_request``, ``_settle_lost_collision``.
+    """
 
     def _on_informational_request(self, req: Message, now: float) -> None:
         if self._mobike_request(req, now):
@@ -61,7 +68,7 @@ class Informational:
                       if self.state == State.ESTABLISHED else None)
         self._pump(now)
 
-    def _build_delete_child(self, children: list[ChildSA]):
+    def _build_delete_child(self, children: list[ChildSA]) -> RequestBuilt:
         spis = [c.spi_in for c in children]
         if not spis or self.state != State.ESTABLISHED:
             return None
@@ -97,7 +104,7 @@ class Informational:
         self.queue.clear()
         self._now = now
 
-        def build():
+        def build() -> RequestBuilt:
             return (X.INFORMATIONAL, [P.DeletePayload(protocol=ProtocolId.IKE)],
                     lambda m: self._die(self._now, reason))
         self.pending = None  # abandon what is in flight; the delete supersedes it

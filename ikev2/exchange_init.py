@@ -2,31 +2,40 @@
 from __future__ import annotations
 
 import struct
+
 from . import payloads as P
 from .constants import (
-    ExchangeType as X,
-    HeaderFlag,
     IKE_PORT,
     NATT_PORT,
-    NotifyType as N,
+    HeaderFlag,
     ProtocolId,
     TransformType,
 )
+from .constants import (
+    ExchangeType as X,
+)
+from .constants import (
+    NotifyType as N,
+)
 from .crypto import auth as cauth
-from .crypto.dh import ke_by_id
-from .crypto.keys import derive_ike_keys
+from .crypto.dh import ke_method
+from .crypto.keys import IkeKeys, derive_ike_keys
 from .crypto.proposals import choose_proposal, ike_suite, proposal_display
 from .errors import InvalidKeyExchange, ParseError, ProposalError
 from .events import Address
 from .message import Message, encode_message
 from .natd import natd_hash
 from .notify_data import group_of
+from .sa_common import MAX_INIT_RETRIES, NONCE_LEN, ExchangeFailed, State, notify_name
+from .sa_core import IkeSACore
 from .sk import SKKeys
-from .sa_common import NONCE_LEN, MAX_INIT_RETRIES, State, ExchangeFailed, _notify_name
 
 
-class InitExchange:
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+class InitExchange(IkeSACore):
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_install_keys``.
+    Calls other exchanges only through the hooks ``_build_auth_request``.
+    """
 
     def start(self, now: float) -> None:
         """Initiator: send IKE_SA_INIT."""
@@ -59,12 +68,13 @@ class InitExchange:
         return out
 
     def _send_init(self, now: float) -> None:
-        self.ke_private = ke_by_id(self.ke_group).generate(self.rng)
+        method = ke_method(self.ke_group)
+        self.ke_private = method.generate(self.rng)
         payloads: list[P.Payload] = []
         if self.cookie:
             payloads.append(P.NotifyPayload(notify_type=N.COOKIE, data=self.cookie))
         payloads += [P.SAPayload(proposals=self._ike_proposals()),
-                     P.KEPayload(group=self.ke_group, data=self.ke_private.public_bytes),
+                     P.KEPayload(group=method.group, data=self.ke_private.public_bytes),
                      P.NoncePayload(data=self.ni)]
         payloads += self._natd_payloads(bytes(8))
         payloads += self._common_init_notifies()
@@ -74,7 +84,7 @@ class InitExchange:
         self.next_mid = 1
         self.log("info", "initiating IKE_SA", peer=f"{self.remote[0]}:{self.remote[1]}",
                  spi_i=self.spi_i.hex(), group=self.ke_group)
-        self._send_unencrypted_request(msg, self._on_init_response, "IKE_SA_INIT", now)
+        self._send_unencrypted_request(msg, lambda m: self._on_init_response(m, self._now), "IKE_SA_INIT", now)
 
     def _receive_init(self, raw: bytes, msg: Message, local: Address, remote: Address, now: float) -> None:
         if msg.is_response:
@@ -118,7 +128,7 @@ class InitExchange:
             return
         errors = [n for n in msg.notifies() if n.is_error]
         if errors:
-            name = _notify_name(errors[0].notify_type)
+            name = notify_name(errors[0].notify_type)
             self._die(now, f"IKE_SA_INIT failed: peer answered {name}")
             return
         try:
@@ -141,6 +151,8 @@ class InitExchange:
         suite = ike_suite(chosen)
         if ke.group != self.ke_group or suite.ke.group != self.ke_group:
             raise ExchangeFailed(N.INVALID_KE_PAYLOAD, f"responder KE group {ke.group} does not match")
+        if self.ke_private is None:
+            raise RuntimeError("IKE_SA_INIT response without a key exchange of ours in progress")
         shared = self.ke_private.shared_secret(ke.data)
         self.spi_r = msg.spi_r
         self.nr = nonce.data
@@ -185,13 +197,13 @@ class InitExchange:
             self.nat_local = True
 
     def _derive_keys(self, shared: bytes) -> None:
-        s = self.suite
+        s = self.agreed_suite
         _skeyseed, keys = derive_ike_keys(s.prf, s.encr, s.integ, shared, self.ni, self.nr,
                                          self.spi_i, self.spi_r)
         self._install_keys(keys)
 
-    def _install_keys(self, keys) -> None:
-        s = self.suite
+    def _install_keys(self, keys: IkeKeys) -> None:
+        s = self.agreed_suite
         self.keys = keys
         ki = SKKeys(s.encr, s.integ, keys.sk_ei, keys.sk_ai)
         kr = SKKeys(s.encr, s.integ, keys.sk_er, keys.sk_ar)
@@ -263,7 +275,7 @@ class InitExchange:
 
     def _reject_init(self, msg: Message, notify: int, reason: str, data: bytes = b"") -> None:
         self.log("warning", "IKE_SA_INIT refused", peer=f"{self.remote[0]}:{self.remote[1]}",
-                 notify=_notify_name(notify), reason=reason)
+                 notify=notify_name(notify), reason=reason)
         resp = Message(msg.spi_i, bytes(8), X.IKE_SA_INIT, 0, HeaderFlag.RESPONSE,
                        [P.NotifyPayload(notify_type=notify, data=data)])
         self._send([encode_message(resp)])

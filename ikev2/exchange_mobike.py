@@ -16,12 +16,16 @@ from .constants import ExchangeType as X
 from .constants import NotifyType as N
 from .message import Message
 from .natd import natd_hash
+from .sa_common import RequestBuilt
+from .sa_core import IkeSACore
 
 COOKIE2_LEN = 16
 
 
-class Mobike:
-    """Mixin of IkeSA (ikev2.ike_sa): shares its state."""
+class Mobike(IkeSACore):
+    """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
+    Provides the hooks ``_mobike_request``.
+    """
 
     def _natd_now(self) -> list[P.Payload]:
         src = natd_hash(self.spi_i, self.spi_r, self.local[0], self.local[1])
@@ -31,7 +35,7 @@ class Mobike:
         return [P.NotifyPayload(notify_type=N.NAT_DETECTION_SOURCE_IP, data=src),
                 P.NotifyPayload(notify_type=N.NAT_DETECTION_DESTINATION_IP, data=dst)]
 
-    def _build_update_sa_addresses(self):
+    def _build_update_sa_addresses(self) -> RequestBuilt:
         """Initiator: UPDATE_SA_ADDRESSES from the current (new) local address."""
         cookie2 = self.rng(COOKIE2_LEN)
         payloads = [P.NotifyPayload(notify_type=N.UPDATE_SA_ADDRESSES)] + self._natd_now() + \

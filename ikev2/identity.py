@@ -19,7 +19,7 @@ class Identity:
     ANY_TEXT = "%any"
 
     @classmethod
-    def parse(cls, text: str) -> "Identity":
+    def parse(cls, text: str) -> Identity:
         """strongSwan rules: an IP literal is an IP identity, "@name" is an FQDN, "user@host" an
         RFC 822 address, "C=.., O=.., CN=.." a distinguished name, anything else an FQDN.
         Explicit prefixes: "fqdn:", "email:", "keyid:" (hex), "ipv4:", "ipv6:", "dn:"."""

@@ -7,229 +7,40 @@ datagrams to the right IKE SA and creates responder SAs.
 
 Message IDs use a window of 1 in each direction. Our requests are retransmitted with
 exponential back-off; the last response is cached and sent again when the peer retransmits.
+
+``IkeSA`` composes one mixin per exchange (``exchange_*.py``); all of them work on the state
+and machinery declared in ``ikev2.sa_core.IkeSACore``. This module adds what ties them
+together: receiving (decryption, reassembly, message-ID checks, dispatch), timers and status.
 """
 from __future__ import annotations
 
-from collections import deque
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from . import payloads as P
-from .child_sa import ChildSA, ChildState
-from .constants import (
-    ExchangeType as X,
-    HeaderFlag,
-    IKE_PORT,
-    NotifyType as N,
-)
+from .child_sa import ChildState
+from .constants import ExchangeType as X
+from .constants import NotifyType as N
 from .crypto.proposals import proposal_display
 from .errors import AuthenticatedParseError, IntegrityError, ParseError
-from .events import (
-    Address,
-    AuthFailed,
-    ChildDown,
-    Event,
-    ExchangeDone,
-    IkeDown,
-    LocalAddressChanged,
-    PeerAddressChanged,
-)
-from .identity import Identity
-from .message import Message, encode_message
-from .policy import ChildPolicy, IkePolicy
-from .sk import (
-    FragmentReassembler,
-    SKKeys,
-    open_message,
-    seal,
-)
-from .sa_common import RandomBytes, LogFn, IP_UDP_OVERHEAD, HALF_OPEN_TIMEOUT, State, ExchangeFailed, Pending, QueuedRequest, _ChildRequest, _HANDLED_NOTIFIES, P_summary
+from .events import Address, AuthFailed, ExchangeDone
 from .exchange_auth import AuthExchange
 from .exchange_child import ChildExchanges
+from .exchange_eap import EapExchange
 from .exchange_ike_rekey import IkeRekey
 from .exchange_info import Informational
 from .exchange_init import InitExchange
 from .exchange_mobike import Mobike
-from .exchange_eap import EapExchange
+from .message import Message
+from .sa_common import HALF_OPEN_TIMEOUT, HANDLED_NOTIFIES, ExchangeFailed, State
+from .sk import open_message
 
 __all__ = ["IkeSA", "State", "ExchangeFailed"]
 
 
 class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational, Mobike, EapExchange):
-    def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
-                 candidates: list[IkePolicy] | None = None, local: Address, remote: Address,
-                 rng: RandomBytes, now: float, log: LogFn | None = None,
-                 wall_offset: float = 0.0):
-        self.ike_id = ike_id
-        self.initiator = initiator  # original initiator of this IKE SA
-        self.policy = policy
-        self.candidates = candidates or ([policy] if policy else [])
-        self.local = local
-        self.remote = remote
-        self.rng = rng
-        self.log = log or (lambda level, event, **kw: None)
-        self.wall_offset = wall_offset
-        self.state = State.CREATED
-        self.created = now
-        self.established_at: float | None = None
-        self.spi_i = self._new_ike_spi() if initiator else b""
-        self.spi_r = b"\x00" * 8
-        self.suite = None
-        self.proposal: P.Proposal | None = None
-        self.keys = None
-        self.sk_in: SKKeys | None = None
-        self.sk_out: SKKeys | None = None
-        self.ni = b""
-        self.nr = b""
-        self.ke_private = None
-        self.ke_group: int | None = None
-        self.cookie: bytes = b""
-        self.init_retries = 0
-        self.init_request_raw = b""
-        self.init_response_raw = b""
-        self.peer_id: Identity | None = None
-        self.peer_fragmentation = False
-        self.peer_mobike = False
-        self.peer_hash_algs: list[int] = []
-        self.peer_certreq: list[bytes] = []
-        self.peer_initial_contact = False
-        self.nat_local = False  # we are behind a NAT (our NAT-D source hash did not match)
-        self.nat_remote = False  # the peer is behind a NAT
-        self.natd_seen = False
-        self.children: list[ChildSA] = []
-        self._first_child: _ChildRequest | None = None
-        self._out: list[tuple[bytes, Address, Address]] = []
-        self._events: list[Event] = []
-        # Message IDs (window 1 both ways).
-        self.next_mid = 0
-        self.pending: Pending | None = None
-        self.queue: deque[QueuedRequest] = deque()
-        self.peer_next_mid = 0
-        self.last_response: tuple[int, list[bytes]] | None = None  # (mid, packets) for retransmits
-        self._now = now
-        self._first_child_policy: ChildPolicy | None = None
-        self._last_src: tuple[Address, Address] = (local, remote)
-        self.peer_addresses: list[str] = []
-        # EAP and configuration payload (ikev2.exchange_eap)
-        self._eap_server_obj = None
-        self._eap_client_obj = None
-        self._eap_first_request = None
-        self._eap_rounds = 0
-        self._eap_done = False
-        self._eap_msk = b""
-        self._eap_server_authenticated = False
-        self._eap_server_idr = None
-        self.eap_identity: str | None = None
-        self.virtual_ips: list[str] = []  # RFC 4555 ADDITIONAL_*_ADDRESS: candidates only
-        self.activity_probe = None  # callable(spi_in) -> last inbound ESP time, set by the manager
-        self.reassembler = FragmentReassembler()
-        self.last_inbound = now
-        self.rekey_at: float | None = None
-        self.delete_reason = ""
-        self.successor: IkeSA | None = None  # the IKE SA that took over our Child SAs (rekey)
-        self.successors: list[IkeSA] = []  # every IKE SA a rekey created (two after a collision)
-        self._ike_rekey_nonce: bytes | None = None  # our IKE rekey request is outstanding
-        self._ike_collision = None  # (peer's new IKE SA, its nonces) during a rekey collision
-        self.redundant = False  # lost an IKE rekey collision: the peer deletes this SA
-        self.collision_candidate = False  # made by the peer's rekey during a collision, undecided
-        self.forget_at: float | None = None  # a redundant SA disappears then at the latest
-
-    # ------------------------------------------------------------------ helpers
-
-    @property
-    def name(self) -> str:
-        return self.policy.name if self.policy else "(unknown)"
-
-    @property
-    def our_spi(self) -> bytes:
-        return self.spi_i if self.initiator else self.spi_r
-
-    @property
-    def encap(self) -> bool:
-        """ESP rides in UDP (RFC 3948): when NAT-D showed a NAT on either side (a forced
-        encapsulation fakes one). Floating IKE to port 4500 alone (MOBIKE, or NAT-D without a
-        NAT) leaves ESP plain, as RFC 4555 3.5 and strongSwan do. The userspace data plane puts
-        ESP in UDP whatever this says (forced UDP-4500 design)."""
-        return self.nat_local or self.nat_remote
-
-    def _new_ike_spi(self) -> bytes:
-        while True:
-            spi = self.rng(8)
-            if spi != bytes(8):
-                return spi
-
-    def _new_child_spi(self) -> bytes:
-        while True:
-            spi = self.rng(4)
-            if int.from_bytes(spi, "big") > 255:
-                return spi
-
-    def _emit(self, ev: Event) -> None:
-        ev.ike_name = self.name
-        ev.ike_id = self.ike_id
-        if isinstance(ev, ExchangeDone):
-            ev.spi_i, ev.spi_r = self.spi_i, self.spi_r
-        self._events.append(ev)
-
-    def pop_datagrams(self) -> list[tuple[bytes, Address, Address]]:
-        out, self._out = self._out, []
-        return out
-
-    def pop_events(self) -> list[Event]:
-        out, self._events = self._events, []
-        return out
-
-    def _send(self, packets: list[bytes], path: tuple[Address, Address] | None = None) -> None:
-        """Queue datagrams on our current path, or on ``path`` (local, remote)."""
-        local, remote = path or (self.local, self.remote)
-        for pkt in packets:
-            self._out.append((pkt, local, remote))
-
-    def _flags(self, response: bool) -> int:
-        f = HeaderFlag.INITIATOR if self.initiator else 0
-        return f | (HeaderFlag.RESPONSE if response else 0)
-
-    def _max_message_size(self) -> int | None:
-        if not (self.policy and self.policy.fragmentation and self.peer_fragmentation):
-            return None
-        family = 6 if ":" in self.remote[0] else 4
-        size = self.policy.fragment_size - IP_UDP_OVERHEAD[family]
-        if self.remote[1] != IKE_PORT:
-            size -= 4  # non-ESP marker
-        return size
-
-    def _seal(self, exchange: int, mid: int, payloads: list[P.Payload], response: bool) -> list[bytes]:
-        assert self.sk_out is not None
-        return seal(self.spi_i, self.spi_r, exchange, self._flags(response), mid, payloads,
-                    self.sk_out, self.rng, self._max_message_size())
-
-    def wall(self, now: float) -> float:
-        return now + self.wall_offset
-
-    # ------------------------------------------------------------------ requests (window 1)
-
-    def _request(self, what: str, build) -> None:
-        self.queue.append(QueuedRequest(what, build))
-
-    def _pump(self, now: float) -> None:
-        """Send the next queued request if the window is free."""
-        while self.pending is None and self.queue and self.state not in (State.DELETED,):
-            q = self.queue.popleft()
-            built = q.build()
-            if built is None:
-                continue
-            exchange, payloads, handler = built
-            mid = self.next_mid
-            packets = self._seal(exchange, mid, payloads, response=False)
-            self.next_mid += 1
-            self.pending = Pending(exchange, mid, packets, handler, q.what, now,
-                                   now + self.policy.retransmit_timeout)
-            self.log("debug", "sending request", exchange=X(exchange).name, mid=mid, what=q.what,
-                     payloads=P_summary(payloads), fragments=len(packets))
-            self._send(packets)
-
-    def _send_unencrypted_request(self, msg: Message, handler, what: str, now: float) -> None:
-        raw = encode_message(msg)
-        self.pending = Pending(msg.exchange, msg.message_id, [raw], handler, what, now,
-                               now + self.policy.retransmit_timeout)
-        self._send([raw])
+    """One IKE SA with all its exchanges (the state is declared in ``IkeSACore``)."""
 
     def tick(self, now: float) -> None:
         if self.state == State.DELETED:
@@ -294,49 +105,10 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
                 self.log("warning", "child SA hard lifetime expired", child=c.name,
                          spi_in=c.spi_in.hex())
                 self._remove_child(c, "hard lifetime expired")
-                self._request("delete expired child", lambda c=c: self._build_delete_child([c]))
+                self._request("delete expired child", functools.partial(self._build_delete_child, [c]))
         if (self.policy.dpd_delay and now - self._last_activity() >= self.policy.dpd_delay
                 and self.pending is None and not self.queue):
             self.liveness(now)
-
-    def _last_activity(self) -> float:
-        """Any authenticated packet counts as a sign of life: IKE, or ESP on one of our Child SAs."""
-        last = self.last_inbound
-        if self.activity_probe is not None:
-            for c in self.children:
-                t = self.activity_probe(c.spi_in)
-                if t is not None and t > last:
-                    last = t
-        return last
-
-    def _die(self, now: float, reason: str) -> None:
-        if self.state == State.DELETED:
-            return
-        for c in list(self.children):
-            self._remove_child(c, reason)
-        was_up = self.established_at is not None
-        self.state = State.DELETED
-        self.pending = None
-        self.queue.clear()
-        self.delete_reason = reason
-        if self.sk_in:
-            self.sk_in.wipe()
-        if self.sk_out:
-            self.sk_out.wipe()
-        if self.keys is not None and hasattr(self.keys, "wipe"):
-            self.keys.wipe()
-        self.ke_private = None
-        self._emit(IkeDown(reason=reason if was_up or self.initiator else f"{reason} (not established)"))
-
-    def _remove_child(self, c: ChildSA, reason: str) -> None:
-        if c in self.children:
-            self.children.remove(c)
-        if c.state != ChildState.DELETED:
-            c.state = ChildState.DELETED
-            self._emit(ChildDown(child_name=c.name, spi_in=c.spi_in, spi_out=c.spi_out, reason=reason))
-            c.wipe()
-
-    # ------------------------------------------------------------------ receive
 
     def receive(self, raw: bytes, msg: Message, local: Address, remote: Address, now: float) -> None:
         """Process one decoded datagram addressed to this IKE SA."""
@@ -408,40 +180,14 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         self.log("debug", "received", message=inner.summary(), peer=f"{remote[0]}:{remote[1]}")
         if inner.is_response:
             p = self.pending
+            if p is None:  # checked before decryption; a response handler cannot clear it in between
+                return
             self.pending = None
             p.on_response(inner)
             self._emit(ExchangeDone(exchange=inner.exchange_name, role="initiator",
                                     message_id=inner.message_id, outcome=p.what, peer=self.remote))
         else:
             self._handle_request(inner, now)
-
-    def _adoption_enabled(self) -> bool:
-        """Address adoption (move the SAs to a peer's new address on authenticated traffic):
-        "auto" enables it for peers behind a NAT and for connections that accept any remote
-        address (remote access); true/false force it."""
-        mode = self.policy.address_adoption if self.policy else "auto"
-        if mode in (True, "true", "yes"):
-            return True
-        if mode in (False, "false", "no"):
-            return False
-        return self.nat_remote or not self.policy.remote_addrs or "%any" in self.policy.remote_addrs
-
-    def adopt(self, local: Address, remote: Address, now: float, why: str) -> None:
-        """Move the IKE SA and all its Child SAs to new addresses at once (no new handshake, no
-        rekey). RFC 7296 2.23 port floating and the gateway's address adoption both end here."""
-        if (local, remote) == (self.local, self.remote):
-            return
-        old_local, old = self.local, self.remote
-        self.remote = remote
-        self.local = local
-        if old != remote:
-            self.log("info", "peer address changed", old=f"{old[0]}:{old[1]}", new=f"{remote[0]}:{remote[1]}",
-                     reason=why, spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex())
-            self._emit(PeerAddressChanged(old=old, new=remote))
-        if old_local != local:
-            self.log("info", "local address changed", old=f"{old_local[0]}:{old_local[1]}",
-                     new=f"{local[0]}:{local[1]}", reason=why)
-            self._emit(LocalAddressChanged(old=old_local, new=local))
 
     def adopt_from_esp(self, local: Address, remote: Address, now: float) -> bool:
         """The data plane saw an authenticated ESP packet, newer than any before, from a new
@@ -464,16 +210,8 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
         else:
             self.liveness(now, force=True)
 
-    def _respond(self, req: Message, payloads: list[P.Payload]) -> None:
-        packets = self._seal(req.exchange, req.message_id, payloads, response=True)
-        self.last_response = (req.message_id, packets)
-        self.peer_next_mid = req.message_id + 1
-        # RFC 7296 2.11: a response goes to the address and port the request came from, whether
-        # or not that address is adopted (MOBIKE path checks rely on it).
-        self._send(packets, self._last_src)
-
     def _handle_request(self, req: Message, now: float) -> None:
-        handlers = {
+        handlers: dict[int, Callable[[Message, float], None]] = {
             X.IKE_AUTH: self._on_auth_request,
             X.INFORMATIONAL: self._on_informational_request,
             X.CREATE_CHILD_SA: self._on_create_child_request,
@@ -496,12 +234,10 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
             if e.fatal:
                 self._die(now, str(e))
         for n in req.notifies():
-            if n.notify_type not in _HANDLED_NOTIFIES and n.notify_type > 16383:
+            if n.notify_type not in HANDLED_NOTIFIES and n.notify_type > 16383:
                 self.log("debug", "ignored status notify", notify=n.notify_type)
 
-    # ------------------------------------------------------------------ IKE_SA_INIT
-
-    def status(self, now: float) -> dict:
+    def status(self, now: float) -> dict[str, Any]:
         """Status for the control socket (no key material)."""
         return {
             "id": self.ike_id,

@@ -9,15 +9,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import payloads as P
-from .constants import ExchangeType as X, HeaderFlag, NotifyType as N
+from .constants import ExchangeType as X
+from .constants import HeaderFlag
+from .constants import NotifyType as N
 from .errors import ParseError, UnsupportedCriticalPayload
 from .events import Address, Event, IkeUp
 from .ike_sa import IkeSA, State
-from .message import Message, UnsupportedVersion, decode_header, decode_message, encode_message
+from .message import Header, Message, UnsupportedVersion, decode_header, decode_message, encode_message
 from .policy import IkePolicy
+from .sa_core import ActivityProbe
 
 RandomBytes = Callable[[int], bytes]
 LogFn = Callable[..., None]
@@ -40,7 +44,7 @@ class IkeManager:
         self._out: list[tuple[bytes, Address, Address]] = []
         self._events: list[Event] = []
         self.dropped: dict[str, int] = {}
-        self.activity_probe = None
+        self.activity_probe: ActivityProbe | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -58,7 +62,7 @@ class IkeManager:
         if sa.our_spi and sa.our_spi != bytes(8):
             self.by_spi[sa.our_spi] = sa
 
-    def _drop(self, reason: str, **fields) -> None:
+    def _drop(self, reason: str, **fields: Any) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.log("warning", "dropped datagram", reason=reason, **fields)
 
@@ -71,6 +75,7 @@ class IkeManager:
                 if isinstance(ev, IkeUp) and ev.initial_contact:
                     self._initial_contact(sa, ev)
             for succ in sa.successors:
+                assert isinstance(succ, IkeSA)  # made by type(sa)(...)
                 if succ not in self.sas and succ.state != State.DELETED:
                     # Same number: the data plane's Child SAs and the daemon's per-SA state
                     # (virtual IP leases) follow the IKE SA across rekeys.
@@ -152,7 +157,7 @@ class IkeManager:
         self._collect()
         return n
 
-    def set_activity_probe(self, probe) -> None:
+    def set_activity_probe(self, probe: ActivityProbe | None) -> None:
         """probe(spi_in) -> monotonic time of the last authenticated inbound ESP packet, or None:
         any authenticated packet counts for liveness (dead peer detection)."""
         self.activity_probe = probe
@@ -179,7 +184,7 @@ class IkeManager:
         times = [t for t in (sa.next_deadline() for sa in self.sas) if t is not None]
         return min(times) if times else None
 
-    def status(self, now: float) -> list[dict]:
+    def status(self, now: float) -> list[dict[str, Any]]:
         return [sa.status(now) for sa in self.sas if sa.state != State.DELETED]
 
     # ------------------------------------------------------------------ receive
@@ -216,7 +221,7 @@ class IkeManager:
         self._guarded(sa, sa.receive, data, msg, local, remote, now)
         self._collect()
 
-    def _guarded(self, sa: IkeSA, fn, *args) -> None:
+    def _guarded(self, sa: IkeSA, fn: Callable[..., None], *args: Any) -> None:
         """Run one IKE SA step; an internal error kills that IKE SA, never the gateway."""
         try:
             fn(*args)
@@ -231,7 +236,7 @@ class IkeManager:
     def _half_open(self) -> list[IkeSA]:
         return [sa for sa in self.sas if not sa.initiator and sa.state == State.INIT_DONE]
 
-    def _receive_new_init(self, data: bytes, header, local: Address, remote: Address, now: float) -> None:
+    def _receive_new_init(self, data: bytes, header: Header, local: Address, remote: Address, now: float) -> None:
         peer = f"{remote[0]}:{remote[1]}"
         # A retransmitted IKE_SA_INIT for a half-open SA: let it answer again.
         for sa in self._half_open():

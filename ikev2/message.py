@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .constants import (
     GENERIC_PAYLOAD_HEADER_LEN,
@@ -19,7 +20,9 @@ from .constants import (
     enum_or_int,
 )
 from .errors import ParseError, UnsupportedCriticalPayload
-from .payloads import PAYLOAD_CLASSES, Payload, Reader, SKFPayload, SKPayload, UnknownPayload
+from .payloads import PAYLOAD_CLASSES, NotifyPayload, Payload, Reader, SKFPayload, SKPayload, UnknownPayload
+
+PayloadT = TypeVar("PayloadT", bound=Payload)
 
 _HEADER = struct.Struct("!8s8sBBBBII")
 MAX_MESSAGE_LEN = 65535
@@ -93,29 +96,28 @@ class Message:
         e = enum_or_int(ExchangeType, self.exchange)
         return e.name if hasattr(e, "name") else str(e)
 
-    def get(self, cls: type[Payload]) -> Payload | None:
+    def get(self, cls: type[PayloadT]) -> PayloadT | None:
         """First payload of this class, or None."""
         for p in self.payloads:
             if type(p) is cls:
                 return p
         return None
 
-    def all(self, cls: type[Payload]) -> list[Payload]:
+    def all(self, cls: type[PayloadT]) -> list[PayloadT]:
         return [p for p in self.payloads if type(p) is cls]
 
-    def notifies(self, ntype: int | None = None) -> list:
-        from .payloads import NotifyPayload
+    def notifies(self, ntype: int | None = None) -> list[NotifyPayload]:
         return [p for p in self.payloads
                 if isinstance(p, NotifyPayload) and (ntype is None or p.notify_type == ntype)]
 
-    def notify(self, ntype: int):
+    def notify(self, ntype: int) -> NotifyPayload | None:
         found = self.notifies(ntype)
         return found[0] if found else None
 
     @property
     def encrypted(self) -> SKPayload | SKFPayload | None:
         if self.payloads and isinstance(self.payloads[-1], (SKPayload, SKFPayload)):
-            return self.payloads[-1]  # type: ignore[return-value]
+            return self.payloads[-1]
         return None
 
     def summary(self) -> str:

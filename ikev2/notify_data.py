@@ -81,7 +81,8 @@ def u16_list(data: bytes) -> list[int]:
 
 def group_of(data: bytes) -> int:
     """INVALID_KE_PAYLOAD: the group the responder wants."""
-    return struct.unpack("!H", data)[0]
+    group: int = struct.unpack("!H", data)[0]
+    return group
 
 
 def address_of(data: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import ClassVar
 
+from .asn1 import parse_dn
 from .constants import (
     CfgAttr,
     EapCode,
@@ -21,12 +23,11 @@ from .constants import (
     TsType,
     enum_or_int,
 )
-from .asn1 import parse_dn
 from .errors import ParseError
 from .notify_data import check_notify_data
 
 
-def _name(value: int, enum_cls) -> str:
+def _name(value: int, enum_cls: type[IntEnum]) -> str:
     v = enum_or_int(enum_cls, value)
     return v.name if hasattr(v, "name") else str(value)
 
@@ -60,10 +61,12 @@ class Reader:
         return self.take(1, what)[0]
 
     def u16(self, what: str) -> int:
-        return struct.unpack("!H", self.take(2, what))[0]
+        value: int = struct.unpack("!H", self.take(2, what))[0]
+        return value
 
     def u32(self, what: str) -> int:
-        return struct.unpack("!I", self.take(4, what))[0]
+        value: int = struct.unpack("!I", self.take(4, what))[0]
+        return value
 
     def rest(self) -> bytes:
         b = self.data[self.pos:self.end]
@@ -87,7 +90,7 @@ class Payload:
         raise NotImplementedError
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "Payload":  # pragma: no cover - abstract
+    def decode_body(cls, r: Reader) -> Payload:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
@@ -122,7 +125,7 @@ class Transform:
         return struct.pack("!BBHBBH", 0 if last else 3, 0, length, self.type, 0, self.id) + bytes(attrs)
 
     @classmethod
-    def decode(cls, r: Reader) -> tuple["Transform", bool]:
+    def decode(cls, r: Reader) -> tuple[Transform, bool]:
         start = r.pos
         more = r.u8("transform last-substructure")
         if more not in (0, 3):
@@ -179,7 +182,7 @@ class Proposal:
                            len(self.spi), len(self.transforms)) + self.spi + body
 
     @classmethod
-    def decode(cls, r: Reader) -> tuple["Proposal", bool]:
+    def decode(cls, r: Reader) -> tuple[Proposal, bool]:
         start = r.pos
         more = r.u8("proposal last-substructure")
         if more not in (0, 2):
@@ -225,7 +228,7 @@ class SAPayload(Payload):
         return b"".join(p.encode(i == len(self.proposals) - 1) for i, p in enumerate(self.proposals))
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "SAPayload":
+    def decode_body(cls, r: Reader) -> SAPayload:
         sa = cls()
         last = False
         while r.remaining():
@@ -252,7 +255,7 @@ class KEPayload(Payload):
         return struct.pack("!HH", self.group, 0) + self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "KEPayload":
+    def decode_body(cls, r: Reader) -> KEPayload:
         group = r.u16("KE group")
         r.u16("KE reserved")
         data = r.rest()
@@ -263,7 +266,7 @@ class KEPayload(Payload):
 
 # --------------------------------------------------------------------------- ID (3.5)
 
-_ID_FIXED_LEN = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16, IdType.ID_NULL: 0}
+_ID_FIXED_LEN: dict[int, int] = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16, IdType.ID_NULL: 0}
 
 
 @dataclass
@@ -275,7 +278,7 @@ class IDPayload(Payload):
         return struct.pack("!B3x", self.id_type) + self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "IDPayload":
+    def decode_body(cls, r: Reader) -> IDPayload:
         id_type = r.u8("ID type")
         r.take(3, "ID reserved")
         data = r.rest()
@@ -327,7 +330,7 @@ class CertPayload(Payload):
         return bytes([self.encoding]) + self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "CertPayload":
+    def decode_body(cls, r: Reader) -> CertPayload:
         enc = r.u8("certificate encoding")
         return cls(encoding=enc, data=r.rest())
 
@@ -342,7 +345,7 @@ class CertReqPayload(Payload):
         return bytes([self.encoding]) + self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "CertReqPayload":
+    def decode_body(cls, r: Reader) -> CertReqPayload:
         enc = r.u8("certificate encoding")
         return cls(encoding=enc, data=r.rest())
 
@@ -366,7 +369,7 @@ class AuthPayload(Payload):
         return struct.pack("!B3x", self.method) + self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "AuthPayload":
+    def decode_body(cls, r: Reader) -> AuthPayload:
         method = r.u8("auth method")
         r.take(3, "auth reserved")
         data = r.rest()
@@ -389,7 +392,7 @@ class NoncePayload(Payload):
         return self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "NoncePayload":
+    def decode_body(cls, r: Reader) -> NoncePayload:
         data = r.rest()
         if not NONCE_MIN <= len(data) <= NONCE_MAX:
             raise r.fail(f"nonce length {len(data)} outside {NONCE_MIN}..{NONCE_MAX}", 0)
@@ -410,7 +413,7 @@ class NotifyPayload(Payload):
         return struct.pack("!BBH", self.protocol, len(self.spi), self.notify_type) + self.spi + self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "NotifyPayload":
+    def decode_body(cls, r: Reader) -> NotifyPayload:
         protocol = r.u8("notify protocol id")
         spi_size = r.u8("notify SPI size")
         ntype = r.u16("notify type")
@@ -419,7 +422,7 @@ class NotifyPayload(Payload):
         try:
             check_notify_data(ntype, protocol, spi, data)
         except ParseError as e:
-            raise e.at(r.base, r.where)
+            raise e.at(r.base, r.where) from None
         return cls(notify_type=ntype, data=data, protocol=protocol, spi=spi)
 
     @property
@@ -448,7 +451,7 @@ class DeletePayload(Payload):
         return struct.pack("!BBH", self.protocol, size, len(self.spis)) + b"".join(self.spis)
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "DeletePayload":
+    def decode_body(cls, r: Reader) -> DeletePayload:
         protocol = r.u8("delete protocol id")
         size = r.u8("delete SPI size")
         count = r.u16("delete number of SPIs")
@@ -474,7 +477,7 @@ class VendorIdPayload(Payload):
         return self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "VendorIdPayload":
+    def decode_body(cls, r: Reader) -> VendorIdPayload:
         return cls(data=r.rest())
 
 
@@ -493,7 +496,7 @@ class TrafficSelector:
 
     @classmethod
     def from_network(cls, net: str | ipaddress.IPv4Network | ipaddress.IPv6Network,
-                     ip_protocol: int = 0, start_port: int = 0, end_port: int = 65535) -> "TrafficSelector":
+                     ip_protocol: int = 0, start_port: int = 0, end_port: int = 65535) -> TrafficSelector:
         n = ipaddress.ip_network(net, strict=False)
         ts_type = TsType.TS_IPV4_ADDR_RANGE if n.version == 4 else TsType.TS_IPV6_ADDR_RANGE
         return cls(ts_type, ip_protocol, start_port, end_port, n.network_address, n.broadcast_address)
@@ -507,7 +510,7 @@ class TrafficSelector:
                            self.start_port, self.end_port) + body
 
     @classmethod
-    def decode(cls, r: Reader) -> "TrafficSelector":
+    def decode(cls, r: Reader) -> TrafficSelector:
         start = r.pos
         ts_type = r.u8("TS type")
         proto = r.u8("TS IP protocol")
@@ -529,8 +532,9 @@ class TrafficSelector:
     def __str__(self) -> str:
         if self.start_addr is None:
             return f"TS({self.ts_type}:{self.raw.hex()})"
-        nets = list(ipaddress.summarize_address_range(self.start_addr, self.end_addr)) \
-            if self.start_addr <= self.end_addr else []
+        # Decoded or built from one network: both addresses are of one family (mypy cannot see that).
+        start, end = self.start_addr, self.end_addr
+        nets = list(ipaddress.summarize_address_range(start, end)) if start <= end else []  # type: ignore[arg-type,operator]
         addr = str(nets[0]) if len(nets) == 1 else f"{self.start_addr}..{self.end_addr}"
         if self.ip_protocol == 0 and self.start_port == 0 and self.end_port == 65535:
             return addr
@@ -549,7 +553,7 @@ class TSPayload(Payload):
         return struct.pack("!B3x", len(self.selectors)) + b"".join(ts.encode() for ts in self.selectors)
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "TSPayload":
+    def decode_body(cls, r: Reader) -> TSPayload:
         count = r.u8("number of TSs")
         r.take(3, "TS reserved")
         if count == 0:
@@ -585,7 +589,7 @@ class SKPayload(Payload):
         return self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "SKPayload":
+    def decode_body(cls, r: Reader) -> SKPayload:
         return cls(data=r.rest())
 
 
@@ -603,7 +607,7 @@ class SKFPayload(Payload):
         return struct.pack("!HH", self.fragment_number, self.total_fragments) + self.data
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "SKFPayload":
+    def decode_body(cls, r: Reader) -> SKFPayload:
         num = r.u16("fragment number")
         total = r.u16("total fragments")
         if num == 0 or total == 0 or num > total:
@@ -651,7 +655,7 @@ class CPPayload(Payload):
         return struct.pack("!B3x", self.cfg_type) + b"".join(a.encode() for a in self.attributes)
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "CPPayload":
+    def decode_body(cls, r: Reader) -> CPPayload:
         cfg_type = r.u8("CFG type")
         r.take(3, "CFG reserved")
         attrs = []
@@ -684,7 +688,7 @@ class EAPPayload(Payload):
         return self.message
 
     @classmethod
-    def decode_body(cls, r: Reader) -> "EAPPayload":
+    def decode_body(cls, r: Reader) -> EAPPayload:
         msg = r.rest()
         if len(msg) < 4:
             raise r.fail(f"EAP message of {len(msg)} bytes is shorter than its 4-byte header", 0)
@@ -716,7 +720,7 @@ class EAPPayload(Payload):
         return self.message[5:]
 
     @classmethod
-    def build(cls, code: int, identifier: int, eap_type: int | None = None, data: bytes = b"") -> "EAPPayload":
+    def build(cls, code: int, identifier: int, eap_type: int | None = None, data: bytes = b"") -> EAPPayload:
         body = b"" if eap_type is None else bytes([eap_type]) + data
         return cls(message=struct.pack("!BBH", code, identifier, 4 + len(body)) + body)
 

@@ -5,10 +5,17 @@ The daemon builds these from its TOML configuration (vpn_gw.config); tests build
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .identity import Identity, IdentityPattern
 from .payloads import Proposal, TrafficSelector
+
+if TYPE_CHECKING:
+    from .cp import Assignment, CfgRequest
+    from .eap.client import EapClient
+    from .eap.server import EapServer
 
 
 @dataclass
@@ -16,11 +23,11 @@ class AuthConfig:
     """How one side authenticates: "psk" or "pubkey" (certificate); later EAP methods."""
     method: str = "psk"
     psk: bytes | None = field(default=None, repr=False)
-    certs: list = field(default_factory=list)  # our chain: end entity first (cryptography x509)
-    private_key: object | None = field(default=None, repr=False)
-    cacerts: list = field(default_factory=list)  # trust anchors for the peer's certificate
-    eap_server: object | None = None  # callable() -> ikev2.eap.EapServer (gateway side)
-    eap_client: object | None = None  # callable() -> ikev2.eap.EapClient (client side)
+    certs: list[Any] = field(default_factory=list)  # our chain: end entity first (cryptography x509)
+    private_key: Any = field(default=None, repr=False)  # a cryptography private key
+    cacerts: list[Any] = field(default_factory=list)  # trust anchors for the peer's certificate
+    eap_server: Callable[[], EapServer] | None = None  # a new EapServer per conversation (gateway side)
+    eap_client: Callable[[], EapClient] | None = None  # a new EapClient per conversation (client side)
 
 
 @dataclass
@@ -60,7 +67,8 @@ class IkePolicy:
     mobike: bool = True
     address_adoption: str | bool = "auto"  # auto: for peers behind NAT and %any (remote access)
     vips: list[str] = field(default_factory=list)  # client: request virtual IPs ("0.0.0.0", "::")
-    address_assigner: object | None = None  # gateway: callable(identity, request) -> assignment | None
+    # gateway: callable(identity, request) -> assignment | None
+    address_assigner: Callable[[str, CfgRequest], Assignment | None] | None = None
     retransmit_timeout: float = 4.0
     retransmit_base: float = 1.8
     retransmit_tries: int = 5

@@ -1,19 +1,26 @@
-"""Types and helpers shared by the IKE SA state machine and its exchange mixins."""
+"""Types and constants shared by the IKE SA state machine and its exchange modules."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
+
 from . import payloads as P
 from .child_sa import ChildSA
 from .constants import NotifyType as N
+from .crypto.dh import KeyExchangePrivate
 from .errors import IKEv2Error
-from .identity import Identity
+from .identity import Identity, IdentityPattern
 from .message import Message
 from .policy import ChildPolicy, IkePolicy
 
 RandomBytes = Callable[[int], bytes]
 LogFn = Callable[..., None]
+ResponseHandler = Callable[[Message], None]
+# What a queued request builds when the window opens: (exchange type, payloads, response handler),
+# or None when the request is no longer needed.
+RequestBuilt = tuple[int, list[P.Payload], ResponseHandler] | None
+RequestBuilder = Callable[[], RequestBuilt]
 
 NONCE_LEN = 32
 IP_UDP_OVERHEAD = {4: 28, 6: 48}
@@ -46,7 +53,7 @@ class Pending:
     exchange: int
     message_id: int
     packets: list[bytes]
-    on_response: Callable[[Message], None]
+    on_response: ResponseHandler
     what: str
     sent_at: float
     next_retransmit: float
@@ -56,11 +63,11 @@ class Pending:
 @dataclass
 class QueuedRequest:
     what: str
-    build: Callable[[], tuple[int, list[P.Payload], Callable[[Message], None]] | None]
+    build: RequestBuilder
 
 
 @dataclass
-class _ChildRequest:
+class ChildRequest:
     """State of a CREATE_CHILD_SA / first Child SA we asked for."""
     policy: ChildPolicy
     spi_in: bytes
@@ -68,26 +75,21 @@ class _ChildRequest:
     ts_i: list[P.TrafficSelector]
     ts_r: list[P.TrafficSelector]
     nonce: bytes = b""
-    ke: object | None = None
+    ke: KeyExchangePrivate | None = None
     rekey_of: ChildSA | None = None
 
 
-_HANDLED_NOTIFIES = {
+HANDLED_NOTIFIES = {
     N.NAT_DETECTION_SOURCE_IP, N.NAT_DETECTION_DESTINATION_IP, N.COOKIE, N.INVALID_KE_PAYLOAD,
     N.IKEV2_FRAGMENTATION_SUPPORTED, N.SIGNATURE_HASH_ALGORITHMS, N.MOBIKE_SUPPORTED, N.REKEY_SA,
     N.INITIAL_CONTACT,
 }
 
 
-def _notify_name(t: int) -> str:
+def notify_name(t: int) -> str:
     return N(t).name if t in N._value2member_map_ else str(t)
 
 
-def _local_id_ok(pol: IkePolicy, wanted: Identity) -> bool:
-    from .identity import IdentityPattern
+def local_id_ok(pol: IkePolicy, wanted: Identity) -> bool:
     return IdentityPattern(str(pol.local_id)).matches(wanted) or pol.local_id == wanted
 
-
-def P_summary(payloads) -> str:
-    from .summary import payload_summary
-    return payload_summary(payloads)

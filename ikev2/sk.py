@@ -9,10 +9,11 @@ up to the ICV.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .constants import GENERIC_PAYLOAD_HEADER_LEN, IKE_HEADER_LEN, PayloadType
+from .crypto.transforms import EncrAlgorithm, IntegAlgorithm
 from .errors import AuthenticatedParseError, IntegrityError, ParseError
 from .message import Message, decode_payloads, encode_header, encode_payloads
 from .payloads import Payload, SKFPayload, SKPayload
@@ -24,14 +25,16 @@ SKF_EXTRA = 4  # fragment number + total fragments
 @dataclass
 class SKKeys:
     """Keys protecting the messages of one direction (SK_ei/SK_ai or SK_er/SK_ar)."""
-    encr: object  # ikev2.crypto.transforms.EncrAlgorithm
-    integ: object | None  # ikev2.crypto.transforms.IntegAlgorithm, None for AEAD
+    encr: EncrAlgorithm
+    integ: IntegAlgorithm | None  # None for AEAD
     sk_e: bytes = field(repr=False)
     sk_a: bytes = field(default=b"", repr=False)
 
     @property
     def icv_len(self) -> int:
-        return self.encr.icv_len if self.encr.aead else self.integ.icv_len  # type: ignore[union-attr]
+        if self.encr.aead or self.integ is None:
+            return self.encr.icv_len
+        return self.integ.icv_len
 
     def overhead(self, plaintext_len: int) -> int:
         """Bytes the encryption adds to ``plaintext_len`` bytes of inner payloads."""
@@ -56,6 +59,8 @@ def _protect(keys: SKKeys, head: bytes, plaintext: bytes, random_bytes: RandomBy
     if encr.aead:
         return iv + encr.encrypt(keys.sk_e, iv, padded, head)
     ct = encr.encrypt(keys.sk_e, iv, padded)
+    if keys.integ is None:
+        raise ValueError("encrypt-then-MAC cipher without an integrity transform")
     icv = keys.integ.compute(keys.sk_a, head + iv + ct)
     return iv + ct + icv
 
@@ -73,6 +78,8 @@ def _unprotect(keys: SKKeys, head: bytes, body: bytes, where: str, offset: int) 
     else:
         ct = body[encr.iv_len:len(body) - icv_len]
         icv = body[len(body) - icv_len:]
+        if keys.integ is None:
+            raise ValueError("encrypt-then-MAC cipher without an integrity transform")
         if not keys.integ.verify(keys.sk_a, head + body[:len(body) - icv_len], icv):
             raise IntegrityError(f"{where}: integrity check failed")
         if len(ct) % encr.block_size:
@@ -103,8 +110,8 @@ def seal(spi_i: bytes, spi_r: bytes, exchange: int, flags: int, message_id: int,
                            random_bytes, max_size)
 
 
-def _seal_fragments(spi_i, spi_r, exchange, flags, message_id, first, inner, keys, random_bytes,
-                    max_size) -> list[bytes]:
+def _seal_fragments(spi_i: bytes, spi_r: bytes, exchange: int, flags: int, message_id: int, first: int,
+                    inner: bytes, keys: SKKeys, random_bytes: RandomBytes, max_size: int) -> list[bytes]:
     fixed = IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN + SKF_EXTRA
     # Largest chunk whose protected form fits in max_size.
     room = max_size - fixed - keys.encr.iv_len - keys.icv_len
@@ -171,7 +178,7 @@ class FragmentReassembler:
         self.max_bytes = max_bytes
         self.message_id: int | None = None
         self.total = 0
-        self.first_inner = PayloadType.NONE
+        self.first_inner: int = PayloadType.NONE
         self.pieces: dict[int, bytes] = {}
         self.size = 0
 

@@ -5,15 +5,20 @@ what strongSwan logged for the same message.
 """
 from __future__ import annotations
 
-from .constants import CfgAttr, CfgType, EapCode, EapType, NotifyType as N, PayloadType as P
+from collections.abc import Iterable
 
-PAYLOAD_SHORT = {
+from .constants import CfgAttr, CfgType, EapCode, EapType
+from .constants import NotifyType as N
+from .constants import PayloadType as P
+from .payloads import CPPayload, EAPPayload, NotifyPayload, Payload, SKFPayload
+
+PAYLOAD_SHORT: dict[int, str] = {
     P.SA: "SA", P.KE: "KE", P.IDi: "IDi", P.IDr: "IDr", P.CERT: "CERT", P.CERTREQ: "CERTREQ",
     P.AUTH: "AUTH", P.NONCE: "No", P.NOTIFY: "N", P.DELETE: "D", P.VENDOR: "V", P.TSi: "TSi",
     P.TSr: "TSr", P.SK: "E", P.CP: "CP", P.EAP: "EAP", P.SKF: "EF",
 }
 
-NOTIFY_SHORT = {
+NOTIFY_SHORT: dict[int, str] = {
     N.UNSUPPORTED_CRITICAL_PAYLOAD: "CRIT", N.INVALID_IKE_SPI: "INVAL_IKE_SPI",
     N.INVALID_MAJOR_VERSION: "INVAL_MAJOR", N.INVALID_SYNTAX: "INVAL_SYN",
     N.INVALID_MESSAGE_ID: "INVAL_MID", N.INVALID_SPI: "INVAL_SPI", N.NO_PROPOSAL_CHOSEN: "NO_PROP",
@@ -43,7 +48,7 @@ NOTIFY_SHORT = {
     N.NO_PPK_AUTH: "NO_PPK_AUTH", N.INTERMEDIATE_EXCHANGE_SUPPORTED: "IKE_INT_SUP",
 }
 
-CFG_SHORT = {
+CFG_SHORT: dict[int, str] = {
     CfgAttr.INTERNAL_IP4_ADDRESS: "ADDR", CfgAttr.INTERNAL_IP4_NETMASK: "MASK",
     CfgAttr.INTERNAL_IP4_DNS: "DNS", CfgAttr.INTERNAL_IP4_NBNS: "NBNS",
     CfgAttr.INTERNAL_IP4_DHCP: "DHCP", CfgAttr.APPLICATION_VERSION: "VER",
@@ -51,18 +56,17 @@ CFG_SHORT = {
     CfgAttr.INTERNAL_IP6_DHCP: "DHCP6", CfgAttr.INTERNAL_IP4_SUBNET: "SUBNET",
     CfgAttr.SUPPORTED_ATTRIBUTES: "SUPATTR", CfgAttr.INTERNAL_IP6_SUBNET: "SUBNET6",
 }
-CFG_TYPE_SHORT = {CfgType.CFG_REQUEST: "CPRQ", CfgType.CFG_REPLY: "CPRP", CfgType.CFG_SET: "CPS",
+CFG_TYPE_SHORT: dict[int, str] = {CfgType.CFG_REQUEST: "CPRQ", CfgType.CFG_REPLY: "CPRP", CfgType.CFG_SET: "CPS",
                   CfgType.CFG_ACK: "CPA"}
-EAP_CODE_SHORT = {EapCode.REQUEST: "REQ", EapCode.RESPONSE: "RES", EapCode.SUCCESS: "SUCC",
+EAP_CODE_SHORT: dict[int, str] = {EapCode.REQUEST: "REQ", EapCode.RESPONSE: "RES", EapCode.SUCCESS: "SUCC",
                   EapCode.FAILURE: "FAIL"}
-EAP_TYPE_SHORT = {EapType.IDENTITY: "ID", EapType.NOTIFICATION: "NTF", EapType.NAK: "NAK",
+EAP_TYPE_SHORT: dict[int, str] = {EapType.IDENTITY: "ID", EapType.NOTIFICATION: "NTF", EapType.NAK: "NAK",
                   EapType.MD5_CHALLENGE: "MD5", EapType.GTC: "GTC", EapType.TLS: "TLS",
                   EapType.TTLS: "TTLS", EapType.PEAP: "PEAP", EapType.MSCHAPV2: "MSCHAPV2",
                   EapType.SIM: "SIM", EapType.AKA: "AKA"}
 
 
-def _one(p) -> str:
-    from .payloads import CPPayload, EAPPayload, NotifyPayload, SKFPayload
+def _one(p: Payload) -> str:
     if isinstance(p, NotifyPayload):
         return f"N({NOTIFY_SHORT.get(p.notify_type, str(p.notify_type))})"
     if isinstance(p, CPPayload):
@@ -78,5 +82,5 @@ def _one(p) -> str:
     return PAYLOAD_SHORT.get(p.type, str(p.type))
 
 
-def payload_summary(payloads) -> str:
+def payload_summary(payloads: Iterable[Payload]) -> str:
     return " ".join(_one(p) for p in payloads)

@@ -6,14 +6,17 @@ from .payloads import TrafficSelector
 
 def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     """The selector matching what both match, or None."""
-    if a.ts_type != b.ts_type or a.start_addr is None or b.start_addr is None:
+    if (a.ts_type != b.ts_type or a.start_addr is None or b.start_addr is None or a.end_addr is None
+            or b.end_addr is None):
         return None
     if a.ip_protocol and b.ip_protocol and a.ip_protocol != b.ip_protocol:
         return None
     proto = a.ip_protocol or b.ip_protocol
     sport, eport = max(a.start_port, b.start_port), min(a.end_port, b.end_port)
-    saddr, eaddr = max(a.start_addr, b.start_addr), min(a.end_addr, b.end_addr)
-    if sport > eport or saddr > eaddr:
+    # The same ts_type: all four addresses are of one family (mypy cannot see that).
+    saddr = max(a.start_addr, b.start_addr)
+    eaddr = min(a.end_addr, b.end_addr)
+    if sport > eport or saddr > eaddr:  # type: ignore[operator]
         return None
     return TrafficSelector(a.ts_type, proto, sport, eport, saddr, eaddr)
 

@@ -26,6 +26,7 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -173,7 +174,7 @@ _ECDSA_OIDS = {
     HashAlgorithm.SHA2_512: _oid("1.2.840.10045.4.3.4"),
 }
 
-_HASHES = {
+_HASHES: dict[HashAlgorithm, Callable[[], hashes.HashAlgorithm]] = {
     HashAlgorithm.SHA1: hashes.SHA1,
     HashAlgorithm.SHA2_256: hashes.SHA256,
     HashAlgorithm.SHA2_384: hashes.SHA384,
@@ -200,12 +201,14 @@ def _pss_params(h: HashAlgorithm) -> bytes:
 
 def algorithm_identifier(scheme: str, h: HashAlgorithm | None = None) -> bytes:
     """DER AlgorithmIdentifier for scheme "rsa-pss", "rsa-pkcs1", "ecdsa", "ed25519", "ed448"."""
+    if h is None and scheme in ("rsa-pss", "rsa-pkcs1", "ecdsa"):
+        raise CryptoError(f"signature scheme {scheme} needs a hash algorithm")
     if scheme == "rsa-pss":
-        return _seq(OID_RSA_PSS, _pss_params(h))
+        return _seq(OID_RSA_PSS, _pss_params(h))  # type: ignore[arg-type]  # checked above
     if scheme == "rsa-pkcs1":
-        return _seq(_PKCS1_OIDS[h], _NULL)
+        return _seq(_PKCS1_OIDS[h], _NULL)  # type: ignore[index]  # checked above
     if scheme == "ecdsa":
-        return _seq(_ECDSA_OIDS[h])
+        return _seq(_ECDSA_OIDS[h])  # type: ignore[index]  # checked above
     if scheme == "ed25519":
         return _seq(OID_ED25519)
     if scheme == "ed448":
@@ -327,7 +330,7 @@ def _pss(h: HashAlgorithm, mgf: HashAlgorithm, salt: int) -> padding.PSS:
     return padding.PSS(mgf=padding.MGF1(_HASHES[mgf]()), salt_length=salt)
 
 
-def sign(private_key, octets: bytes, hash_alg: HashAlgorithm | None = None, *,
+def sign(private_key: object, octets: bytes, hash_alg: HashAlgorithm | None = None, *,
          method: AuthMethod = AuthMethod.DIGITAL_SIGNATURE,
          rsa_pss: bool = True) -> tuple[AuthMethod, bytes]:
     """Sign ``octets``; returns (AUTH method, AUTH data).
@@ -384,29 +387,31 @@ def sign(private_key, octets: bytes, hash_alg: HashAlgorithm | None = None, *,
 
 # --- verification ----------------------------------------------------------------------------
 
-def _verify_scheme(public_key, scheme: _Scheme, sig: bytes, octets: bytes) -> bool:
+def _verify_scheme(public_key: object, scheme: _Scheme, sig: bytes, octets: bytes) -> bool:
+    h, mgf_h = scheme.hash, scheme.mgf_hash
     if scheme.kind in ("rsa-pss", "rsa-pkcs1"):
-        if not isinstance(public_key, rsa.RSAPublicKey) or scheme.hash not in _STRONG:
+        if not isinstance(public_key, rsa.RSAPublicKey) or h is None or h not in _STRONG:
             return False
+        pad: padding.AsymmetricPadding
         if scheme.kind == "rsa-pss":
-            if scheme.mgf_hash not in _STRONG:
+            if mgf_h is None or mgf_h not in _STRONG:
                 return False
-            max_salt = (public_key.key_size + 6) // 8 - _HASH_LEN[scheme.hash] - 2
+            max_salt = (public_key.key_size + 6) // 8 - _HASH_LEN[h] - 2
             if scheme.salt_len > max_salt:
                 return False
-            pad = _pss(scheme.hash, scheme.mgf_hash, scheme.salt_len)
+            pad = _pss(h, mgf_h, scheme.salt_len)
         else:
             pad = padding.PKCS1v15()
-        public_key.verify(sig, octets, pad, _HASHES[scheme.hash]())
+        public_key.verify(sig, octets, pad, _HASHES[h]())
         return True
     if scheme.kind == "ecdsa":
-        if not isinstance(public_key, ec.EllipticCurvePublicKey) or scheme.hash not in _STRONG:
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or h is None or h not in _STRONG:
             return False
         # RFC 7427 3: the signature is the DER Ecdsa-Sig-Value; insist on canonical DER.
         r, s = decode_dss_signature(sig)
         if encode_dss_signature(r, s) != sig:
             return False
-        public_key.verify(sig, octets, ec.ECDSA(_HASHES[scheme.hash]()))
+        public_key.verify(sig, octets, ec.ECDSA(_HASHES[h]()))
         return True
     if scheme.kind == "ed25519":
         if not isinstance(public_key, ed25519.Ed25519PublicKey):
@@ -421,7 +426,7 @@ def _verify_scheme(public_key, scheme: _Scheme, sig: bytes, octets: bytes) -> bo
     return False
 
 
-def verify(public_key, method: int, auth_data: bytes, octets: bytes) -> bool:
+def verify(public_key: object, method: int, auth_data: bytes, octets: bytes) -> bool:
     """Check a signature AUTH payload; any malformed or unsupported input gives False.
 
     ``public_key`` is a cryptography public key (an ``x509.Certificate`` is accepted too).

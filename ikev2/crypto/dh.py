@@ -26,9 +26,10 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 
@@ -140,7 +141,7 @@ class _OpenSSLModp:
         self._warning_cls = CryptographyDeprecationWarning
 
     @contextmanager
-    def _quiet(self):
+    def _quiet(self) -> Iterator[None]:
         with self._lock, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_FFDH_WARNING, category=self._warning_cls)
             yield
@@ -149,15 +150,15 @@ class _OpenSSLModp:
     def _algid(p: int, g: int) -> bytes:
         return _der_seq(_OID_DH_KEY_AGREEMENT, _der_seq(_der_int(p), _der_int(g)))
 
-    def keypair(self, p: int, g: int, x: int):
+    def keypair(self, p: int, g: int, x: int) -> tuple[Any, int]:
         """Load x as a PKCS#8 DH key: OpenSSL computes y = g^x mod p (constant time)."""
         pkcs8 = _der_seq(_der_int(0), self._algid(p, g), _tlv(0x04, _der_int(x)))
         with self._quiet():
             key = self._ser.load_der_private_key(pkcs8, None)
-            y = key.public_key().public_numbers().y
+            y: int = key.public_key().public_numbers().y  # type: ignore[union-attr]  # a DH key
         return key, y
 
-    def shared(self, key, p: int, g: int, x: int, y_peer: int) -> int:
+    def shared(self, key: Any, p: int, g: int, x: int, y_peer: int) -> int:
         spki = _der_seq(self._algid(p, g), _tlv(0x03, b"\x00" + _der_int(y_peer)))
         with self._quiet():
             peer = self._ser.load_der_public_key(spki)
@@ -170,14 +171,24 @@ class _PythonModp:
 
     name = "python-pow"
 
-    def keypair(self, p: int, g: int, x: int):
+    def keypair(self, p: int, g: int, x: int) -> tuple[Any, int]:
         return None, pow(g, x, p)
 
-    def shared(self, key, p: int, g: int, x: int, y_peer: int) -> int:
+    def shared(self, key: Any, p: int, g: int, x: int, y_peer: int) -> int:
         return pow(y_peer, x, p)
 
 
-def _select_modp_backend():
+class ModpBackend(Protocol):
+    """Modular exponentiation for the MODP groups: ``keypair`` gives (backend key, g^x mod p)."""
+
+    name: str
+
+    def keypair(self, p: int, g: int, x: int) -> tuple[Any, int]: ...
+
+    def shared(self, key: Any, p: int, g: int, x: int, y_peer: int) -> int: ...
+
+
+def _select_modp_backend() -> ModpBackend:
     try:
         backend = _OpenSSLModp()
         # Probe once with a tiny exponent in the 2048-bit group.
@@ -193,11 +204,11 @@ def _select_modp_backend():
         return _PythonModp()
 
 
-_modp_backend = None
+_modp_backend: ModpBackend | None = None
 _modp_backend_lock = threading.Lock()
 
 
-def modp_backend():
+def modp_backend() -> ModpBackend:
     """The MODP implementation in use ("openssl" or "python-pow"), chosen on first use."""
     global _modp_backend
     if _modp_backend is None:
@@ -207,7 +218,7 @@ def modp_backend():
     return _modp_backend
 
 
-def _set_modp_backend(backend) -> None:
+def _set_modp_backend(backend: ModpBackend | None) -> None:
     """For tests: force a backend (None re-runs the selection)."""
     global _modp_backend
     _modp_backend = backend
@@ -227,11 +238,11 @@ class KeyExchangeMethod:
     modp_p: int = 0
     modp_g: int = 0
     exponent_len: int = 0
-    curve: object = None
+    curve: ec.EllipticCurve | None = None
     field_p: int = 0
     order: int = 0
 
-    def generate(self, random_bytes: RandomBytes) -> "KeyExchangePrivate":
+    def generate(self, random_bytes: RandomBytes) -> KeyExchangePrivate:
         """A fresh private value drawn from ``random_bytes``; deterministic given that stream."""
         if self.kind == "modp":
             # Exponent of at least twice the group's strength (RFC 3526 8; the lengths
@@ -246,7 +257,7 @@ class KeyExchangeMethod:
             return _EcpPrivate.from_scalar(self, d)
         return self.private_from_value(_take(random_bytes, self.public_len))
 
-    def private_from_value(self, value: int | bytes) -> "KeyExchangePrivate":
+    def private_from_value(self, value: int | bytes) -> KeyExchangePrivate:
         """Our half from a known private value (known-answer tests, interop debugging).
 
         MODP: the exponent x (int); ECP: the scalar (int, 1 <= d < n); X25519/X448: the
@@ -297,7 +308,7 @@ class KeyExchangePrivate:
 
 
 class _ModpPrivate(KeyExchangePrivate):
-    def __init__(self, method, public_bytes, x, key):
+    def __init__(self, method: KeyExchangeMethod, public_bytes: bytes, x: int, key: Any):
         self.method = method
         self.public_bytes = public_bytes
         self._x = x
@@ -327,13 +338,15 @@ class _ModpPrivate(KeyExchangePrivate):
 
 
 class _EcpPrivate(KeyExchangePrivate):
-    def __init__(self, method, public_bytes, key):
+    def __init__(self, method: KeyExchangeMethod, public_bytes: bytes, key: ec.EllipticCurvePrivateKey):
         self.method = method
         self.public_bytes = public_bytes
         self._key = key
 
     @classmethod
-    def from_scalar(cls, method: KeyExchangeMethod, d: int) -> "_EcpPrivate":
+    def from_scalar(cls, method: KeyExchangeMethod, d: int) -> _EcpPrivate:
+        if method.curve is None:
+            raise CryptoError(f"{method.name}: not an elliptic curve group")
         key = ec.derive_private_key(d, method.curve)
         pub = key.public_key().public_numbers()
         flen = method.public_len // 2
@@ -351,6 +364,8 @@ class _EcpPrivate(KeyExchangePrivate):
             raise self._bad("peer public value has a coordinate outside the field")
         if (x, y) == (0, 0):
             raise self._bad("peer public value is the point at infinity")
+        if m.curve is None:
+            raise CryptoError(f"{m.name}: not an elliptic curve group")
         try:
             peer = ec.EllipticCurvePublicKey.from_encoded_point(
                 m.curve, b"\x04" + bytes(peer_public))
@@ -365,7 +380,8 @@ class _EcpPrivate(KeyExchangePrivate):
 
 
 class _MontPrivate(KeyExchangePrivate):
-    def __init__(self, method, public_bytes, key):
+    def __init__(self, method: KeyExchangeMethod, public_bytes: bytes,
+                 key: x25519.X25519PrivateKey | x448.X448PrivateKey):
         self.method = method
         self.public_bytes = public_bytes
         self._key = key
@@ -373,11 +389,10 @@ class _MontPrivate(KeyExchangePrivate):
     def shared_secret(self, peer_public: bytes) -> bytes:
         self._check_len(peer_public)
         try:
-            if self.method.kind == "x25519":
-                peer = x25519.X25519PublicKey.from_public_bytes(bytes(peer_public))
+            if isinstance(self._key, x25519.X25519PrivateKey):
+                z = self._key.exchange(x25519.X25519PublicKey.from_public_bytes(bytes(peer_public)))
             else:
-                peer = x448.X448PublicKey.from_public_bytes(bytes(peer_public))
-            z = self._key.exchange(peer)
+                z = self._key.exchange(x448.X448PublicKey.from_public_bytes(bytes(peer_public)))
         except ValueError:
             # OpenSSL refuses an all-zero result (small-order peer point) itself.
             raise self._bad("peer public value yields the all-zero shared secret "
@@ -424,8 +439,16 @@ KE_METHODS: tuple[KeyExchangeMethod, ...] = (
     KeyExchangeMethod(DhId.CURVE448, "CURVE_448", "x448", 56, "x448"),
 )
 
-_BY_ID = {m.group: m for m in KE_METHODS}
+_BY_ID: dict[int, KeyExchangeMethod] = {m.group: m for m in KE_METHODS}
 
 
 def ke_by_id(group: int) -> KeyExchangeMethod | None:
     return _BY_ID.get(group)
+
+
+def ke_method(group: int | None) -> KeyExchangeMethod:
+    """The method of a group we offered or chose ourselves (so known; else an internal error)."""
+    method = _BY_ID.get(group) if group is not None else None
+    if method is None:
+        raise ValueError(f"unsupported key exchange method {group}")
+    return method

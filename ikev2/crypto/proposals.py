@@ -19,7 +19,9 @@ the peer's most preferred algorithm that we also allow is picked.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 
 from ikev2.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from ikev2.errors import ProposalError
@@ -135,7 +137,7 @@ def parse_proposal(text: str, protocol: ProtocolId) -> Proposal:
         if (tid, bits) not in chosen[ttype]:
             chosen[ttype].append((tid, bits))
 
-    encrs = [encr_by_id(tid, bits) for tid, bits in chosen[ENCR]]
+    encrs = [e for tid, bits in chosen[ENCR] if (e := encr_by_id(tid, bits)) is not None]  # _lookup checked
     if not encrs:
         raise ProposalError(f"proposal {raw!r} has no encryption algorithm")
     aead = [e for e in encrs if e.aead]
@@ -146,9 +148,10 @@ def parse_proposal(text: str, protocol: ProtocolId) -> Proposal:
             f"({plain[0].keyword}) encryption algorithms; use two proposals")
     if aead and chosen[INTEG]:
         integ = integ_by_id(chosen[INTEG][0][0])
+        integ_name = integ.keyword if integ else str(chosen[INTEG][0][0])
         raise ProposalError(
             f"AEAD algorithm {aead[0].keyword!r} cannot be combined with integrity algorithm "
-            f"{integ.keyword!r} in proposal {raw!r}")
+            f"{integ_name!r} in proposal {raw!r}")
     if plain and not chosen[INTEG]:
         raise ProposalError(
             f"proposal {raw!r}: encryption {plain[0].keyword!r} needs an integrity algorithm "
@@ -171,9 +174,10 @@ def parse_proposal(text: str, protocol: ProtocolId) -> Proposal:
                 f"IKE proposal {raw!r} needs a key exchange method (e.g. x25519 or ecp256)")
     else:
         if chosen[PRF]:
-            prf = prf_by_id(chosen[PRF][0][0])
+            prf_alg = prf_by_id(chosen[PRF][0][0])
+            prf_name = prf_alg.keyword if prf_alg else str(chosen[PRF][0][0])
             raise ProposalError(
-                f"PRF {prf.keyword!r} is not allowed in an {protocol.name} proposal {raw!r}")
+                f"PRF {prf_name!r} is not allowed in an {protocol.name} proposal {raw!r}")
         if not chosen[ESN]:
             chosen[ESN].append((EsnId.NO_ESN, None))
 
@@ -182,7 +186,7 @@ def parse_proposal(text: str, protocol: ProtocolId) -> Proposal:
     return Proposal(num=1, protocol=int(protocol), spi=b"", transforms=transforms)
 
 
-def parse_proposals(texts, protocol: ProtocolId) -> list[Proposal]:
+def parse_proposals(texts: str | Iterable[str], protocol: ProtocolId) -> list[Proposal]:
     """Several proposals (a list, or one comma-separated string), numbered from 1."""
     if isinstance(texts, str):
         texts = [t for t in texts.split(",") if t.strip()]
@@ -194,7 +198,7 @@ def parse_proposals(texts, protocol: ProtocolId) -> list[Proposal]:
     return out
 
 
-_PRF_FOR_INTEG = {
+_PRF_FOR_INTEG: dict[int, int] = {
     IntegId.HMAC_SHA1_96: PrfId.HMAC_SHA1,
     IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256,
     IntegId.HMAC_SHA2_384_192: PrfId.HMAC_SHA2_384,
@@ -207,9 +211,9 @@ _PRF_FOR_INTEG = {
 _DISPLAY_ORDER = (ENCR, INTEG, PRF, DH, ESN)  # strongSwan's %P order
 
 
-def _enum_name(enum_cls, value: int) -> str:
+def _enum_name(enum_cls: type[IntEnum], value: int) -> str:
     try:
-        return enum_cls(value).name
+        return str(enum_cls(value).name)
     except ValueError:
         return str(value)
 
@@ -223,19 +227,19 @@ def _transform_text(t: Transform, display: bool) -> str:
         base = _enum_name(EncrId, t.id)
         return f"{base}_{t.key_length}" if t.key_length else base
     if ttype == INTEG:
-        a = integ_by_id(t.id)
-        if a is not None:
-            return a.name if display else a.keyword
+        ai = integ_by_id(t.id)
+        if ai is not None:
+            return ai.name if display else ai.keyword
         return "NONE" if t.id == 0 and display else _enum_name(IntegId, t.id)
     if ttype == PRF:
-        a = prf_by_id(t.id)
-        if a is not None:
-            return a.name if display else a.keyword
+        ap = prf_by_id(t.id)
+        if ap is not None:
+            return ap.name if display else ap.keyword
         return "PRF_" + _enum_name(PrfId, t.id)
     if ttype == DH:
-        a = ke_by_id(t.id)
-        if a is not None:
-            return a.name if display else a.keyword
+        ak = ke_by_id(t.id)
+        if ak is not None:
+            return ak.name if display else ak.keyword
         return "KE_NONE" if t.id == 0 else _enum_name(DhId, t.id)
     if ttype == ESN:
         if display:
@@ -369,8 +373,14 @@ def _single(p: Proposal, ttype: int, what: str, required: bool) -> Transform | N
     return ts[0]
 
 
+def _required(p: Proposal, ttype: int, what: str) -> Transform:
+    t = _single(p, ttype, what, True)
+    assert t is not None  # _single raised otherwise
+    return t
+
+
 def _encr_integ(p: Proposal) -> tuple[EncrAlgorithm, IntegAlgorithm | None]:
-    te = _single(p, ENCR, "encryption", True)
+    te = _required(p, ENCR, "encryption")
     encr = encr_by_id(te.id, te.key_length)
     if encr is None:
         raise ProposalError(f"unsupported encryption transform {te.id} "
@@ -393,11 +403,11 @@ def ike_suite(p: Proposal) -> IkeSuite:
     if p.protocol != ProtocolId.IKE:
         raise ProposalError(f"proposal {p.num} is not an IKE proposal")
     encr, integ = _encr_integ(p)
-    tp = _single(p, PRF, "PRF", True)
+    tp = _required(p, PRF, "PRF")
     prf = prf_by_id(tp.id)
     if prf is None:
         raise ProposalError(f"unsupported PRF transform {tp.id}")
-    td = _single(p, DH, "key exchange", True)
+    td = _required(p, DH, "key exchange")
     ke = ke_by_id(td.id)
     if ke is None:
         raise ProposalError(f"unsupported key exchange method {td.id}")

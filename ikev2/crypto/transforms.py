@@ -62,13 +62,13 @@ class KeyedCipher:
 
     __slots__ = ("algorithm", "salt", "_aead", "_aes")
 
-    def __init__(self, algorithm: "EncrAlgorithm", key: bytes):
+    def __init__(self, algorithm: EncrAlgorithm, key: bytes):
         if len(key) != algorithm.key_len:
             raise CryptoError(
                 f"{algorithm.name}: key must be {algorithm.key_len} octets, got {len(key)}")
         self.algorithm = algorithm
-        self._aead = None
-        self._aes = None
+        self._aead: ChaCha20Poly1305 | AESGCM | None = None
+        self._aes: algorithms.AES | None = None
         if algorithm.aead:
             cipher_key, self.salt = bytes(key[:-AEAD_SALT_LEN]), bytes(key[-AEAD_SALT_LEN:])
             if algorithm.transform_id == EncrId.CHACHA20_POLY1305:
@@ -93,7 +93,7 @@ class KeyedCipher:
             raise CryptoError(
                 f"{self.algorithm.name}: plaintext length {len(plaintext)} is not a multiple "
                 f"of {AES_BLOCK}")
-        enc = Cipher(self._aes, modes.CBC(bytes(iv))).encryptor()
+        enc = Cipher(self._aes, modes.CBC(bytes(iv))).encryptor()  # type: ignore[arg-type]  # not AEAD: AES set
         return enc.update(bytes(plaintext)) + enc.finalize()
 
     def decrypt(self, iv: bytes, ciphertext: bytes, aad: bytes = b"") -> bytes:
@@ -112,7 +112,7 @@ class KeyedCipher:
             raise CryptoError(
                 f"{self.algorithm.name}: ciphertext length {len(ciphertext)} is not a multiple "
                 f"of {AES_BLOCK}")
-        dec = Cipher(self._aes, modes.CBC(bytes(iv))).decryptor()
+        dec = Cipher(self._aes, modes.CBC(bytes(iv))).decryptor()  # type: ignore[arg-type]  # not AEAD: AES set
         return dec.update(bytes(ciphertext)) + dec.finalize()
 
 
@@ -136,7 +136,7 @@ class EncrAlgorithm:
     #: True when the transform carries a Key Length attribute on the wire (AES); ChaCha20-
     #: Poly1305 must be sent without one (RFC 7634 3).
     key_length_attribute: bool = True
-    _cache: "OrderedDict[bytes, KeyedCipher]" = field(default_factory=OrderedDict, repr=False,
+    _cache: OrderedDict[bytes, KeyedCipher] = field(default_factory=OrderedDict, repr=False,
                                                       compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -256,14 +256,14 @@ PRF_ALGORITHMS: tuple[PrfAlgorithm, ...] = (
     PrfAlgorithm(PrfId.HMAC_SHA2_512, "PRF_HMAC_SHA2_512", "prfsha512", 64, 64, "sha512"),
 )
 
-_ENCR = {(a.transform_id, a.key_bits): a for a in ENCR_ALGORITHMS}
-_INTEG = {a.transform_id: a for a in INTEG_ALGORITHMS}
-_PRF = {a.transform_id: a for a in PRF_ALGORITHMS}
+_ENCR: dict[tuple[int, int], EncrAlgorithm] = {(a.transform_id, a.key_bits): a for a in ENCR_ALGORITHMS}
+_INTEG: dict[int, IntegAlgorithm] = {a.transform_id: a for a in INTEG_ALGORITHMS}
+_PRF: dict[int, PrfAlgorithm] = {a.transform_id: a for a in PRF_ALGORITHMS}
 
 # Make sure hashlib knows every hash used (fails at import on an odd build, not mid-handshake).
-for _a in (*INTEG_ALGORITHMS, *PRF_ALGORITHMS):
-    hashlib.new(_a.hash_name)
-del _a
+for _hash_name in {a.hash_name for a in INTEG_ALGORITHMS} | {a.hash_name for a in PRF_ALGORITHMS}:
+    hashlib.new(_hash_name)
+del _hash_name
 
 
 def encr_by_id(transform_id: int, key_bits: int | None) -> EncrAlgorithm | None:

@@ -22,7 +22,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ikev2.constants import EapCode, EapType
 
@@ -31,6 +31,8 @@ from .md5 import Md5PeerMethod
 from .mschapv2 import MschapV2PeerMethod
 from .packet import METHOD_TYPES, METHODS, EapError, EapPacket, EapStep, method_name, parse_methods
 from .tls import TlsConfig, TlsPeerMethod
+
+_PeerMethod = MschapV2PeerMethod | Md5PeerMethod | TlsPeerMethod
 
 __all__ = ["EapClient"]
 
@@ -62,7 +64,7 @@ class EapClient:
             raise EapError(f"no usable EAP method: allowed {sorted(self.allowed)}, but "
                            f"{'no password' if password is None else 'no tls_context'} given")
         self.usable = tuple(usable)  # preference order
-        self._method = None
+        self._method: _PeerMethod | None = None
         self._failure: str | None = None
         self._last_request: bytes | None = None
         self._last_response: bytes | None = None
@@ -88,11 +90,13 @@ class EapClient:
                               msk=msk if success else None, reason=reason, method=self.method)
         return self.result
 
-    def _make_method(self, name: str):
+    def _make_method(self, name: str) -> _PeerMethod:
         if name == "mschapv2":
             return MschapV2PeerMethod(self.random_bytes, self.identity, self.password or "")
         if name == "md5":
             return Md5PeerMethod(self.identity, self.password or "")
+        if self.tls_context is None:
+            raise EapError("EAP-TLS needs a tls_context")
         return TlsPeerMethod(self.tls_context)
 
     def process(self, msg: bytes) -> EapStep:
@@ -148,6 +152,8 @@ class EapClient:
 
     def _run(self, pkt: EapPacket) -> EapStep:
         m = self._method
+        if m is None:
+            raise EapError("no EAP method is under way")
         res = m.process(pkt.identifier, pkt.data)
         if res.failed:
             self._failure = res.reason

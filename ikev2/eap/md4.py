@@ -32,9 +32,9 @@ def _h(x: int, y: int, z: int) -> int:
 
 
 # RFC 1320 3.4: order of the message words and shift amounts of each round.
-_R1 = list(zip(range(16), [3, 7, 11, 19] * 4))
-_R2 = list(zip([0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15], [3, 5, 9, 13] * 4))
-_R3 = list(zip([0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15], [3, 9, 11, 15] * 4))
+_R1 = list(zip(range(16), [3, 7, 11, 19] * 4, strict=True))
+_R2 = list(zip([0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15], [3, 5, 9, 13] * 4, strict=True))
+_R3 = list(zip([0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15], [3, 9, 11, 15] * 4, strict=True))
 
 
 def _compress(state: list[int], block: bytes) -> None:
@@ -78,7 +78,7 @@ class MD4:
             _compress(self._state, buf[off:off + 64])
         self._buf = buf[full:]
 
-    def copy(self) -> "MD4":
+    def copy(self) -> MD4:
         other = MD4()
         other._state = list(self._state)
         other._buf = self._buf

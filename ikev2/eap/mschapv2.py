@@ -42,8 +42,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .des import des_encrypt_56
 from .md4 import md4
@@ -308,7 +308,7 @@ def _fields(text: str) -> dict[str, str]:
 
 
 def build_success_request(ms_id: int, auth_string: str, message: str) -> bytes:
-    return _with_header(OP_SUCCESS, ms_id, f"{auth_string} M={message}".encode("utf-8"))
+    return _with_header(OP_SUCCESS, ms_id, f"{auth_string} M={message}".encode())
 
 
 def parse_success_request(type_data: bytes) -> SuccessRequest:

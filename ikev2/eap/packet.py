@@ -3,6 +3,7 @@ authenticator (:mod:`.server`) and the peer (:mod:`.client`)."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ikev2.constants import EapCode, EapType
@@ -41,7 +42,7 @@ def method_name(eap_type: int) -> str:
         return f"type {eap_type}"
 
 
-def parse_methods(value) -> tuple[str, ...]:
+def parse_methods(value: str | Iterable[str]) -> tuple[str, ...]:
     """"mschapv2" / "tls, mschapv2" / ["tls", "md5"] -> validated tuple, order kept, no repeats."""
     if isinstance(value, str):
         items = [v.strip().lower() for v in value.split(",")]
@@ -113,7 +114,7 @@ class EapPacket:
     data: bytes = b""
 
     @classmethod
-    def parse(cls, msg: bytes) -> "EapPacket":
+    def parse(cls, msg: bytes) -> EapPacket:
         """Parse one EAP packet; raises :class:`EapError` on anything malformed.
 
         Octets beyond the Length field are link-layer padding and ignored (RFC 3748 4.1);

@@ -26,7 +26,9 @@ Behaviour (RFC 3748 section numbers):
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+
+from cryptography import x509
 
 from ikev2.constants import EapCode, EapType
 
@@ -40,6 +42,7 @@ from .users import User, UserDB
 __all__ = ["EapServer"]
 
 _PASSWORD_METHODS = {"mschapv2", "md5"}
+_ServerMethod = MschapV2ServerMethod | Md5ServerMethod | TlsServerMethod
 
 
 class EapServer:
@@ -69,11 +72,11 @@ class EapServer:
         self.state = "new"  # new -> identity -> method -> done
         self._id = 0
         self._rounds = 0
-        self._method = None
+        self._method: _ServerMethod | None = None
         self._first_response = False  # the next Response is the method's first (Nak allowed)
         self._tried: list[str] = []
         self.result: EapStep | None = None
-        self.peer_certificate = None  # EAP-TLS: the client's end-entity certificate
+        self.peer_certificate: x509.Certificate | None = None  # EAP-TLS: the client's end-entity certificate
 
     # ------------------------------------------------------------------ helpers
 
@@ -107,14 +110,18 @@ class EapServer:
 
     def _begin(self, name: str) -> EapStep:
         user = self._user()
-        known = user is not None and user.allows(name)
+        known_user = user if user is not None and user.allows(name) else None
+        known = known_user is not None
+        m: _ServerMethod
         if name == "mschapv2":
             m = MschapV2ServerMethod(self.random_bytes, self.identity or "",
-                                     user.password_hash if known else None, self.server_name)
+                                     known_user.password_hash if known_user else None, self.server_name)
         elif name == "md5":
-            m = Md5ServerMethod(self.random_bytes, self.identity or "", user.password if known else None,
-                                self.server_name)
+            m = Md5ServerMethod(self.random_bytes, self.identity or "",
+                                known_user.password if known_user else None, self.server_name)
         else:
+            if self.tls_context is None:
+                raise EapError("EAP-TLS needs tls_context=TlsConfig(...)")
             m = TlsServerMethod(self.tls_context, self.identity, known_user=self.users is None or known)
         self._method = m
         self._tried.append(name)
@@ -181,8 +188,13 @@ class EapServer:
         self._next_id()
         return self._begin(candidates[0])
 
+    def _current_method(self) -> _ServerMethod:
+        if self._method is None:
+            raise EapError("no EAP method is under way")
+        return self._method
+
     def _method_response(self, pkt: EapPacket) -> EapStep:
-        m = self._method
+        m = self._current_method()
         if pkt.type == EapType.NAK:
             return self._nak(pkt.data)
         if pkt.type != m.eap_type:
@@ -197,7 +209,7 @@ class EapServer:
         return self._step(pk.request(self._id, m.eap_type, res.request or b""))
 
     def _nak(self, data: bytes) -> EapStep:
-        current = self._method.name
+        current = self._current_method().name
         if not self._first_response:
             return self._finish(False, f"peer sent a Nak in the middle of EAP-{current}")
         wanted = [t for t in data if t != 0]

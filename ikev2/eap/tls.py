@@ -98,7 +98,7 @@ def _load_certs(value: Any, what: str) -> list[x509.Certificate]:
     return out
 
 
-def _load_key(value: Any):
+def _load_key(value: Any) -> Any:
     if value is None or not isinstance(value, (bytes, str)):
         return value
     data = value.encode() if isinstance(value, str) else value
@@ -131,7 +131,7 @@ class TlsConfig:
     max_message: int = 65536
     server_name: str | None = None
     check_peer_identity: bool = True
-    _contexts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _contexts: dict[bool, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for v in (self.min_version, self.max_version):
@@ -154,10 +154,11 @@ class TlsConfig:
             raise EapError("EAP-TLS needs trust anchors (ca) to verify the peer's certificate")
 
     @classmethod
-    def from_files(cls, certs: list | None, private_key, cacerts: list, **kw) -> "TlsConfig":
+    def from_files(cls, certs: list[str] | None, private_key: str | None, cacerts: list[str],
+                   **kw: Any) -> TlsConfig:
         """From PEM files as docs/config.md names them: ``certs`` (ours first, then
         intermediates), ``private_key`` (unencrypted), ``cacerts`` (trust anchors)."""
-        def read(path) -> bytes:
+        def read(path: str) -> bytes:
             try:
                 with open(path, "rb") as f:
                     return f.read()
@@ -168,7 +169,7 @@ class TlsConfig:
         return cls(certificate=cert_pems or None, private_key=read(private_key) if private_key else None,
                    ca=b"".join(read(p) for p in cacerts), **kw)
 
-    def context(self, server_side: bool):
+    def context(self, server_side: bool) -> Any:
         """The pyOpenSSL context of one role, built once (contexts are frozen after first use)."""
         if SSL is None:
             raise EapError("EAP-TLS needs pyOpenSSL (pip install pyopenssl)")
@@ -194,6 +195,8 @@ class TlsConfig:
                 for c in self._chain:
                     ctx.add_extra_chain_cert(c)
             store = ctx.get_cert_store()
+            if store is None:
+                raise EapError("EAP-TLS: OpenSSL context without a certificate store")
             for c in self._ca:
                 store.add_cert(crypto.X509.from_cryptography(c))
             mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if server_side else 0)
@@ -249,7 +252,7 @@ _X509_ERRORS = {
 }
 
 
-def _verify_callback(conn, cert, errnum, depth, ok) -> bool:
+def _verify_callback(conn: Any, cert: Any, errnum: int, depth: int, ok: int) -> bool:
     """OpenSSL's chain verdict, plus the name check of the end-entity certificate.
     Never raises (pyOpenSSL would re-raise the exception out of do_handshake)."""
     engine = conn.get_app_data()

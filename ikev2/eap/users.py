@@ -27,9 +27,10 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 from .mschapv2 import nt_password_hash
 from .packet import EapError, parse_methods
@@ -92,14 +93,14 @@ class UserDB:
     def __len__(self) -> int:
         return len(self._users)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[User]:
         return iter(self._users.values())
 
     def __contains__(self, identity: object) -> bool:
         return isinstance(identity, str) and self.lookup(identity) is not None
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "UserDB":
+    def load(cls, path: str | os.PathLike[str]) -> UserDB:
         """Read a users file; :class:`UserFileError` names the file and the entry at fault."""
         p = Path(path)
         try:
@@ -116,7 +117,7 @@ class UserDB:
         return db
 
     @classmethod
-    def from_toml(cls, text: str, source: str = "<users>") -> "UserDB":
+    def from_toml(cls, text: str, source: str = "<users>") -> UserDB:
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -131,8 +132,8 @@ class UserDB:
         users: list[User] = []
         warnings: list[str] = []
         seen: dict[str, int] = {}
-        for i, e in enumerate(entries, 1):
-            users.append(_entry(e, f"{source}: user #{i}", warnings))
+        for i, entry in enumerate(entries, 1):
+            users.append(_entry(entry, f"{source}: user #{i}", warnings))
             key = users[-1].name.casefold()
             if key in seen:
                 raise UserFileError(f"{source}: user #{i} ({users[-1].name!r}) repeats user #{seen[key]}")
@@ -140,7 +141,7 @@ class UserDB:
         return cls(users, warnings)
 
 
-def _entry(e: dict, where: str, warnings: list[str]) -> User:
+def _entry(e: dict[str, Any], where: str, warnings: list[str]) -> User:
     name = e.get("name")
     if not isinstance(name, str) or not name:
         raise UserFileError(f"{where}: 'name' (a non-empty string) is required")

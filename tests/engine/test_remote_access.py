@@ -140,3 +140,44 @@ def test_eap_wrong_password_fails_cleanly():
     reasons = [e.reason for e in link.events_b if isinstance(e, AuthFailed)]
     assert reasons and "EAP authentication of 'alice@example.org' failed" in reasons[0]
     assert [e for e in link.events_a if isinstance(e, AuthFailed)]
+
+
+import dataclasses  # noqa: E402
+
+
+class _WrongIdentifierOnce(EapClient):
+    """An EAP peer whose first Response carries a wrong Identifier (the authenticator discards it,
+    RFC 3748 4.1); every later Response is correct."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.corrupted = 0
+
+    def process(self, msg):
+        step = super().process(msg)
+        if self.corrupted == 0 and step.send:
+            self.corrupted += 1
+            step = dataclasses.replace(step, send=step.send[:1] + bytes([step.send[1] ^ 0x55]) + step.send[2:])
+        return step
+
+
+def test_eap_response_discarded_by_server_is_answered_with_the_outstanding_request():
+    """Issue 14 item 7: a discarded EAP Response made the gateway wrap None into an EAP payload
+    (TypeError, IKE SA deleted as an internal error). It repeats the outstanding Request."""
+    link = eap_pair("mschapv2", "alice@example.org", "alice-password")
+    clients = []
+
+    def make_client():
+        clients.append(_WrongIdentifierOnce("alice@example.org", password="alice-password",
+                                            allowed={"mschapv2"}, random_bytes=DetRandom("eap-c")))
+        return clients[-1]
+
+    link.a.policies[0].local_auth = AuthConfig("eap-mschapv2", eap_client=make_client)
+    errors = []
+    link.a.log = link.b.log = lambda level, event, **kw: errors.append((event, kw)) if level == "error" else None
+    sa = link.a.initiate("gw", 0.0)
+    link.run(3.0)
+    assert clients and clients[0].corrupted == 1
+    assert not errors
+    assert sa.state == State.ESTABLISHED
+    assert link.b.sas[0].eap_identity == "alice@example.org"

@@ -1,0 +1,416 @@
+"""The state every exchange of an IKE SA works on, and the machinery they share.
+
+``IkeSACore`` is the contract between the exchange modules (``exchange_*.py``) and the IKE SA:
+it holds every attribute of the IKE SA's state (typed, initialised in one place), the
+request/response machinery (message IDs with a window of 1, sealing, retransmission queue,
+event and datagram output) and the teardown helpers. Each exchange module defines one mixin
+class that subclasses ``IkeSACore``, so it may use exactly what is declared here and nothing a
+sibling mixin defines, except the methods declared below under "provided by an exchange
+module" (each names the module that implements it). ``ikev2.ike_sa.IkeSA`` composes the mixins;
+``IkeSACore`` is last in its method resolution order, so the real implementations win over the
+declarations here. See docs/engine.md for why the exchanges are mixins and not task objects.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from . import payloads as P
+from .child_sa import ChildSA, ChildState
+from .constants import IKE_PORT, HeaderFlag
+from .constants import ExchangeType as X
+from .crypto.dh import KeyExchangePrivate
+from .crypto.keys import IkeKeys
+from .crypto.proposals import IkeSuite
+from .eap.client import EapClient
+from .eap.server import EapServer
+from .events import Address, ChildDown, Event, ExchangeDone, IkeDown, LocalAddressChanged, PeerAddressChanged
+from .identity import Identity
+from .message import Message, encode_message
+from .policy import ChildPolicy, IkePolicy
+from .sa_common import (
+    IP_UDP_OVERHEAD,
+    ChildRequest,
+    LogFn,
+    Pending,
+    QueuedRequest,
+    RandomBytes,
+    RequestBuilder,
+    RequestBuilt,
+    ResponseHandler,
+    State,
+)
+from .sk import FragmentReassembler, SKKeys, seal
+from .summary import payload_summary
+
+ActivityProbe = Callable[[bytes], "float | None"]
+
+
+def _no_log(level: str, event: str, **fields: Any) -> None:
+    return None
+
+
+class IkeSACore:
+    """State and shared machinery of one IKE SA (see the module docstring)."""
+
+    def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
+                 candidates: list[IkePolicy] | None = None, local: Address, remote: Address,
+                 rng: RandomBytes, now: float, log: LogFn | None = None,
+                 wall_offset: float = 0.0):
+        self.ike_id = ike_id
+        self.initiator = initiator  # original initiator of this IKE SA
+        self.candidates = candidates or ([policy] if policy else [])
+        if policy is None and not self.candidates:
+            raise ValueError("an IKE SA needs a policy or candidate policies")
+        # A responder starts with the first candidate; IKE_AUTH may switch to another one.
+        self.policy: IkePolicy = policy if policy is not None else self.candidates[0]
+        self.local = local
+        self.remote = remote
+        self.rng = rng
+        self.log: LogFn = log or _no_log
+        self.wall_offset = wall_offset
+        self.state = State.CREATED
+        self.created = now
+        self.established_at: float | None = None
+        self.spi_i = self._new_ike_spi() if initiator else b""
+        self.spi_r = b"\x00" * 8
+        self.suite: IkeSuite | None = None
+        self.proposal: P.Proposal | None = None
+        self.keys: IkeKeys | None = None
+        self.sk_in: SKKeys | None = None
+        self.sk_out: SKKeys | None = None
+        self.ni = b""
+        self.nr = b""
+        self.ke_private: KeyExchangePrivate | None = None
+        self.ke_group: int | None = None
+        self.cookie: bytes = b""
+        self.init_retries = 0
+        self.init_request_raw = b""
+        self.init_response_raw = b""
+        self.peer_id: Identity | None = None
+        self.peer_fragmentation = False
+        self.peer_mobike = False
+        self.peer_hash_algs: list[int] = []
+        self.peer_certreq: list[bytes] = []
+        self.peer_initial_contact = False
+        self.nat_local = False  # we are behind a NAT (our NAT-D source hash did not match)
+        self.nat_remote = False  # the peer is behind a NAT
+        self.natd_seen = False
+        self.children: list[ChildSA] = []
+        self._first_child: ChildRequest | None = None
+        self._out: list[tuple[bytes, Address, Address]] = []
+        self._events: list[Event] = []
+        # Message IDs (window 1 both ways).
+        self.next_mid = 0
+        self.pending: Pending | None = None
+        self.queue: deque[QueuedRequest] = deque()
+        self.peer_next_mid = 0
+        self.last_response: tuple[int, list[bytes]] | None = None  # (mid, packets) for retransmits
+        self._now = now
+        self._first_child_policy: ChildPolicy | None = None
+        self._last_src: tuple[Address, Address] = (local, remote)
+        self.peer_addresses: list[str] = []
+        # EAP and configuration payload (ikev2.exchange_eap)
+        self._eap_server_obj: EapServer | None = None
+        self._eap_client_obj: EapClient | None = None
+        self._eap_first_request: Message | None = None
+        self._eap_last_request = b""  # the outstanding EAP Request (repeated if a Response is discarded)
+        self._eap_rounds = 0
+        self._eap_done = False
+        self._eap_msk = b""
+        self._eap_server_authenticated = False
+        self._eap_server_idr: P.IDrPayload | None = None
+        self.eap_identity: str | None = None
+        self.virtual_ips: list[str] = []  # RFC 4555 ADDITIONAL_*_ADDRESS: candidates only
+        # callable(spi_in) -> last inbound ESP time, set by the manager
+        self.activity_probe: ActivityProbe | None = None
+        self.reassembler = FragmentReassembler()
+        self.last_inbound = now
+        self.rekey_at: float | None = None
+        self.delete_reason = ""
+        self.successor: IkeSACore | None = None  # the IKE SA that took over our Child SAs (rekey)
+        self.successors: list[IkeSACore] = []  # every IKE SA a rekey created (two after a collision)
+        self._ike_rekey_nonce: bytes | None = None  # our IKE rekey request is outstanding
+        # (peer's new IKE SA, its nonces) during a rekey collision
+        self._ike_collision: tuple[IkeSACore, tuple[bytes, bytes]] | None = None
+        self.redundant = False  # lost an IKE rekey collision: the peer deletes this SA
+        self.collision_candidate = False  # made by the peer's rekey during a collision, undecided
+        self.forget_at: float | None = None  # a redundant SA disappears then at the latest
+
+    @property
+    def name(self) -> str:
+        return self.policy.name if self.policy else "(unknown)"
+
+    @property
+    def agreed_suite(self) -> IkeSuite:
+        """The suite IKE_SA_INIT agreed on (an internal error before that)."""
+        if self.suite is None:
+            raise RuntimeError("IKE SA has no agreed suite yet")
+        return self.suite
+
+    @property
+    def derived_keys(self) -> IkeKeys:
+        """The IKE SA's keys (an internal error before IKE_SA_INIT completed)."""
+        if self.keys is None:
+            raise RuntimeError("IKE SA has no keys yet")
+        return self.keys
+
+    @property
+    def our_spi(self) -> bytes:
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def encap(self) -> bool:
+        """ESP rides in UDP (RFC 3948): when NAT-D showed a NAT on either side (a forced
+        encapsulation fakes one). Floating IKE to port 4500 alone (MOBIKE, or NAT-D without a
+        NAT) leaves ESP plain, as RFC 4555 3.5 and strongSwan do. The userspace data plane puts
+        ESP in UDP whatever this says (forced UDP-4500 design)."""
+        return self.nat_local or self.nat_remote
+
+    def _new_ike_spi(self) -> bytes:
+        while True:
+            spi = self.rng(8)
+            if spi != bytes(8):
+                return spi
+
+    def _new_child_spi(self) -> bytes:
+        while True:
+            spi = self.rng(4)
+            if int.from_bytes(spi, "big") > 255:
+                return spi
+
+    def _emit(self, ev: Event) -> None:
+        ev.ike_name = self.name
+        ev.ike_id = self.ike_id
+        if isinstance(ev, ExchangeDone):
+            ev.spi_i, ev.spi_r = self.spi_i, self.spi_r
+        self._events.append(ev)
+
+    def pop_datagrams(self) -> list[tuple[bytes, Address, Address]]:
+        out, self._out = self._out, []
+        return out
+
+    def pop_events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def _send(self, packets: list[bytes], path: tuple[Address, Address] | None = None) -> None:
+        """Queue datagrams on our current path, or on ``path`` (local, remote)."""
+        local, remote = path or (self.local, self.remote)
+        for pkt in packets:
+            self._out.append((pkt, local, remote))
+
+    def _flags(self, response: bool) -> int:
+        f = HeaderFlag.INITIATOR if self.initiator else 0
+        return f | (HeaderFlag.RESPONSE if response else 0)
+
+    def _max_message_size(self) -> int | None:
+        if not (self.policy and self.policy.fragmentation and self.peer_fragmentation):
+            return None
+        family = 6 if ":" in self.remote[0] else 4
+        size = self.policy.fragment_size - IP_UDP_OVERHEAD[family]
+        if self.remote[1] != IKE_PORT:
+            size -= 4  # non-ESP marker
+        return size
+
+    def _seal(self, exchange: int, mid: int, payloads: list[P.Payload], response: bool) -> list[bytes]:
+        assert self.sk_out is not None
+        return seal(self.spi_i, self.spi_r, exchange, self._flags(response), mid, payloads,
+                    self.sk_out, self.rng, self._max_message_size())
+
+    def wall(self, now: float) -> float:
+        return now + self.wall_offset
+
+    def _request(self, what: str, build: RequestBuilder) -> None:
+        self.queue.append(QueuedRequest(what, build))
+
+    def _pump(self, now: float) -> None:
+        """Send the next queued request if the window is free."""
+        while self.pending is None and self.queue and self.state not in (State.DELETED,):
+            q = self.queue.popleft()
+            built = q.build()
+            if built is None:
+                continue
+            exchange, payloads, handler = built
+            mid = self.next_mid
+            packets = self._seal(exchange, mid, payloads, response=False)
+            self.next_mid += 1
+            self.pending = Pending(exchange, mid, packets, handler, q.what, now,
+                                   now + self.policy.retransmit_timeout)
+            self.log("debug", "sending request", exchange=X(exchange).name, mid=mid, what=q.what,
+                     payloads=payload_summary(payloads), fragments=len(packets))
+            self._send(packets)
+
+    def _send_unencrypted_request(self, msg: Message, handler: ResponseHandler, what: str, now: float) -> None:
+        raw = encode_message(msg)
+        self.pending = Pending(msg.exchange, msg.message_id, [raw], handler, what, now,
+                               now + self.policy.retransmit_timeout)
+        self._send([raw])
+
+    def _last_activity(self) -> float:
+        """Any authenticated packet counts as a sign of life: IKE, or ESP on one of our Child SAs."""
+        last = self.last_inbound
+        if self.activity_probe is not None:
+            for c in self.children:
+                t = self.activity_probe(c.spi_in)
+                if t is not None and t > last:
+                    last = t
+        return last
+
+    def _die(self, now: float, reason: str) -> None:
+        if self.state == State.DELETED:
+            return
+        for c in list(self.children):
+            self._remove_child(c, reason)
+        was_up = self.established_at is not None
+        self.state = State.DELETED
+        self.pending = None
+        self.queue.clear()
+        self.delete_reason = reason
+        if self.sk_in:
+            self.sk_in.wipe()
+        if self.sk_out:
+            self.sk_out.wipe()
+        if self.keys is not None and hasattr(self.keys, "wipe"):
+            self.keys.wipe()
+        self.ke_private = None
+        self._emit(IkeDown(reason=reason if was_up or self.initiator else f"{reason} (not established)"))
+
+    def _remove_child(self, c: ChildSA, reason: str) -> None:
+        if c in self.children:
+            self.children.remove(c)
+        if c.state != ChildState.DELETED:
+            c.state = ChildState.DELETED
+            self._emit(ChildDown(child_name=c.name, spi_in=c.spi_in, spi_out=c.spi_out, reason=reason))
+            c.wipe()
+
+    def _adoption_enabled(self) -> bool:
+        """Address adoption (move the SAs to a peer's new address on authenticated traffic):
+        "auto" enables it for peers behind a NAT and for connections that accept any remote
+        address (remote access); true/false force it."""
+        mode = self.policy.address_adoption if self.policy else "auto"
+        if mode in (True, "true", "yes"):
+            return True
+        if mode in (False, "false", "no"):
+            return False
+        return self.nat_remote or not self.policy.remote_addrs or "%any" in self.policy.remote_addrs
+
+    def adopt(self, local: Address, remote: Address, now: float, why: str) -> None:
+        """Move the IKE SA and all its Child SAs to new addresses at once (no new handshake, no
+        rekey). RFC 7296 2.23 port floating and the gateway's address adoption both end here."""
+        if (local, remote) == (self.local, self.remote):
+            return
+        old_local, old = self.local, self.remote
+        self.remote = remote
+        self.local = local
+        if old != remote:
+            self.log("info", "peer address changed", old=f"{old[0]}:{old[1]}", new=f"{remote[0]}:{remote[1]}",
+                     reason=why, spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex())
+            self._emit(PeerAddressChanged(old=old, new=remote))
+        if old_local != local:
+            self.log("info", "local address changed", old=f"{old_local[0]}:{old_local[1]}",
+                     new=f"{local[0]}:{local[1]}", reason=why)
+            self._emit(LocalAddressChanged(old=old_local, new=local))
+
+    def _respond(self, req: Message, payloads: list[P.Payload]) -> None:
+        packets = self._seal(req.exchange, req.message_id, payloads, response=True)
+        self.last_response = (req.message_id, packets)
+        self.peer_next_mid = req.message_id + 1
+        # RFC 7296 2.11: a response goes to the address and port the request came from, whether
+        # or not that address is adopted (MOBIKE path checks rely on it).
+        self._send(packets, self._last_src)
+
+    def _gone(self, now: float) -> None:
+        """Old IKE SA after rekey: disappear quietly (no IkeDown: the successor lives on)."""
+        self.state = State.DELETED
+        self.pending = None
+        self.queue.clear()
+        if self.sk_in:
+            self.sk_in.wipe()
+        if self.sk_out:
+            self.sk_out.wipe()
+
+    # ------------------------------------------------------------------ provided by an exchange module
+    # Declared here so that one exchange module can call another through this contract; the
+    # implementations live in the named modules and come first in IkeSA's method resolution order.
+
+    def _install_keys(self, keys: IkeKeys) -> None:  # exchange_init
+        raise NotImplementedError
+
+    def _build_auth_request(self) -> RequestBuilt:  # exchange_auth
+        raise NotImplementedError
+
+    def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:  # exchange_auth
+        raise NotImplementedError
+
+    def _our_auth_payloads(self, id_cls: type[P.IDiPayload] | type[P.IDrPayload]) -> list[P.Payload]:  # exchange_auth
+        raise NotImplementedError
+
+    def _verify_peer_auth(self, req: Message, pol: IkePolicy, now: float) -> Identity:  # exchange_auth
+        raise NotImplementedError
+
+    def _established(self, now: float) -> None:  # exchange_auth
+        raise NotImplementedError
+
+    def _start_other_children(self, now: float) -> None:  # exchange_auth
+        raise NotImplementedError
+
+    def _complete_auth_responder(self, req: Message, first: Message, out: list[P.Payload], now: float,
+                                 outcome: str) -> None:  # exchange_auth
+        raise NotImplementedError
+
+    def _start_eap_server(self, req: Message, ident: Identity, now: float) -> None:  # exchange_eap
+        raise NotImplementedError
+
+    def _continue_eap_server(self, req: Message, now: float) -> None:  # exchange_eap
+        raise NotImplementedError
+
+    def _assign_virtual_ip(self, first: Message
+                           ) -> tuple[list[P.TrafficSelector] | None, P.CPPayload | None]:  # exchange_eap
+        raise NotImplementedError
+
+    def _read_cp_reply(self, msg: Message) -> None:  # exchange_eap
+        raise NotImplementedError
+
+    def _eap_client_request(self, out: list[P.Payload]) -> list[P.Payload]:  # exchange_eap
+        raise NotImplementedError
+
+    def _on_auth_response_eap(self, msg: Message, now: float) -> None:  # exchange_eap
+        raise NotImplementedError
+
+    def _child_proposals(self, cp: ChildPolicy, spi: bytes, with_ke: bool) -> list[P.Proposal]:  # exchange_child
+        raise NotImplementedError
+
+    def _respond_child(self, req: Message, now: float, ni: bytes, nr: bytes, shared: bytes | None,
+                       rekey_of: ChildSA | None, peer_ts: list[P.TrafficSelector] | None = None
+                       ) -> tuple[list[P.Payload], ChildSA | None]:  # exchange_child
+        raise NotImplementedError
+
+    def _install_child(self, child: ChildSA, now: float, rekey_of: ChildSA | None = None) -> None:  # exchange_child
+        raise NotImplementedError
+
+    def _finish_child_as_initiator(self, req: ChildRequest, msg: Message, now: float, ni: bytes,
+                                   nr: bytes, shared: bytes | None) -> None:  # exchange_child
+        raise NotImplementedError
+
+    def create_child(self, cp: ChildPolicy, now: float) -> None:  # exchange_child
+        raise NotImplementedError
+
+    def _child_by_spi_in(self, spi: bytes) -> ChildSA | None:  # exchange_child
+        raise NotImplementedError
+
+    def _child_by_spi_out(self, spi: bytes) -> ChildSA | None:  # exchange_child
+        raise NotImplementedError
+
+    def _delete_children(self, children: list[ChildSA], now: float, why: str) -> None:  # exchange_info
+        raise NotImplementedError
+
+    def _on_ike_rekey_request(self, req: Message, now: float) -> None:  # exchange_ike_rekey
+        raise NotImplementedError
+
+    def _settle_lost_collision(self) -> None:  # exchange_ike_rekey
+        raise NotImplementedError
+
+    def _mobike_request(self, req: Message, now: float) -> bool:  # exchange_mobike
+        raise NotImplementedError
