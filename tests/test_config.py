@@ -424,6 +424,36 @@ def test_psk_file_relative_to_config(tmp_path):
         f"(mode 0644); chmod 600 it"]
 
 
+def test_inline_secret_in_a_file_others_can_read_warns(tmp_path):
+    p = tmp_path / "gw.toml"
+    p.write_text(BASE)
+    os.chmod(p, 0o640)
+    assert [str(w) for w in load_config(p).warnings] == [
+        f"{p}:10: connection[0].psk: the psk is written inline in this file, which is readable by "
+        f"group/others (mode 0640); chmod 600 it, or keep the secret in a file of its own "
+        f'("file:PATH", mode 600)']
+    os.chmod(p, 0o600)
+    assert load_config(p).warnings == ()
+    # the key in a file of its own: the config file's mode does not matter
+    (tmp_path / "b1.psk").write_text("0x00112233445566778899aabbccddeeff\n")
+    os.chmod(tmp_path / "b1.psk", 0o600)
+    p.write_text(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"file:b1.psk"'))
+    os.chmod(p, 0o644)
+    assert load_config(p).warnings == ()
+
+
+def test_inline_secrets_counted_in_one_warning(tmp_path):
+    p = tmp_path / "gw.toml"
+    p.write_text(BASE.replace('psk = "0x00112233445566778899aabbccddeeff"',
+                              'auth = "eap-mschapv2"\nremote_auth = "psk"\n'
+                              'psk = "0x00112233445566778899aabbccddeeff"\n'
+                              'eap_password = "a long enough password"'))
+    os.chmod(p, 0o604)
+    ws = [str(w) for w in load_config(p).warnings]
+    assert len(ws) == 1 and "connection[0].psk: the psk (and 1 more secret) is written inline" in ws[0]
+    assert "(mode 0604)" in ws[0]
+
+
 def test_psk_file_missing(tmp_path):
     e = error(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"file:nope.psk"'), tmp_path)
     assert str(e) == (f"gw.toml:10: connection[0].psk: cannot read PSK file '{tmp_path}/nope.psk': "

@@ -79,6 +79,8 @@ class _Ctx:
         self.warnings: list[Problem] = []
         # the gateway's interface addresses: (name or None, ip_interface); see parse_config
         self.interface_addrs: list[tuple[str | None, Any]] = []
+        # key paths of secrets written inline (not "file:"): the file's mode is checked
+        self.inline_secrets: list[tuple] = []
 
     def problem(self, path: tuple, msg: str) -> Problem:
         return Problem(self.file, self.loc.line(path), format_key_path(path) or None, msg)

@@ -50,6 +50,7 @@ def _psk(ctx: _Ctx, path: tuple):
                 value = _decode_psk(s) if s.startswith(("0x", "0s")) else text
         else:
             value = _decode_psk(v)
+            ctx.inline_secrets.append(path)
         if len(value) < PSK_MIN_BYTES:
             raise _Bad(f"pre-shared key is {len(value)} bytes; at least {PSK_MIN_BYTES} are required "
                        f"(use a long random key, e.g. `head -c 32 /dev/urandom | base64`)")
@@ -58,6 +59,23 @@ def _psk(ctx: _Ctx, path: tuple):
                            f"{PSK_WARN_BYTES} random bytes")
         return Secret(bytes(value))
     return conv
+
+
+def _check_inline_secret_perms(ctx: _Ctx, source: Path | None):
+    """A configuration file that holds secrets inline must not be readable by group/others."""
+    if source is None or not ctx.inline_secrets:
+        return
+    try:
+        mode = source.stat().st_mode
+    except OSError:  # pragma: no cover - it was just read
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        first = ctx.inline_secrets[0]
+        more = len(ctx.inline_secrets) - 1
+        also = f" (and {more} more secret{'s' if more > 1 else ''})" if more else ""
+        ctx.warn(first, f"the {first[-1]}{also} is written inline in this file, which is readable by "
+                        f"group/others (mode {stat.S_IMODE(mode):04o}); chmod 600 it, or keep the "
+                        f"secret in a file of its own (\"file:PATH\", mode 600)")
 
 
 def _decode_psk(s: str) -> bytes:

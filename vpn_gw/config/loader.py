@@ -10,6 +10,7 @@ from typing import Any
 
 from vpn_gw.config.connection import _check_interfaces, _connection
 from vpn_gw.config.convert import BAD, _Ctx, _ok, _Table, _tables
+from vpn_gw.config.credentials import _check_inline_secret_perms
 from vpn_gw.config.ddns import _ddns_tables
 from vpn_gw.config.errors import ConfigError
 from vpn_gw.config.gateway import GatewayConfig, _gateway_settings
@@ -104,6 +105,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     _check_pools(ctx, pools_raw, pools, conns_raw, connections)
     if ctx.errors:
         return None
+    _check_inline_secret_perms(ctx, source)
     warnings = sorted(ctx.warnings, key=lambda p: p.line if p.line is not None else 1 << 30)
     return GatewayConfig(**settings, connections=tuple(connections),
                          pools=tuple(pc for _, pc in pools), ddns=tuple(ddns), source=source,
