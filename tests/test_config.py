@@ -1,6 +1,7 @@
 """Configuration loading and validation: parsed types, defaults, error messages with lines."""
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import os
@@ -466,7 +467,43 @@ def test_psk_length_rules():
     assert "1234567" not in str(e)
     cfg = parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"12345678"'))
     assert [str(w) for w in cfg.warnings] == [
-        "gw.toml:10: connection[0].psk: pre-shared key is only 8 bytes; use at least 16 random bytes"]
+        "gw.toml:10: connection[0].psk: pre-shared key is only 8 bytes; use at least 16 random bytes "
+        "(`head -c 32 /dev/urandom | base64`, written as \"0s<base64>\")"]
+
+
+B64_KEY = "e8N6jihKeEYedtBGBuxQgMGFuLbaaQbtvQddXNmO8J8="   # 32 bytes, as `head -c 32 /dev/urandom | base64`
+
+
+def test_psk_that_looks_like_base64_without_0s_warns():
+    cfg = parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', f'"{B64_KEY}"'))
+    assert cfg.connections[0].psk.reveal() == B64_KEY.encode()   # the characters, as strongSwan does
+    assert [str(w) for w in cfg.warnings] == [
+        "gw.toml:10: connection[0].psk: the key looks like base64 without the '0s' prefix, so its 44 "
+        "characters are the key, not the 32 bytes they encode; if it is base64, write \"0s\" before it "
+        "(on both sides: strongSwan also takes a bare string as its characters)"]
+    assert B64_KEY not in str(cfg.warnings)
+    cfg = parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', f'"0s{B64_KEY}"'))
+    assert cfg.connections[0].psk.reveal() == base64.b64decode(B64_KEY) and cfg.warnings == ()
+
+
+@pytest.mark.parametrize("text", ["correct horse battery staple", "supersecretpassword1",
+                                  "a-very-long-and-random-psk-value", "0123456789abcdef0123"])
+def test_psk_passphrases_do_not_look_like_base64(text):
+    assert parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', f'"{text}"')).warnings == ()
+
+
+def test_psk_file_with_bare_base64_warns(tmp_path):
+    (tmp_path / "b1.psk").write_text(B64_KEY + "\n")
+    os.chmod(tmp_path / "b1.psk", 0o600)
+    cfg = parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"file:b1.psk"'), tmp_path)
+    assert [str(w) for w in cfg.warnings] == [
+        f"gw.toml:10: connection[0].psk: PSK file '{tmp_path}/b1.psk' holds what looks like base64 "
+        f"without the '0s' prefix, so its 44 characters are the key, not the 32 bytes they encode; if it "
+        f"is base64, write \"0s\" before it (on both sides: strongSwan also takes a bare string as its "
+        f"characters)"]
+    (tmp_path / "b1.psk").write_text("0s" + B64_KEY + "\n")
+    cfg = parse(BASE.replace('"0x00112233445566778899aabbccddeeff"', '"file:b1.psk"'), tmp_path)
+    assert cfg.warnings == () and cfg.connections[0].psk.reveal() == base64.b64decode(B64_KEY)
 
 
 def test_psk_errors_never_echo_the_value():

@@ -268,7 +268,7 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     remote_id = t.get("remote_id", _remote_id, IdentityPattern("%any"))
     auth = t.get("auth", _choice(AUTH_METHODS), "psk")
 
-    psk = t.get("psk", _psk(ctx, path + ("psk",)), None)
+    psk = t.get("psk", _psk(ctx, path + ("psk",), base64_hint=True), None)
     cc = t.get("certs", _certs(ctx), ((), ()))
     cert_files, certs = (BAD, BAD) if cc is BAD else cc
     pk = t.get("private_key", _private_key(ctx, path + ("private_key",)), (None, None))
