@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -220,6 +221,54 @@ def test_toml_syntax_error_has_line():
     e = error(BASE.replace('dpd_delay = "30s"', "dpd_delay = 30s"))
     assert str(e).startswith("gw.toml:13: invalid TOML: ")
     assert e.line == 13
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('[gateway]\nlog_level = "info\n',
+     "gw.toml:2: invalid TOML: a string is not closed: the closing quote is missing (a string must end "
+     "on its line) (column 18)"),
+    ("[gateway]\nlog_level = debug\n",
+     'gw.toml:2: invalid TOML: the value is not quoted: strings need quotes (key = "value"), only '
+     "numbers, true/false and [arrays] are written without (column 13)"),
+    ("[gateway]\nlisten = [\"0.0.0.0\" \"::\"]\n",
+     "gw.toml:2: invalid TOML: an array is not closed: a ']' is missing (or a ',' between two of its "
+     "items) (column 21)"),
+    ("[gateway]\nike_port = 500 4500\n",
+     "gw.toml:2: invalid TOML: something follows the value on the same line: one `key = value` per "
+     "line (and '#' before a comment; arrays need commas between items) (column 16)"),
+    ("[[connection]\n", "gw.toml:1: invalid TOML: a table header is not closed: write [gateway], "
+                        "[[connection]] or [[connection.child]] (column 13)"),
+    ("[gateway]\nlog_level\n", "gw.toml:2: invalid TOML: expected `key = value`: the '=' after the key "
+                               "is missing (column 10)"),
+    ('[gateway]\ncontrol_socket = "C:\\data"\n',
+     "gw.toml:2: invalid TOML: a backslash in a \"...\" string must start an escape (\\\\, \\n, \\t, \\\"); "
+     "for a literal backslash write \\\\ or use single quotes: '...' (column 23)"),
+    ("[gateway]\nlog_level = \"info\"\nlog_level = \"debug\"\n",
+     "gw.toml:3: invalid TOML: 'log_level' is set twice in this [gateway] table (first at line 2) "
+     "(column 20)"),
+    ("[gateway]\n[gateway]\n", "gw.toml:2: invalid TOML: the table [gateway] is defined twice (use "
+                               "[[...]] for a table that repeats) (column 9)"),
+    ("[gateway]\nlisten = [\"0.0.0.0\",\n", "gw.toml: invalid TOML: the file ends where a value is "
+                                            "expected: an array or inline table is not closed (at the "
+                                            "end of the file)"),
+])
+def test_toml_syntax_errors_in_words(text, expected):
+    assert str(error(text)) == expected
+
+
+def test_swanctl_conf_passed_by_mistake_is_recognised():
+    path = Path(__file__).resolve().parent.parent / "examples/site-to-site/strongswan-branch1/swanctl.conf"
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    assert str(ei.value) == (f"{path}: this looks like a strongSwan swanctl.conf, not a vpn-gw "
+                             f"configuration (TOML); convert it with `vpn-gw import-swanctl FILE` "
+                             f"(docs/config.md describes the format)")
+
+
+def test_ipsec_conf_passed_by_mistake_is_recognised():
+    e = error("config setup\n    charondebug=\"ike 1\"\n\nconn branch1\n    left=192.0.2.1\n    auto=start\n")
+    assert str(e).startswith("gw.toml: this looks like a strongSwan ipsec.conf, not a vpn-gw "
+                             "configuration (TOML)")
 
 
 def test_all_problems_collected_first_is_message():

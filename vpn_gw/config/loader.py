@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ from vpn_gw.config.gateway import GatewayConfig, _gateway_settings
 from vpn_gw.config.keys import _CHILD_HINT, _CONN_HINT, _GW_HINT, _POOL_HINT, TOP_KEYS
 from vpn_gw.config.locator import KeyLocator
 from vpn_gw.config.pools import _check_pools, _interface_addrs, _pools
+from vpn_gw.config.toml_errors import explain_toml_error
 
 
 def load_config(path: str | os.PathLike, *, interface_addrs: Iterable[Any] = ()) -> GatewayConfig:
@@ -37,9 +37,6 @@ def load_config(path: str | os.PathLike, *, interface_addrs: Iterable[Any] = ())
                         interface_addrs=interface_addrs)
 
 
-_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-
-
 def parse_config(text: str, filename: str | None = "<string>", base_dir: str | os.PathLike | None = None,
                  *, _source: Path | None = None,
                  interface_addrs: Iterable[Any] = ()) -> GatewayConfig:
@@ -52,13 +49,7 @@ def parse_config(text: str, filename: str | None = "<string>", base_dir: str | o
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        msg = str(e)
-        line = None
-        m = _TOML_POS.search(msg)
-        if m:
-            line = int(m.group(1))
-            msg = msg[:m.start()] + f" (column {m.group(2)})"
-        raise ConfigError(f"invalid TOML: {msg}", file=filename, line=line) from None
+        raise explain_toml_error(text, e, filename) from None
     ctx = _Ctx(filename, KeyLocator(text), Path(base_dir) if base_dir else Path.cwd())
     ctx.interface_addrs = _interface_addrs(interface_addrs)
     cfg = _build(ctx, data, _source)
