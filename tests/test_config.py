@@ -271,6 +271,45 @@ def test_ipsec_conf_passed_by_mistake_is_recognised():
                              "configuration (TOML)")
 
 
+def test_connection_key_after_child_set_twice_says_why():
+    # the child sets rekey_time; a second rekey_time below it, meant for the connection
+    e = error(BASE + '  rekey_time = "1h"\n\nrekey_time = "4h"\n')
+    assert str(e) == (
+        "gw.toml:22: invalid TOML: 'rekey_time' is set twice in this [[connection.child]] table (first "
+        "at line 20): keys written after [[connection.child]] belong to that child (TOML scoping), so a "
+        "second 'rekey_time' meant for the connection lands in the child too; move the connection's "
+        "'rekey_time' above the first [[connection.child]] (line 15) (column 18)")
+    # a key only a connection has, set twice below a child: the same TOML error, no child hint
+    e = error(BASE.replace("[gateway]\n", '[gateway]\nlog_level = "info"\nlog_level = "info"\n'))
+    assert "keys written after" not in str(e) and "(first at line 2)" in str(e)
+
+
+def test_dpd_action_landing_in_the_child_warns():
+    cfg = parse(BASE + '\ndpd_action = "restart"\n')
+    assert cfg.connections[0].dpd_action == "clear"             # TOML scoping: the child's
+    assert cfg.connections[0].children[0].dpd_action == "restart"
+    assert [str(w) for w in cfg.warnings] == [
+        "gw.toml:21: connection[0].child[0].dpd_action: dpd_action = \"restart\" is set for child 'net' "
+        "only: keys written after [[connection.child]] belong to that child (TOML scoping), and the "
+        "connection keeps dpd_action = \"clear\", which decides what happens when the peer is lost; if "
+        "it is meant for the connection, move it above the first [[connection.child]] (set dpd_action "
+        "on the connection too to keep a per-child value without this warning)"]
+    # written on the connection: no warning; on both (a deliberate per-child value): no warning
+    assert parse(BASE.replace('dpd_delay = "30s"\n', 'dpd_delay = "30s"\ndpd_action = "restart"\n')
+                 ).warnings == ()
+    assert parse(BASE.replace('dpd_delay = "30s"\n', 'dpd_delay = "30s"\ndpd_action = "clear"\n')
+                 + '  dpd_action = "restart"\n').warnings == ()
+    # the same value as the connection's changes nothing: no warning
+    assert parse(BASE + '  dpd_action = "clear"\n').warnings == ()
+
+
+def test_start_action_landing_in_the_child_warns():
+    cfg = parse(BASE.replace('start_action = "start"\n', "") + '  start_action = "trap"\n')
+    assert [w.key for w in cfg.warnings] == ["connection[0].child[0].start_action"]
+    assert "the connection keeps start_action = \"none\", which decides whether the gateway starts " \
+           "(or traps) the connection" in str(cfg.warnings[0])
+
+
 def test_all_problems_collected_first_is_message():
     e = error(BASE.replace('start_action = "start"', 'start_action = "strat"')
               .replace('["10.2.0.0/24"]', '["10.2.0.0/16", "fe80::1/64"]')

@@ -10,6 +10,7 @@ import re
 import tomllib
 
 from vpn_gw.config.errors import ConfigError
+from vpn_gw.config.keys import CONNECTION_KEYS
 
 _POS = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 
@@ -93,7 +94,8 @@ def _in_words(msg: str, src: str, column: int | None, lines: list[str], line: in
 
 
 def _duplicate(src: str, lines: list[str], line: int | None) -> str | None:
-    """A key or table written twice: which, and where the first one is."""
+    """A key or table written twice; for a key that follows [[connection.child]] but was meant for
+    the connection, say so."""
     if line is None:
         return None
     h = _HEADER.match(src)
@@ -103,12 +105,12 @@ def _duplicate(src: str, lines: list[str], line: int | None) -> str | None:
     if not k:
         return None
     key = k.group(1)
-    first, header = None, None
+    first, header, header_line = None, None, None
     for n in range(line - 2, -1, -1):      # back to the table this line belongs to
         s = lines[n]
         h = _HEADER.match(s)
         if h:
-            header = h.group(1) + h.group(2) + h.group(1).replace("[", "]")
+            header, header_line = h.group(1) + h.group(2) + h.group(1).replace("[", "]"), n + 1
             break
         m = _KEY_LINE.match(s)
         if m and m.group(1) == key:
@@ -116,4 +118,15 @@ def _duplicate(src: str, lines: list[str], line: int | None) -> str | None:
     at = f" (first at line {first})" if first else ""
     table = f"in this {header} table" if header else "at the top level"
     out = f"'{key}' is set twice {table}{at}"
+    if header == "[[connection.child]]" and key in CONNECTION_KEYS and header_line:
+        first_child = header_line
+        for n in range(header_line - 2, -1, -1):
+            h = _HEADER.match(lines[n])
+            if h and h.group(1) + h.group(2) == "[[connection":
+                break
+            if h and h.group(1) + h.group(2) == "[[connection.child":
+                first_child = n + 1
+        out += (f": keys written after [[connection.child]] belong to that child (TOML scoping), "
+                f"so a second '{key}' meant for the connection lands in the child too; move the "
+                f"connection's '{key}' above the first [[connection.child]] (line {first_child})")
     return out
