@@ -52,6 +52,7 @@ def parse_config(text: str, filename: str | None = "<string>", base_dir: str | o
         raise explain_toml_error(text, e, filename) from None
     ctx = _Ctx(filename, KeyLocator(text), Path(base_dir) if base_dir else Path.cwd())
     ctx.interface_addrs = _interface_addrs(interface_addrs)
+    ctx.data = data
     cfg = _build(ctx, data, _source)
     if ctx.errors or cfg is None:
         errors = sorted(ctx.errors, key=lambda p: p.line if p.line is not None else 1 << 30)
