@@ -89,3 +89,14 @@ def test_route_based_hub_example_pairs_with_its_branch():
                                           [ipaddress.ip_network("10.1.0.0/24")]]
     assert all(str(ts) == "0.0.0.0/0" for c in hub.connections for ch in c.children
                for ts in (*ch.local_ts, *ch.remote_ts))
+
+
+def test_docs_describe_eap_as_working():
+    # docs/config.md once said EAP "will not authenticate until EAP is implemented"
+    from vpn_gw.config.connection import EAP_METHODS
+    doc = (ROOT / "docs/config.md").read_text()
+    assert "until EAP is implemented" not in doc and "planned for remote access" not in doc
+    bullet = re.search(r"^\* \*\*`eap-\*`\*\*(.*?)(?=^\* |^$)", doc, re.M | re.S)
+    assert bullet, "the eap-* decision"
+    assert all(f"`{m}`" in bullet.group(1) for m in EAP_METHODS)
+    assert (ROOT / "docs/eap.md").exists() and (ROOT / "docs/remote-access.md").exists()
