@@ -100,3 +100,22 @@ def test_docs_describe_eap_as_working():
     assert bullet, "the eap-* decision"
     assert all(f"`{m}`" in bullet.group(1) for m in EAP_METHODS)
     assert (ROOT / "docs/eap.md").exists() and (ROOT / "docs/remote-access.md").exists()
+
+
+def test_documented_pfs_example_loads_and_offers_pfs_and_no_pfs():
+    # docs/config.md: Libreswan's pfs=yes needs a group in esp_proposals; its example must load
+    doc = (ROOT / "docs/config.md").read_text()
+    section = doc[doc.index("### PFS on Child SA rekeys"):]
+    child = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    base = load_config(ROOT / "examples/site-to-site/branch1.toml")
+    text = (ROOT / "examples/site-to-site/branch1.toml").read_text()
+    text = text[:text.index("[[connection.child]]")].rstrip(" ") + child.lstrip()
+    from vpn_gw.config import parse_config
+    conn = parse_config(text, "branch1.toml", ROOT / "examples/site-to-site").connections[0]
+    assert conn.name == base.connections[0].name
+    from ikev2.constants import TransformType
+    groups = [[t.id for t in p.transforms if t.type == TransformType.DH] for p in conn.children[0].esp_proposals]
+    assert len(groups) == 2 and len(groups[0]) == 3 and groups[1] == []
+    # the groups offered for PFS are the ones the IKE proposals use
+    ike_groups = {t.id for p in conn.ike_proposals for t in p.transforms if t.type == TransformType.DH}
+    assert set(groups[0]) & ike_groups
