@@ -216,9 +216,22 @@ def test_daemon_not_running(sockdir):
 
 # -- check-config ------------------------------------------------------------------------------
 
-def test_check_config_ok():
-    p = run("check-config", EXAMPLE)
-    assert (p.returncode, p.stdout, p.stderr) == (0, f"{EXAMPLE}: OK (1 connection)\n", "")
+def test_check_config_ok(tmp_path):
+    cfg = tmp_path / EXAMPLE.name
+    shutil.copy(EXAMPLE, cfg)
+    cfg.chmod(0o600)  # it holds the PSK inline: installed as 0600, it loads without warnings
+    p = run("check-config", cfg)
+    assert (p.returncode, p.stdout, p.stderr) == (0, f"{cfg}: OK (1 connection)\n", "")
+
+
+def test_check_config_warns_about_an_inline_psk_others_can_read(tmp_path):
+    cfg = tmp_path / EXAMPLE.name
+    shutil.copy(EXAMPLE, cfg)
+    cfg.chmod(0o644)
+    p = run("check-config", cfg)
+    assert (p.returncode, p.stdout) == (0, f"{cfg}: OK (1 connection)\n")
+    assert p.stderr.startswith(f"warning: {cfg}:21: connection[0].psk (connection 'branch1'): the psk is written inline in this "
+                               f"file, which is readable by group/others (mode 0644); chmod 600 it")
 
 
 def test_check_config_errors(tmp_path):
@@ -228,9 +241,9 @@ def test_check_config_errors(tmp_path):
     p = run("check-config", bad)
     assert p.returncode == 1 and p.stdout == ""
     lines = p.stderr.splitlines()
-    assert lines[0] == (f"{bad}:24: connection[0].dpd_dealy: unknown key 'dpd_dealy' in "
+    assert lines[0] == (f"{bad}:24: connection[0].dpd_dealy (connection 'branch1'): unknown key 'dpd_dealy' in "
                         f"connection[0] (did you mean 'dpd_delay'?)")
-    assert lines[1].startswith(f"{bad}:31: connection[0].child[0].local_ts[0]: '10.1.0.0/33' is "
+    assert lines[1].startswith(f"{bad}:31: connection[0].child[0].local_ts[0] (connection 'branch1', child 'net'): '10.1.0.0/33' is "
                                f"not a valid CIDR subnet")
     assert len(lines) == 2
 

@@ -272,7 +272,7 @@ def test_connection_key_in_pool_and_pool_key_in_connection():
     assert msgs == [
         "gw.toml:4: pool[0].psk: unknown key 'psk' in pool[0] ('psk' belongs in a [[connection]] "
         "table)",
-        "gw.toml:10: connection[0].dns: unknown key 'dns' in connection[0] ('dns' belongs in a "
+        "gw.toml:10: connection[0].dns (connection 'hq'): unknown key 'dns' in connection[0] ('dns' belongs in a "
         "[[pool]] table (a connection refers to pools by name with pools = [...]))",
     ]
 
@@ -280,7 +280,7 @@ def test_connection_key_in_pool_and_pool_key_in_connection():
 def test_pools_written_after_child_lands_in_child():
     text = with_pools('[[pool]]\nname = "rw"\naddrs = "10.99.0.0/24"\n', conn_extra="")
     msgs = problems(text + 'pools = ["rw"]\n')
-    assert msgs == ["gw.toml:14: connection[0].child[0].pools: unknown key 'pools' in "
+    assert msgs == ["gw.toml:14: connection[0].child[0].pools (connection 'hq', child 'net'): unknown key 'pools' in "
                     "connection[0].child[0] ('pools' is a connection key; keys written after "
                     "[[connection.child]] belong to that child, so move it above the first "
                     "[[connection.child]])"]
@@ -353,12 +353,12 @@ def test_unknown_pool_name(pools, msg):
         name = "guests"
         addrs = "10.98.0.0/24"
         """, conn_extra=f"pools = {pools}")
-    assert problems(text) == [f"gw.toml:12: connection[0].pools[0]: {msg}"]
+    assert problems(text) == [f"gw.toml:12: connection[0].pools[0] (connection 'hq'): {msg}"]
 
 
 def test_unknown_pool_without_any_pool():
     assert problems(with_pools("")) == [
-        "gw.toml:5: connection[0].pools[0]: unknown pool 'rw' (no [[pool]] is defined)"]
+        "gw.toml:5: connection[0].pools[0] (connection 'hq'): unknown pool 'rw' (no [[pool]] is defined)"]
 
 
 def test_invalid_pool_does_not_make_its_name_unknown():
@@ -369,9 +369,9 @@ def test_invalid_pool_does_not_make_its_name_unknown():
 def test_pools_list_checks():
     text = with_pools('[[pool]]\nname = "rw"\naddrs = "10.99.0.0/24"\n',
                       conn_extra='pools = ["rw", "rw"]')
-    assert problems(text) == ["gw.toml:8: connection[0].pools[1]: duplicate entry 'rw'"]
+    assert problems(text) == ["gw.toml:8: connection[0].pools[1] (connection 'hq'): duplicate entry 'rw'"]
     text = with_pools('[[pool]]\nname = "rw"\naddrs = "10.99.0.0/24"\n', conn_extra='pools = "rw"')
-    assert problems(text) == ["gw.toml:8: connection[0].pools: expected an array, got a string "
+    assert problems(text) == ["gw.toml:8: connection[0].pools (connection 'hq'): expected an array, got a string "
                               "('rw'); write e.g. [\"rw\"]"]
 
 
@@ -390,14 +390,14 @@ def test_pools_list_checks():
 def test_bad_vips(vips, msg):
     msgs = problems(with_pools("", conn_extra=f"vips = {vips}"))
     assert len(msgs) == 1
-    assert re.match(r"gw\.toml:5: connection\[0\]\.vips(\[\d\])?: ", msgs[0])
+    assert re.match(r"gw\.toml:5: connection\[0\]\.vips(\[\d\])? \(connection 'hq'\): ", msgs[0])
     assert msg in msgs[0]
 
 
 def test_pools_and_vips_together():
     msgs = problems(with_pools('[[pool]]\nname = "rw"\naddrs = "10.99.0.0/24"\n',
                                conn_extra='pools = ["rw"]\nvips = ["0.0.0.0"]'))
-    assert msgs == ["gw.toml:9: connection[0].vips: a connection either hands out virtual IPs "
+    assert msgs == ["gw.toml:9: connection[0].vips (connection 'hq'): a connection either hands out virtual IPs "
                     "(pools) or requests one (vips), not both"]
 
 

@@ -4,7 +4,8 @@
 string. Every problem found is reported as a ``ConfigError`` whose ``str`` is one line naming the
 file, the line, the key and what is wrong, e.g.::
 
-    hq.toml:14: connection[0].child[0].local_ts[1]: '10.1.0.5/24' has host bits set (did you mean '10.1.0.0/24'?)
+    hq.toml:14: connection[0].child[0].local_ts[1] (connection 'branch1', child 'net'): '10.1.0.5/24' has
+    host bits set (did you mean '10.1.0.0/24'?)
 
 All problems of a file are collected (``ConfigError.problems``); the first one is the message.
 Key names follow strongSwan's swanctl.conf. ``docs/config.md`` documents every key; keep the two

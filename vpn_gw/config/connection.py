@@ -268,7 +268,7 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     remote_id = t.get("remote_id", _remote_id, IdentityPattern("%any"))
     auth = t.get("auth", _choice(AUTH_METHODS), "psk")
 
-    psk = t.get("psk", _psk(ctx, path + ("psk",)), None)
+    psk = t.get("psk", _psk(ctx, path + ("psk",), base64_hint=True), None)
     cc = t.get("certs", _certs(ctx), ((), ()))
     cert_files, certs = (BAD, BAD) if cc is BAD else cc
     pk = t.get("private_key", _private_key(ctx, path + ("private_key",)), (None, None))
@@ -410,6 +410,8 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
             ch = _child(ctx, cd, path + ("child", j), start_action, dpd_action)
             if ch is not None:
                 children.append(ch)
+                _check_child_only_action(ctx, t, cd, path + ("child", j), ch,
+                                         {"start_action": start_action, "dpd_action": dpd_action})
 
     if _ok(start_action, remote_addrs):
         actions = {start_action} | {c.start_action for c in children}
@@ -432,6 +434,27 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         keyingtries=keyingtries, if_id=if_id, interface=interface,
         routes=tuple(routes) if _ok(routes) else (), children=tuple(children),
         pools=pools, vips=vips, dns_file=dns_file, transport=transport, tcp_port=tcp_port)
+
+
+_DECIDES = {"start_action": "decides whether the gateway starts (or traps) the connection",
+            "dpd_action": "decides what happens when the peer is lost"}
+
+
+def _check_child_only_action(ctx: _Ctx, conn: _Table, child_data: dict, path: tuple, child: ChildConfig,
+                             conn_values: dict[str, Any]):
+    """start_action/dpd_action set on a child, not on its connection, to another value: most
+    likely meant for the connection but written after [[connection.child]] (TOML puts it in the
+    child). The daemon starts, re-initiates and traps by the connection's value, so say so."""
+    for key, conn_value in conn_values.items():
+        value = getattr(child, key)
+        if key not in conn.data and key in child_data and conn_value is not BAD \
+                and value != conn_value:
+            ctx.warn(path + (key,), f"{key} = \"{value}\" is set for child {child.name!r} only: keys "
+                     f"written after [[connection.child]] belong to that child (TOML scoping), and "
+                     f"the connection keeps {key} = \"{conn_value}\", which {_DECIDES[key]}; if it "
+                     f"is meant for the connection, move it above the first [[connection.child]] "
+                     f"(set {key} on the connection too to keep a per-child value without this "
+                     f"warning)")
 
 
 def _initiable(remote_addrs) -> tuple:

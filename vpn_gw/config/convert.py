@@ -79,9 +79,34 @@ class _Ctx:
         self.warnings: list[Problem] = []
         # the gateway's interface addresses: (name or None, ip_interface); see parse_config
         self.interface_addrs: list[tuple[str | None, Any]] = []
+        # key paths of secrets written inline (not "file:"): the file's mode is checked
+        self.inline_secrets: list[tuple] = []
+        # the parsed TOML, to name connections, children and pools in problems
+        self.data: dict = {}
 
     def problem(self, path: tuple, msg: str) -> Problem:
-        return Problem(self.file, self.loc.line(path), format_key_path(path) or None, msg)
+        return Problem(self.file, self.loc.line(path), format_key_path(path) or None, msg,
+                       self.names(path))
+
+    def names(self, path: tuple) -> str | None:
+        """ "connection 'branch1', child 'net'" for a path in connection[0].child[0] (valid names
+        only; not for the name key itself, whose message shows it)."""
+        out = []
+        tables: Any = self.data
+        for i in range(0, len(path) - 1, 2):
+            section, index = path[i], path[i + 1]
+            if not isinstance(tables, dict) or not isinstance(index, int):
+                break
+            rows = tables.get(section)
+            if section not in ("connection", "child") or not isinstance(rows, list) \
+                    or not 0 <= index < len(rows) or not isinstance(rows[index], dict):
+                break
+            name = rows[index].get("name")
+            if path[i + 2:] == ("name",) or not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+                break
+            out.append(f"{section} '{name}'")
+            tables = rows[index]
+        return ", ".join(out) or None
 
     def error(self, path: tuple, msg: str):
         self.errors.append(self.problem(path, msg))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import stat
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from vpn_gw.config.secret import Secret
 PSK_MIN_BYTES = 8
 # PSKs shorter than this load, with a warning.
 PSK_WARN_BYTES = 16
+_BASE64_ADVICE = ("if it is base64, write \"0s\" before it (on both sides: strongSwan also takes a "
+                  "bare string as its characters)")
 
 
 def _read_file(ctx: _Ctx, s: str, what: str) -> tuple[Path, bytes]:
@@ -33,7 +36,24 @@ def _check_private_perms(ctx: _Ctx, path: tuple, p: Path, what: str):
                        f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
 
 
-def _psk(ctx: _Ctx, path: tuple):
+def _looks_like_base64(s: str) -> bool:
+    """Whether a bare (no 0x/0s) key looks like the output of `... | base64`."""
+    if len(s) < 16 or len(s) % 4 or not _BASE64_RE.fullmatch(s):
+        return False
+    try:
+        base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    mixed = any(c.isupper() for c in s) and any(c.islower() for c in s) and any(c.isdigit() for c in s)
+    return s.endswith("=") or "+" in s or "/" in s or mixed
+
+
+_BASE64_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def _psk(ctx: _Ctx, path: tuple, *, base64_hint: bool = False):
+    """A secret: inline text, "0x" hex, "0s" base64 or "file:PATH". base64_hint: warn when the
+    text looks like base64 without "0s" (for psk; a TSIG secret is base64 by definition)."""
     def conv(v):
         if not isinstance(v, str):
             raise _Bad(f"expected a string, got {_describe(v, show=False)}")
@@ -48,16 +68,44 @@ def _psk(ctx: _Ctx, path: tuple):
                 value = text
             else:
                 value = _decode_psk(s) if s.startswith(("0x", "0s")) else text
+                if base64_hint and not s.startswith(("0x", "0s")) and _looks_like_base64(s):
+                    ctx.warn(path, f"PSK file {str(p)!r} holds what looks like base64 without the "
+                                   f"'0s' prefix, so its {len(s)} characters are the key, not the "
+                                   f"{len(base64.b64decode(s))} bytes they encode; {_BASE64_ADVICE}")
         else:
             value = _decode_psk(v)
+            ctx.inline_secrets.append(path)
+            if base64_hint and not v.startswith(("0x", "0s")) and _looks_like_base64(v):
+                ctx.warn(path, f"the key looks like base64 without the '0s' prefix, so its {len(v)} "
+                               f"characters are the key, not the {len(base64.b64decode(v))} bytes they "
+                               f"encode; {_BASE64_ADVICE}")
         if len(value) < PSK_MIN_BYTES:
             raise _Bad(f"pre-shared key is {len(value)} bytes; at least {PSK_MIN_BYTES} are required "
-                       f"(use a long random key, e.g. `head -c 32 /dev/urandom | base64`)")
+                       f"(use a long random key: `head -c 32 /dev/urandom | base64`, written as "
+                       f"\"0s<base64>\")")
         if len(value) < PSK_WARN_BYTES:
             ctx.warn(path, f"pre-shared key is only {len(value)} bytes; use at least "
-                           f"{PSK_WARN_BYTES} random bytes")
+                           f"{PSK_WARN_BYTES} random bytes (`head -c 32 /dev/urandom | base64`, "
+                           f"written as \"0s<base64>\")")
         return Secret(bytes(value))
     return conv
+
+
+def _check_inline_secret_perms(ctx: _Ctx, source: Path | None):
+    """A configuration file that holds secrets inline must not be readable by group/others."""
+    if source is None or not ctx.inline_secrets:
+        return
+    try:
+        mode = source.stat().st_mode
+    except OSError:  # pragma: no cover - it was just read
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        first = ctx.inline_secrets[0]
+        more = len(ctx.inline_secrets) - 1
+        also = f" (and {more} more secret{'s' if more > 1 else ''})" if more else ""
+        ctx.warn(first, f"the {first[-1]}{also} is written inline in this file, which is readable by "
+                        f"group/others (mode {stat.S_IMODE(mode):04o}); chmod 600 it, or keep the "
+                        f"secret in a file of its own (\"file:PATH\", mode 600)")
 
 
 def _decode_psk(s: str) -> bytes:

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Problem:
-    """One error or warning: file, line (1-based, None if unknown), key path, message."""
+    """One error or warning: file, line (1-based, None if unknown), key path, message; names:
+    the connection (and child) the key path is in, by name, e.g. "connection 'branch1'"."""
     file: str | None
     line: int | None
     key: str | None
     message: str
+    names: str | None = None
 
     def __str__(self):
         where = ""
@@ -20,6 +22,8 @@ class Problem:
         elif self.line:
             where = f"line {self.line}: "
         key = f"{self.key}: " if self.key else ""
+        if self.key and self.names:
+            key = f"{self.key} ({self.names}): "
         return f"{where}{key}{self.message}"
 
 

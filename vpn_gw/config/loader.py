@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,12 +9,14 @@ from typing import Any
 
 from vpn_gw.config.connection import _check_interfaces, _connection
 from vpn_gw.config.convert import BAD, _Ctx, _ok, _Table, _tables
+from vpn_gw.config.credentials import _check_inline_secret_perms
 from vpn_gw.config.ddns import _ddns_tables
 from vpn_gw.config.errors import ConfigError
 from vpn_gw.config.gateway import GatewayConfig, _gateway_settings
 from vpn_gw.config.keys import _CHILD_HINT, _CONN_HINT, _GW_HINT, _POOL_HINT, TOP_KEYS
 from vpn_gw.config.locator import KeyLocator
 from vpn_gw.config.pools import _check_pools, _interface_addrs, _pools
+from vpn_gw.config.toml_errors import explain_toml_error
 
 
 def load_config(path: str | os.PathLike, *, interface_addrs: Iterable[Any] = ()) -> GatewayConfig:
@@ -36,9 +37,6 @@ def load_config(path: str | os.PathLike, *, interface_addrs: Iterable[Any] = ())
                         interface_addrs=interface_addrs)
 
 
-_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-
-
 def parse_config(text: str, filename: str | None = "<string>", base_dir: str | os.PathLike | None = None,
                  *, _source: Path | None = None,
                  interface_addrs: Iterable[Any] = ()) -> GatewayConfig:
@@ -51,15 +49,10 @@ def parse_config(text: str, filename: str | None = "<string>", base_dir: str | o
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        msg = str(e)
-        line = None
-        m = _TOML_POS.search(msg)
-        if m:
-            line = int(m.group(1))
-            msg = msg[:m.start()] + f" (column {m.group(2)})"
-        raise ConfigError(f"invalid TOML: {msg}", file=filename, line=line) from None
+        raise explain_toml_error(text, e, filename) from None
     ctx = _Ctx(filename, KeyLocator(text), Path(base_dir) if base_dir else Path.cwd())
     ctx.interface_addrs = _interface_addrs(interface_addrs)
+    ctx.data = data
     cfg = _build(ctx, data, _source)
     if ctx.errors or cfg is None:
         errors = sorted(ctx.errors, key=lambda p: p.line if p.line is not None else 1 << 30)
@@ -104,6 +97,7 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     _check_pools(ctx, pools_raw, pools, conns_raw, connections)
     if ctx.errors:
         return None
+    _check_inline_secret_perms(ctx, source)
     warnings = sorted(ctx.warnings, key=lambda p: p.line if p.line is not None else 1 << 30)
     return GatewayConfig(**settings, connections=tuple(connections),
                          pools=tuple(pc for _, pc in pools), ddns=tuple(ddns), source=source,
