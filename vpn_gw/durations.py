@@ -59,7 +59,7 @@ def format_duration(seconds: float) -> str:
         return "?"
     neg = seconds < 0
     s = int(round(abs(seconds)))
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if s >= size or (unit == "s" and not parts):
             q, s = divmod(s, size)

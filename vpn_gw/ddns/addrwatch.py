@@ -267,6 +267,7 @@ class AddressWatcher:
                 log.error("ddns.callback_failed", interface=self.interface, error=repr(e))
 
     async def _next_batch(self) -> list:
+        assert self._ev is not None  # bound in _run before the first batch
         return [m async for m in self._ev.get()]
 
     async def _run(self) -> None:

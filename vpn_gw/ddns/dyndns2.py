@@ -220,6 +220,7 @@ class Dyndns2Publisher:
                 "Accept": "text/plain", "Connection": "close"}
 
     def _http_get(self, target: str) -> tuple[int, str]:
+        conn: http.client.HTTPConnection
         if self.scheme == "https":
             conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
                                                context=self._ssl)

@@ -159,7 +159,7 @@ class DnsUpdatePublisher:
         self.key: dns.tsig.Key | None = None
         if (tsig_name is None) != (tsig_secret_b64 is None):
             raise ValueError("tsig_name and tsig_secret_b64 go together")
-        if tsig_name is not None:
+        if tsig_name is not None and tsig_secret_b64 is not None:
             alg = TSIG_ALGORITHMS.get(tsig_algorithm.lower().rstrip("."))
             if alg is None:
                 raise ValueError(f"unknown TSIG algorithm {tsig_algorithm!r} "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 
@@ -43,7 +43,7 @@ class DdnsService:
                                      config.dns_timeout, config.dns_min_ttl, config.dns_max_ttl)
         self.tables = list(config.ddns)
         self.watchers: dict[str, AddressWatcher] = {}
-        self.publishers: list[tuple[object, object]] = []  # (DdnsConfig, publisher)
+        self.publishers: list[tuple[Any, Any]] = []  # (DdnsConfig, publisher)
         self._tasks: list[asyncio.Task] = []
         self._last_published: dict[int, float] = {}
         self._retry_at: dict[int, float] = {}  # [[ddns]] table -> when to retry a failed publication

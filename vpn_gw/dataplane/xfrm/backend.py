@@ -572,7 +572,7 @@ class XfrmDataPlane(DataPlane):
 
     def _sa_attrs(self, c: _Child, inbound: bool) -> list:
         k = c.keys
-        attrs = algorithm_attrs(k.encr_id, k.encr_key_bits, k.integ_id,
+        attrs: list[tuple[str, Any]] = algorithm_attrs(k.encr_id, k.encr_key_bits, k.integ_id,
                                 k.encr_key_in if inbound else k.encr_key_out,
                                 k.integ_key_in if inbound else k.integ_key_out)
         window = self.replay_window if (self.replay_window or k.esn) else 0
@@ -682,7 +682,7 @@ class XfrmDataPlane(DataPlane):
                 if lts.start_addr is None or rts.start_addr is None or lts.start_addr.version != rts.start_addr.version:
                     continue
                 fam = _family(remote_ip) if remote_ip else (nl.AF_INET if lts.start_addr.version == 4 else nl.AF_INET6)
-                tmpl_base = {"family": fam, "reqid": reqid, "mode": mode}
+                tmpl_base: dict[str, Any] = {"family": fam, "reqid": reqid, "mode": mode}
                 t_out = dict(tmpl_base, id={"daddr": remote_ip, "proto": nl.IPPROTO_ESP}, saddr=local_ip,
                              reqid=reqid_out or reqid)
                 t_in = dict(tmpl_base, id={"daddr": local_ip, "proto": nl.IPPROTO_ESP}, saddr=remote_ip)

@@ -369,7 +369,9 @@ class RedFragmenter:
         self.counters["queued"] += 1
         try:
             data = pkt.get_payload()
-            action, out = "pass", []
+            action: str = "pass"
+            out: list[bytes] = []
+            mtu: int | None = None
             if len(data) >= 20 and data[0] >> 4 == 4:
                 mtu = self.mtu_for(data[12:16], data[16:20])
                 if mtu is not None:
@@ -381,6 +383,7 @@ class RedFragmenter:
                 self.counters["fragments_sent"] += len(out)
                 pkt.drop()
             elif action == "icmp":
+                assert mtu is not None  # plan() runs only with an MTU
                 self._send_icmp(data, mtu)
                 self.counters["icmp_sent"] += 1
                 pkt.drop()

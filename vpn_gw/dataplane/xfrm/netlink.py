@@ -131,7 +131,8 @@ def resolve_addresses(obj: Any, family: int = 0) -> Any:
     """Turn the _RawAddr values in a decoded structure into strings; a nested dict with its own
     non-zero 'family' uses that, others inherit ``family``."""
     if isinstance(obj, dict):
-        fam = obj.get("family") if isinstance(obj.get("family"), int) and obj.get("family") else family
+        own = obj.get("family")
+        fam: int = own if isinstance(own, int) and own else family
         for k, v in list(obj.items()):
             if isinstance(v, _RawAddr):
                 dict.__setitem__(obj, k, addr_str(v, fam))
@@ -704,7 +705,7 @@ class _AddrField:
 def _msg_fields(s: type[Struct]) -> tuple:
     """pyroute2 field list for a Struct: formats get native size/alignment off ('='), addresses
     and nested structs are field types."""
-    out = []
+    out: list[tuple[str, Any]] = []
     for name, kind in s.fields:
         if kind == ADDR:
             out.append((name, _AddrField))
@@ -716,10 +717,8 @@ def _msg_fields(s: type[Struct]) -> tuple:
 
 
 def _message(name: str, s: type[Struct] | None) -> type:
-    cls = type(name, (xfrm_msg,), {"__slots__": (), "struct_cls": None})
-    cls.struct_cls = s
-    cls.fields = _msg_fields(s) if s is not None else ()
-    return cls
+    fields = _msg_fields(s) if s is not None else ()
+    return type(name, (xfrm_msg,), {"__slots__": (), "struct_cls": s, "fields": fields})
 
 
 # _AddrField is a type: pyroute2 treats it as a field codec (isinstance(fmt, type)).
@@ -894,7 +893,7 @@ class XfrmSocket:
                  classes: dict[int, type] | None = None) -> list:
         """Send one encoded request and collect the answers up to the ACK / NLMSG_DONE."""
         self.sock.send(data)
-        out = []
+        out: list[Any] = []
         classes = self.classes if classes is None else classes
         while True:
             buf = self.sock.recv(1 << 20)
