@@ -1,24 +1,37 @@
-"""The layout's rules (docs/architecture.md), checked on the source: which package may import
-which, and no import circles between modules (imports at module level, TYPE_CHECKING blocks
-excluded, since those never run)."""
+"""The layout's rules (docs/architecture.md, docs/engine.md), checked on the source:
+
+- the engine packages (ikev2/, esp/) import each other without circles, counting every import,
+  also one inside a function;
+- the whole project has no circles among the imports that run when a module is imported
+  (module level, TYPE_CHECKING blocks excluded: those never run);
+- ikev2/ and esp/ never import vpn_gw/; vpn_gw/transport/ and vpn_gw/dataplane/ never import
+  vpn_gw/daemon/ (they are given interfaces)."""
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("ikev2", "esp", "vpn_gw")
 
 
-def _module_name(path: Path) -> str:
+def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+def modules(*packages: str) -> dict[str, Path]:
+    return {module_name(p): p for pkg in packages for p in (ROOT / pkg).rglob("*.py")}
+
+
+def resolve(importer: str, is_package: bool, level: int, target: str | None) -> str:
+    if level == 0:
+        return target or ""
+    base = importer.split(".") if is_package else importer.split(".")[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([target] if target else []))
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -27,107 +40,114 @@ def _is_type_checking(node: ast.If) -> bool:
         (isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
 
 
-def _top_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """Project modules imported when ``name`` is imported (module level, incl. try/if bodies)."""
-    tree = ast.parse(path.read_text())
-    is_pkg = path.name == "__init__.py"
-    out: set[str] = set()
+def _module_level(stmts: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Statements that run on import: module level, inside if/try, not under TYPE_CHECKING."""
+    for node in stmts:
+        if isinstance(node, ast.If):
+            if not _is_type_checking(node):
+                yield from _module_level(node.body)
+            yield from _module_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            yield from _module_level(node.body)
+            for h in node.handlers:
+                yield from _module_level(h.body)
+            yield from _module_level(node.orelse)
+            yield from _module_level(node.finalbody)
+        else:
+            yield node
 
-    def visit(stmts: list[ast.stmt]) -> None:
-        for node in stmts:
-            if isinstance(node, ast.If):
-                if not _is_type_checking(node):
-                    visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-                for h in node.handlers:
-                    visit(h.body)
-                visit(node.orelse)
-                visit(node.finalbody)
-            elif isinstance(node, ast.Import):
-                for a in node.names:
-                    out.add(a.name)
+
+def import_graph(*packages: str, everywhere: bool) -> dict[str, set[str]]:
+    """Module -> project modules it imports. everywhere: every import statement (also inside
+    functions); otherwise only those that run when the module is imported."""
+    files = modules(*packages)
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for mod, path in files.items():
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text(), str(path))
+        nodes = ast.walk(tree) if everywhere else _module_level(tree.body)
+        for node in nodes:
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    pkg = name.split(".") if is_pkg else name.split(".")[:-1]
-                    pkg = pkg[:len(pkg) - node.level + 1]
-                    base = ".".join(pkg + ([base] if base else []))
-                out.add(base)
-                for a in node.names:
-                    out.add(f"{base}.{a.name}")  # `from pkg import module`
-    visit(tree.body)
-    return {m for m in out if m in known and m != name}
+                base = resolve(mod, is_package, node.level, node.module)
+                # "from . import payloads" names a module; "from .x import Name" names module x.
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            for t in targets:
+                while t and t not in files:  # "ikev2.crypto.dh.X" -> the module that holds it
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    graph[mod].add(t)
+    return graph
 
 
-def _graph() -> dict[str, set[str]]:
-    mods = _modules()
-    known = set(mods)
-    return {name: _top_level_imports(path, name, known) for name, path in mods.items()}
+def find_cycle(graph: dict[str, set[str]], ignore_own_package: bool = False) -> list[str] | None:
+    """One import circle (a path back to its start), or None. ignore_own_package: a package's
+    __init__ and its own submodules importing each other (how packages re-export) is no circle."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = dict.fromkeys(graph, WHITE)
+    stack: list[str] = []
+
+    def own_package(a: str, b: str) -> bool:
+        return ignore_own_package and (a.startswith(b + ".") or b.startswith(a + "."))
+
+    def visit(m: str) -> list[str] | None:
+        colour[m] = GREY
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if own_package(m, n):
+                continue
+            if colour[n] == GREY:
+                return stack[stack.index(n):] + [n]
+            if colour[n] == WHITE and (cycle := visit(n)):
+                return cycle
+        stack.pop()
+        colour[m] = BLACK
+        return None
+
+    for m in sorted(graph):
+        if colour[m] == WHITE and (cycle := visit(m)):
+            return cycle
+    return None
 
 
-def _all_imports(path: Path) -> set[str]:
-    """Every module named in an import anywhere in the file (also inside functions)."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            out.add(node.module)
-    return out
+def test_graph_sees_known_edges():
+    graph = import_graph("ikev2", "esp", everywhere=True)
+    assert "ikev2.sa_core" in graph["ikev2.exchange_auth"]
+    assert "ikev2.payloads" in graph["ikev2.exchange_auth"]  # "from . import payloads as P"
+    assert "ikev2.crypto.dh" in graph["ikev2.sa_common"]
+    daemon = import_graph("ikev2", "esp", "vpn_gw", everywhere=False)
+    assert "vpn_gw.transport.tcp" in daemon["vpn_gw.daemon.gateway"]
+    assert "vpn_gw.daemon" not in daemon["vpn_gw.transport.tcp"]  # only under TYPE_CHECKING, if at all
+
+
+def test_find_cycle_detects_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    assert find_cycle({"p": {"p.m"}, "p.m": {"p"}}) == ["p", "p.m", "p"]
+    assert find_cycle({"p": {"p.m"}, "p.m": {"p"}}, ignore_own_package=True) is None
+
+
+def test_engine_imports_are_acyclic():
+    assert find_cycle(import_graph("ikev2", "esp", everywhere=True)) is None
+
+
+def test_project_import_time_graph_is_acyclic():
+    assert find_cycle(import_graph("ikev2", "esp", "vpn_gw", everywhere=False), ignore_own_package=True) is None
 
 
 def test_protocol_core_does_not_import_the_daemon():
-    for name, path in _modules().items():
-        if name.split(".")[0] in ("ikev2", "esp"):
-            bad = sorted(m for m in _all_imports(path) if m.split(".")[0] == "vpn_gw")
-            assert not bad, f"{name} imports {bad}: the protocol core must not depend on the daemon"
+    graph = import_graph("ikev2", "esp", "vpn_gw", everywhere=True)
+    for mod, deps in graph.items():
+        if mod.split(".")[0] in ("ikev2", "esp"):
+            bad = sorted(d for d in deps if d.startswith("vpn_gw"))
+            assert not bad, f"{mod} imports {bad}: the protocol core must not depend on the daemon"
 
 
 def test_transports_and_data_planes_do_not_import_the_daemon():
-    for name, path in _modules().items():
-        if name.startswith(("vpn_gw.transport", "vpn_gw.dataplane")):
-            bad = sorted(m for m in _all_imports(path) if m.startswith("vpn_gw.daemon"))
-            assert not bad, f"{name} imports {bad}: it must get what it needs through an interface"
-
-
-def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Import circles in the graph, each as a path that returns to its start; a package's
-    ``__init__`` importing its own submodules (or a submodule its package) does not count."""
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
-    cycles: list[list[str]] = []
-
-    def dfs(n: str) -> None:
-        state[n] = 1
-        stack.append(n)
-        for m in sorted(graph.get(n, ())):
-            if state.get(m) == 1:
-                cycles.append(stack[stack.index(m):] + [m])
-            elif m not in state:
-                dfs(m)
-        stack.pop()
-        state[n] = 2
-
-    for n in sorted(graph):
-        if n not in state:
-            dfs(n)
-
-    def own_package(c: list[str]) -> bool:
-        heads = set(c)
-        return any(all(x == h or x.startswith(h + ".") for x in heads) for h in heads)
-    return [c for c in cycles if not own_package(c)]
-
-
-def test_no_import_circles():
-    cycles = find_cycles(_graph())
-    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
-
-
-def test_the_circle_finder():
-    assert find_cycles({"a.x": {"a.y"}, "a.y": {"b.z"}, "b.z": {"a.x"}, "d": set()}) == [
-        ["a.x", "a.y", "b.z", "a.x"]]
-    assert find_cycles({"a.x": {"a.y"}, "a.y": set()}) == []
-    # a package and its submodule importing each other is how packages re-export: not a circle
-    assert find_cycles({"p": {"p.m"}, "p.m": {"p"}}) == []
+    graph = import_graph("ikev2", "esp", "vpn_gw", everywhere=True)
+    for mod, deps in graph.items():
+        if mod.startswith(("vpn_gw.transport", "vpn_gw.dataplane")):
+            bad = sorted(d for d in deps if d.startswith("vpn_gw.daemon"))
+            assert not bad, f"{mod} imports {bad}: it must get what it needs through an interface"
