@@ -300,6 +300,7 @@ def test_internal_error_one_line_and_debug_traceback(monkeypatch, capsys):
     def boom(*a, **kw):
         raise RuntimeError("unexpected\nthing")
     monkeypatch.setattr(cli, "control_request", boom)
+    monkeypatch.setattr(cli, "control_stream", boom)   # plain `status` streams
     assert cli.main(["status", "-s", "/nonexistent"]) == 1
     err = capsys.readouterr().err
     assert err == ("vpn-gw: internal error: RuntimeError: unexpected thing "
