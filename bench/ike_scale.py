@@ -34,8 +34,9 @@ Measured per responder and N:
 * ``cpu ms/setup``: the responder's utime+stime (/proc/PID/stat) over the load, per established SA;
 * ``KiB/SA``: (VmRSS after N established − VmRSS before the load) / N, from /proc/PID/status;
 * ``INIT µs @0`` and ``@N``: the time from a probe initiator's IKE_SA_INIT (built by our engine,
-  a fresh SPI each, sent from ``lt`` on its own port) to the response, median of ``--probes``,
-  before the load and with the N SAs held;
+  a fresh SPI each, sent from ``lt`` on its own port) to the response, median and minimum of
+  ``--probes``, before the load and with the N SAs held (on a loaded machine the minimum is the
+  steadier figure: the median carries the wait for a CPU);
 * the machine load (/proc/loadavg) before and after, retransmits and failures seen by the
   load generator.
 
@@ -359,8 +360,10 @@ class Result:
     setups_per_s: float | None = None
     cpu_ms_per_setup: float | None = None
     rss_kib_per_sa: float | None = None
-    init_us_empty: float | None = None
+    init_us_empty: float | None = None      # median of the probes
     init_us_held: float | None = None
+    init_us_empty_min: float | None = None  # fastest probe (least disturbed by the machine's load)
+    init_us_held_min: float | None = None
     probes_lost: int = 0
     retransmits: int = 0
     failures: int = 0
@@ -369,14 +372,16 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-def probe(ns, count: int) -> tuple[float | None, int]:
+def probe(ns, count: int) -> tuple[float | None, float | None, int]:
     p = ns.run([PYTHON, str(Path(__file__).resolve()), "probe", "--target", GW_IP,
                 "--count", str(count)], check=False, timeout=30 + 3 * count)
     if p.returncode != 0:
         raise RuntimeError(f"probe failed: {p.stderr.strip()[-500:]}")
     rtts = json.loads(p.stdout)
     got = [r for r in rtts if r is not None]
-    return (statistics.median(got) if got else None), len(rtts) - len(got)
+    if not got:
+        return None, None, len(rtts)
+    return statistics.median(got), min(got), len(rtts) - len(got)
 
 
 def run_one(kind: str, n: int, args, workdir: Path) -> Result:
@@ -398,7 +403,7 @@ def run_one(kind: str, n: int, args, workdir: Path) -> Result:
             resp = OursResponder(gw_ns, rdir, kind.split("-", 1)[1], n, args.init_limit)
         pid = resp.start()
         time.sleep(0.5)
-        res.init_us_empty, lost0 = probe(lt_ns, args.probes)
+        res.init_us_empty, res.init_us_empty_min, lost0 = probe(lt_ns, args.probes)
         cpu0, rss0 = cpu_seconds(pid), rss_kib(pid)
         lt = LoadTester(lt_ns, rdir / "lt", n, args.initiators, args.init_limit, args.delay)
         lt.start()
@@ -412,7 +417,7 @@ def run_one(kind: str, n: int, args, workdir: Path) -> Result:
         res.cpu_ms_per_setup = (cpu1 - cpu0) * 1000 / done
         res.rss_kib_per_sa = (rss1 - rss0) / done
         res.held = resp.held()
-        res.init_us_held, lost1 = probe(lt_ns, args.probes)
+        res.init_us_held, res.init_us_held_min, lost1 = probe(lt_ns, args.probes)
         res.probes_lost = lost0 + lost1
         if res.established < n:
             res.notes.append(f"only {res.established} of {n} established (see {lt.log})")
@@ -436,13 +441,14 @@ def _f(v, fmt: str) -> str:
 
 def table(results: list[Result]) -> str:
     head = (f"{'responder':<15} {'N':>6} {'up':>6} {'child':>6} {'held':>6} {'setups/s':>9} {'cpu ms/su':>9} "
-            f"{'KiB/SA':>7} {'INIT µs@0':>10} {'INIT µs@N':>10} {'retr':>5} {'fail':>5}  load before -> after")
+            f"{'KiB/SA':>7} {'INIT µs@0 med/min':>17} {'INIT µs@N med/min':>17} {'retr':>5} {'fail':>5}  load before -> after")
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(f"{r.responder:<15} {r.n:>6} {r.established:>6} {r.children:>6} {_f(r.held, 'd'):>6} "
                      f"{_f(r.setups_per_s, '.0f'):>9} {_f(r.cpu_ms_per_setup, '.2f'):>9} "
-                     f"{_f(r.rss_kib_per_sa, '.1f'):>7} {_f(r.init_us_empty, '.0f'):>10} "
-                     f"{_f(r.init_us_held, '.0f'):>10} {r.retransmits:>5} {r.failures:>5}  "
+                     f"{_f(r.rss_kib_per_sa, '.1f'):>7} "
+                     f"{_f(r.init_us_empty, '.0f') + '/' + _f(r.init_us_empty_min, '.0f'):>17} "
+                     f"{_f(r.init_us_held, '.0f') + '/' + _f(r.init_us_held_min, '.0f'):>17} {r.retransmits:>5} {r.failures:>5}  "
                      f"{r.load_before} -> {r.load_after}")
         for note in r.notes:
             lines.append(f"    note: {note}")
@@ -464,7 +470,7 @@ def main(argv=None) -> int:
     ap.add_argument("--init-limit", type=int, default=32,
                     help="half-open IKE SAs the load-tester keeps in flight (default 32)")
     ap.add_argument("--delay", type=int, default=1, help="load-tester delay in ms (default 1, >= 1)")
-    ap.add_argument("--probes", type=int, default=7, help="IKE_SA_INIT probes per point (median)")
+    ap.add_argument("--probes", type=int, default=15, help="IKE_SA_INIT probes per point (median)")
     ap.add_argument("--timeout", type=float, default=600, help="max seconds per load run")
     ap.add_argument("--stall", type=float, default=30, help="give up after this long without progress")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
