@@ -57,7 +57,13 @@ def _live(sas: Iterable[Any]) -> Iterator[Any]:
 def sas_with_peer(manager: IkeManager, peer_ip: str) -> list[Any]:
     """IKE SAs whose peer is at peer_ip (canonical text). A scan of all IKE SAs today: this is
     the one function an index by peer address (the engine's per-peer bookkeeping) replaces."""
-    return [sa for sa in _live(manager.sas) if _canonical(sa.remote[0]) == peer_ip]
+    return [sa for sa in _live(manager.sas) if _same_ip(sa.remote[0], peer_ip)]
+
+
+def _same_ip(ip: str, canonical: str) -> bool:
+    """ip (as the socket reported it) is the canonical address; text compare first (IPv4 and
+    the kernel's IPv6 text are canonical already), parsing only IPv6 text that differs."""
+    return ip == canonical or (":" in ip and _canonical(ip) == canonical)
 
 
 def _canonical(ip: str) -> str:
@@ -83,7 +89,7 @@ def select_sas(manager: IkeManager, *, name: str | None = None, peer: str | None
         return list(_live(manager.sas))
     return [sa for sa in cands
             if (name is None or (sa.policy is not None and sa.policy.name == name))
-            and (peer is None or _canonical(sa.remote[0]) == peer)]
+            and (peer is None or _same_ip(sa.remote[0], peer))]
 
 
 def summarise(manager: IkeManager) -> dict[str, Any]:
