@@ -14,8 +14,14 @@ exactly as ../shared/peers/strongswan6.md §5.1 describes (fake_kernel, load-tes
 ``load``, distinct IDi ``c%d-r%d.lt.example.org``, one PSK), started in ``lt`` with a private
 /run; the test starts when it starts. ``--n N`` set-ups (IKE_SA_INIT + IKE_AUTH with PSK,
 ``aes256gcm16-prfsha256-x25519``, one Child SA ``aes256gcm16``), ``--initiators`` threads,
-``--init-limit`` half-open at a time (the concurrency), all SAs kept (no
-``delete_after_established``), no rekeys, no DPD.
+``--init-limit`` half-open at a time, all SAs kept (no ``delete_after_established``), no
+rekeys, no DPD.
+
+Decision: "N concurrent initiators" means N distinct initiators (identities
+``c1-r1.lt.example.org`` ... ``cN-r1...``, one IKE SA + one Child SA each), all of them held at
+the end, so the same run gives the set-up rate at N and the cost of holding N. How many are in
+flight at once is ``--init-limit`` (default 32; the responder's half-open limits are raised
+above it); strongSwan's load-tester is a single source address, as in strongswan6.md.
 
 Responders (``--responders``, all by default), each in a fresh ``gw`` namespace:
 
