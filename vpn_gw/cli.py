@@ -229,6 +229,23 @@ def render_summary(result: Any) -> str:
     return "\n".join(out)
 
 
+def _status_items(args, filters: dict[str, Any]):
+    """The IKE SAs as the daemon streams them (one at a time); a daemon that answers with one
+    list (older, or a stand-in) works too."""
+    t = args.timeout if args.timeout is not None else 5.0
+    stream = control_stream(_socket(args), "status", timeout=t, **filters)
+    while True:
+        try:
+            yield next(stream)
+        except StopIteration as stop:
+            final = stop.value
+            break
+    if isinstance(final, list):
+        yield from final
+    elif not isinstance(final, dict):
+        raise CliError("unexpected status result from vpn-gw (expected a stream or a list)")
+
+
 def cmd_status(args) -> int:
     filters = _status_filters(args)
     if args.summary:
@@ -236,31 +253,24 @@ def cmd_status(args) -> int:
             raise CliError("--summary counts every IKE SA: it takes no NAME, --peer or --id", 2)
         print(render_summary(_request(args, "status", summary=True)))
         return 0
-    if args.json:
-        print(json.dumps(_request(args, "status", **filters), indent=2))
-        return 0
-    # streamed: the daemon sends one IKE SA per line, we print each as it arrives
-    t = args.timeout if args.timeout is not None else 5.0
-    stream = control_stream(_socket(args), "status", timeout=t, **filters)
+    # always streamed from the daemon (it never builds one answer for all IKE SAs); printed
+    # as each IKE SA arrives
+    out = sys.stdout
     count = 0
-    while True:
-        try:
-            item = next(stream)
-        except StopIteration as stop:
-            final = stop.value
-            break
+    if args.json:                       # one JSON list, as before streaming existed
+        out.write("[")
+        for item in _status_items(args, filters):
+            body = json.dumps(item, indent=2).replace("\n", "\n  ")
+            out.write(("\n  " if count == 0 else ",\n  ") + body)
+            count += 1
+        out.write("\n]\n" if count else "]\n")
+        return 0
+    for item in _status_items(args, filters):
         count += 1
         if args.json_lines:
-            sys.stdout.write(json.dumps(item, separators=(",", ":")) + "\n")
+            out.write(json.dumps(item, separators=(",", ":")) + "\n")
         else:
-            sys.stdout.write(render_status([item]) + "\n")
-    if isinstance(final, list):          # a daemon that does not stream answered with a list
-        for item in final:
-            count += 1
-            sys.stdout.write((json.dumps(item, separators=(",", ":")) if args.json_lines
-                              else render_status([item])) + "\n")
-    elif not isinstance(final, dict):
-        raise CliError("unexpected status result from vpn-gw (expected a stream or a list)")
+            out.write(render_status([item]) + "\n")
     if count == 0 and not args.json_lines:
         print(render_status([]))
     return 0
