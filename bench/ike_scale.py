@@ -210,8 +210,8 @@ LT_CONF = """charon {{
 swanctl {{ load = pem pkcs1 pkcs8 x509 pubkey openssl random nonce }}
 """
 
-ESTABLISHED = re.compile(rb"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .*IKE_SA load-test\[\d+\] established", re.M)
-INITIATING = re.compile(rb"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .*initiating IKE_SA load-test", re.M)
+ESTABLISHED = re.compile(rb"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .*IKE_SA load-test\[\d+\] established", re.MULTILINE)
+INITIATING = re.compile(rb"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .*initiating IKE_SA load-test", re.MULTILINE)
 CHILD_UP = re.compile(rb"CHILD_SA load-test\{\d+\} established")   # not "establishing CHILD_SA"
 RETRANSMIT = re.compile(rb"retransmit \d+ of request")
 FAILED = re.compile(rb"giving up after|establishing IKE_SA failed|received (AUTHENTICATION_FAILED|"

@@ -13,6 +13,7 @@ gateway's requests: during the flood they keep coming about every second.
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -125,6 +126,6 @@ def test_dpd_fires_on_time_while_the_socket_is_flooded(e2e):
     assert len(during) >= int((t_end - t_flood) / MAX_GAP), \
         f"{len(during)} requests in a {t_end - t_flood:.1f} s flood: {[round(t - t_flood, 2) for t in during]}"
     edges = [t_flood] + during + [t_end]
-    gaps = [b - a for a, b in zip(edges, edges[1:])]
+    gaps = [b - a for a, b in pairwise(edges)]
     assert max(gaps) <= MAX_GAP, \
         f"a timer came late during the flood: gaps {[round(g, 2) for g in gaps]} ({sent} datagrams, {drops} dropped)"

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ikev2.manager import IkeManager
-
 from vpn_gw.dataplane import DataPlane
 from vpn_gw.transport.tcp import TcpService
 
