@@ -313,6 +313,7 @@ def test_internal_error_one_line_and_debug_traceback(monkeypatch, capsys):
     def boom(*a, **kw):
         raise RuntimeError("unexpected\nthing")
     monkeypatch.setattr(cli, "control_request", boom)
+    monkeypatch.setattr(cli, "control_stream", boom)   # plain `status` streams
     assert cli.main(["status", "-s", "/nonexistent"]) == 1
     err = capsys.readouterr().err
     assert err == ("vpn-gw: internal error: RuntimeError: unexpected thing "
@@ -348,3 +349,23 @@ def test_run_calls_daemon_with_config_and_args(monkeypatch, tmp_path):
     assert seen["config"].connection_names == ("branch1",)
     assert seen["args"].config == str(EXAMPLE)
     assert seen["log"] == ("debug", "console")
+
+
+def test_render_summary_and_status_usage_errors(capsys):
+    s = {"ike_sas": 5, "child_sas": 4, "by_state": {"ESTABLISHED": 4, "INIT_DONE": 1},
+         "by_connection": {"ra": {"total": 4, "ESTABLISHED": 3, "INIT_DONE": 1},
+                           "site": {"total": 1, "ESTABLISHED": 1}}}
+    assert cli.render_summary(s).splitlines() == [
+        "5 IKE SAs, 4 CHILD_SAs (4 ESTABLISHED, 1 INIT_DONE)",
+        "  ra: 4 (3 ESTABLISHED, 1 INIT_DONE)", "  site: 1 (1 ESTABLISHED)"]
+    assert cli.render_summary({"ike_sas": 0, "child_sas": 0, "by_state": {}, "by_connection": {}}) \
+        == "0 IKE SAs, 0 CHILD_SAs"
+    # no daemon is asked: these are usage errors (exit 2)
+    assert cli.main(["status", "--summary", "--peer", "192.0.2.1", "-s", "/nonexistent"]) == 2
+    assert "--summary counts every IKE SA" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["status", "--json", "--json-lines", "-s", "/nonexistent"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["status", "--id", "x", "-s", "/nonexistent"])
+    assert e.value.code == 2

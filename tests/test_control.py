@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vpn_gw.control import (CommandFailed, ControlError, ControlServer, DaemonNotRunning,
-                            control_request, encode_message)
+                            Stream, control_request, control_stream, encode_message)
 
 
 class LoopThread:
@@ -72,6 +72,29 @@ async def handler(cmd, args):
         parse_config("[gateway]\nike_port = 0\n", "/etc/vpn-gw/gw.toml")
     if cmd == "weird":
         return object()
+    if cmd == "many":
+        return Stream(({"n": i} for i in range(args.get("n", 0))), batch=args.get("batch", 200))
+    if cmd == "yielding":
+        # proves the server gives the event loop a turn between batches: a callback queued
+        # now runs before the items of the second batch are produced
+        seen: list[int] = []
+        asyncio.get_running_loop().call_soon(seen.append, 1)
+
+        def items():
+            for i in range(args["n"]):
+                yield {"n": i, "loop_ran": bool(seen)}
+        return Stream(items(), batch=args["batch"])
+    if cmd == "breaks":
+        def items():
+            yield {"n": 0}
+            yield {"n": 1}
+            raise ControlError("the SA list went away")
+        return Stream(items(), batch=1)
+    if cmd == "bug":
+        def items():
+            yield {"n": 0}
+            raise KeyError("spi")
+        return Stream(items())
     raise ControlError(f"unknown command {cmd!r}")
 
 
@@ -245,3 +268,49 @@ def test_encode_message_converts_common_types():
     line = encode_message({"a": ipaddress.ip_address("192.0.2.1"), "n": ipaddress.ip_network("10.0.0.0/8"),
                            "b": b"\x01\xff", "s": Secret(b"hunter22"), "t": (1, 2)})
     assert line == b'{"a":"192.0.2.1","n":"10.0.0.0/8","b":"01ff","s":"***","t":[1,2]}\n'
+
+
+def _drain(gen):
+    items = []
+    while True:
+        try:
+            items.append(next(gen))
+        except StopIteration as stop:
+            return items, stop.value
+
+
+def test_stream_sends_one_item_per_line_then_the_count(server):
+    items, final = _drain(control_stream(server.path, "many", n=1000, batch=64))
+    assert items == [{"n": i} for i in range(1000)] and final == {"count": 1000}
+    assert calls[-1] == ("many", {"n": 1000, "batch": 64, "stream": True})
+    lines = raw(server.path, encode_message({"cmd": "many", "args": {"n": 3}, "id": 9}))
+    assert lines == [b'{"item":{"n":0}}', b'{"item":{"n":1}}', b'{"item":{"n":2}}',
+                     b'{"ok":true,"result":{"count":3},"id":9}']
+    assert _drain(control_stream(server.path, "many", n=0)) == ([], {"count": 0})
+
+
+def test_stream_yields_to_the_event_loop_between_batches(server):
+    items, final = _drain(control_stream(server.path, "yielding", n=30, batch=10))
+    assert final == {"count": 30}
+    assert [it["loop_ran"] for it in items] == [False] * 10 + [True] * 20
+
+
+def test_stream_error_ends_with_one_line_failure(server):
+    gen = control_stream(server.path, "breaks")
+    assert next(gen) == {"n": 0} and next(gen) == {"n": 1}
+    with pytest.raises(CommandFailed, match="^stream stopped after 2 items: the SA list went away$"):
+        next(gen)
+    gen = control_stream(server.path, "bug")
+    assert next(gen) == {"n": 0}
+    with pytest.raises(CommandFailed, match="^internal error after 1 items: KeyError: 'spi'$"):
+        next(gen)
+    # the server still answers afterwards
+    assert control_request(server.path, "echo", x=1) == {"x": 1}
+
+
+def test_stream_client_accepts_a_plain_answer(server):
+    # a command (or an older daemon) that does not stream: no items, the result is returned
+    assert _drain(control_stream(server.path, "status")) == \
+        ([], [{"name": "branch1", "state": "ESTABLISHED"}])
+    with pytest.raises(CommandFailed, match="no connection named 'nope'"):
+        next(control_stream(server.path, "up", name="nope"))

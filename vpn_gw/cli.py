@@ -1,7 +1,7 @@
 """The ``vpn-gw`` command line.
 
     vpn-gw run -c FILE [--log-format console|json] [--log-level LEVEL]
-    vpn-gw status [--json] [-s SOCKET]
+    vpn-gw status [NAME] [--peer ADDR] [--id N] [--json | --json-lines | --summary] [-s SOCKET]
     vpn-gw up NAME | down NAME | reload            [-s SOCKET]
     vpn-gw check-config FILE
     vpn-gw probe HOST [--port 500,4500] [--timeout S] [--json]
@@ -26,7 +26,7 @@ import traceback
 from typing import Any, Sequence
 
 from vpn_gw.config import DEFAULT_CONTROL_SOCKET, ConfigError, load_config
-from vpn_gw.control import ControlError, control_request
+from vpn_gw.control import ControlError, control_request, control_stream
 from vpn_gw.durations import format_duration, format_size
 
 __all__ = ["main", "build_parser", "render_status", "render_reload", "render_result"]
@@ -202,14 +202,77 @@ def _request(args, cmd: str, **kw) -> Any:
     return control_request(_socket(args), cmd, timeout=t, **kw)
 
 
+def _status_filters(args) -> dict[str, Any]:
+    """Only the filters given, so an older daemon sees the request it knows."""
+    f: dict[str, Any] = {}
+    if args.name is not None:
+        f["name"] = args.name
+    if args.peer is not None:
+        f["peer"] = args.peer
+    if args.id is not None:
+        f["id"] = args.id
+    return f
+
+
+def render_summary(result: Any) -> str:
+    """The ``status --summary`` result: totals, then one line per connection."""
+    if not isinstance(result, dict):
+        raise CliError("unexpected status summary from vpn-gw (expected an object)")
+    states = ", ".join(f"{n} {s}" for s, n in (result.get("by_state") or {}).items())
+    out = [f"{_g(result, 'ike_sas')} IKE SAs, {_g(result, 'child_sas')} CHILD_SAs"
+           + (f" ({states})" if states else "")]
+    for conn, counts in (result.get("by_connection") or {}).items():
+        if not isinstance(counts, dict):
+            continue
+        per = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "total")
+        out.append(f"  {conn or '?'}: {_g(counts, 'total')} ({per})")
+    return "\n".join(out)
+
+
+def _status_items(args, filters: dict[str, Any]):
+    """The IKE SAs as the daemon streams them (one at a time); a daemon that answers with one
+    list (older, or a stand-in) works too."""
+    t = args.timeout if args.timeout is not None else 5.0
+    stream = control_stream(_socket(args), "status", timeout=t, **filters)
+    while True:
+        try:
+            yield next(stream)
+        except StopIteration as stop:
+            final = stop.value
+            break
+    if isinstance(final, list):
+        yield from final
+    elif not isinstance(final, dict):
+        raise CliError("unexpected status result from vpn-gw (expected a stream or a list)")
+
+
 def cmd_status(args) -> int:
-    result = _request(args, "status")
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        if not isinstance(result, list):
-            raise CliError("unexpected status result from vpn-gw (expected a list)")
-        print(render_status(result))
+    filters = _status_filters(args)
+    if args.summary:
+        if filters:
+            raise CliError("--summary counts every IKE SA: it takes no NAME, --peer or --id", 2)
+        print(render_summary(_request(args, "status", summary=True)))
+        return 0
+    # always streamed from the daemon (it never builds one answer for all IKE SAs); printed
+    # as each IKE SA arrives
+    out = sys.stdout
+    count = 0
+    if args.json:                       # one JSON list, as before streaming existed
+        out.write("[")
+        for item in _status_items(args, filters):
+            body = json.dumps(item, indent=2).replace("\n", "\n  ")
+            out.write(("\n  " if count == 0 else ",\n  ") + body)
+            count += 1
+        out.write("\n]\n" if count else "]\n")
+        return 0
+    for item in _status_items(args, filters):
+        count += 1
+        if args.json_lines:
+            out.write(json.dumps(item, separators=(",", ":")) + "\n")
+        else:
+            out.write(render_status([item]) + "\n")
+    if count == 0 and not args.json_lines:
+        print(render_status([]))
     return 0
 
 
@@ -403,7 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", parents=[common, sock], help="show IKE and CHILD SAs")
-    s.add_argument("--json", action="store_true", help="print the raw status JSON")
+    s.add_argument("name", nargs="?", help="only this connection's IKE SAs")
+    s.add_argument("--peer", metavar="ADDR", help="only IKE SAs with the peer at this IP address")
+    s.add_argument("--id", metavar="N", type=int, help="only the IKE SA number N (#N)")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the raw status JSON (one list)")
+    fmt.add_argument("--json-lines", action="store_true",
+                     help="print one IKE SA per line as JSON, streamed as the daemon sends them")
+    fmt.add_argument("--summary", action="store_true",
+                     help="counts by state and by connection (all IKE SAs)")
     s.set_defaults(func=cmd_status)
 
     u = sub.add_parser("up", parents=[common, sock], help="initiate a connection")

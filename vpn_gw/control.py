@@ -10,6 +10,12 @@ Response (one line): ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
 and answered as ``internal error in 'CMD': TYPE: message``.
 ``control_request(path, cmd, **args)`` is the blocking client the CLI uses. docs/control.md
 documents the commands and their result schemas.
+
+Streamed answers: a handler that returns ``Stream(items)`` makes the server write one line
+``{"item": ...}`` per item, in batches (yielding to the event loop between batches, so the
+daemon keeps answering IKE while it streams 100k entries), then the usual final line
+``{"ok": true, "result": {"count": N}}``. ``control_stream(path, cmd, **args)`` is its client:
+it yields the items as they arrive. Only commands asked to stream (``"stream": true``) do so.
 """
 from __future__ import annotations
 
@@ -24,14 +30,15 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 import structlog
 
 from vpn_gw.config import DEFAULT_CONTROL_SOCKET, ConfigError, Secret
 
-__all__ = ["ControlServer", "control_request", "ControlError", "DaemonNotRunning",
-           "CommandFailed", "DEFAULT_CONTROL_SOCKET", "MAX_LINE", "encode_message"]
+__all__ = ["ControlServer", "control_request", "control_stream", "Stream", "ControlError",
+           "DaemonNotRunning", "CommandFailed", "DEFAULT_CONTROL_SOCKET", "MAX_LINE",
+           "encode_message"]
 
 MAX_LINE = 1 << 20          # a request or response line may not exceed 1 MiB
 SUN_PATH_MAX = 107          # sizeof(sockaddr_un.sun_path) - 1 on Linux
@@ -50,6 +57,17 @@ class DaemonNotRunning(ControlError):
 
 class CommandFailed(ControlError):
     """The daemon answered ``{"ok": false}``; str() is its error."""
+
+
+class Stream:
+    """A handler's streamed result: ``items`` (any iterable, consumed lazily in the event loop)
+    are sent one per line, ``batch`` lines per event-loop turn."""
+
+    def __init__(self, items: Iterable[Any], batch: int = 200):
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self.items = items
+        self.batch = batch
 
 
 def _json_default(o: Any) -> Any:
@@ -203,6 +221,8 @@ class ControlServer:
                 if not line.strip():
                     continue
                 response = await self._dispatch(line)
+                if isinstance(response.get("result"), Stream):
+                    response = await self._stream(writer, response)
                 try:
                     data = encode_message(response)
                 except (TypeError, ValueError) as e:
@@ -221,6 +241,37 @@ class ControlServer:
                 await writer.wait_closed()
             except (ConnectionError, asyncio.CancelledError, OSError):
                 pass
+
+    async def _stream(self, writer: asyncio.StreamWriter, response: dict) -> dict:
+        """Write a Stream's items, one ``{"item": ...}`` line each, draining and yielding to the
+        event loop after every batch; return the final line (the count, or the error that
+        stopped the stream)."""
+        stream: Stream = response["result"]
+        rid = {"id": response["id"]} if "id" in response else {}
+        count = 0
+        buf = bytearray()
+        try:
+            for item in stream.items:
+                buf += encode_message({"item": item})
+                count += 1
+                if count % stream.batch == 0:
+                    writer.write(bytes(buf))
+                    buf.clear()
+                    await writer.drain()
+                    await asyncio.sleep(0)
+        except (ControlError, ConfigError) as e:
+            writer.write(bytes(buf))
+            return {"ok": False, "error": _one_line(f"stream stopped after {count} items: {e}"),
+                    **rid}
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            log.exception("control stream failed", count=count)
+            writer.write(bytes(buf))
+            return {"ok": False, "error": _one_line(f"internal error after {count} items: "
+                                                    f"{type(e).__name__}: {e}"), **rid}
+        writer.write(bytes(buf))
+        return {"ok": True, "result": {"count": count}, **rid}
 
     async def _dispatch(self, line: bytes) -> dict:
         try:
@@ -250,6 +301,43 @@ class ControlServer:
         return {"ok": True, "result": result, **rid}
 
 
+def _connect(path: str, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except FileNotFoundError:
+        sock.close()
+        raise DaemonNotRunning(f"vpn-gw is not running (no control socket at {path})") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise DaemonNotRunning(f"vpn-gw is not running (stale control socket at {path})") \
+            from None
+    except PermissionError:
+        sock.close()
+        raise ControlError(f"permission denied on control socket {path} (run as root?)") \
+            from None
+    except socket.timeout:
+        sock.close()
+        raise ControlError(f"timed out connecting to {path}") from None
+    except OSError as e:
+        sock.close()
+        if e.errno in (errno.ENOTSOCK, errno.ECONNREFUSED):
+            raise DaemonNotRunning(f"vpn-gw is not running ({path} is not a live control "
+                                   f"socket)") from None
+        raise ControlError(f"cannot connect to control socket {path}: {e.strerror or e}") \
+            from None
+    return sock
+
+
+def _final(resp: Any) -> Any:
+    if not isinstance(resp, dict) or "ok" not in resp:
+        raise ControlError("malformed response from vpn-gw (no 'ok' field)")
+    if not resp["ok"]:
+        raise CommandFailed(_one_line(resp.get("error") or "command failed"))
+    return resp.get("result")
+
+
 def control_request(path: str | os.PathLike, cmd: str, /, *, timeout: float = 5.0,
                     args: dict | None = None, **kwargs: Any) -> Any:
     """Send one command to the daemon and return its result (blocking).
@@ -262,27 +350,8 @@ def control_request(path: str | os.PathLike, cmd: str, /, *, timeout: float = 5.
     error if it answered ``ok: false``, ControlError for timeouts and malformed answers.
     """
     path = str(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    sock = _connect(path, timeout)
     try:
-        try:
-            sock.connect(path)
-        except FileNotFoundError:
-            raise DaemonNotRunning(f"vpn-gw is not running (no control socket at {path})") from None
-        except ConnectionRefusedError:
-            raise DaemonNotRunning(f"vpn-gw is not running (stale control socket at {path})") \
-                from None
-        except PermissionError:
-            raise ControlError(f"permission denied on control socket {path} (run as root?)") \
-                from None
-        except socket.timeout:
-            raise ControlError(f"timed out connecting to {path}") from None
-        except OSError as e:
-            if e.errno in (errno.ENOTSOCK, errno.ECONNREFUSED):
-                raise DaemonNotRunning(f"vpn-gw is not running ({path} is not a live control "
-                                       f"socket)") from None
-            raise ControlError(f"cannot connect to control socket {path}: {e.strerror or e}") \
-                from None
         try:
             sock.sendall(encode_message({"cmd": cmd, "args": {**(args or {}), **kwargs}}))
             buf = bytearray()
@@ -305,8 +374,41 @@ def control_request(path: str | os.PathLike, cmd: str, /, *, timeout: float = 5.
         resp = json.loads(buf)
     except ValueError:
         raise ControlError("malformed response from vpn-gw (not JSON)") from None
-    if not isinstance(resp, dict) or "ok" not in resp:
-        raise ControlError("malformed response from vpn-gw (no 'ok' field)")
-    if not resp["ok"]:
-        raise CommandFailed(_one_line(resp.get("error") or "command failed"))
-    return resp.get("result")
+    return _final(resp)
+
+
+def control_stream(path: str | os.PathLike, cmd: str, /, *, timeout: float = 5.0,
+                   args: dict | None = None, **kwargs: Any) -> Iterator[Any]:
+    """Send one command that streams (its args get ``"stream": true``) and yield its items as
+    they arrive; the generator's return value is the final result (``{"count": N}``).
+    ``timeout`` bounds the connection and each wait for the next line, not the whole stream.
+    Raises like ``control_request``; a daemon that answers with a plain result (no stream)
+    yields nothing and returns that result."""
+    path = str(path)
+    sock = _connect(path, timeout)
+    try:
+        try:
+            sock.sendall(encode_message({"cmd": cmd, "args": {**(args or {}), **kwargs,
+                                                              "stream": True}}))
+            with sock.makefile("rb") as f:
+                while True:
+                    line = f.readline(MAX_LINE + 1)
+                    if not line:
+                        raise ControlError("vpn-gw closed the control connection in the middle of "
+                                           "an answer")
+                    if not line.endswith(b"\n"):
+                        raise ControlError("response line from vpn-gw is too long")
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        raise ControlError("malformed response from vpn-gw (not JSON)") from None
+                    if isinstance(msg, dict) and "item" in msg and "ok" not in msg:
+                        yield msg["item"]
+                        continue
+                    return _final(msg)
+        except socket.timeout:
+            raise ControlError(f"no answer from vpn-gw within {timeout:g}s ({cmd!r})") from None
+        except OSError as e:
+            raise ControlError(f"control connection failed: {e.strerror or e}") from None
+    finally:
+        sock.close()

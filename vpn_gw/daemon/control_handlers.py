@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ikev2 import events as E
 
-from vpn_gw.control import ControlError
+from vpn_gw.control import ControlError, Stream
+from vpn_gw.daemon import status as st
 
 if TYPE_CHECKING:
     from vpn_gw.daemon.gateway import Gateway
@@ -28,7 +29,7 @@ class ControlHandlers:
 
     async def _dispatch(self, cmd: str, args: dict[str, Any]) -> Any:
         if cmd == "status":
-            return self.gw.status()
+            return self.status(args)
         if cmd == "up":
             return await self.up(args.get("name", ""), float(args.get("timeout", 30)))
         if cmd == "down":
@@ -40,6 +41,25 @@ class ControlHandlers:
         if cmd == "rekey":
             return self.rekey(args.get("name", ""), args.get("child"), bool(args.get("ike")))
         raise ValueError(f"unknown command '{cmd}'")
+
+    def status(self, args: dict[str, Any]) -> Any:
+        """IKE SAs, filtered by connection (``name``), peer address (``peer``) and IKE SA
+        number (``id``); ``summary``: counts only; ``stream``: one line per IKE SA."""
+        gw = self.gw
+        if args.get("summary"):
+            return st.summarise(gw.manager)
+        name = args.get("name")
+        if name is not None and gw.connection(str(name)) is None:
+            raise ValueError(f"no connection named '{name}'")
+        peer = st.parse_peer(args["peer"]) if args.get("peer") is not None else None
+        ike_id = st.parse_ike_id(args["id"]) if args.get("id") is not None else None
+        sas = st.select_sas(gw.manager, name=None if name is None else str(name), peer=peer,
+                            ike_id=ike_id)
+        entries = st.iter_entries(gw.manager, gw.dataplane, gw.tcp, time.monotonic(),
+                                  time.time(), sas)
+        if args.get("stream"):
+            return Stream(entries)
+        return list(entries)
 
     async def up(self, name: str, timeout: float) -> dict[str, Any]:
         gw = self.gw
