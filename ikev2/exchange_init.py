@@ -37,6 +37,8 @@ class InitExchange(IkeSACore):
     Calls other exchanges only through the hooks ``_build_auth_request``.
     """
 
+    __slots__ = ()
+
     def start(self, now: float) -> None:
         """Initiator: send IKE_SA_INIT."""
         assert self.initiator and self.state == State.CREATED
