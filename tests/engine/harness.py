@@ -5,8 +5,8 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from ikev2.crypto.proposals import parse_proposal
 from ikev2.constants import ProtocolId
+from ikev2.crypto.proposals import parse_proposal
 from ikev2.identity import Identity, IdentityPattern
 from ikev2.manager import IkeManager
 from ikev2.payloads import TrafficSelector
