@@ -104,7 +104,11 @@ class IkeManager:
                     self._initial_contact(sa, ev)
             for succ in sa.successors:
                 assert isinstance(succ, IkeSA)  # made by type(sa)(...)
-                if succ not in self.index and succ.on_change is None and succ.state != State.DELETED:
+                if succ in self.index:
+                    # Child SAs move from an SA to its successors without output on the
+                    # successor's side (rekey collisions): re-file it too.
+                    self._dirty[succ] = None
+                elif succ.on_change is None and succ.state != State.DELETED:
                     # Same number: the data plane's Child SAs and the daemon's per-SA state
                     # (virtual IP leases) follow the IKE SA across rekeys.
                     succ.ike_id = sa.ike_id
