@@ -251,9 +251,9 @@ class IkeManager:
                     peer_id: str | None = None, ike_id: int | None = None) -> Iterator[dict[str, Any]]:
         """``status`` one IKE SA at a time (for streaming many SAs without one giant answer)."""
         if ike_id is not None:
-            sas = [sa for sa in self.index.with_id(ike_id) if sa.state != State.DELETED]
-            sas = [sa for sa in sas if sa in self.find(name, peer=peer, peer_id=peer_id)] \
-                if (name or peer or peer_id) else sas
+            sas = [sa for sa in self.index.with_id(ike_id) if sa.state != State.DELETED
+                   and (name is None or sa.name == name) and (peer is None or sa.remote[0] == peer)
+                   and (peer_id is None or str(sa.peer_id) == peer_id)]
         else:
             sas = self.find(name, peer=peer, peer_id=peer_id)
         for sa in sas:
