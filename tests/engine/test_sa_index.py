@@ -90,3 +90,20 @@ def test_deadline_heap_stays_proportional_to_its_items():
             heap.set(i, float(i + step))
     assert len(heap._heap) <= max(2 * len(heap), 1024) + 1
     assert heap.pop_due(199.0) == [0]
+
+
+def test_status_filters_and_summary():
+    hq, br = site_to_site()
+    link = pair(br, hq)
+    link.a.initiate("hq", 0.0)
+    link.run(2.0)
+    gw = link.b  # hq's manager: connection "branch1", peer 198.51.100.1, peer id branch1.example.org
+    (sa,) = gw.sas
+    assert [s["id"] for s in gw.status(3.0, "branch1")] == [sa.ike_id]
+    assert gw.status(3.0, "other") == []
+    assert [s["id"] for s in gw.status(3.0, peer="198.51.100.1", peer_id="branch1.example.org")] == [sa.ike_id]
+    assert gw.status(3.0, peer="203.0.113.9") == [] and gw.status(3.0, peer_id="nobody") == []
+    assert [s["id"] for s in gw.status(3.0, "branch1", ike_id=sa.ike_id)] == [sa.ike_id]
+    assert gw.status(3.0, "other", ike_id=sa.ike_id) == []
+    assert gw.summary() == {"ike_sas": 1, "by_state": {"established": 1}, "half_open": 0, "child_sas": 1}
+    assert gw.status(3.0) == list(gw.iter_status(3.0)) and len(gw.status(3.0)) == 1
