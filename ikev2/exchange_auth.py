@@ -27,6 +27,8 @@ class AuthExchange(IkeSACore):
     ``create_child``.
     """
 
+    __slots__ = ()
+
     def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:
         s = self.agreed_suite
         if sent_by_initiator:
@@ -187,6 +189,8 @@ class AuthExchange(IkeSACore):
         self.established_at = now
         self.last_inbound = now
         self.init_retries = 0
+        # The IKE_SA_INIT messages were needed for the AUTH payloads only (RFC 7296 2.15).
+        self.init_request_raw = self.init_response_raw = b""
         if self.policy.rekey_time:
             self.rekey_at = now + self.policy.rekey_time
         proposal = proposal_display(self.proposal) if self.proposal else ""

@@ -35,6 +35,8 @@ class ChildExchanges(IkeSACore):
     Calls other exchanges only through the hooks ``_delete_children``, ``_on_ike_rekey_request``.
     """
 
+    __slots__ = ()
+
     def _child_proposals(self, cp: ChildPolicy, spi: bytes, with_ke: bool) -> list[P.Proposal]:
         out = []
         for i, p in enumerate(cp.esp_proposals, 1):

@@ -37,6 +37,8 @@ class EapExchange(IkeSACore):
     ``_verify_peer_auth``.
     """
 
+    __slots__ = ()
+
     # ------------------------------------------------------------------ shared
 
     def _msk_key(self, initiator_side: bool) -> bytes:

@@ -32,6 +32,8 @@ class IkeRekey(IkeSACore):
     Provides the hooks ``_on_ike_rekey_request``, ``_settle_lost_collision``.
     """
 
+    __slots__ = ()
+
     def rekey_ike(self, now: float) -> None:
         def build() -> RequestBuilt:
             if self.state != State.ESTABLISHED:

@@ -19,6 +19,8 @@ class Informational(IkeSACore):
     ``_mobike_request``, ``_settle_lost_collision``.
     """
 
+    __slots__ = ()
+
     def _on_informational_request(self, req: Message, now: float) -> None:
         if self._mobike_request(req, now):
             return

@@ -37,6 +37,8 @@ class InitExchange(IkeSACore):
     Calls other exchanges only through the hooks ``_build_auth_request``.
     """
 
+    __slots__ = ()
+
     def start(self, now: float) -> None:
         """Initiator: send IKE_SA_INIT."""
         assert self.initiator and self.state == State.CREATED
@@ -159,6 +161,7 @@ class InitExchange(IkeSACore):
         self.suite = suite
         self.proposal = chosen
         self._derive_keys(shared)
+        self.ke_private = None  # the keys are derived: our key exchange secret is not needed again
         self._read_init_notifies(msg)
         self.state = State.AUTH_SENT
         self.log("info", "IKE_SA_INIT done", spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex(),
@@ -266,6 +269,7 @@ class InitExchange(IkeSACore):
         payloads += self._common_init_notifies()
         resp = Message(self.spi_i, self.spi_r, X.IKE_SA_INIT, 0, HeaderFlag.RESPONSE, payloads)
         self.init_response_raw = encode_message(resp)
+        self.ke_private = None  # the keys are derived: our key exchange secret is not needed again
         self.state = State.INIT_DONE
         self.peer_next_mid = 1
         self.log("info", "IKE_SA_INIT answered", spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex(),

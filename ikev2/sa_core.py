@@ -12,7 +12,6 @@ declarations here. See docs/engine.md for why the exchanges are mixins and not t
 """
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +52,23 @@ def _no_log(level: str, event: str, **fields: Any) -> None:
 
 class IkeSACore:
     """State and shared machinery of one IKE SA (see the module docstring)."""
+
+    # No per-instance __dict__: a gateway holds up to 100k of these (issue 13). Every attribute is
+    # initialised in __init__ below; the exchange mixins and IkeSA declare empty __slots__.
+    __slots__ = (
+        "ike_id", "initiator", "candidates", "policy", "local", "remote", "rng", "log", "wall_offset",
+        "state", "created", "established_at", "spi_i", "spi_r", "suite", "proposal", "keys", "sk_in",
+        "sk_out", "ni", "nr", "ke_private", "ke_group", "cookie", "init_retries", "init_request_raw",
+        "init_response_raw", "peer_id", "peer_fragmentation", "peer_mobike", "peer_hash_algs",
+        "peer_certreq", "peer_initial_contact", "nat_local", "nat_remote", "natd_seen", "children",
+        "_first_child", "_out", "_events", "next_mid", "pending", "queue", "peer_next_mid",
+        "last_response", "_now", "_first_child_policy", "_last_src", "peer_addresses",
+        "_eap_server_obj", "_eap_client_obj", "_eap_first_request", "_eap_last_request", "_eap_rounds",
+        "_eap_done", "_eap_msk", "_eap_server_authenticated", "_eap_server_idr", "eap_identity",
+        "virtual_ips", "activity_probe", "_reassembler", "on_change", "last_inbound", "rekey_at",
+        "delete_reason", "successor", "successors", "_ike_rekey_nonce", "_ike_collision", "redundant",
+        "collision_candidate", "forget_at",
+    )
 
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
                  candidates: list[IkePolicy] | None = None, local: Address, remote: Address,
@@ -104,7 +120,7 @@ class IkeSACore:
         # Message IDs (window 1 both ways).
         self.next_mid = 0
         self.pending: Pending | None = None
-        self.queue: deque[QueuedRequest] = deque()
+        self.queue: list[QueuedRequest] = []  # (a list: a deque costs 600 bytes even when empty)
         self.peer_next_mid = 0
         self.last_response: tuple[int, list[bytes]] | None = None  # (mid, packets) for retransmits
         self._now = now
@@ -125,7 +141,10 @@ class IkeSACore:
         self.virtual_ips: list[str] = []  # RFC 4555 ADDITIONAL_*_ADDRESS: candidates only
         # callable(spi_in) -> last inbound ESP time, set by the manager
         self.activity_probe: ActivityProbe | None = None
-        self.reassembler = FragmentReassembler()
+        self._reassembler: FragmentReassembler | None = None  # created by the first SKF fragment
+        # Called whenever this SA queues output or a request: the manager collects only from SAs
+        # that changed (see ikev2.manager), also after a direct call such as rekey_child().
+        self.on_change: Callable[[IkeSACore], None] | None = None
         self.last_inbound = now
         self.rekey_at: float | None = None
         self.delete_reason = ""
@@ -141,6 +160,17 @@ class IkeSACore:
     @property
     def name(self) -> str:
         return self.policy.name if self.policy else "(unknown)"
+
+    @property
+    def reassembler(self) -> FragmentReassembler:
+        """SKF reassembly state (RFC 7383), created on the first fragment."""
+        if self._reassembler is None:
+            self._reassembler = FragmentReassembler()
+        return self._reassembler
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     @property
     def agreed_suite(self) -> IkeSuite:
@@ -186,6 +216,7 @@ class IkeSACore:
         if isinstance(ev, ExchangeDone):
             ev.spi_i, ev.spi_r = self.spi_i, self.spi_r
         self._events.append(ev)
+        self._changed()
 
     def pop_datagrams(self) -> list[tuple[bytes, Address, Address]]:
         out, self._out = self._out, []
@@ -200,6 +231,7 @@ class IkeSACore:
         local, remote = path or (self.local, self.remote)
         for pkt in packets:
             self._out.append((pkt, local, remote))
+        self._changed()
 
     def _flags(self, response: bool) -> int:
         f = HeaderFlag.INITIATOR if self.initiator else 0
@@ -224,11 +256,12 @@ class IkeSACore:
 
     def _request(self, what: str, build: RequestBuilder) -> None:
         self.queue.append(QueuedRequest(what, build))
+        self._changed()
 
     def _pump(self, now: float) -> None:
         """Send the next queued request if the window is free."""
         while self.pending is None and self.queue and self.state not in (State.DELETED,):
-            q = self.queue.popleft()
+            q = self.queue.pop(0)
             built = q.build()
             if built is None:
                 continue
