@@ -5,6 +5,7 @@
     vpn-gw up NAME | down NAME | reload            [-s SOCKET]
     vpn-gw check-config FILE
     vpn-gw probe HOST [--port 500,4500] [--timeout S] [--json]
+    vpn-gw import-swanctl FILE [-o OUT] [--eap-users FILE] [--swanctl-dir DIR]
     vpn-gw demo
     vpn-gw --version
 
@@ -385,6 +386,31 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_import_swanctl(args) -> int:
+    from vpn_gw.swanctl_import import SwanctlSyntaxError, convert_file
+    from vpn_gw.swanctl_import.convert import ConversionError
+    users = os.path.abspath(args.eap_users) if args.eap_users else None
+    try:
+        conv = convert_file(args.file, swanctl_dir=args.swanctl_dir, eap_users=users)
+    except (SwanctlSyntaxError, ConversionError) as e:
+        raise CliError(f"cannot convert {args.file}: {e}") from None
+    if conv.eap_users is not None:
+        fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(conv.eap_users)
+        os.chmod(users, 0o600)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(conv.toml)
+    else:
+        sys.stdout.write(conv.toml)
+    if conv.skipped:
+        print(f"not converted ({len(conv.skipped)}):", file=sys.stderr)
+        for line in conv.skipped:
+            print(f"  {line}", file=sys.stderr)
+    return 0
+
+
 def _call_maybe_async(fn, *a) -> Any:
     result = fn(*a)
     if inspect.iscoroutine(result):
@@ -512,6 +538,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how long to wait for the replies, all ports together (default: 3)")
     pr.add_argument("--json", action="store_true", help="print the result as JSON")
     pr.set_defaults(func=cmd_probe)
+
+    im = sub.add_parser("import-swanctl", parents=[common],
+                        help="convert a strongSwan swanctl.conf to a vpn-gw configuration",
+                        description="Read a strongSwan swanctl.conf (connections, children, proposals, "
+                                    "secrets, pools; includes followed) and print the equivalent vpn-gw "
+                                    "TOML. What cannot be converted is listed on stderr; check the result "
+                                    "with 'vpn-gw check-config'. Exit 0 when converted, 1 when the file "
+                                    "cannot be read or holds no connection.")
+    im.add_argument("file", help="swanctl.conf")
+    im.add_argument("-o", "--output", metavar="FILE", help="write the TOML here (default: stdout)")
+    im.add_argument("--eap-users", metavar="FILE",
+                    help="write the EAP users of eap-* secrets here (NT hashes, mode 0600) and name it "
+                         "in users_file")
+    im.add_argument("--swanctl-dir", metavar="DIR",
+                    help="where x509/, x509ca/, private/ are (default: the directory of FILE)")
+    im.set_defaults(func=cmd_import_swanctl)
 
     dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo")
     dm.set_defaults(func=cmd_demo)
