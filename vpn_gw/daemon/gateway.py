@@ -35,6 +35,7 @@ from vpn_gw.daemon.scheduler import Scheduler
 from vpn_gw.daemon.traps import Traps
 from vpn_gw.daemon.virtual_ips import VirtualIps
 from vpn_gw.dataplane import DataPlane, RecordingDataPlane
+from vpn_gw.metrics import GatewayMetrics, MetricsServer
 from vpn_gw.ddns.service import DdnsService, is_fqdn
 from vpn_gw.policies import ike_policy, initiate_target
 from vpn_gw.pools import PoolSet
@@ -80,8 +81,9 @@ class Gateway:
         self.started = time.time()
         self.held_down: set[str] = set()  # taken down by `vpn-gw down`: no automatic restart
         self.virtual_ips = VirtualIps(PoolSet.from_config(config.pools), lambda: self.config)
+        self.engine_log = EngineLog()
         self.manager = IkeManager([self._policy(c) for c in config.connections], os.urandom,
-                                  log=EngineLog(), wall_offset=time.time() - time.monotonic(),
+                                  log=self.engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
                                   cookie_threshold=config.cookie_threshold)
         self.manager.set_activity_probe(self.dataplane.last_rx)
@@ -103,6 +105,11 @@ class Gateway:
         self.roaming = RoamingWatcher(self.manager, self.tcp.roam, self.flush)
         self.lifetimes = LifetimeWatcher(self.manager, self.dataplane, self.flush)
         self.control = ControlHandlers(self)
+        self.metrics: GatewayMetrics | None = None  # [gateway] metrics_listen (docs/metrics.md)
+        if config.metrics_listen is not None:
+            self.metrics = GatewayMetrics()
+            self.metrics.bind(self)
+            self.engine_log.observer = self.metrics.on_log
 
     @property
     def pools(self) -> PoolSet:
@@ -165,6 +172,8 @@ class Gateway:
 
     def deliver(self, ev: Any) -> None:
         try:
+            if self.metrics is not None:  # before the router: a Child SA's counters still exist
+                self.metrics.on_event(self, ev)
             self.events.handle(ev)
         except Exception as e:  # noqa: BLE001 - an event handler bug never stops the gateway
             log.error("event handling failed", event=type(ev).__name__, connection=ev.ike_name,
@@ -313,6 +322,7 @@ class Gateway:
         self.traps.install_all(self.config.connections)
         control = ControlServer(str(self.config.control_socket), self.control.handle)
         await control.start()
+        metrics_server = await self._start_metrics()
         log.info("vpn-gw started", connections=len(self.config.connections),
                  control_socket=str(self.config.control_socket), dataplane=self.dataplane.name)
         for conn in self.config.connections:
@@ -335,6 +345,8 @@ class Gateway:
         await asyncio.sleep(0.2)  # let the DELETEs leave (no retransmission at shutdown)
         self.scheduler.close()
         await control.stop()
+        if metrics_server is not None:
+            await metrics_server.close()
         await self.tcp.close()
         self.udp.close()
         self.routes.remove()
@@ -343,6 +355,19 @@ class Gateway:
         if any(p.masquerade for p in self.config.pools):
             masquerade.remove()
         log.info("vpn-gw stopped")
+
+
+    async def _start_metrics(self) -> MetricsServer | None:
+        if self.metrics is None or self.config.metrics_listen is None:
+            return None
+        host, port = self.config.metrics_listen
+        server = MetricsServer(self.metrics, host, port)
+        try:
+            await server.start()
+        except OSError as e:
+            raise StartupError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+        log.info("metrics served", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
+        return server
 
 
 def _reachable(ip: str) -> bool:
