@@ -1,5 +1,5 @@
 # The two entry points a newcomer needs: `make demo` and `make test`.
-.PHONY: setup demo test test-fast lint
+.PHONY: setup demo test test-fast lint install-service
 
 setup:
 	./scripts/setup.sh
@@ -17,3 +17,7 @@ test-fast:
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/mypy -p ikev2 -p esp -p vpn_gw
+
+# Install as a systemd service (/opt/vpn-gw, user vpn-gw, /etc/vpn-gw; docs/deploy.md). Root.
+install-service:
+	./scripts/install-service.sh

@@ -301,8 +301,11 @@ def test_version_and_usage_errors():
     assert p.returncode == 2 and "error:" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = run("frobnicate")
     assert p.returncode == 2 and "invalid choice" in p.stderr
-    p = run("run")
-    assert p.returncode == 2 and "-c/--config" in p.stderr
+    if not os.path.exists("/etc/vpn-gw/gw.toml"):
+        p = run("run")   # without -c: the default file, named in the error
+        assert p.returncode == 1 and "/etc/vpn-gw/gw.toml: cannot read configuration" in p.stderr
+    p = run("run", env={"CONFIGURATION_DIRECTORY": "/nonexistent-vpngw"})   # systemd's directory
+    assert p.returncode == 1 and "/nonexistent-vpngw/gw.toml: cannot read" in p.stderr, p.stderr
     p = run("run", "-c", EXAMPLE, "--log-format", "xml")
     assert p.returncode == 2
 

@@ -1,6 +1,6 @@
 """The ``vpn-gw`` command line.
 
-    vpn-gw run -c FILE [--log-format console|json] [--log-level LEVEL]
+    vpn-gw run [-c FILE] [--log-format console|json] [--log-level LEVEL]
     vpn-gw status [NAME] [--peer ADDR] [--id N] [--json | --json-lines | --summary] [-s SOCKET]
     vpn-gw up NAME | down NAME | reload            [-s SOCKET]
     vpn-gw check-config FILE
@@ -34,6 +34,7 @@ __all__ = ["main", "build_parser", "render_status", "render_reload", "render_res
 
 PROG = "vpn-gw"
 SOCKET_ENV = "VPN_GW_CONTROL_SOCKET"
+DEFAULT_CONFIG = "/etc/vpn-gw/gw.toml"
 
 
 class CliError(Exception):
@@ -435,8 +436,14 @@ def _import_optional(module: str, what: str):
         raise
 
 
+def default_config() -> str:
+    """gw.toml in systemd's ConfigurationDirectory= if set, else /etc/vpn-gw/gw.toml."""
+    d = os.environ.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    return os.path.join(d, "gw.toml") if d else DEFAULT_CONFIG
+
+
 def cmd_run(args) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or default_config())
     from vpn_gw.log import setup_logging
     level = args.log_level or cfg.log_level
     fmt = args.log_format or cfg.log_format
@@ -484,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     r = sub.add_parser("run", parents=[common], help="run the gateway daemon")
-    r.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
+    r.add_argument("-c", "--config", metavar="FILE",
+                   help="configuration file (default: $CONFIGURATION_DIRECTORY/gw.toml under systemd, "
+                        f"else {DEFAULT_CONFIG})")
     r.add_argument("--log-format", choices=("console", "json"),
                    help="log format (default: gateway.log_format, else console)")
     r.add_argument("--log-level", choices=("debug", "info", "warning", "error"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ from vpn_gw.config.keys import _CONN_HINT, GATEWAY_KEYS
 from vpn_gw.config.pools import PoolConfig
 
 DEFAULT_CONTROL_SOCKET = "/run/vpn-gw/control.sock"
+
+
+def default_control_socket() -> str:
+    """control.sock in systemd's RuntimeDirectory= when set, else DEFAULT_CONTROL_SOCKET."""
+    d = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return os.path.join(d, "control.sock") if d else DEFAULT_CONTROL_SOCKET
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -95,7 +102,7 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
         ctx.error(("gateway",), f"expected a table ([gateway]), got {_describe(gw_data)}")
         gw_data = {}
     g = _Table(ctx, gw_data, ("gateway",), GATEWAY_KEYS, _CONN_HINT)
-    control_socket = g.get("control_socket", _nonempty_str, DEFAULT_CONTROL_SOCKET)
+    control_socket = g.get("control_socket", _nonempty_str, default_control_socket())
     if control_socket is not BAD:
         control_socket = ctx.path(control_socket)
     listen = g.get("listen", _list(_ip, example='["0.0.0.0", "::"]'),

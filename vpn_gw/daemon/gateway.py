@@ -23,7 +23,7 @@ import structlog
 
 from ikev2.manager import IkeManager
 
-from vpn_gw.config import GatewayConfig, diff_configs, load_config
+from vpn_gw.config import ConfigError, GatewayConfig, diff_configs, load_config
 from vpn_gw.control import ControlServer
 from vpn_gw.daemon.control_handlers import ControlHandlers
 from vpn_gw.daemon.engine_log import EngineLog
@@ -41,6 +41,7 @@ from vpn_gw.policies import ike_policy, initiate_target
 from vpn_gw.pools import PoolSet
 from vpn_gw.pools import masquerade
 from vpn_gw.probe import ProbeResponder
+from vpn_gw.sdnotify import Notifier
 from vpn_gw.transport.tcp import TcpService
 from vpn_gw.transport.udp import route_source
 from vpn_gw.transport.udp_service import DatagramSinks, UdpService
@@ -105,6 +106,7 @@ class Gateway:
         self.roaming = RoamingWatcher(self.manager, self.tcp.roam, self.flush)
         self.lifetimes = LifetimeWatcher(self.manager, self.dataplane, self.flush)
         self.control = ControlHandlers(self)
+        self.notifier = Notifier()  # systemd Type=notify ($NOTIFY_SOCKET); a no-op without it
         self.metrics: GatewayMetrics | None = None  # [gateway] metrics_listen (docs/metrics.md)
         if config.metrics_listen is not None:
             self.metrics = GatewayMetrics()
@@ -265,8 +267,22 @@ class Gateway:
                 "dataplane": self.dataplane.stats()}
 
     def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file (`vpn-gw reload`, SIGHUP), telling systemd around it."""
         if self.config.source is None:
             raise ValueError("configuration was not loaded from a file")
+        self.notifier.reloading()
+        try:
+            return self._reload()
+        finally:
+            self.notifier.ready(f"{len(self.config.connections)} connections loaded")
+
+    def _reload_on_signal(self) -> None:
+        try:
+            log.info("reloaded on SIGHUP", **self.reload())
+        except (ConfigError, ValueError, RuntimeError, OSError) as e:
+            log.error("reload on SIGHUP failed: configuration kept", error=str(e))
+
+    def _reload(self) -> dict[str, Any]:
         new = load_config(self.config.source)
         d = diff_configs(self.config, new)
         for name in d.removed:
@@ -325,6 +341,8 @@ class Gateway:
         metrics_server = await self._start_metrics()
         log.info("vpn-gw started", connections=len(self.config.connections),
                  control_socket=str(self.config.control_socket), dataplane=self.dataplane.name)
+        self.notifier.ready(f"{len(self.config.connections)} connections loaded")
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         for conn in self.config.connections:
             if conn.start_action == "start" and initiate_target(conn):
                 try:
@@ -335,6 +353,7 @@ class Gateway:
         self.flush()
         watchers = [loop.create_task(self.roaming.run()), loop.create_task(self.lifetimes.run())]
         await stop.wait()
+        self.notifier.stopping()
         for w in watchers:
             w.cancel()
         log.info("stopping: deleting IKE SAs")
