@@ -23,6 +23,7 @@ import structlog
 
 from ikev2.manager import IkeManager
 
+from vpn_gw.bind_errors import explain
 from vpn_gw.config import ConfigError, GatewayConfig, diff_configs, load_config
 from vpn_gw.control import ControlServer
 from vpn_gw.daemon.control_handlers import ControlHandlers
@@ -384,7 +385,7 @@ class Gateway:
         try:
             await server.start()
         except OSError as e:
-            raise StartupError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+            raise StartupError(explain(e, host, port, "TCP (metrics)", "[gateway] metrics_listen")) from None
         log.info("metrics served", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
         return server
 
