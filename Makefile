@@ -10,7 +10,7 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest -q -ra
 
-test-fast:
+test-fast: setup
 	.venv/bin/python -m pytest -q -ra -m "not interop and not netns"
 
 # Linter and type checker (configured in pyproject.toml: ruff rules; mypy strict on ikev2/esp).
