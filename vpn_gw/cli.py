@@ -366,7 +366,8 @@ def cmd_probe(args) -> int:
     if args.json:
         print(json.dumps({"host": args.host, "address": results[0].address if results else None,
                           "timeout": args.timeout, "ports": [r.to_dict() for r in results],
-                          "verdict": {0: "ok", 3: "blocked", 4: "partial"}[code], "summary": summary,
+                          "verdict": {0: "ok", 3: "blocked", 4: "partial", 5: "no-gateway"}[code],
+                          "summary": summary,
                           "exit_status": code}, indent=2))
     else:
         print(render_probe(args.host, results, args.timeout))
@@ -469,7 +470,25 @@ def cmd_demo(args) -> int:
 # parser and entry point
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps help text without breaking words at hyphens ("vpn-gw", "check-config")."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+        return "\n\n".join(textwrap.fill(" ".join(par.split()), width, initial_indent=indent,
+                                          subsequent_indent=indent, break_on_hyphens=False)
+                            for par in text.split("\n\n"))
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*a, **kw)
+
     def error(self, message: str):  # one line + usage hint, exit 2
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
@@ -538,7 +557,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check_config)
 
     pr = sub.add_parser("probe", parents=[common],
-                        help="check whether UDP 500/4500 reach a gateway (exit 0 ok, 3 blocked, 4 partial)")
+                        help="check whether UDP 500/4500 reach a vpn-gw gateway",
+                        description="Ask a vpn-gw gateway for an echo on UDP 500 and 4500 and tell "
+                                    "whether UDP gets through (else use TCP, docs/tcp-encapsulation.md). "
+                                    "Only works against a vpn-gw: strongSwan and other IKE gateways do "
+                                    "not answer probes, which looks like \"no reply\" (docs/probe.md).",
+                        epilog="exit status: 0 every port answered (UDP ok); 3 no reply on any port "
+                               "(UDP blocked on the way, or no vpn-gw at this address); 4 some ports "
+                               "answered, some did not (use TCP); 5 every port refused with ICMP port "
+                               "unreachable (no gateway listens there); 1 the probe could not run; "
+                               "2 usage error")
     pr.add_argument("host", help="gateway address or name")
     pr.add_argument("--port", type=_ports, default=[500, 4500], metavar="PORTS",
                     help="comma-separated UDP ports (default: 500,4500; 4500 is probed behind the "
