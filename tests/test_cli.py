@@ -1,6 +1,7 @@
 """The vpn-gw command line, end to end: the installed console script against a real ControlServer."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -372,3 +373,38 @@ def test_render_summary_and_status_usage_errors(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["status", "--id", "x", "-s", "/nonexistent"])
     assert e.value.code == 2
+
+
+# -- help texts (issue 15, item 10) -------------------------------------------------------------
+
+def _help(*argv) -> str:
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--help"])
+    assert e.value.code == 0
+    return " ".join(buf.getvalue().split())
+
+
+def test_every_subcommand_has_a_description():
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        assert parser.description and len(parser.description) > 40, name
+
+
+def test_timeout_help_is_per_command():
+    assert "(default: --wait + 5)" in _help("up")
+    for cmd in ("status", "down", "reload", "rekey"):
+        text = _help(cmd)
+        assert "how long to wait for the daemon's answer (default: 5)" in text, cmd
+        assert "for up" not in text and "--wait" not in text, cmd
+
+
+def test_check_config_help_and_warnings_exit_0(tmp_path, capsys):
+    assert "Exit 0 when it is valid, also when there are warnings" in _help("check-config")
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text("[gateway]\nhalf_open_limit = 10\ncookie_threshold = 20\n")
+    assert cli.main(["check-config", str(cfg)]) == 0
+    cap = capsys.readouterr()
+    assert "warning:" in cap.err and "OK" in cap.out

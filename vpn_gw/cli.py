@@ -500,16 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
     sock = argparse.ArgumentParser(add_help=False)
     sock.add_argument("-s", "--socket", metavar="SOCKET",
                       help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_CONTROL_SOCKET})")
-    sock.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                      help="how long to wait for the daemon's answer (default: 5, for up: "
-                           "--wait + 5)")
 
-    p = _Parser(prog=PROG, description="IKEv2/IPsec VPN gateway", parents=[common])
+    def timeout(parser, default: str = "5") -> None:
+        parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                            help=f"how long to wait for the daemon's answer (default: {default})")
+
+    p = _Parser(prog=PROG, description="IKEv2/IPsec VPN gateway", parents=[common],
+                epilog="exit status: 0 success, 1 failure, 2 usage error; see each command's --help")
     p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    r = sub.add_parser("run", parents=[common], help="run the gateway daemon")
+    r = sub.add_parser("run", parents=[common], help="run the gateway daemon",
+                       description="Run the gateway in the foreground until SIGTERM/SIGINT (SIGHUP "
+                                   "reloads). Under systemd it reports readiness ($NOTIFY_SOCKET); "
+                                   "see docs/deploy.md. Exit 1 when it cannot start (the reason is "
+                                   "printed).")
     r.add_argument("-c", "--config", metavar="FILE",
                    help="configuration file (default: $CONFIGURATION_DIRECTORY/gw.toml under systemd, "
                         f"else {DEFAULT_CONFIG})")
@@ -519,7 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log level (default: gateway.log_level, else info)")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("status", parents=[common, sock], help="show IKE and CHILD SAs")
+    s = sub.add_parser("status", parents=[common, sock], help="show IKE and CHILD SAs",
+                       description="Show the running daemon's IKE SAs and their Child SAs: "
+                                   "endpoints, identities, algorithms, selectors, counters; "
+                                   "filtered by connection, peer or number.")
+    timeout(s)
     s.add_argument("name", nargs="?", help="only this connection's IKE SAs")
     s.add_argument("--peer", metavar="ADDR", help="only IKE SAs with the peer at this IP address")
     s.add_argument("--id", metavar="N", type=int, help="only the IKE SA number N (#N)")
@@ -531,17 +541,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="counts by state and by connection (all IKE SAs)")
     s.set_defaults(func=cmd_status)
 
-    u = sub.add_parser("up", parents=[common, sock], help="initiate a connection")
+    u = sub.add_parser("up", parents=[common, sock], help="initiate a connection",
+                       description="Initiate connection NAME and wait until its IKE SA and Child "
+                                   "SAs are up. Exit 0 when established, 1 when the IKE SA fails or "
+                                   "the peer refuses a Child SA (the reason is printed).")
+    timeout(u, "--wait + 5")
     u.add_argument("name", help="connection name")
     u.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                    help="how long the daemon waits for the IKE SA to come up (default: 30)")
     u.set_defaults(func=cmd_up)
 
-    d = sub.add_parser("down", parents=[common, sock], help="close a connection's SAs")
+    d = sub.add_parser("down", parents=[common, sock], help="close a connection's SAs",
+                       description="Delete connection NAME's IKE SAs (with DELETE to the peer); it "
+                                   "is not restarted automatically until 'up' or a reload.")
+    timeout(d)
     d.add_argument("name", help="connection name")
     d.set_defaults(func=cmd_down)
 
-    rk = sub.add_parser("rekey", parents=[common, sock], help="rekey a connection's CHILD_SAs or IKE SA")
+    rk = sub.add_parser("rekey", parents=[common, sock], help="rekey a connection's CHILD_SAs or IKE SA",
+                        description="Start rekeying connection NAME's Child SAs (all, or --child) or "
+                                    "its IKE SA (--ike) now; returns once the rekeying has started.")
+    timeout(rk)
     rk.add_argument("name", help="connection name")
     rk_what = rk.add_mutually_exclusive_group()
     rk_what.add_argument("--child", metavar="CHILD", help="only this CHILD_SA (default: all)")
@@ -549,10 +569,19 @@ def build_parser() -> argparse.ArgumentParser:
     rk.set_defaults(func=cmd_rekey)
 
     rl = sub.add_parser("reload", parents=[common, sock],
-                        help="re-read the daemon's configuration file and apply the changes")
+                        help="re-read the daemon's configuration file and apply the changes",
+                        description="Make the daemon re-read its configuration file: added "
+                                    "connections start, removed ones are closed, unchanged ones keep "
+                                    "their SAs. An invalid file is refused (exit 1) and the running "
+                                    "configuration kept.")
+    timeout(rl)
     rl.set_defaults(func=cmd_reload)
 
-    c = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
+    c = sub.add_parser("check-config", parents=[common], help="validate a configuration file",
+                       description="Load a configuration file as the daemon would and report every "
+                                   "problem (file:line, key, what to write instead). Exit 0 when it "
+                                   "is valid, also when there are warnings (printed to stderr); exit "
+                                   "1 on errors.")
     c.add_argument("file", help="configuration file")
     c.set_defaults(func=cmd_check_config)
 
@@ -592,7 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where x509/, x509ca/, private/ are (default: the directory of FILE)")
     im.set_defaults(func=cmd_import_swanctl)
 
-    dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo")
+    dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo",
+                        description="Build network namespaces with two branch gateways, bring a "
+                                    "tunnel up, ping through it and clean up (root needed).")
     dm.set_defaults(func=cmd_demo)
     return p
 
