@@ -408,3 +408,60 @@ def test_check_config_help_and_warnings_exit_0(tmp_path, capsys):
     assert cli.main(["check-config", str(cfg)]) == 0
     cap = capsys.readouterr()
     assert "warning:" in cap.err and "OK" in cap.out
+
+
+# -- vpn-gw nt-hash (issue 15, item 13) ---------------------------------------------------------
+
+def test_nt_hash_from_stdin_any_directory(tmp_path):
+    from ikev2.eap.users import nt_hash
+    p = subprocess.run([sys.executable, "-m", "vpn_gw", "nt-hash"], input="alice-example-password\n",
+                       capture_output=True, text=True, timeout=30, cwd=str(tmp_path),
+                       env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).resolve().parents[1])})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == nt_hash("alice-example-password") + "\n" == "9aed63c219f0fa157410035e48b0a178\n"
+
+
+def test_nt_hash_on_a_terminal_does_not_echo_and_writes_an_entry(tmp_path):
+    """On a real pseudo-terminal: asked twice, never echoed, a [[user]] entry that loads."""
+    import pty
+    import select
+    from ikev2.eap.users import UserDB, nt_hash
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.environ["PYTHONPATH"] = str(Path(cli.__file__).resolve().parents[1])
+        os.execv(sys.executable, [sys.executable, "-m", "vpn_gw", "nt-hash", "--name", "carol@example.org"])
+    out = b""
+    try:
+        deadline = __import__("time").monotonic() + 20
+        sent = 0
+        while __import__("time").monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.5)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            prompts = out.count(b"password: ") + out.count(b"again: ")
+            if prompts > sent:
+                os.write(fd, b"s3cret-Pass\n")
+                sent += 1
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert sent == 2 and "s3cret-Pass" not in text, text
+    entry = text[text.index("[[user]]"):].replace("\r\n", "\n")
+    (tmp_path / "users.conf").write_text(entry)
+    user = UserDB.load(str(tmp_path / "users.conf")).lookup("carol@example.org")
+    assert user.nt_hash.hex() == nt_hash("s3cret-Pass")
+
+
+def test_nt_hash_refuses_empty(capsys, monkeypatch):
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    assert cli.main(["nt-hash"]) == 1
+    assert "empty password" in capsys.readouterr().err

@@ -5,6 +5,7 @@
     vpn-gw up NAME | down NAME | reload            [-s SOCKET]
     vpn-gw check-config FILE
     vpn-gw probe HOST [--port 500,4500] [--timeout S] [--json]
+    vpn-gw nt-hash [--name IDENTITY]
     vpn-gw import-swanctl FILE [-o OUT] [--eap-users FILE] [--swanctl-dir DIR]
     vpn-gw demo
     vpn-gw --version
@@ -413,6 +414,25 @@ def cmd_import_swanctl(args) -> int:
     return 0
 
 
+def cmd_nt_hash(args) -> int:
+    from ikev2.eap.users import nt_hash
+    if sys.stdin.isatty():
+        import getpass
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            raise CliError("the two passwords differ")
+    else:
+        pw = sys.stdin.readline().rstrip("\r\n")  # one line; e.g. from a password manager
+    if not pw:
+        raise CliError("empty password")
+    h = nt_hash(pw)
+    if args.name:
+        print(f'[[user]]\nname = {json.dumps(args.name)}\nnt_hash = "{h}"\nmethods = ["mschapv2"]')
+    else:
+        print(h)
+    return 0
+
+
 def _call_maybe_async(fn, *a) -> Any:
     result = fn(*a)
     if inspect.iscoroutine(result):
@@ -620,6 +640,16 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--swanctl-dir", metavar="DIR",
                     help="where x509/, x509ca/, private/ are (default: the directory of FILE)")
     im.set_defaults(func=cmd_import_swanctl)
+
+    nh = sub.add_parser("nt-hash", parents=[common],
+                        help="print the NT hash of a password for an EAP users file",
+                        description="Read a password (from the terminal without echo, asked twice; or "
+                                    "one line from stdin) and print its NT hash, the nt_hash of an "
+                                    "EAP-MSCHAPv2 user in a users file (docs/eap.md). The password is "
+                                    "never printed.")
+    nh.add_argument("--name", metavar="IDENTITY",
+                    help="print a whole [[user]] entry for this EAP identity")
+    nh.set_defaults(func=cmd_nt_hash)
 
     dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo",
                         description="Build network namespaces with two branch gateways, bring a "
