@@ -7,11 +7,15 @@ setup:
 demo: setup
 	.venv/bin/vpn-gw demo
 
+# One line per test file with its progress ("tests/test_x.py ....  [ 12%]"), not -q's bare dots;
+# -ra lists skips and failures at the end.
+PYTEST_OPTS = -ra -o console_output_style=progress
+
 test: setup
-	.venv/bin/python -m pytest -q -ra
+	.venv/bin/python -m pytest $(PYTEST_OPTS)
 
 test-fast: setup
-	.venv/bin/python -m pytest -q -ra -m "not interop and not netns"
+	.venv/bin/python -m pytest $(PYTEST_OPTS) -m "not interop and not netns"
 
 # Linter and type checker (configured in pyproject.toml: ruff rules; mypy strict on ikev2/esp).
 lint:
