@@ -63,3 +63,39 @@ def test_grafana_dashboard_uses_only_exported_metrics():
     base = {next((u[: -len(s)] for s in suffixes if u.endswith(s) and u[: -len(s)] in documented), u)
             for u in used}
     assert used and base <= documented | {u for u in used if u in documented}, base - documented
+
+
+def test_collector_reads_a_real_gateway_pools_and_probe_counters(tmp_path):
+    """A real Gateway object (not serving): pool size and leases, configured connections shown
+    with zero SAs, probe counters; all read at scrape time."""
+    from vpn_gw.daemon.gateway import Gateway
+    from vpn_gw.dataplane import RecordingDataPlane
+    p = tmp_path / "gw.toml"
+    p.write_text(f'''[gateway]
+control_socket = "{tmp_path}/c.sock"
+metrics_listen = "127.0.0.1:9273"
+[[pool]]
+name = "rw"
+addrs = "10.99.0.10-10.99.0.19"
+lease_file = "{tmp_path}/leases.json"
+[[connection]]
+name = "roadwarriors"
+psk = "0sAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+pools = ["rw"]
+  [[connection.child]]
+  name = "rw"
+  local_ts = ["10.1.0.0/24"]
+  remote_ts = ["0.0.0.0/0"]
+''')
+    gw = Gateway(load_config(str(p)), dataplane=RecordingDataPlane())
+    gw.pools.acquire(["rw"], "alice@example.org", 4)
+    gw.pools.acquire(["rw"], "bob@example.org", 4)
+    gw.probe_responder.answered += 3
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in text_string_to_metric_families(gw.metrics.render().decode()) for s in f.samples}
+    assert got[("vpngw_pool_addresses", (("pool", "rw"),))] == 10
+    assert got[("vpngw_pool_leases", (("pool", "rw"), ("state", "online")))] == 2
+    assert got[("vpngw_pool_leases", (("pool", "rw"), ("state", "offline")))] == 0
+    assert got[("vpngw_ike_sas", (("connection", "roadwarriors"), ("state", "established")))] == 0
+    assert got[("vpngw_traffic_bytes_total", (("connection", "roadwarriors"), ("direction", "in")))] == 0
+    assert got[("vpngw_probe_requests_total", (("result", "answered"),))] == 3
