@@ -133,12 +133,24 @@ class _Converter:
         return None
 
     def proposals(self, where: str, key: str, v: str) -> list[str] | None:
+        from ikev2.constants import ProtocolId
+        from ikev2.crypto.proposals import ProposalError, parse_proposal
         props = _split(v)
         if "default" in props:
             self.skip(where, f"{key} contains 'default'", "left out: vpn-gw's own defaults are used "
                                                           "in its place (docs/config.md)")
             props = [p for p in props if p != "default"]
-        return props or None
+        kept = []
+        for p in props:
+            try:   # the protocol core's own parser: refuses weak and unknown algorithms
+                parse_proposal(p, ProtocolId.IKE if key == "proposals" else ProtocolId.ESP)
+            except ProposalError as e:
+                self.skip(where, f"{key} {p}", f"left out: {e}")
+                continue
+            kept.append(p)
+        if props and not kept:
+            self.skip(where, key, "no proposal left: vpn-gw's defaults apply")
+        return kept or None
 
     # ---------------------------------------------------------------- files
     def find(self, sub: str, name: str) -> str:
