@@ -50,7 +50,7 @@ def test_deploy_guide_matches_what_is_shipped():
     assert DEFAULT_CONTROL_SOCKET in guide and "/etc/vpn-gw/gw.toml" in guide
     for d in ("RuntimeDirectory=vpn-gw", "StateDirectory=vpn-gw", "ConfigurationDirectory=vpn-gw"):
         assert d in unit
-    for cap in re.search(r"^CapabilityBoundingSet=(.*)$", unit, re.M).group(1).split():
+    for cap in re.search(r"^CapabilityBoundingSet=(.*)$", unit, re.MULTILINE).group(1).split():
         assert cap in guide
     for words in ("UDP 500 and 4500", "ip_forward", "MSS", "journalctl", "Upgrade", "Checklist"):
         assert words in guide, words

@@ -21,7 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vpn_gw.config import load_config
-from vpn_gw.swanctl_import import SwanctlSyntaxError, convert_file, parse_file, parse_text
+from vpn_gw.swanctl_import import (
+    SwanctlSyntaxError,
+    convert_file,
+    parse_file,
+    parse_text,
+)
 from vpn_gw.swanctl_import.convert import ConversionError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +177,7 @@ def test_site_to_site_psk_several_children(tmp_path):
 
 
 def _pki(d: Path) -> tuple[Path, Path]:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Example CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

@@ -24,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ikev2 import events as E
 
-__all__ = ["GatewayMetrics", "GatewayCollector", "MetricsServer", "SETUP_BUCKETS"]
+__all__ = ["SETUP_BUCKETS", "GatewayCollector", "GatewayMetrics", "MetricsServer"]
 
 PREFIX = "vpngw"
 SETUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -225,7 +225,7 @@ class MetricsServer:
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 return
             if len(head) > MAX_REQUEST:
                 return
@@ -243,7 +243,7 @@ class MetricsServer:
             writer.write(b"HTTP/1.0 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
                          + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body_out)
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         finally:
             writer.close()

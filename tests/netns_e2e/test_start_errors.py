@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.gateway import ROOT, render_toml
+from tests.gateway import render_toml
 from tests.netns import NetnsGroup, require_root
 
 pytestmark = pytest.mark.netns

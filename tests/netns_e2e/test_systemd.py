@@ -76,7 +76,7 @@ def _recv_all(sock: socket.socket, want: str, timeout: float) -> list[str]:
         sock.settimeout(max(deadline - time.monotonic(), 0.01))
         try:
             got.append(sock.recv(4096).decode())
-        except socket.timeout:
+        except TimeoutError:
             break
         if want in got[-1]:
             return got

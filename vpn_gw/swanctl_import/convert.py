@@ -160,18 +160,22 @@ class _Converter:
         return str((self.dir / sub / p).resolve())
 
     def private_key_for(self, cert_path: str) -> str | None:
+        """The key file (in swanctl's key directories) whose public key is the certificate's;
+        unreadable, encrypted or foreign files are passed over (None if none matches)."""
+        from cryptography import x509
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         try:
-            from cryptography import x509
-            from cryptography.hazmat.primitives import serialization
-            cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
-        except Exception:
-            try:
-                from cryptography import x509
-                cert = x509.load_der_x509_certificate(Path(cert_path).read_bytes())
-            except Exception:
-                return None
-        want = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+            data = Path(cert_path).read_bytes()
+        except OSError:
+            return None
+        try:
+            cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                    else x509.load_der_x509_certificate(data))
+        except (ValueError, UnsupportedAlgorithm):
+            return None
+        want = cert.public_key().public_bytes(*spki)
         for sub in ("private", "pkcs8", "rsa", "ecdsa", "ed25519"):
             d = self.dir / sub
             if not d.is_dir():
@@ -179,15 +183,11 @@ class _Converter:
             for f in sorted(d.iterdir()):
                 try:
                     data = f.read_bytes()
-                    try:
-                        key = serialization.load_pem_private_key(data, None)
-                    except ValueError:
-                        key = serialization.load_der_private_key(data, None)
-                except Exception:
-                    continue
-                got = key.public_key().public_bytes(serialization.Encoding.DER,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
-                if got == want:
+                    key = (serialization.load_pem_private_key(data, None) if b"-----BEGIN" in data
+                           else serialization.load_der_private_key(data, None))
+                except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
+                    continue   # TypeError: an encrypted key (no password given)
+                if key.public_key().public_bytes(*spki) == want:
                     return str(f.resolve())
         return None
 

@@ -46,15 +46,15 @@ class Section:
     templates: list[str] = dataclasses.field(default_factory=list)
     values: dict[str, str] = dataclasses.field(default_factory=dict)
     value_lines: dict[str, int] = dataclasses.field(default_factory=dict)
-    sections: dict[str, "Section"] = dataclasses.field(default_factory=dict)
+    sections: dict[str, Section] = dataclasses.field(default_factory=dict)
 
     def get(self, key: str, default: str | None = None) -> str | None:
         return self.values.get(key, default)
 
-    def section(self, name: str) -> "Section | None":
+    def section(self, name: str) -> Section | None:
         return self.sections.get(name)
 
-    def merge(self, other: "Section") -> None:
+    def merge(self, other: Section) -> None:
         self.values.update(other.values)
         self.value_lines.update(other.value_lines)
         for name, sub in other.sections.items():
