@@ -465,3 +465,11 @@ def test_nt_hash_refuses_empty(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
     assert cli.main(["nt-hash"]) == 1
     assert "empty password" in capsys.readouterr().err
+
+
+def test_client_default_socket_follows_systemd_runtime_directory(monkeypatch, capsys, tmp_path):
+    """ExecReload=vpn-gw reload runs with $RUNTIME_DIRECTORY set: the client looks there."""
+    monkeypatch.delenv("VPN_GW_CONTROL_SOCKET", raising=False)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    assert cli.main(["reload"]) == 1
+    assert str(tmp_path / "control.sock") in capsys.readouterr().err

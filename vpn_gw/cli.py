@@ -197,7 +197,8 @@ def render_reload(result: Any) -> str:
 
 
 def _socket(args) -> str:
-    return args.socket or os.environ.get(SOCKET_ENV) or DEFAULT_CONTROL_SOCKET
+    from vpn_gw.config.gateway import default_control_socket  # $RUNTIME_DIRECTORY (ExecReload)
+    return args.socket or os.environ.get(SOCKET_ENV) or default_control_socket()
 
 
 def _request(args, cmd: str, **kw) -> Any:
