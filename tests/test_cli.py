@@ -425,6 +425,7 @@ def test_nt_hash_on_a_terminal_does_not_echo_and_writes_an_entry(tmp_path):
     """On a real pseudo-terminal: asked twice, never echoed, a [[user]] entry that loads."""
     import pty
     import select
+
     from ikev2.eap.users import UserDB, nt_hash
     pid, fd = pty.fork()
     if pid == 0:  # child

@@ -342,7 +342,9 @@ def test_client_ok_partial_and_blocked(servers):
     assert pr.verdict(res) == (pr.EXIT_PARTIAL, "partial: UDP ok on %d, %d, blocked on %d: use TCP"
                                % (ike.port, natt.port, silent.port))
     assert pr.verdict(res[:2])[0] == pr.EXIT_OK
-    assert pr.verdict(res[2:]) == (pr.EXIT_BLOCKED, "no reply on any port: UDP is blocked on the way (then use TCP) or no vpn-gw runs at this address (only vpn-gw answers probes)")
+    assert pr.verdict(res[2:]) == (pr.EXIT_BLOCKED, "no reply on any port: UDP is blocked on the way (then use "
+                                                    "TCP) or no vpn-gw runs at this address (only vpn-gw "
+                                                    "answers probes)")
 
 
 def test_client_needs_the_marker_on_natt_ports(servers):

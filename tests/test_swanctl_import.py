@@ -36,6 +36,7 @@ EXAMPLES = sorted(ROOT.glob("examples/*/*/swanctl.conf"))
 def _check_clean(tmp_path: Path, toml: str, name: str = "gw.toml"):
     p = tmp_path / name
     p.write_text(toml)
+    p.chmod(0o600)   # inline secrets: vpn-gw wants the file owner-only (import-swanctl -o does so)
     cfg = load_config(str(p))          # raises ConfigError on any problem
     assert not cfg.warnings, cfg.warnings
     return cfg
@@ -163,6 +164,11 @@ def test_site_to_site_psk_several_children(tmp_path):
     lan, voice, mgmt = conn.children
     assert [str(n) for n in lan.remote_ts] == ["10.1.0.0/24", "10.3.0.0/24"]
     assert lan.start_action == "trap" and lan.dpd_action == "restart"
+    # swanctl's per-child actions: the connection gets the one keeping the most up (the daemon
+    # starts and restarts by it), children keep their own
+    assert conn.start_action == "trap" and conn.dpd_action == "restart"
+    assert voice.start_action == "none" and mgmt.start_action == "none"    # swanctl's default
+    assert voice.dpd_action == "clear" and mgmt.dpd_action == "clear"
     assert voice.rekey_time == 20 * 60 and voice.life_time == 30 * 60
     assert [str(n) for n in mgmt.local_ts] == ["198.51.100.1/32"] and mgmt.mode == "transport"
     skipped = "\n".join(conv.skipped)
@@ -278,6 +284,7 @@ def test_remote_access_gateway_eap_and_pools(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr
     assert "send_certreq = no: no vpn-gw equivalent" in p.stderr   # listed on stderr
+    assert os.stat(tmp_path / "gw.toml").st_mode & 0o777 == 0o600  # it holds the PSK
     assert os.stat(users).st_mode & 0o777 == 0o600
     db = UserDB.load(str(users))
     assert db.warnings == []

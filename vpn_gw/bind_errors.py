@@ -18,7 +18,7 @@ class BindError(OSError):
         super().__init__(e.errno, explain(e, address, port, what, setting))
 
     def __str__(self) -> str:
-        return self.strerror
+        return self.strerror or ""
 
 
 def _endpoint(address: str, port: int) -> str:

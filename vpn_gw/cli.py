@@ -398,14 +398,16 @@ def cmd_import_swanctl(args) -> int:
         conv = convert_file(args.file, swanctl_dir=args.swanctl_dir, eap_users=users)
     except (SwanctlSyntaxError, ConversionError) as e:
         raise CliError(f"cannot convert {args.file}: {e}") from None
-    if conv.eap_users is not None:
+    if conv.eap_users is not None and users is not None:
         fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(conv.eap_users)
         os.chmod(users, 0o600)
-    if args.output:
-        with open(args.output, "w") as fh:
+    if args.output:  # it may hold PSKs and EAP passwords: owner only, as vpn-gw wants it
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
             fh.write(conv.toml)
+        os.chmod(args.output, 0o600)
     else:
         sys.stdout.write(conv.toml)
     if conv.skipped:
@@ -515,10 +517,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks on errors")
-    sock = argparse.ArgumentParser(add_help=False)
+    sock = _Parser(add_help=False)
     sock.add_argument("-s", "--socket", metavar="SOCKET",
                       help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_CONTROL_SOCKET})")
 

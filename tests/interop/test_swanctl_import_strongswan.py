@@ -11,9 +11,8 @@ import subprocess
 import sys
 import tomllib
 
-import pytest
-
 import ours_helpers as H
+import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(90)]
 

@@ -104,7 +104,7 @@ def test_notify_and_capabilities_bring_a_tunnel_up(e2e, tmp_path):
         os.chown(ga.dir, uid, uid)
         os.chown(ga.config, uid, uid)
         e2e.gateways.append(ga)
-        gb = e2e.gateway(b.gw, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
+        e2e.gateway(b.gw, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
                                                 local_ts=b.lan, remote_ts=a.lan)], [b.wan])
         ga.start()
         msgs = _recv_all(nsock, "READY=1", 15)

@@ -145,6 +145,7 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
                 cookie_threshold=cookie_threshold, dataplane=dataplane, path_mtu=path_mtu,
                 xfrm_fragmentation=xfrm_fragmentation, xfrm_nfqueue=xfrm_nfqueue,
                 xfrm_nfqueue_fail=xfrm_nfqueue_fail, keepalive_interval=keepalive_interval, offload=offload,
-                tcp_port=tcp_port, metrics_listen=metrics_listen, retransmit_timeout=retransmit_timeout, retransmit_base=retransmit_base,
+                tcp_port=tcp_port, metrics_listen=metrics_listen,
+                retransmit_timeout=retransmit_timeout, retransmit_base=retransmit_base,
                 retransmit_tries=retransmit_tries, dns_servers=dns_servers, dns_port=dns_port,
                 dns_timeout=dns_timeout, dns_min_ttl=dns_min_ttl, dns_max_ttl=dns_max_ttl)

@@ -3,7 +3,8 @@ trigger at will rate-limited per kind and source address, so a flood of garbage 
 the log."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 

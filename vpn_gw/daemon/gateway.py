@@ -36,8 +36,8 @@ from vpn_gw.daemon.scheduler import Scheduler
 from vpn_gw.daemon.traps import Traps
 from vpn_gw.daemon.virtual_ips import VirtualIps
 from vpn_gw.dataplane import DataPlane, RecordingDataPlane
-from vpn_gw.metrics import GatewayMetrics, MetricsServer
 from vpn_gw.ddns.service import DdnsService, is_fqdn
+from vpn_gw.metrics import GatewayMetrics, MetricsServer
 from vpn_gw.policies import ike_policy, initiate_target
 from vpn_gw.pools import PoolSet
 from vpn_gw.pools import masquerade
@@ -273,7 +273,7 @@ class Gateway:
             raise ValueError("configuration was not loaded from a file")
         self.notifier.reloading()
         try:
-            return self._reload()
+            return self._reload(self.config.source)
         finally:
             self.notifier.ready(f"{len(self.config.connections)} connections loaded")
 
@@ -283,8 +283,8 @@ class Gateway:
         except (ConfigError, ValueError, RuntimeError, OSError) as e:
             log.error("reload on SIGHUP failed: configuration kept", error=str(e))
 
-    def _reload(self) -> dict[str, Any]:
-        new = load_config(self.config.source)
+    def _reload(self, source: Any) -> dict[str, Any]:
+        new = load_config(source)
         d = diff_configs(self.config, new)
         for name in d.removed:
             self.manager.terminate(name, time.monotonic())

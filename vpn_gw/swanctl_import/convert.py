@@ -134,7 +134,8 @@ class _Converter:
 
     def proposals(self, where: str, key: str, v: str) -> list[str] | None:
         from ikev2.constants import ProtocolId
-        from ikev2.crypto.proposals import ProposalError, parse_proposal
+        from ikev2.crypto.proposals import parse_proposal
+        from ikev2.errors import ProposalError
         props = _split(v)
         if "default" in props:
             self.skip(where, f"{key} contains 'default'", "left out: vpn-gw's own defaults are used "
@@ -193,7 +194,7 @@ class _Converter:
 
     # ---------------------------------------------------------------- connections
     def run(self) -> None:
-        for name, sec in self.root.sections.items():
+        for name in self.root.sections:
             if name not in ("connections", "secrets", "pools"):
                 self.skip(f"section '{name}'", "not converted",
                           "only connections, secrets and pools are converted")
@@ -333,8 +334,28 @@ class _Converter:
             self.skip(where, "whole connection", "no child that can be converted (vpn-gw needs at "
                                                  "least one)")
             return
+        self.lift_actions(c, children)
         c["children"] = children
         self.conns.append(c)
+
+    @staticmethod
+    def lift_actions(c: dict, children: list[dict]) -> None:
+        """swanctl sets start_action/dpd_action per child (default none/clear); vpn-gw starts,
+        re-initiates and traps by the connection's value. The connection gets the children's
+        value that keeps the most up (start > trap > none, restart > trap > clear); a child
+        with the same value inherits it, the others keep theirs explicitly (swanctl's meaning)."""
+        order = {"start_action": ("start", "trap", "none"), "dpd_action": ("restart", "trap", "clear")}
+        for key, prio in order.items():
+            values = {ch.get(key, prio[-1]) for ch in children}
+            if values == {prio[-1]}:
+                for ch in children:
+                    ch.pop(key, None)
+                continue
+            c[key] = next(v for v in prio if v in values)
+            for ch in children:
+                v = ch.pop(key, prio[-1])
+                if v != c[key]:
+                    ch[key] = v
 
     def auth_rounds(self, where: str, sec: Section, c: dict, used: set[str]) -> None:
         for side in ("local", "remote"):
@@ -364,7 +385,7 @@ class _Converter:
                 c["local_id" if side == "local" else "remote_id"] = r.values["id"].strip()
             if side == "local" and "eap_id" in r.values:
                 c["eap_identity"] = r.values["eap_id"].strip()
-            if side == "remote" and r.get("eap_id", "%any").strip() not in ("%any", ""):
+            if side == "remote" and r.values.get("eap_id", "%any").strip() not in ("%any", ""):
                 self.skip(rwhere, f"eap_id = {r.values['eap_id']}", "vpn-gw matches the EAP identity "
                                                                      "against the users file")
             if side == "local" and "certs" in r.values:
@@ -444,9 +465,9 @@ class _Converter:
                 self.skip(cwhere, f"dpd_action = {d}", "expected clear, restart or trap")
         for k in _CHILD_DURATIONS:
             if k in sec.values:
-                d = self.duration(cwhere, k, sec.values[k])
-                if d is not None:
-                    ch[k] = d
+                dur = self.duration(cwhere, k, sec.values[k])
+                if dur is not None:
+                    ch[k] = dur
         for k in _CHILD_SIZES:
             if k in sec.values:
                 ch[k] = sec.values[k].strip()
@@ -518,9 +539,9 @@ class _Converter:
         for name, s in sec.sections.items():
             kind = name.split("-", 1)[0]
             ids = [v.strip() for k, v in s.values.items() if k == "id" or k.startswith("id-")]
-            secret = s.get("secret")
+            secret = s.values.get("secret", "")
             where = f"secret '{name}'"
-            if kind in ("ike", "eap", "ntlm") and secret is None:
+            if kind in ("ike", "eap", "ntlm") and "secret" not in s.values:
                 self.skip(where, "secret", "missing")
                 continue
             if kind == "ike":
@@ -539,7 +560,7 @@ class _Converter:
             if "psk" in (c.get("auth", "psk"), c.get("remote_auth")):
                 ids = {c.get("local_id"), c.get("remote_id")} - {None}
                 best = None
-                for i, (sids, secret, name) in enumerate(self.ike_secrets):
+                for i, (sids, _secret, _name) in enumerate(self.ike_secrets):
                     if not sids or set(sids) & ids:
                         score = len(set(sids) & ids)
                         if best is None or score > best[0]:
