@@ -20,7 +20,7 @@ from .crypto.dh import ke_method
 from .crypto.keys import ChildKeys, derive_child_keys
 from .crypto.proposals import ChildSuite, child_suite, choose_proposal, proposal_display
 from .errors import InvalidKeyExchange, ProposalError
-from .events import ChildSAKeys, ChildUp, ExchangeDone
+from .events import ChildFailed, ChildSAKeys, ChildUp, ExchangeDone
 from .message import Message
 from .policy import ChildPolicy
 from .sa_common import NONCE_LEN, ChildRequest, ExchangeFailed, RequestBuilt, State, notify_name
@@ -162,6 +162,8 @@ class ChildExchanges(IkeSACore):
             self.log("warning", "CHILD_SA not created", child=req.policy.name, reason=why)
             if req.rekey_of is not None and req.rekey_of.state == ChildState.REKEYING:
                 req.rekey_of.state = ChildState.INSTALLED
+            if req.rekey_of is None:
+                self._emit(ChildFailed(child_name=req.policy.name, reason=f"peer refused it: {why}"))
             return
         try:
             if len(sa.proposals) != 1 or len(sa.proposals[0].spi) != 4:
@@ -181,6 +183,8 @@ class ChildExchanges(IkeSACore):
             self.log("warning", "CHILD_SA response unacceptable", child=req.policy.name, reason=str(e))
             if req.rekey_of is not None and req.rekey_of.state == ChildState.REKEYING:
                 req.rekey_of.state = ChildState.INSTALLED
+            if req.rekey_of is None:
+                self._emit(ChildFailed(child_name=req.policy.name, reason=f"unacceptable answer: {e}"))
             # The responder installed an SA we refuse: ask it to delete (our inbound SPI names it).
             self._request("delete refused child", lambda: (
                 X.INFORMATIONAL, [P.DeletePayload(protocol=ProtocolId.ESP, spis=[req.spi_in])], lambda m: None))

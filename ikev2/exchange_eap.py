@@ -95,7 +95,8 @@ class EapExchange(IkeSACore):
                 out = [P.EAPPayload(message=step.send)] if step.send else []
                 self._respond(req, out + [P.NotifyPayload(notify_type=N.AUTHENTICATION_FAILED)])
                 self._emit(AuthFailed(reason=why))
-                self.log("warning", "EAP authentication failed", reason=why)
+                self.log("warning", "EAP authentication failed", method=self.policy.remote_auth.method,
+                         eap_identity=step.identity or str(self.peer_id), reason=step.reason or why)
                 self._die(now, why)
                 return
             if step.send is None:
@@ -110,7 +111,8 @@ class EapExchange(IkeSACore):
                 self._eap_done = True
                 self._eap_msk = step.msk or b""
                 self.eap_identity = step.identity
-                self.log("info", "EAP authentication succeeded", eap_identity=step.identity,
+                self.log("info", "EAP authentication succeeded", method=self.policy.remote_auth.method,
+                         eap_identity=step.identity,
                          msk=bool(step.msk))
             self._eap_last_request = step.send
             self._respond(req, [P.EAPPayload(message=step.send)])

@@ -2,7 +2,8 @@
 # Installs everything the gateway, its tests and its demo need on Debian 12 (run as root):
 # Debian packages (strongSwan as interop peer, iproute2/nftables/tcpdump for the netns tests,
 # headers for netfilterqueue, Knot DNS + dig for the ddns tests) and a virtualenv in .venv
-# with the project in editable mode.
+# with the project in editable mode. The strongSwan and Knot services those packages ship are
+# disabled (and never started by the install): scripts/peer-services.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -21,8 +22,14 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -q
+  ./scripts/peer-services.sh deny-start         # the install must not start charon or knotd
+  trap './scripts/peer-services.sh allow-start' EXIT
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  ./scripts/peer-services.sh allow-start
+  trap - EXIT
 fi
+# strongSwan's and Knot's own services stay disabled: the tests start charon/knotd themselves
+./scripts/peer-services.sh disable
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

@@ -372,3 +372,20 @@ def test_simultaneous_ike_rekey_collision_leaves_one_ike_sa_with_the_children():
         link.run(link.now + 2.0)
         ca, cb = installed_pairs(link)
         assert ca == cb and len(ca) == 1
+
+
+def test_refused_first_child_is_an_event():
+    """The responder refuses the Child SA of IKE_AUTH (TS_UNACCEPTABLE): the IKE SA is up and
+    the initiator gets ChildFailed (what `vpn-gw up` reports), no ChildUp."""
+    from ikev2.events import ChildFailed
+    hq, br = site_to_site()
+    br.children[0] = child("net", "10.2.0.0/24", "10.99.0.0/24")   # hq does not protect 10.99/24
+    link = pair(br, hq)
+    sa = up(link)
+    assert sa.state == State.ESTABLISHED
+    assert not events(link.events_a, ChildUp)
+    (failed,) = events(link.events_a, ChildFailed)
+    assert failed.child_name == "net" and failed.ike_id == sa.ike_id
+    assert failed.reason == "peer refused it: TS_UNACCEPTABLE"
+    kinds = [type(e).__name__ for e in link.events_a if isinstance(e, (IkeUp, ChildFailed))]
+    assert kinds == ["IkeUp", "ChildFailed"]   # the order the `up` waiter relies on

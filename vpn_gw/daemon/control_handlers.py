@@ -68,11 +68,19 @@ class ControlHandlers:
             gw.initiate(name)
             ev = await asyncio.wait_for(fut, timeout=timeout)
         except asyncio.TimeoutError:
+            if gw.waiters.pending.get(id(fut)) is not None:
+                raise RuntimeError(f"connection '{name}': IKE SA established, but no Child SA within "
+                                   "the timeout") from None
             raise RuntimeError(f"connection '{name}' did not come up within the timeout") from None
         finally:
             gw.waiters.discard(fut)
-        if isinstance(ev, E.IkeUp):
-            return {"connection": name, "state": "established"}
+        if isinstance(ev, tuple):
+            _, child = ev
+            if isinstance(child, E.ChildFailed):
+                # as swanctl --initiate: the IKE SA alone is not a tunnel
+                raise RuntimeError(f"connection '{name}': IKE SA established, but Child SA "
+                                   f"'{child.child_name}' failed: {child.reason}")
+            return {"connection": name, "state": "established", "child": child.child_name}
         raise RuntimeError(f"connection '{name}' failed: {getattr(ev, 'reason', ev)}")
 
     def down(self, name: str) -> dict[str, Any]:

@@ -37,23 +37,37 @@ class EventHost(Protocol):
 
 
 class Waiters:
-    """``vpn-gw up``: futures resolved by the connection's first IkeUp, IkeDown or AuthFailed."""
+    """``vpn-gw up``: futures resolved by how the initiation ended: AuthFailed or IkeDown, or,
+    once the IKE SA is up (IkeUp), the outcome of the Child SA that IKE_AUTH carried: the future
+    gets ``(IkeUp, ChildUp | ChildFailed)``. A future whose IKE SA came up but that saw no Child
+    event yet keeps the IkeUp in ``pending`` (the caller reports it at its timeout)."""
     def __init__(self) -> None:
-        self._waiting: list[tuple[str, asyncio.Future[E.Event]]] = []
+        self._waiting: list[tuple[str, asyncio.Future[Any]]] = []
+        self.pending: dict[int, E.IkeUp] = {}  # id(future) -> the IkeUp seen
 
-    def add(self, name: str) -> asyncio.Future[E.Event]:
-        fut: asyncio.Future[E.Event] = asyncio.get_running_loop().create_future()
+    def add(self, name: str) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((name, fut))
         return fut
 
-    def discard(self, fut: asyncio.Future[E.Event]) -> None:
+    def discard(self, fut: asyncio.Future[Any]) -> None:
         self._waiting = [(n, f) for n, f in self._waiting if f is not fut]
+        self.pending.pop(id(fut), None)
 
     def event(self, ev: E.Event) -> None:
-        if not isinstance(ev, (E.IkeUp, E.IkeDown, E.AuthFailed)):
+        if not isinstance(ev, (E.IkeUp, E.IkeDown, E.AuthFailed, E.ChildUp, E.ChildFailed)):
             return
         for name, fut in list(self._waiting):
-            if ev.ike_name == name and not fut.done():
+            if ev.ike_name != name or fut.done():
+                continue
+            up = self.pending.get(id(fut))
+            if isinstance(ev, E.IkeUp):
+                if up is None:
+                    self.pending[id(fut)] = ev
+            elif isinstance(ev, (E.ChildUp, E.ChildFailed)):
+                if up is not None and ev.ike_id == up.ike_id:
+                    fut.set_result((up, ev))
+            elif up is None or ev.ike_id == up.ike_id:
                 fut.set_result(ev)
 
 

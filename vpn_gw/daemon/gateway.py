@@ -23,7 +23,8 @@ import structlog
 
 from ikev2.manager import IkeManager
 
-from vpn_gw.config import GatewayConfig, diff_configs, load_config
+from vpn_gw.bind_errors import explain
+from vpn_gw.config import ConfigError, GatewayConfig, diff_configs, load_config
 from vpn_gw.control import ControlServer
 from vpn_gw.daemon.control_handlers import ControlHandlers
 from vpn_gw.daemon.engine_log import EngineLog
@@ -36,10 +37,12 @@ from vpn_gw.daemon.traps import Traps
 from vpn_gw.daemon.virtual_ips import VirtualIps
 from vpn_gw.dataplane import DataPlane, RecordingDataPlane
 from vpn_gw.ddns.service import DdnsService, is_fqdn
+from vpn_gw.metrics import GatewayMetrics, MetricsServer
 from vpn_gw.policies import ike_policy, initiate_target
 from vpn_gw.pools import PoolSet
 from vpn_gw.pools import masquerade
 from vpn_gw.probe import ProbeResponder
+from vpn_gw.sdnotify import Notifier
 from vpn_gw.transport.tcp import TcpService
 from vpn_gw.transport.udp import route_source
 from vpn_gw.transport.udp_service import DatagramSinks, UdpService
@@ -80,8 +83,9 @@ class Gateway:
         self.started = time.time()
         self.held_down: set[str] = set()  # taken down by `vpn-gw down`: no automatic restart
         self.virtual_ips = VirtualIps(PoolSet.from_config(config.pools), lambda: self.config)
+        self.engine_log = EngineLog()
         self.manager = IkeManager([self._policy(c) for c in config.connections], os.urandom,
-                                  log=EngineLog(), wall_offset=time.time() - time.monotonic(),
+                                  log=self.engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
                                   cookie_threshold=config.cookie_threshold)
         self.manager.set_activity_probe(self.dataplane.last_rx)
@@ -103,6 +107,12 @@ class Gateway:
         self.roaming = RoamingWatcher(self.manager, self.tcp.roam, self.flush)
         self.lifetimes = LifetimeWatcher(self.manager, self.dataplane, self.flush)
         self.control = ControlHandlers(self)
+        self.notifier = Notifier()  # systemd Type=notify ($NOTIFY_SOCKET); a no-op without it
+        self.metrics: GatewayMetrics | None = None  # [gateway] metrics_listen (docs/metrics.md)
+        if config.metrics_listen is not None:
+            self.metrics = GatewayMetrics()
+            self.metrics.bind(self)
+            self.engine_log.observer = self.metrics.on_log
 
     @property
     def pools(self) -> PoolSet:
@@ -165,6 +175,8 @@ class Gateway:
 
     def deliver(self, ev: Any) -> None:
         try:
+            if self.metrics is not None:  # before the router: a Child SA's counters still exist
+                self.metrics.on_event(self, ev)
             self.events.handle(ev)
         except Exception as e:  # noqa: BLE001 - an event handler bug never stops the gateway
             log.error("event handling failed", event=type(ev).__name__, connection=ev.ike_name,
@@ -256,9 +268,23 @@ class Gateway:
                 "dataplane": self.dataplane.stats()}
 
     def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file (`vpn-gw reload`, SIGHUP), telling systemd around it."""
         if self.config.source is None:
             raise ValueError("configuration was not loaded from a file")
-        new = load_config(self.config.source)
+        self.notifier.reloading()
+        try:
+            return self._reload(self.config.source)
+        finally:
+            self.notifier.ready(f"{len(self.config.connections)} connections loaded")
+
+    def _reload_on_signal(self) -> None:
+        try:
+            log.info("reloaded on SIGHUP", **self.reload())
+        except (ConfigError, ValueError, RuntimeError, OSError) as e:
+            log.error("reload on SIGHUP failed: configuration kept", error=str(e))
+
+    def _reload(self, source: Any) -> dict[str, Any]:
+        new = load_config(source)
         d = diff_configs(self.config, new)
         for name in d.removed:
             self.manager.terminate(name, time.monotonic())
@@ -313,8 +339,11 @@ class Gateway:
         self.traps.install_all(self.config.connections)
         control = ControlServer(str(self.config.control_socket), self.control.handle)
         await control.start()
+        metrics_server = await self._start_metrics()
         log.info("vpn-gw started", connections=len(self.config.connections),
                  control_socket=str(self.config.control_socket), dataplane=self.dataplane.name)
+        self.notifier.ready(f"{len(self.config.connections)} connections loaded")
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         for conn in self.config.connections:
             if conn.start_action == "start" and initiate_target(conn):
                 try:
@@ -325,6 +354,7 @@ class Gateway:
         self.flush()
         watchers = [loop.create_task(self.roaming.run()), loop.create_task(self.lifetimes.run())]
         await stop.wait()
+        self.notifier.stopping()
         for w in watchers:
             w.cancel()
         log.info("stopping: deleting IKE SAs")
@@ -335,6 +365,8 @@ class Gateway:
         await asyncio.sleep(0.2)  # let the DELETEs leave (no retransmission at shutdown)
         self.scheduler.close()
         await control.stop()
+        if metrics_server is not None:
+            await metrics_server.close()
         await self.tcp.close()
         self.udp.close()
         self.routes.remove()
@@ -343,6 +375,19 @@ class Gateway:
         if any(p.masquerade for p in self.config.pools):
             masquerade.remove()
         log.info("vpn-gw stopped")
+
+
+    async def _start_metrics(self) -> MetricsServer | None:
+        if self.metrics is None or self.config.metrics_listen is None:
+            return None
+        host, port = self.config.metrics_listen
+        server = MetricsServer(self.metrics, host, port)
+        try:
+            await server.start()
+        except OSError as e:
+            raise StartupError(explain(e, host, port, "TCP (metrics)", "[gateway] metrics_listen")) from None
+        log.info("metrics served", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
+        return server
 
 
 def _reachable(ip: str) -> bool:
