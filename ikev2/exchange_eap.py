@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 
+from . import eap_async
 from . import payloads as P
 from .constants import CfgType
 from .constants import ExchangeType as X
@@ -76,6 +77,8 @@ class EapExchange(IkeSACore):
         self._respond(req, out)
 
     def _continue_eap_server(self, req: Message, now: float) -> None:
+        if eap_async.defer(self, req, now):  # an asynchronous authenticator decides later
+            return
         self._eap_rounds += 1
         if self._eap_rounds > MAX_EAP_ROUNDS:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, "too many EAP rounds", fatal=True)

@@ -138,6 +138,17 @@ class IkeManager:
         cands = [sa for sa in self.sas if sa.ike_id == ike_id and sa.state != State.DELETED]
         return next((sa for sa in cands if sa.state == State.ESTABLISHED), cands[0] if cands else None)
 
+    def eap_verdict(self, ike_id: int, ticket: int, step, now: float) -> bool:
+        """The verdict (an ikev2.eap.EapStep) for an EapVerdictNeeded event (ikev2.eap_async)."""
+        sa = self.by_id(ike_id)
+        if sa is None:
+            return False
+        from .eap_async import deliver
+        done: list[bool] = []
+        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, step, now)), now)
+        self._collect()
+        return bool(done and done[0])
+
     def esp_adopt(self, ike_id: int, local: Address, remote: Address, now: float) -> bool:
         """The data plane saw an authenticated ESP packet, newer than all before, from a new
         address: move the IKE SA and its Child SAs there if the connection adopts addresses."""
