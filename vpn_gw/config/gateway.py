@@ -66,6 +66,7 @@ class GatewayConfig:
     dns_max_ttl: float = 3600.0
     ddns: tuple[DdnsConfig, ...] = ()       # [[ddns]] tables
     pools: tuple[PoolConfig, ...] = ()      # [[pool]] tables
+    radius: object | None = None            # [radius]: vpn_gw.radius.settings.RadiusConfig
     source: Path | None = field(default=None, compare=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 

@@ -1,7 +1,7 @@
 """Which keys each table accepts, and the hints for a key written in the wrong table."""
 from __future__ import annotations
 
-TOP_KEYS = ("gateway", "connection", "pool", "ddns")
+TOP_KEYS = ("gateway", "connection", "pool", "ddns", "radius")
 DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "server", "port", "zone",
              "tsig_name", "tsig_secret", "tsig_algorithm", "ttl", "scheme", "path", "user", "password",
              "ca_file", "user_agent")

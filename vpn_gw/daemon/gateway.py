@@ -79,7 +79,12 @@ class Gateway:
         self.dataplane = dataplane if dataplane is not None else make_dataplane(config, self)
         self.started = time.time()
         self.held_down: set[str] = set()  # taken down by `vpn-gw down`: no automatic restart
-        self.virtual_ips = VirtualIps(PoolSet.from_config(config.pools), lambda: self.config)
+        self.radius = None  # remote_auth = "eap-radius" (docs/fleet.md)
+        if config.radius is not None:
+            from vpn_gw.radius.service import RadiusService
+            self.radius = RadiusService(config.radius, self)
+        self.virtual_ips = VirtualIps(PoolSet.from_config(config.pools), lambda: self.config,
+                                      framed=self.radius.framed if self.radius is not None else None)
         self.manager = IkeManager([self._policy(c) for c in config.connections], os.urandom,
                                   log=EngineLog(), wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
@@ -110,7 +115,8 @@ class Gateway:
 
     def _policy(self, conn: Any) -> Any:
         return ike_policy(conn, self.config,
-                          address_assigner=lambda ident, req, c=conn: self.virtual_ips.assign(c, ident, req))
+                          address_assigner=lambda ident, req, c=conn: self.virtual_ips.assign(c, ident, req),
+                          eap_backend=self.radius.backend if self.radius is not None else None)
 
     def connection(self, name: str) -> Any:
         return self._conns.get(name)
@@ -165,6 +171,8 @@ class Gateway:
 
     def deliver(self, ev: Any) -> None:
         try:
+            if self.radius is not None:
+                self.radius.on_event(ev)  # first: ChildDown counters are read before removal
             self.events.handle(ev)
         except Exception as e:  # noqa: BLE001 - an event handler bug never stops the gateway
             log.error("event handling failed", event=type(ev).__name__, connection=ev.ike_name,
@@ -288,6 +296,8 @@ class Gateway:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.ddns.start()
+        if self.radius is not None:
+            await self.radius.start()
         for note in self.pools.load():
             log.warning("address pool", note=note)
         try:
@@ -333,6 +343,8 @@ class Gateway:
             sa.delete(now, "gateway shutting down")
         self.flush()
         await asyncio.sleep(0.2)  # let the DELETEs leave (no retransmission at shutdown)
+        if self.radius is not None:
+            await self.radius.stop()  # accounting Stop for what is left
         self.scheduler.close()
         await control.stop()
         await self.tcp.close()
