@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 
-from . import eap_async
+from . import assign_async, eap_async
 from . import payloads as P
 from .constants import CfgType
 from .constants import ExchangeType as X
@@ -140,7 +140,7 @@ class EapExchange(IkeSACore):
         from .cp import build_reply, parse_request
         want = parse_request(cp)
         who = self.eap_identity or str(self.peer_id)
-        assignment = assigner(who, want)
+        assignment = assign_async.call(self, assigner, who, want)
         if assignment is None or not assignment.addresses:
             self.log("warning", "no virtual IP available", identity=who)
             raise ExchangeFailed(N.INTERNAL_ADDRESS_FAILURE, f"no virtual IP left for '{who}'", fatal=True)

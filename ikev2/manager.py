@@ -149,6 +149,17 @@ class IkeManager:
         self._collect()
         return bool(done and done[0])
 
+    def assignment_ready(self, ike_id: int, ticket: int, assignment, now: float) -> bool:
+        """The virtual IPs (ikev2.cp.Assignment or None) for an AddressNeeded event (ikev2.assign_async)."""
+        sa = self.by_id(ike_id)
+        if sa is None:
+            return False
+        from .assign_async import deliver
+        done: list[bool] = []
+        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, assignment, now)), now)
+        self._collect()
+        return bool(done and done[0])
+
     def esp_adopt(self, ike_id: int, local: Address, remote: Address, now: float) -> bool:
         """The data plane saw an authenticated ESP packet, newer than all before, from a new
         address: move the IKE SA and its Child SAs there if the connection adopts addresses."""
