@@ -138,3 +138,50 @@ def test_schema_missing_is_a_clear_error(pg):
             await s.acquire(["rw"], "alice", 4)
         await s.close()
     run(main())
+
+
+def test_cli_pool_init_add_status_del(pg, tmp_path):
+    import json as _json
+    import subprocess
+    import sys
+    conn = tmp_path / "db.conn"
+    conn.write_text(pg.conninfo.replace("dbname=postgres", "dbname=template1") + "\n")
+    conn.chmod(0o600)
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(f'''
+[[pool]]
+name = "fleet"
+addrs = "10.97.0.0/28"
+backend = "postgresql"
+database = "file:{conn}"
+fleet_member = "gw1"
+
+[[connection]]
+name = "rw"
+local_id = "vpn.example.org"
+auth = "psk"
+psk = "a-long-enough-pre-shared-key"
+remote_auth = "psk"
+pools = ["fleet"]
+[[connection.child]]
+name = "rw"
+local_ts = ["0.0.0.0/0"]
+remote_ts = ["0.0.0.0/0"]
+''')
+
+    def cli(*a, check=True):
+        r = subprocess.run([sys.executable, "-m", "vpn_gw", "pool", "-c", str(cfg), *a],
+                           capture_output=True, text=True, timeout=60)
+        assert (r.returncode == 0) == check, r.stdout + r.stderr
+        return r
+    before = cli("status", check=False)
+    assert "no vpn-gw schema" in before.stderr and "vpn-gw pool init" in before.stderr
+    assert "schema version" in cli("init").stdout
+    assert "(unchanged)" in cli("init").stdout
+    assert "14 addresses" in cli("add", "fleet").stdout
+    assert "exists already" in cli("add", "fleet", check=False).stderr
+    st = _json.loads(cli("status", "--json").stdout)
+    assert st["pools"] == [{"name": "fleet", "addrs": "10.97.0.0/28", "size": 14, "bound": 0,
+                            "online": 0, "offline": 0, "free": 14}]
+    assert "pool fleet deleted" in cli("del", "fleet").stdout
+    assert "no pool 'fleet'" in cli("del", "fleet", check=False).stderr

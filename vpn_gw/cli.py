@@ -513,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the result as JSON")
     pr.set_defaults(func=cmd_probe)
 
+    from vpn_gw.pools.admin import add_parser as add_pool_parser
+    add_pool_parser(sub, common)
+
     dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo")
     dm.set_defaults(func=cmd_demo)
     return p

@@ -98,6 +98,8 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     from vpn_gw.radius.settings import check_eap_radius_connections, parse_radius_section
     radius = parse_radius_section(ctx, top)
     check_eap_radius_connections(ctx, conns_raw, top)
+    from vpn_gw.pools.pg_settings import check_connection_backends
+    check_connection_backends(ctx, conns_raw, connections, pools)
     if ctx.errors:
         return None
     _check_inline_secret_perms(ctx, source)

@@ -83,7 +83,12 @@ class Gateway:
         if config.radius is not None:
             from vpn_gw.radius.service import RadiusService
             self.radius = RadiusService(config.radius, self)
-        self.virtual_ips = VirtualIps(PoolSet.from_config(config.pools), lambda: self.config,
+        self.fleet_pools = None  # [[pool]] backend = "postgresql" (docs/fleet.md)
+        if any(p.backend == "postgresql" for p in config.pools):
+            from vpn_gw.pools.fleet import PgPoolService
+            self.fleet_pools = PgPoolService(config, self)
+        self.virtual_ips = VirtualIps(PoolSet.from_config([p for p in config.pools if p.backend == "file"]),
+                                      lambda: self.config,
                                       framed=self.radius.framed if self.radius is not None else None)
         self.manager = IkeManager([self._policy(c) for c in config.connections], os.urandom,
                                   log=EngineLog(), wall_offset=time.time() - time.monotonic(),
@@ -114,8 +119,9 @@ class Gateway:
         return self.virtual_ips.pools
 
     def _policy(self, conn: Any) -> Any:
-        return ike_policy(conn, self.config,
-                          address_assigner=lambda ident, req, c=conn: self.virtual_ips.assign(c, ident, req),
+        assigner = (self.fleet_pools.assigner(conn) if self.fleet_pools is not None and self.fleet_pools.uses(conn)
+                    else lambda ident, req, c=conn: self.virtual_ips.assign(c, ident, req))
+        return ike_policy(conn, self.config, address_assigner=assigner,
                           eap_backend=self.radius.backend if self.radius is not None else None)
 
     def connection(self, name: str) -> Any:
@@ -173,6 +179,8 @@ class Gateway:
         try:
             if self.radius is not None:
                 self.radius.on_event(ev)  # first: ChildDown counters are read before removal
+            if self.fleet_pools is not None:
+                self.fleet_pools.on_event(ev)
             self.events.handle(ev)
         except Exception as e:  # noqa: BLE001 - an event handler bug never stops the gateway
             log.error("event handling failed", event=type(ev).__name__, connection=ev.ike_name,
@@ -298,6 +306,8 @@ class Gateway:
         await self.ddns.start()
         if self.radius is not None:
             await self.radius.start()
+        if self.fleet_pools is not None:
+            await self.fleet_pools.start()
         for note in self.pools.load():
             log.warning("address pool", note=note)
         try:
@@ -345,6 +355,8 @@ class Gateway:
         await asyncio.sleep(0.2)  # let the DELETEs leave (no retransmission at shutdown)
         if self.radius is not None:
             await self.radius.stop()  # accounting Stop for what is left
+        if self.fleet_pools is not None:
+            await self.fleet_pools.stop()
         self.scheduler.close()
         await control.stop()
         await self.tcp.close()

@@ -62,7 +62,8 @@ class VirtualIps:
         owner = self._owner.pop(ike_id, None)
         if owner is None or conn is None or not conn.pools:
             return
-        released = self.pools.release(owner, names=conn.pools, now=time.time())
+        released = self.pools.release(owner, names=[n for n in conn.pools if n in self.pools],
+                                      now=time.time())
         log.info("virtual IP released (lease kept for the same identity)", identity=owner,
                  addresses=[str(a) for _, a in released])
         self.save()
