@@ -41,7 +41,7 @@ def _users(alice: User, bob: User) -> str:
 
 
 def _radius_env(workdir: Path, prefix: str, users: list[User], sw_users: list[User], *,
-                servers: list[str]):
+                servers: list[str], dae_port: int = 0):
     psk = "test-only-" + secrets.token_hex(12)
     lease_file = workdir / "pool-rw.json"
     state: dict = {}
@@ -63,7 +63,8 @@ def _radius_env(workdir: Path, prefix: str, users: list[User], sw_users: list[Us
         secret_file.chmod(0o600)
         servers_toml = ", ".join(f'"{s}"' for s in servers)
         return text + (f'\n[radius]\nservers = [{servers_toml}]\nsecret = "file:{secret_file}"\n'
-                       f'nas_identifier = "gw-test"\ntimeout = "0.5s"\nretries = 1\ndae_port = 0\n')
+                       f'nas_identifier = "gw-test"\ntimeout = "0.5s"\nretries = 1\ndae_port = {dae_port}\n'
+                       f'dae_listen = "10.10.0.1"\n')
 
     env = R.ra_env(
         workdir, prefix=prefix, ours_role="gateway", setup=setup,
@@ -156,5 +157,36 @@ def test_first_radius_server_down_second_answers(sswan_workdir):
             text = env.ours.log.read_text()
             assert "RADIUS server 10.10.0.9 did not answer" in text, text[-3000:]
             assert "RADIUS: failing over to server 10.10.0.2" in text
+    finally:
+        _stop_radius(state)
+
+
+def test_disconnect_request_from_radius_side_drops_the_client(sswan_workdir):
+    """RFC 5176: FreeRADIUS's radclient (in the RADIUS server's namespace, with the shared secret)
+    sends Disconnect-Request for alice: ACK, the client's SA is deleted, accounting Stop says
+    Admin-Reset. A request for an unknown user is NAKed (Session-Context-Not-Found)."""
+    alice = User("alice@example.org", "pw-" + secrets.token_hex(8))
+    bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
+    env_cm, state = _radius_env(sswan_workdir, "rrdm", [alice, bob], [alice], servers=[RADIUS_IP],
+                                dae_port=3799)
+    try:
+        with env_cm as env:
+            fr: FreeRadius = state["fr"]
+            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+            env.ours_established(1, timeout=10)
+
+            def radclient(attrs: str):
+                return env.topo.host_a.run(["radclient", "-x", "-r", "1", "-t", "3", "10.10.0.1:3799",
+                                            "disconnect", SECRET], input=attrs + "\n", check=False,
+                                           timeout=15).stdout
+            nak = radclient('User-Name = "carol@example.org"')
+            assert "Disconnect-NAK" in nak and "Session-Context-Not-Found" in nak, nak
+            ack = radclient(f'User-Name = "{alice.name}"')
+            assert "Disconnect-ACK" in ack, ack
+            env.sw.wait_no_sas(timeout=10)
+            env.wait_ours(lambda st: st == [], timeout=10, what="alice's SA deleted")
+            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Stop" for r in fr.detail_records()), 5)
+            stop = [r for r in fr.detail_records() if r["Acct-Status-Type"] == "Stop"][0]
+            assert stop["Acct-Terminate-Cause"] == "Admin-Reset" and stop["User-Name"] == alice.name
     finally:
         _stop_radius(state)
