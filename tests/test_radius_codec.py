@@ -95,3 +95,48 @@ def test_decode_reply_mutations_raise_only_radius_error():
             decode_reply(req, bytes(b))
         except RadiusError:
             pass
+
+
+def test_dae_listener_drops_garbage_and_answers_authentic_requests():
+    """Disconnect listener (RFC 5176) without a network: mutated and foreign datagrams are dropped
+    (counted), never an exception; an authentic request is answered ACK/NAK."""
+    from vpn_gw.radius.codec import DISCONNECT_ACK, DISCONNECT_NAK, DISCONNECT_REQUEST
+    from vpn_gw.radius.dae import DaeListener
+
+    class Sink:
+        def __init__(self):
+            self.sent = []
+
+        def sendto(self, data, addr):
+            self.sent.append(data)
+
+    seen = []
+    dae = DaeListener({"192.0.2.10": SECRET}, lambda r: (seen.append(r), 1 if r.user_name == "alice" else 0)[1])
+    dae.transport = Sink()
+    req = pp.CoAPacket(code=DISCONNECT_REQUEST, secret=SECRET, dict=dictionary(), id=9)
+    req.AddAttribute("User-Name", "alice")
+    raw = req.RequestPacket()
+    dae.datagram_received(raw, ("198.51.100.99", 3799))          # unknown client
+    assert dae.dropped == 1 and not dae.transport.sent
+    dae.datagram_received(raw, ("192.0.2.10", 3799))
+    assert dae.transport.sent[-1][0] == DISCONNECT_ACK and seen[-1].user_name == "alice"
+    dae.datagram_received(raw, ("192.0.2.10", 3799))              # retransmission: cached answer
+    assert len(seen) == 1 and len(dae.transport.sent) == 2
+    other = pp.CoAPacket(code=DISCONNECT_REQUEST, secret=SECRET, dict=dictionary(), id=10)
+    other.AddAttribute("User-Name", "carol")
+    dae.datagram_received(other.RequestPacket(), ("192.0.2.10", 3799))
+    assert dae.transport.sent[-1][0] == DISCONNECT_NAK
+    rnd = random.Random(5)
+    before = len(dae.transport.sent)
+    for _ in range(2000):
+        b = bytearray(raw)
+        for _ in range(rnd.randint(1, 4)):
+            b[rnd.randrange(len(b))] = rnd.randrange(256)
+        if rnd.random() < 0.3:
+            b = b[:rnd.randrange(len(b))]
+        if bytes(b) == raw:
+            continue  # the mutation rewrote a byte with its own value: a real retransmission
+        dae.datagram_received(bytes(b), ("192.0.2.10", 3799))
+    # mutations fail the Request Authenticator (checked before the retransmission cache):
+    # nothing answered for them
+    assert len(dae.transport.sent) == before

@@ -76,6 +76,12 @@ class DaeListener(asyncio.DatagramProtocol):
             return self._drop(f"request from unknown client {src}")
         if len(data) < 20 or len(data) > 4096:
             return self._drop(f"{len(data)}-octet datagram from {src}")
+        if len(data) < int.from_bytes(data[2:4], "big") or int.from_bytes(data[2:4], "big") < 20:
+            return self._drop(f"bad Length from {src}")
+        data = data[:int.from_bytes(data[2:4], "big")]
+        if not verify_request_authenticator(data, secret):
+            return self._drop(f"bad Request Authenticator from {src} (wrong secret?)")
+        # authentic: a retransmission (same source, Identifier, Authenticator) gets the same answer
         key = (src, data[1], data[4:20])
         now = time.monotonic()
         self._recent = {k: v for k, v in self._recent.items() if now - v[0] < DUPLICATE_WINDOW}
@@ -88,8 +94,6 @@ class DaeListener(asyncio.DatagramProtocol):
             return self._drop(f"malformed request from {src}: {e}")
         if req.code not in (DISCONNECT_REQUEST, COA_REQUEST):
             return self._drop(f"code {req.code} from {src}")
-        if not verify_request_authenticator(req.raw_packet, secret):
-            return self._drop(f"bad Request Authenticator from {src} (wrong secret?)")
         if req.message_authenticator and not req.verify_message_authenticator():
             return self._drop(f"bad Message-Authenticator from {src}")
         reply = req.CreateReply()
