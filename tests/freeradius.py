@@ -2,7 +2,7 @@
 with its own minimal configuration directory (not /etc/freeradius) and stopped by PID.
 
 Users live in its ``files`` module (``users`` file); EAP-MSCHAPv2 (default) and EAP-MD5 are
-enabled; accounting goes to ``<dir>/acct/detail`` (the ``detail`` module).
+enabled, EAP-TLS too when ``tls`` (certificate, key, CA) is given; accounting goes to ``<dir>/acct/detail`` (the ``detail`` module).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ modules {{
     mschapv2 {{
       send_error = no
     }}
-  }}
+{tls}  }}
   mschap {{
   }}
   files {{
@@ -128,7 +128,8 @@ class FreeRadius:
     accounting detail file."""
 
     def __init__(self, ns, workdir: Path, *, users: str, secret: str = "testing123",
-                 address: str = "127.0.0.1", auth_port: int = 1812, acct_port: int = 1813):
+                 address: str = "127.0.0.1", auth_port: int = 1812, acct_port: int = 1813,
+                 tls: tuple[Path, Path, Path] | None = None):
         self.ns = ns
         self.dir = Path(workdir)
         self.users = users
@@ -136,6 +137,7 @@ class FreeRadius:
         self.address = address
         self.auth_port = auth_port
         self.acct_port = acct_port
+        self.tls = tls  # (certificate, private key, CA) PEM files: enables EAP-TLS
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Self:
@@ -160,7 +162,7 @@ class FreeRadius:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "radiusd.conf").write_text(CONFIG.format(
             dir=self.dir, secret=self.secret, address=self.address,
-            auth_port=self.auth_port, acct_port=self.acct_port))
+            auth_port=self.auth_port, acct_port=self.acct_port, tls=self._tls_section()))
         (self.dir / "users").write_text(self.users)
         (self.dir / "acct_users").write_text("")
         (self.dir / "dictionary").write_text("")
@@ -174,6 +176,15 @@ class FreeRadius:
             text = self.log.read_text() if self.log.exists() else "(no log)"
             self.stop()
             raise RuntimeError(f"FreeRADIUS did not start:\n{text[-3000:]}")
+
+    def _tls_section(self) -> str:
+        if self.tls is None:
+            return ""
+        cert, key, ca = self.tls
+        return (f"    tls-config tls-common {{\n      private_key_file = {key}\n"
+                f"      certificate_file = {cert}\n      ca_file = {ca}\n"
+                f'      cipher_list = "DEFAULT"\n      tls_min_version = "1.2"\n'
+                f'      tls_max_version = "1.2"\n    }}\n    tls {{\n      tls = tls-common\n    }}\n')
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -41,14 +41,19 @@ def _users(alice: User, bob: User) -> str:
 
 
 def _radius_env(workdir: Path, prefix: str, users: list[User], sw_users: list[User], *,
-                servers: list[str], dae_port: int = 0):
+                servers: list[str], dae_port: int = 0, certs=None, radius_cert=None):
     psk = "test-only-" + secrets.token_hex(12)
     lease_file = workdir / "pool-rw.json"
     state: dict = {}
 
     def setup(topo, sw):
+        if certs is not None:
+            sw.add_ca(certs.ca)
+            for c in certs.clients.values():
+                sw.add_cert(c)
+        tls = (radius_cert.cert_path, radius_cert.key_path, certs.ca.cert_path) if radius_cert else None
         fr = FreeRadius(topo.host_a, workdir / "freeradius", users=_users(*users), secret=SECRET,
-                        address=RADIUS_IP)
+                        address=RADIUS_IP, tls=tls)
         state["fr"] = fr
         fr.start()
 
@@ -68,7 +73,7 @@ def _radius_env(workdir: Path, prefix: str, users: list[User], sw_users: list[Us
 
     env = R.ra_env(
         workdir, prefix=prefix, ours_role="gateway", setup=setup,
-        sw_config=lambda t: R.sw_clients_conf(t, sw_users, psk=psk),
+        sw_config=lambda t: R.sw_clients_conf(t, sw_users, psk=psk, certs=certs),
         ours_connections=ours_conns, ours_config_text=config_text,
         pools=[R.pool_table("rw", R.POOL, R.OURS_DNS, lease_file)],
         n_client_addrs=len(sw_users))
@@ -188,5 +193,30 @@ def test_disconnect_request_from_radius_side_drops_the_client(sswan_workdir):
             assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Stop" for r in fr.detail_records()), 5)
             stop = [r for r in fr.detail_records() if r["Acct-Status-Type"] == "Stop"][0]
             assert stop["Acct-Terminate-Cause"] == "Admin-Reset" and stop["User-Name"] == alice.name
+    finally:
+        _stop_radius(state)
+
+
+def test_strongswan_eap_tls_through_freeradius(sswan_workdir):
+    """EAP-TLS: the gateway relays a method it does not know; the TLS records (certificates,
+    ~1-2 kB per EAP message) go over several EAP-Message attributes each way."""
+    alice = User("alice@example.org", "unused", "tls")
+    bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
+    certs = R.make_certs(sswan_workdir, [alice.name])
+    pki = R.ss.Pki(Path(sswan_workdir) / "pki")
+    radius_cert = pki.end_entity("radius", f"C=XX, O=vpn-gw interop, CN={R.GW_PSK_ID}", certs.ca,
+                                 sans=[R.GW_PSK_ID], flags=("serverAuth",))
+    env_cm, state = _radius_env(sswan_workdir, "rrtl", [alice, bob], [alice], servers=[RADIUS_IP],
+                                certs=certs, radius_cert=radius_cert)
+    try:
+        with env_cm as env:
+            fr: FreeRadius = state["fr"]
+            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+            env.ours_established(1, timeout=10)
+            assert env.sw_vip("c0") == FRAMED
+            log = env.sw.log_text()
+            assert "EAP method EAP_TLS succeeded, MSK established" in log, log[-3000:]
+            assert f"Login OK: [{alice.name}" in fr.log.read_text()
+            env.topo.gw.wait_ping(HOST_A, src=FRAMED, timeout=5)
     finally:
         _stop_radius(state)
