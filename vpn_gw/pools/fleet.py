@@ -175,5 +175,5 @@ class PgPoolService:
         for s in self.stores.values():
             try:
                 await s.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
+            except Exception as e:  # noqa: BLE001 - closing a broken connection
+                log.debug("closing the pool database connection failed", error=str(e))

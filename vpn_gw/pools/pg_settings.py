@@ -36,8 +36,8 @@ class PgPoolSettings:
 
 def parse_pool_backend(ctx, t, path: tuple):
     """-> (backend, PgPoolSettings | None); errors go to ctx."""
-    from vpn_gw.radius.settings import _helpers
-    C = _helpers()
+    from vpn_gw.config.helpers import section_helpers
+    C = section_helpers()
     backend = t.get("backend", C._choice(BACKENDS), "file")
     if backend != "postgresql":
         for k in PG_POOL_KEYS[1:]:

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from vpn_gw.pools.local import _usable_bounds, parse_pool_addrs
 
@@ -130,11 +131,10 @@ class PgPoolStore:
         async with self._lock:
             conn = await self._connection()
             try:
-                async with conn.transaction():
-                    async with conn.cursor() as cur:
-                        if check_schema:
-                            await self._check_schema(cur)
-                        return await fn(cur)
+                async with conn.transaction(), conn.cursor() as cur:
+                    if check_schema:
+                        await self._check_schema(cur)
+                    return await fn(cur)
             except psycopg.errors.UniqueViolation as e:
                 raise _Conflict(_why(e)) from None
             except psycopg.Error as e:

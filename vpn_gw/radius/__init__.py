@@ -8,7 +8,8 @@ _EXPORTS = {
     "RadiusClient": "client", "RadiusError": "codec", "RadiusTimeout": "codec",
     "RadiusServer": "transport",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["AcceptAttributes", "AcctSession", "EapRelay", "RadiusClient", "RadiusError",  # noqa: F822
+           "RadiusServer", "RadiusTimeout"]
 
 
 def __getattr__(name: str):

@@ -44,7 +44,7 @@ def station_id(addr: tuple[str, int]) -> str:
 class RelayBackend(AsyncEapServer):
     """One IKE SA's EAP conversation, relayed to RADIUS."""
 
-    def __init__(self, service: "RadiusService"):
+    def __init__(self, service: RadiusService):
         super().__init__()
         self.relay = service.client.eap_relay()
 

@@ -47,7 +47,8 @@ class RadiusConfig:
 def parse_radius_section(ctx, top) -> RadiusConfig | None:
     """Validates ``[radius]`` with the loader's helpers (``ctx``: its error collector, ``top``:
     the top-level table). None if the section is absent or has errors (reported in ctx)."""
-    C = _helpers()
+    from vpn_gw.config.helpers import section_helpers
+    C = section_helpers()
 
     if not top.has("radius"):
         return None
@@ -83,16 +84,6 @@ def parse_radius_section(ctx, top) -> RadiusConfig | None:
                         nas_identifier=nas_identifier, timeout=timeout, retries=retries,
                         accounting=accounting, interim_interval=interim, dae_port=dae_port,
                         dae_listen=dae_listen)
-
-
-def _helpers():
-    """The configuration package's shared validation helpers (vpn_gw.config.convert/credentials)."""
-    import types
-
-    from vpn_gw.config import Secret, convert, credentials
-    return types.SimpleNamespace(**{k: getattr(convert, k) for k in dir(convert) if k.startswith("_") and not k.startswith("__")},
-                                 _read_file=credentials._read_file,
-                                 _check_private_perms=credentials._check_private_perms, Secret=Secret)
 
 
 def _secret(ctx, path: tuple, C):
