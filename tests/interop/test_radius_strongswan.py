@@ -37,7 +37,8 @@ def _users(alice: User, bob: User) -> str:
     return (f'"{alice.name}"  Cleartext-Password := "{alice.password}"\n'
             f'       Framed-IP-Address = {FRAMED},\n'
             f'       Class = "cls-alice"\n'
-            f'"{bob.name}"  Cleartext-Password := "{bob.password}"\n')
+            f'"{bob.name}"  Cleartext-Password := "{bob.password}"\n'
+            f'       Session-Timeout = 3\n')
 
 
 def _radius_env(workdir: Path, prefix: str, users: list[User], sw_users: list[User], *,
@@ -218,5 +219,26 @@ def test_strongswan_eap_tls_through_freeradius(sswan_workdir):
             assert "EAP method EAP_TLS succeeded, MSK established" in log, log[-3000:]
             assert f"Login OK: [{alice.name}" in fr.log.read_text()
             env.topo.gw.wait_ping(HOST_A, src=FRAMED, timeout=5)
+    finally:
+        _stop_radius(state)
+
+
+def test_session_timeout_ends_the_session(sswan_workdir):
+    """Session-Timeout = 3 in bob's Access-Accept: the gateway deletes his IKE SA after 3 s;
+    accounting Stop says Session-Timeout."""
+    alice = User("alice@example.org", "pw-" + secrets.token_hex(8))
+    bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
+    env_cm, state = _radius_env(sswan_workdir, "rrst", [alice, bob], [bob], servers=[RADIUS_IP])
+    try:
+        with env_cm as env:
+            fr: FreeRadius = state["fr"]
+            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+            t_up = time.monotonic()
+            env.ours_established(1, timeout=10)
+            env.sw.wait_no_sas(timeout=10)
+            assert time.monotonic() - t_up >= 2.5
+            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Stop" for r in fr.detail_records()), 5)
+            stop = [r for r in fr.detail_records() if r["Acct-Status-Type"] == "Stop"][0]
+            assert stop["Acct-Terminate-Cause"] == "Session-Timeout" and stop["User-Name"] == bob.name
     finally:
         _stop_radius(state)

@@ -58,6 +58,7 @@ class _Session:
     children: set = field(default_factory=set)        # spi_in of live Child SAs
     closed: list = field(default_factory=lambda: [0, 0, 0, 0])  # bytes in/out, packets in/out
     interim: asyncio.Task | None = None
+    expiry: asyncio.TimerHandle | None = None      # Session-Timeout from the Access-Accept
 
 
 def terminate_cause(reason: str) -> int:
@@ -66,6 +67,8 @@ def terminate_cause(reason: str) -> int:
         return rc.CAUSE_USER_REQUEST
     if "did not answer" in r or "dead peer" in r:
         return rc.CAUSE_LOST_CARRIER
+    if "session-timeout" in r:
+        return rc.CAUSE_SESSION_TIMEOUT
     if "disconnect-request" in r:
         return rc.CAUSE_ADMIN_RESET
     if "shutting down" in r:
@@ -100,7 +103,7 @@ class RadiusService:
         if isinstance(ev, EapVerdictNeeded):
             self._spawn(self._decide(ev))
         elif isinstance(ev, E.IkeUp) and ev.ike_id in self._accepted and ev.ike_id not in self._sessions:
-            self._start_accounting(ev)
+            self._session_up(ev)
         elif isinstance(ev, E.ChildUp) and ev.ike_id in self._sessions:
             self._sessions[ev.ike_id].children.add(ev.keys.spi_in)
         elif isinstance(ev, E.ChildDown) and ev.ike_id in self._sessions:
@@ -115,7 +118,7 @@ class RadiusService:
             self._accepted.pop(ev.ike_id, None)
             s = self._sessions.pop(ev.ike_id, None)
             if s is not None:
-                self._stop_accounting(s, terminate_cause(ev.reason))
+                self._session_down(s, terminate_cause(ev.reason))
 
     def _spawn(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -145,9 +148,9 @@ class RadiusService:
 
     # ------------------------------------------------------------------ accounting
 
-    def _start_accounting(self, ev: E.IkeUp) -> None:
-        if not self.cfg.accounting:
-            return
+    def _session_up(self, ev: E.IkeUp) -> None:
+        """A RADIUS-authenticated IKE SA is up: its session (for accounting, Disconnect-Request
+        and Session-Timeout)."""
         accept = self._accepted[ev.ike_id]
         sa = self.gw.manager.by_id(ev.ike_id)
         now = time.time()
@@ -161,11 +164,23 @@ class RadiusService:
         if sa is not None:
             s.children = {c.spi_in for c in sa.children}
         self._sessions[ev.ike_id] = s
+        loop = asyncio.get_running_loop()
+        if accept.session_timeout:
+            s.expiry = loop.call_later(float(accept.session_timeout), self._expire, ev.ike_id)
+        if not self.cfg.accounting:
+            return
         self._spawn(self._account(s, "Start"))
         # Acct-Interim-Interval from the Access-Accept wins; at least 60 s either way (RFC 2869 5.16)
         interval = accept.interim_interval or self.cfg.interim_interval
         if interval:
-            s.interim = asyncio.get_running_loop().create_task(self._interim(s, max(60.0, float(interval))))
+            s.interim = loop.create_task(self._interim(s, max(60.0, float(interval))))
+
+    def _expire(self, ike_id: int) -> None:
+        sa = self.gw.manager.by_id(ike_id)
+        if sa is not None:
+            log.info("RADIUS Session-Timeout: deleting the IKE SA", ike_id=ike_id)
+            sa.delete(time.monotonic(), "RADIUS Session-Timeout")
+            self.gw.flush()
 
     def _counters(self, s: _Session) -> list[int]:
         total = list(s.closed)
@@ -181,10 +196,13 @@ class RadiusService:
             await asyncio.sleep(interval)
             await self._account(s, "Interim-Update")
 
-    def _stop_accounting(self, s: _Session, cause: int) -> None:
+    def _session_down(self, s: _Session, cause: int) -> None:
         if s.interim is not None:
             s.interim.cancel()
-        self._spawn(self._account(s, "Stop", cause=cause))
+        if s.expiry is not None:
+            s.expiry.cancel()
+        if self.cfg.accounting:
+            self._spawn(self._account(s, "Stop", cause=cause))
 
     async def _account(self, s: _Session, status: str, cause: int | None = None) -> None:
         b_in, b_out, p_in, p_out = self._counters(s)
@@ -229,7 +247,7 @@ class RadiusService:
 
     async def stop(self, timeout: float = 3.0) -> None:
         for s in list(self._sessions.values()):
-            self._stop_accounting(s, rc.CAUSE_ADMIN_REBOOT)
+            self._session_down(s, rc.CAUSE_ADMIN_REBOOT)
         self._sessions.clear()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
