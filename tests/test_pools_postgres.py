@@ -185,3 +185,32 @@ remote_ts = ["0.0.0.0/0"]
                             "online": 0, "offline": 0, "free": 14}]
     assert "pool fleet deleted" in cli("del", "fleet").stdout
     assert "no pool 'fleet'" in cli("del", "fleet", check=False).stderr
+
+
+def test_hanging_database_is_a_timeout_then_recovers(pg):
+    """The server stops answering (SIGSTOP of the backend serving the gateway): the call fails within op_timeout with a clear error
+    instead of hanging (and holding up every later allocation); after SIGCONT the next call
+    works on a new connection, and nothing was allocated by the failed one."""
+    import signal
+
+    async def main():
+        (a,) = await _fresh(pg, "gw-a")
+        a.op_timeout = 1.0
+        await a.acquire(["rw"], "alice", 4)
+        backend = a._conn.info.backend_pid
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            t = asyncio.get_running_loop().time()
+            with pytest.raises(PoolDbError, match="did not answer within 1s"):
+                await a.acquire(["rw"], "bob", 4)
+            took = asyncio.get_running_loop().time() - t
+        finally:
+            os.kill(backend, signal.SIGCONT)
+        again = await a.acquire(["rw"], "bob", 4)
+        leases = await a.leases("rw")
+        await a.close()
+        return took, again, leases
+    took, again, leases = run(main())
+    assert took < 3.0
+    assert again == ("rw", "10.99.0.2")
+    assert sorted(lz.identity for lz in leases) == ["alice", "bob"]

@@ -104,8 +104,9 @@ class PgPoolStore:
     on one connection (a lock), each in its own transaction."""
 
     def __init__(self, conninfo: str, gateway: str, *, heartbeat_timeout: float = 30.0,
-                 connect_timeout: float = 5.0):
+                 connect_timeout: float = 5.0, op_timeout: float = 5.0):
         self.conninfo = conninfo
+        self.op_timeout = op_timeout  # a call that takes longer fails (the server hangs or the path is gone)
         self.gateway = gateway
         self.heartbeat_timeout = heartbeat_timeout
         self.connect_timeout = connect_timeout
@@ -128,13 +129,31 @@ class PgPoolStore:
     async def _run(self, fn, *, check_schema: bool = True):
         """fn(cursor) in a transaction; psycopg errors become PoolDbError."""
         import psycopg
+
+        async def txn(conn):
+            async with conn.transaction(), conn.cursor() as cur:
+                if check_schema:
+                    await self._check_schema(cur)
+                return await fn(cur)
+
         async with self._lock:
             conn = await self._connection()
+            task = asyncio.ensure_future(txn(conn))
+            done, _ = await asyncio.wait({task}, timeout=self.op_timeout)
+            if not done:
+                # the server (or the path to it) hangs: drop this connection without waiting for
+                # it (psycopg's own cancellation waits up to 5 s more); the next call opens a new
+                # one. The transaction never committed.
+                self._conn = None
+                try:
+                    conn.pgconn.finish()
+                except Exception:  # noqa: BLE001, S110 - it is being thrown away
+                    pass
+                task.cancel()
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # consumed
+                raise PoolDbError(f"pool database did not answer within {self.op_timeout:g}s")
             try:
-                async with conn.transaction(), conn.cursor() as cur:
-                    if check_schema:
-                        await self._check_schema(cur)
-                    return await fn(cur)
+                return task.result()
             except psycopg.errors.UniqueViolation as e:
                 raise _Conflict(_why(e)) from None
             except psycopg.Error as e:
