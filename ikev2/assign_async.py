@@ -16,9 +16,31 @@ SA (``_assign_async``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .events import Event
-from .sa_common import State
+from .message import Message
+from .sa_common import LogFn, State
+
+if TYPE_CHECKING:
+    from .cp import Assignment, CfgRequest
+
+
+class _Sa(Protocol):
+    """What these hooks use of an IKE SA (a Protocol: no import of ikev2.sa_core / ike_sa)."""
+    state: State
+    _assign_async: AssignWaiting | None
+    _assign_async_tickets: int
+    log: LogFn
+    _now: float
+
+    def _emit(self, ev: Event) -> None: ...
+
+
+class _FullSa(_Sa, Protocol):
+    def _handle_request(self, req: Message, now: float) -> None: ...
+    def _pump(self, now: float) -> None: ...
+
 
 
 class Deferred(Exception):
@@ -31,45 +53,47 @@ class AddressNeeded(Event):
     requested addresses) and call ``IkeManager.assignment_ready(ike_id, ticket, assignment, now)``."""
     ticket: int
     identity: str
-    request: object = field(repr=False)
-    assigner: object = field(repr=False, default=None)
+    request: CfgRequest = field(repr=False)
+    assigner: Any = field(repr=False, default=None)
 
 
 @dataclass
-class _Waiting:
+class AssignWaiting:
+    """The request waiting for its answer (held by the IKE SA, ``_assign_async``)."""
     ticket: int
-    request: object = None   # the IKE_AUTH request to answer (set by park)
+    request: Message | None = None   # the IKE_AUTH request to answer (set by park)
     ready: bool = False
-    assignment: object = None
+    assignment: Assignment | None = None
 
 
-def call(sa, assigner, identity: str, want):
+def call(sa: _Sa, assigner: Any, identity: str, want: CfgRequest) -> Assignment | None:
     """The assigner's answer, or Deferred (an AddressNeeded event is out, or still pending)."""
     if not getattr(assigner, "asynchronous", False):
-        return assigner(identity, want)
-    w: _Waiting | None = getattr(sa, "_assign_async", None)
+        result: Assignment | None = assigner(identity, want)
+        return result
+    w: AssignWaiting | None = sa._assign_async
     if w is not None:
         if w.ready:
             sa._assign_async = None
             return w.assignment
         raise Deferred()
-    ticket = getattr(sa, "_assign_async_tickets", 0) + 1
+    ticket = sa._assign_async_tickets + 1
     sa._assign_async_tickets = ticket
-    sa._assign_async = _Waiting(ticket)
+    sa._assign_async = AssignWaiting(ticket)
     sa._emit(AddressNeeded(ticket=ticket, identity=identity, request=want, assigner=assigner))
     raise Deferred()
 
 
-def park(sa, req) -> None:
+def park(sa: _Sa, req: Message) -> None:
     """The request that waits for the assignment (retransmissions re-park the same one)."""
-    w: _Waiting | None = getattr(sa, "_assign_async", None)
+    w: AssignWaiting | None = sa._assign_async
     if w is not None and w.request is None:
         w.request = req
         sa.log("info", "waiting for a virtual IP", ticket=w.ticket)
 
 
-def deliver(sa, ticket: int, assignment, now: float) -> bool:
-    w: _Waiting | None = getattr(sa, "_assign_async", None)
+def deliver(sa: _FullSa, ticket: int, assignment: Assignment | None, now: float) -> bool:
+    w: AssignWaiting | None = sa._assign_async
     if w is None or w.ticket != ticket or w.ready or w.request is None or sa.state == State.DELETED:
         sa.log("debug", "stale address assignment ignored", ticket=ticket)
         return False

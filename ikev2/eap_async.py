@@ -18,32 +18,44 @@ from ``IkeManager.eap_verdict``; the state lives in one attribute of the IKE SA
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from . import payloads as P
-from .eap.packet import EapError, EapStep
-from .events import Event
-from .sa_common import State
+from .eap.async_server import AsyncEapServer
+from .eap.packet import EapStep
+from .events import Address, Event
+from .message import Message
+from .sa_common import LogFn, State
+
+if TYPE_CHECKING:
+    from .eap.server import EapServer
 
 
-class AsyncEapServer:
-    """Base of asynchronous EAP authenticators. Subclasses implement :meth:`start` (the first
-    EAP Request, made locally, e.g. Request/Identity) and whatever the daemon calls to decide
-    (not the engine's business). The engine calls :meth:`process` only once the verdict for
-    that message has been delivered."""
+__all__ = ["AsyncEapServer", "EapVerdictNeeded", "defer", "deliver"]
 
-    asynchronous = True
 
-    def __init__(self):
-        self._verdict: EapStep | None = None
+class _Sa(Protocol):
+    """What these hooks use of an IKE SA (ikev2.sa_core.IkeSACore; a Protocol, so that this
+    module imports neither it nor ikev2.ike_sa)."""
+    state: State
+    _eap_async: EapWaiting | None
+    _eap_async_tickets: int
+    remote: Address
+    local: Address
+    log: LogFn
+    _now: float
+    _eap_done: bool
+    _eap_server_obj: EapServer | AsyncEapServer | None
 
-    def start(self) -> bytes:
-        raise NotImplementedError
+    def _emit(self, ev: Event) -> None: ...
 
-    def process(self, message: bytes) -> EapStep:
-        step, self._verdict = self._verdict, None
-        if step is None:
-            raise EapError("no verdict delivered for this EAP message")
-        return step
+
+class _FullSa(_Sa, Protocol):
+    """... and of ikev2.ike_sa.IkeSA to answer the waiting request."""
+    def _handle_request(self, req: Message, now: float) -> None: ...
+    def _pump(self, now: float) -> None: ...
+
+
 
 
 @dataclass
@@ -58,45 +70,49 @@ class EapVerdictNeeded(Event):
 
 
 @dataclass
-class _Waiting:
+class EapWaiting:
+    """The request waiting for its answer (held by the IKE SA, ``_eap_async``)."""
     ticket: int
-    request: object  # ikev2.message.Message: the IKE_AUTH request to answer
+    request: Message  # the IKE_AUTH request to answer
     verdict_ready: bool = False
 
 
-def defer(sa, req, now: float) -> bool:
+def defer(sa: _Sa, req: Message, now: float) -> bool:
     """Called first in ``_continue_eap_server``: True if the request is to be answered later."""
     backend = sa._eap_server_obj
-    if not getattr(backend, "asynchronous", False) or sa._eap_done:
+    if not isinstance(backend, AsyncEapServer) or sa._eap_done:
         return False
     eap = req.get(P.EAPPayload)
     if eap is None:
         return False
-    w: _Waiting | None = getattr(sa, "_eap_async", None)
+    w: EapWaiting | None = sa._eap_async
     if w is not None and w.request.message_id == req.message_id:
         if w.verdict_ready:
             sa._eap_async = None
             return False  # the verdict is in: process it now (backend.process returns it)
         sa.log("debug", "EAP verdict pending, request retransmission dropped", mid=req.message_id)
         return True
-    ticket = (w.ticket + 1) if w is not None else getattr(sa, "_eap_async_tickets", 0) + 1
+    ticket = (w.ticket + 1) if w is not None else sa._eap_async_tickets + 1
     sa._eap_async_tickets = ticket
-    sa._eap_async = _Waiting(ticket, req)
+    sa._eap_async = EapWaiting(ticket, req)
     sa._emit(EapVerdictNeeded(ticket=ticket, message=eap.message, backend=backend,
                               peer=sa.remote, local=sa.local))
     return True
 
 
-def deliver(sa, ticket: int, step: EapStep, now: float) -> bool:
+def deliver(sa: _FullSa, ticket: int, step: EapStep, now: float) -> bool:
     """The verdict for ``ticket``: answer the waiting IKE_AUTH request. False if stale."""
-    w: _Waiting | None = getattr(sa, "_eap_async", None)
+    w: EapWaiting | None = sa._eap_async
     if w is None or w.ticket != ticket or w.verdict_ready or sa.state == State.DELETED:
         sa.log("debug", "stale EAP verdict ignored", ticket=ticket)
         return False
     if not isinstance(step, EapStep):
         raise TypeError("an EAP verdict is an ikev2.eap.EapStep")
+    backend = sa._eap_server_obj
+    if not isinstance(backend, AsyncEapServer):
+        return False
     w.verdict_ready = True
-    sa._eap_server_obj._verdict = step
+    backend._verdict = step
     sa._now = now
     sa._handle_request(w.request, now)
     sa._pump(now)

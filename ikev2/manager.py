@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import payloads as P
 from .constants import ExchangeType as X
@@ -22,6 +22,10 @@ from .ike_sa import IkeSA, State
 from .message import Header, Message, UnsupportedVersion, decode_header, decode_message, encode_message
 from .policy import IkePolicy
 from .sa_core import ActivityProbe
+
+if TYPE_CHECKING:
+    from .cp import Assignment
+    from .eap.packet import EapStep
 
 RandomBytes = Callable[[int], bytes]
 LogFn = Callable[..., None]
@@ -138,7 +142,7 @@ class IkeManager:
         cands = [sa for sa in self.sas if sa.ike_id == ike_id and sa.state != State.DELETED]
         return next((sa for sa in cands if sa.state == State.ESTABLISHED), cands[0] if cands else None)
 
-    def eap_verdict(self, ike_id: int, ticket: int, step, now: float) -> bool:
+    def eap_verdict(self, ike_id: int, ticket: int, step: EapStep, now: float) -> bool:
         """The verdict (an ikev2.eap.EapStep) for an EapVerdictNeeded event (ikev2.eap_async)."""
         sa = self.by_id(ike_id)
         if sa is None:
@@ -149,7 +153,7 @@ class IkeManager:
         self._collect()
         return bool(done and done[0])
 
-    def assignment_ready(self, ike_id: int, ticket: int, assignment, now: float) -> bool:
+    def assignment_ready(self, ike_id: int, ticket: int, assignment: Assignment | None, now: float) -> bool:
         """The virtual IPs (ikev2.cp.Assignment or None) for an AddressNeeded event (ikev2.assign_async)."""
         sa = self.by_id(ike_id)
         if sa is None:

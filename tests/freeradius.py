@@ -2,7 +2,8 @@
 with its own minimal configuration directory (not /etc/freeradius) and stopped by PID.
 
 Users live in its ``files`` module (``users`` file); EAP-MSCHAPv2 (default) and EAP-MD5 are
-enabled, EAP-TLS too when ``tls`` (certificate, key, CA) is given; accounting goes to ``<dir>/acct/detail`` (the ``detail`` module).
+enabled, EAP-TLS too when ``tls`` (certificate, key, CA) is given; accounting goes to
+``<dir>/acct/detail`` (the ``detail`` module).
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ class Postgres:
             return f"host={self.listen} port={self.port} dbname=postgres user=postgres"
         return f"host={self.sock} port={self.port} dbname=postgres user=postgres"
 
-    def __enter__(self) -> "Postgres":
+    def __enter__(self) -> Postgres:
         self.start()
         return self
 

@@ -188,7 +188,8 @@ remote_ts = ["0.0.0.0/0"]
 
 
 def test_hanging_database_is_a_timeout_then_recovers(pg):
-    """The server stops answering (SIGSTOP of the backend serving the gateway): the call fails within op_timeout with a clear error
+    """The server stops answering (SIGSTOP of the backend serving the gateway): the call fails
+    within op_timeout with a clear error
     instead of hanging (and holding up every later allocation); after SIGCONT the next call
     works on a new connection, and nothing was allocated by the failed one."""
     import signal

@@ -8,8 +8,17 @@ import struct
 import pytest
 from pyrad import packet as pp
 
-from vpn_gw.radius.codec import (ACCESS_ACCEPT, ACCESS_REQUEST, RadiusError, decode_reply,
-                                 decrypt_mppe_key, dictionary, join_eap, msk_from_mppe, split_eap)
+from vpn_gw.radius.codec import (
+    ACCESS_ACCEPT,
+    ACCESS_REQUEST,
+    RadiusError,
+    decode_reply,
+    decrypt_mppe_key,
+    dictionary,
+    join_eap,
+    msk_from_mppe,
+    split_eap,
+)
 
 SECRET = b"testing123"
 

@@ -23,6 +23,7 @@ if str(_ROOT) not in sys.path:
 
 import ra_helpers as R  # noqa: E402
 from ra_helpers import User  # noqa: E402
+
 from tests.postgres_server import Postgres  # noqa: E402
 from vpn_gw.pools.postgres import PgPoolStore  # noqa: E402
 

@@ -31,6 +31,7 @@ if str(_ROOT) not in sys.path:
 
 import ra_helpers as R  # noqa: E402
 from ra_helpers import User  # noqa: E402
+
 from tests.gateway import OurGateway, render_toml  # noqa: E402
 from tests.netns import kill_pid  # noqa: E402
 from tests.postgres_server import Postgres  # noqa: E402

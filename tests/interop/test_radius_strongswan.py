@@ -23,6 +23,7 @@ if str(_ROOT) not in sys.path:
 
 import ra_helpers as R  # noqa: E402
 from ra_helpers import User  # noqa: E402
+
 from tests.freeradius import FreeRadius, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(90)]

@@ -5,7 +5,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpn_gw.config.connection import ConnectionConfig
 from vpn_gw.config.convert import (
@@ -29,6 +29,10 @@ from vpn_gw.config.convert import (
 from vpn_gw.config.keys import _CHILD_HINT, _CONN_HINT, _GW_HINT, POOL_KEYS
 
 
+if TYPE_CHECKING:
+    from vpn_gw.pools.pg_settings import PgPoolSettings
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     """One ``[[pool]]``: virtual IPs for remote-access clients (see vpn_gw.pools, ikev2.cp)."""
@@ -42,7 +46,7 @@ class PoolConfig:
     lease_file: Path
     masquerade: str | None = None           # interface: source-NAT the pool's traffic leaving there
     backend: str = "file"                   # "file" | "postgresql" (vpn_gw.pools.pg_settings)
-    postgres: object | None = None          # PgPoolSettings for backend = "postgresql"
+    postgres: PgPoolSettings | None = None  # for backend = "postgresql"
 
     @property
     def version(self) -> int:

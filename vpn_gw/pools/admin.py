@@ -15,9 +15,9 @@ def _database(args) -> tuple[str, dict]:
     if args.config:
         from vpn_gw.config import load_config
         cfg = load_config(args.config)
-        pg = [p for p in cfg.pools if p.backend == "postgresql"]
+        pg = [p for p in cfg.pools if p.postgres is not None]
         pools = {p.name: p.addrs for p in pg}
-        dbs = {p.postgres.database.reveal() for p in pg}
+        dbs = {p.postgres.database.reveal() for p in pg if p.postgres is not None}
         if conninfo is None:
             if len(dbs) != 1:
                 raise _Fail(f"{args.config}: {'no' if not dbs else 'more than one'} PostgreSQL pool "

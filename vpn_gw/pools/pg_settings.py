@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vpn_gw.config.secret import Secret
 
 PG_POOL_KEYS = ("backend", "database", "fleet_member", "heartbeat_interval", "heartbeat_timeout")
 BACKENDS = ("file", "postgresql")
@@ -23,7 +27,7 @@ BACKENDS = ("file", "postgresql")
 
 @dataclass(frozen=True)
 class PgPoolSettings:
-    database: object          # vpn_gw.config.Secret (str): the libpq connection string
+    database: Secret          # the libpq connection string (str)
     fleet_member: str
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 30.0

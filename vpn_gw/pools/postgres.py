@@ -230,7 +230,7 @@ class PgPoolStore:
         return (f"({t}.online > 0 AND g.heartbeat IS NOT NULL AND "
                 f"g.heartbeat > now() - make_interval(secs => %s))")
 
-    async def status(self) -> list[dict[str, Any]]:
+    async def status(self) -> dict[str, Any]:
         async def fn(cur):
             await cur.execute(
                 f"SELECT p.name, p.addrs, count(*), count(l.identity), "

@@ -85,7 +85,7 @@ def accept_attributes(reply: Reply) -> AcceptAttributes:
         # a /128 is the address itself; a shorter prefix: its first host address
         a.ip6 = str(net.network_address if net.prefixlen == 128 else net.network_address + 1)
     for name in ("MS-Primary-DNS-Server", "MS-Secondary-DNS-Server", "DNS-Server-IPv6-Address"):
-        a.dns += [ip_value(v) for v in reply.values(name)]
+        a.dns += [d for d in (ip_value(v) for v in reply.values(name)) if d is not None]
     a.classes = [bytes(v) for v in reply.values("Class")]
     a.session_timeout = reply.first("Session-Timeout")
     a.interim_interval = reply.first("Acct-Interim-Interval")

@@ -89,7 +89,7 @@ def decrypt_mppe_key(value: bytes, secret: bytes, request_authenticator: bytes) 
     for i in range(0, len(enc), 16):
         b = hashlib.md5(secret + last).digest()
         block = enc[i:i + 16]
-        plain += bytes(x ^ y for x, y in zip(block, b))
+        plain += bytes(x ^ y for x, y in zip(block, b, strict=True))
         last = block
     n = plain[0]
     if n == 0 or n > len(plain) - 1:

@@ -62,7 +62,7 @@ class DaeListener(asyncio.DatagramProtocol):
     def __init__(self, secrets: dict[str, bytes], disconnect: Callable[[DisconnectRequest], int]):
         self.secrets = {str(ipaddress.ip_address(a)): s for a, s in secrets.items()}
         self.disconnect = disconnect
-        self.transport = None
+        self.transport: asyncio.DatagramTransport | None = None
         self.dropped = 0
         self._recent: dict[tuple, tuple[float, bytes]] = {}
 
@@ -70,6 +70,8 @@ class DaeListener(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
+        if self.transport is None:
+            return
         src = str(ipaddress.ip_address(addr[0].split("%")[0]))
         secret = self.secrets.get(src)
         if secret is None:

@@ -29,7 +29,7 @@ from ikev2.eap_async import AsyncEapServer, EapVerdictNeeded
 
 from . import client as rc
 from .codec import RadiusError
-from .dae import DisconnectRequest, start_dae_listener
+from .dae import DaeListener, DisconnectRequest, start_dae_listener
 from .settings import RadiusConfig
 from .transport import RadiusServer
 
@@ -88,7 +88,7 @@ class RadiusService:
         self._framed: dict[str, rc.AcceptAttributes] = {}     # identity -> until address assignment
         self._sessions: dict[int, _Session] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.dae = None
+        self.dae: DaeListener | None = None
         self.stats = {"accepted": 0, "rejected": 0, "errors": 0, "acct_failed": 0}
 
     # ------------------------------------------------------------------ engine side
@@ -100,7 +100,7 @@ class RadiusService:
         return self._framed.pop(identity, None)
 
     def on_event(self, ev: E.Event) -> None:
-        if isinstance(ev, EapVerdictNeeded):
+        if isinstance(ev, EapVerdictNeeded) and isinstance(ev.backend, RelayBackend):
             self._spawn(self._decide(ev))
         elif isinstance(ev, E.IkeUp) and ev.ike_id in self._accepted and ev.ike_id not in self._sessions:
             self._session_up(ev)
@@ -116,9 +116,9 @@ class RadiusService:
                         s.closed[i] += v
         elif isinstance(ev, E.IkeDown):
             self._accepted.pop(ev.ike_id, None)
-            s = self._sessions.pop(ev.ike_id, None)
-            if s is not None:
-                self._session_down(s, terminate_cause(ev.reason))
+            gone = self._sessions.pop(ev.ike_id, None)
+            if gone is not None:
+                self._session_down(gone, terminate_cause(ev.reason))
 
     def _spawn(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -126,7 +126,9 @@ class RadiusService:
         t.add_done_callback(self._tasks.discard)
 
     async def _decide(self, ev: EapVerdictNeeded) -> None:
-        relay = ev.backend.relay
+        backend = ev.backend
+        assert isinstance(backend, RelayBackend)  # on_event only hands out our own
+        relay = backend.relay
         relay.called, relay.calling = station_id(ev.local), station_id(ev.peer)
         try:
             step = await relay.process(ev.message)
@@ -135,11 +137,11 @@ class RadiusService:
             log.warning("RADIUS: client refused", connection=ev.ike_name, ike_id=ev.ike_id,
                         identity=relay.identity, reason=str(e))
             step = EapStep(done=True, success=False, identity=relay.identity, reason=f"RADIUS: {e}")
-        if step.done and step.success:
+        if step.done and step.success and relay.accept is not None and relay.identity:
             self.stats["accepted"] += 1
             self._accepted[ev.ike_id] = relay.accept
-            self._framed[step.identity] = relay.accept
-            log.info("RADIUS Access-Accept", identity=step.identity, ike_id=ev.ike_id,
+            self._framed[relay.identity] = relay.accept
+            log.info("RADIUS Access-Accept", identity=relay.identity, ike_id=ev.ike_id,
                      framed=relay.accept.addresses or None, msk=step.msk is not None)
         elif step.done:
             self.stats["rejected"] += 1

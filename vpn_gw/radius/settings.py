@@ -23,6 +23,10 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vpn_gw.config.secret import Secret
 
 RADIUS_KEYS = ("servers", "secret", "auth_port", "acct_port", "nas_identifier", "timeout", "retries",
                "accounting", "interim_interval", "dae_port", "dae_listen")
@@ -31,8 +35,8 @@ SECRET_WARN_BYTES = 16
 
 @dataclass(frozen=True)
 class RadiusConfig:
-    servers: tuple            # ipaddress objects, in failover order
-    secret: object            # vpn_gw.config.Secret (bytes)
+    servers: tuple[Any, ...]  # ipaddress objects, in failover order
+    secret: Secret            # the shared secret (bytes)
     auth_port: int = 1812
     acct_port: int = 1813
     nas_identifier: str = ""
@@ -41,7 +45,7 @@ class RadiusConfig:
     accounting: bool = True
     interim_interval: float = 600.0
     dae_port: int = 3799
-    dae_listen: object = None  # ipaddress object
+    dae_listen: Any = None    # ipaddress object
 
 
 def parse_radius_section(ctx, top) -> RadiusConfig | None:

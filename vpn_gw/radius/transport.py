@@ -132,6 +132,7 @@ class RadiusTransport:
         raw = encode_request(pkt)  # same Identifier and Authenticator on every retransmission
         fut = asyncio.get_running_loop().create_future()
         ep.pending[pkt.id] = (pkt, fut)
+        assert ep.transport is not None  # set by create_datagram_endpoint
         try:
             for _ in range(self.retries + 1):
                 ep.transport.sendto(raw)
