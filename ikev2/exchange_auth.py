@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 
+from . import assign_async
 from . import payloads as P
 from .constants import AuthMethod, HashAlgorithm
 from .constants import ExchangeType as X
@@ -245,7 +246,11 @@ class AuthExchange(IkeSACore):
         """The last IKE_AUTH response: our AUTH payloads (``out``), then the configuration reply,
         the first Child SA and MOBIKE support, all answering the *first* IKE_AUTH request (with
         EAP that is several round trips before ``req``)."""
-        vip_ts, cp_reply = self._assign_virtual_ip(first)
+        try:
+            vip_ts, cp_reply = self._assign_virtual_ip(first)
+        except assign_async.Deferred:  # an asynchronous assigner answers later (ikev2.assign_async)
+            assign_async.park(self, req)
+            return
         if cp_reply is not None:
             out.append(cp_reply)
         child_payloads, child = self._respond_child(first, now, self.ni, self.nr, None, rekey_of=None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 
+from . import assign_async, eap_async
 from . import payloads as P
 from .constants import CfgType
 from .constants import ExchangeType as X
@@ -78,6 +79,8 @@ class EapExchange(IkeSACore):
         self._respond(req, out)
 
     def _continue_eap_server(self, req: Message, now: float) -> None:
+        if eap_async.defer(self, req, now):  # an asynchronous authenticator decides later
+            return
         self._eap_rounds += 1
         if self._eap_rounds > MAX_EAP_ROUNDS:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, "too many EAP rounds", fatal=True)
@@ -141,7 +144,7 @@ class EapExchange(IkeSACore):
         from .cp import build_reply, parse_request
         want = parse_request(cp)
         who = self.eap_identity or str(self.peer_id)
-        assignment = assigner(who, want)
+        assignment = assign_async.call(self, assigner, who, want)
         if assignment is None or not assignment.addresses:
             self.log("warning", "no virtual IP available", identity=who)
             raise ExchangeFailed(N.INTERNAL_ADDRESS_FAILURE, f"no virtual IP left for '{who}'", fatal=True)

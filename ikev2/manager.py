@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import payloads as P
 from .constants import ExchangeType as X
@@ -24,6 +24,10 @@ from .message import Header, Message, UnsupportedVersion, decode_header, decode_
 from .policy import IkePolicy
 from .sa_core import ActivityProbe, IkeSACore
 from .sa_index import SAIndex
+
+if TYPE_CHECKING:
+    from .cp import Assignment
+    from .eap.packet import EapStep
 
 RandomBytes = Callable[[int], bytes]
 LogFn = Callable[..., None]
@@ -174,6 +178,28 @@ class IkeManager:
     def child_owner(self, spi_in: bytes) -> IkeSA | None:
         """The IKE SA that holds the Child SA with this inbound SPI."""
         return self.index.child_owner(spi_in)
+
+    def eap_verdict(self, ike_id: int, ticket: int, step: EapStep, now: float) -> bool:
+        """The verdict (an ikev2.eap.EapStep) for an EapVerdictNeeded event (ikev2.eap_async)."""
+        sa = self.by_id(ike_id)
+        if sa is None:
+            return False
+        from .eap_async import deliver
+        done: list[bool] = []
+        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, step, now)), now)
+        self._collect()
+        return bool(done and done[0])
+
+    def assignment_ready(self, ike_id: int, ticket: int, assignment: Assignment | None, now: float) -> bool:
+        """The virtual IPs (ikev2.cp.Assignment or None) for an AddressNeeded event (ikev2.assign_async)."""
+        sa = self.by_id(ike_id)
+        if sa is None:
+            return False
+        from .assign_async import deliver
+        done: list[bool] = []
+        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, assignment, now)), now)
+        self._collect()
+        return bool(done and done[0])
 
     def esp_adopt(self, ike_id: int, local: Address, remote: Address, now: float) -> bool:
         """The data plane saw an authenticated ESP packet, newer than all before, from a new

@@ -16,14 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 from . import payloads as P
+from .assign_async import AssignWaiting
 from .child_sa import ChildSA, ChildState
 from .constants import IKE_PORT, HeaderFlag
 from .constants import ExchangeType as X
 from .crypto.dh import KeyExchangePrivate
 from .crypto.keys import IkeKeys
 from .crypto.proposals import IkeSuite
+from .eap.async_server import AsyncEapServer
 from .eap.client import EapClient
 from .eap.server import EapServer
+from .eap_async import EapWaiting
 from .events import Address, ChildDown, Event, ExchangeDone, IkeDown, LocalAddressChanged, PeerAddressChanged
 from .identity import Identity
 from .message import Message, encode_message
@@ -128,7 +131,7 @@ class IkeSACore:
         self._last_src: tuple[Address, Address] = (local, remote)
         self.peer_addresses: list[str] = []
         # EAP and configuration payload (ikev2.exchange_eap)
-        self._eap_server_obj: EapServer | None = None
+        self._eap_server_obj: EapServer | AsyncEapServer | None = None
         self._eap_client_obj: EapClient | None = None
         self._eap_first_request: Message | None = None
         self._eap_last_request = b""  # the outstanding EAP Request (repeated if a Response is discarded)
@@ -137,6 +140,12 @@ class IkeSACore:
         self._eap_msk = b""
         self._eap_server_authenticated = False
         self._eap_server_idr: P.IDrPayload | None = None
+        # a request waiting for an asynchronous EAP verdict / address assignment
+        # (ikev2.eap_async, ikev2.assign_async)
+        self._eap_async: EapWaiting | None = None
+        self._eap_async_tickets = 0
+        self._assign_async: AssignWaiting | None = None
+        self._assign_async_tickets = 0
         self.eap_identity: str | None = None
         self.virtual_ips: list[str] = []  # RFC 4555 ADDITIONAL_*_ADDRESS: candidates only
         # callable(spi_in) -> last inbound ESP time, set by the manager

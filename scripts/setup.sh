@@ -13,6 +13,7 @@ APT_PKGS=(
   libcharon-extra-plugins libcharon-extauth-plugins
   libnetfilter-queue-dev build-essential python3-dev
   knot dnsutils
+  freeradius freeradius-utils postgresql
   qemu-system-x86 busybox-static kmod linux-libc-dev
 )
 missing=()
@@ -30,10 +31,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # strongSwan's and Knot's own services stay disabled: the tests start charon/knotd themselves
 ./scripts/peer-services.sh disable
+# FreeRADIUS and PostgreSQL are test peers, started by the tests with their own configuration:
+# their Debian services must not run (they would hold the ports and use stale config).
+for svc in freeradius postgresql; do
+  if command -v systemctl >/dev/null && systemctl is-enabled "$svc" >/dev/null 2>&1; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+  [ -x "/etc/init.d/$svc" ] && "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+done
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -U pip
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test,fuzz,nfqueue]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test,fuzz,nfqueue,fleet]"
 echo "setup: ok ($(.venv/bin/python --version))"

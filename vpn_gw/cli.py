@@ -654,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print a whole [[user]] entry for this EAP identity")
     nh.set_defaults(func=cmd_nt_hash)
 
+    from vpn_gw.pools.admin import add_parser as add_pool_parser
+    add_pool_parser(sub, common)
+
     dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo",
                         description="Build network namespaces with two branch gateways, bring a "
                                     "tunnel up, ping through it and clean up (root needed).")

@@ -5,7 +5,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpn_gw.config.connection import ConnectionConfig
 from vpn_gw.config.convert import (
@@ -29,6 +29,9 @@ from vpn_gw.config.ddns import DdnsConfig
 from vpn_gw.config.errors import Problem
 from vpn_gw.config.keys import _CONN_HINT, GATEWAY_KEYS
 from vpn_gw.config.pools import PoolConfig
+
+if TYPE_CHECKING:
+    from vpn_gw.radius.settings import RadiusConfig
 
 DEFAULT_CONTROL_SOCKET = "/run/vpn-gw/control.sock"
 
@@ -75,6 +78,7 @@ class GatewayConfig:
     dns_max_ttl: float = 3600.0
     ddns: tuple[DdnsConfig, ...] = ()       # [[ddns]] tables
     pools: tuple[PoolConfig, ...] = ()      # [[pool]] tables
+    radius: RadiusConfig | None = None      # [radius] (vpn_gw.radius.settings)
     source: Path | None = field(default=None, compare=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 

@@ -82,8 +82,18 @@ class Gateway:
         self.dataplane = dataplane if dataplane is not None else make_dataplane(config, self)
         self.started = time.time()
         self.held_down: set[str] = set()  # taken down by `vpn-gw down`: no automatic restart
-        self.virtual_ips = VirtualIps(PoolSet.from_config(config.pools), lambda: self.config)
         self.engine_log = EngineLog()
+        self.radius = None  # remote_auth = "eap-radius" (docs/fleet.md)
+        if config.radius is not None:
+            from vpn_gw.radius.service import RadiusService
+            self.radius = RadiusService(config.radius, self)
+        self.fleet_pools = None  # [[pool]] backend = "postgresql" (docs/fleet.md)
+        if any(p.backend == "postgresql" for p in config.pools):
+            from vpn_gw.pools.fleet import PgPoolService
+            self.fleet_pools = PgPoolService(config, self)
+        self.virtual_ips = VirtualIps(PoolSet.from_config([p for p in config.pools if p.backend == "file"]),
+                                      lambda: self.config,
+                                      framed=self.radius.framed if self.radius is not None else None)
         self.manager = IkeManager([self._policy(c) for c in config.connections], os.urandom,
                                   log=self.engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
@@ -119,8 +129,10 @@ class Gateway:
         return self.virtual_ips.pools
 
     def _policy(self, conn: Any) -> Any:
-        return ike_policy(conn, self.config,
-                          address_assigner=lambda ident, req, c=conn: self.virtual_ips.assign(c, ident, req))
+        assigner = (self.fleet_pools.assigner(conn) if self.fleet_pools is not None and self.fleet_pools.uses(conn)
+                    else lambda ident, req, c=conn: self.virtual_ips.assign(c, ident, req))
+        return ike_policy(conn, self.config, address_assigner=assigner,
+                          eap_backend=self.radius.backend if self.radius is not None else None)
 
     def connection(self, name: str) -> Any:
         return self._conns.get(name)
@@ -177,6 +189,10 @@ class Gateway:
         try:
             if self.metrics is not None:  # before the router: a Child SA's counters still exist
                 self.metrics.on_event(self, ev)
+            if self.radius is not None:
+                self.radius.on_event(ev)  # first: ChildDown counters are read before removal
+            if self.fleet_pools is not None:
+                self.fleet_pools.on_event(ev)
             self.events.handle(ev)
         except Exception as e:  # noqa: BLE001 - an event handler bug never stops the gateway
             log.error("event handling failed", event=type(ev).__name__, connection=ev.ike_name,
@@ -314,6 +330,10 @@ class Gateway:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.ddns.start()
+        if self.radius is not None:
+            await self.radius.start()
+        if self.fleet_pools is not None:
+            await self.fleet_pools.start()
         for note in self.pools.load():
             log.warning("address pool", note=note)
         try:
@@ -363,6 +383,10 @@ class Gateway:
             sa.delete(now, "gateway shutting down")
         self.flush()
         await asyncio.sleep(0.2)  # let the DELETEs leave (no retransmission at shutdown)
+        if self.radius is not None:
+            await self.radius.stop()  # accounting Stop for what is left
+        if self.fleet_pools is not None:
+            await self.fleet_pools.stop()
         self.scheduler.close()
         await control.stop()
         if metrics_server is not None:
