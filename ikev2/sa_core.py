@@ -70,7 +70,8 @@ class IkeSACore:
         "_eap_done", "_eap_msk", "_eap_server_authenticated", "_eap_server_idr", "eap_identity",
         "virtual_ips", "activity_probe", "_reassembler", "on_change", "last_inbound", "rekey_at",
         "delete_reason", "successor", "successors", "_ike_rekey_nonce", "_ike_collision", "redundant",
-        "collision_candidate", "forget_at",
+        "collision_candidate", "forget_at", "_eap_async", "_eap_async_tickets", "_assign_async",
+        "_assign_async_tickets",
     )
 
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,

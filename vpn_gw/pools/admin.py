@@ -88,7 +88,12 @@ def cmd_pool(args) -> int:
 
 
 def add_parser(sub, common) -> None:
-    pl = sub.add_parser("pool", parents=[common], help="administer PostgreSQL address pools (docs/fleet.md)")
+    pl = sub.add_parser("pool", parents=[common], help="administer PostgreSQL address pools (docs/fleet.md)",
+                        description="Administer the address pools that a fleet of gateways shares in "
+                                    "PostgreSQL ([[pool]] backend = \"postgresql\", docs/fleet.md): create "
+                                    "or migrate the schema (init), show pools, leases and gateway heartbeats "
+                                    "(status), add or delete a pool. Exit 0 on success, 1 on an error "
+                                    "(database unreachable, unknown pool, pool in use without --force).")
     pl.add_argument("-c", "--config", metavar="FILE", help="configuration with backend = \"postgresql\" pools")
     pl.add_argument("--database", metavar="CONNINFO", help="libpq connection string (instead of -c)")
     ps = pl.add_subparsers(dest="pool_command", metavar="POOL_COMMAND")
