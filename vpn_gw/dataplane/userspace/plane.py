@@ -29,6 +29,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -53,6 +54,7 @@ TX_BATCH = 64  # ESP datagrams held per path while draining a TUN device (one GS
 RX_BATCH = 64  # decrypted packets held per TUN device during one socket wake-up (coalescing)
 TRAP_QUEUE = 64  # packets held per trap policy while the IKE SA comes up
 TRAP_RETRY = 5.0  # seconds before traffic may trigger the connection again
+_V4_ADDRESSES = struct.Struct("!II").unpack_from  # (source, destination) of an IPv4 header at 12
 
 
 @dataclass
@@ -96,9 +98,16 @@ class _Child:
     fast_local: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
     fast_remote: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
 
+    # (remote lo, remote hi, local lo, local hi) when each side is one IPv4 range of any protocol
+    # and port (a site-to-site or remote-access SA): the inbound check is then two comparisons.
+    in4: tuple[int, int, int, int] | None = field(default=None, init=False)
+
     def __post_init__(self) -> None:
         self.fast_local = _address_ranges(self.local_ts)
         self.fast_remote = _address_ranges(self.remote_ts)
+        fl, fr = self.fast_local, self.fast_remote
+        if fl is not None and fr is not None and len(fl[4]) == 1 and len(fr[4]) == 1:
+            self.in4 = (*fr[4][0], *fl[4][0])
 
 
 @dataclass
@@ -179,6 +188,28 @@ def _match(sels: list[_Selector], version: int, addr: int, proto: int, port: int
                 and (s.sport <= port <= s.eport or (s.sport, s.eport) == (0, 65535)):
             return True
     return False
+
+
+def _inbound_drop_reason(child: _Child, inner: bytes) -> str | None:
+    """Why a decrypted packet may not leave this Child SA (RFC 4301 5.2: it must match the SA's
+    selectors, source in the remote ones, destination in the local ones); None if it may."""
+    in4 = child.in4
+    if in4 is not None and inner[:1] and inner[0] >> 4 == 4 and len(inner) >= 20:
+        src, dst = _V4_ADDRESSES(inner, 12)
+        ok = in4[0] <= src <= in4[1] and in4[2] <= dst <= in4[3]
+    elif child.fast_local is not None and child.fast_remote is not None:
+        a = _addresses(inner)
+        if a is None:
+            return "malformed"
+        v, src, dst = a
+        ok = _in_ranges(child.fast_remote[v], src) and _in_ranges(child.fast_local[v], dst)
+    else:
+        f = _flow(inner)
+        if f is None:
+            return "malformed"
+        v, src, dst, proto, sport, dport = f
+        ok = _match(child.remote_ts, v, src, proto, sport) and _match(child.local_ts, v, dst, proto, dport)
+    return None if ok else "policy_mismatch"
 
 
 class UserspaceDataPlane(DataPlane):
@@ -636,23 +667,9 @@ class UserspaceDataPlane(DataPlane):
                     and self.on_peer_moved is not None):
                 self.on_peer_moved(child.ike_id, local, remote)
         # RFC 4301 5.2: the inner packet must match the SA's selectors.
-        fl, fr = child.fast_local, child.fast_remote
-        if fl is not None and fr is not None:
-            a = _addresses(inner)
-            if a is None:
-                child.drops["malformed"] = child.drops.get("malformed", 0) + 1
-                return
-            v, src, dst = a
-            ok = _in_ranges(fr[v], src) and _in_ranges(fl[v], dst)
-        else:
-            f = _flow(inner)
-            if f is None:
-                child.drops["malformed"] = child.drops.get("malformed", 0) + 1
-                return
-            v, src, dst, proto, sport, dport = f
-            ok = _match(child.remote_ts, v, src, proto, sport) and _match(child.local_ts, v, dst, proto, dport)
-        if not ok:
-            child.drops["policy_mismatch"] = child.drops.get("policy_mismatch", 0) + 1
+        reason = _inbound_drop_reason(child, inner)
+        if reason is not None:
+            child.drops[reason] = child.drops.get(reason, 0) + 1
             return
         rx = self._rx
         if rx is None:
