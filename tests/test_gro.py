@@ -4,9 +4,17 @@ from __future__ import annotations
 import os
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from esp.ip import checksum
 from vpn_gw.dataplane.userspace.gro import (
-    NO_OFFLOAD, VIRTIO_NET_HDR_GSO_TCPV4, coalesce, coalesce_counted, complete_checksum,
+    NO_OFFLOAD,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    _checksums_ok,
+    coalesce,
+    coalesce_counted,
+    complete_checksum,
 )
 
 SRC, DST = bytes([10, 1, 0, 2]), bytes([10, 2, 0, 2])
@@ -147,12 +155,6 @@ def test_counted_writes_cover_every_packet_once():
 
 
 # ---- the whole-run checksum check against the reference (esp.ip.checksum), on random packets
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from vpn_gw.dataplane.userspace.gro import _checksums_ok  # noqa: E402
-
 
 def reference_ok(p: bytes) -> bool:
     """IP header and TCP checksum of an IPv4 packet without options, by the reference code."""

@@ -9,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ikev2.payloads import TrafficSelector
-from vpn_gw.dataplane.userspace.plane import _Child, _inbound_drop_reason, _match, _Selector
+from vpn_gw.dataplane.userspace.plane import (
+    _Child,
+    _inbound_drop_reason,
+    _match,
+    _Selector,
+)
 
 
 def child(local: list[TrafficSelector], remote: list[TrafficSelector]) -> _Child:

@@ -42,7 +42,7 @@ from esp.packet import decapsulate, encapsulate
 from ikev2.events import Address, ChildUp
 
 from vpn_gw.dataplane import ChildCounters, DataPlane
-from vpn_gw.dataplane.iproute import ipr_call
+from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
 
 log = structlog.get_logger("vpn_gw.dataplane")
@@ -256,6 +256,10 @@ class UserspaceDataPlane(DataPlane):
         loop = asyncio.get_running_loop()
         for c in list(self.by_spi_in.values()):
             self.remove_child(c.spi_in, c.spi_out)
+        try:
+            await loop.run_in_executor(None, wait_idle)  # the routes are gone before the TUNs
+        except Exception as e:  # noqa: BLE001 - a stuck netlink call must not stop the shutdown
+            log.warning("netlink calls still pending at shutdown", error=str(e))
         for tun in self.tuns.values():
             try:
                 loop.remove_reader(tun.fileno())
@@ -281,8 +285,9 @@ class UserspaceDataPlane(DataPlane):
                 except Exception as e:  # noqa: BLE001 - already there (reconnect) is fine
                     if "exists" not in str(e).lower():
                         log.warning("cannot add virtual IP", address=a, interface=tun.name, error=str(e))
-        ipr_call(add)
+            invalidate_addresses()
         self.vips[conn] = (tun, list(addresses))
+        ipr_submit(add, f"virtual IPs on {tun.name}")  # before the routes that use them
         log.info("virtual IP installed", connection=conn, interface=tun.name, addresses=addresses)
 
     def remove_virtual_ips(self, conn: str) -> None:
@@ -296,7 +301,8 @@ class UserspaceDataPlane(DataPlane):
                     ipr.addr("del", index=tun.index, address=a, prefixlen=128 if ":" in a else 32)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-        ipr_call(delete)
+            invalidate_addresses()
+        ipr_submit(delete, f"virtual IPs on {tun.name}")
 
     def _count(self, reason: str) -> None:
         self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
@@ -344,19 +350,23 @@ class UserspaceDataPlane(DataPlane):
         self.by_spi_in[k.spi_in] = child
         self.by_tun[tun.name].append(child)
         if self.interface_for(ev.ike_name) is None:
-            child.routes = self._add_routes(tun, child)
+            self._add_routes(tun, child, child)
         self._flush_trap(child)
         log.info("CHILD_SA installed in userspace data plane", child=ev.child_name, interface=tun.name,
                  spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), tunnel_mtu=mtu,
                  peer=f"{ev.remote[0]}:{ev.remote[1]}")
 
-    def _add_routes(self, tun: Tun, child: _Child) -> list[str]:
-        """Policy-based mode: route the remote selectors into the shared TUN."""
-        return ipr_call(lambda ipr: self._add_routes_with(ipr, tun, child))
+    def _add_routes(self, tun: Tun, owner: _Child | _Trap, child: _Child) -> None:
+        """Policy-based mode: route the remote selectors into the shared TUN. Queued in the
+        netlink thread (the event loop does not wait); ``owner.routes`` is set there, before any
+        later netlink call (e.g. the one removing these routes) runs."""
+        def add(ipr):
+            owner.routes = self._add_routes_with(ipr, tun, child)
+        ipr_submit(add, f"routes of {child.conn} into {tun.name}")
 
     def _add_routes_with(self, ipr, tun: Tun, child: _Child) -> list[str]:
         added = []
-        local_addrs = [ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()]
+        local_addrs = local_addresses(ipr)
         for sel in child.remote_ts:
             for net in sel.network_strings():
                 n = ipaddress.ip_network(net)
@@ -370,7 +380,19 @@ class UserspaceDataPlane(DataPlane):
                 if src is not None:
                     kw["prefsrc"] = str(src)
                 try:
-                    ipr.route("replace", **kw)
+                    try:
+                        ipr.route("replace", **kw)
+                    except Exception:  # perhaps a cached source address is gone
+                        if "prefsrc" not in kw:
+                            raise
+                        invalidate_addresses()
+                        local_addrs = local_addresses(ipr)
+                        src = next((a for a in local_addrs if a.version == n.version
+                                    and _match(child.local_ts, a.version, int(a), 0, 0)), None)
+                        kw.pop("prefsrc")
+                        if src is not None:
+                            kw["prefsrc"] = str(src)
+                        ipr.route("replace", **kw)
                     added.append(net)
                 except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError
                     log.warning("cannot add route", dst=net, interface=tun.name, error=str(e))
@@ -408,19 +430,20 @@ class UserspaceDataPlane(DataPlane):
         return added
 
     def _del_routes(self, child: _Child) -> None:
-        still = {r for c in self.by_spi_in.values() for r in c.routes}
-        gone = [net for net in child.routes if net not in still]
+        """Remove the child's routes that no other Child SA and no trap policy still needs
+        (queued in the netlink thread, after the calls that set those routes)."""
+        others = [*self.by_spi_in.values(), *self.traps.values()]
 
         def delete(ipr):
-            for net in gone:
+            still = {r for o in others for r in o.routes}
+            for net in [n for n in child.routes if n not in still]:
                 for kw in ({"oif": child.tun.index}, {}):  # TUN routes; the pinned gateway route
                     try:
                         ipr.route("del", dst=net, **kw)
                         break
                     except Exception:  # noqa: BLE001 - already gone / not via the TUN
                         continue
-        if gone:
-            ipr_call(delete)
+        ipr_submit(delete, f"routes of {child.conn}")
 
     def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
         child = self.by_spi_in.pop(spi_in, None)
@@ -429,7 +452,7 @@ class UserspaceDataPlane(DataPlane):
         lst = self.by_tun.get(child.tun.name, [])
         if child in lst:
             lst.remove(child)
-        if child.routes:
+        if not child.tun.route_based:
             self._del_routes(child)
         child.sa_in.wipe()
         child.sa_out.wipe()
@@ -606,7 +629,7 @@ class UserspaceDataPlane(DataPlane):
         self.traps[conn] = trap
         if ifname is None:
             probe = _Child(conn, -1, b"", b"", None, None, ("", 0), ("", 0), trap.local_ts, trap.remote_ts, tun, 0)
-            trap.routes = self._add_routes(tun, probe)
+            self._add_routes(tun, trap, probe)
         log.info("trap policy installed", connection=conn, interface=tun.name,
                  remote_ts=[n for s in trap.remote_ts for n in s.network_strings()])
 
