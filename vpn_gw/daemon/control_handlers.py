@@ -56,7 +56,7 @@ class ControlHandlers:
         sas = st.select_sas(gw.manager, name=None if name is None else str(name), peer=peer,
                             ike_id=ike_id)
         entries = st.iter_entries(gw.manager, gw.dataplane, gw.tcp, time.monotonic(),
-                                  time.time(), sas)
+                                  time.time(), sas, gw.events.install_errors)
         if args.get("stream"):
             return Stream(entries)
         return list(entries)
@@ -72,6 +72,9 @@ class ControlHandlers:
         finally:
             gw.waiters.discard(fut)
         if isinstance(ev, E.IkeUp):
+            refused = gw.events.install_errors.get(ev.ike_id)
+            if refused:
+                raise RuntimeError(f"connection '{name}': IKE_SA established, but " + "; ".join(refused))
             return {"connection": name, "state": "established"}
         raise RuntimeError(f"connection '{name}' failed: {getattr(ev, 'reason', ev)}")
 

@@ -92,7 +92,7 @@ class Gateway:
         self.scheduler = Scheduler(self.manager.next_deadline, self._on_timer)
         self.waiters = Waiters()
         self.events = EventRouter(self, self.waiters)
-        self.traps = Traps(self.manager, self.dataplane, self.initiate)
+        self.traps = Traps(self.manager, self.dataplane, self.initiate, self.flush)
         self.probe_responder = ProbeResponder()  # docs/probe.md: stateless, rate-limited echo
         self.udp = UdpService(lambda: self.config, self.dataplane,
                               DatagramSinks(ike=self._ike_received, after_batch=self.flush),
@@ -275,7 +275,8 @@ class Gateway:
 
     def status(self) -> list[dict[str, Any]]:
         from vpn_gw.daemon.status import status_entries
-        return status_entries(self.manager, self.dataplane, self.tcp, time.monotonic(), time.time())
+        return status_entries(self.manager, self.dataplane, self.tcp, time.monotonic(), time.time(),
+                              install_errors=self.events.install_errors)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -41,7 +41,7 @@ from esp.fragment import decide, fragment_ipv4, icmp_frag_needed, icmpv6_packet_
 from esp.packet import decapsulate, encapsulate
 from ikev2.events import Address, ChildUp
 
-from vpn_gw.dataplane import ChildCounters, DataPlane
+from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
 
@@ -54,6 +54,7 @@ TX_BATCH = 64  # ESP datagrams held per path while draining a TUN device (one GS
 RX_BATCH = 64  # decrypted packets held per TUN device during one socket wake-up (coalescing)
 TRAP_QUEUE = 64  # packets held per trap policy while the IKE SA comes up
 TRAP_RETRY = 5.0  # seconds before traffic may trigger the connection again
+HELD_RX = 256  # decrypted packets held per Child SA while its routes are programmed
 _V4_ADDRESSES = struct.Struct("!II").unpack_from  # (source, destination) of an IPv4 header at 12
 
 
@@ -93,6 +94,9 @@ class _Child:
     routes: list[str] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
     last_rx: float | None = None
+    # Decrypted packets held while the routes back to the peer's hosts are being programmed
+    # (the answers to them need those routes); None once they are (or none are needed).
+    held_rx: list[bytes] | None = None
     # {version: ((lo, hi), ...)} when every selector is "any protocol, any port" (the usual
     # case): the per-packet policy checks then need only the addresses; None otherwise.
     fast_local: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
@@ -247,6 +251,12 @@ class UserspaceDataPlane(DataPlane):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        try:
+            os.close(os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC))
+        except OSError as e:
+            log.error("TUN unavailable: the userspace data plane cannot carry traffic, every CHILD_SA "
+                      "will fail to install (load the tun module, or give the daemon /dev/net/tun)",
+                      error=f"cannot open /dev/net/tun: {e.strerror}")
         if self.keepalive_interval:
             self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalives())
 
@@ -327,8 +337,7 @@ class UserspaceDataPlane(DataPlane):
             c_in = EspCipher(k.encr_id, k.encr_key_bits, k.integ_id, k.encr_key_in, k.integ_key_in)
             c_out = EspCipher(k.encr_id, k.encr_key_bits, k.integ_id, k.encr_key_out, k.integ_key_out)
         except (EspError, ValueError) as e:
-            log.error("cannot install CHILD_SA in the userspace data plane", child=ev.child_name, error=str(e))
-            return
+            raise InstallError(f"unsupported algorithms in the userspace data plane: {e}") from None
         # Time limits are the engine's (it rekeys by rekey_time); volume limits are ours.
         lifetime = Lifetime(soft_bytes=ev.rekey_bytes or None, hard_bytes=ev.life_bytes or None,
                             soft_packets=ev.rekey_packets or None, hard_packets=ev.life_packets or None)
@@ -340,8 +349,7 @@ class UserspaceDataPlane(DataPlane):
         try:
             tun = self._tun(ifname)
         except TunError as e:
-            log.error("cannot create TUN device", interface=ifname, error=str(e))
-            return
+            raise InstallError(f"no TUN device {ifname}: {e}") from None
         family = 6 if ":" in ev.remote[0] else 4
         mtu = tunnel_mtu(self.path_mtu, family, c_out, udp_encap=True)
         child = _Child(ev.ike_name, ev.ike_id, k.spi_in, k.spi_out, sa_in, sa_out, ev.local, ev.remote,
@@ -349,6 +357,7 @@ class UserspaceDataPlane(DataPlane):
                        tun, mtu)
         self.by_spi_in[k.spi_in] = child
         self.by_tun[tun.name].append(child)
+        self._set_tun_mtu(tun)
         if self.interface_for(ev.ike_name) is None:
             self._add_routes(tun, child, child)
         self._flush_trap(child)
@@ -356,13 +365,37 @@ class UserspaceDataPlane(DataPlane):
                  spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), tunnel_mtu=mtu,
                  peer=f"{ev.remote[0]}:{ev.remote[1]}")
 
+    def _set_tun_mtu(self, tun: Tun) -> None:
+        """The device MTU is the tunnel MTU (the largest of its Child SAs' on the shared device,
+        whose routes carry each SA's own), so a packet too big for the tunnel meets it in the
+        kernel, which answers "fragmentation needed" with that MTU, not the device's 1500."""
+        mtu = max((c.mtu for c in self.by_tun.get(tun.name, ())), default=0)
+        if not mtu or mtu == tun.mtu:
+            return
+        tun.mtu = mtu
+        ipr_submit(lambda ipr: ipr.link("set", index=tun.index, mtu=mtu), f"MTU {mtu} on {tun.name}")
+
     def _add_routes(self, tun: Tun, owner: _Child | _Trap, child: _Child) -> None:
         """Policy-based mode: route the remote selectors into the shared TUN. Queued in the
         netlink thread (the event loop does not wait); ``owner.routes`` is set there, before any
-        later netlink call (e.g. the one removing these routes) runs."""
+        later netlink call (e.g. the one removing these routes) runs. Until then, what a Child
+        SA decrypts is held (``held_rx``): its answers would find no route yet."""
+        loop = asyncio.get_running_loop()
+        if owner is child:
+            child.held_rx = []
+
         def add(ipr):
-            owner.routes = self._add_routes_with(ipr, tun, child)
+            try:
+                owner.routes = self._add_routes_with(ipr, tun, child)
+            finally:
+                if owner is child:
+                    loop.call_soon_threadsafe(self._routes_ready, child)
         ipr_submit(add, f"routes of {child.conn} into {tun.name}")
+
+    def _routes_ready(self, child: _Child) -> None:
+        held, child.held_rx = child.held_rx, None
+        if held and child.tun.fd >= 0 and child.spi_in in self.by_spi_in:
+            child.tun.write_many(held)
 
     def _add_routes_with(self, ipr, tun: Tun, child: _Child) -> list[str]:
         added = []
@@ -377,6 +410,8 @@ class UserspaceDataPlane(DataPlane):
                 src = next((a for a in local_addrs if a.version == n.version
                             and _match(child.local_ts, a.version, int(a), 0, 0)), None)
                 kw = {"dst": net, "oif": tun.index}
+                if child.mtu:  # the kernel answers "fragmentation needed" with the tunnel MTU
+                    kw["metrics"] = {"mtu": child.mtu}
                 if src is not None:
                     kw["prefsrc"] = str(src)
                 try:
@@ -418,7 +453,7 @@ class UserspaceDataPlane(DataPlane):
         vip = next((a for a in self.vips[child.conn][1] if ipaddress.ip_address(a).version == version), None)
         halves = ("0.0.0.0/1", "128.0.0.0/1") if version == 4 else ("::/1", "8000::/1")
         for net in halves:
-            kw = {"dst": net, "oif": tun.index}
+            kw = {"dst": net, "oif": tun.index, "metrics": {"mtu": child.mtu}}
             if vip:
                 kw["prefsrc"] = vip
             try:
@@ -661,7 +696,10 @@ class UserspaceDataPlane(DataPlane):
 
     def _flush_trap(self, child: _Child) -> None:
         trap = self.traps.get(child.conn)
-        if trap is None or not trap.queue:
+        if trap is None:
+            return
+        trap.acquired_at = -1e9  # it worked: if this SA goes, the next packet may start another
+        if not trap.queue:
             return
         queued, trap.queue = trap.queue, []
         log.info("sending packets held by the trap policy", connection=child.conn, packets=len(queued))
@@ -693,6 +731,12 @@ class UserspaceDataPlane(DataPlane):
         reason = _inbound_drop_reason(child, inner)
         if reason is not None:
             child.drops[reason] = child.drops.get(reason, 0) + 1
+            return
+        if child.held_rx is not None:  # its routes are being programmed (a few ms)
+            if len(child.held_rx) < HELD_RX:
+                child.held_rx.append(inner)
+            else:
+                child.drops["routes_pending"] = child.drops.get("routes_pending", 0) + 1
             return
         rx = self._rx
         if rx is None:
