@@ -58,7 +58,8 @@ def make_dataplane(config: GatewayConfig, gw: Gateway) -> DataPlane:
     if config.dataplane == "userspace":
         from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane
         return UserspaceDataPlane(gw.send_esp, gw.interface_for, path_mtu=config.path_mtu,
-                                  keepalive_interval=config.keepalive_interval, offload=config.offload)
+                                  keepalive_interval=config.keepalive_interval, offload=config.offload,
+                                  tso=config.tun_tso)
     if config.dataplane == "xfrm":
         from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane
         ifids = {c.interface: c.if_id for c in config.connections if c.interface}

@@ -222,7 +222,7 @@ class UserspaceDataPlane(DataPlane):
     def __init__(self, send_udp: Callable[[bytes, Address, Address], None],
                  interface_for: Callable[[str], str | None], *, path_mtu: int = 1500,
                  tun_mtu: int = 1500, keepalive_interval: float = 20.0, replay_window: int = 1024,
-                 clock: Callable[[], float] = time.monotonic, offload: bool = True):
+                 clock: Callable[[], float] = time.monotonic, offload: bool = True, tso: bool = False):
         self.send_udp = send_udp
         self.interface_for = interface_for
         self.path_mtu = path_mtu
@@ -244,9 +244,12 @@ class UserspaceDataPlane(DataPlane):
         # Several ESP datagrams for one path at once (the daemon sends them with UDP GSO);
         # None: one send_udp call per datagram.
         self.offload = offload  # TUN devices with vnet_hdr: coalesced TCP writes (vpn_gw.dataplane.userspace.gro)
+        self.tso = offload and tso  # TUN devices offer TSO: super-packets cut by us (.tso)
         self._rx: dict[Tun, list[bytes]] | None = None  # between rx_batch_begin and rx_batch_end
         self.send_udp_batch: Callable[[list[bytes], Address, Address], None] | None = None
         self._tx: dict[int, tuple[Address, Address, list[bytes]]] | None = None  # while draining a TUN
+        self.tso_reads = 0  # TSO super-packets read from TUN devices
+        self.tso_segments = 0  # wire segments cut from them
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -284,6 +287,12 @@ class UserspaceDataPlane(DataPlane):
     def ensure_interface(self, name: str) -> None:
         self._tun(name)
 
+    def stats(self) -> dict:
+        out = super().stats()
+        out["tso"] = {"reads": self.tso_reads, "segments": self.tso_segments,
+                      "devices": {name: _offload_names(t) for name, t in self.tuns.items()}}
+        return out
+
     def add_virtual_ips(self, conn: str, addresses: list[str]) -> None:
         tun = self._tun(self.interface_for(conn) or DEFAULT_TUN)
 
@@ -320,12 +329,12 @@ class UserspaceDataPlane(DataPlane):
     def _tun(self, name: str) -> Tun:
         tun = self.tuns.get(name)
         if tun is None:
-            tun = Tun(name, self.tun_mtu, vnet_hdr=self.offload)
+            tun = Tun(name, self.tun_mtu, vnet_hdr=self.offload, tso=self.tso)
             tun.route_based = name != DEFAULT_TUN
             self.tuns[name] = tun
             self.by_tun[name] = []
             asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_readable, tun)
-            log.info("TUN device created", interface=tun.name, mtu=self.tun_mtu)
+            log.info("TUN device created", interface=tun.name, mtu=self.tun_mtu, offload=_offload_names(tun))
         return tun
 
     # ------------------------------------------------------------------ SA management
@@ -564,6 +573,20 @@ class UserspaceDataPlane(DataPlane):
                 except BlockingIOError:
                     return
                 if vnet:
+                    if pkt[1]:  # GSO type set: a TSO super-packet, cut into its wire segments
+                        segs = tun.unpack(pkt)
+                        if segs is None:
+                            self._count("malformed")
+                            continue
+                        self.tso_reads += 1
+                        self.tso_segments += len(segs)
+                        for seg in segs:
+                            try:
+                                self._outbound(tun, seg)
+                            except Exception as e:  # noqa: BLE001 - as below
+                                self._count("internal_error")
+                                log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+                        continue
                     pkt = strip(pkt)
                     if pkt is None:
                         self._count("malformed")
@@ -771,6 +794,12 @@ class UserspaceDataPlane(DataPlane):
             peers = {(c.local, c.remote) for c in self.by_spi_in.values()}
             for local, remote in peers:
                 self.send_udp(KEEPALIVE, local, remote)
+
+
+def _offload_names(tun: Tun) -> list[str]:
+    from vpn_gw.dataplane.userspace.tun import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
+    return [n for f, n in ((TUN_F_CSUM, "csum"), (TUN_F_TSO4, "tso4"), (TUN_F_TSO6, "tso6"))
+            if tun.offload_flags & f]
 
 
 def _v6_source(child: _Child):
