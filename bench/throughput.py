@@ -19,7 +19,8 @@ protected networks):
 * ``sw-sw-tuned``: the same charons as a competent operator runs them: ``net.core.rmem_default``
   4 MiB on the host while this pair's namespaces and charons are built (it is read when a socket
   is created; the old value is restored right after), txqueuelen 5000 on both TUN devices;
-* ``ours-sw``: our gateway on the site (initiator), a tuned charon on the gw.
+* ``ours-sw``: our gateway on the site (initiator), a tuned charon on the gw;
+* ``ours-ours-tso`` (only when asked for in ``--pairs``): ``ours-ours`` with ``tun_tso = true``.
 
 Fairness rules:
 * Interleaved: for each router variant and cipher every pair's tunnel is up at the same time;
@@ -113,7 +114,8 @@ class Setup:
     def _ours(self, ns, name: str, local: str, remote: str, lid: str, rid: str, lts: str, rts: str):
         conn = connection("s2s", local, remote, lid, rid, local_ts=lts, remote_ts=rts, psk=self.psk,
                           ike=IKE, esp=self.cipher, child="net")
-        gw = OurGateway(ns, self.dir, name, [conn], listen=[local], log_level="info")
+        extra = {"tun_tso": True} if self.pair == "ours-ours-tso" else None
+        gw = OurGateway(ns, self.dir, name, [conn], listen=[local], log_level="info", gateway=extra)
         self.ours.append(gw)
         return gw.start()
 
@@ -133,7 +135,7 @@ class Setup:
         site_conf, gw_conf = ss.psk_site_to_site(t, self.psk, ike_proposals=IKE, esp_proposals=self.cipher,
                                                  site_id=SITE_ID, gw_id=GW_ID)
         charon_env = host_rmem_default(TUNED_RMEM) if self.tuned else contextlib.nullcontext()
-        if self.pair == "ours-ours":
+        if self.pair in ("ours-ours", "ours-ours-tso"):
             self._ours(t.gw, "gw", t.gw_ip, t.site_ip, GW_ID, SITE_ID, t.gw_net, t.site_net)
             site = self._ours(t.site, "site", t.site_ip, t.gw_ip, SITE_ID, GW_ID, t.site_net, t.gw_net)
             site.up("s2s")
@@ -160,7 +162,7 @@ class Setup:
         """(namespace, TUN device) of both gateways."""
         t = self.topo
         site = "vpngw0" if self.pair.startswith("ours") else "ipsec0"
-        gw = "vpngw0" if self.pair == "ours-ours" else "ipsec0"
+        gw = "vpngw0" if self.pair.startswith("ours-ours") else "ipsec0"
         return [(t.site, site), (t.gw, gw)]
 
     def drop_counters(self) -> dict[str, int]:
