@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from itertools import repeat
+from typing import Literal
 
 VNET_HDR_LEN = 10  # struct virtio_net_hdr (no num_buffers: TUN's default header size)
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -47,7 +48,8 @@ def _checksums_ok(run: list[bytes]) -> bool:
     two zeros) are the same residue. A single corrupted segment always shows; errors in several
     segments cancel with probability 1/65535, the TCP checksum's own strength per segment."""
     k = len(run)
-    s = sum(map(int.from_bytes, run, repeat("little", k)))
+    little: repeat[Literal["little"]] = repeat("little", k)
+    s = sum(map(int.from_bytes, run, little))
     pseudo = k * (int.from_bytes(run[0][12:20], "big") + 6 - 20) + sum(map(len, run))
     return (s + (pseudo << 8)) % 0xFFFF == 0
 
