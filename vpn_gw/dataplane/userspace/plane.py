@@ -390,7 +390,7 @@ class UserspaceDataPlane(DataPlane):
         later netlink call (e.g. the one removing these routes) runs. Until then, what a Child
         SA decrypts is held (``held_rx``): its answers would find no route yet."""
         loop = asyncio.get_running_loop()
-        if owner is child:
+        if owner is child and not self._already_routed(child):
             child.held_rx = []
 
         def add(ipr):
@@ -400,6 +400,13 @@ class UserspaceDataPlane(DataPlane):
                 if owner is child:
                     loop.call_soon_threadsafe(self._routes_ready, child)
         ipr_submit(add, f"routes of {child.conn} into {tun.name}")
+
+    def _already_routed(self, child: _Child) -> bool:
+        """Are the child's remote networks routed into the TUN by another SA or a trap already
+        (a rekey, a trap's SA)? Then nothing it decrypts needs to wait for its routes."""
+        have = {r for o in (*self.by_spi_in.values(), *self.traps.values()) if o is not child for r in o.routes}
+        want = [n for sel in child.remote_ts for n in sel.network_strings() if not n.endswith("/0")]
+        return bool(want) and all(n in have for n in want)
 
     def _routes_ready(self, child: _Child) -> None:
         held, child.held_rx = child.held_rx, None
