@@ -404,7 +404,8 @@ class UserspaceDataPlane(DataPlane):
     def _already_routed(self, child: _Child) -> bool:
         """Are the child's remote networks routed into the TUN by another SA or a trap already
         (a rekey, a trap's SA)? Then nothing it decrypts needs to wait for its routes."""
-        have = {r for o in (*self.by_spi_in.values(), *self.traps.values()) if o is not child for r in o.routes}
+        owners: list[_Child | _Trap] = [*self.by_spi_in.values(), *self.traps.values()]
+        have = {r for o in owners if o is not child for r in o.routes}
         want = [n for sel in child.remote_ts for n in sel.network_strings() if not n.endswith("/0")]
         return bool(want) and all(n in have for n in want)
 
