@@ -19,6 +19,7 @@ from .constants import NotifyType as N
 from .deadlines import DeadlineHeap
 from .errors import ParseError, UnsupportedCriticalPayload
 from .events import Address, Event, IkeUp
+from .child_sa import ChildState
 from .ike_sa import IkeSA, State
 from .message import Header, Message, UnsupportedVersion, decode_header, decode_message, encode_message
 from .policy import IkePolicy
@@ -246,6 +247,25 @@ class IkeManager:
         lists.sort(key=len)
         others = [set(other) for other in lists[1:]]
         return [sa for sa in lists[0] if sa.state != State.DELETED and all(sa in o for o in others)]
+
+    def request_missing_children(self, name: str, now: float) -> int | None:
+        """Traffic for a trap policy of ``name`` while it has an IKE SA: ask (CREATE_CHILD_SA)
+        for each Child SA of the connection that the IKE SA does not have, e.g. because the peer
+        deleted it; one already being asked for is not asked for again. Returns how many were
+        requested, or None when ``name`` has no established IKE SA (then it must be initiated,
+        unless one is being set up)."""
+        live = [sa for sa in self.find(name) if sa.state == State.ESTABLISHED]
+        if not live:
+            return None
+        sa = live[-1]
+        have = {c.policy.name for c in sa.children if c.state not in (ChildState.DELETING, ChildState.DELETED)}
+        asked = {q.what for q in sa.queue} | ({sa.pending.what} if sa.pending is not None else set())
+        n = 0
+        for cp in sa.policy.children:
+            if cp.name not in have and f"create child {cp.name}" not in asked:
+                sa.create_child(cp, now)
+                n += 1
+        return n
 
     def terminate(self, name: str, now: float) -> int:
         n = 0

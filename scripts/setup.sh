@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 APT_PKGS=(
-  iproute2 nftables iptables tcpdump iputils-ping iperf3 procps
+  iproute2 nftables iptables tcpdump iputils-ping iperf3 procps ethtool
   strongswan-charon strongswan-swanctl strongswan-pki libstrongswan-standard-plugins
   libcharon-extra-plugins libcharon-extauth-plugins
   libnetfilter-queue-dev build-essential python3-dev

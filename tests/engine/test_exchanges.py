@@ -276,6 +276,26 @@ def test_delete_child_sa(who):
     assert link.a.sas[0].state == State.ESTABLISHED
 
 
+def test_request_missing_children_after_the_peer_deleted_one():
+    """A trap's traffic over a live IKE SA whose Child SA the peer deleted: one CREATE_CHILD_SA,
+    not repeated while it is under way; None when there is no established IKE SA to use."""
+    hq, br = site_to_site()
+    link = pair(br, hq)
+    assert link.a.request_missing_children("hq", link.now) is None  # nothing up: initiate instead
+    up(link)
+    assert link.a.request_missing_children("hq", link.now) == 0  # the child is there
+    old = link.a.sas[0].children[0].spi_in
+    assert link.b.sas[0].delete_child(link.b.sas[0].children[0].spi_in, link.now)  # the peer deletes it
+    link.run(link.now + 2.0)
+    assert not link.a.sas[0].children
+    assert link.a.request_missing_children("hq", link.now) == 1
+    assert link.a.request_missing_children("hq", link.now) == 0  # already asked for
+    link.run(link.now + 2.0)
+    (c,) = link.a.sas[0].children
+    assert c.spi_in != old and len(link.b.sas[0].children) == 1
+    assert len(events(link.events_a, ChildUp)) == 2
+
+
 def test_liveness_check_and_dead_peer():
     hq, br = site_to_site()
     br.dpd_delay = 10.0

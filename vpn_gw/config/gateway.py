@@ -66,6 +66,7 @@ class GatewayConfig:
     xfrm_nfqueue_fail: str = "open"         # open (bypass) | closed, when the queue reader is not running
     keepalive_interval: float = 20.0        # NAT-T keepalives, seconds, 0 = off
     offload: bool = True                    # userspace ESP: UDP GSO/GRO, coalesced TUN writes
+    tun_tso: bool = False                   # userspace ESP: TSO super-packets from TUN, cut by us
     tcp_port: int = 4500                    # RFC 9329 TCP encapsulation listener, 0 = off
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics (vpn_gw/metrics.py), None = off
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
@@ -130,6 +131,7 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
     xfrm_nfqueue_fail = g.get("xfrm_nfqueue_fail", _choice(("open", "closed")), "open")
     keepalive_interval = g.get("keepalive_interval", _duration, 20.0)
     offload = g.get("offload", _bool, True)
+    tun_tso = g.get("tun_tso", _bool, False)
     tcp_port = g.get("tcp_port", _int(0, 65535), 4500)
     metrics_listen = g.get("metrics_listen", _listen_addr, None)
     retransmit_timeout = g.get("retransmit_timeout", _duration, 4.0)
@@ -149,7 +151,7 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
                 cookie_threshold=cookie_threshold, dataplane=dataplane, path_mtu=path_mtu,
                 xfrm_fragmentation=xfrm_fragmentation, xfrm_nfqueue=xfrm_nfqueue,
                 xfrm_nfqueue_fail=xfrm_nfqueue_fail, keepalive_interval=keepalive_interval, offload=offload,
-                tcp_port=tcp_port, metrics_listen=metrics_listen,
+                tun_tso=tun_tso, tcp_port=tcp_port, metrics_listen=metrics_listen,
                 retransmit_timeout=retransmit_timeout, retransmit_base=retransmit_base,
                 retransmit_tries=retransmit_tries, dns_servers=dns_servers, dns_port=dns_port,
                 dns_timeout=dns_timeout, dns_min_ttl=dns_min_ttl, dns_max_ttl=dns_max_ttl)

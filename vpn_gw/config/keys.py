@@ -9,7 +9,7 @@ DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "serve
              "ca_file", "user_agent")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
-                "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "retransmit_timeout",
+                "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "tun_tso", "retransmit_timeout",
                 "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
                 "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port", "metrics_listen")
 CONNECTION_KEYS = (

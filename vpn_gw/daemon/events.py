@@ -16,7 +16,7 @@ from vpn_gw.daemon.client_dns import write_dns_file
 from vpn_gw.daemon.scheduler import Scheduler
 from vpn_gw.daemon.traps import Traps
 from vpn_gw.daemon.virtual_ips import VirtualIps
-from vpn_gw.dataplane import DataPlane
+from vpn_gw.dataplane import DataPlane, InstallError
 from vpn_gw.policies import initiate_target
 
 log = structlog.get_logger("vpn_gw")
@@ -75,11 +75,15 @@ class EventRouter:
     def __init__(self, host: EventHost, waiters: Waiters):
         self.host = host
         self.waiters = waiters
+        self.install_errors: dict[int, list[str]] = {}  # ike_id -> Child SAs the data plane refused
 
     def handle(self, ev: E.Event) -> None:
         h = self.host
         if isinstance(ev, E.ChildUp):
-            h.dataplane.install_child(ev)
+            try:
+                h.dataplane.install_child(ev)
+            except InstallError as e:
+                self._child_install_failed(ev, str(e))
         elif isinstance(ev, E.ChildDown):
             h.dataplane.remove_child(ev.spi_in, ev.spi_out)
         elif isinstance(ev, (E.PeerAddressChanged, E.LocalAddressChanged)):
@@ -102,9 +106,20 @@ class EventRouter:
                      peer=f"{ev.peer[0]}:{ev.peer[1]}" if ev.peer else None)
         self.waiters.event(ev)
 
+    def _child_install_failed(self, ev: E.ChildUp, reason: str) -> None:
+        """The data plane cannot carry a negotiated Child SA: delete it (the peer learns it), and
+        say so in the log, in `status` (install_errors) and to a waiting `vpn-gw up`."""
+        log.error("CHILD_SA installation failed: deleting it", connection=ev.ike_name, child=ev.child_name,
+                  spi_in=ev.keys.spi_in.hex(), error=reason)
+        self.install_errors.setdefault(ev.ike_id, []).append(f"CHILD_SA {ev.child_name} not installed: {reason}")
+        sa = self.host.manager.by_id(ev.ike_id)
+        if sa is not None:
+            sa.delete_child(ev.keys.spi_in, time.monotonic())
+
     def _ike_down(self, ev: E.IkeDown) -> None:
         h = self.host
         log.info("IKE_SA down", connection=ev.ike_name, reason=ev.reason)
+        self.install_errors.pop(ev.ike_id, None)
         conn = h.connection(ev.ike_name)
         h.virtual_ips.released(ev.ike_id, conn)
         if conn is not None and conn.vips:

@@ -61,7 +61,8 @@ def make_dataplane(config: GatewayConfig, gw: Gateway) -> DataPlane:
     if config.dataplane == "userspace":
         from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane
         return UserspaceDataPlane(gw.send_esp, gw.interface_for, path_mtu=config.path_mtu,
-                                  keepalive_interval=config.keepalive_interval, offload=config.offload)
+                                  keepalive_interval=config.keepalive_interval, offload=config.offload,
+                                  tso=config.tun_tso)
     if config.dataplane == "xfrm":
         from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane
         ifids = {c.interface: c.if_id for c in config.connections if c.interface}
@@ -106,7 +107,7 @@ class Gateway:
         self.scheduler = Scheduler(self.manager.next_deadline, self._on_timer)
         self.waiters = Waiters()
         self.events = EventRouter(self, self.waiters)
-        self.traps = Traps(self.manager, self.dataplane, self.initiate)
+        self.traps = Traps(self.manager, self.dataplane, self.initiate, self.flush)
         self.probe_responder = ProbeResponder()  # docs/probe.md: stateless, rate-limited echo
         self.udp = UdpService(lambda: self.config, self.dataplane,
                               DatagramSinks(ike=self._ike_received, after_batch=self.flush),
@@ -317,7 +318,8 @@ class Gateway:
 
     def status(self) -> list[dict[str, Any]]:
         from vpn_gw.daemon.status import status_entries
-        return status_entries(self.manager, self.dataplane, self.tcp, time.monotonic(), time.time())
+        return status_entries(self.manager, self.dataplane, self.tcp, time.monotonic(), time.time(),
+                              install_errors=self.events.install_errors)
 
     # ------------------------------------------------------------------ lifecycle
 
