@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from tests.netns import kill_pid
+from tests.netns import stop_process
 
 CONFIG = """\
 prefix = /usr
@@ -188,13 +188,7 @@ class FreeRadius:
                 f'      tls_max_version = "1.2"\n    }}\n    tls {{\n      tls = tls-common\n    }}\n')
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            kill_pid(self.proc.pid)
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        stop_process(self.proc)
         self.proc = None
 
     def detail_records(self) -> list[dict[str, str]]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
-from tests.netns import kill_pid
+from tests.netns import stop_process
 
 
 def _bindir() -> Path:
@@ -79,15 +80,8 @@ class Postgres:
         raise RuntimeError("PostgreSQL did not start:\n" + (self.dir / "postgres.log").read_text()[-2000:])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            # SIGTERM = "smart" shutdown would wait for clients; SIGINT = "fast" shutdown
-            import signal
-            kill_pid(self.proc.pid, sig=signal.SIGINT, timeout=15)
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        # SIGTERM = "smart" shutdown would wait for clients; SIGINT = "fast" shutdown
+        stop_process(self.proc, sig=signal.SIGINT, timeout=15)
         self.proc = None
 
     def cleanup(self) -> None:
