@@ -23,12 +23,13 @@ import structlog
 
 from ikev2.manager import IkeManager
 
-from vpn_gw.config import GatewayConfig, diff_configs, load_config
+from vpn_gw.config import ConfigError, GatewayConfig, diff_configs, load_config
 from vpn_gw.control import ControlServer
 from vpn_gw.daemon.control_handlers import ControlHandlers
 from vpn_gw.daemon.engine_log import EngineLog
 from vpn_gw.daemon.events import RETRY_DELAY, EventRouter, Waiters
 from vpn_gw.daemon.lifetimes import LifetimeWatcher
+from vpn_gw.daemon.reload import ReloadRefused, apply_gateway_settings, check_live
 from vpn_gw.daemon.roaming import RoamingWatcher
 from vpn_gw.daemon.routes import ConnectionRoutes
 from vpn_gw.daemon.scheduler import Scheduler
@@ -47,6 +48,8 @@ from vpn_gw.transport.udp_service import DatagramSinks, UdpService
 log = structlog.get_logger("vpn_gw")
 
 Endpoint = tuple[str, int]
+
+_POLICY_GATEWAY_KEYS = {"retransmit_timeout", "retransmit_base", "retransmit_tries"}  # copied into policies
 
 
 class StartupError(RuntimeError):
@@ -79,6 +82,7 @@ class Gateway:
         self.dataplane = dataplane if dataplane is not None else make_dataplane(config, self)
         self.started = time.time()
         self.held_down: set[str] = set()  # taken down by `vpn-gw down`: no automatic restart
+        self.log_override: dict[str, str] = {}  # `vpn-gw run --log-level/--log-format`: reload keeps them
         self.virtual_ips = VirtualIps(PoolSet.from_config(config.pools), lambda: self.config)
         self.manager = IkeManager([self._policy(c) for c in config.connections], os.urandom,
                                   log=EngineLog(), wall_offset=time.time() - time.monotonic(),
@@ -255,23 +259,49 @@ class Gateway:
         return {"probe": self.probe_responder.counters(), "tcp": self.tcp.counters(),
                 "dataplane": self.dataplane.stats()}
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self, origin: str = "control") -> dict[str, Any]:
+        """Re-read the configuration file and apply it (`vpn-gw reload`, SIGHUP). Every outcome
+        (applied, refused because a key needs a restart, failed with the config error) is logged;
+        a refused or failed reload raises ValueError and changes nothing."""
+        try:
+            d = self._reload()
+        except ReloadRefused as e:
+            log.warning("reload refused", origin=origin, reason=str(e))
+            raise
+        except (ConfigError, ValueError, OSError) as e:
+            log.error("reload failed: configuration not applied", origin=origin, error=str(e))
+            raise
+        log.info("configuration reloaded", origin=origin, added=list(d.added), removed=list(d.removed),
+                 changed=list(d.changed), unchanged=len(d.unchanged), gateway_changed=list(d.gateway_changed))
+        return d.to_dict()
+
+    def _reload(self) -> Any:
         if self.config.source is None:
             raise ValueError("configuration was not loaded from a file")
         new = load_config(self.config.source)
         d = diff_configs(self.config, new)
+        check_live(d.gateway_changed)  # before anything changes
         for name in d.removed:
             self.manager.terminate(name, time.monotonic())
         pols = {p.name: p for p in self.manager.policies}
-        self.config = new
+        old, self.config = self.config, new
         self._conns = {c.name: c for c in new.connections}
-        self.manager.policies = [pols[c.name] if c.name in d.unchanged else self._policy(c)
+        apply_gateway_settings(self, old, new, d.gateway_changed)
+        # Retransmission settings live in every policy: rebuild them all when they change.
+        keep = set(d.unchanged) if not set(d.gateway_changed) & _POLICY_GATEWAY_KEYS else set()
+        self.manager.policies = [pols[c.name] if c.name in keep else self._policy(c)
                                  for c in new.connections]
         for name in d.added:
             if self.connection(name).start_action == "start":
                 self.initiate(name)
         self.flush()
-        return d.to_dict()
+        return d
+
+    def _reload_on_signal(self) -> None:
+        try:
+            self.reload(origin="SIGHUP")
+        except (ConfigError, ValueError, OSError):
+            pass  # logged by reload(); the daemon keeps running with the old configuration
 
     def status(self) -> list[dict[str, Any]]:
         from vpn_gw.daemon.status import status_entries
@@ -287,6 +317,7 @@ class Gateway:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)  # SIGHUP = `vpn-gw reload`
         await self.ddns.start()
         for note in self.pools.load():
             log.warning("address pool", note=note)
@@ -334,6 +365,7 @@ class Gateway:
         self.flush()
         await asyncio.sleep(0.2)  # let the DELETEs leave (no retransmission at shutdown)
         self.scheduler.close()
+        loop.remove_signal_handler(signal.SIGHUP)
         await control.stop()
         await self.tcp.close()
         self.udp.close()
@@ -355,7 +387,9 @@ def _reachable(ip: str) -> bool:
 
 def run(config: GatewayConfig, args: Any = None) -> int:
     try:
-        asyncio.run(Gateway(config).serve())
+        gw = Gateway(config)
+        gw.log_override = {k: v for k in ("log_level", "log_format") if (v := getattr(args, k, None))}
+        asyncio.run(gw.serve())
     except (StartupError, OSError) as e:
         log.error("vpn-gw cannot start", error=str(e))
         print(f"vpn-gw: {e}", file=sys.stderr)
