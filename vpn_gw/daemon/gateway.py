@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 import time
@@ -314,6 +315,7 @@ class Gateway:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
+        raise_open_files_limit()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -375,6 +377,20 @@ class Gateway:
         if any(p.masquerade for p in self.config.pools):
             masquerade.remove()
         log.info("vpn-gw stopped")
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (TCP clients each hold a descriptor; the
+    TCP listener keeps a reserve below the soft limit, docs/tcp-encapsulation.md). Logged."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-files limit", soft=soft, hard=hard, error=str(e))
+    log.info("open-files limit", soft=soft, hard=hard)
+    return soft, hard
 
 
 def _reachable(ip: str) -> bool:

@@ -18,6 +18,8 @@ LIVE_KEYS = frozenset({
     "log_level", "log_format",                     # unless `vpn-gw run --log-level/--log-format` set them
     "keepalive_interval",                          # NAT-T keepalive loop of the data plane
     "retransmit_timeout", "retransmit_base", "retransmit_tries",  # IKE SAs negotiated after the reload
+    "tcp_max_connections", "tcp_max_per_source", "tcp_idle_timeout",   # TCP encapsulation limits:
+    "tcp_max_unauth_frame", "tcp_max_buffered",                        # read from the config each time
 })
 
 # Need `vpn-gw` to be restarted: sockets, the data plane, the resolver and publishers, pools.
