@@ -356,7 +356,8 @@ class Gateway:
                     log.warning("cannot initiate", connection=conn.name, error=str(e))
                     self.scheduler.retry_at(conn.name, time.monotonic() + RETRY_DELAY)
         self.flush()
-        watchers = [loop.create_task(self.roaming.run()), loop.create_task(self.lifetimes.run())]
+        watchers = [loop.create_task(self.roaming.run()), loop.create_task(self.lifetimes.run()),
+                    loop.create_task(_log_summaries())]
         await stop.wait()
         for w in watchers:
             w.cancel()
@@ -377,6 +378,17 @@ class Gateway:
         if any(p.masquerade for p in self.config.pools):
             masquerade.remove()
         log.info("vpn-gw stopped")
+
+
+async def _log_summaries(every: float = 10.0) -> None:
+    """Rate-limited log summaries ("suppressed N similar messages") also after a flood stops."""
+    from vpn_gw.log import flush_all
+    while True:
+        await asyncio.sleep(every)
+        try:
+            flush_all()
+        except Exception as e:  # noqa: BLE001 - logging never stops the gateway
+            log.error("log summaries failed", error=f"{type(e).__name__}: {e}")
 
 
 def raise_open_files_limit() -> tuple[int, int]:
