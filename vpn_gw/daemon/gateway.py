@@ -315,6 +315,9 @@ class Gateway:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.dataplane.name in ("userspace", "xfrm"):
+            from vpn_gw.dataplane.iproute import prewarm
+            prewarm()  # pyroute2's import overlaps the rest of the start-up
         raise_open_files_limit()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
