@@ -26,6 +26,9 @@ def run(name: str, seconds: int, work: pathlib.Path) -> int:
     d = work / name
     corpus = d / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
+    if name == "engine" and not any(corpus.iterdir()):  # seeds: real exchanges, decrypted
+        subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / HARNESSES[name]), "--write-seeds", str(corpus)],
+                       cwd=ROOT, capture_output=True, check=True)
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "fuzz" / HARNESSES[name]), f"-max_total_time={seconds}",

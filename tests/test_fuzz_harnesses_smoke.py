@@ -15,9 +15,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("harness", ["fuzz_tcp_stream.py", "fuzz_esp_decap.py", "fuzz_engine.py"])
 def test_harness_smoke(tmp_path, harness):
+    corpus = []
+    if harness == "fuzz_engine.py":  # seeds from real exchanges, so the short run gets past the decoder
+        seeds = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / harness), "--write-seeds",
+                                str(tmp_path / "seeds")], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                               check=False)
+        assert seeds.returncode == 0 and len(list((tmp_path / "seeds").iterdir())) >= 8, seeds.stderr[-2000:]
+        corpus = [str(tmp_path / "seeds")]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "fuzz" / harness),
-         "-atheris_runs=40000", "-max_total_time=15", "-rss_limit_mb=2048", f"-artifact_prefix={tmp_path}/"],
+         "-atheris_runs=40000", "-max_total_time=15", "-rss_limit_mb=2048", f"-artifact_prefix={tmp_path}/",
+         *corpus],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{harness} found a crash:\n{out[-4000:]}"

@@ -11,7 +11,11 @@ unexpected responses. Properties: ``receive`` and a following ``tick`` never rai
 engine never reaches its last line of defence ("internal error, deleting IKE SA"): every
 malformed or unexpected input is a typed error, an error notify or a logged drop.
 
+Input: control byte (bit 0 to the initiator, bit 1 a response, bit 2 the receiver's expected
+message ID), exchange type, message ID (4 octets), first inner payload type, inner chain.
+
 Run: .venv/bin/python tests/fuzz/fuzz_engine.py [libFuzzer flags] [CORPUS_DIR ...]
+Seeds (real exchanges, decrypted): .venv/bin/python tests/fuzz/fuzz_engine.py --write-seeds DIR
 (bench/fuzz_harnesses.py runs it for longer.)
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ import atheris
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports():
-    from ikev2.constants import ExchangeType, PayloadType
+    from ikev2.constants import PayloadType
     from ikev2.manager import IkeManager
     from ikev2.message import encode_header
     from ikev2.sa_common import State
@@ -72,28 +76,35 @@ def _share_stateless_crypto() -> None:
 
 _share_stateless_crypto()
 TEMPLATE = _established()
-EXCHANGES = [ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL, ExchangeType.IKE_AUTH]
 FLAG_I, FLAG_R = 0x08, 0x20
+HEADER = struct.Struct("!BBIB")  # control, exchange, message ID, first inner payload type
+TO_INITIATOR, RESPONSE, EXPECTED_MID = 0x01, 0x02, 0x04  # control bits
+
+
+def input_for(to_initiator: bool, response: bool, exchange: int, message_id: int | None, first: int,
+              inner: bytes) -> bytes:
+    """A fuzzer input (the seeds are made with it): message_id None = the receiver's next one."""
+    control = (TO_INITIATOR if to_initiator else 0) | (RESPONSE if response else 0) | \
+        (EXPECTED_MID if message_id is None else 0)
+    return HEADER.pack(control, exchange, message_id or 0, first) + inner
 
 
 def test_one_input(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
+    if len(data) < HEADER.size:
+        return
+    control, exchange, mid, first = HEADER.unpack_from(data)
+    inner = data[HEADER.size:]
     link = copy.deepcopy(TEMPLATE)
-    to_initiator = fdp.ConsumeBool()
-    receiver, sender = (link.a, link.b) if to_initiator else (link.b, link.a)
+    receiver, sender = (link.a, link.b) if control & TO_INITIATOR else (link.b, link.a)
     sa_r, = [s for s in receiver.sas if s.state == State.ESTABLISHED]
     sa_s, = [s for s in sender.sas if s.state == State.ESTABLISHED]
-    pick = fdp.ConsumeIntInRange(0, len(EXCHANGES))
-    exchange = EXCHANGES[pick] if pick < len(EXCHANGES) else fdp.ConsumeIntInRange(0, 255)
-    response = fdp.ConsumeIntInRange(0, 3) == 0
-    mid = fdp.ConsumeIntInRange(0, 3) if fdp.ConsumeBool() else fdp.ConsumeIntInRange(0, 0xFFFFFFFF)
-    first = fdp.ConsumeIntInRange(PayloadType.SA, PayloadType.SA + 20) if fdp.ConsumeBool() \
-        else fdp.ConsumeIntInRange(0, 255)
-    inner = fdp.ConsumeBytes(fdp.remaining_bytes())
+    response = bool(control & RESPONSE)
+    if control & EXPECTED_MID:
+        mid = sa_r.next_mid - 1 if response else sa_r.peer_next_mid
     keys = sa_s.sk_out
     flags = (FLAG_I if sa_s.initiator else 0) | (FLAG_R if response else 0)
     length = 28 + 4 + len(inner) + keys.overhead(len(inner))
-    head = encode_header(sa_s.spi_i, sa_s.spi_r, PayloadType.SK, exchange, flags, mid, length) + \
+    head = encode_header(sa_s.spi_i, sa_s.spi_r, PayloadType.SK, exchange, flags, mid & 0xFFFFFFFF, length) + \
         struct.pack("!BBH", first, 0, length - 28)
     datagram = head + _protect(keys, head, inner, DetRandom("iv"))
     INTERNAL.clear()
@@ -104,7 +115,44 @@ def test_one_input(data: bytes) -> None:
         raise AssertionError("; ".join(INTERNAL))
 
 
+def write_seeds(out: pathlib.Path) -> int:
+    """Seeds from real exchanges between the two engines (Child rekey, IKE rekey, liveness check,
+    Child delete, both directions): each decrypted inner chain, as an input for this harness."""
+    from ikev2.message import decode_message
+    from ikev2.sk import decrypt_fragment
+    out.mkdir(parents=True, exist_ok=True)
+    link = copy.deepcopy(TEMPLATE)
+    n = 0
+
+    def harvest(start: int) -> None:  # before the next step can rekey the keys away
+        nonlocal n
+        for _t, src, _dst, raw in link.trace[start:]:
+            msg = decode_message(raw)
+            sender = link.a if src[0] == link.addr_a else link.b
+            sa = next((s for s in sender.sas if s.spi_i == msg.spi_i and s.spi_r == msg.spi_r), None)
+            if sa is None or sa.sk_out is None or msg.encrypted is None:
+                continue
+            inner = decrypt_fragment(raw, msg, sa.sk_out)
+            seed = input_for(sender is link.b, msg.is_response, msg.exchange, None, msg.encrypted.first_inner, inner)
+            (out / f"seed-{n:03d}").write_bytes(seed)
+            n += 1
+
+    steps = [lambda sa: sa.rekey_child(sa.children[0].spi_in, link.now), lambda sa: sa.liveness(link.now, True),
+             lambda sa: sa.rekey_ike(link.now)]
+    for step in steps:
+        for mgr in (link.a, link.b):
+            sa, = [s for s in mgr.sas if s.state == State.ESTABLISHED]
+            start = len(link.trace)
+            step(sa)
+            link.run(link.now + 1.0)
+            harvest(start)
+    return n
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--write-seeds":
+        print(write_seeds(pathlib.Path(sys.argv[2])), "seeds")
+        return
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 
