@@ -179,3 +179,42 @@ def test_library_debug_noise_stays_out_even_when_imported_later():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert "our debug line" in out and "netlink trouble" in out
     assert "netlink noise" not in out
+
+
+def test_rate_limited_global_budget_bounds_lines_for_20000_sources():
+    """Issue 14 item 8: 20,000 spoofed sources, 3 events each per minute for 3 minutes: the output
+    stays within global_limit + 1 lines per window, the per-key map stays bounded, and the
+    summaries account for every event."""
+    fake, clock = FakeLogger(), Clock()
+    rl = RateLimitedLogger(fake, limit=5, interval=60.0, clock=clock, global_limit=100, max_keys=1000)
+    logged = 0
+    for _minute in range(3):
+        lines_before = len(fake.events)
+        for i in range(20_000):
+            for _ in range(3):
+                rl.log(("dropped datagram", f"2001:db8::{i:x}"), "dropped datagram", peer=f"2001:db8::{i:x}")
+                logged += 1
+            assert rl.keys <= 1000
+        clock.t += 60.0
+        rl.flush()
+        assert len(fake.events) - lines_before <= 102  # 100 + the previous window's summary + this one's
+    rl.flush(force=True)
+    assert len(fake.events) <= 3 * 101 + 101 + 1
+    plain = [e for e in fake.events if e[1] == "dropped datagram"]
+    summaries = [e for e in fake.events if e[1].startswith("suppressed ")]
+    assert plain and summaries
+    assert len(plain) + sum(kw["suppressed"] for _, _, kw in summaries) == logged
+    (star, *_) = [kw for _, _, kw in summaries if kw["rate_limit_key"] == "*"]
+    assert star["events"] == {"dropped datagram": star["suppressed"]}
+
+
+def test_rate_limited_global_summary_comes_with_flush_all_after_the_flood():
+    from vpn_gw.log import flush_all
+    fake, clock = FakeLogger(), Clock()
+    rl = RateLimitedLogger(fake, limit=1, interval=10.0, clock=clock, global_limit=2)
+    for i in range(5):
+        rl.log(i, "probe dropped")
+    assert [e[1] for e in fake.events] == ["probe dropped"] * 2
+    clock.t += 10.0
+    assert flush_all() >= 1  # nothing more was logged: the periodic flush emits the summary
+    assert fake.events[-1][1] == "suppressed 3 similar messages" and fake.events[-1][2]["rate_limit_key"] == "*"

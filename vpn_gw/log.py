@@ -6,13 +6,15 @@ alike. ``redact_secrets`` is the processor: any key named like a secret (psk, se
 key, private_key, sk_*, ...) and any ``Secret`` value, at any depth, becomes ``"***"``.
 
 ``RateLimitedLogger`` bounds floods (one log line per dropped packet would be a DoS amplifier):
-at most ``limit`` events per key per ``interval`` seconds, then one "suppressed N" summary.
+at most ``limit`` events per key and ``global_limit`` in all per ``interval`` seconds (however
+many keys, e.g. spoofed source addresses, there are), with "suppressed N" summaries.
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, TextIO
 
@@ -20,7 +22,7 @@ import structlog
 
 from vpn_gw.config import Secret
 
-__all__ = ["setup_logging", "redact_secrets", "is_secret_key", "RateLimitedLogger", "get_logger",
+__all__ = ["setup_logging", "redact_secrets", "is_secret_key", "RateLimitedLogger", "flush_all", "get_logger",
            "REDACTED", "LEVELS"]
 
 REDACTED = "***"
@@ -130,20 +132,28 @@ def setup_logging(level: str | int = "info", fmt: str = "console",
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.set_name("vpn-gw")
+    # Libraries that narrate every netlink message or event-loop detail at debug level would
+    # drown the gateway's own events: their records below INFO are dropped here. A filter on our
+    # handler, not a level on their loggers, because pyroute2 resets its logger's level when it is
+    # imported, and importing it here only to override that cost ~200 ms of every start-up.
+    handler.addFilter(_QuietLibraries(max(lvl, logging.INFO)))
     root = logging.getLogger()
     for h in list(root.handlers):
         if h.get_name() == "vpn-gw":
             root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(lvl)
-    # Libraries that narrate every netlink message or event-loop detail at debug level would
-    # drown the gateway's own events.
-    try:  # pyroute2 sets its logger to level 0 when first imported: import it before setting ours
-        import pyroute2.config.log  # noqa: F401
-    except ImportError:
-        pass
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(lvl, logging.INFO) if isinstance(lvl, int) else logging.INFO)
+
+
+class _QuietLibraries(logging.Filter):
+    NOISY = ("pyroute2", "asyncio")
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or not record.name.startswith(self.NOISY)
 
 
 def get_logger(name: str | None = None, **initial: Any):
@@ -151,42 +161,105 @@ def get_logger(name: str | None = None, **initial: Any):
 
 
 class RateLimitedLogger:
-    """At most ``limit`` events per key per ``interval`` seconds; then one summary.
+    """At most ``limit`` events per key and ``global_limit`` events in all per ``interval`` seconds.
 
     ``log(key, event, **fields)`` logs through ``logger`` unless the key's budget for the current
-    window is spent; suppressed events are counted, and when the window has ended the next
-    ``log()`` or ``flush()`` first emits ``"suppressed N similar messages"`` (fields
-    ``rate_limit_key``, ``suppressed``, ``interval``). ``clock`` is a callable returning seconds
-    (``time.monotonic`` by default) so tests can drive time. At most ``max_keys`` keys are
-    tracked; the oldest window is flushed and forgotten when more appear.
+    window is spent or the logger's global budget is: the global budget bounds the output however
+    many keys (e.g. spoofed source addresses) an attacker brings. Suppressed events are counted:
+
+    * per key: when the key's window has ended, the next ``log()`` or ``flush()`` first emits
+      ``"suppressed N similar messages"`` (fields ``rate_limit_key``, ``suppressed``,
+      ``interval``, ``last_event``); that summary spends global budget like any line;
+    * globally: events suppressed by the global budget, and per-key counts whose summary found
+      no budget or whose key was forgotten, are summed and emitted as one
+      ``"suppressed N similar messages"`` line with ``rate_limit_key = "*"`` and ``events``
+      (the most frequent event names and their counts) when the global window ends.
+
+    So each window yields at most ``global_limit + 1`` lines, and the numbers in the summaries
+    plus the lines emitted add up to every event logged. At most ``max_keys`` keys are tracked
+    (the oldest window is summarised and forgotten when more appear). ``clock`` is a callable
+    returning seconds (``time.monotonic`` by default) so tests can drive time. The daemon calls
+    ``flush_all()`` periodically, so summaries appear even when the flood stops.
     """
+
+    MAX_EVENT_NAMES = 16  # distinct event names counted in the global summary; the rest are "other"
 
     def __init__(self, logger: Any = None, *, limit: int = 10, interval: float = 60.0,
                  clock: Callable[[], float] = time.monotonic, level: str = "warning",
-                 max_keys: int = 10000):
-        if limit < 1 or interval <= 0:
-            raise ValueError("limit must be >= 1 and interval > 0")
+                 max_keys: int = 4096, global_limit: int = 100):
+        if limit < 1 or interval <= 0 or global_limit < 1 or max_keys < 1:
+            raise ValueError("limit, global_limit and max_keys must be >= 1 and interval > 0")
         self.logger = logger if logger is not None else structlog.get_logger("vpn_gw.ratelimit")
         self.limit = limit
+        self.global_limit = global_limit
         self.interval = interval
         self.clock = clock
         self.level = level
         self.max_keys = max_keys
         # key -> [window_start, emitted, suppressed, level, event]
         self._windows: OrderedDict[Hashable, list] = OrderedDict()
+        self._global_start: float | None = None
+        self._global_emitted = 0
+        self._global_suppressed: dict[str, int] = {}
+        self._global_level = level
+        _INSTANCES.add(self)
 
     def _emit(self, level: str, event: str, **fields):
         getattr(self.logger, level)(event, **fields)
 
-    def _summary(self, key: Hashable, w: list):
-        if w[2]:
-            self._emit(w[3], f"suppressed {w[2]} similar messages", rate_limit_key=_key_str(key),
-                       suppressed=w[2], interval=self.interval, last_event=w[4])
+    # ------------------------------------------------------------------ the global budget
+
+    def _roll_global(self, now: float) -> None:
+        if self._global_start is None:
+            self._global_start = now
+        elif now - self._global_start >= self.interval:
+            self._global_summary()
+            self._global_start = now
+            self._global_emitted = 0
+
+    def _global_summary(self) -> bool:
+        counts = self._global_suppressed
+        if not counts:
+            return False
+        total = sum(counts.values())
+        top = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+        self._emit(self._global_level, f"suppressed {total} similar messages", rate_limit_key="*",
+                   suppressed=total, interval=self.interval, events=top)
+        self._global_suppressed = {}
+        return True
+
+    def _fold(self, event: str, n: int, level: str) -> None:
+        if n <= 0:
+            return
+        counts = self._global_suppressed
+        if event not in counts and len(counts) >= self.MAX_EVENT_NAMES:
+            event = "other"
+        counts[event] = counts.get(event, 0) + n
+        self._global_level = level
+
+    def _budgeted(self, level: str, event: str, count: int, name: str, **fields) -> bool:
+        """Emit a line if the global budget allows, else count ``count`` events called ``name``
+        as suppressed."""
+        if self._global_emitted < self.global_limit:
+            self._global_emitted += 1
+            self._emit(level, event, **fields)
+            return True
+        self._fold(name, count, level)
+        return False
+
+    # ------------------------------------------------------------------ per key
+
+    def _summary(self, key: Hashable, w: list) -> bool:
+        if not w[2]:
+            return False
+        return self._budgeted(w[3], f"suppressed {w[2]} similar messages", w[2], w[4], rate_limit_key=_key_str(key),
+                              suppressed=w[2], interval=self.interval, last_event=w[4])
 
     def log(self, key: Hashable, event: str, level: str | None = None, **fields) -> bool:
         """Log unless rate-limited; returns whether the event was emitted."""
         level = level or self.level
         now = self.clock()
+        self._roll_global(now)
         w = self._windows.get(key)
         if w is not None and now - w[0] >= self.interval:
             self._summary(key, w)
@@ -199,14 +272,16 @@ class RateLimitedLogger:
             w = self._windows[key] = [now, 0, 0, level, event]
         if w[1] < self.limit:
             w[1] += 1
-            self._emit(level, event, **fields)
-            return True
+            if self._budgeted(level, event, 1, event, **fields):
+                return True
+            return False
         w[2] += 1
         w[3], w[4] = level, event
         return False
 
     def flush(self, force: bool = False) -> int:
-        """Emit summaries for windows that have ended (all windows if force); returns how many."""
+        """Emit summaries for windows that have ended (all windows if force), and the global
+        summary when its window has ended (or if force); returns how many summaries."""
         now = self.clock()
         n = 0
         for key in list(self._windows):
@@ -216,11 +291,27 @@ class RateLimitedLogger:
                     n += 1
                 self._summary(key, w)
                 del self._windows[key]
+        if self._global_start is not None and (force or now - self._global_start >= self.interval):
+            n += self._global_summary()
+            self._global_start = now
+            self._global_emitted = 0
         return n
 
     def suppressed(self, key: Hashable) -> int:
         w = self._windows.get(key)
         return w[2] if w else 0
+
+    @property
+    def keys(self) -> int:
+        return len(self._windows)
+
+
+_INSTANCES: weakref.WeakSet[RateLimitedLogger] = weakref.WeakSet()
+
+
+def flush_all() -> int:
+    """Emit the due summaries of every RateLimitedLogger (the daemon calls this periodically)."""
+    return sum(rl.flush() for rl in list(_INSTANCES))
 
 
 def _key_str(key: Hashable) -> str:

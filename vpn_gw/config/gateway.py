@@ -23,6 +23,7 @@ from vpn_gw.config.convert import (
     _listen_addr,
     _nonempty_str,
     _ok,
+    _size,
     _Table,
 )
 from vpn_gw.config.ddns import DdnsConfig
@@ -69,6 +70,11 @@ class GatewayConfig:
     tun_tso: bool = False                   # userspace ESP: TSO super-packets from TUN, cut by us
     tcp_port: int = 4500                    # RFC 9329 TCP encapsulation listener, 0 = off
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics (vpn_gw/metrics.py), None = off
+    tcp_max_connections: int = 4096         # accepted TCP connections, all sources together
+    tcp_max_per_source: int = 64            # accepted TCP connections from one IP address
+    tcp_idle_timeout: float = 30.0          # no established IKE SA and no IKE frame for this long: closed
+    tcp_max_unauth_frame: int = 16384       # largest frame on a connection without an established IKE SA
+    tcp_max_buffered: int = 32 << 20        # partial-frame bytes held by all TCP connections together
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
     retransmit_base: float = 1.8            # back-off factor
     retransmit_tries: int = 5               # retransmissions before giving up
@@ -134,6 +140,17 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
     tun_tso = g.get("tun_tso", _bool, False)
     tcp_port = g.get("tcp_port", _int(0, 65535), 4500)
     metrics_listen = g.get("metrics_listen", _listen_addr, None)
+    tcp_max_connections = g.get("tcp_max_connections", _int(1, 1 << 20), 4096)
+    tcp_max_per_source = g.get("tcp_max_per_source", _int(1, 1 << 20), 64)
+    tcp_idle_timeout = g.get("tcp_idle_timeout", _duration, 30.0)
+    if _ok(tcp_idle_timeout) and tcp_idle_timeout <= 0:
+        ctx.error(("gateway", "tcp_idle_timeout"), "must be more than 0s")
+    tcp_max_unauth_frame = g.get("tcp_max_unauth_frame", _size, 16384)
+    if _ok(tcp_max_unauth_frame) and not 1024 <= tcp_max_unauth_frame <= 65535:
+        ctx.error(("gateway", "tcp_max_unauth_frame"), f"must be 1024 to 65535 bytes, got {tcp_max_unauth_frame}")
+    tcp_max_buffered = g.get("tcp_max_buffered", _size, 32 << 20)
+    if _ok(tcp_max_buffered) and tcp_max_buffered < 65536:
+        ctx.error(("gateway", "tcp_max_buffered"), f"must be at least 64K, got {tcp_max_buffered}")
     retransmit_timeout = g.get("retransmit_timeout", _duration, 4.0)
     retransmit_base = g.get("retransmit_base", _float(1.0, 4.0), 1.8)
     retransmit_tries = g.get("retransmit_tries", _int(0, 20), 5)
@@ -152,6 +169,9 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
                 xfrm_fragmentation=xfrm_fragmentation, xfrm_nfqueue=xfrm_nfqueue,
                 xfrm_nfqueue_fail=xfrm_nfqueue_fail, keepalive_interval=keepalive_interval, offload=offload,
                 tun_tso=tun_tso, tcp_port=tcp_port, metrics_listen=metrics_listen,
+                tcp_max_connections=tcp_max_connections,
+                tcp_max_per_source=tcp_max_per_source, tcp_idle_timeout=tcp_idle_timeout,
+                tcp_max_unauth_frame=tcp_max_unauth_frame, tcp_max_buffered=tcp_max_buffered,
                 retransmit_timeout=retransmit_timeout, retransmit_base=retransmit_base,
                 retransmit_tries=retransmit_tries, dns_servers=dns_servers, dns_port=dns_port,
                 dns_timeout=dns_timeout, dns_min_ttl=dns_min_ttl, dns_max_ttl=dns_max_ttl)

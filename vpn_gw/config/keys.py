@@ -11,7 +11,9 @@ GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level"
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
                 "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "tun_tso", "retransmit_timeout",
                 "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
-                "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port", "metrics_listen")
+                "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port", "metrics_listen",
+                "tcp_max_connections", "tcp_max_per_source", "tcp_idle_timeout", "tcp_max_unauth_frame",
+                "tcp_max_buffered")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
     "users_file", "eap_identity", "eap_password", "psk", "certs",

@@ -28,7 +28,6 @@ from vpn_gw.config.convert import (
 )
 from vpn_gw.config.keys import _CHILD_HINT, _CONN_HINT, _GW_HINT, POOL_KEYS
 
-
 if TYPE_CHECKING:
     from vpn_gw.pools.pg_settings import PgPoolSettings
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 import time
@@ -22,7 +23,6 @@ from typing import Any
 import structlog
 
 from ikev2.manager import IkeManager
-
 from vpn_gw.bind_errors import explain
 from vpn_gw.config import ConfigError, GatewayConfig, diff_configs, load_config
 from vpn_gw.control import ControlServer
@@ -30,6 +30,7 @@ from vpn_gw.daemon.control_handlers import ControlHandlers
 from vpn_gw.daemon.engine_log import EngineLog
 from vpn_gw.daemon.events import RETRY_DELAY, EventRouter, Waiters
 from vpn_gw.daemon.lifetimes import LifetimeWatcher
+from vpn_gw.daemon.reload import ReloadRefused, apply_gateway_settings, check_live
 from vpn_gw.daemon.roaming import RoamingWatcher
 from vpn_gw.daemon.routes import ConnectionRoutes
 from vpn_gw.daemon.scheduler import Scheduler
@@ -39,8 +40,7 @@ from vpn_gw.dataplane import DataPlane, RecordingDataPlane
 from vpn_gw.ddns.service import DdnsService, is_fqdn
 from vpn_gw.metrics import GatewayMetrics, MetricsServer
 from vpn_gw.policies import ike_policy, initiate_target
-from vpn_gw.pools import PoolSet
-from vpn_gw.pools import masquerade
+from vpn_gw.pools import PoolSet, masquerade
 from vpn_gw.probe import ProbeResponder
 from vpn_gw.sdnotify import Notifier
 from vpn_gw.transport.tcp import TcpService
@@ -50,6 +50,8 @@ from vpn_gw.transport.udp_service import DatagramSinks, UdpService
 log = structlog.get_logger("vpn_gw")
 
 Endpoint = tuple[str, int]
+
+_POLICY_GATEWAY_KEYS = {"retransmit_timeout", "retransmit_base", "retransmit_tries"}  # copied into policies
 
 
 class StartupError(RuntimeError):
@@ -95,6 +97,7 @@ class Gateway:
         self.virtual_ips = VirtualIps(PoolSet.from_config([p for p in config.pools if p.backend == "file"]),
                                       lambda: self.config,
                                       framed=self.radius.framed if self.radius is not None else None)
+        self.log_override: dict[str, str] = {}  # `vpn-gw run --log-level/--log-format`: reload keeps them
         self.manager = IkeManager([self._policy(c) for c in config.connections], os.urandom,
                                   log=self.engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
@@ -284,37 +287,52 @@ class Gateway:
         return {"probe": self.probe_responder.counters(), "tcp": self.tcp.counters(),
                 "dataplane": self.dataplane.stats()}
 
-    def reload(self) -> dict[str, Any]:
-        """Re-read the configuration file (`vpn-gw reload`, SIGHUP), telling systemd around it."""
+    def reload(self, origin: str = "control") -> dict[str, Any]:
+        """Re-read the configuration file and apply it (`vpn-gw reload`, SIGHUP), telling systemd
+        around it. Every outcome (applied, refused because a key needs a restart, failed with the
+        config error) is logged; a refused or failed reload raises ValueError and changes nothing."""
         if self.config.source is None:
             raise ValueError("configuration was not loaded from a file")
         self.notifier.reloading()
         try:
-            return self._reload(self.config.source)
+            d = self._reload(self.config.source)
+        except ReloadRefused as e:
+            log.warning("reload refused", origin=origin, reason=str(e))
+            raise
+        except (ConfigError, ValueError, OSError) as e:
+            log.error("reload failed: configuration not applied", origin=origin, error=str(e))
+            raise
         finally:
             self.notifier.ready(f"{len(self.config.connections)} connections loaded")
+        log.info("configuration reloaded", origin=origin, added=list(d.added), removed=list(d.removed),
+                 changed=list(d.changed), unchanged=len(d.unchanged), gateway_changed=list(d.gateway_changed))
+        return d.to_dict()
 
     def _reload_on_signal(self) -> None:
         try:
-            log.info("reloaded on SIGHUP", **self.reload())
-        except (ConfigError, ValueError, RuntimeError, OSError) as e:
-            log.error("reload on SIGHUP failed: configuration kept", error=str(e))
+            self.reload(origin="SIGHUP")
+        except (ConfigError, ValueError, OSError):
+            pass  # logged by reload(); the daemon keeps running with the old configuration
 
-    def _reload(self, source: Any) -> dict[str, Any]:
+    def _reload(self, source: Any) -> Any:
         new = load_config(source)
         d = diff_configs(self.config, new)
+        check_live(d.gateway_changed)  # before anything changes
         for name in d.removed:
             self.manager.terminate(name, time.monotonic())
         pols = {p.name: p for p in self.manager.policies}
-        self.config = new
+        old, self.config = self.config, new
         self._conns = {c.name: c for c in new.connections}
-        self.manager.policies = [pols[c.name] if c.name in d.unchanged else self._policy(c)
+        apply_gateway_settings(self, old, new, d.gateway_changed)
+        # Retransmission settings live in every policy: rebuild them all when they change.
+        keep = set(d.unchanged) if not set(d.gateway_changed) & _POLICY_GATEWAY_KEYS else set()
+        self.manager.policies = [pols[c.name] if c.name in keep else self._policy(c)
                                  for c in new.connections]
         for name in d.added:
             if self.connection(name).start_action == "start":
                 self.initiate(name)
         self.flush()
-        return d.to_dict()
+        return d
 
     def status(self) -> list[dict[str, Any]]:
         from vpn_gw.daemon.status import status_entries
@@ -328,9 +346,14 @@ class Gateway:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.dataplane.name in ("userspace", "xfrm"):
+            from vpn_gw.dataplane.iproute import prewarm
+            prewarm()  # pyroute2's import overlaps the rest of the start-up
+        raise_open_files_limit()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)  # SIGHUP = `vpn-gw reload`
         await self.ddns.start()
         if self.radius is not None:
             await self.radius.start()
@@ -365,7 +388,6 @@ class Gateway:
         log.info("vpn-gw started", connections=len(self.config.connections),
                  control_socket=str(self.config.control_socket), dataplane=self.dataplane.name)
         self.notifier.ready(f"{len(self.config.connections)} connections loaded")
-        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         for conn in self.config.connections:
             if conn.start_action == "start" and initiate_target(conn):
                 try:
@@ -374,7 +396,8 @@ class Gateway:
                     log.warning("cannot initiate", connection=conn.name, error=str(e))
                     self.scheduler.retry_at(conn.name, time.monotonic() + RETRY_DELAY)
         self.flush()
-        watchers = [loop.create_task(self.roaming.run()), loop.create_task(self.lifetimes.run())]
+        watchers = [loop.create_task(self.roaming.run()), loop.create_task(self.lifetimes.run()),
+                    loop.create_task(_log_summaries())]
         await stop.wait()
         self.notifier.stopping()
         for w in watchers:
@@ -390,6 +413,7 @@ class Gateway:
         if self.fleet_pools is not None:
             await self.fleet_pools.stop()
         self.scheduler.close()
+        loop.remove_signal_handler(signal.SIGHUP)
         await control.stop()
         if metrics_server is not None:
             await metrics_server.close()
@@ -416,6 +440,31 @@ class Gateway:
         return server
 
 
+async def _log_summaries(every: float = 10.0) -> None:
+    """Rate-limited log summaries ("suppressed N similar messages") also after a flood stops."""
+    from vpn_gw.log import flush_all
+    while True:
+        await asyncio.sleep(every)
+        try:
+            flush_all()
+        except Exception as e:  # noqa: BLE001 - logging never stops the gateway
+            log.error("log summaries failed", error=f"{type(e).__name__}: {e}")
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (TCP clients each hold a descriptor; the
+    TCP listener keeps a reserve below the soft limit, docs/tcp-encapsulation.md). Logged."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-files limit", soft=soft, hard=hard, error=str(e))
+    log.info("open-files limit", soft=soft, hard=hard)
+    return soft, hard
+
+
 def _reachable(ip: str) -> bool:
     try:
         route_source(ip)
@@ -426,7 +475,9 @@ def _reachable(ip: str) -> bool:
 
 def run(config: GatewayConfig, args: Any = None) -> int:
     try:
-        asyncio.run(Gateway(config).serve())
+        gw = Gateway(config)
+        gw.log_override = {k: v for k in ("log_level", "log_format") if (v := getattr(args, k, None))}
+        asyncio.run(gw.serve())
     except (StartupError, OSError) as e:
         log.error("vpn-gw cannot start", error=str(e))
         print(f"vpn-gw: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ and link events, with a periodic check as the fallback."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import socket
 import time
 from typing import Any, Callable
@@ -51,6 +52,9 @@ class RoamingWatcher:
         a short debounce; and every ``interval`` seconds anyway."""
         events = None
         try:
+            # pyroute2 takes ~200 ms to import: in a thread, so the event loop keeps serving the
+            # first IKE exchanges of a (re)starting gateway meanwhile (issue 14 item 10).
+            await asyncio.to_thread(importlib.import_module, "pyroute2")
             from pyroute2 import AsyncIPRoute
             from pyroute2.netlink.rtnl import (
                 RTMGRP_IPV4_IFADDR,

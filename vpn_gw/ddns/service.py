@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
-from vpn_gw.ddns import AddressWatcher, DnsUpdatePublisher, Dyndns2Publisher, PeerResolver
+import vpn_gw.ddns as ddns  # its modules load on first use: no DNS library at start-up without FQDNs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vpn_gw.ddns import AddressWatcher, PeerResolver
 
 log = structlog.get_logger("vpn_gw.ddns")
 
@@ -39,8 +42,8 @@ def _secret(v) -> str:
 class DdnsService:
     def __init__(self, config, gateway):
         self.gw = gateway
-        self.resolver = PeerResolver([str(s) for s in config.dns_servers] or None, config.dns_port,
-                                     config.dns_timeout, config.dns_min_ttl, config.dns_max_ttl)
+        self._config = config
+        self._resolver: PeerResolver | None = None  # made on the first FQDN to resolve
         self.tables = list(config.ddns)
         self.watchers: dict[str, AddressWatcher] = {}
         self.publishers: list[tuple[Any, Any]] = []  # (DdnsConfig, publisher)
@@ -49,6 +52,14 @@ class DdnsService:
         self._retry_at: dict[int, float] = {}  # [[ddns]] table -> when to retry a failed publication
 
     # ------------------------------------------------------------------ peer resolution
+
+    @property
+    def resolver(self) -> PeerResolver:
+        if self._resolver is None:
+            c = self._config
+            self._resolver = ddns.PeerResolver([str(s) for s in c.dns_servers] or None, c.dns_port,
+                                               c.dns_timeout, c.dns_min_ttl, c.dns_max_ttl)
+        return self._resolver
 
     async def resolve(self, fqdn: str) -> list[str]:
         res = await self.resolver.resolve(fqdn)
@@ -65,7 +76,9 @@ class DdnsService:
     async def _watch_ttls(self) -> None:
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
-            for fqdn in self.resolver.due(time.monotonic()):
+            if self._resolver is None:
+                continue  # nothing resolved yet
+            for fqdn in self._resolver.due(time.monotonic()):
                 sas = self.gw.sas_for_fqdn(fqdn)
                 if not sas:
                     self.resolver.forget(fqdn)
@@ -82,10 +95,10 @@ class DdnsService:
 
     def _publisher(self, t):
         if t.method == "rfc2136":
-            return DnsUpdatePublisher(t.zone, list(t.names), t.server, t.port, tsig_name=t.tsig_name,
+            return ddns.DnsUpdatePublisher(t.zone, list(t.names), t.server, t.port, tsig_name=t.tsig_name,
                                       tsig_secret_b64=_secret(t.tsig_secret), tsig_algorithm=t.tsig_algorithm,
                                       ttl=t.ttl, families=t.families)
-        return Dyndns2Publisher(t.server, list(t.names), t.user, _secret(t.password), t.port, t.path,
+        return ddns.Dyndns2Publisher(t.server, list(t.names), t.user, _secret(t.password), t.port, t.path,
                                 t.scheme, str(t.ca_file) if t.ca_file else None, t.user_agent)
 
     async def _publish(self, t, pub, addresses: list[str], force: bool) -> None:
@@ -151,7 +164,7 @@ class DdnsService:
             self._tasks.append(loop.create_task(self._periodic()))
 
     async def _start_watcher(self, iface: str) -> None:
-        w = AddressWatcher(iface, self._on_change(iface))
+        w = ddns.AddressWatcher(iface, self._on_change(iface))
         try:
             await w.start()
             self.watchers[iface] = w

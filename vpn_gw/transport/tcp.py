@@ -32,6 +32,8 @@ update or an authenticated liveness check, which the peer adopts); same SPIs, no
 from __future__ import annotations
 
 import asyncio
+import errno
+import resource
 import socket
 import struct
 import time
@@ -65,9 +67,11 @@ MAX_PAYLOAD = MAX_FRAME - _LEN.size
 NAT_KEEPALIVE = b"\xff"
 ESP_HEADER_LEN = 8        # SPI + sequence number
 
-# Limits and timers (constants, documented in docs/tcp-encapsulation.md).
+# Limits and timers (documented in docs/tcp-encapsulation.md). The ones an operator may need to
+# change are [gateway] keys (tcp_max_connections, tcp_max_per_source, tcp_idle_timeout,
+# tcp_max_unauth_frame, tcp_max_buffered); the constants below are their defaults.
 PREFIX_TIMEOUT = 10.0     # an accepted connection must send "IKETCP" within this many seconds
-IDLE_TIMEOUT = 30.0       # responder: close a connection no IKE SA uses after this long without a frame
+IDLE_TIMEOUT = 30.0       # responder: no established IKE SA and no IKE frame for this long: closed
 ORIGINATOR_GRACE = 5.0    # originator: close a connection no IKE SA uses after this long
 SWEEP_INTERVAL = 1.0
 CONNECT_TIMEOUT = 5.0
@@ -75,7 +79,13 @@ PROBE_TIMEOUT = 3.0       # transport = "auto": how long the UDP probe waits
 RECONNECT_MIN = 0.5       # back-off after a failed reconnect: 0.5, 1, 2, ... 30 s
 RECONNECT_MAX = 30.0
 MAX_CONNECTIONS = 4096    # accepted connections, all sources together
-MAX_PER_SOURCE = 256      # accepted connections from one IP address
+MAX_PER_SOURCE = 64       # accepted connections from one IP address
+MAX_UNAUTH_FRAME = 16384  # largest frame before the connection carries an established IKE SA
+MAX_BUFFERED = 32 << 20   # partial-frame bytes of all connections together
+FD_RESERVE = 64           # file descriptors never given to accepted connections (control socket, IKE, TUN)
+ACCEPT_BATCH = 16         # accept() calls per wake-up of a listening socket
+ACCEPT_PAUSE = 1.0        # after accept() failed (EMFILE, ENFILE, ENOBUFS, ...): stop accepting this long
+ACCEPT_LOG_INTERVAL = 10.0  # accept() errors and fd-reserve refusals: one log line per interval
 MAX_GARBAGE = 8           # frames that are neither IKE, ESP nor keepalive before the connection is closed
 USER_TIMEOUT_MS = 30_000  # TCP_USER_TIMEOUT: a connection whose data stays unacknowledged this long fails
 WRITE_HIGH = 256 * 1024   # above this, ESP frames are dropped (like a full UDP socket buffer)
@@ -90,6 +100,10 @@ Path = tuple[Address, Address]
 
 class FramingError(ValueError):
     """The byte stream is not RFC 9329 framing: the connection must be closed."""
+
+
+class FrameTooLarge(FramingError):
+    """A frame longer than the connection's ``max_frame`` (before authentication): closed."""
 
 
 def frame(payload: bytes) -> bytes:
@@ -116,15 +130,18 @@ class Deframer:
 
     ``feed(data)`` returns the payloads of the frames completed so far (any split of the stream
     gives the same frames) and raises FramingError on a wrong stream prefix (as soon as one
-    octet differs) or a Length below MIN_FRAME. ``expect_prefix``: this is the TCP
-    Responder's side, which reads "IKETCP" first.
+    octet differs) or a Length below MIN_FRAME, FrameTooLarge for a Length above ``max_frame``
+    (as soon as the Length field is complete, so a partial frame never holds more than
+    ``max_frame`` octets after ``feed`` returns). ``expect_prefix``: this is the TCP Responder's
+    side, which reads "IKETCP" first.
     """
 
-    __slots__ = ("_buf", "prefix_done")
+    __slots__ = ("_buf", "prefix_done", "max_frame")
 
-    def __init__(self, expect_prefix: bool):
+    def __init__(self, expect_prefix: bool, max_frame: int = MAX_FRAME):
         self._buf = bytearray()
         self.prefix_done = not expect_prefix
+        self.max_frame = max_frame
 
     @property
     def buffered(self) -> int:
@@ -146,6 +163,8 @@ class Deframer:
             (length,) = _LEN.unpack_from(buf)
             if length < MIN_FRAME:
                 raise FramingError(f"frame length {length} (at least {MIN_FRAME})")
+            if length > self.max_frame:
+                raise FrameTooLarge(f"frame length {length} (at most {self.max_frame} before authentication)")
             if len(buf) < length:
                 break
             with memoryview(buf) as mv:
@@ -183,11 +202,15 @@ class TcpConnection(asyncio.Protocol):
     def __init__(self, service: "TcpService", originator: bool):
         self.service = service
         self.originator = originator
-        self.deframer = Deframer(expect_prefix=not originator)
+        # Before an IKE SA is established on it, a responder connection takes only small frames.
+        self.deframer = Deframer(expect_prefix=not originator,
+                                 max_frame=MAX_FRAME if originator else service.max_unauth_frame)
         self.transport: asyncio.Transport | None = None
         self.local: Address = ("", 0)
         self.remote: Address = ("", 0)
-        self.opened = self.last_rx = service.clock()
+        self.opened = self.last_ike = service.clock()  # last_ike: only IKE frames refresh it
+        self.authenticated = originator  # responder: an established IKE SA uses this connection
+        self.buffered = 0  # partial-frame bytes counted in the service's total
         self.registered = False
         self.counted = False  # responder: counted in the per-source limit
         self.paused = False
@@ -226,13 +249,15 @@ class TcpConnection(asyncio.Protocol):
         try:
             frames = self.deframer.feed(data)
         except FramingError as e:
-            self.service._framing_error(self, str(e))
+            self.service._framing_error(self, e)
+            self.abort()
+            return
+        if self.deframer.buffered != self.buffered and not self.service._buffer_ok(self):
             self.abort()
             return
         if not self.registered and self.deframer.prefix_done:
             self.service._prefix_ok(self)
         if frames:
-            self.last_rx = self.service.clock()
             self.frames_in += len(frames)
             self.service._frames(self, frames)
 
@@ -302,16 +327,19 @@ class TcpService:
     """
 
     def __init__(self, gateway: TcpHost, *, clock=time.monotonic,
-                 idle_timeout: float = IDLE_TIMEOUT, prefix_timeout: float = PREFIX_TIMEOUT):
+                 idle_timeout: float | None = None, prefix_timeout: float = PREFIX_TIMEOUT):
         self.gw = gateway
         self.clock = clock
-        self.idle_timeout = idle_timeout
+        self._idle_timeout = idle_timeout  # None: [gateway] tcp_idle_timeout
         self.prefix_timeout = prefix_timeout
         self.conns: dict[Path, TcpConnection] = {}
         self.dead: dict[Path, float] = {}  # closed TCP paths that IKE SAs may still use: sends dropped
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[Listener] = []
         self.stats: Counter[str] = Counter()
         self._per_source: Counter[str] = Counter()
+        self._responders = 0  # accepted connections counted in _per_source (all sources)
+        self.buffered_total = 0  # partial-frame bytes held by all connections
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._pending: set[TcpConnection] = set()  # accepted, not yet registered (prefix outstanding)
         self._initiating: set[str] = set()
         self._reconnecting: dict[Path, asyncio.Task] = {}
@@ -319,10 +347,25 @@ class TcpService:
         self._sweeper: asyncio.Task | None = None
         self._closing = False
         self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
+        self._accept_log = RateLimitedLogger(log, limit=1, interval=ACCEPT_LOG_INTERVAL)
 
     @property
     def config(self):
         return self.gw.config  # follows `vpn-gw reload`
+
+    # [gateway] limits, read on every use so that `vpn-gw reload` applies them
+    def _setting(self, key: str, default: Any) -> Any:
+        return getattr(self.config, key, default)
+
+    @property
+    def idle_timeout(self) -> float:
+        if self._idle_timeout is not None:
+            return self._idle_timeout
+        return self._setting("tcp_idle_timeout", IDLE_TIMEOUT)
+
+    @property
+    def max_unauth_frame(self) -> int:
+        return self._setting("tcp_max_unauth_frame", MAX_UNAUTH_FRAME)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -333,18 +376,18 @@ class TcpService:
             log.info("not listening for TCP-encapsulated IKE: ESP over TCP needs the userspace data plane",
                      dataplane=self.config.dataplane, port=port)
             port = 0
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # after the daemon raised it
         if port:
             for addr in self.config.listen:
-                fam = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
                 try:
-                    srv = await loop.create_server(lambda: TcpConnection(self, originator=False), host=str(addr),
-                                                   port=port, family=fam, reuse_address=True, backlog=128)
+                    srv = Listener.open(self, str(addr), port)
                 except OSError as e:
                     from vpn_gw.bind_errors import explain
                     log.error("cannot listen for TCP-encapsulated IKE (continuing with UDP only)",
                               address=str(addr), port=port,
                               error=explain(e, str(addr), port, "TCP (RFC 9329)", "[gateway] tcp_port"))
                     continue
+                srv.start(loop)
                 self.servers.append(srv)
                 log.info("listening", address=str(addr), port=port, protocol="tcp")
         self._sweeper = loop.create_task(self._sweep_forever())
@@ -358,11 +401,6 @@ class TcpService:
             srv.close()
         for c in [*self.conns.values(), *self._pending]:
             c.abort()
-        for srv in self.servers:
-            try:
-                await asyncio.wait_for(srv.wait_closed(), 1.0)
-            except (TimeoutError, asyncio.TimeoutError):
-                pass
         self.servers.clear()
 
     def _spawn(self, coro) -> asyncio.Task:
@@ -445,8 +483,43 @@ class TcpService:
     def counters(self) -> dict:
         out = {k: v for k, v in sorted(self.stats.items())}
         out["open"] = len(self.conns)
+        out["accepted_open"] = self._responders
+        out["sources"] = len(self._per_source)
+        out["buffered_bytes"] = self.buffered_total
+        out["fd_limit"] = self.fd_limit
         out["listening"] = len(self.servers)
         return out
+
+    # ------------------------------------------------------------------ accepting
+
+    def _accepted_socket(self, sock: socket.socket) -> None:
+        """A socket the listener accepted: refused (closed at once) when it would eat into the
+        descriptors kept for the control socket and IKE, else handed to asyncio."""
+        if sock.fileno() >= self.fd_limit - FD_RESERVE:
+            self.stats["refused_fd_reserve"] += 1
+            self._accept_log.log(("TCP fd reserve",), "TCP connection refused: open-file limit nearly reached",
+                                 fd_limit=self.fd_limit, reserve=FD_RESERVE, level="warning")
+            _reset(sock)
+            return
+        sock.setblocking(False)
+        self._spawn(self._adopt(sock))
+
+    async def _adopt(self, sock: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: TcpConnection(self, originator=False), sock)
+        except (OSError, RuntimeError) as e:  # the peer left already; the loop is closing
+            self.stats["accept_errors"] += 1
+            self._accept_log.log(("TCP adopt failed",), "accepted TCP connection failed", error=str(e),
+                                 level="info")
+            sock.close()
+
+    def _accept_failed(self, e: OSError) -> None:
+        """accept() failed (out of descriptors or memory): counted, logged once per interval."""
+        self.stats["accept_errors"] += 1
+        self._accept_log.log(("TCP accept failed", e.errno), "TCP accept() failed, pausing the listener",
+                             error=errno.errorcode.get(e.errno or 0, str(e)), detail=e.strerror,
+                             pause=ACCEPT_PAUSE, errors=self.stats["accept_errors"], level="warning")
 
     # ------------------------------------------------------------------ connection events
 
@@ -458,14 +531,16 @@ class TcpService:
                      remote=f"{c.remote[0]}:{c.remote[1]}")
             return
         ip = c.remote[0]
-        total = len(self._pending) + sum(1 for x in self.conns.values() if not x.originator)
-        if total >= MAX_CONNECTIONS or self._per_source[ip] >= MAX_PER_SOURCE:
+        total = self._responders
+        if total >= self._setting("tcp_max_connections", MAX_CONNECTIONS) or \
+                self._per_source[ip] >= self._setting("tcp_max_per_source", MAX_PER_SOURCE):
             self.stats["refused_limit"] += 1
-            self._ratelimit.log(("TCP connection refused", ip), "TCP connection refused: too many connections",
+            self._ratelimit.log(("TCP connection refused",), "TCP connection refused: too many connections",
                                 peer=ip, level="warning", total=total, from_source=self._per_source[ip])
             c.abort()
             return
         self._per_source[ip] += 1
+        self._responders += 1
         c.counted = True
         self._pending.add(c)
         self.stats["accepted"] += 1
@@ -484,11 +559,38 @@ class TcpService:
         self._pending.discard(c)
         self._register(c)
 
-    def _framing_error(self, c: TcpConnection, why: str) -> None:
-        key = "bad_prefix" if not c.deframer.prefix_done else "bad_frame"
+    def _framing_error(self, c: TcpConnection, e: FramingError) -> None:
+        key = "bad_prefix" if not c.deframer.prefix_done else \
+            "frame_too_large" if isinstance(e, FrameTooLarge) else "bad_frame"
         self.stats[key] += 1
-        self._ratelimit.log(("TCP framing error", key, c.remote[0]), "closing TCP connection: not RFC 9329 framing",
-                            peer=f"{c.remote[0]}:{c.remote[1]}", reason=why, level="warning")
+        self._ratelimit.log(("TCP framing error", key), "closing TCP connection: not RFC 9329 framing",
+                            peer=f"{c.remote[0]}:{c.remote[1]}", reason=str(e), level="warning")
+
+    def _buffer_ok(self, c: TcpConnection) -> bool:
+        """Account the connection's partial frame in the total; False: close it (the total is
+        over tcp_max_buffered and the connection carries no established IKE SA)."""
+        now_held = c.deframer.buffered
+        self.buffered_total += now_held - c.buffered
+        c.buffered = now_held
+        if c.authenticated or self.buffered_total <= self._setting("tcp_max_buffered", MAX_BUFFERED):
+            return True
+        self.stats["closed_buffer_limit"] += 1
+        self._ratelimit.log(("TCP buffer limit",), "closing TCP connection: partial frames over the memory budget",
+                            peer=f"{c.remote[0]}:{c.remote[1]}", buffered=self.buffered_total, level="warning")
+        return False
+
+    def _check_authenticated(self, c: TcpConnection, ike: bytes) -> None:
+        """After an IKE frame on a responder connection: does an established IKE SA use it now?
+        (One SPI lookup; the sweep catches SAs that moved onto the path otherwise.)"""
+        initiator_flag = len(ike) > 19 and ike[19] & 0x08
+        our_spi = bytes(ike[8:16]) if initiator_flag else bytes(ike[0:8])
+        sa = getattr(self.gw.manager, "by_spi", {}).get(our_spi)
+        if sa is not None and sa.state in _AUTHENTICATED and (sa.local, sa.remote) == c.path:
+            self._authenticate(c)
+
+    def _authenticate(self, c: TcpConnection) -> None:
+        c.authenticated = True
+        c.deframer.max_frame = MAX_FRAME
 
     def _frames(self, c: TcpConnection, frames: list[bytes]) -> None:
         gw = self.gw
@@ -504,8 +606,11 @@ class TcpService:
                         self.stats["probe_dropped"] += 1
                         continue
                     self.stats["ike_in"] += 1
+                    c.last_ike = self.clock()
                     gw.manager.receive(data, c.local, c.remote, now)
                     flush = True
+                    if not c.authenticated:
+                        self._check_authenticated(c, data)
                 elif kind == ESP:
                     self.stats["esp_in"] += 1
                     gw.dataplane.esp_received(data, c.local, c.remote)
@@ -529,8 +634,11 @@ class TcpService:
 
     def _lost(self, c: TcpConnection, exc: Exception | None) -> None:
         self._pending.discard(c)
+        self.buffered_total -= c.buffered
+        c.buffered = 0
         if c.counted:
             c.counted = False
+            self._responders -= 1
             self._per_source[c.remote[0]] -= 1
             if self._per_source[c.remote[0]] <= 0:
                 del self._per_source[c.remote[0]]
@@ -693,11 +801,17 @@ class TcpService:
                 log.error("TCP housekeeping failed", error=f"{type(e).__name__}: {e}")
 
     def sweep(self) -> None:
-        """Close connections nobody needs: accepted ones without the prefix after PREFIX_TIMEOUT,
-        responder connections no IKE SA uses and idle for idle_timeout, originator connections
-        whose IKE SA is gone; forget closed paths no IKE SA uses."""
+        """Close connections nobody needs: accepted ones without the prefix after PREFIX_TIMEOUT;
+        responder connections without an established IKE SA that received no IKE frame for
+        idle_timeout (NAT keepalives, ESP and garbage do not count, so an unauthenticated
+        connection cannot be held open with them); originator connections whose IKE SA is gone;
+        forget closed paths no IKE SA uses."""
         now = self.clock()
-        in_use = {(sa.local, sa.remote) for sa in self.gw.manager.sas if sa.state != State.DELETED}
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # follows `prlimit` on the daemon
+        sas = self.gw.manager.sas
+        in_use = {(sa.local, sa.remote) for sa in sas if sa.state != State.DELETED}
+        established = {(sa.local, sa.remote) for sa in sas if sa.state in _AUTHENTICATED}
+        idle_timeout = self.idle_timeout
         for c in list(self._pending):
             if now - c.opened > self.prefix_timeout:
                 self.stats["prefix_timeout"] += 1
@@ -706,17 +820,99 @@ class TcpService:
                 c.abort()
                 self._pending.discard(c)
         for path, c in list(self.conns.items()):
-            if path in in_use:
-                continue
             if c.originator:
-                if now - c.opened > ORIGINATOR_GRACE:
+                if path not in in_use and now - c.opened > ORIGINATOR_GRACE:
                     log.info("closing TCP connection: its IKE SA is gone", local=f"{c.local[0]}:{c.local[1]}",
                              remote=f"{c.remote[0]}:{c.remote[1]}")
                     self.stats["closed_unused"] += 1
                     c.abort()
-            elif now - c.last_rx > self.idle_timeout:
+            elif path in established:
+                if not c.authenticated:
+                    self._authenticate(c)
+            elif now - c.last_ike > idle_timeout:
                 log.debug("closing idle TCP connection without an IKE SA", peer=f"{c.remote[0]}:{c.remote[1]}")
                 self.stats["closed_idle"] += 1
                 c.abort()
         for path in [p for p in self.dead if p not in in_use and p not in self._reconnecting]:
             del self.dead[path]
+
+
+_AUTHENTICATED = (State.ESTABLISHED, State.REKEYED, State.DELETING)  # IKE_AUTH completed once
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a RST (SO_LINGER 0): no TIME_WAIT, the client learns at once."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+class Listener:
+    """A listening TCP socket read by our own accept loop (not asyncio's ``create_server``), so
+    that every accepted descriptor is checked against the reserve before anything else holds it,
+    and accept() errors are counted and logged once per interval instead of as tracebacks."""
+
+    def __init__(self, service: TcpService, sock: socket.socket):
+        self.service = service
+        self.sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def open(cls, service: TcpService, host: str, port: int, backlog: int = 128) -> Listener:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return cls(service, sock)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED, ...
+                if e.errno == errno.ECONNABORTED:
+                    continue
+                self.service._accept_failed(e)
+                self._pause()
+                return
+            try:
+                self.service._accepted_socket(conn)
+            except Exception as e:  # noqa: BLE001 - one connection never stops the listener
+                self.service.stats["accept_errors"] += 1
+                log.error("accepting a TCP connection failed", error=f"{type(e).__name__}: {e}")
+                conn.close()
+
+    def _pause(self) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(self.sock.fileno())
+        self._paused = self._loop.call_later(ACCEPT_PAUSE, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if self._loop is not None and self.sock.fileno() >= 0:
+            self._loop.add_reader(self.sock.fileno(), self._ready)
+
+    def close(self) -> None:
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        if self._loop is not None and self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()

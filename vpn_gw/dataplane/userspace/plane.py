@@ -794,6 +794,15 @@ class UserspaceDataPlane(DataPlane):
 
     # ------------------------------------------------------------------ keepalives
 
+    def set_keepalive_interval(self, seconds: float) -> None:
+        """`vpn-gw reload`: change the NAT keepalive interval live (0 stops the keepalives)."""
+        self.keepalive_interval = seconds
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            self._keepalive_task = None
+        if seconds and True:
+            self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalives())
+
     async def _keepalives(self) -> None:
         """RFC 3948 NAT keepalives (one 0xFF byte) to every peer, always (forced encapsulation).
         On a TCP path (RFC 9329 8) the daemon does not send them."""

@@ -1163,6 +1163,15 @@ class XfrmDataPlane(DataPlane):
 
     # ------------------------------------------------------------------ keepalives
 
+    def set_keepalive_interval(self, seconds: float) -> None:
+        """`vpn-gw reload`: change the NAT keepalive interval live (0 stops the keepalives)."""
+        self.keepalive_interval = seconds
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            self._keepalive_task = None
+        if seconds and self.send_udp is not None:
+            self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalives())
+
     async def _keepalives(self) -> None:
         """RFC 3948 NAT keepalives to every peer reached through UDP encapsulation."""
         while True:
