@@ -40,6 +40,7 @@ __all__ = [
     "KeyExchangePrivate",
     "KE_METHODS",
     "ke_by_id",
+    "ALL_KE_METHODS",
     "modp_backend",
 ]
 
@@ -231,6 +232,10 @@ class KeyExchangeMethod:
     field_p: int = 0
     order: int = 0
 
+    # Diffie-Hellman groups are always there (see mlkem.MlKemMethod for the KEMs).
+    available = True
+    unavailable_reason = ""
+
     def generate(self, random_bytes: RandomBytes) -> "KeyExchangePrivate":
         """A fresh private value drawn from ``random_bytes``; deterministic given that stream."""
         if self.kind == "modp":
@@ -245,6 +250,15 @@ class KeyExchangeMethod:
             d = int.from_bytes(_take(random_bytes, nbytes), "big") % (self.order - 1) + 1
             return _EcpPrivate.from_scalar(self, d)
         return self.private_from_value(_take(random_bytes, self.public_len))
+
+    def respond(self, random_bytes: RandomBytes, peer_public: bytes) -> tuple[bytes, bytes]:
+        """Responder: our KE data and the shared secret, given the initiator's KE data.
+
+        Same call for a KEM (``mlkem.MlKemMethod.respond`` encapsulates), so the exchanges
+        need not know which kind of method they run.
+        """
+        priv = self.generate(random_bytes)
+        return priv.public_bytes, priv.shared_secret(peer_public)
 
     def private_from_value(self, value: int | bytes) -> "KeyExchangePrivate":
         """Our half from a known private value (known-answer tests, interop debugging).
@@ -424,8 +438,15 @@ KE_METHODS: tuple[KeyExchangeMethod, ...] = (
     KeyExchangeMethod(DhId.CURVE448, "CURVE_448", "x448", 56, "x448"),
 )
 
-_BY_ID = {m.group: m for m in KE_METHODS}
+from .mlkem import MLKEM_METHODS  # noqa: E402  (KEMs: same interface, see mlkem.py)
+
+# Every key exchange method, Diffie-Hellman groups and KEMs (ML-KEM-512/768/1024, whether or
+# not the linked OpenSSL offers them: ``method.available`` tells).
+ALL_KE_METHODS: tuple = KE_METHODS + MLKEM_METHODS
+
+_BY_ID = {m.group: m for m in ALL_KE_METHODS}
 
 
-def ke_by_id(group: int) -> KeyExchangeMethod | None:
+def ke_by_id(group: int):
+    """The KeyExchangeMethod or MlKemMethod with IANA id ``group``, or None."""
     return _BY_ID.get(group)
