@@ -18,9 +18,11 @@ class AuthExchange:
 
     def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:
         s = self.suite
+        # RFC 9242: | IntAuth_iN | IntAuth_rN | IKE_AUTH_MID after IKE_INTERMEDIATE exchanges.
+        tail = self._int_auth_suffix()
         if sent_by_initiator:
-            return cauth.signed_octets(self.init_request_raw, self.nr, s.prf, self.keys.sk_pi, id_body)
-        return cauth.signed_octets(self.init_response_raw, self.ni, s.prf, self.keys.sk_pr, id_body)
+            return cauth.signed_octets(self.init_request_raw, self.nr, s.prf, self.keys.sk_pi, id_body) + tail
+        return cauth.signed_octets(self.init_response_raw, self.ni, s.prf, self.keys.sk_pr, id_body) + tail
 
     def _our_auth_payloads(self, id_cls) -> list[P.Payload]:
         pol = self.policy
@@ -187,6 +189,9 @@ class AuthExchange:
     def _on_auth_request(self, req: Message, now: float) -> None:
         if self.initiator or self.state != State.INIT_DONE:
             raise ExchangeFailed(N.INVALID_SYNTAX, "unexpected IKE_AUTH request")
+        if self._intermediate_pending():
+            raise ExchangeFailed(N.INVALID_SYNTAX, "IKE_AUTH before the negotiated additional key "
+                                 "exchanges (IKE_INTERMEDIATE)", fatal=True)
         if self._eap_server_obj is not None:
             self._continue_eap_server(req, now)
             return

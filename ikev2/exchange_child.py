@@ -12,6 +12,7 @@ from .constants import (
     TransformType,
 )
 from .crypto.dh import ke_by_id
+from .multi_ke import is_ke_transform
 from .crypto.keys import derive_child_keys
 from .crypto.proposals import child_suite, choose_proposal, proposal_display
 from .errors import InvalidKeyExchange, ProposalError
@@ -28,7 +29,7 @@ class ChildExchanges:
     def _child_proposals(self, cp: ChildPolicy, spi: bytes, with_ke: bool) -> list[P.Proposal]:
         out = []
         for i, p in enumerate(cp.esp_proposals, 1):
-            tr = [t for t in p.transforms if with_ke or t.type != TransformType.DH]
+            tr = [t for t in p.transforms if with_ke or not is_ke_transform(t.type)]
             out.append(P.Proposal(i, ProtocolId.ESP, spi, tr))
         return out
 
@@ -54,7 +55,7 @@ class ChildExchanges:
             if not ts_i or not ts_r:
                 continue
             ours = [P.Proposal(p.num, ProtocolId.ESP, b"",
-                               [t for t in p.transforms if not (in_auth and t.type == TransformType.DH)])
+                               [t for t in p.transforms if not (in_auth and is_ke_transform(t.type))])
                     for p in cp.esp_proposals]
             chosen = choose_proposal(ours, sa.proposals)
             if chosen is None:

@@ -48,11 +48,13 @@ from .exchange_info import Informational
 from .exchange_init import InitExchange
 from .exchange_mobike import Mobike
 from .exchange_eap import EapExchange
+from .exchange_intermediate import IntermediateExchange
 
 __all__ = ["IkeSA", "State", "ExchangeFailed"]
 
 
-class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational, Mobike, EapExchange):
+class IkeSA(InitExchange, IntermediateExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
+            Mobike, EapExchange):
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
                  candidates: list[IkePolicy] | None = None, local: Address, remote: Address,
                  rng: RandomBytes, now: float, log: LogFn | None = None,
@@ -218,6 +220,7 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
             exchange, payloads, handler = built
             mid = self.next_mid
             packets = self._seal(exchange, mid, payloads, response=False)
+            self._last_request_packets = packets  # IKE_INTERMEDIATE's IntAuth needs them
             self.next_mid += 1
             self.pending = Pending(exchange, mid, packets, handler, q.what, now,
                                    now + self.policy.retransmit_timeout)
@@ -477,6 +480,7 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
             X.IKE_AUTH: self._on_auth_request,
             X.INFORMATIONAL: self._on_informational_request,
             X.CREATE_CHILD_SA: self._on_create_child_request,
+            X.IKE_INTERMEDIATE: self._on_intermediate_request,
         }
         handler = handlers.get(req.exchange)
         if handler is None:
@@ -515,6 +519,7 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
             "spi_i": self.spi_i.hex(),
             "spi_r": self.spi_r.hex(),
             "proposal": proposal_display(self.proposal) if self.proposal else "",
+            "key_exchanges": self.key_exchange_names(),
             "established_for": round(now - self.established_at, 1) if self.established_at is not None else None,
             "nat_local": self.nat_local,
             "eap_identity": self.eap_identity,

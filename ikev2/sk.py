@@ -155,8 +155,12 @@ def open_message(raw: bytes, msg: Message, keys: SKKeys) -> Message:
         payloads = decode_payloads(inner, enc.first_inner, head_len + keys.encr.iv_len, inner=True)
     except ParseError as e:
         raise AuthenticatedParseError.wrap(e) from None
-    return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
-                   msg.payloads[:-1] + payloads, msg.minor_version)
+    out = Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
+                  msg.payloads[:-1] + payloads, msg.minor_version)
+    # RFC 9242 IntAuth needs the protected message as it was: header through the SK payload
+    # header (IntAuth_A) and the decrypted inner payloads (IntAuth_P).
+    out.plain_head, out.plain_inner = raw[:len(raw) - len(enc.data)], inner
+    return out
 
 
 class FragmentReassembler:
@@ -220,5 +224,8 @@ class FragmentReassembler:
             payloads = decode_payloads(inner, first, 0, inner=True)
         except ParseError as e:
             raise AuthenticatedParseError.wrap(e) from None
-        return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
-                       msg.payloads[:-1] + payloads, msg.minor_version)
+        out = Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
+                      msg.payloads[:-1] + payloads, msg.minor_version)
+        out.plain_head, out.plain_inner = None, inner  # reassembled: no unfragmented header
+        out.plain_first = first
+        return out

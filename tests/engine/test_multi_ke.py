@@ -1,0 +1,143 @@
+"""RFC 9370 multiple key exchanges over RFC 9242 IKE_INTERMEDIATE, ours to ours in memory."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from ikev2.constants import ExchangeType, PayloadType
+from ikev2.events import AuthFailed, ChildUp, IkeDown, IkeUp
+from ikev2.message import decode_message
+from tests.engine.harness import pair, site_to_site
+
+
+def _exchanges(link):
+    """(exchange, is_response, fragment?, length) of every datagram, in order."""
+    out = []
+    for _now, _src, _dst, data in link.trace:
+        msg = decode_message(data)
+        out.append((ExchangeType(msg.exchange).name, msg.is_response,
+                    msg.payloads[-1].type == PayloadType.SKF if msg.payloads else False, len(data)))
+    return out
+
+
+def _up(ike, **kw):
+    hq, br = site_to_site(ike=ike, **kw)
+    link = pair(br, hq)
+    sa = link.a.initiate("hq", 0.0)
+    link.run(2.0)
+    return link, sa
+
+
+def _established(link):
+    ups = [e for e in link.events_a + link.events_b if isinstance(e, IkeUp)]
+    kids = [e for e in link.events_a + link.events_b if isinstance(e, ChildUp)]
+    return ups, kids
+
+
+def test_x25519_plus_mlkem768_runs_one_intermediate_and_comes_up():
+    link, sa = _up(("aes256gcm16-prfsha384-x25519-ke1_mlkem768",))
+    ups, kids = _established(link)
+    assert len(ups) == 2 and len(kids) == 2, [e for e in link.events_a + link.events_b]
+    assert ups[0].proposal == "AES_GCM_16_256/PRF_HMAC_SHA2_384/CURVE_25519/KE1_ML_KEM_768"
+    kinds = [(x, r) for x, r, _f, _l in _exchanges(link)]
+    assert kinds[:6] == [("IKE_SA_INIT", False), ("IKE_SA_INIT", True),
+                         ("IKE_INTERMEDIATE", False), ("IKE_INTERMEDIATE", False),  # 2 fragments
+                         ("IKE_INTERMEDIATE", True), ("IKE_AUTH", False)]
+    assert sa.status(2.0)["key_exchanges"] == ["CURVE_25519", "ML_KEM_768"]
+    # The Child SA keys agree (they come from the SK_d after the ML-KEM update).
+    a = next(e for e in link.events_a if isinstance(e, ChildUp))
+    b = next(e for e in link.events_b if isinstance(e, ChildUp))
+    assert a.keys.encr_key_out == b.keys.encr_key_in
+
+
+def test_keys_change_after_the_additional_exchange(monkeypatch):
+    """SK_* after IKE_INTERMEDIATE = RFC 9370 update of the IKE_SA_INIT keys, on both sides."""
+    import dataclasses
+
+    from ikev2 import exchange_intermediate
+    from ikev2.multi_ke import updated_ike_keys
+    calls = []
+
+    def recording(suite, keys, shared, ni, nr, spi_i, spi_r):
+        calls.append((dataclasses.replace(keys), shared))
+        return updated_ike_keys(suite, keys, shared, ni, nr, spi_i, spi_r)
+
+    monkeypatch.setattr(exchange_intermediate, "updated_ike_keys", recording)
+    link, sa = _up(("aes256gcm16-prfsha384-x25519-ke1_mlkem768",))
+    assert len(calls) == 2  # initiator and responder
+    (old_i, shared_i), (old_r, shared_r) = calls
+    assert shared_i == shared_r and len(shared_i) == 32
+    assert old_i.sk_d == old_r.sk_d
+    new = updated_ike_keys(sa.suite, old_i, shared_i, sa.ni, sa.nr, sa.spi_i, sa.spi_r)
+    assert new.sk_d != old_i.sk_d and new.sk_ei != old_i.sk_ei
+    assert (sa.keys.sk_d, sa.keys.sk_ei, sa.keys.sk_pr) == (new.sk_d, new.sk_ei, new.sk_pr)
+    assert sa._int_chain.exchanges == 1 and len(sa._int_chain.i) == 48
+
+
+def test_two_additional_key_exchanges_fragmented():
+    link, sa = _up(("aes256gcm16-prfsha384-ecp384-ke1_mlkem768-ke2_mlkem1024",))
+    ups, kids = _established(link)
+    assert len(ups) == 2 and len(kids) == 2
+    ex = _exchanges(link)
+    inter_req = [f for x, r, f, _l in ex if x == "IKE_INTERMEDIATE" and not r]
+    assert len(inter_req) >= 4 and all(inter_req)  # both requests needed fragments
+    assert all(l <= 1280 - 28 for _x, _r, _f, l in ex if _x == "IKE_INTERMEDIATE")
+    assert sa.status(2.0)["key_exchanges"] == ["ECP_384", "ML_KEM_768", "ML_KEM_1024"]
+
+
+def test_mlkem768_alone_needs_no_intermediate():
+    link, sa = _up(("aes256gcm16-prfsha384-mlkem768",))
+    ups, kids = _established(link)
+    assert len(ups) == 2 and len(kids) == 2
+    assert ups[0].proposal == "AES_GCM_16_256/PRF_HMAC_SHA2_384/ML_KEM_768"
+    assert "IKE_INTERMEDIATE" not in {x for x, *_ in _exchanges(link)}
+    lens = [l for x, r, _f, l in _exchanges(link) if x == "IKE_SA_INIT"]
+    assert lens[0] > 1184 and lens[1] > 1088
+
+
+def test_optional_additional_exchange_negotiated_to_none():
+    hq, _ = site_to_site(ike=("aes256gcm16-prfsha384-x25519",))
+    _, br = site_to_site(ike=("aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke1_none",))
+    link = pair(br, hq)
+    sa = link.a.initiate("hq", 0.0)
+    link.run(2.0)
+    ups, kids = _established(link)
+    assert len(ups) == 2
+    assert "IKE_INTERMEDIATE" not in {x for x, *_ in _exchanges(link)}
+    assert sa.status(2.0)["key_exchanges"] == ["CURVE_25519"]
+
+
+def test_mandatory_additional_exchange_against_classic_peer_fails():
+    hq, _ = site_to_site(ike=("aes256gcm16-prfsha384-x25519",))
+    _, br = site_to_site(ike=("aes256gcm16-prfsha384-x25519-ke1_mlkem768",))
+    link = pair(br, hq)
+    link.a.initiate("hq", 0.0)
+    link.run(2.0)
+    assert not [e for e in link.events_a if isinstance(e, IkeUp)]
+    assert any("NO_PROPOSAL_CHOSEN" in e.reason for e in link.events_a if isinstance(e, IkeDown))
+
+
+def test_tampered_intermediate_content_breaks_auth():
+    """The IntAuth chain binds IKE_INTERMEDIATE into AUTH: a responder whose chain differs
+    (simulated by corrupting it after the exchange) refuses the initiator's AUTH."""
+    hq, br = site_to_site(ike=("aes256gcm16-prfsha384-x25519-ke1_mlkem768",))
+    link = pair(br, hq)
+    link.a.initiate("hq", 0.0)
+    # When the IKE_AUTH request is on its way, the responder's IntAuth_i is replaced.
+    seen = {}
+
+    def drop(data, src, dst):
+        msg = decode_message(data)
+        if msg.exchange == ExchangeType.IKE_AUTH and not msg.is_response and not seen.get("done"):
+            seen["done"] = True
+            for sa in link.b.by_spi.values():
+                sa._int_chain.i = bytes(len(sa._int_chain.i))
+        return False
+
+    link.drop_filter = drop
+    link.run(2.0)
+    assert seen.get("done")
+    assert not [e for e in link.events_a + link.events_b if isinstance(e, IkeUp)]
+    assert any("PSK authentication" in e.reason for e in link.events_b if isinstance(e, AuthFailed))
+
