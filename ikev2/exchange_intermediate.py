@@ -18,7 +18,6 @@ the first key exchange may be renegotiated with INVALID_KE_PAYLOAD) and ends the
 from __future__ import annotations
 
 from . import payloads as P
-from .constants import GENERIC_PAYLOAD_HEADER_LEN, IKE_HEADER_LEN
 from .constants import ExchangeType as X, HeaderFlag, NotifyType as N, TransformType
 from .errors import InvalidKeyExchange
 from .message import Message, encode_payloads
@@ -74,16 +73,14 @@ class IntermediateExchange:
             return []
         return [m.name for m in self.suite.all_ke]
 
-    def _our_ap(self, packets: list[bytes], payloads: list[P.Payload], flags: int, mid: int) -> bytes:
+    def _our_ap(self, payloads: list[P.Payload], flags: int, mid: int) -> bytes:
         first, inner = encode_payloads(payloads)
-        # Sent whole: its real header (we put no clear payload before SK); else rebuilt.
-        head = packets[0][:IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN] if len(packets) == 1 else None
-        return int_auth_ap(head=head, inner=inner, first=first, keys=self.sk_out, spi_i=self.spi_i,
-                           spi_r=self.spi_r, exchange=X.IKE_INTERMEDIATE, flags=flags, message_id=mid)
+        return int_auth_ap(inner=inner, first=first, spi_i=self.spi_i, spi_r=self.spi_r,
+                           exchange=X.IKE_INTERMEDIATE, flags=flags, message_id=mid)
 
     def _their_ap(self, msg: Message) -> bytes:
-        return int_auth_ap(head=msg.plain_head, inner=msg.plain_inner,
-                           first=getattr(msg, "plain_first", 0), keys=self.sk_in, spi_i=self.spi_i,
+        first = msg.payloads[0].type if msg.payloads else 0
+        return int_auth_ap(inner=msg.plain_inner, first=first, spi_i=self.spi_i,
                            spi_r=self.spi_r, exchange=X.IKE_INTERMEDIATE, flags=msg.flags,
                            message_id=msg.message_id)
 
@@ -129,7 +126,7 @@ class IntermediateExchange:
             except (ExchangeFailed, InvalidKeyExchange) as e:
                 self._die(self._now, f"additional key exchange {n + 1} ({method.name}) failed: {e}")
                 return
-            ap_i = self._our_ap(self._last_request_packets, payloads, HeaderFlag.INITIATOR, mid)
+            ap_i = self._our_ap(payloads, HeaderFlag.INITIATOR, mid)
             ap_r = self._their_ap(msg)
             self._finish_intermediate(ap_i, ap_r, shared, method)
             self._after_init_as_initiator()
@@ -156,5 +153,5 @@ class IntermediateExchange:
         ap_i = self._their_ap(req)
         payloads: list[P.Payload] = [P.KEPayload(group=method.group, data=ours)]
         self._respond(req, payloads)
-        ap_r = self._our_ap(self.last_response[1], payloads, HeaderFlag.RESPONSE, req.message_id)
+        ap_r = self._our_ap(payloads, HeaderFlag.RESPONSE, req.message_id)
         self._finish_intermediate(ap_i, ap_r, shared, method)

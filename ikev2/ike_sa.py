@@ -220,7 +220,6 @@ class IkeSA(InitExchange, IntermediateExchange, AuthExchange, ChildExchanges, Ik
             exchange, payloads, handler = built
             mid = self.next_mid
             packets = self._seal(exchange, mid, payloads, response=False)
-            self._last_request_packets = packets  # IKE_INTERMEDIATE's IntAuth needs them
             self.next_mid += 1
             self.pending = Pending(exchange, mid, packets, handler, q.what, now,
                                    now + self.policy.retransmit_timeout)

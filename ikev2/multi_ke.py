@@ -14,11 +14,13 @@
       IntAuth_iN = prf(SK_piN, IntAuth_iN-1 | IntAuth_iN_A | IntAuth_iN_P)   (same for _r)
 
   IntAuth_A is the message from the first octet of the IKE header to the last octet of the
-  Encrypted payload header; IntAuth_P the inner payloads in clear (no IV, padding, pad
-  length or ICV).  SK_piN/SK_prN are the keys that protected exchange N (before the key
-  update that exchange causes).  For a message that travelled in fragments the header is
-  rebuilt as if it had been sent whole: next payload SK, lengths of one SK message with no
-  padding for an AEAD and the least padding for a block cipher.
+  Encrypted payload header, IntAuth_P the inner payloads in clear (no IV, padding, pad
+  length or ICV).  The Length fields in IntAuth_A count the inner payloads only (as if the
+  Encrypted payload held nothing else), and for a message that travelled in fragments the
+  header is that of one SK message (next payload SK, first inner payload type): both as
+  strongSwan 6 computes them, so the result does not depend on the sender's padding or
+  fragmentation.  SK_piN/SK_prN are the keys that protected exchange N (before the key
+  update that exchange causes).
 
   AUTH then covers ``... | MACedID | IntAuth_iN | IntAuth_rN | IKE_AUTH_MID`` where the last
   is the 4-octet Message ID of the first IKE_AUTH request.  Nothing is appended when no
@@ -51,29 +53,15 @@ def updated_ike_keys(suite, keys: IkeKeys, shared: bytes, ni: bytes, nr: bytes,
     return new
 
 
-def _unfragmented_length(keys, inner_len: int) -> int:
-    encr = keys.encr
-    if encr.aead:
-        padded = inner_len + 1  # pad length octet only
-    else:
-        bs = max(encr.block_size, 1)
-        padded = inner_len + 1 + (-(inner_len + 1)) % bs
-    return IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN + encr.iv_len + padded + keys.icv_len
-
-
-def int_auth_ap(*, head: bytes | None, inner: bytes, first: int, keys, spi_i: bytes,
-                spi_r: bytes, exchange: int, flags: int, message_id: int) -> bytes:
-    """IntAuth_A | IntAuth_P of one IKE_INTERMEDIATE message.
-
-    ``head``: the octets up to the end of the SK payload header when the message was one
-    datagram; None when it was fragmented (the header is then rebuilt).  ``keys``: the
-    SKKeys that protected it (for the rebuilt lengths).
-    """
-    if head is None:
-        length = _unfragmented_length(keys, len(inner))
-        head = encode_header(spi_i, spi_r, PayloadType.SK, exchange, flags, message_id, length) + \
-            struct.pack("!BBH", first, 0, length - IKE_HEADER_LEN)
-    return bytes(head) + bytes(inner)
+def int_auth_ap(*, inner: bytes, first: int, spi_i: bytes, spi_r: bytes, exchange: int,
+                flags: int, message_id: int) -> bytes:
+    """IntAuth_A | IntAuth_P of one IKE_INTERMEDIATE message (sent or received, whole or in
+    fragments): the IKE header and SK payload header with lengths that count the inner
+    payloads only, then the inner payloads."""
+    length = IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN + len(inner)
+    head = encode_header(spi_i, spi_r, PayloadType.SK, exchange, flags, message_id, length) + \
+        struct.pack("!BBH", first, 0, GENERIC_PAYLOAD_HEADER_LEN + len(inner))
+    return head + bytes(inner)
 
 
 class IntAuthChain:

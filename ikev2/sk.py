@@ -157,9 +157,7 @@ def open_message(raw: bytes, msg: Message, keys: SKKeys) -> Message:
         raise AuthenticatedParseError.wrap(e) from None
     out = Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
                   msg.payloads[:-1] + payloads, msg.minor_version)
-    # RFC 9242 IntAuth needs the protected message as it was: header through the SK payload
-    # header (IntAuth_A) and the decrypted inner payloads (IntAuth_P).
-    out.plain_head, out.plain_inner = raw[:len(raw) - len(enc.data)], inner
+    out.plain_inner = inner  # the inner payloads as received (RFC 9242 IntAuth_P)
     return out
 
 
@@ -226,6 +224,5 @@ class FragmentReassembler:
             raise AuthenticatedParseError.wrap(e) from None
         out = Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
                       msg.payloads[:-1] + payloads, msg.minor_version)
-        out.plain_head, out.plain_inner = None, inner  # reassembled: no unfragmented header
-        out.plain_first = first
+        out.plain_inner = inner  # the inner payloads as received (RFC 9242 IntAuth_P)
         return out
