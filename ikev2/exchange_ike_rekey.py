@@ -60,12 +60,22 @@ class IkeRekey:
                     self.log("warning", "IKE rekey response unacceptable", reason=str(e))
                     self._settle_lost_collision()
                     return
-                collision = self._ike_collision
-                self._ike_collision = None
-                ours = self._create_successor(True, new_spi, chosen.spi, suite, chosen, nonce, nr.data, shared,
-                                              self._now, take_children=collision is None)
-                if collision is not None:
-                    self._resolve_ike_collision(ours, (nonce, nr.data), *collision)
+                def done(extra: list[bytes]) -> None:
+                    collision = self._ike_collision
+                    self._ike_collision = None
+                    ours = self._create_successor(True, new_spi, chosen.spi, suite, chosen, nonce, nr.data,
+                                                  shared + b"".join(extra), self._now,
+                                                  take_children=collision is None)
+                    if collision is not None:
+                        self._resolve_ike_collision(ours, (nonce, nr.data), *collision)
+                if suite.additional:  # RFC 9370: IKE_FOLLOWUP_KE before the new IKE SA exists
+                    def fail(why: str) -> None:
+                        self.log("warning", "IKE rekey failed", reason=why)
+                        self.rekey_at = self._now + 60.0
+                        self._settle_lost_collision()
+                    self._run_followups(msg, suite.additional, done, fail, "IKE rekey")
+                    return
+                done([])
             return X.CREATE_CHILD_SA, payloads, on_response
         self._request("rekey IKE SA", build)
         self._pump(now)
@@ -82,9 +92,8 @@ class IkeRekey:
         suite = ike_suite(chosen)
         if ke.group != suite.ke.group:
             raise ExchangeFailed(N.INVALID_KE_PAYLOAD, "KE group mismatch", struct.pack("!H", suite.ke.group))
-        priv = suite.ke.generate(self.rng)
         try:
-            shared = priv.shared_secret(ke.data)
+            our_ke, shared = suite.ke.respond(self.rng, ke.data)  # DH or KEM
         except InvalidKeyExchange as e:
             raise ExchangeFailed(N.INVALID_SYNTAX, f"bad KE value: {e}") from None
         if self.state == State.REKEYED:
@@ -93,18 +102,30 @@ class IkeRekey:
         new_spi = self._new_ike_spi()
         nr = self.rng(NONCE_LEN)
         ours = P.Proposal(chosen.num, ProtocolId.IKE, new_spi, chosen.transforms)
-        self._respond(req, [P.SAPayload(proposals=[ours]), P.NoncePayload(data=nr),
-                            P.KEPayload(group=suite.ke.group, data=priv.public_bytes)])
+        payloads = [P.SAPayload(proposals=[ours]), P.NoncePayload(data=nr),
+                     P.KEPayload(group=suite.ke.group, data=our_ke)]
+        if suite.additional:
+            # RFC 9370: the new IKE SA comes once the IKE_FOLLOWUP_KE exchanges are done.
+            def done(extra: list[bytes]) -> None:
+                self._finish_ike_rekey_responder(chosen, new_spi, suite, ours, ni.data, nr,
+                                                 shared + b"".join(extra), self._now)
+            payloads.append(self._followup_link(suite.additional, done, "IKE rekey"))
+            self._respond(req, payloads)
+            return
+        self._respond(req, payloads)
+        self._finish_ike_rekey_responder(chosen, new_spi, suite, ours, ni.data, nr, shared, now)
+
+    def _finish_ike_rekey_responder(self, chosen, new_spi, suite, ours, ni, nr, shared, now) -> None:
         if self._ike_rekey_nonce is not None:
             # RFC 7296 2.8.2: both ends rekey this IKE SA at once. Answer as usual; which of the
             # two new SAs survives is decided by the nonces once our own exchange completes.
-            theirs = self._create_successor(False, chosen.spi, new_spi, suite, ours, ni.data, nr, shared, now,
+            theirs = self._create_successor(False, chosen.spi, new_spi, suite, ours, ni, nr, shared, now,
                                             take_children=False)
             theirs.collision_candidate = True  # a DELETE for it before we decide: it lost
-            self._ike_collision = (theirs, (ni.data, nr))
+            self._ike_collision = (theirs, (ni, nr))
             self.log("info", "IKE rekey collision: answered the peer's rekey, waiting for ours")
             return
-        self._create_successor(False, chosen.spi, new_spi, suite, ours, ni.data, nr, shared, now)
+        self._create_successor(False, chosen.spi, new_spi, suite, ours, ni, nr, shared, now)
 
     def _resolve_ike_collision(self, ours, our_nonces, theirs, their_nonces) -> None:
         """RFC 7296 2.8.2: the new IKE SA created with the lowest of the four nonces is redundant;

@@ -49,12 +49,13 @@ from .exchange_init import InitExchange
 from .exchange_mobike import Mobike
 from .exchange_eap import EapExchange
 from .exchange_intermediate import IntermediateExchange
+from .exchange_followup import FollowupKeExchange
 
 __all__ = ["IkeSA", "State", "ExchangeFailed"]
 
 
-class IkeSA(InitExchange, IntermediateExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
-            Mobike, EapExchange):
+class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, AuthExchange, ChildExchanges,
+            IkeRekey, Informational, Mobike, EapExchange):
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
                  candidates: list[IkePolicy] | None = None, local: Address, remote: Address,
                  rng: RandomBytes, now: float, log: LogFn | None = None,
@@ -480,6 +481,7 @@ class IkeSA(InitExchange, IntermediateExchange, AuthExchange, ChildExchanges, Ik
             X.INFORMATIONAL: self._on_informational_request,
             X.CREATE_CHILD_SA: self._on_create_child_request,
             X.IKE_INTERMEDIATE: self._on_intermediate_request,
+            X.IKE_FOLLOWUP_KE: self._on_followup_request,
         }
         handler = handlers.get(req.exchange)
         if handler is None:

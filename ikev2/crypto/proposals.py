@@ -204,7 +204,7 @@ def parse_proposal(text: str, protocol: ProtocolId) -> Proposal:
         if not chosen[ESN]:
             chosen[ESN].append((EsnId.NO_ESN, None))
 
-    if any(chosen[t] for t in ADDKE_TYPES) and protocol == ProtocolId.IKE and not chosen[DH]:
+    if any(chosen[t] for t in ADDKE_TYPES) and not chosen[DH]:
         raise ProposalError(f"proposal {raw!r}: additional key exchanges need a first one")
     transforms = [Transform(type=int(t), id=int(tid), key_length=bits)
                   for t in _ALL_TYPES for tid, bits in chosen[t]]

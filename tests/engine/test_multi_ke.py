@@ -141,3 +141,119 @@ def test_tampered_intermediate_content_breaks_auth():
     assert not [e for e in link.events_a + link.events_b if isinstance(e, IkeUp)]
     assert any("PSK authentication" in e.reason for e in link.events_b if isinstance(e, AuthFailed))
 
+
+
+# --- CREATE_CHILD_SA with IKE_FOLLOWUP_KE (RFC 9370 2.2.4) ---------------------------------------
+
+from ikev2.events import ChildDown, IkeRekeyed  # noqa: E402
+from tests.engine.test_exchanges import events, installed_pairs, up  # noqa: E402
+
+HYBRID_ESP = ("aes256gcm16-x25519-ke1_mlkem768",)
+
+
+def _pfs_pair(ike=("aes256gcm16-prfsha384-x25519-ke1_mlkem768",), esp=HYBRID_ESP):
+    from ikev2.crypto.proposals import parse_proposal
+    hq, br = site_to_site(ike=ike)
+    for p in (hq, br):
+        p.children[0].esp_proposals[:] = [parse_proposal(e, 3) for e in esp]
+    link = pair(br, hq)
+    up(link)
+    return link
+
+
+def _followups(link):
+    return [(x, r) for x, r, _f, _l in _exchanges(link) if x == "IKE_FOLLOWUP_KE"]
+
+
+@pytest.mark.parametrize("who", ["initiator", "responder"])
+def test_child_rekey_with_additional_key_exchange(who):
+    link = _pfs_pair()
+    mgr = link.a if who == "initiator" else link.b
+    sa = mgr.sas[0]
+    old = sa.children[0]
+    assert "KE1_ML_KEM_768" not in old.proposal_text  # IKE_AUTH carries no KE for the Child SA
+    assert sa.rekey_child(old.spi_in, link.now)
+    link.run(link.now + 2.0)
+    ca, cb = installed_pairs(link)
+    assert ca == cb and len(ca) == 1 and old.spi_in not in {s for s, _ in ca}
+    new = sa.children[0]
+    assert new.proposal_text == "AES_GCM_16_256/CURVE_25519/KE1_ML_KEM_768/NO_EXT_SEQ"
+    assert _followups(link) == [("IKE_FOLLOWUP_KE", False), ("IKE_FOLLOWUP_KE", False),
+                                ("IKE_FOLLOWUP_KE", True)]  # request in 2 fragments
+    a = [e for e in events(link.events_a, ChildUp) if e.rekey_of][-1]
+    b = [e for e in events(link.events_b, ChildUp) if e.rekey_of][-1]
+    assert a.keys.encr_key_out == b.keys.encr_key_in and a.keys.encr_key_in == b.keys.encr_key_out
+
+
+def test_child_keymat_includes_every_secret(monkeypatch):
+    """KEYMAT = prf+(SK_d, g^ir | SK(1) | Ni | Nr): the followup's secret is in it."""
+    from ikev2 import exchange_child
+    seen = []
+    real = exchange_child.derive_child_keys
+
+    def spy(prf, sk_d, encr, integ, ni, nr, shared_secret=None):
+        seen.append(shared_secret)
+        return real(prf, sk_d, encr, integ, ni, nr, shared_secret)
+
+    monkeypatch.setattr(exchange_child, "derive_child_keys", spy)
+    link = _pfs_pair()
+    sa = link.a.sas[0]
+    sa.rekey_child(sa.children[0].spi_in, link.now)
+    link.run(link.now + 2.0)
+    rekeyed = [s for s in seen if s]
+    assert len(rekeyed) == 2 and rekeyed[0] == rekeyed[1] and len(rekeyed[0]) == 32 + 32
+
+
+def test_new_child_sa_with_pfs_and_followup():
+    from ikev2.crypto.proposals import parse_proposal
+    from tests.engine.harness import child
+    hq, br = site_to_site()
+    for p, (l, r) in ((hq, ("10.1.5.0/24", "10.2.5.0/24")), (br, ("10.2.5.0/24", "10.1.5.0/24"))):
+        p.children.append(child("voice", l, r, esp=HYBRID_ESP))
+    link = pair(br, hq)
+    sa = up(link)
+    assert sorted(c.name for c in sa.children) == ["net", "voice"]
+    voice = next(c for c in sa.children if c.name == "voice")
+    assert "KE1_ML_KEM_768" in voice.proposal_text
+    assert ("IKE_FOLLOWUP_KE", True) in _followups(link)
+
+
+@pytest.mark.parametrize("who", ["initiator", "responder"])
+def test_ike_rekey_with_additional_key_exchange(who):
+    link = _pfs_pair()
+    mgr = link.a if who == "initiator" else link.b
+    before = installed_pairs(link)
+    old = mgr.sas[0]
+    old_spis = (old.spi_i, old.spi_r)
+    old.rekey_ike(link.now)
+    link.run(link.now + 2.0)
+    assert len(link.a.sas) == 1 and len(link.b.sas) == 1
+    na, nb = link.a.sas[0], link.b.sas[0]
+    assert (na.spi_i, na.spi_r) == (nb.spi_i, nb.spi_r) != old_spis
+    assert na.keys.sk_d == nb.keys.sk_d and na.keys.sk_ei == nb.keys.sk_ei
+    assert na.key_exchange_names() == ["CURVE_25519", "ML_KEM_768"]
+    assert installed_pairs(link) == before
+    assert events(link.events_a, IkeRekeyed) and events(link.events_b, IkeRekeyed)
+    assert _followups(link)
+    # The new IKE SA works: a Child rekey (with its own followup) over it.
+    na.rekey_child(na.children[0].spi_in, link.now)
+    link.run(link.now + 2.0)
+    ca, cb = installed_pairs(link)
+    assert ca == cb and len(ca) == 1 and ca != before[0]
+
+
+def test_followup_with_unknown_link_gets_state_not_found():
+    from ikev2.constants import NotifyType
+    from ikev2 import payloads as P
+    link = _pfs_pair()
+    a, b = link.a.sas[0], link.b.sas[0]
+    got = []
+    a._request("bogus followup", lambda: (
+        ExchangeType.IKE_FOLLOWUP_KE,
+        [P.KEPayload(group=36, data=bytes(1184)),
+         P.NotifyPayload(notify_type=NotifyType.ADDITIONAL_KEY_EXCHANGE, data=b"12345678")],
+        lambda m: got.append([n.notify_type for n in m.notifies()])))
+    a._pump(link.now)
+    link.run(link.now + 1.0)
+    assert got == [[NotifyType.STATE_NOT_FOUND]]
+    assert a.state.value == "established" and b.state.value == "established"
