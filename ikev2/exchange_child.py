@@ -90,8 +90,8 @@ class ChildExchanges:
                 def done(extra, cp=cp, spi_in=spi_in, spi_out=spi_out, ours_chosen=ours_chosen,
                          suite=suite, shared=shared, ts_i=ts_i, ts_r=ts_r):
                     child = self._make_child(cp, spi_in, spi_out, ours_chosen, suite, ni, nr,
-                                             shared + b"".join(extra), local_ts=ts_r,
-                                             remote_ts=ts_i, now=self._now, we_initiated=False)
+                                             shared, local_ts=ts_r, remote_ts=ts_i, now=self._now,
+                                             we_initiated=False, additional=b"".join(extra))
                     child.replaces = rekey_of
                     self._install_child(child, self._now, rekey_of=rekey_of)
                     if rekey_of is not None and rekey_of.state == ChildState.INSTALLED:
@@ -110,8 +110,9 @@ class ChildExchanges:
 
     def _make_child(self, cp: ChildPolicy, spi_in: bytes, spi_out: bytes, proposal: P.Proposal, suite,
                     ni: bytes, nr: bytes, shared: bytes | None, local_ts, remote_ts, now: float,
-                    we_initiated: bool) -> ChildSA:
-        k = derive_child_keys(self.suite.prf, self.keys.sk_d, suite.encr, suite.integ, ni, nr, shared)
+                    we_initiated: bool, additional: bytes = b"") -> ChildSA:
+        k = derive_child_keys(self.suite.prf, self.keys.sk_d, suite.encr, suite.integ, ni, nr, shared,
+                              additional)
         # Keys "i" protect traffic from the initiator of this exchange to its responder.
         return ChildSA(policy=cp, spi_in=spi_in, spi_out=spi_out, proposal=proposal,
                        keys=self._child_keys(k, suite, spi_in, spi_out, cp, we_initiated),
@@ -186,9 +187,9 @@ class ChildExchanges:
         def done(extra: list[bytes]) -> None:
             child = self._make_child(req.policy, req.spi_in, chosen.spi,
                                      P.Proposal(chosen.num, ProtocolId.ESP, req.spi_in, chosen.transforms),
-                                     suite, ni, nr, (shared or b"") + b"".join(extra) or None,
-                                     local_ts=tsi.selectors, remote_ts=tsr.selectors,
-                                     now=self._now, we_initiated=True)
+                                     suite, ni, nr, shared, local_ts=tsi.selectors,
+                                     remote_ts=tsr.selectors, now=self._now, we_initiated=True,
+                                     additional=b"".join(extra))
             self._install_child(child, self._now, rekey_of=req.rekey_of)
             if req.rekey_of is not None:
                 self._finish_rekey(req.rekey_of, child, self._now)

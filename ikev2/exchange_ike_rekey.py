@@ -64,8 +64,8 @@ class IkeRekey:
                     collision = self._ike_collision
                     self._ike_collision = None
                     ours = self._create_successor(True, new_spi, chosen.spi, suite, chosen, nonce, nr.data,
-                                                  shared + b"".join(extra), self._now,
-                                                  take_children=collision is None)
+                                                  shared, self._now, take_children=collision is None,
+                                                  additional=b"".join(extra))
                     if collision is not None:
                         self._resolve_ike_collision(ours, (nonce, nr.data), *collision)
                 if suite.additional:  # RFC 9370: IKE_FOLLOWUP_KE before the new IKE SA exists
@@ -108,24 +108,26 @@ class IkeRekey:
             # RFC 9370: the new IKE SA comes once the IKE_FOLLOWUP_KE exchanges are done.
             def done(extra: list[bytes]) -> None:
                 self._finish_ike_rekey_responder(chosen, new_spi, suite, ours, ni.data, nr,
-                                                 shared + b"".join(extra), self._now)
+                                                 shared, self._now, additional=b"".join(extra))
             payloads.append(self._followup_link(suite.additional, done, "IKE rekey"))
             self._respond(req, payloads)
             return
         self._respond(req, payloads)
         self._finish_ike_rekey_responder(chosen, new_spi, suite, ours, ni.data, nr, shared, now)
 
-    def _finish_ike_rekey_responder(self, chosen, new_spi, suite, ours, ni, nr, shared, now) -> None:
+    def _finish_ike_rekey_responder(self, chosen, new_spi, suite, ours, ni, nr, shared, now,
+                                    additional: bytes = b"") -> None:
         if self._ike_rekey_nonce is not None:
             # RFC 7296 2.8.2: both ends rekey this IKE SA at once. Answer as usual; which of the
             # two new SAs survives is decided by the nonces once our own exchange completes.
             theirs = self._create_successor(False, chosen.spi, new_spi, suite, ours, ni, nr, shared, now,
-                                            take_children=False)
+                                            take_children=False, additional=additional)
             theirs.collision_candidate = True  # a DELETE for it before we decide: it lost
             self._ike_collision = (theirs, (ni, nr))
             self.log("info", "IKE rekey collision: answered the peer's rekey, waiting for ours")
             return
-        self._create_successor(False, chosen.spi, new_spi, suite, ours, ni, nr, shared, now)
+        self._create_successor(False, chosen.spi, new_spi, suite, ours, ni, nr, shared, now,
+                               additional=additional)
 
     def _resolve_ike_collision(self, ours, our_nonces, theirs, their_nonces) -> None:
         """RFC 7296 2.8.2: the new IKE SA created with the lowest of the four nonces is redundant;
@@ -167,7 +169,8 @@ class IkeRekey:
             self.successor = theirs
 
     def _create_successor(self, we_initiated: bool, spi_i: bytes, spi_r: bytes, suite, proposal,
-                          ni: bytes, nr: bytes, shared: bytes, now: float, take_children: bool = True):
+                          ni: bytes, nr: bytes, shared: bytes, now: float, take_children: bool = True,
+                          additional: bytes = b""):
         """RFC 7296 2.18: the new IKE SA takes over all Child SAs; the old one is deleted by the
         side that initiated the rekey."""
         from .ike_sa import IkeSA
@@ -177,7 +180,7 @@ class IkeRekey:
         new.suite, new.proposal = suite, proposal
         new.ni, new.nr = ni, nr
         _skeyseed, keys = derive_rekeyed_ike_keys(self.suite.prf, self.keys.sk_d, suite.prf, suite.encr,
-                                                  suite.integ, shared, ni, nr, spi_i, spi_r)
+                                                  suite.integ, shared, ni, nr, spi_i, spi_r, additional)
         new._install_keys(keys)
         new.peer_id = self.peer_id
         new.peer_fragmentation = self.peer_fragmentation

@@ -186,22 +186,23 @@ def test_child_rekey_with_additional_key_exchange(who):
 
 
 def test_child_keymat_includes_every_secret(monkeypatch):
-    """KEYMAT = prf+(SK_d, g^ir | SK(1) | Ni | Nr): the followup's secret is in it."""
+    """KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1)): the followup's secret after the nonces."""
     from ikev2 import exchange_child
     seen = []
     real = exchange_child.derive_child_keys
 
-    def spy(prf, sk_d, encr, integ, ni, nr, shared_secret=None):
-        seen.append(shared_secret)
-        return real(prf, sk_d, encr, integ, ni, nr, shared_secret)
+    def spy(prf, sk_d, encr, integ, ni, nr, shared_secret=None, additional=b""):
+        seen.append((shared_secret, additional))
+        return real(prf, sk_d, encr, integ, ni, nr, shared_secret, additional)
 
     monkeypatch.setattr(exchange_child, "derive_child_keys", spy)
     link = _pfs_pair()
     sa = link.a.sas[0]
     sa.rekey_child(sa.children[0].spi_in, link.now)
     link.run(link.now + 2.0)
-    rekeyed = [s for s in seen if s]
-    assert len(rekeyed) == 2 and rekeyed[0] == rekeyed[1] and len(rekeyed[0]) == 32 + 32
+    rekeyed = [s for s in seen if s[0]]
+    assert len(rekeyed) == 2 and rekeyed[0] == rekeyed[1]
+    assert (len(rekeyed[0][0]), len(rekeyed[0][1])) == (32, 32)  # x25519 g^ir, ML-KEM-768 K
 
 
 def test_new_child_sa_with_pfs_and_followup():

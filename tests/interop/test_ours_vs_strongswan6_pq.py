@@ -67,3 +67,62 @@ def test_pq_suite_role_and_ping(sswan_workdir, ike, sw_name, kes, role):
             # ML-KEM-1024 key shares do not fit in one 1280-byte datagram: fragments both ways.
             assert re.search(r"IKE_INTERMEDIATE (request|response) 1 \[ EF\(\d/\d\) \]", log), \
                 "strongSwan did not fragment/receive fragments of IKE_INTERMEDIATE"
+
+
+# --------------------------------------------------------------------------- rekeys (IKE_FOLLOWUP_KE)
+
+HYBRID = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
+ESP_PFS = "aes256gcm16-x25519-ke1_mlkem768"
+
+
+def _pfs_env(workdir, prefix):
+    S6.require_strongswan6()
+    psk = "test-only-" + secrets.token_hex(12)
+    return H.ours_vs_strongswan(
+        workdir, prefix=prefix,
+        sw_config=lambda t: H.sw_conf(t, ike=HYBRID, esp=ESP_PFS, psk=psk),
+        ours_connections=lambda t: [H.ours_conn(t, ike=HYBRID, esp=ESP_PFS, psk=psk)],
+        charon_kwargs=S6.charon6_kwargs(log_levels=S6.LOG_LEVELS))
+
+
+def _followups(env, kind):
+    """Message IDs of the IKE_FOLLOWUP_KE messages strongSwan logged (fragments counted once)."""
+    return sorted({s.get("mid") for s in H.sw_summaries(env.sw)
+                   if s["exchange"] == "IKE_FOLLOWUP_KE" and s["kind"] == kind})
+
+
+@pytest.mark.parametrize("rekey_by", ["ours", "strongswan"])
+def test_child_rekey_with_mlkem_followup(sswan_workdir, rekey_by):
+    """Child SA PFS x25519 + ML-KEM-768: CREATE_CHILD_SA, then IKE_FOLLOWUP_KE (its request
+    in 2 fragments); both sides show the new CHILD_SA with both key exchanges."""
+    with _pfs_env(sswan_workdir, "opqc") as env:
+        env.ours.up(H.CONN)
+        osa, oc, ssa, sc = env.wait_both_child(timeout=15)
+        H.rekey_child(env, rekey_by)
+        osa, oc2, ssa, sc2 = H.wait_child_rekeyed(env, oc)
+        assert oc2["algorithms"] == "AES_GCM_16_256/CURVE_25519/KE1_ML_KEM_768/NO_EXT_SEQ", oc2
+        assert sc2.get("dh-group") == "CURVE_25519" and sc2.get("ake1") == "ML_KEM_768", sorted(sc2)
+        assert len(_followups(env, "request")) == 1 and len(_followups(env, "response")) == 1
+        env.ping_both_ways(count=2)
+
+
+@pytest.mark.parametrize("rekey_by", ["ours", "strongswan"])
+def test_ike_rekey_with_mlkem_followup(sswan_workdir, rekey_by):
+    """IKE rekey of a hybrid IKE SA: CREATE_CHILD_SA + IKE_FOLLOWUP_KE; then a CHILD rekey by
+    the other side over the new IKE SA proves both derived the same keys."""
+    with _pfs_env(sswan_workdir, "opqi") as env:
+        env.ours.up(H.CONN)
+        osa, oc, ssa, sc = env.wait_both_child(timeout=15)
+        if rekey_by == "ours":
+            env.ours.rekey(H.CONN, ike=True)
+        else:
+            env.sw.rekey(ike=H.CONN)
+        o, s = H.wait_ike_rekeyed(env, H.ike_spis(osa))
+        assert o["key_exchanges"] == ["CURVE_25519", "ML_KEM_768"]
+        assert s.get("dh-group") == "CURVE_25519" and s.get("ake1") == "ML_KEM_768"
+        assert _followups(env, "request") and _followups(env, "response")
+        env.ping_both_ways(count=1)
+        H.rekey_child(env, "strongswan" if rekey_by == "ours" else "ours")
+        _osa, oc3, _ssa, _sc3 = H.wait_child_rekeyed(env, oc)
+        assert H.ike_spis(_osa) == H.ike_spis(o)
+        env.ping_both_ways(count=1)
