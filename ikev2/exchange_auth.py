@@ -20,9 +20,12 @@ class AuthExchange:
         s = self.suite
         # RFC 9242: | IntAuth_iN | IntAuth_rN | IKE_AUTH_MID after IKE_INTERMEDIATE exchanges.
         tail = self._int_auth_suffix()
+        # RFC 8784: SK_pi'/SK_pr' while a PPK is in play (exchange_ppk).
         if sent_by_initiator:
-            return cauth.signed_octets(self.init_request_raw, self.nr, s.prf, self.keys.sk_pi, id_body) + tail
-        return cauth.signed_octets(self.init_response_raw, self.ni, s.prf, self.keys.sk_pr, id_body) + tail
+            return cauth.signed_octets(self.init_request_raw, self.nr, s.prf,
+                                       self._sk_p_for_auth(self.keys.sk_pi), id_body) + tail
+        return cauth.signed_octets(self.init_response_raw, self.ni, s.prf,
+                                   self._sk_p_for_auth(self.keys.sk_pr), id_body) + tail
 
     def _our_auth_payloads(self, id_cls) -> list[P.Payload]:
         pol = self.policy
@@ -109,6 +112,15 @@ class AuthExchange:
             self._eap_client_obj = pol.local_auth.eap_client()
         else:
             payloads = self._our_auth_payloads(P.IDiPayload)
+            try:
+                ppk_extra = self._ppk_request_payloads(payloads)  # RFC 8784 (exchange_ppk)
+            except ExchangeFailed as e:
+                self._emit(AuthFailed(reason=str(e)))
+                self._die(self._now, str(e))
+                return None
+            if ppk_extra:
+                self._ppk_for_auth = pol.ppk
+                payloads = self._our_auth_payloads(P.IDiPayload) + ppk_extra
         idi = payloads[0]
         extra: list[P.Payload] = []
         if pol.initial_contact:
@@ -147,6 +159,7 @@ class AuthExchange:
             self._die(now, reason)
             return
         try:
+            self._ppk_check_response(msg)
             ident = self._verify_peer_auth(msg, self.policy, now)
         except ExchangeFailed as e:
             self._emit(AuthFailed(reason=str(e)))
@@ -157,6 +170,9 @@ class AuthExchange:
             self._die(now, str(e))
             return
         self.peer_id = ident
+        if self._ppk_for_auth is not None:
+            ppk, self._ppk_for_auth = self._ppk_for_auth, None
+            self._apply_ppk(ppk)  # before the first Child SA's keys
         self.peer_mobike = msg.notify(N.MOBIKE_SUPPORTED) is not None
         self._read_cp_reply(msg)
         self._established(now)
@@ -219,8 +235,10 @@ class AuthExchange:
         if req.get(P.AuthPayload) is None:
             self._start_eap_server(req, ident, now)
             return
+        self._ppk_check_request(req)  # RFC 8784 (exchange_ppk)
         self.peer_id = self._verify_peer_auth(req, self.policy, now)
-        self._complete_auth_responder(req, req, self._our_auth_payloads(P.IDrPayload), now, "established")
+        out = self._our_auth_payloads(P.IDrPayload) + self._ppk_response_payloads()
+        self._complete_auth_responder(req, req, out, now, "established")
 
     def _complete_auth_responder(self, req: Message, first: Message, out: list[P.Payload], now: float,
                                  outcome: str) -> None:

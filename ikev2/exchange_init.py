@@ -69,6 +69,7 @@ class InitExchange:
                      P.NoncePayload(data=self.ni)]
         payloads += self._natd_payloads(bytes(8))
         payloads += self._common_init_notifies()
+        payloads += self._ppk_init_notifies(None)  # RFC 8784 (exchange_ppk)
         msg = Message(self.spi_i, bytes(8), X.IKE_SA_INIT, 0, HeaderFlag.INITIATOR, payloads)
         self.init_request_raw = encode_message(msg)
         self.state = State.INIT_SENT
@@ -150,6 +151,7 @@ class InitExchange:
         self._derive_keys(shared)
         self._read_init_notifies(msg)
         self._check_intermediate_support(msg)
+        self._ppk_read_init(msg)
         self.state = State.AUTH_SENT
         self.log("info", "IKE_SA_INIT done", spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex(),
                  proposal=proposal_display(chosen), nat_local=self.nat_local, nat_remote=self.nat_remote)
@@ -259,6 +261,8 @@ class InitExchange:
             from .certs import certreq_data
             payloads.append(P.CertReqPayload(encoding=4, data=certreq_data(cas)))
         payloads += self._common_init_notifies()
+        payloads += self._ppk_init_notifies(msg)
+        self._ppk_read_init(msg)
         resp = Message(self.spi_i, self.spi_r, X.IKE_SA_INIT, 0, HeaderFlag.RESPONSE, payloads)
         self.init_response_raw = encode_message(resp)
         self.state = State.INIT_DONE

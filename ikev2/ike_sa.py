@@ -50,12 +50,13 @@ from .exchange_mobike import Mobike
 from .exchange_eap import EapExchange
 from .exchange_intermediate import IntermediateExchange
 from .exchange_followup import FollowupKeExchange
+from .exchange_ppk import PpkExchange
 
 __all__ = ["IkeSA", "State", "ExchangeFailed"]
 
 
-class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, AuthExchange, ChildExchanges,
-            IkeRekey, Informational, Mobike, EapExchange):
+class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange, AuthExchange,
+            ChildExchanges, IkeRekey, Informational, Mobike, EapExchange):
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
                  candidates: list[IkePolicy] | None = None, local: Address, remote: Address,
                  rng: RandomBytes, now: float, log: LogFn | None = None,
@@ -521,6 +522,7 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, AuthExchange
             "spi_r": self.spi_r.hex(),
             "proposal": proposal_display(self.proposal) if self.proposal else "",
             "key_exchanges": self.key_exchange_names(),
+            "ppk": self.ppk_used,
             "established_for": round(now - self.established_at, 1) if self.established_at is not None else None,
             "nat_local": self.nat_local,
             "eap_identity": self.eap_identity,
