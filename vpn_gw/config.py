@@ -436,6 +436,9 @@ class ConnectionConfig:
     transport: str = "udp"                  # udp | tcp | auto (initiating; docs/tcp-encapsulation.md)
     tcp_port: int = 4500                    # the peer's TCP port for transport = tcp/auto
     routes: tuple = ()                      # CIDR networks routed into `interface` while the daemon runs
+    ppk_id: str | None = None               # RFC 8784 PPK_ID (docs/crypto.md, PPK)
+    ppk: Secret | None = None               # the post-quantum preshared key
+    ppk_required: bool = False              # refuse to authenticate without the PPK
 
     def child(self, name: str) -> ChildConfig:
         for c in self.children:
@@ -917,6 +920,23 @@ def _psk(ctx: _Ctx, path: tuple):
     return conv
 
 
+PPK_MIN_BYTES = 32  # RFC 8784 3: a PPK should have at least 256 bits of entropy
+
+
+def _ppk(ctx: _Ctx, path: tuple):
+    """A post-quantum preshared key: like a PSK (inline, 0x, 0s, file:), at least 32 bytes."""
+    as_psk = _psk(ctx, path)
+
+    def conv(v):
+        secret = as_psk(v)
+        n = len(secret.reveal())
+        if n < PPK_MIN_BYTES:
+            raise _Bad(f"PPK is {n} bytes; RFC 8784 wants at least {PPK_MIN_BYTES} random bytes "
+                       f"(e.g. `head -c 32 /dev/urandom | base64` and \"0s...\")")
+        return secret
+    return conv
+
+
 def _decode_psk(s: str) -> bytes:
     if s.startswith("0x"):
         try:
@@ -986,7 +1006,7 @@ CONNECTION_KEYS = (
     "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
     "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "address_adoption", "fragmentation",
     "fragment_size", "keyingtries", "if_id", "interface", "routes", "pools", "vips", "dns_file", "transport",
-    "tcp_port", "child",
+    "tcp_port", "ppk_id", "ppk", "ppk_required", "child",
 )
 CHILD_KEYS = (
     "name", "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "dpd_action",
@@ -1503,6 +1523,15 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     mobike = t.get("mobike", _bool, True)
     address_adoption = t.get("address_adoption", _auto_bool, "auto")
     fragmentation = t.get("fragmentation", _bool, True)
+    ppk_id = t.get("ppk_id", _nonempty_str, None)
+    ppk = t.get("ppk", _ppk(ctx, path + ("ppk",)), None)
+    ppk_required = t.get("ppk_required", _bool, False)
+    if ppk_id is not BAD and ppk is not BAD:
+        if (ppk_id is None) != (ppk is None):
+            have, miss = ("ppk_id", "ppk") if ppk is None else ("ppk", "ppk_id")
+            ctx.error(path + (have,), f"'{have}' needs '{miss}' too (RFC 8784: the PPK and its PPK_ID)")
+        if ppk_required is True and ppk is None:
+            ctx.error(path + ("ppk_required",), "ppk_required = true needs 'ppk' and 'ppk_id'")
     fragment_size = t.get("fragment_size", _int(512, 65535), 1280)
     keyingtries = t.get("keyingtries", _int(0), 1)
     if_id = t.get("if_id", _int(1, 0xFFFFFFFF), None)
@@ -1584,7 +1613,8 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         encap=encap, mobike=mobike, address_adoption=address_adoption, fragmentation=fragmentation, fragment_size=fragment_size,
         keyingtries=keyingtries, if_id=if_id, interface=interface,
         routes=tuple(routes) if _ok(routes) else (), children=tuple(children),
-        pools=pools, vips=vips, dns_file=dns_file, transport=transport, tcp_port=tcp_port)
+        pools=pools, vips=vips, dns_file=dns_file, transport=transport, tcp_port=tcp_port,
+        ppk_id=ppk_id, ppk=ppk, ppk_required=bool(ppk_required))
 
 
 def _initiable(remote_addrs) -> tuple:

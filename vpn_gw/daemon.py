@@ -696,6 +696,7 @@ class Gateway:
                 "local_id": st["local_id"], "remote_id": st["remote_id"],
                 "spi_i": st["spi_i"], "spi_r": st["spi_r"], "algorithms": st["proposal"],
                 "key_exchanges": st.get("key_exchanges", []),  # RFC 9370: every negotiated KE
+                "ppk": st.get("ppk", False),  # RFC 8784: authenticated with a PPK
                 "established": (wall - est) if est is not None else None,
                 "nat_local": st["nat_local"], "nat_remote": st["nat_remote"],
                 "transport": self.tcp.transport_of((local_ip, int(local_port)), (remote_ip, int(remote_port))),

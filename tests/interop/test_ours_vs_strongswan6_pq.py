@@ -13,6 +13,7 @@ import pytest
 
 import ours_helpers as H
 import strongswan6 as S6
+from tests.gateway import GatewayError
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(90)]
 
@@ -126,3 +127,78 @@ def test_ike_rekey_with_mlkem_followup(sswan_workdir, rekey_by):
         _osa, oc3, _ssa, _sc3 = H.wait_child_rekeyed(env, oc)
         assert H.ike_spis(_osa) == H.ike_spis(o)
         env.ping_both_ways(count=1)
+
+
+# --------------------------------------------------------------------------- PPK (RFC 8784)
+
+PPK_ID = "pq-ppk-1"
+
+
+def _ppk_env(workdir, prefix, *, sw_ppk, ours_ppk, sw_required, ours_required, ike=HYBRID):
+    """strongSwan 6 and ours with PSK + (maybe) a PPK; ``*_ppk`` None = no PPK on that side."""
+    S6.require_strongswan6()
+    psk = "test-only-" + secrets.token_hex(12)
+
+    def sw_conf(t):
+        conn = {"ppk_required": "yes" if sw_required else "no"}
+        if sw_ppk is not None:
+            conn["ppk_id"] = PPK_ID
+        c = H.sw_conf(t, ike=ike, esp=ESP, psk=psk, conn=conn)
+        if sw_ppk is not None:
+            c["secrets"]["ppk-1"] = {"secret": "0x" + sw_ppk.hex(), "id": PPK_ID}
+        return c
+
+    extra = {}
+    if ours_ppk is not None:
+        extra = {"ppk_id": PPK_ID, "ppk": "0x" + ours_ppk.hex(), "ppk_required": ours_required}
+    return H.ours_vs_strongswan(
+        workdir, prefix=prefix, sw_config=sw_conf,
+        ours_connections=lambda t: [H.ours_conn(t, ike=ike, esp=ESP, psk=psk, **extra)],
+        charon_kwargs=S6.charon6_kwargs(log_levels=S6.LOG_LEVELS))
+
+
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+def test_ppk_required_both_sides(sswan_workdir, role):
+    ppk = secrets.token_bytes(32)
+    with _ppk_env(sswan_workdir, "opqp", sw_ppk=ppk, ours_ppk=ppk, sw_required=True,
+                  ours_required=True) as env:
+        if role == "initiator":
+            env.ours.up(H.CONN)
+        else:
+            env.sw.initiate(child=H.CHILD, timeout=20)
+        osa, oc, ssa, sc = env.wait_both_child(timeout=15)
+        assert osa["ppk"] is True
+        assert f"using PPK for PPK_ID '{PPK_ID}'" in env.sw.log_text()
+        env.ping_both_ways(count=1)  # Child keys from SK_d' agree
+        # and an IKE rekey from SK_d' too
+        env.ours.rekey(H.CONN, ike=True) if role == "initiator" else env.sw.rekey(ike=H.CONN)
+        H.wait_ike_rekeyed(env, H.ike_spis(osa))
+        env.ping_both_ways(count=1)
+
+
+def test_ppk_optional_falls_back_when_strongswan_has_none(sswan_workdir):
+    ppk = secrets.token_bytes(32)
+    with _ppk_env(sswan_workdir, "opqo", sw_ppk=None, ours_ppk=ppk, sw_required=False,
+                  ours_required=False) as env:
+        env.ours.up(H.CONN)
+        osa, oc, ssa, sc = env.wait_both_child(timeout=15)
+        assert osa["ppk"] is False
+        env.ping_both_ways(count=1)
+
+
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+def test_mismatched_ppk_is_refused(sswan_workdir, role):
+    with _ppk_env(sswan_workdir, "opqm", sw_ppk=secrets.token_bytes(32), ours_ppk=secrets.token_bytes(32),
+                  sw_required=False, ours_required=False) as env:
+        if role == "initiator":
+            # strongSwan has a PPK for our PPK_ID, so it must use it (no NO_PPK_AUTH fallback)
+            with pytest.raises(GatewayError, match="AUTHENTICATION_FAILED"):
+                env.ours.up(H.CONN)
+            assert "MAC mismatched" in env.sw.log_text()
+        else:
+            env.sw.initiate(child=H.CHILD, timeout=20, check=False)
+            H.wait_log_event(env.ours, "IKE_SA down", timeout=10)
+            assert [e for e in H.ours_events(env.ours, "request refused")
+                    if "PSK authentication" in e.get("reason", "")], "we did not refuse the wrong PPK"
+        assert not [sa for sa in env.status() if sa["state"] == "ESTABLISHED"]
+        assert all(s.get("state") != "ESTABLISHED" for s in env.sw.list_sas())
