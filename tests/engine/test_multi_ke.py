@@ -258,3 +258,22 @@ def test_followup_with_unknown_link_gets_state_not_found():
     link.run(link.now + 1.0)
     assert got == [[NotifyType.STATE_NOT_FOUND]]
     assert a.state.value == "established" and b.state.value == "established"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_hybrid_converges_under_loss_duplication_reordering(seed):
+    """IKE_INTERMEDIATE (fragmented request) survives lost, duplicated and reordered datagrams:
+    retransmissions are answered from the cached response, made before the key update."""
+    hq, br = site_to_site(ike=("aes256gcm16-prfsha384-x25519-ke1_mlkem768",))
+    hq.retransmit_tries = br.retransmit_tries = 8
+    # (fast retransmissions: the whole set-up must fit in the responder's 30 s half-open limit)
+    hq.retransmit_timeout = br.retransmit_timeout = 1.0
+    hq.retransmit_base = br.retransmit_base = 1.4
+    link = pair(br, hq, seed=str(seed), loss=0.2, duplicate=0.2, reorder=0.3)
+    link.a.initiate("hq", 0.0)
+    link.run(300.0)
+    ups, kids = _established(link)
+    assert len(ups) == 2 and len(kids) == 2, [type(e).__name__ for e in link.events_a + link.events_b]
+    a = next(e for e in link.events_a if isinstance(e, ChildUp))
+    b = next(e for e in link.events_b if isinstance(e, ChildUp))
+    assert a.keys.encr_key_out == b.keys.encr_key_in
