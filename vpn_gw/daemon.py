@@ -750,8 +750,10 @@ class Gateway:
         self._install_traps()
         control = ControlServer(str(self.config.control_socket), self.handle_control)
         await control.start()
+        from ikev2.crypto.mlkem import mlkem_backend_text
         log.info("vpn-gw started", connections=len(self.config.connections),
-                 control_socket=str(self.config.control_socket), dataplane=self.dataplane.name)
+                 control_socket=str(self.config.control_socket), dataplane=self.dataplane.name,
+                 mlkem=mlkem_backend_text())  # which ML-KEM sets the linked OpenSSL offers
         for conn in self.config.connections:
             if conn.start_action == "start" and initiate_target(conn):
                 try:
