@@ -11,6 +11,7 @@ import secrets
 
 import pytest
 
+import netns
 import ours_helpers as H
 import strongswan6 as S6
 from tests.gateway import GatewayError
@@ -202,3 +203,41 @@ def test_mismatched_ppk_is_refused(sswan_workdir, role):
                     if "PSK authentication" in e.get("reason", "")], "we did not refuse the wrong PPK"
         assert not [sa for sa in env.status() if sa["state"] == "ESTABLISHED"]
         assert all(s.get("state") != "ESTABLISHED" for s in env.sw.list_sas())
+
+
+def test_new_child_sa_with_mlkem_pfs_from_strongswan(sswan_workdir):
+    """A second CHILD_SA (narrower selectors, child "net2") started by strongSwan over the hybrid
+    IKE SA: CREATE_CHILD_SA with x25519 + IKE_FOLLOWUP_KE with ML-KEM-768 (not a rekey)."""
+    S6.require_strongswan6()
+    psk = "test-only-" + secrets.token_hex(12)
+
+    def sw_conf(t):
+        c = H.sw_conf(t, ike=HYBRID, esp=ESP_PFS, psk=psk)
+        c["connections"][H.CONN]["children"]["net2"] = {
+            "local_ts": "10.20.0.0/25", "remote_ts": "10.10.0.0/25", "esp_proposals": ESP_PFS,
+            "start_action": "none"}
+        return c
+    with H.ours_vs_strongswan(
+            sswan_workdir, prefix="opqn", sw_config=sw_conf,
+            ours_connections=lambda t: [H.ours_conn(t, ike=HYBRID, esp=ESP_PFS, psk=psk)],
+            charon_kwargs=S6.charon6_kwargs(log_levels=S6.LOG_LEVELS)) as env:
+        env.ours.up(H.CONN)
+        osa, oc, ssa, sc = env.wait_both_child(timeout=15)
+        env.sw.initiate(child="net2", timeout=20)
+        _sa, c2 = env.sw.wait_child("net2", timeout=10)
+        assert c2.get("dh-group") == "CURVE_25519" and c2.get("ake1") == "ML_KEM_768", sorted(c2)
+
+        def ours_two():
+            kids = [c for sa in env.status() for c in sa["children"] if c["state"] == "INSTALLED"]
+            return kids if len(kids) == 2 else None
+        kids = netns.wait_until(ours_two, timeout=10, interval=0.1, what="our second CHILD_SA")
+        new = next(c for c in kids if c["spi_in"] == c2["spi-out"])
+        assert new["algorithms"] == "AES_GCM_16_256/CURVE_25519/KE1_ML_KEM_768/NO_EXT_SEQ"
+        assert new["local_ts"] == ["10.10.0.0/25"] and new["remote_ts"] == ["10.20.0.0/25"]
+        assert _followups(env, "request")
+        assert not [s for s in H.sw_summaries(env.sw) if "N(REKEY_SA)" in s["payloads"]]
+        # the new pair carries traffic (host_a 10.10.0.2 and host_b 10.20.0.2 are in the /25s)
+        env.ping_both_ways(count=2)
+        kids = ours_two()
+        assert min(int(next(c for c in kids if c["spi_in"] == new["spi_in"])[k])
+                   for k in ("packets_in", "packets_out")) >= 1
