@@ -12,15 +12,15 @@ declarations here. See docs/engine.md for why the exchanges are mixins and not t
 """
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import payloads as P
 from .child_sa import ChildSA, ChildState
 from .constants import IKE_PORT, HeaderFlag
 from .constants import ExchangeType as X
-from .crypto.dh import KeyExchangePrivate
+from .crypto.kex import KeyExchange, KeyExchangeHalf
 from .crypto.keys import IkeKeys
 from .crypto.proposals import IkeSuite
 from .eap.client import EapClient
@@ -28,12 +28,16 @@ from .eap.server import EapServer
 from .events import Address, ChildDown, Event, ExchangeDone, IkeDown, LocalAddressChanged, PeerAddressChanged
 from .identity import Identity
 from .message import Message, encode_message
+from .multi_ke import IntAuthChain
 from .policy import ChildPolicy, IkePolicy
 from .sa_common import (
     IP_UDP_OVERHEAD,
     ChildRequest,
+    FollowupDone,
+    FollowupFailed,
     LogFn,
     Pending,
+    PendingFollowup,
     QueuedRequest,
     RandomBytes,
     RequestBuilder,
@@ -82,7 +86,7 @@ class IkeSACore:
         self.sk_out: SKKeys | None = None
         self.ni = b""
         self.nr = b""
-        self.ke_private: KeyExchangePrivate | None = None
+        self.ke_private: KeyExchangeHalf | None = None
         self.ke_group: int | None = None
         self.cookie: bytes = b""
         self.init_retries = 0
@@ -137,6 +141,16 @@ class IkeSACore:
         self.redundant = False  # lost an IKE rekey collision: the peer deletes this SA
         self.collision_candidate = False  # made by the peer's rekey during a collision, undecided
         self.forget_at: float | None = None  # a redundant SA disappears then at the latest
+        # RFC 9370/9242 additional key exchanges in IKE_INTERMEDIATE (ikev2.exchange_intermediate)
+        self.peer_intermediate = False  # the peer sent INTERMEDIATE_EXCHANGE_SUPPORTED
+        self._int_chain = IntAuthChain()  # IntAuth_iN/_rN and how many exchanges ran
+        # RFC 9370 IKE_FOLLOWUP_KE, responder side (ikev2.exchange_followup): link -> state
+        self._followups: OrderedDict[bytes, PendingFollowup] = OrderedDict()
+        # RFC 8784 PPK (ikev2.exchange_ppk)
+        self.peer_use_ppk = False  # the peer sent USE_PPK in IKE_SA_INIT
+        self._ppk_for_auth: bytes | None = None  # PPK whose SK_p' the AUTH payloads use now
+        self._ppk_peer_id: str | None = None  # responder: the PPK_ID the initiator named
+        self.ppk_used = False  # this IKE SA's SK_d came from a PPK
 
     @property
     def name(self) -> str:
@@ -413,4 +427,54 @@ class IkeSACore:
         raise NotImplementedError
 
     def _mobike_request(self, req: Message, now: float) -> bool:  # exchange_mobike
+        raise NotImplementedError
+
+    def _intermediate_notify(self) -> list[P.Payload]:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _check_intermediate_support(self, msg: Message) -> None:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _after_init_as_initiator(self) -> None:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _intermediate_pending(self) -> bool:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _int_auth_suffix(self) -> bytes:  # exchange_intermediate
+        raise NotImplementedError
+
+    def key_exchange_names(self) -> list[str]:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _followup_link(self, methods: Sequence[KeyExchange], on_done: FollowupDone,
+                       what: str) -> P.NotifyPayload:  # exchange_followup
+        raise NotImplementedError
+
+    def _run_followups(self, msg: Message, methods: Sequence[KeyExchange], on_done: FollowupDone,
+                       on_fail: FollowupFailed, what: str) -> None:  # exchange_followup
+        raise NotImplementedError
+
+    def _ppk_init_notifies(self, request: Message | None) -> list[P.Payload]:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_read_init(self, msg: Message) -> None:  # exchange_ppk
+        raise NotImplementedError
+
+    def _sk_p_for_auth(self, key: bytes) -> bytes:  # exchange_ppk
+        raise NotImplementedError
+
+    def _apply_ppk(self, ppk: bytes) -> None:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_request_payloads(self, auth_payloads: list[P.Payload]) -> list[P.Payload]:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_check_response(self, msg: Message) -> None:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_check_request(self, req: Message) -> None:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_response_payloads(self) -> list[P.Payload]:  # exchange_ppk
         raise NotImplementedError

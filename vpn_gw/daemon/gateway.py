@@ -21,8 +21,8 @@ from typing import Any
 
 import structlog
 
+from ikev2.crypto.mlkem import mlkem_backend_text
 from ikev2.manager import IkeManager
-
 from vpn_gw.config import GatewayConfig, diff_configs, load_config
 from vpn_gw.control import ControlServer
 from vpn_gw.daemon.control_handlers import ControlHandlers
@@ -37,8 +37,7 @@ from vpn_gw.daemon.virtual_ips import VirtualIps
 from vpn_gw.dataplane import DataPlane, RecordingDataPlane
 from vpn_gw.ddns.service import DdnsService, is_fqdn
 from vpn_gw.policies import ike_policy, initiate_target
-from vpn_gw.pools import PoolSet
-from vpn_gw.pools import masquerade
+from vpn_gw.pools import PoolSet, masquerade
 from vpn_gw.probe import ProbeResponder
 from vpn_gw.transport.tcp import TcpService
 from vpn_gw.transport.udp import route_source
@@ -314,7 +313,8 @@ class Gateway:
         control = ControlServer(str(self.config.control_socket), self.control.handle)
         await control.start()
         log.info("vpn-gw started", connections=len(self.config.connections),
-                 control_socket=str(self.config.control_socket), dataplane=self.dataplane.name)
+                 control_socket=str(self.config.control_socket), dataplane=self.dataplane.name,
+                 mlkem=mlkem_backend_text())  # which ML-KEM sets the linked OpenSSL offers
         for conn in self.config.connections:
             if conn.start_action == "start" and initiate_target(conn):
                 try:
