@@ -289,6 +289,7 @@ class IkeSACore:
         if self.keys is not None and hasattr(self.keys, "wipe"):
             self.keys.wipe()
         self.ke_private = None
+        self._followups.clear()  # their shared secrets SK(1).. go with the SA
         self._emit(IkeDown(reason=reason if was_up or self.initiator else f"{reason} (not established)"))
 
     def _remove_child(self, c: ChildSA, reason: str) -> None:
@@ -340,6 +341,7 @@ class IkeSACore:
         self.state = State.DELETED
         self.pending = None
         self.queue.clear()
+        self._followups.clear()
         if self.sk_in:
             self.sk_in.wipe()
         if self.sk_out:
