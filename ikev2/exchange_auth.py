@@ -24,7 +24,9 @@ class AuthExchange(IkeSACore):
     Calls other exchanges only through the hooks ``_assign_virtual_ip``, ``_child_proposals``,
     ``_continue_eap_server``, ``_eap_client_request``, ``_finish_child_as_initiator``, ``_install_child``,
     ``_on_auth_response_eap``, ``_read_cp_reply``, ``_respond_child``, ``_start_eap_server``,
-    ``create_child``.
+    ``create_child``; RFC 9242 ``_int_auth_suffix``, ``_intermediate_pending``; RFC 8784
+    ``_apply_ppk``, ``_ppk_check_request``, ``_ppk_check_response``, ``_ppk_request_payloads``,
+    ``_ppk_response_payloads``, ``_sk_p_for_auth``.
     """
 
     def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:

@@ -33,7 +33,8 @@ class ChildExchanges(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
     Provides the hooks ``_child_by_spi_in``, ``_child_by_spi_out``, ``_child_proposals``,
     ``_finish_child_as_initiator``, ``_install_child``, ``_respond_child``, ``create_child``.
-    Calls other exchanges only through the hooks ``_delete_children``, ``_on_ike_rekey_request``.
+    Calls other exchanges only through the hooks ``_delete_children``, ``_on_ike_rekey_request``;
+    RFC 9370 ``_followup_link``, ``_run_followups``.
     """
 
     def _child_proposals(self, cp: ChildPolicy, spi: bytes, with_ke: bool) -> list[P.Proposal]:

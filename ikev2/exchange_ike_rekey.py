@@ -30,6 +30,8 @@ REDUNDANT_SA_LIFETIME = 30.0  # seconds a lost collision's SA waits for the peer
 class IkeRekey(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
     Provides the hooks ``_on_ike_rekey_request``, ``_settle_lost_collision``.
+    Calls other exchanges only through the hooks ``_followup_link``, ``_run_followups`` (RFC 9370)
+    and ``_install_keys`` (on the new IKE SA).
     """
 
     def rekey_ike(self, now: float) -> None:

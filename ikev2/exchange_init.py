@@ -34,7 +34,9 @@ from .sk import SKKeys
 class InitExchange(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
     Provides the hooks ``_install_keys``.
-    Calls other exchanges only through the hooks ``_build_auth_request``.
+    Calls other exchanges only through the hooks ``_after_init_as_initiator`` (IKE_INTERMEDIATE
+    or IKE_AUTH next), ``_check_intermediate_support``, ``_intermediate_notify`` (RFC 9242/9370),
+    ``_ppk_init_notifies``, ``_ppk_read_init`` (RFC 8784).
     """
 
     def start(self, now: float) -> None:
