@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,26 @@ def test_selection_none_allowed_per_type():
     # A different method in the same ADDKE slot: no match.
     other = [parse_proposal("aes256gcm16-prfsha384-x25519-ke1_mlkem1024", ProtocolId.IKE)]
     assert choose_proposal(hybrid, other) is None
+
+
+def test_backend_text_names_exactly_the_usable_sets():
+    """The daemon's startup line ("vpn-gw started", field mlkem) says which sets work here."""
+    text = mlkem.mlkem_backend_text()
+    for m in MLKEM_METHODS:
+        assert (m.name in text) == m.available, (m.name, text)
+    if not any(m.available for m in MLKEM_METHODS):
+        assert text.endswith("no ML-KEM")
+
+
+def test_kem_and_dh_methods_meet_the_key_exchange_protocol():
+    """The exchanges only use ikev2.crypto.kex.KeyExchange: generate (initiator) and respond
+    (responder) agree for a DH group and a KEM alike."""
+    rng = random.Random(7)
+    methods = [ke_by_id(DhId.CURVE25519)] + [k for k in MLKEM_METHODS if k.available]
+    assert len(methods) > 1  # cryptography 50 binds ML-KEM-768 and ML-KEM-1024
+    for m in methods:
+        assert m is not None
+        ours = m.generate(rng.randbytes)
+        theirs, shared = m.respond(rng.randbytes, ours.public_bytes)
+        assert ours.shared_secret(theirs) == shared
+        assert ours.method is m

@@ -58,6 +58,9 @@ def test_pq_suite_role_and_ping(sswan_workdir, ike, sw_name, kes, role):
         sw_ke = [ssa.get("dh-group")] + [ssa.get(f"ake{i}") for i in range(1, 8)]
         assert [k for k in sw_ke if k] == kes, sorted(ssa)
         env.ping_both_ways(count=2)
+        # the daemon's startup line names the ML-KEM sets the linked OpenSSL offers
+        started = [r for r in env.ours.log_lines() if r.get("event") == "vpn-gw started"]
+        assert started and all(k in started[0].get("mlkem", "") for k in kes if k.startswith("ML_KEM")), started
         log = env.sw.log_text()
         if len(kes) > 1:
             # one IKE_INTERMEDIATE carrying the ML-KEM shares, then IKE_AUTH with message ID 2
