@@ -1,31 +1,58 @@
 #!/usr/bin/env python3
-"""TCP throughput through the tunnel: our gateway vs. strongSwan (kernel-libipsec), same run.
+"""TCP throughput through the tunnel: our gateway vs. strongSwan (kernel-libipsec), measured
+fairly: all tunnels up at once, short runs interleaved, ratios taken per round.
 
-    sudo .venv/bin/python bench/throughput.py                      # 10 s per measurement
-    sudo .venv/bin/python bench/throughput.py --seconds 5 --streams 1,4 \
-        --ciphers aes256gcm16,chacha20poly1305 --pairs ours-ours,sw-sw,ours-sw --repeat 1
+    sudo .venv/bin/python bench/throughput.py                     # 6 rounds x 5 s per cell
+    sudo .venv/bin/python bench/throughput.py --seconds 5 --rounds 6 --streams 1,4 \
+        --ciphers aes256gcm16,chacha20poly1305 --router pass,segment
+    sudo .venv/bin/python bench/throughput.py --seconds 1 --rounds 1 --streams 1 \
+        --ciphers aes256gcm16 --router pass                    # does it run? (seconds)
 
-Pairs (all on the same namespace topology, tests/interop/strongswan.py ``build_topology``:
-host_a -- site -- router -- gw -- host_b; the router has no route to the protected networks):
+Pairs, each on its own copy of the namespace topology (tests/interop/strongswan.py
+``build_topology``: host_a -- site -- router -- gw -- host_b; the router has no route to the
+protected networks):
 
 * ``ours-ours``: our gateway (``vpn-gw run``, userspace ESP data plane) on both sides;
-* ``sw-sw``: two charons (strongSwan with the kernel-libipsec userspace data plane);
-* ``ours-sw``: our gateway on the site (initiator), charon on the gw (responder).
+* ``sw-sw``: two charons (strongSwan, kernel-libipsec) exactly as shipped: the UDP receive
+  buffer is the host's ``net.core.rmem_default`` (charon never sets SO_RCVBUF), TUN
+  txqueuelen 500;
+* ``sw-sw-tuned``: the same charons as a competent operator runs them: ``net.core.rmem_default``
+  4 MiB on the host while this pair's namespaces and charons are built (it is read when a socket
+  is created; the old value is restored right after), txqueuelen 5000 on both TUN devices;
+* ``ours-sw``: our gateway on the site (initiator), a tuned charon on the gw;
+* ``ours-ours-tso`` (only when asked for in ``--pairs``): ``ours-ours`` with ``tun_tso = true``.
 
-For each pair and ESP cipher the tunnel is set up once, then iperf3 TCP host_a -> host_b runs
-for each stream count. Printed per row: receiver throughput (Mbit/s), TCP retransmits, CPU of
-each gateway process (% of one core, from /proc/PID/stat over the run), and the ratio to the
-sw-sw pair measured in the same run. Everything (iperf3, both gateways and the kernel's
-forwarding) shares this machine's CPUs, so the numbers are "whole system" numbers.
-Needs root, iperf3, and strongSwan for the sw pairs. Not a test: it only prints.
+Fairness rules:
+* Interleaved: for each router variant and cipher every pair's tunnel is up at the same time;
+  each round runs one short iperf3 per pair and stream count, the pair order reversed every
+  round, so background load lands on all pairs alike. A ratio is computed per round (ours /
+  the baseline pair in the same round) and the median of those ratios is reported.
+* txqueuelen 5000 on the TUN devices of every pair but ``sw-sw`` (ours too: the same tuning).
+* The same TCP MSS for every pair (``--mss``, default 1360 = strongSwan's fixed TUN MTU 1400 -
+  40; ours would otherwise send 1398-byte segments through its 1438-byte tunnel MTU). ``--mss
+  0`` lets each use its own and says so.
+* Router variants (``--router``): ``pass`` = veth as is: the router forwards our UDP GSO bursts
+  whole and the receiving socket gets them whole (no physical hop does that); ``segment`` =
+  ``ethtool -K tx-udp-segmentation off`` on the router's two interfaces, so it cuts every burst
+  into datagrams as it forwards them, like a real link.
+* Drop diagnostics per run: the UDP RcvbufErrors of each gateway namespace and the drops of its
+  TUN device (rx+tx), as deltas over the run.
+
+Printed per run: Mbit/s, TCP retransmits, gateway CPU (% of one core, /proc/PID/stat), drops;
+then a table of median throughput and median per-round ratios. Everything (iperf3, all
+gateways, the kernel's forwarding) shares this machine's CPUs: the numbers are "whole system"
+numbers, and only meaningful with nothing else running. Needs root, iperf3, ethtool (for
+``segment``), strongSwan for the sw pairs. A benchmark, not a test.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,15 +73,32 @@ SITE_ID, GW_ID = "site.example.org", "gw.example.org"
 NAMES = {"aes256gcm16": "AES-GCM-256", "chacha20poly1305": "ChaCha20-Poly1305"}
 
 
+TUNED_RMEM = 4 * 1024 * 1024
+TXQUEUELEN = 5000
+RMEM_DEFAULT = Path("/proc/sys/net/core/rmem_default")
+
+
+@contextlib.contextmanager
+def host_rmem_default(value: int):
+    """net.core.rmem_default (host-wide, not per namespace) set while the block runs."""
+    old = RMEM_DEFAULT.read_text().strip()
+    RMEM_DEFAULT.write_text(str(value))
+    try:
+        yield
+    finally:
+        RMEM_DEFAULT.write_text(old)
+
+
 class Setup:
     """One tunnel between topo.site and topo.gw; ``pids`` are the two gateway processes."""
 
-    def __init__(self, pair: str, cipher: str, workdir: Path):
-        self.pair, self.cipher, self.dir = pair, cipher, workdir
+    def __init__(self, pair: str, cipher: str, workdir: Path, router: str = "pass"):
+        self.pair, self.cipher, self.dir, self.router = pair, cipher, workdir, router
         self.grp = netns.NetnsGroup("bth")
         self.ours: list[OurGateway] = []
         self.charons: list[ss.Charon] = []
         self.psk = "bench-" + secrets.token_hex(8)
+        self.tuned = pair != "sw-sw"
 
     def __enter__(self) -> "Setup":
         try:
@@ -70,7 +114,8 @@ class Setup:
     def _ours(self, ns, name: str, local: str, remote: str, lid: str, rid: str, lts: str, rts: str):
         conn = connection("s2s", local, remote, lid, rid, local_ts=lts, remote_ts=rts, psk=self.psk,
                           ike=IKE, esp=self.cipher, child="net")
-        gw = OurGateway(ns, self.dir, name, [conn], listen=[local], log_level="info")
+        extra = {"tun_tso": True} if self.pair == "ours-ours-tso" else None
+        gw = OurGateway(ns, self.dir, name, [conn], listen=[local], log_level="info", gateway=extra)
         self.ours.append(gw)
         return gw.start()
 
@@ -84,25 +129,58 @@ class Setup:
 
     def _start(self) -> None:
         self.topo = t = ss.build_topology(self.grp)
+        if self.router == "segment":  # the router cuts GSO bursts into datagrams, as a real hop
+            for dev in ("r0", "r2"):
+                t.router.run(["ethtool", "-K", dev, "tx-udp-segmentation", "off"])
         site_conf, gw_conf = ss.psk_site_to_site(t, self.psk, ike_proposals=IKE, esp_proposals=self.cipher,
                                                  site_id=SITE_ID, gw_id=GW_ID)
-        if self.pair == "ours-ours":
+        charon_env = host_rmem_default(TUNED_RMEM) if self.tuned else contextlib.nullcontext()
+        if self.pair in ("ours-ours", "ours-ours-tso"):
             self._ours(t.gw, "gw", t.gw_ip, t.site_ip, GW_ID, SITE_ID, t.gw_net, t.site_net)
             site = self._ours(t.site, "site", t.site_ip, t.gw_ip, SITE_ID, GW_ID, t.site_net, t.gw_net)
             site.up("s2s")
-        elif self.pair == "sw-sw":
-            self._charon(t.gw, "gw", gw_conf)
-            site = self._charon(t.site, "site", site_conf)
+        elif self.pair in ("sw-sw", "sw-sw-tuned"):
+            with charon_env:
+                self._charon(t.gw, "gw", gw_conf)
+                site = self._charon(t.site, "site", site_conf)
             site.initiate(child="net")
         elif self.pair == "ours-sw":
-            self._charon(t.gw, "gw", gw_conf)
+            with charon_env:
+                self._charon(t.gw, "gw", gw_conf)
             site = self._ours(t.site, "site", t.site_ip, t.gw_ip, SITE_ID, GW_ID, t.site_net, t.gw_net)
             site.up("s2s")
         else:
             raise ValueError(self.pair)
         t.host_a.wait_ping(t.host_b_ip, timeout=10)
-        # let TCP's path MTU settle (ours answers the first full-size DF packet with ICMP)
+        if self.tuned:
+            for ns, tun in self.tuns():
+                ns.ip("link", "set", tun, "txqueuelen", str(TXQUEUELEN))
+        # let TCP's path MTU settle (a full-size DF packet meets the tunnel MTU once)
         t.host_a.run(["ping", "-c", "2", "-i", "0.2", "-M", "do", "-s", "1472", t.host_b_ip], check=False)
+
+    def tuns(self) -> list[tuple]:
+        """(namespace, TUN device) of both gateways."""
+        t = self.topo
+        site = "vpngw0" if self.pair.startswith("ours") else "ipsec0"
+        gw = "vpngw0" if self.pair.startswith("ours-ours") else "ipsec0"
+        return [(t.site, site), (t.gw, gw)]
+
+    def drop_counters(self) -> dict[str, int]:
+        """UDP RcvbufErrors per gateway namespace and TUN drops (rx + tx) per TUN device."""
+        out = {}
+        for ns, tun in self.tuns():
+            side = "site" if ns is self.topo.site else "gw"
+            snmp = ns.run(["cat", "/proc/net/snmp"], check=False).stdout.splitlines()
+            udp = [line.split() for line in snmp if line.startswith("Udp:")]
+            if len(udp) >= 2 and "RcvbufErrors" in udp[0]:
+                out[f"{side} udp_rcvbuf"] = int(udp[1][udp[0].index("RcvbufErrors")])
+            try:
+                st = json.loads(ns.run(["ip", "-j", "-s", "link", "show", "dev", tun], check=False).stdout)[0]
+                s64 = st.get("stats64", st.get("stats", {}))
+                out[f"{side} tun_drop"] = int(s64["rx"]["dropped"]) + int(s64["tx"]["dropped"])
+            except (ValueError, LookupError, TypeError):
+                pass
+        return out
 
     @property
     def pids(self) -> dict[str, int]:
@@ -130,82 +208,111 @@ class Setup:
             print(f"warning: namespaces left: {left}", file=sys.stderr)
 
 
-def measure(setup: Setup, seconds: float, streams: int) -> dict:
+def measure(setup: Setup, seconds: float, streams: int, mss: int) -> dict:
     t = setup.topo
     pids = setup.pids
+    before = setup.drop_counters()
     res = tools.iperf3(t.host_a, t.host_b, t.host_b_ip, seconds=seconds, streams=streams,
-                       cpu_of=list(pids.values()))
+                       cpu_of=list(pids.values()), extra=["-M", str(mss)] if mss else None)
+    after = setup.drop_counters()
     by_pid = res.get("_cpu", {})
     return {"mbps": tools.mbps(res), "retransmits": tools.retransmits(res),
-            "cpu": {name: by_pid.get(pid) for name, pid in pids.items()}}
+            "cpu": {name: by_pid.get(pid) for name, pid in pids.items()},
+            "drops": {k: after[k] - before.get(k, 0) for k in after}}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=10.0, help="iperf3 duration per measurement")
+    ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per run")
+    ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per cipher and router variant")
     ap.add_argument("--streams", default="1,4", help="comma-separated parallel stream counts")
     ap.add_argument("--ciphers", default="aes256gcm16,chacha20poly1305")
-    ap.add_argument("--pairs", default="sw-sw,ours-ours,ours-sw")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per cell (the median is printed)")
+    ap.add_argument("--pairs", default="ours-ours,sw-sw-tuned,sw-sw,ours-sw")
+    ap.add_argument("--router", default="pass,segment", help="router variants: pass, segment (see above)")
+    ap.add_argument("--baseline", default="sw-sw-tuned", help="the pair ratios are taken against")
+    ap.add_argument("--mss", type=int, default=1360, help="TCP MSS for every pair (0: each its own)")
     ap.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
-    streams = [int(s) for s in args.streams.split(",")]
+    streams = [int(x) for x in args.streams.split(",")]
     ciphers = args.ciphers.split(",")
     pairs = args.pairs.split(",")
-    if any(p.startswith("sw") or p.endswith("sw") for p in pairs):
+    routers = args.router.split(",")
+    if any("sw" in p for p in pairs):
         missing = ss.missing_strongswan_parts()
         if missing:
             print(f"strongSwan missing ({', '.join(missing)}): only ours-ours", file=sys.stderr)
             pairs = [p for p in pairs if p == "ours-ours"]
+    if "segment" in routers and shutil.which("ethtool") is None:
+        print("ethtool missing: router variant 'segment' left out", file=sys.stderr)
+        routers = [r for r in routers if r != "segment"]
     print("command:", shlex.join([sys.executable, *sys.argv]))
-    print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, "
-          f"strongSwan {ss.strongswan_version() if 'sw-sw' in pairs or 'ours-sw' in pairs else '-'}")
-    results: dict[tuple, list[dict]] = {}
+    print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, strongSwan "
+          f"{ss.strongswan_version() if any('sw' in p for p in pairs) else '-'}")
+    print(f"TCP MSS: {args.mss if args.mss else 'each its own (ours 1398, strongSwan 1360)'}; "
+          f"tuned = rmem_default {TUNED_RMEM} while charon starts, TUN txqueuelen {TXQUEUELEN}")
+    runs: dict[tuple, list[dict]] = {}  # (router, cipher, pair, streams) -> one run per round
     work = Path(tempfile.mkdtemp(prefix="bth-"))
     try:
-        for rep in range(args.repeat):
+        for router in routers:
             for cipher in ciphers:
-                for pair in pairs:
-                    d = work / f"{pair}-{cipher}-{rep}"
-                    with Setup(pair, cipher, d) as s:
-                        for n in streams:
-                            r = measure(s, args.seconds, n)
-                            results.setdefault((pair, cipher, n), []).append(r)
-                            cpu = ", ".join(f"{k} {v:.0f}%" for k, v in r["cpu"].items() if v is not None)
-                            print(f"  [{rep + 1}/{args.repeat}] {pair:9} {NAMES.get(cipher, cipher):18} "
-                                  f"{n} stream(s): {r['mbps']:7.1f} Mbit/s, {r['retransmits']} retr, {cpu}",
-                                  flush=True)
+                with contextlib.ExitStack() as stack:
+                    setups = {}
+                    for pair in pairs:  # all tunnels up at once
+                        setups[pair] = stack.enter_context(Setup(pair, cipher, work / f"{router}-{cipher}-{pair}",
+                                                                 router))
+                    for rnd in range(args.rounds):
+                        order = pairs if rnd % 2 == 0 else pairs[::-1]
+                        for pair in order:
+                            for n in streams:
+                                r = measure(setups[pair], args.seconds, n, args.mss)
+                                r["round"] = rnd
+                                runs.setdefault((router, cipher, pair, n), []).append(r)
+                                cpu = ", ".join(f"{k} {v:.0f}%" for k, v in r["cpu"].items() if v is not None)
+                                drops = ", ".join(f"{k} {v}" for k, v in r["drops"].items() if v)
+                                print(f"  [{router} r{rnd + 1}/{args.rounds}] {pair:11} "
+                                      f"{NAMES.get(cipher, cipher):18} {n} stream(s): {r['mbps']:7.1f} Mbit/s, "
+                                      f"{r['retransmits']} retr, {cpu}; drops: {drops or 'none'}", flush=True)
     finally:
-        import shutil
         shutil.rmtree(work, ignore_errors=True)
 
-    def med(pair, cipher, n, key="mbps"):
-        rs = results.get((pair, cipher, n))
-        return statistics.median(r[key] for r in rs) if rs else None
+    def ratios(router, cipher, pair, n, base):
+        mine = {r["round"]: r["mbps"] for r in runs.get((router, cipher, pair, n), [])}
+        ref = {r["round"]: r["mbps"] for r in runs.get((router, cipher, base, n), [])}
+        return [mine[k] / ref[k] for k in mine if ref.get(k)]
 
     print()
-    hdr = "| pair | cipher | streams | Mbit/s | ratio to sw-sw | retransmits | gateway CPU (% of a core) |"
-    print(hdr)
-    print("|" + "---|" * 7)
-    for cipher in ciphers:
-        for n in streams:
-            base = med("sw-sw", cipher, n)
-            for pair in pairs:
-                v = med(pair, cipher, n)
-                if v is None:
-                    continue
-                ratio = f"{v / base:.2f}x" if base else "-"
-                rs = results[(pair, cipher, n)]
-                cpu = rs[len(rs) // 2]["cpu"]
-                cpu_s = ", ".join(f"{k} {c:.0f}" for k, c in cpu.items() if c is not None)
-                print(f"| {pair} | {NAMES.get(cipher, cipher)} | {n} | {v:.0f} | {ratio} | "
-                      f"{int(med(pair, cipher, n, 'retransmits'))} | {cpu_s} |")
+    print(f"| router | pair | cipher | streams | Mbit/s (median) | ratio to {args.baseline} (median of "
+          "per-round ratios, min-max) | ratio to sw-sw | retransmits | drops (sum) | gateway CPU (% of a core) |")
+    print("|" + "---|" * 10)
+    for router in routers:
+        for cipher in ciphers:
+            for n in streams:
+                for pair in pairs:
+                    rs = runs.get((router, cipher, pair, n))
+                    if not rs:
+                        continue
+                    rb = ratios(router, cipher, pair, n, args.baseline)
+                    rs_ = ratios(router, cipher, pair, n, "sw-sw")
+                    rb_s = f"{statistics.median(rb):.2f}x ({min(rb):.2f}-{max(rb):.2f})" if rb else "-"
+                    rs_s = f"{statistics.median(rs_):.2f}x" if rs_ else "-"
+                    drops: dict[str, int] = {}
+                    for r in rs:
+                        for k, v in r["drops"].items():
+                            drops[k] = drops.get(k, 0) + v
+                    mid = sorted(rs, key=lambda r: r["mbps"])[len(rs) // 2]
+                    cpu_s = ", ".join(f"{k} {c:.0f}" for k, c in mid["cpu"].items() if c is not None)
+                    drop_s = ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none"
+                    print(f"| {router} | {pair} | {NAMES.get(cipher, cipher)} | {n} | "
+                          f"{statistics.median(r['mbps'] for r in rs):.0f} | {rb_s} | {rs_s} | "
+                          f"{int(statistics.median(r['retransmits'] for r in rs))} | {drop_s} | {cpu_s} |")
     if args.json:
         Path(args.json).write_text(json.dumps(
-            [{"pair": p, "cipher": c, "streams": n, "runs": rs} for (p, c, n), rs in results.items()], indent=1))
+            [{"router": ro, "cipher": c, "pair": p, "streams": n, "runs": rs}
+             for (ro, c, p, n), rs in runs.items()], indent=1))
     return 0
 
 

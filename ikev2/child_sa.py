@@ -18,7 +18,7 @@ class ChildState(Enum):
     DELETED = "deleted"
 
 
-@dataclass
+@dataclass(slots=True)
 class ChildSA:
     policy: ChildPolicy
     spi_in: bytes

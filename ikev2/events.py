@@ -82,6 +82,14 @@ class ChildDown(Event):
 
 
 @dataclass
+class ChildFailed(Event):
+    """A new Child SA we asked for was not created: the peer refused it (error notify, e.g.
+    TS_UNACCEPTABLE, NO_PROPOSAL_CHOSEN) or its answer was unacceptable. Not for rekeys."""
+    child_name: str
+    reason: str
+
+
+@dataclass
 class PeerAddressChanged(Event):
     old: Address
     new: Address

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 
+from . import assign_async
 from . import payloads as P
 from .constants import AuthMethod, HashAlgorithm
 from .constants import ExchangeType as X
@@ -28,6 +29,8 @@ class AuthExchange(IkeSACore):
     ``_apply_ppk``, ``_ppk_check_request``, ``_ppk_check_response``, ``_ppk_request_payloads``,
     ``_ppk_response_payloads``, ``_sk_p_for_auth``.
     """
+
+    __slots__ = ()
 
     def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:
         s = self.agreed_suite
@@ -208,6 +211,8 @@ class AuthExchange(IkeSACore):
         self.established_at = now
         self.last_inbound = now
         self.init_retries = 0
+        # The IKE_SA_INIT messages were needed for the AUTH payloads only (RFC 7296 2.15).
+        self.init_request_raw = self.init_response_raw = b""
         if self.policy.rekey_time:
             self.rekey_at = now + self.policy.rekey_time
         proposal = proposal_display(self.proposal) if self.proposal else ""
@@ -267,7 +272,11 @@ class AuthExchange(IkeSACore):
         """The last IKE_AUTH response: our AUTH payloads (``out``), then the configuration reply,
         the first Child SA and MOBIKE support, all answering the *first* IKE_AUTH request (with
         EAP that is several round trips before ``req``)."""
-        vip_ts, cp_reply = self._assign_virtual_ip(first)
+        try:
+            vip_ts, cp_reply = self._assign_virtual_ip(first)
+        except assign_async.Deferred:  # an asynchronous assigner answers later (ikev2.assign_async)
+            assign_async.park(self, req)
+            return
         if cp_reply is not None:
             out.append(cp_reply)
         child_payloads, child = self._respond_child(first, now, self.ni, self.nr, None, rekey_of=None,

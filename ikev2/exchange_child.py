@@ -20,7 +20,7 @@ from .crypto.dh import ke_method
 from .crypto.keys import ChildKeys, derive_child_keys
 from .crypto.proposals import ChildSuite, child_suite, choose_proposal, proposal_display
 from .errors import InvalidKeyExchange, ProposalError
-from .events import ChildSAKeys, ChildUp, ExchangeDone
+from .events import ChildFailed, ChildSAKeys, ChildUp, ExchangeDone
 from .message import Message
 from .multi_ke import is_ke_transform
 from .policy import ChildPolicy
@@ -36,6 +36,8 @@ class ChildExchanges(IkeSACore):
     Calls other exchanges only through the hooks ``_delete_children``, ``_on_ike_rekey_request``;
     RFC 9370 ``_followup_link``, ``_run_followups``.
     """
+
+    __slots__ = ()
 
     def _child_proposals(self, cp: ChildPolicy, spi: bytes, with_ke: bool) -> list[P.Proposal]:
         out = []
@@ -177,6 +179,8 @@ class ChildExchanges(IkeSACore):
             self.log("warning", "CHILD_SA not created", child=req.policy.name, reason=why)
             if req.rekey_of is not None and req.rekey_of.state == ChildState.REKEYING:
                 req.rekey_of.state = ChildState.INSTALLED
+            if req.rekey_of is None:
+                self._emit(ChildFailed(child_name=req.policy.name, reason=f"peer refused it: {why}"))
             return
         try:
             if len(sa.proposals) != 1 or len(sa.proposals[0].spi) != 4:
@@ -196,6 +200,8 @@ class ChildExchanges(IkeSACore):
             self.log("warning", "CHILD_SA response unacceptable", child=req.policy.name, reason=str(e))
             if req.rekey_of is not None and req.rekey_of.state == ChildState.REKEYING:
                 req.rekey_of.state = ChildState.INSTALLED
+            if req.rekey_of is None:
+                self._emit(ChildFailed(child_name=req.policy.name, reason=f"unacceptable answer: {e}"))
             # The responder installed an SA we refuse: ask it to delete (our inbound SPI names it).
             self._request("delete refused child", lambda: (
                 X.INFORMATIONAL, [P.DeletePayload(protocol=ProtocolId.ESP, spis=[req.spi_in])], lambda m: None))

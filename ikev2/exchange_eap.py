@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 
+from . import assign_async, eap_async
 from . import payloads as P
 from .constants import CfgType
 from .constants import ExchangeType as X
@@ -36,6 +37,8 @@ class EapExchange(IkeSACore):
     ``_established``, ``_finish_child_as_initiator``, ``_our_auth_payloads``, ``_start_other_children``,
     ``_verify_peer_auth``.
     """
+
+    __slots__ = ()
 
     # ------------------------------------------------------------------ shared
 
@@ -76,6 +79,8 @@ class EapExchange(IkeSACore):
         self._respond(req, out)
 
     def _continue_eap_server(self, req: Message, now: float) -> None:
+        if eap_async.defer(self, req, now):  # an asynchronous authenticator decides later
+            return
         self._eap_rounds += 1
         if self._eap_rounds > MAX_EAP_ROUNDS:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, "too many EAP rounds", fatal=True)
@@ -93,7 +98,8 @@ class EapExchange(IkeSACore):
                 out = [P.EAPPayload(message=step.send)] if step.send else []
                 self._respond(req, out + [P.NotifyPayload(notify_type=N.AUTHENTICATION_FAILED)])
                 self._emit(AuthFailed(reason=why))
-                self.log("warning", "EAP authentication failed", reason=why)
+                self.log("warning", "EAP authentication failed", method=self.policy.remote_auth.method,
+                         eap_identity=step.identity or str(self.peer_id), reason=step.reason or why)
                 self._die(now, why)
                 return
             if step.send is None:
@@ -108,7 +114,8 @@ class EapExchange(IkeSACore):
                 self._eap_done = True
                 self._eap_msk = step.msk or b""
                 self.eap_identity = step.identity
-                self.log("info", "EAP authentication succeeded", eap_identity=step.identity,
+                self.log("info", "EAP authentication succeeded", method=self.policy.remote_auth.method,
+                         eap_identity=step.identity,
                          msk=bool(step.msk))
             self._eap_last_request = step.send
             self._respond(req, [P.EAPPayload(message=step.send)])
@@ -137,7 +144,7 @@ class EapExchange(IkeSACore):
         from .cp import build_reply, parse_request
         want = parse_request(cp)
         who = self.eap_identity or str(self.peer_id)
-        assignment = assigner(who, want)
+        assignment = assign_async.call(self, assigner, who, want)
         if assignment is None or not assignment.addresses:
             self.log("warning", "no virtual IP available", identity=who)
             raise ExchangeFailed(N.INTERNAL_ADDRESS_FAILURE, f"no virtual IP left for '{who}'", fatal=True)

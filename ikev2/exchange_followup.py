@@ -48,6 +48,8 @@ class FollowupKeExchange(IkeSACore):
     Calls no other exchange's hooks (the callers pass what to do when done or failed).
     """
 
+    __slots__ = ()
+
     # ---------------------------------------------------------------- responder
 
     def _followup_link(self, methods: Sequence[KeyExchange], on_done: FollowupDone,
@@ -55,7 +57,7 @@ class FollowupKeExchange(IkeSACore):
         """Responder: remember what to do once ``methods`` have run; the N(ADD_KE) to send."""
         table = self._followups
         while len(table) >= MAX_PENDING:
-            _old_link, old = table.popitem(last=False)
+            old = table.pop(next(iter(table)))  # the oldest (dicts keep insertion order)
             self.log("warning", "unfinished IKE_FOLLOWUP_KE state dropped", what=old.what)
         link = self.rng(LINK_LEN)
         table[link] = PendingFollowup(list(methods), on_done, what)
@@ -137,4 +139,5 @@ class FollowupKeExchange(IkeSACore):
                     on_done(done)
             return X.IKE_FOLLOWUP_KE, payloads, on_response
 
-        self.queue.appendleft(QueuedRequest(f"IKE_FOLLOWUP_KE {what}", build))
+        self.queue.insert(0, QueuedRequest(f"IKE_FOLLOWUP_KE {what}", build))
+        self._changed()

@@ -34,6 +34,8 @@ class IkeRekey(IkeSACore):
     and ``_install_keys`` (on the new IKE SA).
     """
 
+    __slots__ = ()
+
     def rekey_ike(self, now: float) -> None:
         def build() -> RequestBuilt:
             if self.state != State.ESTABLISHED:

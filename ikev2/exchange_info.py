@@ -19,6 +19,8 @@ class Informational(IkeSACore):
     ``_mobike_request``, ``_settle_lost_collision``.
     """
 
+    __slots__ = ()
+
     def _on_informational_request(self, req: Message, now: float) -> None:
         if self._mobike_request(req, now):
             return
@@ -53,8 +55,18 @@ class Informational(IkeSACore):
             out.append(P.DeletePayload(protocol=ProtocolId.ESP, spis=ours))
         if any(n.notify_type == N.AUTHENTICATION_FAILED for n in req.notifies()):
             self._respond(req, [])
-            self._emit(AuthFailed(reason="peer rejected our authentication"))
-            self._die(now, "peer rejected our authentication")
+            why = "peer rejected our authentication"
+            srv = self._eap_server_obj
+            if srv is not None and not self._eap_done:
+                # We are the EAP server and the client gave up (strongSwan does so after our
+                # MS-CHAPv2 Failure Request instead of a Failure Response): say why it failed.
+                ident = srv.identity or str(self.peer_id)
+                reason = srv.failure_reason or "the client ended EAP with AUTHENTICATION_FAILED"
+                why = f"EAP authentication of '{ident}' failed: {reason}"
+                self.log("warning", "EAP authentication failed", method=self.policy.remote_auth.method,
+                         eap_identity=ident, reason=reason)
+            self._emit(AuthFailed(reason=why))
+            self._die(now, why)
             return
         self._respond(req, out)
 

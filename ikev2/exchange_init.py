@@ -39,6 +39,8 @@ class InitExchange(IkeSACore):
     ``_ppk_init_notifies``, ``_ppk_read_init`` (RFC 8784).
     """
 
+    __slots__ = ()
+
     def start(self, now: float) -> None:
         """Initiator: send IKE_SA_INIT."""
         assert self.initiator and self.state == State.CREATED
@@ -163,6 +165,7 @@ class InitExchange(IkeSACore):
         self.suite = suite
         self.proposal = chosen
         self._derive_keys(shared)
+        self.ke_private = None  # the keys are derived: our key exchange secret is not needed again
         self._read_init_notifies(msg)
         self._check_intermediate_support(msg)
         self._ppk_read_init(msg)
@@ -279,6 +282,7 @@ class InitExchange(IkeSACore):
         self._ppk_read_init(msg)
         resp = Message(self.spi_i, self.spi_r, X.IKE_SA_INIT, 0, HeaderFlag.RESPONSE, payloads)
         self.init_response_raw = encode_message(resp)
+        self.ke_private = None  # the keys are derived: our key exchange secret is not needed again
         self.state = State.INIT_DONE
         self.peer_next_mid = 1
         self.log("info", "IKE_SA_INIT answered", spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex(),

@@ -38,6 +38,8 @@ class IntermediateExchange(IkeSACore):
     Calls other exchanges only through the hooks ``_build_auth_request``, ``_install_keys``.
     """
 
+    __slots__ = ()
+
     # ---------------------------------------------------------------- shared
 
     def _wants_intermediate(self) -> bool:
@@ -63,10 +65,12 @@ class IntermediateExchange(IkeSACore):
 
     def _intermediate_pending(self) -> bool:
         """Additional key exchanges still to run before IKE_AUTH."""
-        return self._int_chain.exchanges < len(self.suite.additional) if self.suite else False
+        return self._int_exchanges < len(self.suite.additional) if self.suite else False
 
     def _int_auth_suffix(self) -> bytes:
-        chain = self._int_chain
+        chain = self._int_chain_obj
+        if chain is None:  # no IKE_INTERMEDIATE took place: nothing appended
+            return b""
         return chain.auth_suffix(chain.exchanges + 1)  # first IKE_AUTH follows the last one
 
     def key_exchange_names(self) -> list[str]:
@@ -108,7 +112,7 @@ class IntermediateExchange(IkeSACore):
             self._request("IKE_AUTH", self._build_auth_request)
 
     def _build_intermediate_request(self) -> RequestBuilt:
-        n = self._int_chain.exchanges
+        n = self._int_exchanges
         method = self.agreed_suite.additional[n]
         priv = method.generate(self.rng)
         payloads: list[P.Payload] = [P.KEPayload(group=method.group, data=priv.public_bytes)]
@@ -140,7 +144,7 @@ class IntermediateExchange(IkeSACore):
     def _on_intermediate_request(self, req: Message, now: float) -> None:
         if self.initiator or self.state != State.INIT_DONE or not self._intermediate_pending():
             raise ExchangeFailed(N.INVALID_SYNTAX, "unexpected IKE_INTERMEDIATE request", fatal=True)
-        n = self._int_chain.exchanges
+        n = self._int_exchanges
         method = self.agreed_suite.additional[n]
         ke = req.get(P.KEPayload)
         if ke is None or ke.group != method.group:

@@ -27,6 +27,8 @@ class Mobike(IkeSACore):
     Provides the hooks ``_mobike_request``.
     """
 
+    __slots__ = ()
+
     def _natd_now(self) -> list[P.Payload]:
         src = natd_hash(self.spi_i, self.spi_r, self.local[0], self.local[1])
         if self.policy.forced_encap:

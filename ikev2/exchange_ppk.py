@@ -37,6 +37,8 @@ class PpkExchange(IkeSACore):
     Calls no other exchange's hooks.
     """
 
+    __slots__ = ()
+
     # ---------------------------------------------------------------- IKE_SA_INIT
 
     def _ppk_init_notifies(self, request: Message | None) -> list[P.Payload]:

@@ -46,6 +46,8 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange,
             ChildExchanges, IkeRekey, Informational, Mobike, EapExchange):
     """One IKE SA with all its exchanges (the state is declared in ``IkeSACore``)."""
 
+    __slots__ = ()
+
     def tick(self, now: float) -> None:
         if self.state == State.DELETED:
             return
@@ -73,7 +75,9 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange,
             self.log("info", "retransmitting request", exchange=X(p.exchange).name,
                      mid=p.message_id, attempt=p.tries + 1)
             self._send(p.packets)
-        if self.state == State.INIT_DONE and now - self.created > HALF_OPEN_TIMEOUT:
+        # Each timer fires when now reaches the deadline next_deadline() reports (same expression:
+        # no floating-point gap in which a due timer does nothing and stays due).
+        if self.state == State.INIT_DONE and now >= self.created + HALF_OPEN_TIMEOUT:
             self._die(now, "half-open IKE SA timed out (no IKE_AUTH)")
             return
         if self.state == State.ESTABLISHED:
@@ -110,7 +114,7 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange,
                          spi_in=c.spi_in.hex())
                 self._remove_child(c, "hard lifetime expired")
                 self._request("delete expired child", functools.partial(self._build_delete_child, [c]))
-        if (self.policy.dpd_delay and now - self._last_activity() >= self.policy.dpd_delay
+        if (self.policy.dpd_delay and now >= self._last_activity() + self.policy.dpd_delay
                 and self.pending is None and not self.queue):
             self.liveness(now)
 

@@ -9,25 +9,40 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import payloads as P
+from .child_sa import ChildState
 from .constants import ExchangeType as X
 from .constants import HeaderFlag
 from .constants import NotifyType as N
+from .deadlines import DeadlineHeap
 from .errors import ParseError, UnsupportedCriticalPayload
 from .events import Address, Event, IkeUp
 from .ike_sa import IkeSA, State
 from .message import Header, Message, UnsupportedVersion, decode_header, decode_message, encode_message
 from .policy import IkePolicy
-from .sa_core import ActivityProbe
+from .sa_core import ActivityProbe, IkeSACore
+from .sa_index import SAIndex
+
+if TYPE_CHECKING:
+    from .cp import Assignment
+    from .eap.packet import EapStep
 
 RandomBytes = Callable[[int], bytes]
 LogFn = Callable[..., None]
 
 
 class IkeManager:
+    """All IKE SAs of one gateway.
+
+    Cost per event does not depend on the number of SAs: SAs are found through indexes
+    (``ikev2.sa_index``), output is collected only from SAs that changed (each SA reports a change
+    through ``on_change``), timers live in a heap (``ikev2.deadlines``) and ``tick`` touches only
+    the SAs that are due.
+    """
+
     def __init__(self, policies: list[IkePolicy], rng: RandomBytes, *, log: LogFn | None = None,
                  wall_offset: float = 0.0, cookie_threshold: int = 100, half_open_limit: int = 1000):
         self.policies = list(policies)
@@ -36,8 +51,10 @@ class IkeManager:
         self.wall_offset = wall_offset
         self.cookie_threshold = cookie_threshold
         self.half_open_limit = half_open_limit
-        self.sas: list[IkeSA] = []
-        self.by_spi: dict[bytes, IkeSA] = {}
+        self.index: SAIndex[IkeSA] = SAIndex()
+        self.by_spi = self.index.by_spi  # our SPI -> IKE SA (kept for callers of the old name)
+        self._timers: DeadlineHeap[IkeSA] = DeadlineHeap()
+        self._dirty: dict[IkeSA, None] = {}  # SAs that changed since the last collection, in order
         self._next_id = 1
         self._cookie_secret = rng(32)
         self._cookie_version = 0
@@ -45,8 +62,17 @@ class IkeManager:
         self._events: list[Event] = []
         self.dropped: dict[str, int] = {}
         self.activity_probe: ActivityProbe | None = None
+        #: SA method calls made by the manager (receive, tick, ...): lets tests assert that one
+        #: event touches a bounded number of SAs, whatever the number held.
+        self.sa_calls = 0
 
     # ------------------------------------------------------------------ plumbing
+
+    @property
+    def sas(self) -> list[IkeSA]:
+        """A snapshot of all IKE SAs (O(n): for tests and whole-gateway operations; look SAs up
+        with ``find``, ``by_id``, ``by_spi``, ``child_owner`` or ``index`` instead)."""
+        return self.index.all()
 
     def policy(self, name: str) -> IkePolicy | None:
         return next((p for p in self.policies if p.name == name), None)
@@ -56,18 +82,25 @@ class IkeManager:
         self._next_id += 1
         return i
 
+    def _mark(self, sa: IkeSACore) -> None:
+        self._dirty[sa] = None  # type: ignore[index]  # only IkeSA objects get this hook
+
     def _add(self, sa: IkeSA) -> None:
         sa.activity_probe = self.activity_probe
-        self.sas.append(sa)
-        if sa.our_spi and sa.our_spi != bytes(8):
-            self.by_spi[sa.our_spi] = sa
+        sa.on_change = self._mark
+        self.index.update(sa)
+        self._dirty[sa] = None
 
     def _drop(self, reason: str, **fields: Any) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.log("warning", "dropped datagram", reason=reason, **fields)
 
     def _collect(self) -> None:
-        for sa in list(self.sas):
+        """Take the output of every SA that changed, keep the indexes and timers up to date, and
+        forget deleted SAs. Work is proportional to the number of changed SAs."""
+        while self._dirty:
+            sa = next(iter(self._dirty))
+            del self._dirty[sa]
             self._out += sa.pop_datagrams()
             evs = sa.pop_events()
             self._events += evs
@@ -76,30 +109,34 @@ class IkeManager:
                     self._initial_contact(sa, ev)
             for succ in sa.successors:
                 assert isinstance(succ, IkeSA)  # made by type(sa)(...)
-                if succ not in self.sas and succ.state != State.DELETED:
+                if succ in self.index:
+                    # Child SAs move from an SA to its successors without output on the
+                    # successor's side (rekey collisions): re-file it too.
+                    self._dirty[succ] = None
+                elif succ.on_change is None and succ.state != State.DELETED:
                     # Same number: the data plane's Child SAs and the daemon's per-SA state
                     # (virtual IP leases) follow the IKE SA across rekeys.
                     succ.ike_id = sa.ike_id
                     self._add(succ)
-            if sa.our_spi and sa.our_spi != bytes(8) and self.by_spi.get(sa.our_spi) is not sa \
-                    and sa.state != State.DELETED:
-                self.by_spi[sa.our_spi] = sa
             if sa.state == State.DELETED:
-                self.sas.remove(sa)
-                if self.by_spi.get(sa.our_spi) is sa:
-                    del self.by_spi[sa.our_spi]
+                self.index.remove(sa)
+                self._timers.remove(sa)
+                sa.on_change = None
+                sa.successors = []  # (no reference chain from a dead SA to its successors)
+            elif sa in self.index:
+                self.index.update(sa)
+                self._timers.set(sa, sa.next_deadline())
 
     def _initial_contact(self, new: IkeSA, ev: IkeUp) -> None:
         """RFC 7296 2.4: the peer rebooted and lost its state; our older IKE SAs with the same
         identity on the same connection are dead. Remove them without a DELETE exchange."""
-        for sa in list(self.sas):
+        for sa in self.index.with_peer_id(ev.remote_id):
             if sa is new or sa.state == State.DELETED or sa.policy is not new.policy:
                 continue
-            if sa.peer_id is not None and str(sa.peer_id) == ev.remote_id:
-                self.log("info", "INITIAL_CONTACT: removing stale IKE SA", ike_id=sa.ike_id,
-                         spi_i=sa.spi_i.hex(), spi_r=sa.spi_r.hex(), peer_id=ev.remote_id)
-                sa._die(0.0, "replaced after peer's INITIAL_CONTACT")
-                self._events += sa.pop_events()
+            self.log("info", "INITIAL_CONTACT: removing stale IKE SA", ike_id=sa.ike_id,
+                     spi_i=sa.spi_i.hex(), spi_r=sa.spi_r.hex(), peer_id=ev.remote_id)
+            sa._die(0.0, "replaced after peer's INITIAL_CONTACT")
+            self._dirty[sa] = None
 
     def pop_datagrams(self) -> list[tuple[bytes, Address, Address]]:
         self._collect()
@@ -129,19 +166,49 @@ class IkeManager:
         sa = IkeSA(ike_id=self._new_id(), initiator=True, policy=pol, local=local, remote=remote,
                    rng=self.rng, now=now, log=self.log, wall_offset=self.wall_offset)
         self._add(sa)
+        self.sa_calls += 1
         sa.start(now)
         self._collect()
         return sa
 
     def by_id(self, ike_id: int) -> IkeSA | None:
         """The IKE SA with this number; after a rekey the established successor (same number)."""
-        cands = [sa for sa in self.sas if sa.ike_id == ike_id and sa.state != State.DELETED]
+        cands = [sa for sa in self.index.with_id(ike_id) if sa.state != State.DELETED]
         return next((sa for sa in cands if sa.state == State.ESTABLISHED), cands[0] if cands else None)
+
+    def child_owner(self, spi_in: bytes) -> IkeSA | None:
+        """The IKE SA that holds the Child SA with this inbound SPI."""
+        return self.index.child_owner(spi_in)
+
+    def eap_verdict(self, ike_id: int, ticket: int, step: EapStep, now: float) -> bool:
+        """The verdict (an ikev2.eap.EapStep) for an EapVerdictNeeded event (ikev2.eap_async)."""
+        sa = self.by_id(ike_id)
+        if sa is None:
+            return False
+        from .eap_async import deliver
+        done: list[bool] = []
+        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, step, now)), now)
+        self._collect()
+        return bool(done and done[0])
+
+    def assignment_ready(self, ike_id: int, ticket: int, assignment: Assignment | None, now: float) -> bool:
+        """The virtual IPs (ikev2.cp.Assignment or None) for an AddressNeeded event (ikev2.assign_async)."""
+        sa = self.by_id(ike_id)
+        if sa is None:
+            return False
+        from .assign_async import deliver
+        done: list[bool] = []
+        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, assignment, now)), now)
+        self._collect()
+        return bool(done and done[0])
 
     def esp_adopt(self, ike_id: int, local: Address, remote: Address, now: float) -> bool:
         """The data plane saw an authenticated ESP packet, newer than all before, from a new
         address: move the IKE SA and its Child SAs there if the connection adopts addresses."""
         sa = self.by_id(ike_id)
+        if sa is not None:
+            self.sa_calls += 1
+            self._dirty[sa] = None
         moved = bool(sa and sa.adopt_from_esp(local, remote, now))
         self._collect()
         return moved
@@ -150,8 +217,8 @@ class IkeManager:
         """Our address old_ip is gone and new_ip replaces it: move the IKE SAs that used it and
         let their peers know (MOBIKE update or an authenticated liveness check)."""
         n = 0
-        for sa in list(self.sas):
-            if sa.local[0] == old_ip and sa.state == State.ESTABLISHED:
+        for sa in self.index.with_local_ip(old_ip):
+            if sa.state == State.ESTABLISHED:
                 self._guarded(sa, sa.local_moved, (new_ip, sa.local[1]), now)
                 n += 1
         self._collect()
@@ -161,31 +228,91 @@ class IkeManager:
         """probe(spi_in) -> monotonic time of the last authenticated inbound ESP packet, or None:
         any authenticated packet counts for liveness (dead peer detection)."""
         self.activity_probe = probe
-        for sa in self.sas:
+        for sa in self.index.all():
             sa.activity_probe = probe
 
-    def find(self, name: str) -> list[IkeSA]:
-        return [sa for sa in self.sas if sa.policy and sa.policy.name == name and sa.state != State.DELETED]
+    def find(self, name: str | None = None, *, peer: str | None = None,
+             peer_id: str | None = None) -> list[IkeSA]:
+        """Live IKE SAs of connection ``name``, and/or with remote address ``peer``, and/or with
+        peer identity ``peer_id`` (all given filters apply), through the indexes."""
+        lists = []
+        if name is not None:
+            lists.append(self.index.with_name(name))
+        if peer is not None:
+            lists.append(self.index.with_remote_ip(peer))
+        if peer_id is not None:
+            lists.append(self.index.with_peer_id(peer_id))
+        if not lists:
+            return [sa for sa in self.index.all() if sa.state != State.DELETED]
+        lists.sort(key=len)
+        others = [set(other) for other in lists[1:]]
+        return [sa for sa in lists[0] if sa.state != State.DELETED and all(sa in o for o in others)]
+
+    def request_missing_children(self, name: str, now: float) -> int | None:
+        """Traffic for a trap policy of ``name`` while it has an IKE SA: ask (CREATE_CHILD_SA)
+        for each Child SA of the connection that the IKE SA does not have, e.g. because the peer
+        deleted it; one already being asked for is not asked for again. Returns how many were
+        requested, or None when ``name`` has no established IKE SA (then it must be initiated,
+        unless one is being set up)."""
+        live = [sa for sa in self.find(name) if sa.state == State.ESTABLISHED]
+        if not live:
+            return None
+        sa = live[-1]
+        have = {c.policy.name for c in sa.children if c.state not in (ChildState.DELETING, ChildState.DELETED)}
+        asked = {q.what for q in sa.queue} | ({sa.pending.what} if sa.pending is not None else set())
+        n = 0
+        for cp in sa.policy.children:
+            if cp.name not in have and f"create child {cp.name}" not in asked:
+                sa.create_child(cp, now)
+                n += 1
+        return n
 
     def terminate(self, name: str, now: float) -> int:
         n = 0
         for sa in self.find(name):
+            self._dirty[sa] = None
+            self.sa_calls += 1
             sa.delete(now)
             n += 1
         self._collect()
         return n
 
     def tick(self, now: float) -> None:
-        for sa in list(self.sas):
+        """Fire the timers that are due (only those SAs are touched), earliest first."""
+        for sa in self._timers.pop_due(now):
+            self._dirty[sa] = None
             self._guarded(sa, sa.tick, now)
         self._collect()
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (sa.next_deadline() for sa in self.sas) if t is not None]
-        return min(times) if times else None
+        self._collect()
+        return self._timers.next_deadline()
 
-    def status(self, now: float) -> list[dict[str, Any]]:
-        return [sa.status(now) for sa in self.sas if sa.state != State.DELETED]
+    def status(self, now: float, name: str | None = None, *, peer: str | None = None,
+               peer_id: str | None = None, ike_id: int | None = None) -> list[dict[str, Any]]:
+        """Status of the live IKE SAs, optionally filtered (see ``find``; ``ike_id``: one SA)."""
+        return list(self.iter_status(now, name, peer=peer, peer_id=peer_id, ike_id=ike_id))
+
+    def iter_status(self, now: float, name: str | None = None, *, peer: str | None = None,
+                    peer_id: str | None = None, ike_id: int | None = None) -> Iterator[dict[str, Any]]:
+        """``status`` one IKE SA at a time (for streaming many SAs without one giant answer)."""
+        if ike_id is not None:
+            sas = [sa for sa in self.index.with_id(ike_id) if sa.state != State.DELETED
+                   and (name is None or sa.name == name) and (peer is None or sa.remote[0] == peer)
+                   and (peer_id is None or str(sa.peer_id) == peer_id)]
+        else:
+            sas = self.find(name, peer=peer, peer_id=peer_id)
+        for sa in sas:
+            yield sa.status(now)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts without visiting any SA: IKE SAs by state, half-open, Child SAs."""
+        return {"ike_sas": len(self.index), "by_state": self.index.count_by_state(),
+                "half_open": self.index.half_open_count(), "child_sas": self.index.child_count()}
+
+    def half_open_count(self, ip: str | None = None) -> int:
+        """Responder IKE SAs waiting for IKE_AUTH: all, or those from peer address ``ip``."""
+        return self.index.half_open_count(ip)
 
     # ------------------------------------------------------------------ receive
 
@@ -223,6 +350,8 @@ class IkeManager:
 
     def _guarded(self, sa: IkeSA, fn: Callable[..., None], *args: Any) -> None:
         """Run one IKE SA step; an internal error kills that IKE SA, never the gateway."""
+        self.sa_calls += 1
+        self._dirty[sa] = None
         try:
             fn(*args)
         except Exception as e:  # noqa: BLE001 - the last line of defence
@@ -233,22 +362,19 @@ class IkeManager:
             except Exception:  # noqa: BLE001
                 sa.state = State.DELETED
 
-    def _half_open(self) -> list[IkeSA]:
-        return [sa for sa in self.sas if not sa.initiator and sa.state == State.INIT_DONE]
-
     def _receive_new_init(self, data: bytes, header: Header, local: Address, remote: Address, now: float) -> None:
         peer = f"{remote[0]}:{remote[1]}"
         # A retransmitted IKE_SA_INIT for a half-open SA: let it answer again.
-        for sa in self._half_open():
-            if sa.spi_i == header.spi_i and sa.remote == remote:
-                try:
-                    msg = decode_message(data)
-                except ParseError as e:
-                    self._drop("malformed IKE_SA_INIT", peer=peer, detail=str(e))
-                    return
-                self._guarded(sa, sa.receive, data, msg, local, remote, now)
-                self._collect()
+        sa = self.index.half_open(header.spi_i, remote)
+        if sa is not None:
+            try:
+                msg = decode_message(data)
+            except ParseError as e:
+                self._drop("malformed IKE_SA_INIT", peer=peer, detail=str(e))
                 return
+            self._guarded(sa, sa.receive, data, msg, local, remote, now)
+            self._collect()
+            return
         try:
             msg = decode_message(data)
         except UnsupportedCriticalPayload as e:
@@ -264,7 +390,7 @@ class IkeManager:
         if msg.message_id != 0:
             self._drop("IKE_SA_INIT with non-zero message ID", peer=peer)
             return
-        half_open = len(self._half_open())
+        half_open = self.index.half_open_count()
         if half_open >= self.half_open_limit:
             self._drop("half-open limit reached", peer=peer, limit=self.half_open_limit)
             return
@@ -285,12 +411,8 @@ class IkeManager:
             return
         sa = IkeSA(ike_id=self._new_id(), initiator=False, policy=None, candidates=candidates, local=local,
                    remote=remote, rng=self.rng, now=now, log=self.log, wall_offset=self.wall_offset)
-        sa.policy = candidates[0]
-        sa.activity_probe = self.activity_probe
-        self.sas.append(sa)
+        self._add(sa)
         self._guarded(sa, sa.receive, data, msg, local, remote, now)
-        if sa.state != State.DELETED:
-            self.by_spi[sa.spi_r] = sa
         self._collect()
 
     def _cookie(self, ni: bytes, ip: str, spi_i: bytes) -> bytes:

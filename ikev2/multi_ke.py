@@ -69,6 +69,8 @@ def int_auth_ap(*, inner: bytes, first: int, spi_i: bytes, spi_r: bytes, exchang
 class IntAuthChain:
     """IntAuth_iN and IntAuth_rN, updated after every IKE_INTERMEDIATE exchange."""
 
+    __slots__ = ("i", "r", "exchanges")
+
     def __init__(self) -> None:
         self.i = b""
         self.r = b""

@@ -14,6 +14,7 @@ from .payloads import Proposal, TrafficSelector
 
 if TYPE_CHECKING:
     from .cp import Assignment, CfgRequest
+    from .eap.async_server import AsyncEapServer
     from .eap.client import EapClient
     from .eap.server import EapServer
 
@@ -26,7 +27,8 @@ class AuthConfig:
     certs: list[Any] = field(default_factory=list)  # our chain: end entity first (cryptography x509)
     private_key: Any = field(default=None, repr=False)  # a cryptography private key
     cacerts: list[Any] = field(default_factory=list)  # trust anchors for the peer's certificate
-    eap_server: Callable[[], EapServer] | None = None  # a new EapServer per conversation (gateway side)
+    # a new EapServer per conversation (gateway side), or an asynchronous one (ikev2.eap_async)
+    eap_server: Callable[[], EapServer | AsyncEapServer] | None = None
     eap_client: Callable[[], EapClient] | None = None  # a new EapClient per conversation (client side)
 
 

@@ -12,19 +12,21 @@ declarations here. See docs/engine.md for why the exchanges are mixins and not t
 """
 from __future__ import annotations
 
-from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import payloads as P
+from .assign_async import AssignWaiting
 from .child_sa import ChildSA, ChildState
 from .constants import IKE_PORT, HeaderFlag
 from .constants import ExchangeType as X
 from .crypto.kex import KeyExchange, KeyExchangeHalf
 from .crypto.keys import IkeKeys
 from .crypto.proposals import IkeSuite
+from .eap.async_server import AsyncEapServer
 from .eap.client import EapClient
 from .eap.server import EapServer
+from .eap_async import EapWaiting
 from .events import Address, ChildDown, Event, ExchangeDone, IkeDown, LocalAddressChanged, PeerAddressChanged
 from .identity import Identity
 from .message import Message, encode_message
@@ -57,6 +59,25 @@ def _no_log(level: str, event: str, **fields: Any) -> None:
 
 class IkeSACore:
     """State and shared machinery of one IKE SA (see the module docstring)."""
+
+    # No per-instance __dict__: a gateway holds up to 100k of these (issue 13). Every attribute is
+    # initialised in __init__ below; the exchange mixins and IkeSA declare empty __slots__.
+    __slots__ = (
+        "ike_id", "initiator", "candidates", "policy", "local", "remote", "rng", "log", "wall_offset",
+        "state", "created", "established_at", "spi_i", "spi_r", "suite", "proposal", "keys", "sk_in",
+        "sk_out", "ni", "nr", "ke_private", "ke_group", "cookie", "init_retries", "init_request_raw",
+        "init_response_raw", "peer_id", "peer_fragmentation", "peer_mobike", "peer_hash_algs",
+        "peer_certreq", "peer_initial_contact", "nat_local", "nat_remote", "natd_seen", "children",
+        "_first_child", "_out", "_events", "next_mid", "pending", "queue", "peer_next_mid",
+        "last_response", "_now", "_first_child_policy", "_last_src", "peer_addresses",
+        "_eap_server_obj", "_eap_client_obj", "_eap_first_request", "_eap_last_request", "_eap_rounds",
+        "_eap_done", "_eap_msk", "_eap_server_authenticated", "_eap_server_idr", "eap_identity",
+        "virtual_ips", "activity_probe", "_reassembler", "on_change", "last_inbound", "rekey_at",
+        "delete_reason", "successor", "successors", "_ike_rekey_nonce", "_ike_collision", "redundant",
+        "collision_candidate", "forget_at", "_eap_async", "_eap_async_tickets", "_assign_async",
+        "_assign_async_tickets", "peer_intermediate", "_int_chain_obj", "_followups_obj", "peer_use_ppk",
+        "_ppk_for_auth", "_ppk_peer_id", "ppk_used",
+    )
 
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
                  candidates: list[IkePolicy] | None = None, local: Address, remote: Address,
@@ -108,7 +129,7 @@ class IkeSACore:
         # Message IDs (window 1 both ways).
         self.next_mid = 0
         self.pending: Pending | None = None
-        self.queue: deque[QueuedRequest] = deque()
+        self.queue: list[QueuedRequest] = []  # (a list: a deque costs 600 bytes even when empty)
         self.peer_next_mid = 0
         self.last_response: tuple[int, list[bytes]] | None = None  # (mid, packets) for retransmits
         self._now = now
@@ -116,7 +137,7 @@ class IkeSACore:
         self._last_src: tuple[Address, Address] = (local, remote)
         self.peer_addresses: list[str] = []
         # EAP and configuration payload (ikev2.exchange_eap)
-        self._eap_server_obj: EapServer | None = None
+        self._eap_server_obj: EapServer | AsyncEapServer | None = None
         self._eap_client_obj: EapClient | None = None
         self._eap_first_request: Message | None = None
         self._eap_last_request = b""  # the outstanding EAP Request (repeated if a Response is discarded)
@@ -125,11 +146,20 @@ class IkeSACore:
         self._eap_msk = b""
         self._eap_server_authenticated = False
         self._eap_server_idr: P.IDrPayload | None = None
+        # a request waiting for an asynchronous EAP verdict / address assignment
+        # (ikev2.eap_async, ikev2.assign_async)
+        self._eap_async: EapWaiting | None = None
+        self._eap_async_tickets = 0
+        self._assign_async: AssignWaiting | None = None
+        self._assign_async_tickets = 0
         self.eap_identity: str | None = None
         self.virtual_ips: list[str] = []  # RFC 4555 ADDITIONAL_*_ADDRESS: candidates only
         # callable(spi_in) -> last inbound ESP time, set by the manager
         self.activity_probe: ActivityProbe | None = None
-        self.reassembler = FragmentReassembler()
+        self._reassembler: FragmentReassembler | None = None  # created by the first SKF fragment
+        # Called whenever this SA queues output or a request: the manager collects only from SAs
+        # that changed (see ikev2.manager), also after a direct call such as rekey_child().
+        self.on_change: Callable[[IkeSACore], None] | None = None
         self.last_inbound = now
         self.rekey_at: float | None = None
         self.delete_reason = ""
@@ -143,9 +173,11 @@ class IkeSACore:
         self.forget_at: float | None = None  # a redundant SA disappears then at the latest
         # RFC 9370/9242 additional key exchanges in IKE_INTERMEDIATE (ikev2.exchange_intermediate)
         self.peer_intermediate = False  # the peer sent INTERMEDIATE_EXCHANGE_SUPPORTED
-        self._int_chain = IntAuthChain()  # IntAuth_iN/_rN and how many exchanges ran
-        # RFC 9370 IKE_FOLLOWUP_KE, responder side (ikev2.exchange_followup): link -> state
-        self._followups: OrderedDict[bytes, PendingFollowup] = OrderedDict()
+        # IntAuth_iN/_rN and how many exchanges ran; created by the first one (see _int_chain)
+        self._int_chain_obj: IntAuthChain | None = None
+        # RFC 9370 IKE_FOLLOWUP_KE, responder side (ikev2.exchange_followup): link -> state, oldest
+        # first; created by the first CREATE_CHILD_SA with additional key exchanges (see _followups)
+        self._followups_obj: dict[bytes, PendingFollowup] | None = None
         # RFC 8784 PPK (ikev2.exchange_ppk)
         self.peer_use_ppk = False  # the peer sent USE_PPK in IKE_SA_INIT
         self._ppk_for_auth: bytes | None = None  # PPK whose SK_p' the AUTH payloads use now
@@ -155,6 +187,36 @@ class IkeSACore:
     @property
     def name(self) -> str:
         return self.policy.name if self.policy else "(unknown)"
+
+    @property
+    def reassembler(self) -> FragmentReassembler:
+        """SKF reassembly state (RFC 7383), created on the first fragment."""
+        if self._reassembler is None:
+            self._reassembler = FragmentReassembler()
+        return self._reassembler
+
+    @property
+    def _int_chain(self) -> IntAuthChain:
+        """RFC 9242 IntAuth chain (ikev2.exchange_intermediate), created when first needed."""
+        if self._int_chain_obj is None:
+            self._int_chain_obj = IntAuthChain()
+        return self._int_chain_obj
+
+    @property
+    def _int_exchanges(self) -> int:
+        """How many IKE_INTERMEDIATE exchanges have completed (0 without creating the chain)."""
+        return self._int_chain_obj.exchanges if self._int_chain_obj is not None else 0
+
+    @property
+    def _followups(self) -> dict[bytes, PendingFollowup]:
+        """Responder's pending IKE_FOLLOWUP_KE state (ikev2.exchange_followup), created when first needed."""
+        if self._followups_obj is None:
+            self._followups_obj = {}
+        return self._followups_obj
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     @property
     def agreed_suite(self) -> IkeSuite:
@@ -200,6 +262,7 @@ class IkeSACore:
         if isinstance(ev, ExchangeDone):
             ev.spi_i, ev.spi_r = self.spi_i, self.spi_r
         self._events.append(ev)
+        self._changed()
 
     def pop_datagrams(self) -> list[tuple[bytes, Address, Address]]:
         out, self._out = self._out, []
@@ -214,6 +277,7 @@ class IkeSACore:
         local, remote = path or (self.local, self.remote)
         for pkt in packets:
             self._out.append((pkt, local, remote))
+        self._changed()
 
     def _flags(self, response: bool) -> int:
         f = HeaderFlag.INITIATOR if self.initiator else 0
@@ -238,11 +302,12 @@ class IkeSACore:
 
     def _request(self, what: str, build: RequestBuilder) -> None:
         self.queue.append(QueuedRequest(what, build))
+        self._changed()
 
     def _pump(self, now: float) -> None:
         """Send the next queued request if the window is free."""
         while self.pending is None and self.queue and self.state not in (State.DELETED,):
-            q = self.queue.popleft()
+            q = self.queue.pop(0)
             built = q.build()
             if built is None:
                 continue
@@ -289,7 +354,7 @@ class IkeSACore:
         if self.keys is not None and hasattr(self.keys, "wipe"):
             self.keys.wipe()
         self.ke_private = None
-        self._followups.clear()  # their shared secrets SK(1).. go with the SA
+        self._followups_obj = None  # their shared secrets SK(1).. go with the SA
         self._emit(IkeDown(reason=reason if was_up or self.initiator else f"{reason} (not established)"))
 
     def _remove_child(self, c: ChildSA, reason: str) -> None:
@@ -341,7 +406,7 @@ class IkeSACore:
         self.state = State.DELETED
         self.pending = None
         self.queue.clear()
-        self._followups.clear()
+        self._followups_obj = None
         if self.sk_in:
             self.sk_in.wipe()
         if self.sk_out:

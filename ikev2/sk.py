@@ -22,7 +22,7 @@ RandomBytes = Callable[[int], bytes]
 SKF_EXTRA = 4  # fragment number + total fragments
 
 
-@dataclass
+@dataclass(slots=True)
 class SKKeys:
     """Keys protecting the messages of one direction (SK_ei/SK_ai or SK_er/SK_ar)."""
     encr: EncrAlgorithm

@@ -69,7 +69,7 @@ class GatewayError(RuntimeError):
 class OurGateway:
     def __init__(self, ns: Netns, workdir: Path, name: str, connections: list[dict],
                  listen: list[str] | None = None, gateway: dict | None = None, log_format: str = "json",
-                 log_level: str = "debug"):
+                 log_level: str = "debug", wrapper: list[str] | None = None):
         self.ns = ns
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +85,7 @@ class OurGateway:
         self.log_format = log_format
         self.log_level = log_level  # benchmarks run at "info" (debug logging costs throughput)
         self.proc: subprocess.Popen | None = None
+        self.wrapper = wrapper or []  # runs the daemon (e.g. in a mount namespace); must exec it
 
     def cli(self, *args: str, check: bool = True, timeout: float = 40.0) -> subprocess.CompletedProcess:
         p = self.ns.run([PYTHON, "-m", "vpn_gw", *args], check=False, timeout=timeout)
@@ -95,7 +96,7 @@ class OurGateway:
 
     def start(self, timeout: float = 15.0) -> "OurGateway":
         fh = open(self.log, "w")
-        self.proc = self.ns.popen([PYTHON, "-m", "vpn_gw", "run", "-c", str(self.config),
+        self.proc = self.ns.popen([*self.wrapper, PYTHON, "-m", "vpn_gw", "run", "-c", str(self.config),
                                    "--log-format", self.log_format, "--log-level", self.log_level],
                                   stdout=fh, stderr=subprocess.STDOUT, cwd=str(ROOT))
         fh.close()

@@ -174,6 +174,18 @@ def kill_pid(pid: int, timeout: float = 5.0, sig: int = signal.SIGTERM) -> bool:
     return not pid_alive(pid)
 
 
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
+    """Stop a process this test started (``sig``, then SIGKILL after ``timeout``) and reap it."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        kill_pid(proc.pid, timeout=timeout, sig=sig)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)

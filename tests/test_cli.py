@@ -1,6 +1,7 @@
 """The vpn-gw command line, end to end: the installed console script against a real ControlServer."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -301,8 +302,11 @@ def test_version_and_usage_errors():
     assert p.returncode == 2 and "error:" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = run("frobnicate")
     assert p.returncode == 2 and "invalid choice" in p.stderr
-    p = run("run")
-    assert p.returncode == 2 and "-c/--config" in p.stderr
+    if not os.path.exists("/etc/vpn-gw/gw.toml"):
+        p = run("run")   # without -c: the default file, named in the error
+        assert p.returncode == 1 and "/etc/vpn-gw/gw.toml: cannot read configuration" in p.stderr
+    p = run("run", env={"CONFIGURATION_DIRECTORY": "/nonexistent-vpngw"})   # systemd's directory
+    assert p.returncode == 1 and "/nonexistent-vpngw/gw.toml: cannot read" in p.stderr, p.stderr
     p = run("run", "-c", EXAMPLE, "--log-format", "xml")
     assert p.returncode == 2
 
@@ -369,3 +373,104 @@ def test_render_summary_and_status_usage_errors(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["status", "--id", "x", "-s", "/nonexistent"])
     assert e.value.code == 2
+
+
+# -- help texts (issue 15, item 10) -------------------------------------------------------------
+
+def _help(*argv) -> str:
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--help"])
+    assert e.value.code == 0
+    return " ".join(buf.getvalue().split())
+
+
+def test_every_subcommand_has_a_description():
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        assert parser.description and len(parser.description) > 40, name
+
+
+def test_timeout_help_is_per_command():
+    assert "(default: --wait + 5)" in _help("up")
+    for cmd in ("status", "down", "reload", "rekey"):
+        text = _help(cmd)
+        assert "how long to wait for the daemon's answer (default: 5)" in text, cmd
+        assert "for up" not in text and "--wait" not in text, cmd
+
+
+def test_check_config_help_and_warnings_exit_0(tmp_path, capsys):
+    assert "Exit 0 when it is valid, also when there are warnings" in _help("check-config")
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text("[gateway]\nhalf_open_limit = 10\ncookie_threshold = 20\n")
+    assert cli.main(["check-config", str(cfg)]) == 0
+    cap = capsys.readouterr()
+    assert "warning:" in cap.err and "OK" in cap.out
+
+
+# -- vpn-gw nt-hash (issue 15, item 13) ---------------------------------------------------------
+
+def test_nt_hash_from_stdin_any_directory(tmp_path):
+    from ikev2.eap.users import nt_hash
+    p = subprocess.run([sys.executable, "-m", "vpn_gw", "nt-hash"], input="alice-example-password\n",
+                       capture_output=True, text=True, timeout=30, cwd=str(tmp_path),
+                       env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).resolve().parents[1])})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == nt_hash("alice-example-password") + "\n" == "9aed63c219f0fa157410035e48b0a178\n"
+
+
+def test_nt_hash_on_a_terminal_does_not_echo_and_writes_an_entry(tmp_path):
+    """On a real pseudo-terminal: asked twice, never echoed, a [[user]] entry that loads."""
+    import pty
+    import select
+
+    from ikev2.eap.users import UserDB, nt_hash
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.environ["PYTHONPATH"] = str(Path(cli.__file__).resolve().parents[1])
+        os.execv(sys.executable, [sys.executable, "-m", "vpn_gw", "nt-hash", "--name", "carol@example.org"])
+    out = b""
+    try:
+        deadline = __import__("time").monotonic() + 20
+        sent = 0
+        while __import__("time").monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.5)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            prompts = out.count(b"password: ") + out.count(b"again: ")
+            if prompts > sent:
+                os.write(fd, b"s3cret-Pass\n")
+                sent += 1
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert sent == 2 and "s3cret-Pass" not in text, text
+    entry = text[text.index("[[user]]"):].replace("\r\n", "\n")
+    (tmp_path / "users.conf").write_text(entry)
+    user = UserDB.load(str(tmp_path / "users.conf")).lookup("carol@example.org")
+    assert user.nt_hash.hex() == nt_hash("s3cret-Pass")
+
+
+def test_nt_hash_refuses_empty(capsys, monkeypatch):
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    assert cli.main(["nt-hash"]) == 1
+    assert "empty password" in capsys.readouterr().err
+
+
+def test_client_default_socket_follows_systemd_runtime_directory(monkeypatch, capsys, tmp_path):
+    """ExecReload=vpn-gw reload runs with $RUNTIME_DIRECTORY set: the client looks there."""
+    monkeypatch.delenv("VPN_GW_CONTROL_SOCKET", raising=False)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    assert cli.main(["reload"]) == 1
+    assert str(tmp_path / "control.sock") in capsys.readouterr().err

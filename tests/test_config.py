@@ -971,3 +971,113 @@ def test_ppk_errors(extra, expected):
     e = error(BASE.replace(PSK_LINE, PSK_LINE + "\n" + extra))
     assert expected in str(e), str(e)
     assert "0011223344556677" not in str(e)
+
+
+# ---------------------------------------------------------------------------- [radius]
+
+def _radius_cfg(tmp_path, radius: str, remote_auth: str = "eap-radius"):
+    from vpn_gw.config import parse_config
+    text = f'''
+[[pool]]
+name = "rw"
+addrs = "10.99.0.0/24"
+
+[[connection]]
+name = "rw"
+local_id = "vpn.example.org"
+auth = "psk"
+psk = "a-long-enough-pre-shared-key"
+remote_auth = "{remote_auth}"
+pools = ["rw"]
+[[connection.child]]
+name = "rw"
+local_ts = ["0.0.0.0/0"]
+remote_ts = ["0.0.0.0/0"]
+{radius}
+'''
+    return parse_config(text, "gw.toml", base_dir=tmp_path)
+
+
+def test_radius_section_parsed(tmp_path):
+    secret = tmp_path / "radius.secret"
+    secret.write_text("a-radius-secret-of-some-length\n")
+    secret.chmod(0o600)
+    cfg = _radius_cfg(tmp_path, '[radius]\nservers = ["192.0.2.10", "192.0.2.11"]\n'
+                                'secret = "file:radius.secret"\ntimeout = "2s"\nnas_identifier = "gw1"\n')
+    r = cfg.radius
+    assert [str(s) for s in r.servers] == ["192.0.2.10", "192.0.2.11"]
+    assert r.secret.reveal() == b"a-radius-secret-of-some-length" and "secret" not in repr(r.secret)
+    assert (r.timeout, r.retries, r.nas_identifier, r.dae_port) == (2.0, 2, "gw1", 3799)
+    assert cfg.connections[0].remote_auth == "eap-radius"
+    assert [str(w) for w in cfg.warnings] == []
+
+
+def test_eap_radius_without_radius_section_is_an_error(tmp_path):
+    from vpn_gw.config import ConfigError
+    with pytest.raises(ConfigError, match=r'remote_auth = "eap-radius" needs a \[radius\] section'):
+        _radius_cfg(tmp_path, "")
+
+
+def test_radius_section_errors(tmp_path):
+    from vpn_gw.config import ConfigError
+    with pytest.raises(ConfigError) as e:
+        _radius_cfg(tmp_path, '[radius]\nservers = ["not-an-ip"]\nsecret = "file:missing"\n'
+                              'interim_interval = "10s"\nretries = 11\nbogus = 1\n')
+    text = "\n".join(str(p) for p in e.value.problems)
+    assert "needs a [radius] section" not in text
+    for needle in ("radius.servers", "cannot read RADIUS secret file", "at least 60s",
+                   "radius.retries", "unknown key 'bogus'"):
+        assert needle in text, (needle, text)
+
+
+def _pg_pool_cfg(tmp_path, pool_extra: str, second_pool: str = ""):
+    from vpn_gw.config import parse_config
+    text = f'''
+[[pool]]
+name = "rw"
+addrs = "10.99.0.0/24"
+{pool_extra}
+{second_pool}
+[[connection]]
+name = "rw"
+local_id = "vpn.example.org"
+auth = "psk"
+psk = "a-long-enough-pre-shared-key"
+remote_auth = "psk"
+pools = ["rw"{', "rw2"' if second_pool else ''}]
+[[connection.child]]
+name = "rw"
+local_ts = ["0.0.0.0/0"]
+remote_ts = ["0.0.0.0/0"]
+'''
+    return parse_config(text, "gw.toml", base_dir=tmp_path)
+
+
+def test_postgresql_pool_parsed_and_secret_hidden(tmp_path):
+    conn = tmp_path / "db.conn"
+    conn.write_text("host=db.example.org dbname=vpngw user=gw1 password=hunter2-long\n")
+    conn.chmod(0o600)
+    cfg = _pg_pool_cfg(tmp_path, 'backend = "postgresql"\ndatabase = "file:db.conn"\nfleet_member = "gw1"\n')
+    p = cfg.pools[0]
+    assert p.backend == "postgresql" and p.postgres.fleet_member == "gw1"
+    assert "hunter2" in p.postgres.database.reveal()
+    assert "hunter2" not in repr(p) and "hunter2" not in repr(cfg)
+    assert (p.postgres.heartbeat_interval, p.postgres.heartbeat_timeout) == (10.0, 30.0)
+
+
+def test_postgresql_pool_errors(tmp_path):
+    from vpn_gw.config import ConfigError
+    with pytest.raises(ConfigError) as e:
+        _pg_pool_cfg(tmp_path, 'backend = "postgresql"\nheartbeat_interval = "10s"\nheartbeat_timeout = "15s"\n'
+                               'lease_file = "x.json"\n')
+    text = "\n".join(str(p) for p in e.value.problems)
+    for needle in ("missing required key 'database'", "at least twice heartbeat_interval",
+                   "'lease_file' is not used with backend"):
+        assert needle in text, (needle, text)
+    with pytest.raises(ConfigError, match="only used with backend"):
+        _pg_pool_cfg(tmp_path, 'database = "host=x"\n')
+    with pytest.raises(ConfigError, match="malformed connection string"):
+        _pg_pool_cfg(tmp_path, 'backend = "postgresql"\ndatabase = "host=x dbname"\n')
+    with pytest.raises(ConfigError, match="same backend"):
+        _pg_pool_cfg(tmp_path, 'backend = "postgresql"\ndatabase = "host=x"\n',
+                     '[[pool]]\nname = "rw2"\naddrs = "10.98.0.0/24"\n')

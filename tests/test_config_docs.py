@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vpn_gw.config import CHILD_KEYS, CONNECTION_KEYS, DDNS_KEYS, GATEWAY_KEYS, load_config
+from vpn_gw.config import CHILD_KEYS, CONNECTION_KEYS, DDNS_KEYS, GATEWAY_KEYS, POOL_KEYS, load_config
+from vpn_gw.radius.settings import RADIUS_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").rglob("*.toml"))
@@ -73,6 +74,8 @@ def _documented(section: str) -> set[str]:
     ("[[connection]]", tuple(k for k in CONNECTION_KEYS if k != "child")),
     ("[[connection.child]]", CHILD_KEYS),
     ("[[ddns]]", DDNS_KEYS),
+    ("[radius]", RADIUS_KEYS),
+    ("[[pool]]", POOL_KEYS),
 ])
 def test_docs_document_every_key(section, keys):
     assert _documented(section) == set(keys)

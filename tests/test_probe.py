@@ -342,7 +342,9 @@ def test_client_ok_partial_and_blocked(servers):
     assert pr.verdict(res) == (pr.EXIT_PARTIAL, "partial: UDP ok on %d, %d, blocked on %d: use TCP"
                                % (ike.port, natt.port, silent.port))
     assert pr.verdict(res[:2])[0] == pr.EXIT_OK
-    assert pr.verdict(res[2:]) == (pr.EXIT_BLOCKED, "UDP blocked: use TCP")
+    assert pr.verdict(res[2:]) == (pr.EXIT_BLOCKED, "no reply on any port: UDP is blocked on the way (then use "
+                                                    "TCP) or no vpn-gw runs at this address (only vpn-gw "
+                                                    "answers probes)")
 
 
 def test_client_needs_the_marker_on_natt_ports(servers):
@@ -358,6 +360,37 @@ def test_client_notes_icmp_port_unreachable():
     s.close()  # nothing listens: loopback answers with ICMP port unreachable
     res = asyncio.run(pr.probe("127.0.0.1", [port], 0.4))
     assert not res[0].reachable and res[0].icmp_error == "ICMP port unreachable"
+    assert res[0].verdict == "nothing listens on this port"
+
+
+def test_cli_probe_where_nothing_listens(capsys):
+    """Every port refused: no gateway there, and no advice to use TCP (it would not help)."""
+    ports = []
+    for _ in range(2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        ports.append(s.getsockname()[1])
+        s.close()
+    code = cli.main(["probe", "127.0.0.1", "--port", ",".join(map(str, ports)), "--timeout", "0.5"])
+    out = capsys.readouterr().out
+    assert code == pr.EXIT_NO_GATEWAY == 5, out
+    assert "TCP" not in out
+    assert out.strip().endswith(f"verdict: no vpn-gw at this address: nothing listens on UDP {ports[0]}, "
+                                f"{ports[1]} (ICMP port unreachable); check the address and that the "
+                                "gateway runs")
+    assert cli.main(["probe", "127.0.0.1", "--port", str(ports[0]), "--timeout", "0.5", "--json"]) == 5
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "no-gateway" and doc["exit_status"] == 5
+
+
+def test_probe_help_says_vpn_gw_only_and_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["probe", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Only works against a vpn-gw" in text
+    for code in ("0 every port answered", "3 no reply on any port", "4 some ports answered",
+                 "5 every port refused"):
+        assert code in text
 
 
 def test_cli_probe_text_json_and_exit_statuses(servers, capsys):
@@ -369,13 +402,14 @@ def test_cli_probe_text_json_and_exit_statuses(servers, capsys):
 
     assert cli.main(["probe", "127.0.0.1", "--port", f"{ok.port},{silent.port}", "--timeout", "0.5"]) == 4
     out = capsys.readouterr().out
-    assert f"udp/{silent.port}: no reply within 0.5 s: UDP blocked: use TCP" in out
+    assert f"udp/{silent.port}: no reply within 0.5 s: UDP blocked, or no vpn-gw at this address" in out
 
     assert cli.main(["probe", "127.0.0.1", "--port", str(silent.port), "--timeout", "0.3", "--json"]) == 3
     doc = json.loads(capsys.readouterr().out)
     assert doc["verdict"] == "blocked" and doc["exit_status"] == 3
     assert doc["ports"] == [{"port": silent.port, "reachable": False, "rtt_ms": None,
-                             "sent": doc["ports"][0]["sent"], "verdict": "UDP blocked: use TCP",
+                             "sent": doc["ports"][0]["sent"],
+                             "verdict": "UDP blocked, or no vpn-gw at this address",
                              "icmp_error": None}]
 
 

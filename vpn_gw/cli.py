@@ -1,10 +1,12 @@
 """The ``vpn-gw`` command line.
 
-    vpn-gw run -c FILE [--log-format console|json] [--log-level LEVEL]
+    vpn-gw run [-c FILE] [--log-format console|json] [--log-level LEVEL]
     vpn-gw status [NAME] [--peer ADDR] [--id N] [--json | --json-lines | --summary] [-s SOCKET]
     vpn-gw up NAME | down NAME | reload            [-s SOCKET]
     vpn-gw check-config FILE
     vpn-gw probe HOST [--port 500,4500] [--timeout S] [--json]
+    vpn-gw nt-hash [--name IDENTITY]
+    vpn-gw import-swanctl FILE [-o OUT] [--eap-users FILE] [--swanctl-dir DIR]
     vpn-gw demo
     vpn-gw --version
 
@@ -33,6 +35,7 @@ __all__ = ["main", "build_parser", "render_status", "render_reload", "render_res
 
 PROG = "vpn-gw"
 SOCKET_ENV = "VPN_GW_CONTROL_SOCKET"
+DEFAULT_CONFIG = "/etc/vpn-gw/gw.toml"
 
 
 class CliError(Exception):
@@ -194,7 +197,8 @@ def render_reload(result: Any) -> str:
 
 
 def _socket(args) -> str:
-    return args.socket or os.environ.get(SOCKET_ENV) or DEFAULT_CONTROL_SOCKET
+    from vpn_gw.config.gateway import default_control_socket  # $RUNTIME_DIRECTORY (ExecReload)
+    return args.socket or os.environ.get(SOCKET_ENV) or default_control_socket()
 
 
 def _request(args, cmd: str, **kw) -> Any:
@@ -364,7 +368,8 @@ def cmd_probe(args) -> int:
     if args.json:
         print(json.dumps({"host": args.host, "address": results[0].address if results else None,
                           "timeout": args.timeout, "ports": [r.to_dict() for r in results],
-                          "verdict": {0: "ok", 3: "blocked", 4: "partial"}[code], "summary": summary,
+                          "verdict": {0: "ok", 3: "blocked", 4: "partial", 5: "no-gateway"}[code],
+                          "summary": summary,
                           "exit_status": code}, indent=2))
     else:
         print(render_probe(args.host, results, args.timeout))
@@ -382,6 +387,52 @@ def cmd_check_config(args) -> int:
         print(f"warning: {w}", file=sys.stderr)
     n = len(cfg.connections)
     print(f"{args.file}: OK ({n} connection{'' if n == 1 else 's'})")
+    return 0
+
+
+def cmd_import_swanctl(args) -> int:
+    from vpn_gw.swanctl_import import SwanctlSyntaxError, convert_file
+    from vpn_gw.swanctl_import.convert import ConversionError
+    users = os.path.abspath(args.eap_users) if args.eap_users else None
+    try:
+        conv = convert_file(args.file, swanctl_dir=args.swanctl_dir, eap_users=users)
+    except (SwanctlSyntaxError, ConversionError) as e:
+        raise CliError(f"cannot convert {args.file}: {e}") from None
+    if conv.eap_users is not None and users is not None:
+        fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(conv.eap_users)
+        os.chmod(users, 0o600)
+    if args.output:  # it may hold PSKs and EAP passwords: owner only, as vpn-gw wants it
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(conv.toml)
+        os.chmod(args.output, 0o600)
+    else:
+        sys.stdout.write(conv.toml)
+    if conv.skipped:
+        print(f"not converted ({len(conv.skipped)}):", file=sys.stderr)
+        for line in conv.skipped:
+            print(f"  {line}", file=sys.stderr)
+    return 0
+
+
+def cmd_nt_hash(args) -> int:
+    from ikev2.eap.users import nt_hash
+    if sys.stdin.isatty():
+        import getpass
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            raise CliError("the two passwords differ")
+    else:
+        pw = sys.stdin.readline().rstrip("\r\n")  # one line; e.g. from a password manager
+    if not pw:
+        raise CliError("empty password")
+    h = nt_hash(pw)
+    if args.name:
+        print(f'[[user]]\nname = {json.dumps(args.name)}\nnt_hash = "{h}"\nmethods = ["mschapv2"]')
+    else:
+        print(h)
     return 0
 
 
@@ -409,8 +460,14 @@ def _import_optional(module: str, what: str):
         raise
 
 
+def default_config() -> str:
+    """gw.toml in systemd's ConfigurationDirectory= if set, else /etc/vpn-gw/gw.toml."""
+    d = os.environ.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    return os.path.join(d, "gw.toml") if d else DEFAULT_CONFIG
+
+
 def cmd_run(args) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or default_config())
     from vpn_gw.log import setup_logging
     level = args.log_level or cfg.log_level
     fmt = args.log_format or cfg.log_format
@@ -436,36 +493,66 @@ def cmd_demo(args) -> int:
 # parser and entry point
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps help text without breaking words at hyphens ("vpn-gw", "check-config")."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+        return "\n\n".join(textwrap.fill(" ".join(par.split()), width, initial_indent=indent,
+                                          subsequent_indent=indent, break_on_hyphens=False)
+                            for par in text.split("\n\n"))
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*a, **kw)
+
     def error(self, message: str):  # one line + usage hint, exit 2
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks on errors")
-    sock = argparse.ArgumentParser(add_help=False)
+    sock = _Parser(add_help=False)
     sock.add_argument("-s", "--socket", metavar="SOCKET",
                       help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_CONTROL_SOCKET})")
-    sock.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                      help="how long to wait for the daemon's answer (default: 5, for up: "
-                           "--wait + 5)")
 
-    p = _Parser(prog=PROG, description="IKEv2/IPsec VPN gateway", parents=[common])
+    def timeout(parser, default: str = "5") -> None:
+        parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                            help=f"how long to wait for the daemon's answer (default: {default})")
+
+    p = _Parser(prog=PROG, description="IKEv2/IPsec VPN gateway", parents=[common],
+                epilog="exit status: 0 success, 1 failure, 2 usage error; see each command's --help")
     p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    r = sub.add_parser("run", parents=[common], help="run the gateway daemon")
-    r.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
+    r = sub.add_parser("run", parents=[common], help="run the gateway daemon",
+                       description="Run the gateway in the foreground until SIGTERM/SIGINT (SIGHUP "
+                                   "reloads). Under systemd it reports readiness ($NOTIFY_SOCKET); "
+                                   "see docs/deploy.md. Exit 1 when it cannot start (the reason is "
+                                   "printed).")
+    r.add_argument("-c", "--config", metavar="FILE",
+                   help="configuration file (default: $CONFIGURATION_DIRECTORY/gw.toml under systemd, "
+                        f"else {DEFAULT_CONFIG})")
     r.add_argument("--log-format", choices=("console", "json"),
                    help="log format (default: gateway.log_format, else console)")
     r.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="log level (default: gateway.log_level, else info)")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("status", parents=[common, sock], help="show IKE and CHILD SAs")
+    s = sub.add_parser("status", parents=[common, sock], help="show IKE and CHILD SAs",
+                       description="Show the running daemon's IKE SAs and their Child SAs: "
+                                   "endpoints, identities, algorithms, selectors, counters; "
+                                   "filtered by connection, peer or number.")
+    timeout(s)
     s.add_argument("name", nargs="?", help="only this connection's IKE SAs")
     s.add_argument("--peer", metavar="ADDR", help="only IKE SAs with the peer at this IP address")
     s.add_argument("--id", metavar="N", type=int, help="only the IKE SA number N (#N)")
@@ -477,17 +564,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="counts by state and by connection (all IKE SAs)")
     s.set_defaults(func=cmd_status)
 
-    u = sub.add_parser("up", parents=[common, sock], help="initiate a connection")
+    u = sub.add_parser("up", parents=[common, sock], help="initiate a connection",
+                       description="Initiate connection NAME and wait until its IKE SA and Child "
+                                   "SAs are up. Exit 0 when established, 1 when the IKE SA fails or "
+                                   "the peer refuses a Child SA (the reason is printed).")
+    timeout(u, "--wait + 5")
     u.add_argument("name", help="connection name")
     u.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                    help="how long the daemon waits for the IKE SA to come up (default: 30)")
     u.set_defaults(func=cmd_up)
 
-    d = sub.add_parser("down", parents=[common, sock], help="close a connection's SAs")
+    d = sub.add_parser("down", parents=[common, sock], help="close a connection's SAs",
+                       description="Delete connection NAME's IKE SAs (with DELETE to the peer); it "
+                                   "is not restarted automatically until 'up' or a reload.")
+    timeout(d)
     d.add_argument("name", help="connection name")
     d.set_defaults(func=cmd_down)
 
-    rk = sub.add_parser("rekey", parents=[common, sock], help="rekey a connection's CHILD_SAs or IKE SA")
+    rk = sub.add_parser("rekey", parents=[common, sock], help="rekey a connection's CHILD_SAs or IKE SA",
+                        description="Start rekeying connection NAME's Child SAs (all, or --child) or "
+                                    "its IKE SA (--ike) now; returns once the rekeying has started.")
+    timeout(rk)
     rk.add_argument("name", help="connection name")
     rk_what = rk.add_mutually_exclusive_group()
     rk_what.add_argument("--child", metavar="CHILD", help="only this CHILD_SA (default: all)")
@@ -495,15 +592,33 @@ def build_parser() -> argparse.ArgumentParser:
     rk.set_defaults(func=cmd_rekey)
 
     rl = sub.add_parser("reload", parents=[common, sock],
-                        help="re-read the daemon's configuration file and apply the changes")
+                        help="re-read the daemon's configuration file and apply the changes",
+                        description="Make the daemon re-read its configuration file: added "
+                                    "connections start, removed ones are closed, unchanged ones keep "
+                                    "their SAs. An invalid file is refused (exit 1) and the running "
+                                    "configuration kept.")
+    timeout(rl)
     rl.set_defaults(func=cmd_reload)
 
-    c = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
+    c = sub.add_parser("check-config", parents=[common], help="validate a configuration file",
+                       description="Load a configuration file as the daemon would and report every "
+                                   "problem (file:line, key, what to write instead). Exit 0 when it "
+                                   "is valid, also when there are warnings (printed to stderr); exit "
+                                   "1 on errors.")
     c.add_argument("file", help="configuration file")
     c.set_defaults(func=cmd_check_config)
 
     pr = sub.add_parser("probe", parents=[common],
-                        help="check whether UDP 500/4500 reach a gateway (exit 0 ok, 3 blocked, 4 partial)")
+                        help="check whether UDP 500/4500 reach a vpn-gw gateway",
+                        description="Ask a vpn-gw gateway for an echo on UDP 500 and 4500 and tell "
+                                    "whether UDP gets through (else use TCP, docs/tcp-encapsulation.md). "
+                                    "Only works against a vpn-gw: strongSwan and other IKE gateways do "
+                                    "not answer probes, which looks like \"no reply\" (docs/probe.md).",
+                        epilog="exit status: 0 every port answered (UDP ok); 3 no reply on any port "
+                               "(UDP blocked on the way, or no vpn-gw at this address); 4 some ports "
+                               "answered, some did not (use TCP); 5 every port refused with ICMP port "
+                               "unreachable (no gateway listens there); 1 the probe could not run; "
+                               "2 usage error")
     pr.add_argument("host", help="gateway address or name")
     pr.add_argument("--port", type=_ports, default=[500, 4500], metavar="PORTS",
                     help="comma-separated UDP ports (default: 500,4500; 4500 is probed behind the "
@@ -513,7 +628,38 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the result as JSON")
     pr.set_defaults(func=cmd_probe)
 
-    dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo")
+    im = sub.add_parser("import-swanctl", parents=[common],
+                        help="convert a strongSwan swanctl.conf to a vpn-gw configuration",
+                        description="Read a strongSwan swanctl.conf (connections, children, proposals, "
+                                    "secrets, pools; includes followed) and print the equivalent vpn-gw "
+                                    "TOML. What cannot be converted is listed on stderr; check the result "
+                                    "with 'vpn-gw check-config'. Exit 0 when converted, 1 when the file "
+                                    "cannot be read or holds no connection.")
+    im.add_argument("file", help="swanctl.conf")
+    im.add_argument("-o", "--output", metavar="FILE", help="write the TOML here (default: stdout)")
+    im.add_argument("--eap-users", metavar="FILE",
+                    help="write the EAP users of eap-* secrets here (NT hashes, mode 0600) and name it "
+                         "in users_file")
+    im.add_argument("--swanctl-dir", metavar="DIR",
+                    help="where x509/, x509ca/, private/ are (default: the directory of FILE)")
+    im.set_defaults(func=cmd_import_swanctl)
+
+    nh = sub.add_parser("nt-hash", parents=[common],
+                        help="print the NT hash of a password for an EAP users file",
+                        description="Read a password (from the terminal without echo, asked twice; or "
+                                    "one line from stdin) and print its NT hash, the nt_hash of an "
+                                    "EAP-MSCHAPv2 user in a users file (docs/eap.md). The password is "
+                                    "never printed.")
+    nh.add_argument("--name", metavar="IDENTITY",
+                    help="print a whole [[user]] entry for this EAP identity")
+    nh.set_defaults(func=cmd_nt_hash)
+
+    from vpn_gw.pools.admin import add_parser as add_pool_parser
+    add_pool_parser(sub, common)
+
+    dm = sub.add_parser("demo", parents=[common], help="run the self-contained demo",
+                        description="Build network namespaces with two branch gateways, bring a "
+                                    "tunnel up, ping through it and clean up (root needed).")
     dm.set_defaults(func=cmd_demo)
     return p
 

@@ -62,7 +62,7 @@ def _auth_config(conn, method: str, local: bool) -> AuthConfig:
                       cacerts=list(conn.cacerts))
 
 
-def ike_policy(conn, gateway=None, address_assigner=None) -> IkePolicy:
+def ike_policy(conn, gateway=None, address_assigner=None, eap_backend=None) -> IkePolicy:
     """One IkePolicy per [[connection]]. FQDN remote addresses are left to the daemon's resolver;
     for matching they count as "any" until resolved."""
     remote_method = getattr(conn, "remote_auth", conn.auth)
@@ -72,7 +72,10 @@ def ike_policy(conn, gateway=None, address_assigner=None) -> IkePolicy:
         local_auth = AuthConfig("eap-only", certs=list(conn.certs), private_key=_secret(conn.private_key))
     else:
         local_auth = _auth_config(conn, conn.auth, local=True)
-    remote_auth = _auth_config(conn, getattr(conn, "remote_auth", conn.auth), local=False)
+    if remote_method == "eap-radius":  # EAP relayed to RADIUS: eap_backend() -> ikev2.eap_async.AsyncEapServer
+        remote_auth = AuthConfig("eap-radius", eap_server=eap_backend)
+    else:
+        remote_auth = _auth_config(conn, getattr(conn, "remote_auth", conn.auth), local=False)
     local_id = conn.local_id
     if local_id is None:
         if conn.certs:

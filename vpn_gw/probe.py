@@ -57,7 +57,7 @@ __all__ = [
     "PROBE_TYPE", "MAGIC", "MIN_LEN", "MAX_PADDING", "MAX_LEN", "KIND_REQUEST", "KIND_REPLY",
     "ProbeError", "Probe", "build_request", "build_reply", "parse", "parse_request", "parse_reply",
     "is_probe", "TokenBucket", "ProbeResponder", "PortResult", "probe", "verdict", "EXIT_OK",
-    "EXIT_BLOCKED", "EXIT_PARTIAL", "DEFAULT_PORTS", "DEFAULT_TIMEOUT",
+    "EXIT_BLOCKED", "EXIT_PARTIAL", "EXIT_NO_GATEWAY", "DEFAULT_PORTS", "DEFAULT_TIMEOUT",
 ]
 
 PROBE_TYPE = 245          # private-use exchange type (240-255) and payload type (128-255)
@@ -93,6 +93,7 @@ DEFAULT_TIMEOUT = 3.0
 EXIT_OK = 0
 EXIT_BLOCKED = 3
 EXIT_PARTIAL = 4
+EXIT_NO_GATEWAY = 5  # every port answered with ICMP port unreachable
 
 
 # --------------------------------------------------------------------------------- codec
@@ -321,8 +322,17 @@ class PortResult:
     icmp_error: str | None = None     # e.g. an ICMP port unreachable seen while waiting
 
     @property
+    def refused(self) -> bool:
+        """An ICMP port unreachable came back: nothing listens there (or a firewall rejects)."""
+        return not self.reachable and self.icmp_error == "ICMP port unreachable"
+
+    @property
     def verdict(self) -> str:
-        return "UDP ok" if self.reachable else "UDP blocked: use TCP"
+        if self.reachable:
+            return "UDP ok"
+        if self.refused:
+            return "nothing listens on this port"
+        return "UDP blocked, or no vpn-gw at this address"
 
     def to_dict(self) -> dict:
         return {"port": self.port, "reachable": self.reachable,
@@ -331,14 +341,21 @@ class PortResult:
 
 
 def verdict(results: Iterable[PortResult]) -> tuple[int, str]:
-    """(exit status, summary): 0 "UDP ok" (every port answered), 3 blocked (none), 4 partial."""
+    """(exit status, summary): 0 "UDP ok" (every port answered), 3 no reply on any port (blocked,
+    or no vpn-gw), 4 partial, 5 every port refused (ICMP port unreachable: no gateway there)."""
     results = list(results)
     ok = [r.port for r in results if r.reachable]
     bad = [r.port for r in results if not r.reachable]
     if results and not bad:
         return EXIT_OK, "UDP ok"
+    if not ok and all(r.refused for r in results):
+        # the host answered, with "port unreachable": no gateway there, TCP will not help
+        return EXIT_NO_GATEWAY, ("no vpn-gw at this address: nothing listens on UDP "
+                                 f"{', '.join(map(str, bad))} (ICMP port unreachable); check the "
+                                 "address and that the gateway runs")
     if not ok:
-        return EXIT_BLOCKED, "UDP blocked: use TCP"
+        return EXIT_BLOCKED, ("no reply on any port: UDP is blocked on the way (then use TCP) or "
+                              "no vpn-gw runs at this address (only vpn-gw answers probes)")
     return EXIT_PARTIAL, (f"partial: UDP ok on {', '.join(map(str, ok))}, blocked on "
                           f"{', '.join(map(str, bad))}: use TCP")
 

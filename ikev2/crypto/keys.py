@@ -86,7 +86,7 @@ def skeyseed_key(prf: PrfAlgorithm, ni: bytes, nr: bytes) -> bytes:
     return bytes(ni) + bytes(nr)
 
 
-@dataclass
+@dataclass(slots=True)
 class IkeKeys:
     """The seven IKE SA keys of RFC 7296 2.14."""
 
@@ -108,7 +108,7 @@ class IkeKeys:
                                       for f in fields(self)) + ")"
 
 
-@dataclass
+@dataclass(slots=True)
 class ChildKeys:
     """KEYMAT of one Child SA pair; ``*_i`` protect initiator-to-responder traffic."""
 

@@ -85,6 +85,15 @@ class EapServer:
         return self.state == "done"
 
     @property
+    def failure_reason(self) -> str:
+        """Why the running method is failing while it waits for the peer's last message (e.g.
+        MS-CHAPv2 after its Failure Request); "" when it is not failing."""
+        m = self._method
+        if m is None or self.done or getattr(m, "state", "") != "failure_sent":
+            return ""
+        return getattr(m, "reason", "") or ""
+
+    @property
     def method(self) -> str | None:
         return self._method.name if self._method is not None else None
 

@@ -5,8 +5,8 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from ikev2.crypto.proposals import parse_proposal
 from ikev2.constants import ProtocolId
+from ikev2.crypto.proposals import parse_proposal
 from ikev2.identity import Identity, IdentityPattern
 from ikev2.manager import IkeManager
 from ikev2.payloads import TrafficSelector
@@ -112,3 +112,28 @@ def site_to_site(**kw):
     br = psk_policy("hq", "branch1.example.org", "hq.example.org", "198.51.100.1", "192.0.2.1",
                     [child("net", "10.2.0.0/24", "10.1.0.0/24")], **kw)
     return hq, br
+
+
+def hold_copies(mgr: IkeManager, template, n: int, first_id: int = 1_000_000, setup=None) -> list:
+    """Make ``mgr`` hold ``n`` more IKE SAs: copies of ``template`` (a really established SA)
+    with their own SPI and number and no Child SAs, filed in every index and timer like real
+    ones, without paying for ``n`` handshakes (scale tests and bench/ike_init_cost.py).
+    ``setup(sa, i)`` may adjust each copy before the manager files it."""
+    import copy
+    made = []
+    for i in range(n):
+        sa = copy.copy(template)
+        sa.ike_id = first_id + i
+        sa.spi_r = (first_id + i).to_bytes(8, "big")
+        sa.children = []
+        sa._out, sa._events, sa.successors, sa.queue = [], [], [], []
+        if hasattr(sa, "on_change"):
+            sa.on_change = None
+        if setup is not None:
+            setup(sa, i)
+        mgr._add(sa)
+        made.append(sa)
+    mgr.pop_datagrams()
+    mgr.pop_events()
+    mgr.next_deadline()
+    return made

@@ -276,6 +276,26 @@ def test_delete_child_sa(who):
     assert link.a.sas[0].state == State.ESTABLISHED
 
 
+def test_request_missing_children_after_the_peer_deleted_one():
+    """A trap's traffic over a live IKE SA whose Child SA the peer deleted: one CREATE_CHILD_SA,
+    not repeated while it is under way; None when there is no established IKE SA to use."""
+    hq, br = site_to_site()
+    link = pair(br, hq)
+    assert link.a.request_missing_children("hq", link.now) is None  # nothing up: initiate instead
+    up(link)
+    assert link.a.request_missing_children("hq", link.now) == 0  # the child is there
+    old = link.a.sas[0].children[0].spi_in
+    assert link.b.sas[0].delete_child(link.b.sas[0].children[0].spi_in, link.now)  # the peer deletes it
+    link.run(link.now + 2.0)
+    assert not link.a.sas[0].children
+    assert link.a.request_missing_children("hq", link.now) == 1
+    assert link.a.request_missing_children("hq", link.now) == 0  # already asked for
+    link.run(link.now + 2.0)
+    (c,) = link.a.sas[0].children
+    assert c.spi_in != old and len(link.b.sas[0].children) == 1
+    assert len(events(link.events_a, ChildUp)) == 2
+
+
 def test_liveness_check_and_dead_peer():
     hq, br = site_to_site()
     br.dpd_delay = 10.0
@@ -372,3 +392,20 @@ def test_simultaneous_ike_rekey_collision_leaves_one_ike_sa_with_the_children():
         link.run(link.now + 2.0)
         ca, cb = installed_pairs(link)
         assert ca == cb and len(ca) == 1
+
+
+def test_refused_first_child_is_an_event():
+    """The responder refuses the Child SA of IKE_AUTH (TS_UNACCEPTABLE): the IKE SA is up and
+    the initiator gets ChildFailed (what `vpn-gw up` reports), no ChildUp."""
+    from ikev2.events import ChildFailed
+    hq, br = site_to_site()
+    br.children[0] = child("net", "10.2.0.0/24", "10.99.0.0/24")   # hq does not protect 10.99/24
+    link = pair(br, hq)
+    sa = up(link)
+    assert sa.state == State.ESTABLISHED
+    assert not events(link.events_a, ChildUp)
+    (failed,) = events(link.events_a, ChildFailed)
+    assert failed.child_name == "net" and failed.ike_id == sa.ike_id
+    assert failed.reason == "peer refused it: TS_UNACCEPTABLE"
+    kinds = [type(e).__name__ for e in link.events_a if isinstance(e, (IkeUp, ChildFailed))]
+    assert kinds == ["IkeUp", "ChildFailed"]   # the order the `up` waiter relies on

@@ -207,13 +207,23 @@ def test_wrong_password_authentication_failed_nothing_left(sswan_workdir, method
             # our gateway: EAP-Failure + AUTHENTICATION_FAILED in the same IKE_AUTH response
             assert "parsed IKE_AUTH response 3 [ EAP/FAIL N(AUTH_FAILED) ]" in log, log[-3000:]
             assert "received AUTHENTICATION_FAILED notify error" in log
-            reasons = [r["reason"] for r in env.log_events("EAP authentication failed")]
+            evs = env.log_events("EAP authentication failed")
+            reasons = [r["reason"] for r in evs]
             assert reasons and "wrong password for 'alice@example.org' (EAP-MD5)" in reasons[0], reasons
+            assert evs[0]["method"] == "eap-md5" and evs[0]["eap_identity"] == "alice@example.org"
         else:
             # our gateway answers with the MS-CHAPv2 Failure Request (E=691); strongSwan's peer
             # gives up there and tells us with N(AUTH_FAILED) instead of a Failure Response
             assert "EAP-MS-CHAPv2 failed with error ERROR_AUTHENTICATION_FAILURE" in log, log[-3000:]
             assert "generating INFORMATIONAL request 4 [ N(AUTH_FAILED) ]" in log
+            # ...and our log says which method, who, and why (not "peer rejected our authentication")
+            evs = env.log_events("EAP authentication failed")
+            assert evs, "our log has no 'EAP authentication failed'"
+            assert evs[0]["method"] == "eap-mschapv2" and evs[0]["eap_identity"] == "alice@example.org"
+            assert evs[0]["reason"] == "wrong password for 'alice@example.org' (MS-CHAPv2)", evs[0]
+            failed = [r["reason"] for r in env.log_events("authentication failed")]
+            assert failed == ["EAP authentication of 'alice@example.org' failed: wrong password for "
+                              "'alice@example.org' (MS-CHAPv2)"], failed
         env.sw.wait_no_sas(timeout=5)
         env.wait_ours(lambda st: st == [], timeout=5, what="no SA left on our side")
         assert env.log_events("authentication failed"), "our log does not show the failure"

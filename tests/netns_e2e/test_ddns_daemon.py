@@ -312,13 +312,17 @@ def test_rfc2136_publishing_at_start_and_on_change(dyn_single):
     dyn = dyn_single
     dyn.knot.start()
     assert dyn.knot.query("gw.example.test") == (["203.0.113.200"], 2)
-    gw = dyn.gateway(dyn.t.hub, "pub", [], None, ddns=[_rfc2136_table(KEY.secret)])
+    gw = dyn.gateway(dyn.t.hub, "pub", [], None, ddns=[_rfc2136_table(KEY.secret)],
+                     metrics_listen="127.0.0.1:9273")
     try:
         wait_until(lambda: dyn.knot.query("gw.example.test") == ([D.HUB_WAN], 5), timeout=10, interval=0.2,
                    what="the A record of gw.example.test at start")
     except TimeoutError:
         raise AssertionError(f"{dyn.knot.query('gw.example.test')}\n{_tail(gw, 40)}") from None
     assert _events(gw, "published our address", addresses=[D.HUB_WAN])
+    from tests.netns_e2e.test_metrics import scrape
+    m = scrape(dyn.t.hub)   # counted in the metrics too (docs/metrics.md)
+    assert m[("vpngw_ddns_publish_total", (("method", "rfc2136"), ("result", "ok")))] >= 1
 
     # the WAN address changes (ip addr add new / del old; the default route stays)
     new = "192.0.2.2"
@@ -336,7 +340,8 @@ def test_rfc2136_publishing_at_start_and_on_change(dyn_single):
 def test_rfc2136_wrong_tsig_secret_is_refused_and_logged(dyn_single):
     dyn = dyn_single
     dyn.knot.start()
-    gw = dyn.gateway(dyn.t.hub, "badkey", [], None, ddns=[_rfc2136_table(WRONG_SECRET)])
+    gw = dyn.gateway(dyn.t.hub, "badkey", [], None, ddns=[_rfc2136_table(WRONG_SECRET)],
+                     metrics_listen="127.0.0.1:9273")
     try:
         failed = wait_until(lambda: _events(gw, "publishing our address failed"), timeout=10, interval=0.2,
                             what="the failure in the log")
@@ -351,6 +356,9 @@ def test_rfc2136_wrong_tsig_secret_is_refused_and_logged(dyn_single):
     assert WRONG_SECRET not in text and KEY.secret not in text
     assert base64.b64decode(WRONG_SECRET).hex() not in text
     assert gw.proc.poll() is None  # the gateway keeps running
+    from tests.netns_e2e.test_metrics import scrape
+    m = scrape(dyn.t.hub)
+    assert m[("vpngw_ddns_publish_total", (("method", "rfc2136"), ("result", "failed")))] >= 1
 
 
 # --------------------------------------------------------------------------- 5. dyndns2

@@ -102,6 +102,69 @@ def test_trap_policy_starts_tunnel_and_delivers_first_packets(sites):
         gb.stop()
 
 
+def _ping_once(site, dst: str) -> None:
+    r = site.host.run(["ping", "-c", "1", "-W", "5", dst], check=False, timeout=10)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _acquires(gw) -> int:
+    return sum(l.get("event") == "traffic for a trap policy: starting the connection" for l in gw.log_lines())
+
+
+def test_trap_rearms_after_the_peer_deletes_the_sa(sites):
+    """Issue 15 item 15: the peer deleting what the trap brought up leaves the trap working (its
+    route into the TUN stays): the next packet brings the tunnel up again."""
+    grp, (router, a, b), tmp = sites
+    ga = OurGateway(a.gw, tmp, "a", [connection("to-b", a.wan, b.wan, "a.example.org", "b.example.org",
+                                                local_ts=a.lan, remote_ts=b.lan, start_action="trap")],
+                    listen=[a.wan])
+    gb = OurGateway(b.gw, tmp, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
+                                                local_ts=b.lan, remote_ts=a.lan)], listen=[b.wan])
+    try:
+        ga.start()
+        gb.start()
+        for rnd in range(2):
+            _ping_once(a, b.host_ip)
+            (sa, ch), = ga.children()
+            assert _acquires(ga) == rnd + 1
+            gb.down("to-a")  # the peer deletes the IKE SA and its Child SA
+            wait_for(lambda: ga.status() == [], 10, "the peer's delete")
+            assert b.lan in a.gw.ip("route", "show", "dev", "vpngw0"), "the trap's route is gone"
+    finally:
+        ga.stop()
+        gb.stop()
+
+
+def test_trap_asks_for_a_deleted_child_again_over_the_same_ike_sa(sites):
+    """The Child SA the trap brought up is deleted (here at its hard packet limit) while the
+    IKE SA stays: the next packet asks for a new Child SA over that IKE SA."""
+    grp, (router, a, b), tmp = sites
+    conn_a = connection("to-b", a.wan, b.wan, "a.example.org", "b.example.org", local_ts=a.lan, remote_ts=b.lan,
+                        start_action="trap")
+    conn_a["children"][0]["life_packets"] = 20
+    ga = OurGateway(a.gw, tmp, "a", [conn_a], listen=[a.wan])
+    gb = OurGateway(b.gw, tmp, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
+                                                local_ts=b.lan, remote_ts=a.lan)], listen=[b.wan])
+    try:
+        ga.start()
+        gb.start()
+        _ping_once(a, b.host_ip)
+        (sa, first), = ga.children()
+        a.host.ping(b.host_ip, count=25, interval=0.01, timeout=10)
+        # (the pings after the limit may already bring the next Child SA up)
+        wait_for(lambda: all(c["spi_in"] != first["spi_in"] for _, c in ga.children()), 10,
+                 "the Child SA to be deleted at its packet limit")
+        assert [s_["spi_i"] for s_ in ga.ike_sas()] == [sa["spi_i"]]  # the IKE SA stays
+        _ping_once(a, b.host_ip)
+        (sa2, second), = ga.children()
+        assert sa2["spi_i"] == sa["spi_i"] and second["spi_in"] != first["spi_in"]
+        assert any(l.get("event") == "traffic for a trap policy: asking for the Child SA again"
+                   for l in ga.log_lines())
+    finally:
+        ga.stop()
+        gb.stop()
+
+
 def test_dpd_action_trap_restarts_on_traffic(sites):
     grp, (router, a, b), tmp = sites
     fast = {"retransmit_timeout": "0.5s", "retransmit_tries": 1}
@@ -115,15 +178,49 @@ def test_dpd_action_trap_restarts_on_traffic(sites):
         gb.start()
         ga.up("to-b")
         ga.wait_children(1)
-        gb.stop()  # the peer dies without a word
-        wait_for(lambda: ga.status() == [], 10, "the dead peer to be detected")
-        assert any(l.get("event") == "peer lost: trap policy installed, traffic will restart the connection"
-                   for l in ga.log_lines())
-        gb = OurGateway(b.gw, tmp, "b2", conn_b, listen=[b.wan])
+        for rnd in range(2):  # the trap re-arms: a second loss is handled like the first
+            gb.stop()  # the peer dies without a word
+            wait_for(lambda: ga.status() == [], 10, "the dead peer to be detected")
+            assert any(l.get("event") == "peer lost: trap policy installed, traffic will restart the connection"
+                       for l in ga.log_lines())
+            gb = OurGateway(b.gw, tmp, f"b{rnd + 2}", conn_b, listen=[b.wan])
+            gb.start()
+            _ping_once(a, b.host_ip)
+            assert ga.children()
+            assert _acquires(ga) == rnd + 1
+    finally:
+        ga.stop()
+        gb.stop()
+
+
+# Runs the daemon in its own mount namespace where /dev/net is an empty tmpfs: no TUN device can
+# be created, as on a host without the tun module. exec keeps the PID (the test stops it by PID).
+NO_TUN = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+          'mount -t tmpfs none /dev/net && exec "$@"', "no-tun"]
+
+
+def test_no_tun_device_fails_the_child_visibly(sites):
+    """Issue 15 item 17: without TUN the Child SA is not reported as installed: the start-up log
+    says TUN is unavailable, `vpn-gw up` fails naming the reason, status shows it, the Child
+    SA is deleted (on both sides)."""
+    grp, (router, a, b), tmp = sites
+    ga = OurGateway(a.gw, tmp, "a", [connection("to-b", a.wan, b.wan, "a.example.org", "b.example.org",
+                                                local_ts=a.lan, remote_ts=b.lan)], listen=[a.wan], wrapper=NO_TUN)
+    gb = OurGateway(b.gw, tmp, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
+                                                local_ts=b.lan, remote_ts=a.lan)], listen=[b.wan])
+    try:
+        ga.start()
         gb.start()
-        r = a.host.run(["ping", "-c", "1", "-W", "5", b.host_ip], check=False, timeout=10)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert ga.children()
+        assert any(l.get("event", "").startswith("TUN unavailable") and l.get("level") == "error"
+                   for l in ga.log_lines()), ga.log_tail()
+        r = ga.cli("up", "to-b", "-s", str(ga.socket), check=False)
+        assert r.returncode != 0, r.stdout
+        assert "not installed" in r.stderr + r.stdout and "/dev/net/tun" in r.stderr + r.stdout, r.stderr
+        failed = [l for l in ga.log_lines() if l.get("event") == "CHILD_SA installation failed: deleting it"]
+        assert failed and failed[0]["level"] == "error" and "/dev/net/tun" in failed[0]["error"]
+        (sa,) = ga.status()
+        assert sa["install_errors"] and "not installed" in sa["install_errors"][0]
+        wait_for(lambda: ga.children() == [] and gb.children() == [], 5, "the Child SA to be deleted on both sides")
     finally:
         ga.stop()
         gb.stop()

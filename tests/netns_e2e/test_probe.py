@@ -115,7 +115,7 @@ def test_udp_4500_dropped(net):
     code, out, took = net.probe()
     assert code == 4, out
     assert RTT.search(out) and RTT.search(out).group(1) == "500"
-    assert f"{GW} udp/4500: no reply within {TIMEOUT:g} s: UDP blocked: use TCP" in out
+    assert f"{GW} udp/4500: no reply within {TIMEOUT:g} s: UDP blocked, or no vpn-gw at this address" in out
     assert "verdict: partial: UDP ok on 500, blocked on 4500: use TCP" in out
     assert TIMEOUT <= took < TIMEOUT + STARTUP
     assert net.counter("dropped")["packets"] >= 2  # the firewall ate the requests (and retransmissions)
@@ -126,8 +126,9 @@ def test_all_udp_dropped(net):
     code, out, took = net.probe()
     assert code == 3, out
     assert "reachable" not in out.replace("unreachable", "")
-    assert out.count("UDP blocked: use TCP") == 3  # two ports and the verdict
-    assert out.strip().endswith("verdict: UDP blocked: use TCP")
+    assert out.count("UDP blocked, or no vpn-gw at this address") == 2  # the two ports
+    assert out.strip().endswith("verdict: no reply on any port: UDP is blocked on the way (then use TCP) "
+                                "or no vpn-gw runs at this address (only vpn-gw answers probes)")
     assert TIMEOUT <= took < TIMEOUT + STARTUP
     assert net.counter("dropped")["packets"] >= 4
     # the gateway is up all along: only the path blocks UDP

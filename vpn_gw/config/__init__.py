@@ -22,7 +22,8 @@ The package, one module per job (import the API from here, not from the modules)
   parsed by ``vpn_gw.durations``)
 - ``credentials``: PSKs, certificates, private keys;  ``secret``: ``Secret``
 - ``locator``: source lines for key paths (``KeyLocator``);  ``errors``: ``Problem``, ``ConfigError``
-- ``diff``: ``diff_configs`` for ``vpn-gw reload``
+- ``diff``: ``diff_configs`` for ``vpn-gw reload``;  ``helpers``: the helpers for section validators
+  that live outside the package (``[radius]``, the PostgreSQL keys of ``[[pool]]``)
 
 Underscore names are shared between the package's modules but are not API outside it.
 """

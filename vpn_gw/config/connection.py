@@ -279,7 +279,7 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     ca = t.get("cacerts", _certs(ctx), ((), ()))
     cacert_files, cacerts = (BAD, BAD) if ca is BAD else ca
 
-    remote_auth = t.get("remote_auth", _choice(AUTH_METHODS), None)
+    remote_auth = t.get("remote_auth", _choice(AUTH_METHODS + ("eap-radius",)), None)
     users_file = t.get("users_file", _nonempty_str, None)
     if users_file is not None and users_file is not BAD:
         users_file = ctx.path(users_file)
@@ -318,6 +318,9 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         for k in ("psk", "certs", "private_key", "cacerts", "eap_password", "users_file", "eap_identity"):
             if t.has(k) and k not in need and not (k == "eap_identity" and auth in EAP_METHODS):
                 ctx.error(path + (k,), f"'{k}' is not used with {how}")
+        if auth in EAP_METHODS and remote_auth == "eap-radius":
+            ctx.error(path + ("remote_auth",), 'remote_auth = "eap-radius" is for a gateway: its own auth '
+                                               'must be "psk" or "pubkey"')
         if auth in EAP_METHODS and remote_auth in EAP_METHODS and (auth, remote_auth) != ("eap-tls", "eap-tls"):
             ctx.error(path + ("remote_auth",), "only one side of a connection can use EAP: the "
                                                "client (auth) or the gateway's peers (remote_auth); "

@@ -257,6 +257,25 @@ def _name(v):
     return v
 
 
+def _listen_addr(v):
+    """"ADDRESS:PORT" ("[v6]:PORT" for IPv6) -> (address, port); "" -> None (off)."""
+    v = _str(v).strip()
+    if not v:
+        return None
+    host, sep, port = v.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if ":" in host and not bracketed:  # "::1:9273" is ambiguous
+        host = ""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        addr = None
+    if not sep or addr is None or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Bad(f"{v!r} is not ADDRESS:PORT (e.g. \"127.0.0.1:9273\", \"[::1]:9273\")")
+    return (str(addr), int(port))
+
+
 def _ip(v):
     v = _str(v)
     try:

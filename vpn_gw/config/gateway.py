@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpn_gw.config.connection import ConnectionConfig
 from vpn_gw.config.convert import (
@@ -19,6 +20,7 @@ from vpn_gw.config.convert import (
     _int,
     _ip,
     _list,
+    _listen_addr,
     _nonempty_str,
     _ok,
     _Table,
@@ -28,7 +30,16 @@ from vpn_gw.config.errors import Problem
 from vpn_gw.config.keys import _CONN_HINT, GATEWAY_KEYS
 from vpn_gw.config.pools import PoolConfig
 
+if TYPE_CHECKING:
+    from vpn_gw.radius.settings import RadiusConfig
+
 DEFAULT_CONTROL_SOCKET = "/run/vpn-gw/control.sock"
+
+
+def default_control_socket() -> str:
+    """control.sock in systemd's RuntimeDirectory= when set, else DEFAULT_CONTROL_SOCKET."""
+    d = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return os.path.join(d, "control.sock") if d else DEFAULT_CONTROL_SOCKET
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -55,7 +66,9 @@ class GatewayConfig:
     xfrm_nfqueue_fail: str = "open"         # open (bypass) | closed, when the queue reader is not running
     keepalive_interval: float = 20.0        # NAT-T keepalives, seconds, 0 = off
     offload: bool = True                    # userspace ESP: UDP GSO/GRO, coalesced TUN writes
+    tun_tso: bool = False                   # userspace ESP: TSO super-packets from TUN, cut by us
     tcp_port: int = 4500                    # RFC 9329 TCP encapsulation listener, 0 = off
+    metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics (vpn_gw/metrics.py), None = off
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
     retransmit_base: float = 1.8            # back-off factor
     retransmit_tries: int = 5               # retransmissions before giving up
@@ -66,6 +79,7 @@ class GatewayConfig:
     dns_max_ttl: float = 3600.0
     ddns: tuple[DdnsConfig, ...] = ()       # [[ddns]] tables
     pools: tuple[PoolConfig, ...] = ()      # [[pool]] tables
+    radius: RadiusConfig | None = None      # [radius] (vpn_gw.radius.settings)
     source: Path | None = field(default=None, compare=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
@@ -93,7 +107,7 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
         ctx.error(("gateway",), f"expected a table ([gateway]), got {_describe(gw_data)}")
         gw_data = {}
     g = _Table(ctx, gw_data, ("gateway",), GATEWAY_KEYS, _CONN_HINT)
-    control_socket = g.get("control_socket", _nonempty_str, DEFAULT_CONTROL_SOCKET)
+    control_socket = g.get("control_socket", _nonempty_str, default_control_socket())
     if control_socket is not BAD:
         control_socket = ctx.path(control_socket)
     listen = g.get("listen", _list(_ip, example='["0.0.0.0", "::"]'),
@@ -117,7 +131,9 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
     xfrm_nfqueue_fail = g.get("xfrm_nfqueue_fail", _choice(("open", "closed")), "open")
     keepalive_interval = g.get("keepalive_interval", _duration, 20.0)
     offload = g.get("offload", _bool, True)
+    tun_tso = g.get("tun_tso", _bool, False)
     tcp_port = g.get("tcp_port", _int(0, 65535), 4500)
+    metrics_listen = g.get("metrics_listen", _listen_addr, None)
     retransmit_timeout = g.get("retransmit_timeout", _duration, 4.0)
     retransmit_base = g.get("retransmit_base", _float(1.0, 4.0), 1.8)
     retransmit_tries = g.get("retransmit_tries", _int(0, 20), 5)
@@ -135,6 +151,7 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
                 cookie_threshold=cookie_threshold, dataplane=dataplane, path_mtu=path_mtu,
                 xfrm_fragmentation=xfrm_fragmentation, xfrm_nfqueue=xfrm_nfqueue,
                 xfrm_nfqueue_fail=xfrm_nfqueue_fail, keepalive_interval=keepalive_interval, offload=offload,
-                tcp_port=tcp_port, retransmit_timeout=retransmit_timeout, retransmit_base=retransmit_base,
+                tun_tso=tun_tso, tcp_port=tcp_port, metrics_listen=metrics_listen,
+                retransmit_timeout=retransmit_timeout, retransmit_base=retransmit_base,
                 retransmit_tries=retransmit_tries, dns_servers=dns_servers, dns_port=dns_port,
                 dns_timeout=dns_timeout, dns_min_ttl=dns_min_ttl, dns_max_ttl=dns_max_ttl)

@@ -1,15 +1,17 @@
 """Which keys each table accepts, and the hints for a key written in the wrong table."""
 from __future__ import annotations
 
-TOP_KEYS = ("gateway", "connection", "pool", "ddns")
+from vpn_gw.pools.pg_settings import PG_POOL_KEYS
+
+TOP_KEYS = ("gateway", "connection", "pool", "ddns", "radius")
 DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "server", "port", "zone",
              "tsig_name", "tsig_secret", "tsig_algorithm", "ttl", "scheme", "path", "user", "password",
              "ca_file", "user_agent")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
-                "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "retransmit_timeout",
+                "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "tun_tso", "retransmit_timeout",
                 "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
-                "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port")
+                "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port", "metrics_listen")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
     "users_file", "eap_identity", "eap_password", "psk", "certs",
@@ -31,6 +33,6 @@ _GW_HINT = {k: f"'{k}' belongs in [gateway]" for k in GATEWAY_KEYS}
 _CONN_HINT = {k: f"'{k}' belongs in a [[connection]] table" for k in CONNECTION_KEYS}
 _CHILD_HINT = {k: f"'{k}' belongs in a [[connection.child]] table" for k in CHILD_KEYS
                if k not in CONNECTION_KEYS}
-POOL_KEYS = ("name", "addrs", "dns", "subnets", "lease_file", "masquerade")
+POOL_KEYS = ("name", "addrs", "dns", "subnets", "lease_file", "masquerade") + PG_POOL_KEYS
 _POOL_HINT = {k: f"'{k}' belongs in a [[pool]] table (a connection refers to pools by name "
                  f"with pools = [...])" for k in POOL_KEYS if k != "name"}

@@ -95,10 +95,15 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
                           f'transport = "{c.transport}" needs dataplane = "userspace" (ESP travels '
                           f'in the TCP connection)')
     _check_pools(ctx, pools_raw, pools, conns_raw, connections)
+    from vpn_gw.radius.settings import check_eap_radius_connections, parse_radius_section
+    radius = parse_radius_section(ctx, top)
+    check_eap_radius_connections(ctx, conns_raw, top)
+    from vpn_gw.pools.pg_settings import check_connection_backends
+    check_connection_backends(ctx, conns_raw, connections, pools)
     if ctx.errors:
         return None
     _check_inline_secret_perms(ctx, source)
     warnings = sorted(ctx.warnings, key=lambda p: p.line if p.line is not None else 1 << 30)
     return GatewayConfig(**settings, connections=tuple(connections),
-                         pools=tuple(pc for _, pc in pools), ddns=tuple(ddns), source=source,
+                         pools=tuple(pc for _, pc in pools), ddns=tuple(ddns), source=source, radius=radius,
                          warnings=tuple(warnings))

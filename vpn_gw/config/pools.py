@@ -5,7 +5,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpn_gw.config.connection import ConnectionConfig
 from vpn_gw.config.convert import (
@@ -29,6 +29,10 @@ from vpn_gw.config.convert import (
 from vpn_gw.config.keys import _CHILD_HINT, _CONN_HINT, _GW_HINT, POOL_KEYS
 
 
+if TYPE_CHECKING:
+    from vpn_gw.pools.pg_settings import PgPoolSettings
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     """One ``[[pool]]``: virtual IPs for remote-access clients (see vpn_gw.pools, ikev2.cp)."""
@@ -41,6 +45,8 @@ class PoolConfig:
     subnets: tuple[IPNetwork, ...]          # INTERNAL_IP4/6_SUBNET (split tunnelling)
     lease_file: Path
     masquerade: str | None = None           # interface: source-NAT the pool's traffic leaving there
+    backend: str = "file"                   # "file" | "postgresql" (vpn_gw.pools.pg_settings)
+    postgres: PgPoolSettings | None = None  # for backend = "postgresql"
 
     @property
     def version(self) -> int:
@@ -104,10 +110,12 @@ def _pool(ctx: _Ctx, d: dict, path: tuple) -> PoolConfig | None:
     subnets = t.get("subnets", _list(_ts, example='["10.1.0.0/24"]'), ())
     lease_file = t.get("lease_file", _nonempty_str, None)
     masquerade = t.get("masquerade", _ifname, None)
+    from vpn_gw.pools.pg_settings import parse_pool_backend
+    backend, postgres = parse_pool_backend(ctx, t, path)
     if len(ctx.errors) > nerr:
         return None
     first, last, net = addrs
-    return PoolConfig(masquerade=masquerade, name=name, addrs=str(net) if net is not None else f"{first}-{last}",
+    return PoolConfig(masquerade=masquerade, backend=backend, postgres=postgres, name=name, addrs=str(net) if net is not None else f"{first}-{last}",
                       first=first, last=last, network=net, dns=dns, subnets=subnets,
                       lease_file=ctx.path(lease_file) if lease_file is not None
                       else default_lease_file(name))

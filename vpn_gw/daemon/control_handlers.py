@@ -56,7 +56,7 @@ class ControlHandlers:
         sas = st.select_sas(gw.manager, name=None if name is None else str(name), peer=peer,
                             ike_id=ike_id)
         entries = st.iter_entries(gw.manager, gw.dataplane, gw.tcp, time.monotonic(),
-                                  time.time(), sas)
+                                  time.time(), sas, gw.events.install_errors)
         if args.get("stream"):
             return Stream(entries)
         return list(entries)
@@ -68,11 +68,22 @@ class ControlHandlers:
             gw.initiate(name)
             ev = await asyncio.wait_for(fut, timeout=timeout)
         except asyncio.TimeoutError:
+            if gw.waiters.pending.get(id(fut)) is not None:
+                raise RuntimeError(f"connection '{name}': IKE SA established, but no Child SA within "
+                                   "the timeout") from None
             raise RuntimeError(f"connection '{name}' did not come up within the timeout") from None
         finally:
             gw.waiters.discard(fut)
-        if isinstance(ev, E.IkeUp):
-            return {"connection": name, "state": "established"}
+        if isinstance(ev, tuple):
+            up, child = ev
+            if isinstance(child, E.ChildFailed):
+                # as swanctl --initiate: the IKE SA alone is not a tunnel
+                raise RuntimeError(f"connection '{name}': IKE SA established, but Child SA "
+                                   f"'{child.child_name}' failed: {child.reason}")
+            refused = gw.events.install_errors.get(up.ike_id)
+            if refused:  # the data plane could not install it (e.g. no TUN device)
+                raise RuntimeError(f"connection '{name}': IKE_SA established, but " + "; ".join(refused))
+            return {"connection": name, "state": "established", "child": child.child_name}
         raise RuntimeError(f"connection '{name}' failed: {getattr(ev, 'reason', ev)}")
 
     def down(self, name: str) -> dict[str, Any]:

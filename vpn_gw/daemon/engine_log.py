@@ -3,6 +3,7 @@ trigger at will rate-limited per kind and source address, so a flood of garbage 
 the log."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -20,8 +21,12 @@ FLOODABLE = frozenset({"dropped datagram", "dropped malformed message",
 class EngineLog:
     def __init__(self) -> None:
         self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
+        # sees every line, also rate-limited ones (metrics count COOKIEs, EAP results)
+        self.observer: Callable[[str, dict], None] | None = None
 
     def __call__(self, level: str, event: str, **fields: Any) -> None:
+        if self.observer is not None:
+            self.observer(event, fields)
         if event in FLOODABLE:
             peer = str(fields.get("peer", "")).rsplit(":", 1)[0]
             self._ratelimit.log((event, fields.get("reason", ""), peer), event, level=level, **fields)

@@ -16,7 +16,7 @@ from vpn_gw.daemon.client_dns import write_dns_file
 from vpn_gw.daemon.scheduler import Scheduler
 from vpn_gw.daemon.traps import Traps
 from vpn_gw.daemon.virtual_ips import VirtualIps
-from vpn_gw.dataplane import DataPlane
+from vpn_gw.dataplane import DataPlane, InstallError
 from vpn_gw.policies import initiate_target
 
 log = structlog.get_logger("vpn_gw")
@@ -37,23 +37,37 @@ class EventHost(Protocol):
 
 
 class Waiters:
-    """``vpn-gw up``: futures resolved by the connection's first IkeUp, IkeDown or AuthFailed."""
+    """``vpn-gw up``: futures resolved by how the initiation ended: AuthFailed or IkeDown, or,
+    once the IKE SA is up (IkeUp), the outcome of the Child SA that IKE_AUTH carried: the future
+    gets ``(IkeUp, ChildUp | ChildFailed)``. A future whose IKE SA came up but that saw no Child
+    event yet keeps the IkeUp in ``pending`` (the caller reports it at its timeout)."""
     def __init__(self) -> None:
-        self._waiting: list[tuple[str, asyncio.Future[E.Event]]] = []
+        self._waiting: list[tuple[str, asyncio.Future[Any]]] = []
+        self.pending: dict[int, E.IkeUp] = {}  # id(future) -> the IkeUp seen
 
-    def add(self, name: str) -> asyncio.Future[E.Event]:
-        fut: asyncio.Future[E.Event] = asyncio.get_running_loop().create_future()
+    def add(self, name: str) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((name, fut))
         return fut
 
-    def discard(self, fut: asyncio.Future[E.Event]) -> None:
+    def discard(self, fut: asyncio.Future[Any]) -> None:
         self._waiting = [(n, f) for n, f in self._waiting if f is not fut]
+        self.pending.pop(id(fut), None)
 
     def event(self, ev: E.Event) -> None:
-        if not isinstance(ev, (E.IkeUp, E.IkeDown, E.AuthFailed)):
+        if not isinstance(ev, (E.IkeUp, E.IkeDown, E.AuthFailed, E.ChildUp, E.ChildFailed)):
             return
         for name, fut in list(self._waiting):
-            if ev.ike_name == name and not fut.done():
+            if ev.ike_name != name or fut.done():
+                continue
+            up = self.pending.get(id(fut))
+            if isinstance(ev, E.IkeUp):
+                if up is None:
+                    self.pending[id(fut)] = ev
+            elif isinstance(ev, (E.ChildUp, E.ChildFailed)):
+                if up is not None and ev.ike_id == up.ike_id:
+                    fut.set_result((up, ev))
+            elif up is None or ev.ike_id == up.ike_id:
                 fut.set_result(ev)
 
 
@@ -61,11 +75,15 @@ class EventRouter:
     def __init__(self, host: EventHost, waiters: Waiters):
         self.host = host
         self.waiters = waiters
+        self.install_errors: dict[int, list[str]] = {}  # ike_id -> Child SAs the data plane refused
 
     def handle(self, ev: E.Event) -> None:
         h = self.host
         if isinstance(ev, E.ChildUp):
-            h.dataplane.install_child(ev)
+            try:
+                h.dataplane.install_child(ev)
+            except InstallError as e:
+                self._child_install_failed(ev, str(e))
         elif isinstance(ev, E.ChildDown):
             h.dataplane.remove_child(ev.spi_in, ev.spi_out)
         elif isinstance(ev, (E.PeerAddressChanged, E.LocalAddressChanged)):
@@ -88,9 +106,20 @@ class EventRouter:
                      peer=f"{ev.peer[0]}:{ev.peer[1]}" if ev.peer else None)
         self.waiters.event(ev)
 
+    def _child_install_failed(self, ev: E.ChildUp, reason: str) -> None:
+        """The data plane cannot carry a negotiated Child SA: delete it (the peer learns it), and
+        say so in the log, in `status` (install_errors) and to a waiting `vpn-gw up`."""
+        log.error("CHILD_SA installation failed: deleting it", connection=ev.ike_name, child=ev.child_name,
+                  spi_in=ev.keys.spi_in.hex(), error=reason)
+        self.install_errors.setdefault(ev.ike_id, []).append(f"CHILD_SA {ev.child_name} not installed: {reason}")
+        sa = self.host.manager.by_id(ev.ike_id)
+        if sa is not None:
+            sa.delete_child(ev.keys.spi_in, time.monotonic())
+
     def _ike_down(self, ev: E.IkeDown) -> None:
         h = self.host
         log.info("IKE_SA down", connection=ev.ike_name, reason=ev.reason)
+        self.install_errors.pop(ev.ike_id, None)
         conn = h.connection(ev.ike_name)
         h.virtual_ips.released(ev.ike_id, conn)
         if conn is not None and conn.vips:

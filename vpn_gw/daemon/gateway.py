@@ -23,7 +23,8 @@ import structlog
 
 from ikev2.crypto.mlkem import mlkem_backend_text
 from ikev2.manager import IkeManager
-from vpn_gw.config import GatewayConfig, diff_configs, load_config
+from vpn_gw.bind_errors import explain
+from vpn_gw.config import ConfigError, GatewayConfig, diff_configs, load_config
 from vpn_gw.control import ControlServer
 from vpn_gw.daemon.control_handlers import ControlHandlers
 from vpn_gw.daemon.engine_log import EngineLog
@@ -36,9 +37,11 @@ from vpn_gw.daemon.traps import Traps
 from vpn_gw.daemon.virtual_ips import VirtualIps
 from vpn_gw.dataplane import DataPlane, RecordingDataPlane
 from vpn_gw.ddns.service import DdnsService, is_fqdn
+from vpn_gw.metrics import GatewayMetrics, MetricsServer
 from vpn_gw.policies import ike_policy, initiate_target
 from vpn_gw.pools import PoolSet, masquerade
 from vpn_gw.probe import ProbeResponder
+from vpn_gw.sdnotify import Notifier
 from vpn_gw.transport.tcp import TcpService
 from vpn_gw.transport.udp import route_source
 from vpn_gw.transport.udp_service import DatagramSinks, UdpService
@@ -57,7 +60,8 @@ def make_dataplane(config: GatewayConfig, gw: Gateway) -> DataPlane:
     if config.dataplane == "userspace":
         from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane
         return UserspaceDataPlane(gw.send_esp, gw.interface_for, path_mtu=config.path_mtu,
-                                  keepalive_interval=config.keepalive_interval, offload=config.offload)
+                                  keepalive_interval=config.keepalive_interval, offload=config.offload,
+                                  tso=config.tun_tso)
     if config.dataplane == "xfrm":
         from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane
         ifids = {c.interface: c.if_id for c in config.connections if c.interface}
@@ -78,9 +82,20 @@ class Gateway:
         self.dataplane = dataplane if dataplane is not None else make_dataplane(config, self)
         self.started = time.time()
         self.held_down: set[str] = set()  # taken down by `vpn-gw down`: no automatic restart
-        self.virtual_ips = VirtualIps(PoolSet.from_config(config.pools), lambda: self.config)
+        self.engine_log = EngineLog()
+        self.radius = None  # remote_auth = "eap-radius" (docs/fleet.md)
+        if config.radius is not None:
+            from vpn_gw.radius.service import RadiusService
+            self.radius = RadiusService(config.radius, self)
+        self.fleet_pools = None  # [[pool]] backend = "postgresql" (docs/fleet.md)
+        if any(p.backend == "postgresql" for p in config.pools):
+            from vpn_gw.pools.fleet import PgPoolService
+            self.fleet_pools = PgPoolService(config, self)
+        self.virtual_ips = VirtualIps(PoolSet.from_config([p for p in config.pools if p.backend == "file"]),
+                                      lambda: self.config,
+                                      framed=self.radius.framed if self.radius is not None else None)
         self.manager = IkeManager([self._policy(c) for c in config.connections], os.urandom,
-                                  log=EngineLog(), wall_offset=time.time() - time.monotonic(),
+                                  log=self.engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
                                   cookie_threshold=config.cookie_threshold)
         self.manager.set_activity_probe(self.dataplane.last_rx)
@@ -91,7 +106,7 @@ class Gateway:
         self.scheduler = Scheduler(self.manager.next_deadline, self._on_timer)
         self.waiters = Waiters()
         self.events = EventRouter(self, self.waiters)
-        self.traps = Traps(self.manager, self.dataplane, self.initiate)
+        self.traps = Traps(self.manager, self.dataplane, self.initiate, self.flush)
         self.probe_responder = ProbeResponder()  # docs/probe.md: stateless, rate-limited echo
         self.udp = UdpService(lambda: self.config, self.dataplane,
                               DatagramSinks(ike=self._ike_received, after_batch=self.flush),
@@ -102,14 +117,22 @@ class Gateway:
         self.roaming = RoamingWatcher(self.manager, self.tcp.roam, self.flush)
         self.lifetimes = LifetimeWatcher(self.manager, self.dataplane, self.flush)
         self.control = ControlHandlers(self)
+        self.notifier = Notifier()  # systemd Type=notify ($NOTIFY_SOCKET); a no-op without it
+        self.metrics: GatewayMetrics | None = None  # [gateway] metrics_listen (docs/metrics.md)
+        if config.metrics_listen is not None:
+            self.metrics = GatewayMetrics()
+            self.metrics.bind(self)
+            self.engine_log.observer = self.metrics.on_log
 
     @property
     def pools(self) -> PoolSet:
         return self.virtual_ips.pools
 
     def _policy(self, conn: Any) -> Any:
-        return ike_policy(conn, self.config,
-                          address_assigner=lambda ident, req, c=conn: self.virtual_ips.assign(c, ident, req))
+        assigner = (self.fleet_pools.assigner(conn) if self.fleet_pools is not None and self.fleet_pools.uses(conn)
+                    else lambda ident, req, c=conn: self.virtual_ips.assign(c, ident, req))
+        return ike_policy(conn, self.config, address_assigner=assigner,
+                          eap_backend=self.radius.backend if self.radius is not None else None)
 
     def connection(self, name: str) -> Any:
         return self._conns.get(name)
@@ -164,6 +187,12 @@ class Gateway:
 
     def deliver(self, ev: Any) -> None:
         try:
+            if self.metrics is not None:  # before the router: a Child SA's counters still exist
+                self.metrics.on_event(self, ev)
+            if self.radius is not None:
+                self.radius.on_event(ev)  # first: ChildDown counters are read before removal
+            if self.fleet_pools is not None:
+                self.fleet_pools.on_event(ev)
             self.events.handle(ev)
         except Exception as e:  # noqa: BLE001 - an event handler bug never stops the gateway
             log.error("event handling failed", event=type(ev).__name__, connection=ev.ike_name,
@@ -255,9 +284,23 @@ class Gateway:
                 "dataplane": self.dataplane.stats()}
 
     def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file (`vpn-gw reload`, SIGHUP), telling systemd around it."""
         if self.config.source is None:
             raise ValueError("configuration was not loaded from a file")
-        new = load_config(self.config.source)
+        self.notifier.reloading()
+        try:
+            return self._reload(self.config.source)
+        finally:
+            self.notifier.ready(f"{len(self.config.connections)} connections loaded")
+
+    def _reload_on_signal(self) -> None:
+        try:
+            log.info("reloaded on SIGHUP", **self.reload())
+        except (ConfigError, ValueError, RuntimeError, OSError) as e:
+            log.error("reload on SIGHUP failed: configuration kept", error=str(e))
+
+    def _reload(self, source: Any) -> dict[str, Any]:
+        new = load_config(source)
         d = diff_configs(self.config, new)
         for name in d.removed:
             self.manager.terminate(name, time.monotonic())
@@ -274,7 +317,8 @@ class Gateway:
 
     def status(self) -> list[dict[str, Any]]:
         from vpn_gw.daemon.status import status_entries
-        return status_entries(self.manager, self.dataplane, self.tcp, time.monotonic(), time.time())
+        return status_entries(self.manager, self.dataplane, self.tcp, time.monotonic(), time.time(),
+                              install_errors=self.events.install_errors)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -287,6 +331,10 @@ class Gateway:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.ddns.start()
+        if self.radius is not None:
+            await self.radius.start()
+        if self.fleet_pools is not None:
+            await self.fleet_pools.start()
         for note in self.pools.load():
             log.warning("address pool", note=note)
         try:
@@ -312,9 +360,12 @@ class Gateway:
         self.traps.install_all(self.config.connections)
         control = ControlServer(str(self.config.control_socket), self.control.handle)
         await control.start()
+        metrics_server = await self._start_metrics()
         log.info("vpn-gw started", connections=len(self.config.connections),
                  control_socket=str(self.config.control_socket), dataplane=self.dataplane.name,
                  mlkem=mlkem_backend_text())  # which ML-KEM sets the linked OpenSSL offers
+        self.notifier.ready(f"{len(self.config.connections)} connections loaded")
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         for conn in self.config.connections:
             if conn.start_action == "start" and initiate_target(conn):
                 try:
@@ -325,6 +376,7 @@ class Gateway:
         self.flush()
         watchers = [loop.create_task(self.roaming.run()), loop.create_task(self.lifetimes.run())]
         await stop.wait()
+        self.notifier.stopping()
         for w in watchers:
             w.cancel()
         log.info("stopping: deleting IKE SAs")
@@ -333,8 +385,14 @@ class Gateway:
             sa.delete(now, "gateway shutting down")
         self.flush()
         await asyncio.sleep(0.2)  # let the DELETEs leave (no retransmission at shutdown)
+        if self.radius is not None:
+            await self.radius.stop()  # accounting Stop for what is left
+        if self.fleet_pools is not None:
+            await self.fleet_pools.stop()
         self.scheduler.close()
         await control.stop()
+        if metrics_server is not None:
+            await metrics_server.close()
         await self.tcp.close()
         self.udp.close()
         self.routes.remove()
@@ -343,6 +401,19 @@ class Gateway:
         if any(p.masquerade for p in self.config.pools):
             masquerade.remove()
         log.info("vpn-gw stopped")
+
+
+    async def _start_metrics(self) -> MetricsServer | None:
+        if self.metrics is None or self.config.metrics_listen is None:
+            return None
+        host, port = self.config.metrics_listen
+        server = MetricsServer(self.metrics, host, port)
+        try:
+            await server.start()
+        except OSError as e:
+            raise StartupError(explain(e, host, port, "TCP (metrics)", "[gateway] metrics_listen")) from None
+        log.info("metrics served", url=f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
+        return server
 
 
 def _reachable(ip: str) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ikev2.manager import IkeManager
@@ -119,17 +119,23 @@ def summarise(manager: IkeManager) -> dict[str, Any]:
 
 
 def status_entries(manager: IkeManager, dataplane: DataPlane, tcp: TcpService, now: float,
-                   wall: float, sas: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+                   wall: float, sas: Iterable[Any] | None = None,
+                   install_errors: Mapping[int, list[str]] | None = None) -> list[dict[str, Any]]:
     """Entries for sas (default: every live IKE SA)."""
-    return list(iter_entries(manager, dataplane, tcp, now, wall, sas))
+    return list(iter_entries(manager, dataplane, tcp, now, wall, sas, install_errors))
 
 
 def iter_entries(manager: IkeManager, dataplane: DataPlane, tcp: TcpService, now: float,
-                 wall: float, sas: Iterable[Any] | None = None) -> Iterator[dict[str, Any]]:
-    """One entry at a time; an SA deleted since it was selected is skipped."""
+                 wall: float, sas: Iterable[Any] | None = None,
+                 install_errors: Mapping[int, list[str]] | None = None) -> Iterator[dict[str, Any]]:
+    """One entry at a time; an SA deleted since it was selected is skipped. install_errors:
+    {IKE SA number: Child SAs the data plane refused} (shown as ``install_errors``)."""
     for sa in (select_sas(manager) if sas is None else sas):
         if sa.state.value != DELETED:
-            yield ike_entry(sa.status(now), dataplane, tcp, wall)
+            entry = ike_entry(sa.status(now), dataplane, tcp, wall)
+            if install_errors and install_errors.get(entry["uid"]):
+                entry["install_errors"] = list(install_errors[entry["uid"]])
+            yield entry
 
 
 def ike_entry(st: dict[str, Any], dataplane: DataPlane, tcp: TcpService, wall: float) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 first packet starts the connection (an ACQUIRE)."""
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable
 
 import structlog
@@ -14,10 +15,12 @@ log = structlog.get_logger("vpn_gw")
 
 
 class Traps:
-    def __init__(self, manager: IkeManager, dataplane: DataPlane, initiate: Callable[[str], Any]):
+    def __init__(self, manager: IkeManager, dataplane: DataPlane, initiate: Callable[[str], Any],
+                 flush: Callable[[], None] = lambda: None):
         self.manager = manager
         self.dataplane = dataplane
         self.initiate = initiate
+        self.flush = flush  # sends what the engine produced
 
     @property
     def supported(self) -> bool:
@@ -40,6 +43,12 @@ class Traps:
         return self.supported and name in self.dataplane.traps  # type: ignore[attr-defined]
 
     def _acquire(self, name: str) -> None:
+        asked = self.manager.request_missing_children(name, time.monotonic())
+        if asked is not None:  # the IKE SA is up: the trapped Child SA was deleted (by the peer)
+            if asked:
+                log.info("traffic for a trap policy: asking for the Child SA again", connection=name)
+                self.flush()
+            return
         if self.manager.find(name):
             return  # already being set up
         try:

@@ -21,6 +21,11 @@ class ChildCounters:
     drops: dict[str, int] = field(default_factory=dict)
 
 
+class InstallError(Exception):
+    """The data plane cannot carry this Child SA (e.g. no TUN device): the daemon deletes it
+    and reports why (log, status, ``vpn-gw up``)."""
+
+
 class DataPlane:
     name = "abstract"
 
@@ -44,6 +49,7 @@ class DataPlane:
         before the tunnel is up (traffic to it is dropped and counted until then)."""
 
     def install_child(self, ev: ChildUp) -> None:
+        """Carry traffic over this Child SA from now on; raises InstallError if it cannot."""
         raise NotImplementedError
 
     def add_virtual_ips(self, conn: str, addresses: list[str]) -> None:

@@ -100,6 +100,9 @@ class DdnsService:
         else:
             res = await pub.publish(addrs[0], force=force)
         self._last_published[id(t)] = time.monotonic()
+        m = getattr(self.gw, "metrics", None)
+        if m is not None:
+            m.ddns_publish.labels(t.method, "ok" if res.ok else "failed").inc()
         if res.ok:
             log.info("published our address", method=t.method, names=list(t.names), addresses=addrs,
                      sent=getattr(res, "sent", True))

@@ -40,8 +40,10 @@ LEASE_FILE_FORMAT = 1
 
 
 def default_lease_file(pool_name: str) -> Path:
-    """Where a pool's leases are kept unless ``lease_file`` says otherwise."""
-    return DEFAULT_LEASE_DIR / f"pool-{pool_name}.json"
+    """Where a pool's leases are kept unless ``lease_file`` says otherwise: systemd's
+    StateDirectory= ($STATE_DIRECTORY) when set, else /var/lib/vpn-gw."""
+    d = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return (Path(d) if d else DEFAULT_LEASE_DIR) / f"pool-{pool_name}.json"
 
 
 # --------------------------------------------------------------------------------------------

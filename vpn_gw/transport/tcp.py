@@ -340,7 +340,10 @@ class TcpService:
                     srv = await loop.create_server(lambda: TcpConnection(self, originator=False), host=str(addr),
                                                    port=port, family=fam, reuse_address=True, backlog=128)
                 except OSError as e:
-                    log.error("cannot listen for TCP-encapsulated IKE", address=str(addr), port=port, error=str(e))
+                    from vpn_gw.bind_errors import explain
+                    log.error("cannot listen for TCP-encapsulated IKE (continuing with UDP only)",
+                              address=str(addr), port=port,
+                              error=explain(e, str(addr), port, "TCP (RFC 9329)", "[gateway] tcp_port"))
                     continue
                 self.servers.append(srv)
                 log.info("listening", address=str(addr), port=port, protocol="tcp")

@@ -17,6 +17,7 @@ import structlog
 
 from ikev2.constants import NON_ESP_MARKER
 
+from vpn_gw.bind_errors import BindError
 from vpn_gw.probe import ProbeResponder, is_probe
 from vpn_gw.transport.udp import IkeSocket
 
@@ -58,7 +59,11 @@ class UdpService:
         cfg = self.config
         for addr in cfg.listen:
             for port in (cfg.ike_port, cfg.natt_port):
-                s = IkeSocket(str(addr), port)
+                try:
+                    s = IkeSocket(str(addr), port)
+                except OSError as e:
+                    raise BindError(e, str(addr), port, "UDP (IKE)",
+                                    "[gateway] listen, ike_port or natt_port") from None
                 if self.dataplane.name == "xfrm":
                     # IKE itself must never be encrypted; the kernel decapsulates ESP-in-UDP.
                     from vpn_gw.dataplane.xfrm.sockets import prepare_ike_socket

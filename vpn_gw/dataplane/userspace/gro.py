@@ -11,13 +11,16 @@ The rules are those of Linux's tcp_gro_receive, a little stricter: adjacent segm
 (never reordered), same addresses, ports, TOS, TTL, DF set, no IP options, no fragments, same
 ACK number, window and TCP options (timestamps included), ACK flag only (PSH allowed on the last
 segment), consecutive sequence numbers, every segment but the last exactly the first one's
-length, at most 64 KiB. Each segment's TCP checksum is verified first (as GRO does): the merged
+length, at most 64 KiB. Each segment's IPv4 header and TCP checksums are verified first (as GRO
+does; one sum over the whole run, docs/esp.md "Checksums on the decrypt side"): the merged
 packet's checksum is left to the kernel (NEEDS_CSUM), so a segment that arrived corrupted
 (before the peer encrypted it) is written on its own, unchanged, for the receiver to refuse.
 """
 from __future__ import annotations
 
 import struct
+from itertools import repeat
+from typing import Literal
 
 VNET_HDR_LEN = 10  # struct virtio_net_hdr (no num_buffers: TUN's default header size)
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -30,17 +33,35 @@ MAX_SEGMENTS = 64
 _TCP_ACK, _TCP_PSH = 0x10, 0x08
 
 
-def _checksum_ok(pkt: bytes) -> bool:
-    """Is the TCP checksum of this IPv4 packet (no IP options) right? Ones' complement sum via
-    one big integer: 2^16 = 1 (mod 0xFFFF), so the sum of the 16-bit words is the integer
-    modulo 0xFFFF. Source and destination address (bytes 12..20) directly precede the TCP
-    header, so one integer covers them and the segment; protocol and TCP length complete the
-    pseudo header. A correct segment sums to 0 modulo 0xFFFF."""
-    n = len(pkt) - 20
-    v = int.from_bytes(memoryview(pkt)[12:], "big")
-    if n & 1:
-        v <<= 8
-    return (v + 6 + n) % 0xFFFF == 0
+def _checksums_ok(run: list[bytes]) -> bool:
+    """Are the IPv4 header and TCP checksums of every segment in ``run`` right? The segments
+    (IPv4 without options, TCP) share addresses, which coalesce_counted has checked.
+
+    One ones' complement sum over the whole run (docs/esp.md "Checksums on the decrypt side"):
+    2^16 = 1 (mod 0xFFFF), so a byte string read as one integer is, modulo 0xFFFF, the ones'
+    complement sum of its 16-bit words. Read little-endian, the words pair bytes (0,1), (2,3)...
+    from the start, an odd last byte padded with zero as RFC 1071 wants, and the sum comes out
+    byte-swapped (its byte-order independence); multiplying by 256 swaps bytes modulo 0xFFFF.
+    A segment with a valid IP header sums to the TCP segment's sum (the header sums to 0), and a
+    valid TCP segment sums to minus its pseudo header (addresses, 6, TCP length), so for the run
+    sum(packets) + sum(pseudo headers) = 0 (mod 0xFFFF) when all are right; 0 and 0xFFFF (the
+    two zeros) are the same residue. A single corrupted segment always shows; errors in several
+    segments cancel with probability 1/65535, the TCP checksum's own strength per segment."""
+    k = len(run)
+    little: repeat[Literal["little"]] = repeat("little", k)
+    s = sum(map(int.from_bytes, run, little))
+    pseudo = k * (int.from_bytes(run[0][12:20], "big") + 6 - 20) + sum(map(len, run))
+    return (s + (pseudo << 8)) % 0xFFFF == 0
+
+
+def _verified_end(pkts: list[bytes], i: int, j: int) -> int:
+    """The end of the longest run pkts[i:end] (end <= j) whose checksums are right."""
+    if _checksums_ok(pkts[i:j]):
+        return j
+    for e in range(i, j):
+        if not _checksums_ok([pkts[e]]):
+            return e
+    return j  # not reached: a failing run has a failing segment
 
 
 def _ip_checksum(hdr: bytes | bytearray) -> int:
@@ -73,73 +94,67 @@ def coalesce(pkts: list[bytes]) -> list[list]:
 def coalesce_counted(pkts: list[bytes]) -> list[tuple[list, int]]:
     """``coalesce``, each write with the number of ``pkts`` it carries."""
     out: list[tuple[list, int]] = []
+    append = out.append
     i, n = 0, len(pkts)
     while i < n:
         p = pkts[i]
-        info = _segment_info(p)
-        if info is None or i + 1 == n:
-            out.append(([NO_OFFLOAD, p], 1))
+        info = _segment_info(p) if i + 1 < n else None
+        if info is None or info[2] & _TCP_PSH:
+            append(([NO_OFFLOAD, p], 1))
             i += 1
             continue
         thl, size, flags = info
         hl = 20 + thl
-        if flags & _TCP_PSH:
-            out.append(([NO_OFFLOAD, p], 1))
-            i += 1
-            continue
-        # what must match: version, IHL, TOS (0..2), flags, fragment offset, TTL, protocol
-        # (6..10), addresses and ports (12..24), ACK number and data offset (28..33), window
-        # (34..36), urgent pointer and TCP options (38..hl); flags: ACK, PSH on the last
-        ip_a, ip_b = p[:2], p[6:10]
+        # what must match: version, IHL, flags, fragment offset, protocol (_segment_info), TOS
+        # (1), TTL (8), addresses and ports (12..24), ACK number and data offset (28..33),
+        # window (34..36), urgent pointer and TCP options (38..hl); flags: ACK, PSH on the last
+        tos, ttl = p[1], p[8]
         same = p[12:24]
         ack_off = p[28:33]
         win = p[34:36]
         opts = p[38:hl]
-        seq = int.from_bytes(p[24:28], "big")
+        nxt = (int.from_bytes(p[24:28], "big") + size) & 0xFFFFFFFF
         total = len(p)
-        bufs = [p[:hl], memoryview(p)[hl:]]
-        last_flags = flags
         j = i + 1
-        while j < n and len(bufs) <= MAX_SEGMENTS:
+        limit = min(n, i + MAX_SEGMENTS)
+        while j < limit:
             q = pkts[j]
             qi = _segment_info(q)
             if qi is None:
                 break
             qthl, qsize, qflags = qi
             if (qthl != thl or qsize > size or total + qsize > MAX_LEN or q[12:24] != same
-                    or int.from_bytes(q[24:28], "big") != (seq + total - hl) & 0xFFFFFFFF
-                    or q[28:33] != ack_off or q[34:36] != win or q[38:hl] != opts
-                    or q[:2] != ip_a or q[6:10] != ip_b):
+                    or int.from_bytes(q[24:28], "big") != nxt or q[28:33] != ack_off
+                    or q[34:36] != win or q[38:hl] != opts or q[1] != tos or q[8] != ttl):
                 break
-            if j == i + 1 and not _checksum_ok(p):
-                break
-            if not _checksum_ok(q):
-                break
-            bufs.append(memoryview(q)[hl:])
             total += qsize
-            last_flags = qflags
+            nxt = (nxt + qsize) & 0xFFFFFFFF
             j += 1
             if qsize < size or qflags & _TCP_PSH:
                 break  # a short or pushed segment ends the packet (as in GRO)
-        if j == i + 1:
-            out.append(([NO_OFFLOAD, p], 1))
+        if j > i + 1:
+            e = _verified_end(pkts, i, j)
+            if e < j:
+                j = e
+                total = sum(map(len, pkts[i:j])) - (j - i - 1) * hl
+        if j <= i + 1:
+            append(([NO_OFFLOAD, p], 1))
             i += 1
             continue
         tcp_len = total - 20
-        hdr = bytearray(bufs[0])
+        hdr = bytearray(p[:hl])
         hdr[2:4] = total.to_bytes(2, "big")
         hdr[10:12] = b"\0\0"
         hdr[10:12] = _ip_checksum(hdr).to_bytes(2, "big")
-        hdr[33] = flags | (last_flags & _TCP_PSH)
+        hdr[33] = flags | (pkts[j - 1][33] & _TCP_PSH)
         # NEEDS_CSUM: the checksum field holds the (not complemented) pseudo-header sum
         ps = int.from_bytes(hdr[12:14], "big") + int.from_bytes(hdr[14:16], "big") \
             + int.from_bytes(hdr[16:18], "big") + int.from_bytes(hdr[18:20], "big") + 6 + tcp_len
         while ps > 0xFFFF:
             ps = (ps & 0xFFFF) + (ps >> 16)
         hdr[36:38] = ps.to_bytes(2, "big")
-        bufs[0] = hdr
         vnet = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hl, size, 20, 16)
-        out.append(([vnet, *bufs], j - i))
+        append(([vnet, hdr, *[memoryview(q)[hl:] for q in pkts[i:j]]], j - i))
         i = j
     return out
 

@@ -29,6 +29,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,8 +41,8 @@ from esp.fragment import decide, fragment_ipv4, icmp_frag_needed, icmpv6_packet_
 from esp.packet import decapsulate, encapsulate
 from ikev2.events import Address, ChildUp
 
-from vpn_gw.dataplane import ChildCounters, DataPlane
-from vpn_gw.dataplane.iproute import ipr_call
+from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
+from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
 
 log = structlog.get_logger("vpn_gw.dataplane")
@@ -53,6 +54,8 @@ TX_BATCH = 64  # ESP datagrams held per path while draining a TUN device (one GS
 RX_BATCH = 64  # decrypted packets held per TUN device during one socket wake-up (coalescing)
 TRAP_QUEUE = 64  # packets held per trap policy while the IKE SA comes up
 TRAP_RETRY = 5.0  # seconds before traffic may trigger the connection again
+HELD_RX = 256  # decrypted packets held per Child SA while its routes are programmed
+_V4_ADDRESSES = struct.Struct("!II").unpack_from  # (source, destination) of an IPv4 header at 12
 
 
 @dataclass
@@ -91,14 +94,24 @@ class _Child:
     routes: list[str] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
     last_rx: float | None = None
+    # Decrypted packets held while the routes back to the peer's hosts are being programmed
+    # (the answers to them need those routes); None once they are (or none are needed).
+    held_rx: list[bytes] | None = None
     # {version: ((lo, hi), ...)} when every selector is "any protocol, any port" (the usual
     # case): the per-packet policy checks then need only the addresses; None otherwise.
     fast_local: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
     fast_remote: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
 
+    # (remote lo, remote hi, local lo, local hi) when each side is one IPv4 range of any protocol
+    # and port (a site-to-site or remote-access SA): the inbound check is then two comparisons.
+    in4: tuple[int, int, int, int] | None = field(default=None, init=False)
+
     def __post_init__(self) -> None:
         self.fast_local = _address_ranges(self.local_ts)
         self.fast_remote = _address_ranges(self.remote_ts)
+        fl, fr = self.fast_local, self.fast_remote
+        if fl is not None and fr is not None and len(fl[4]) == 1 and len(fr[4]) == 1:
+            self.in4 = (*fr[4][0], *fl[4][0])
 
 
 @dataclass
@@ -181,13 +194,35 @@ def _match(sels: list[_Selector], version: int, addr: int, proto: int, port: int
     return False
 
 
+def _inbound_drop_reason(child: _Child, inner: bytes) -> str | None:
+    """Why a decrypted packet may not leave this Child SA (RFC 4301 5.2: it must match the SA's
+    selectors, source in the remote ones, destination in the local ones); None if it may."""
+    in4 = child.in4
+    if in4 is not None and inner[:1] and inner[0] >> 4 == 4 and len(inner) >= 20:
+        src, dst = _V4_ADDRESSES(inner, 12)
+        ok = in4[0] <= src <= in4[1] and in4[2] <= dst <= in4[3]
+    elif child.fast_local is not None and child.fast_remote is not None:
+        a = _addresses(inner)
+        if a is None:
+            return "malformed"
+        v, src, dst = a
+        ok = _in_ranges(child.fast_remote[v], src) and _in_ranges(child.fast_local[v], dst)
+    else:
+        f = _flow(inner)
+        if f is None:
+            return "malformed"
+        v, src, dst, proto, sport, dport = f
+        ok = _match(child.remote_ts, v, src, proto, sport) and _match(child.local_ts, v, dst, proto, dport)
+    return None if ok else "policy_mismatch"
+
+
 class UserspaceDataPlane(DataPlane):
     name = "userspace"
 
     def __init__(self, send_udp: Callable[[bytes, Address, Address], None],
                  interface_for: Callable[[str], str | None], *, path_mtu: int = 1500,
                  tun_mtu: int = 1500, keepalive_interval: float = 20.0, replay_window: int = 1024,
-                 clock: Callable[[], float] = time.monotonic, offload: bool = True):
+                 clock: Callable[[], float] = time.monotonic, offload: bool = True, tso: bool = False):
         self.send_udp = send_udp
         self.interface_for = interface_for
         self.path_mtu = path_mtu
@@ -209,13 +244,22 @@ class UserspaceDataPlane(DataPlane):
         # Several ESP datagrams for one path at once (the daemon sends them with UDP GSO);
         # None: one send_udp call per datagram.
         self.offload = offload  # TUN devices with vnet_hdr: coalesced TCP writes (vpn_gw.dataplane.userspace.gro)
+        self.tso = offload and tso  # TUN devices offer TSO: super-packets cut by us (.tso)
         self._rx: dict[Tun, list[bytes]] | None = None  # between rx_batch_begin and rx_batch_end
         self.send_udp_batch: Callable[[list[bytes], Address, Address], None] | None = None
         self._tx: dict[int, tuple[Address, Address, list[bytes]]] | None = None  # while draining a TUN
+        self.tso_reads = 0  # TSO super-packets read from TUN devices
+        self.tso_segments = 0  # wire segments cut from them
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        try:
+            os.close(os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC))
+        except OSError as e:
+            log.error("TUN unavailable: the userspace data plane cannot carry traffic, every CHILD_SA "
+                      "will fail to install (load the tun module, or give the daemon /dev/net/tun)",
+                      error=f"cannot open /dev/net/tun: {e.strerror}")
         if self.keepalive_interval:
             self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalives())
 
@@ -225,6 +269,10 @@ class UserspaceDataPlane(DataPlane):
         loop = asyncio.get_running_loop()
         for c in list(self.by_spi_in.values()):
             self.remove_child(c.spi_in, c.spi_out)
+        try:
+            await loop.run_in_executor(None, wait_idle)  # the routes are gone before the TUNs
+        except Exception as e:  # noqa: BLE001 - a stuck netlink call must not stop the shutdown
+            log.warning("netlink calls still pending at shutdown", error=str(e))
         for tun in self.tuns.values():
             try:
                 loop.remove_reader(tun.fileno())
@@ -239,6 +287,12 @@ class UserspaceDataPlane(DataPlane):
     def ensure_interface(self, name: str) -> None:
         self._tun(name)
 
+    def stats(self) -> dict:
+        out = super().stats()
+        out["tso"] = {"reads": self.tso_reads, "segments": self.tso_segments,
+                      "devices": {name: _offload_names(t) for name, t in self.tuns.items()}}
+        return out
+
     def add_virtual_ips(self, conn: str, addresses: list[str]) -> None:
         tun = self._tun(self.interface_for(conn) or DEFAULT_TUN)
 
@@ -250,8 +304,9 @@ class UserspaceDataPlane(DataPlane):
                 except Exception as e:  # noqa: BLE001 - already there (reconnect) is fine
                     if "exists" not in str(e).lower():
                         log.warning("cannot add virtual IP", address=a, interface=tun.name, error=str(e))
-        ipr_call(add)
+            invalidate_addresses()
         self.vips[conn] = (tun, list(addresses))
+        ipr_submit(add, f"virtual IPs on {tun.name}")  # before the routes that use them
         log.info("virtual IP installed", connection=conn, interface=tun.name, addresses=addresses)
 
     def remove_virtual_ips(self, conn: str) -> None:
@@ -265,7 +320,8 @@ class UserspaceDataPlane(DataPlane):
                     ipr.addr("del", index=tun.index, address=a, prefixlen=128 if ":" in a else 32)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-        ipr_call(delete)
+            invalidate_addresses()
+        ipr_submit(delete, f"virtual IPs on {tun.name}")
 
     def _count(self, reason: str) -> None:
         self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
@@ -273,12 +329,12 @@ class UserspaceDataPlane(DataPlane):
     def _tun(self, name: str) -> Tun:
         tun = self.tuns.get(name)
         if tun is None:
-            tun = Tun(name, self.tun_mtu, vnet_hdr=self.offload)
+            tun = Tun(name, self.tun_mtu, vnet_hdr=self.offload, tso=self.tso)
             tun.route_based = name != DEFAULT_TUN
             self.tuns[name] = tun
             self.by_tun[name] = []
             asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_readable, tun)
-            log.info("TUN device created", interface=tun.name, mtu=self.tun_mtu)
+            log.info("TUN device created", interface=tun.name, mtu=self.tun_mtu, offload=_offload_names(tun))
         return tun
 
     # ------------------------------------------------------------------ SA management
@@ -290,8 +346,7 @@ class UserspaceDataPlane(DataPlane):
             c_in = EspCipher(k.encr_id, k.encr_key_bits, k.integ_id, k.encr_key_in, k.integ_key_in)
             c_out = EspCipher(k.encr_id, k.encr_key_bits, k.integ_id, k.encr_key_out, k.integ_key_out)
         except (EspError, ValueError) as e:
-            log.error("cannot install CHILD_SA in the userspace data plane", child=ev.child_name, error=str(e))
-            return
+            raise InstallError(f"unsupported algorithms in the userspace data plane: {e}") from None
         # Time limits are the engine's (it rekeys by rekey_time); volume limits are ours.
         lifetime = Lifetime(soft_bytes=ev.rekey_bytes or None, hard_bytes=ev.life_bytes or None,
                             soft_packets=ev.rekey_packets or None, hard_packets=ev.life_packets or None)
@@ -303,8 +358,7 @@ class UserspaceDataPlane(DataPlane):
         try:
             tun = self._tun(ifname)
         except TunError as e:
-            log.error("cannot create TUN device", interface=ifname, error=str(e))
-            return
+            raise InstallError(f"no TUN device {ifname}: {e}") from None
         family = 6 if ":" in ev.remote[0] else 4
         mtu = tunnel_mtu(self.path_mtu, family, c_out, udp_encap=True)
         child = _Child(ev.ike_name, ev.ike_id, k.spi_in, k.spi_out, sa_in, sa_out, ev.local, ev.remote,
@@ -312,20 +366,57 @@ class UserspaceDataPlane(DataPlane):
                        tun, mtu)
         self.by_spi_in[k.spi_in] = child
         self.by_tun[tun.name].append(child)
+        self._set_tun_mtu(tun)
         if self.interface_for(ev.ike_name) is None:
-            child.routes = self._add_routes(tun, child)
+            self._add_routes(tun, child, child)
         self._flush_trap(child)
         log.info("CHILD_SA installed in userspace data plane", child=ev.child_name, interface=tun.name,
                  spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), tunnel_mtu=mtu,
                  peer=f"{ev.remote[0]}:{ev.remote[1]}")
 
-    def _add_routes(self, tun: Tun, child: _Child) -> list[str]:
-        """Policy-based mode: route the remote selectors into the shared TUN."""
-        return ipr_call(lambda ipr: self._add_routes_with(ipr, tun, child))
+    def _set_tun_mtu(self, tun: Tun) -> None:
+        """The device MTU is the tunnel MTU (the largest of its Child SAs' on the shared device,
+        whose routes carry each SA's own), so a packet too big for the tunnel meets it in the
+        kernel, which answers "fragmentation needed" with that MTU, not the device's 1500."""
+        mtu = max((c.mtu for c in self.by_tun.get(tun.name, ())), default=0)
+        if not mtu or mtu == tun.mtu:
+            return
+        tun.mtu = mtu
+        ipr_submit(lambda ipr: ipr.link("set", index=tun.index, mtu=mtu), f"MTU {mtu} on {tun.name}")
+
+    def _add_routes(self, tun: Tun, owner: _Child | _Trap, child: _Child) -> None:
+        """Policy-based mode: route the remote selectors into the shared TUN. Queued in the
+        netlink thread (the event loop does not wait); ``owner.routes`` is set there, before any
+        later netlink call (e.g. the one removing these routes) runs. Until then, what a Child
+        SA decrypts is held (``held_rx``): its answers would find no route yet."""
+        loop = asyncio.get_running_loop()
+        if owner is child and not self._already_routed(child):
+            child.held_rx = []
+
+        def add(ipr):
+            try:
+                owner.routes = self._add_routes_with(ipr, tun, child)
+            finally:
+                if owner is child:
+                    loop.call_soon_threadsafe(self._routes_ready, child)
+        ipr_submit(add, f"routes of {child.conn} into {tun.name}")
+
+    def _already_routed(self, child: _Child) -> bool:
+        """Are the child's remote networks routed into the TUN by another SA or a trap already
+        (a rekey, a trap's SA)? Then nothing it decrypts needs to wait for its routes."""
+        owners: list[_Child | _Trap] = [*self.by_spi_in.values(), *self.traps.values()]
+        have = {r for o in owners if o is not child for r in o.routes}
+        want = [n for sel in child.remote_ts for n in sel.network_strings() if not n.endswith("/0")]
+        return bool(want) and all(n in have for n in want)
+
+    def _routes_ready(self, child: _Child) -> None:
+        held, child.held_rx = child.held_rx, None
+        if held and child.tun.fd >= 0 and child.spi_in in self.by_spi_in:
+            child.tun.write_many(held)
 
     def _add_routes_with(self, ipr, tun: Tun, child: _Child) -> list[str]:
         added = []
-        local_addrs = [ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()]
+        local_addrs = local_addresses(ipr)
         for sel in child.remote_ts:
             for net in sel.network_strings():
                 n = ipaddress.ip_network(net)
@@ -336,10 +427,24 @@ class UserspaceDataPlane(DataPlane):
                 src = next((a for a in local_addrs if a.version == n.version
                             and _match(child.local_ts, a.version, int(a), 0, 0)), None)
                 kw = {"dst": net, "oif": tun.index}
+                if child.mtu:  # the kernel answers "fragmentation needed" with the tunnel MTU
+                    kw["metrics"] = {"mtu": child.mtu}
                 if src is not None:
                     kw["prefsrc"] = str(src)
                 try:
-                    ipr.route("replace", **kw)
+                    try:
+                        ipr.route("replace", **kw)
+                    except Exception:  # perhaps a cached source address is gone
+                        if "prefsrc" not in kw:
+                            raise
+                        invalidate_addresses()
+                        local_addrs = local_addresses(ipr)
+                        src = next((a for a in local_addrs if a.version == n.version
+                                    and _match(child.local_ts, a.version, int(a), 0, 0)), None)
+                        kw.pop("prefsrc")
+                        if src is not None:
+                            kw["prefsrc"] = str(src)
+                        ipr.route("replace", **kw)
                     added.append(net)
                 except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError
                     log.warning("cannot add route", dst=net, interface=tun.name, error=str(e))
@@ -365,7 +470,7 @@ class UserspaceDataPlane(DataPlane):
         vip = next((a for a in self.vips[child.conn][1] if ipaddress.ip_address(a).version == version), None)
         halves = ("0.0.0.0/1", "128.0.0.0/1") if version == 4 else ("::/1", "8000::/1")
         for net in halves:
-            kw = {"dst": net, "oif": tun.index}
+            kw = {"dst": net, "oif": tun.index, "metrics": {"mtu": child.mtu}}
             if vip:
                 kw["prefsrc"] = vip
             try:
@@ -377,19 +482,20 @@ class UserspaceDataPlane(DataPlane):
         return added
 
     def _del_routes(self, child: _Child) -> None:
-        still = {r for c in self.by_spi_in.values() for r in c.routes}
-        gone = [net for net in child.routes if net not in still]
+        """Remove the child's routes that no other Child SA and no trap policy still needs
+        (queued in the netlink thread, after the calls that set those routes)."""
+        others = [*self.by_spi_in.values(), *self.traps.values()]
 
         def delete(ipr):
-            for net in gone:
+            still = {r for o in others for r in o.routes}
+            for net in [n for n in child.routes if n not in still]:
                 for kw in ({"oif": child.tun.index}, {}):  # TUN routes; the pinned gateway route
                     try:
                         ipr.route("del", dst=net, **kw)
                         break
                     except Exception:  # noqa: BLE001 - already gone / not via the TUN
                         continue
-        if gone:
-            ipr_call(delete)
+        ipr_submit(delete, f"routes of {child.conn}")
 
     def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
         child = self.by_spi_in.pop(spi_in, None)
@@ -398,7 +504,7 @@ class UserspaceDataPlane(DataPlane):
         lst = self.by_tun.get(child.tun.name, [])
         if child in lst:
             lst.remove(child)
-        if child.routes:
+        if not child.tun.route_based:
             self._del_routes(child)
         child.sa_in.wipe()
         child.sa_out.wipe()
@@ -475,6 +581,20 @@ class UserspaceDataPlane(DataPlane):
                 except BlockingIOError:
                     return
                 if vnet:
+                    if pkt[1]:  # GSO type set: a TSO super-packet, cut into its wire segments
+                        segs = tun.unpack(pkt)
+                        if segs is None:
+                            self._count("malformed")
+                            continue
+                        self.tso_reads += 1
+                        self.tso_segments += len(segs)
+                        for seg in segs:
+                            try:
+                                self._outbound(tun, seg)
+                            except Exception as e:  # noqa: BLE001 - as below
+                                self._count("internal_error")
+                                log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+                        continue
                     pkt = strip(pkt)
                     if pkt is None:
                         self._count("malformed")
@@ -575,7 +695,7 @@ class UserspaceDataPlane(DataPlane):
         self.traps[conn] = trap
         if ifname is None:
             probe = _Child(conn, -1, b"", b"", None, None, ("", 0), ("", 0), trap.local_ts, trap.remote_ts, tun, 0)
-            trap.routes = self._add_routes(tun, probe)
+            self._add_routes(tun, trap, probe)
         log.info("trap policy installed", connection=conn, interface=tun.name,
                  remote_ts=[n for s in trap.remote_ts for n in s.network_strings()])
 
@@ -607,7 +727,10 @@ class UserspaceDataPlane(DataPlane):
 
     def _flush_trap(self, child: _Child) -> None:
         trap = self.traps.get(child.conn)
-        if trap is None or not trap.queue:
+        if trap is None:
+            return
+        trap.acquired_at = -1e9  # it worked: if this SA goes, the next packet may start another
+        if not trap.queue:
             return
         queued, trap.queue = trap.queue, []
         log.info("sending packets held by the trap policy", connection=child.conn, packets=len(queued))
@@ -636,23 +759,15 @@ class UserspaceDataPlane(DataPlane):
                     and self.on_peer_moved is not None):
                 self.on_peer_moved(child.ike_id, local, remote)
         # RFC 4301 5.2: the inner packet must match the SA's selectors.
-        fl, fr = child.fast_local, child.fast_remote
-        if fl is not None and fr is not None:
-            a = _addresses(inner)
-            if a is None:
-                child.drops["malformed"] = child.drops.get("malformed", 0) + 1
-                return
-            v, src, dst = a
-            ok = _in_ranges(fr[v], src) and _in_ranges(fl[v], dst)
-        else:
-            f = _flow(inner)
-            if f is None:
-                child.drops["malformed"] = child.drops.get("malformed", 0) + 1
-                return
-            v, src, dst, proto, sport, dport = f
-            ok = _match(child.remote_ts, v, src, proto, sport) and _match(child.local_ts, v, dst, proto, dport)
-        if not ok:
-            child.drops["policy_mismatch"] = child.drops.get("policy_mismatch", 0) + 1
+        reason = _inbound_drop_reason(child, inner)
+        if reason is not None:
+            child.drops[reason] = child.drops.get(reason, 0) + 1
+            return
+        if child.held_rx is not None:  # its routes are being programmed (a few ms)
+            if len(child.held_rx) < HELD_RX:
+                child.held_rx.append(inner)
+            else:
+                child.drops["routes_pending"] = child.drops.get("routes_pending", 0) + 1
             return
         rx = self._rx
         if rx is None:
@@ -687,6 +802,12 @@ class UserspaceDataPlane(DataPlane):
             peers = {(c.local, c.remote) for c in self.by_spi_in.values()}
             for local, remote in peers:
                 self.send_udp(KEEPALIVE, local, remote)
+
+
+def _offload_names(tun: Tun) -> list[str]:
+    from vpn_gw.dataplane.userspace.tun import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
+    return [n for f, n in ((TUN_F_CSUM, "csum"), (TUN_F_TSO4, "tso4"), (TUN_F_TSO6, "tso6"))
+            if tun.offload_flags & f]
 
 
 def _v6_source(child: _Child):

@@ -2,7 +2,10 @@
 
 With ``vnet_hdr`` (IFF_VNET_HDR) every packet carries a 10-byte virtio-net header on the
 device: ``read`` and ``write`` hide it, ``write_many`` uses it to hand the kernel coalesced TCP
-segments (vpn_gw.dataplane.userspace.gro)."""
+segments (vpn_gw.dataplane.userspace.gro). With ``tso`` too, the device offers the kernel
+checksum and TCP segmentation offload (TUNSETOFFLOAD: TSO4 and TSO6, else TSO4 alone, else
+none): one read may then be a TCP super-packet of up to 64 KiB, which ``unpack`` cuts into its
+wire segments (vpn_gw.dataplane.userspace.tso)."""
 from __future__ import annotations
 
 import fcntl
@@ -10,11 +13,16 @@ import os
 import struct
 
 from vpn_gw.dataplane.userspace.gro import NO_OFFLOAD, VNET_HDR_LEN, coalesce_counted, complete_checksum
+from vpn_gw.dataplane.userspace.tso import segment
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+# what to offer, best first: each refused set falls back to the next
+OFFLOAD_CHOICES = (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, TUN_F_CSUM | TUN_F_TSO4)
 IFNAMSIZ = 16
 
 
@@ -23,7 +31,7 @@ class TunError(OSError):
 
 
 class Tun:
-    def __init__(self, name: str, mtu: int = 1500, *, vnet_hdr: bool = False):
+    def __init__(self, name: str, mtu: int = 1500, *, vnet_hdr: bool = False, tso: bool = False):
         if not name or len(name) >= IFNAMSIZ:
             raise TunError(f"bad interface name {name!r} (1-15 characters)")
         try:
@@ -41,6 +49,15 @@ class Tun:
             os.close(fd)
             raise TunError(f"cannot create TUN device {name}: {err.strerror}") from None
         self.vnet_hdr = bool(flags & IFF_VNET_HDR)
+        self.offload_flags = 0  # TUN_F_* the kernel accepted
+        if self.vnet_hdr and tso:
+            for offer in OFFLOAD_CHOICES:
+                try:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, offer)
+                    self.offload_flags = offer
+                    break
+                except OSError:
+                    continue
         self.coalescing = self.vnet_hdr  # write_many may hand the kernel coalesced TCP segments
         self.fd = fd
         self.route_based = False  # one connection per interface (set by the data plane)
@@ -67,6 +84,12 @@ class Tun:
         except BlockingIOError:
             return None
         return self.strip(pkt) if self.vnet_hdr else pkt
+
+    @staticmethod
+    def unpack(pkt: bytes) -> list[bytes] | None:
+        """The IP packets of a read from a vnet_hdr device that is a TSO super-packet (its GSO
+        type byte set), cut into wire segments; None if malformed."""
+        return segment(pkt[:VNET_HDR_LEN], pkt[VNET_HDR_LEN:])
 
     @staticmethod
     def strip(pkt: bytes) -> bytes | None:

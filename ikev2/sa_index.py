@@ -1,0 +1,218 @@
+"""Indexes over the IKE SAs of a manager: every lookup the manager and the daemon make is a hash
+lookup, never a scan of all SAs.
+
+The index keeps, per SA, the keys it was filed under. ``update(sa)`` recomputes them (a few
+attribute reads, plus one per Child SA of that SA) and moves the SA where a key changed; the
+manager calls it for every SA that changed during an operation, so the cost of an event does not
+depend on how many SAs exist. ``remove(sa)`` is O(1) in the number of SAs.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from .events import Address
+from .sa_common import State
+from .sa_core import IkeSACore
+
+S = TypeVar("S", bound=IkeSACore)
+
+NO_SPI = bytes(8)
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    our_spi: bytes | None
+    ike_id: int
+    name: str
+    peer_id: str | None
+    remote_ip: str
+    local_ip: str
+    state: State
+    half_open: tuple[bytes, Address] | None  # responder in INIT_DONE: (SPIi, peer address)
+    children: frozenset[bytes]  # inbound SPIs of its Child SAs
+
+
+def _keys(sa: IkeSACore) -> _Keys:
+    spi = sa.our_spi
+    half_open = (sa.spi_i, sa.remote) if not sa.initiator and sa.state == State.INIT_DONE else None
+    return _Keys(
+        our_spi=spi if spi and spi != NO_SPI else None,
+        ike_id=sa.ike_id,
+        name=sa.name,
+        peer_id=str(sa.peer_id) if sa.peer_id is not None else None,
+        remote_ip=sa.remote[0],
+        local_ip=sa.local[0],
+        state=sa.state,
+        half_open=half_open,
+        children=frozenset(c.spi_in for c in sa.children),
+    )
+
+
+class _Multi(Generic[S]):
+    """key -> the SAs filed under it, in insertion order. A key with one SA maps to the SA itself
+    (most keys: an SA number, a peer address or identity, have one), more to an ordered set."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self) -> None:
+        self._map: dict[object, S | dict[S, None]] = {}
+
+    def add(self, key: object, sa: S) -> None:
+        if key is None:
+            return
+        cur = self._map.get(key)
+        if cur is None:
+            self._map[key] = sa
+        elif isinstance(cur, dict):
+            cur[sa] = None
+        elif cur is not sa:
+            self._map[key] = {cur: None, sa: None}
+
+    def discard(self, key: object, sa: S) -> None:
+        cur = self._map.get(key)
+        if cur is sa:
+            del self._map[key]
+        elif isinstance(cur, dict):
+            cur.pop(sa, None)
+            if len(cur) == 1:
+                self._map[key] = next(iter(cur))
+
+    def get(self, key: object) -> list[S]:
+        cur = self._map.get(key)
+        if cur is None:
+            return []
+        return list(cur) if isinstance(cur, dict) else [cur]
+
+
+class SAIndex(Generic[S]):
+    """All IKE SAs of one manager and the indexes over them."""
+
+    def __init__(self) -> None:
+        self._sas: dict[S, _Keys] = {}
+        self.by_spi: dict[bytes, S] = {}  # our SPI (SPIr as responder, SPIi as initiator)
+        self._half_open: dict[tuple[bytes, Address], S] = {}
+        self._half_open_per_ip: Counter[str] = Counter()
+        self._children: dict[bytes, S] = {}  # Child SA inbound SPI -> its IKE SA
+        self._by_id: _Multi[S] = _Multi()
+        self._by_name: _Multi[S] = _Multi()
+        self._by_peer_id: _Multi[S] = _Multi()
+        self._by_remote_ip: _Multi[S] = _Multi()
+        self._by_local_ip: _Multi[S] = _Multi()
+        self._states: Counter[State] = Counter()
+
+    # ------------------------------------------------------------------ maintenance
+
+    def __len__(self) -> int:
+        return len(self._sas)
+
+    def __contains__(self, sa: object) -> bool:
+        return sa in self._sas
+
+    def __iter__(self) -> Iterator[S]:
+        return iter(list(self._sas))
+
+    def update(self, sa: S) -> None:
+        """File ``sa`` under its current keys (adds it if new)."""
+        new = _keys(sa)
+        old = self._sas.get(sa)
+        if old == new:
+            return
+        if old is not None:
+            self._unfile(sa, old, new)
+        self._file(sa, new, old)
+        self._sas[sa] = new
+
+    def remove(self, sa: S) -> None:
+        old = self._sas.pop(sa, None)
+        if old is not None:
+            self._unfile(sa, old, None)
+
+    def _file(self, sa: S, k: _Keys, old: _Keys | None) -> None:
+        if k.our_spi is not None and (old is None or old.our_spi != k.our_spi):
+            self.by_spi[k.our_spi] = sa
+        if k.half_open is not None and (old is None or old.half_open != k.half_open):
+            self._half_open[k.half_open] = sa
+            self._half_open_per_ip[k.half_open[1][0]] += 1
+        for spi in k.children - (old.children if old is not None else frozenset()):
+            self._children[spi] = sa
+        if old is None or old.ike_id != k.ike_id:
+            self._by_id.add(k.ike_id, sa)
+        if old is None or old.name != k.name:
+            self._by_name.add(k.name, sa)
+        if old is None or old.peer_id != k.peer_id:
+            self._by_peer_id.add(k.peer_id, sa)
+        if old is None or old.remote_ip != k.remote_ip:
+            self._by_remote_ip.add(k.remote_ip, sa)
+        if old is None or old.local_ip != k.local_ip:
+            self._by_local_ip.add(k.local_ip, sa)
+        if old is None or old.state != k.state:
+            self._states[k.state] += 1
+
+    def _unfile(self, sa: S, k: _Keys, new: _Keys | None) -> None:
+        """Remove the entries of ``k`` that ``new`` (None: nothing) does not keep."""
+        if k.our_spi is not None and (new is None or new.our_spi != k.our_spi) \
+                and self.by_spi.get(k.our_spi) is sa:
+            del self.by_spi[k.our_spi]
+        if k.half_open is not None and (new is None or new.half_open != k.half_open) \
+                and self._half_open.get(k.half_open) is sa:
+            del self._half_open[k.half_open]
+            ip = k.half_open[1][0]
+            self._half_open_per_ip[ip] -= 1
+            if self._half_open_per_ip[ip] <= 0:
+                del self._half_open_per_ip[ip]
+        for spi in k.children - (new.children if new is not None else frozenset()):
+            if self._children.get(spi) is sa:
+                del self._children[spi]
+        if new is None or new.ike_id != k.ike_id:
+            self._by_id.discard(k.ike_id, sa)
+        if new is None or new.name != k.name:
+            self._by_name.discard(k.name, sa)
+        if new is None or new.peer_id != k.peer_id:
+            self._by_peer_id.discard(k.peer_id, sa)
+        if new is None or new.remote_ip != k.remote_ip:
+            self._by_remote_ip.discard(k.remote_ip, sa)
+        if new is None or new.local_ip != k.local_ip:
+            self._by_local_ip.discard(k.local_ip, sa)
+        if new is None or new.state != k.state:
+            self._states[k.state] -= 1
+            if self._states[k.state] <= 0:
+                del self._states[k.state]
+
+    # ------------------------------------------------------------------ lookups
+
+    def all(self) -> list[S]:
+        return list(self._sas)
+
+    def half_open(self, spi_i: bytes, remote: Address) -> S | None:
+        return self._half_open.get((spi_i, remote))
+
+    def half_open_count(self, ip: str | None = None) -> int:
+        """Responder SAs waiting for IKE_AUTH, in all or from one peer address."""
+        return len(self._half_open) if ip is None else self._half_open_per_ip.get(ip, 0)
+
+    def child_owner(self, spi_in: bytes) -> S | None:
+        return self._children.get(spi_in)
+
+    def with_id(self, ike_id: int) -> list[S]:
+        return self._by_id.get(ike_id)
+
+    def with_name(self, name: str) -> list[S]:
+        return self._by_name.get(name)
+
+    def with_peer_id(self, peer_id: str) -> list[S]:
+        return self._by_peer_id.get(peer_id)
+
+    def with_remote_ip(self, ip: str) -> list[S]:
+        return self._by_remote_ip.get(ip)
+
+    def with_local_ip(self, ip: str) -> list[S]:
+        return self._by_local_ip.get(ip)
+
+    def count_by_state(self) -> dict[str, int]:
+        return {state.value: n for state, n in self._states.items()}
+
+    def child_count(self) -> int:
+        return len(self._children)

@@ -1,0 +1,245 @@
+"""EAP relayed to RADIUS: a strongSwan road-warrior (EAP-MSCHAPv2) connects through OUR gateway
+(``remote_auth = "eap-radius"``) whose RADIUS server is a real FreeRADIUS (Debian's, started by
+the test with its own configuration in the namespace of host_a, behind our gateway).
+
+Topology: tests/interop/ra_helpers.py (``ra_env``); FreeRADIUS listens on 10.10.0.2 (host_a),
+our gateway talks to it from 10.10.0.1. Checked: right password → connected, the address is
+FreeRADIUS's Framed-IP-Address (not the pool's first), ping through the tunnel, accounting Start
+and Stop (with the ping's bytes and Class) in FreeRADIUS's detail file; wrong password → refused,
+nothing left; the first RADIUS server down → the second answers.
+"""
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parent.parent.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import ra_helpers as R  # noqa: E402
+from ra_helpers import User  # noqa: E402
+
+from tests.freeradius import FreeRadius, wait_for  # noqa: E402
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(90)]
+
+HOST_A = "10.10.0.2"
+RADIUS_IP = HOST_A
+FRAMED = "10.99.0.200"
+SECRET = "radius-" + secrets.token_hex(12)
+
+
+def _users(alice: User, bob: User) -> str:
+    return (f'"{alice.name}"  Cleartext-Password := "{alice.password}"\n'
+            f'       Framed-IP-Address = {FRAMED},\n'
+            f'       Class = "cls-alice"\n'
+            f'"{bob.name}"  Cleartext-Password := "{bob.password}"\n'
+            f'       Session-Timeout = 3\n')
+
+
+def _radius_env(workdir: Path, prefix: str, users: list[User], sw_users: list[User], *,
+                servers: list[str], dae_port: int = 0, certs=None, radius_cert=None):
+    psk = "test-only-" + secrets.token_hex(12)
+    lease_file = workdir / "pool-rw.json"
+    state: dict = {}
+
+    def setup(topo, sw):
+        if certs is not None:
+            sw.add_ca(certs.ca)
+            for c in certs.clients.values():
+                sw.add_cert(c)
+        tls = (radius_cert.cert_path, radius_cert.key_path, certs.ca.cert_path) if radius_cert else None
+        fr = FreeRadius(topo.host_a, workdir / "freeradius", users=_users(*users), secret=SECRET,
+                        address=RADIUS_IP, tls=tls)
+        state["fr"] = fr
+        fr.start()
+
+    def ours_conns(topo):
+        c = R.ours_gateway_conn(topo, method="radius", psk=psk)
+        return [c]
+
+    def config_text(topo, ours_dir: Path) -> str:
+        text = (ours_dir / "vpn-gw.toml").read_text()
+        secret_file = ours_dir / "radius.secret"
+        secret_file.write_text(SECRET + "\n")
+        secret_file.chmod(0o600)
+        servers_toml = ", ".join(f'"{s}"' for s in servers)
+        return text + (f'\n[radius]\nservers = [{servers_toml}]\nsecret = "file:{secret_file}"\n'
+                       f'nas_identifier = "gw-test"\ntimeout = "0.5s"\nretries = 1\ndae_port = {dae_port}\n'
+                       f'dae_listen = "10.10.0.1"\n')
+
+    env = R.ra_env(
+        workdir, prefix=prefix, ours_role="gateway", setup=setup,
+        sw_config=lambda t: R.sw_clients_conf(t, sw_users, psk=psk, certs=certs),
+        ours_connections=ours_conns, ours_config_text=config_text,
+        pools=[R.pool_table("rw", R.POOL, R.OURS_DNS, lease_file)],
+        n_client_addrs=len(sw_users))
+    return env, state
+
+
+def _stop_radius(state):
+    if "fr" in state:
+        state["fr"].stop()
+
+
+def test_strongswan_eap_mschapv2_through_freeradius(sswan_workdir):
+    t0 = time.monotonic()
+    alice = User("alice@example.org", "pw-" + secrets.token_hex(8))
+    bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
+    env_cm, state = _radius_env(sswan_workdir, "rrad", [alice, bob], [alice], servers=[RADIUS_IP])
+    try:
+        with env_cm as env:
+            fr: FreeRadius = state["fr"]
+            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+            env.ours_established(1, timeout=10)
+            vip = env.sw_vip("c0")
+            assert vip == FRAMED, f"Framed-IP-Address not honoured: {vip}"
+            st = env.ours.status()
+            assert st[0]["eap_identity"] == alice.name and st[0]["virtual_ips"] == [FRAMED]
+            assert "EAP method EAP_MSCHAPV2 succeeded, MSK established" in env.sw.log_text()
+            assert f"Login OK: [{alice.name}" in fr.log.read_text()
+            env.topo.gw.wait_ping(HOST_A, src=vip, timeout=5)
+            assert env.topo.gw.ping(HOST_A, count=5, interval=0.2, src=vip)
+            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Start" for r in fr.detail_records()), 5)
+            env.sw.terminate(ike="c0", timeout=10)
+            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Stop" for r in fr.detail_records()), 5)
+            recs = fr.detail_records()
+            start = [r for r in recs if r["Acct-Status-Type"] == "Start"]
+            stop = [r for r in recs if r["Acct-Status-Type"] == "Stop"]
+            assert len(start) == 1 and len(stop) == 1, recs
+            for r in (start[0], stop[0]):
+                assert r["User-Name"] == alice.name and r["NAS-Identifier"] == "gw-test"
+                assert r["Framed-IP-Address"] == FRAMED
+                assert r["Calling-Station-Id"].startswith(R.client_addr(0) + "[")
+                assert r["Called-Station-Id"].startswith(env.topo.site_ip + "[")
+                assert r["Class"] in ("cls-alice", "0x" + b"cls-alice".hex())
+            assert start[0]["Acct-Session-Id"] == stop[0]["Acct-Session-Id"]
+            assert stop[0]["Acct-Terminate-Cause"] == "User-Request"
+            # 5+ pings of 84 octets each way went through the Child SA
+            assert int(stop[0]["Acct-Input-Octets"]) >= 5 * 84, stop[0]
+            assert int(stop[0]["Acct-Output-Octets"]) >= 5 * 84, stop[0]
+            assert int(stop[0]["Acct-Input-Packets"]) >= 5, stop[0]
+    finally:
+        _stop_radius(state)
+    assert time.monotonic() - t0 < 80
+
+
+def test_wrong_password_refused(sswan_workdir):
+    alice = User("alice@example.org", "pw-" + secrets.token_hex(8))
+    bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
+    wrong = User(alice.name, "pw-" + secrets.token_hex(8))
+    env_cm, state = _radius_env(sswan_workdir, "rrpw", [alice, bob], [wrong], servers=[RADIUS_IP])
+    try:
+        with env_cm as env:
+            fr: FreeRadius = state["fr"]
+            res = env.sw.initiate(child=R.CHILD, ike="c0", timeout=20, check=False)
+            assert res.returncode != 0, res.stdout
+            assert "Login incorrect" in fr.log.read_text()
+            env.sw.wait_no_sas(timeout=5)
+            env.wait_ours(lambda st: st == [], timeout=5, what="no SA left on our side")
+            reasons = [r.get("reason", "") for r in env.log_events("authentication failed")]
+            assert any("RADIUS rejected 'alice@example.org'" in r for r in reasons), reasons
+            assert not env.log_events("virtual IP assigned")
+            assert fr.detail_records() == []
+    finally:
+        _stop_radius(state)
+
+
+def test_first_radius_server_down_second_answers(sswan_workdir):
+    alice = User("alice@example.org", "pw-" + secrets.token_hex(8))
+    bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
+    # 10.10.0.9: on host_a's subnet, nobody there (ARP fails: no answer at all)
+    env_cm, state = _radius_env(sswan_workdir, "rrfo", [alice, bob], [alice],
+                                servers=["10.10.0.9", RADIUS_IP])
+    try:
+        with env_cm as env:
+            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+            env.ours_established(1, timeout=10)
+            assert env.sw_vip("c0") == FRAMED
+            text = env.ours.log.read_text()
+            assert "RADIUS server 10.10.0.9 did not answer" in text, text[-3000:]
+            assert "RADIUS: failing over to server 10.10.0.2" in text
+    finally:
+        _stop_radius(state)
+
+
+def test_disconnect_request_from_radius_side_drops_the_client(sswan_workdir):
+    """RFC 5176: FreeRADIUS's radclient (in the RADIUS server's namespace, with the shared secret)
+    sends Disconnect-Request for alice: ACK, the client's SA is deleted, accounting Stop says
+    Admin-Reset. A request for an unknown user is NAKed (Session-Context-Not-Found)."""
+    alice = User("alice@example.org", "pw-" + secrets.token_hex(8))
+    bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
+    env_cm, state = _radius_env(sswan_workdir, "rrdm", [alice, bob], [alice], servers=[RADIUS_IP],
+                                dae_port=3799)
+    try:
+        with env_cm as env:
+            fr: FreeRadius = state["fr"]
+            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+            env.ours_established(1, timeout=10)
+
+            def radclient(attrs: str):
+                return env.topo.host_a.run(["radclient", "-x", "-r", "1", "-t", "3", "10.10.0.1:3799",
+                                            "disconnect", SECRET], input=attrs + "\n", check=False,
+                                           timeout=15).stdout
+            nak = radclient('User-Name = "carol@example.org"')
+            assert "Disconnect-NAK" in nak and "Session-Context-Not-Found" in nak, nak
+            ack = radclient(f'User-Name = "{alice.name}"')
+            assert "Disconnect-ACK" in ack, ack
+            env.sw.wait_no_sas(timeout=10)
+            env.wait_ours(lambda st: st == [], timeout=10, what="alice's SA deleted")
+            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Stop" for r in fr.detail_records()), 5)
+            stop = [r for r in fr.detail_records() if r["Acct-Status-Type"] == "Stop"][0]
+            assert stop["Acct-Terminate-Cause"] == "Admin-Reset" and stop["User-Name"] == alice.name
+    finally:
+        _stop_radius(state)
+
+
+def test_strongswan_eap_tls_through_freeradius(sswan_workdir):
+    """EAP-TLS: the gateway relays a method it does not know; the TLS records (certificates,
+    ~1-2 kB per EAP message) go over several EAP-Message attributes each way."""
+    alice = User("alice@example.org", "unused", "tls")
+    bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
+    certs = R.make_certs(sswan_workdir, [alice.name])
+    pki = R.ss.Pki(Path(sswan_workdir) / "pki")
+    radius_cert = pki.end_entity("radius", f"C=XX, O=vpn-gw interop, CN={R.GW_PSK_ID}", certs.ca,
+                                 sans=[R.GW_PSK_ID], flags=("serverAuth",))
+    env_cm, state = _radius_env(sswan_workdir, "rrtl", [alice, bob], [alice], servers=[RADIUS_IP],
+                                certs=certs, radius_cert=radius_cert)
+    try:
+        with env_cm as env:
+            fr: FreeRadius = state["fr"]
+            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+            env.ours_established(1, timeout=10)
+            assert env.sw_vip("c0") == FRAMED
+            log = env.sw.log_text()
+            assert "EAP method EAP_TLS succeeded, MSK established" in log, log[-3000:]
+            assert f"Login OK: [{alice.name}" in fr.log.read_text()
+            env.topo.gw.wait_ping(HOST_A, src=FRAMED, timeout=5)
+    finally:
+        _stop_radius(state)
+
+
+def test_session_timeout_ends_the_session(sswan_workdir):
+    """Session-Timeout = 3 in bob's Access-Accept: the gateway deletes his IKE SA after 3 s;
+    accounting Stop says Session-Timeout."""
+    alice = User("alice@example.org", "pw-" + secrets.token_hex(8))
+    bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
+    env_cm, state = _radius_env(sswan_workdir, "rrst", [alice, bob], [bob], servers=[RADIUS_IP])
+    try:
+        with env_cm as env:
+            fr: FreeRadius = state["fr"]
+            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+            t_up = time.monotonic()
+            env.ours_established(1, timeout=10)
+            env.sw.wait_no_sas(timeout=10)
+            assert time.monotonic() - t_up >= 2.5
+            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Stop" for r in fr.detail_records()), 5)
+            stop = [r for r in fr.detail_records() if r["Acct-Status-Type"] == "Stop"][0]
+            assert stop["Acct-Terminate-Cause"] == "Session-Timeout" and stop["User-Name"] == bob.name
+    finally:
+        _stop_radius(state)
