@@ -25,16 +25,24 @@ class AuthExchange(IkeSACore):
     Calls other exchanges only through the hooks ``_assign_virtual_ip``, ``_child_proposals``,
     ``_continue_eap_server``, ``_eap_client_request``, ``_finish_child_as_initiator``, ``_install_child``,
     ``_on_auth_response_eap``, ``_read_cp_reply``, ``_respond_child``, ``_start_eap_server``,
-    ``create_child``.
+    ``create_child``; RFC 9242 ``_int_auth_suffix``, ``_intermediate_pending``; RFC 8784
+    ``_apply_ppk``, ``_ppk_check_request``, ``_ppk_check_response``, ``_ppk_request_payloads``,
+    ``_ppk_response_payloads``, ``_sk_p_for_auth``.
     """
 
     __slots__ = ()
 
     def _auth_octets(self, sent_by_initiator: bool, id_body: bytes) -> bytes:
         s = self.agreed_suite
+        keys = self.derived_keys
+        # RFC 9242: | IntAuth_iN | IntAuth_rN | IKE_AUTH_MID after IKE_INTERMEDIATE exchanges.
+        tail = self._int_auth_suffix()
+        # RFC 8784: SK_pi'/SK_pr' while a PPK is in play (exchange_ppk).
         if sent_by_initiator:
-            return cauth.signed_octets(self.init_request_raw, self.nr, s.prf, self.derived_keys.sk_pi, id_body)
-        return cauth.signed_octets(self.init_response_raw, self.ni, s.prf, self.derived_keys.sk_pr, id_body)
+            return cauth.signed_octets(self.init_request_raw, self.nr, s.prf,
+                                       self._sk_p_for_auth(keys.sk_pi), id_body) + tail
+        return cauth.signed_octets(self.init_response_raw, self.ni, s.prf,
+                                   self._sk_p_for_auth(keys.sk_pr), id_body) + tail
 
     def _our_auth_payloads(self, id_cls: type[P.IDiPayload] | type[P.IDrPayload]) -> list[P.Payload]:
         pol = self.policy
@@ -128,6 +136,15 @@ class AuthExchange(IkeSACore):
             self._eap_client_obj = pol.local_auth.eap_client()
         else:
             payloads = self._our_auth_payloads(P.IDiPayload)
+            try:
+                ppk_extra = self._ppk_request_payloads(payloads)  # RFC 8784 (exchange_ppk)
+            except ExchangeFailed as e:
+                self._emit(AuthFailed(reason=str(e)))
+                self._die(self._now, str(e))
+                return None
+            if ppk_extra:
+                self._ppk_for_auth = pol.ppk
+                payloads = self._our_auth_payloads(P.IDiPayload) + ppk_extra
         idi = payloads[0]
         extra: list[P.Payload] = []
         if pol.initial_contact:
@@ -166,6 +183,7 @@ class AuthExchange(IkeSACore):
             self._die(now, reason)
             return
         try:
+            self._ppk_check_response(msg)
             ident = self._verify_peer_auth(msg, self.policy, now)
         except ExchangeFailed as e:
             self._emit(AuthFailed(reason=str(e)))
@@ -176,6 +194,9 @@ class AuthExchange(IkeSACore):
             self._die(now, str(e))
             return
         self.peer_id = ident
+        if self._ppk_for_auth is not None:
+            ppk, self._ppk_for_auth = self._ppk_for_auth, None
+            self._apply_ppk(ppk)  # before the first Child SA's keys
         self.peer_mobike = msg.notify(N.MOBIKE_SUPPORTED) is not None
         self._read_cp_reply(msg)
         self._established(now)
@@ -211,6 +232,9 @@ class AuthExchange(IkeSACore):
     def _on_auth_request(self, req: Message, now: float) -> None:
         if self.initiator or self.state != State.INIT_DONE:
             raise ExchangeFailed(N.INVALID_SYNTAX, "unexpected IKE_AUTH request")
+        if self._intermediate_pending():
+            raise ExchangeFailed(N.INVALID_SYNTAX, "IKE_AUTH before the negotiated additional key "
+                                 "exchanges (IKE_INTERMEDIATE)", fatal=True)
         if self._eap_server_obj is not None:
             self._continue_eap_server(req, now)
             return
@@ -238,8 +262,10 @@ class AuthExchange(IkeSACore):
         if req.get(P.AuthPayload) is None:
             self._start_eap_server(req, ident, now)
             return
+        self._ppk_check_request(req)  # RFC 8784 (exchange_ppk)
         self.peer_id = self._verify_peer_auth(req, self.policy, now)
-        self._complete_auth_responder(req, req, self._our_auth_payloads(P.IDrPayload), now, "established")
+        out = self._our_auth_payloads(P.IDrPayload) + self._ppk_response_payloads()
+        self._complete_auth_responder(req, req, out, now, "established")
 
     def _complete_auth_responder(self, req: Message, first: Message, out: list[P.Payload], now: float,
                                  outcome: str) -> None:

@@ -22,6 +22,7 @@ from .crypto.proposals import ChildSuite, child_suite, choose_proposal, proposal
 from .errors import InvalidKeyExchange, ProposalError
 from .events import ChildFailed, ChildSAKeys, ChildUp, ExchangeDone
 from .message import Message
+from .multi_ke import is_ke_transform
 from .policy import ChildPolicy
 from .sa_common import NONCE_LEN, ChildRequest, ExchangeFailed, RequestBuilt, State, notify_name
 from .sa_core import IkeSACore
@@ -32,7 +33,8 @@ class ChildExchanges(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
     Provides the hooks ``_child_by_spi_in``, ``_child_by_spi_out``, ``_child_proposals``,
     ``_finish_child_as_initiator``, ``_install_child``, ``_respond_child``, ``create_child``.
-    Calls other exchanges only through the hooks ``_delete_children``, ``_on_ike_rekey_request``.
+    Calls other exchanges only through the hooks ``_delete_children``, ``_on_ike_rekey_request``;
+    RFC 9370 ``_followup_link``, ``_run_followups``.
     """
 
     __slots__ = ()
@@ -40,7 +42,7 @@ class ChildExchanges(IkeSACore):
     def _child_proposals(self, cp: ChildPolicy, spi: bytes, with_ke: bool) -> list[P.Proposal]:
         out = []
         for i, p in enumerate(cp.esp_proposals, 1):
-            tr = [t for t in p.transforms if with_ke or t.type != TransformType.DH]
+            tr = [t for t in p.transforms if with_ke or not is_ke_transform(t.type)]
             out.append(P.Proposal(i, ProtocolId.ESP, spi, tr))
         return out
 
@@ -66,7 +68,7 @@ class ChildExchanges(IkeSACore):
             if not ts_i or not ts_r:
                 continue
             ours = [P.Proposal(p.num, ProtocolId.ESP, b"",
-                               [t for t in p.transforms if not (in_auth and t.type == TransformType.DH)])
+                               [t for t in p.transforms if not (in_auth and is_ke_transform(t.type))])
                     for p in cp.esp_proposals]
             chosen = choose_proposal(ours, sa.proposals)
             if chosen is None:
@@ -83,23 +85,37 @@ class ChildExchanges(IkeSACore):
                     if kep is None or kep.group != suite.ke.group:
                         raise ExchangeFailed(N.INVALID_KE_PAYLOAD, "PFS group mismatch",
                                              struct.pack("!H", suite.ke.group))
-                    priv = suite.ke.generate(self.rng)
                     try:
-                        shared = priv.shared_secret(kep.data)
+                        our_ke, shared = suite.ke.respond(self.rng, kep.data)  # DH or KEM
                     except InvalidKeyExchange as e:
                         raise ExchangeFailed(N.INVALID_SYNTAX, f"bad KE value: {e}") from None
-                    ke_payloads = [P.KEPayload(group=suite.ke.group, data=priv.public_bytes)]
+                    ke_payloads = [P.KEPayload(group=suite.ke.group, data=our_ke)]
             spi_in = self._new_child_spi()
             spi_out = chosen.spi
             ours_chosen = P.Proposal(chosen.num, ProtocolId.ESP, spi_in, chosen.transforms)
-            child = self._make_child(cp, spi_in, spi_out, ours_chosen, suite, ni, nr, shared,
-                                     local_ts=ts_r, remote_ts=ts_i, now=now, we_initiated=False)
-            child.replaces = rekey_of
             payloads: list[P.Payload] = [P.SAPayload(proposals=[ours_chosen])]
             if not in_auth:
                 payloads.append(P.NoncePayload(data=nr))
                 payloads += ke_payloads
             payloads += [P.TSiPayload(selectors=ts_i), P.TSrPayload(selectors=ts_r)]
+            if not in_auth and suite.additional:
+                # RFC 9370: the Child SA exists once the IKE_FOLLOWUP_KE exchanges are done.
+                def done(extra: list[bytes], cp: ChildPolicy = cp, spi_in: bytes = spi_in,
+                         spi_out: bytes = spi_out, ours_chosen: P.Proposal = ours_chosen,
+                         suite: ChildSuite = suite, shared: bytes | None = shared,
+                         ts_i: list[P.TrafficSelector] = ts_i, ts_r: list[P.TrafficSelector] = ts_r) -> None:
+                    child = self._make_child(cp, spi_in, spi_out, ours_chosen, suite, ni, nr,
+                                             shared, local_ts=ts_r, remote_ts=ts_i, now=self._now,
+                                             we_initiated=False, additional=b"".join(extra))
+                    child.replaces = rekey_of
+                    self._install_child(child, self._now, rekey_of=rekey_of)
+                    if rekey_of is not None and rekey_of.state == ChildState.INSTALLED:
+                        rekey_of.state = ChildState.REKEYED  # the peer will delete it
+                payloads.append(self._followup_link(suite.additional, done, f"child {cp.name}"))
+                return payloads, None
+            child = self._make_child(cp, spi_in, spi_out, ours_chosen, suite, ni, nr, shared,
+                                     local_ts=ts_r, remote_ts=ts_i, now=now, we_initiated=False)
+            child.replaces = rekey_of
             return payloads, child
         self.log("warning", "no Child SA created", reason=best_err[1],
                  tsi=[str(t) for t in tsi.selectors], tsr=[str(t) for t in tsr.selectors])
@@ -110,8 +126,9 @@ class ChildExchanges(IkeSACore):
     def _make_child(self, cp: ChildPolicy, spi_in: bytes, spi_out: bytes, proposal: P.Proposal, suite: ChildSuite,
                     ni: bytes, nr: bytes, shared: bytes | None, local_ts: list[P.TrafficSelector],
                     remote_ts: list[P.TrafficSelector], now: float,
-                    we_initiated: bool) -> ChildSA:
-        k = derive_child_keys(self.agreed_suite.prf, self.derived_keys.sk_d, suite.encr, suite.integ, ni, nr, shared)
+                    we_initiated: bool, additional: bytes = b"") -> ChildSA:
+        k = derive_child_keys(self.agreed_suite.prf, self.derived_keys.sk_d, suite.encr, suite.integ, ni, nr, shared,
+                              additional)
         # Keys "i" protect traffic from the initiator of this exchange to its responder.
         return ChildSA(policy=cp, spi_in=spi_in, spi_out=spi_out, proposal=proposal,
                        keys=self._child_keys(k, suite, spi_in, spi_out, cp, we_initiated),
@@ -189,13 +206,24 @@ class ChildExchanges(IkeSACore):
             self._request("delete refused child", lambda: (
                 X.INFORMATIONAL, [P.DeletePayload(protocol=ProtocolId.ESP, spis=[req.spi_in])], lambda m: None))
             return
-        child = self._make_child(req.policy, req.spi_in, chosen.spi,
-                                 P.Proposal(chosen.num, ProtocolId.ESP, req.spi_in, chosen.transforms),
-                                 suite, ni, nr, shared, local_ts=tsi.selectors, remote_ts=tsr.selectors,
-                                 now=now, we_initiated=True)
-        self._install_child(child, now, rekey_of=req.rekey_of)
-        if req.rekey_of is not None:
-            self._finish_rekey(req.rekey_of, child, now)
+        def done(extra: list[bytes]) -> None:
+            child = self._make_child(req.policy, req.spi_in, chosen.spi,
+                                     P.Proposal(chosen.num, ProtocolId.ESP, req.spi_in, chosen.transforms),
+                                     suite, ni, nr, shared, local_ts=tsi.selectors,
+                                     remote_ts=tsr.selectors, now=self._now, we_initiated=True,
+                                     additional=b"".join(extra))
+            self._install_child(child, self._now, rekey_of=req.rekey_of)
+            if req.rekey_of is not None:
+                self._finish_rekey(req.rekey_of, child, self._now)
+
+        if suite.additional and msg.exchange == X.CREATE_CHILD_SA:
+            def fail(why: str) -> None:
+                self.log("warning", "CHILD_SA not created", child=req.policy.name, reason=why)
+                if req.rekey_of is not None and req.rekey_of.state == ChildState.REKEYING:
+                    req.rekey_of.state = ChildState.INSTALLED
+            self._run_followups(msg, suite.additional, done, fail, f"child {req.policy.name}")
+            return
+        done([])
 
     def create_child(self, cp: ChildPolicy, now: float) -> None:
         """Ask for an additional Child SA (CREATE_CHILD_SA)."""

@@ -30,6 +30,8 @@ REDUNDANT_SA_LIFETIME = 30.0  # seconds a lost collision's SA waits for the peer
 class IkeRekey(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
     Provides the hooks ``_on_ike_rekey_request``, ``_settle_lost_collision``.
+    Calls other exchanges only through the hooks ``_followup_link``, ``_run_followups`` (RFC 9370)
+    and ``_install_keys`` (on the new IKE SA).
     """
 
     __slots__ = ()
@@ -70,12 +72,22 @@ class IkeRekey(IkeSACore):
                     self.log("warning", "IKE rekey response unacceptable", reason=str(e))
                     self._settle_lost_collision()
                     return
-                collision = self._ike_collision
-                self._ike_collision = None
-                ours = self._create_successor(True, new_spi, chosen.spi, suite, chosen, nonce, nr.data, shared,
-                                              self._now, take_children=collision is None)
-                if collision is not None:
-                    self._resolve_ike_collision(ours, (nonce, nr.data), *collision)
+                def done(extra: list[bytes]) -> None:
+                    collision = self._ike_collision
+                    self._ike_collision = None
+                    ours = self._create_successor(True, new_spi, chosen.spi, suite, chosen, nonce, nr.data,
+                                                  shared, self._now, take_children=collision is None,
+                                                  additional=b"".join(extra))
+                    if collision is not None:
+                        self._resolve_ike_collision(ours, (nonce, nr.data), *collision)
+                if suite.additional:  # RFC 9370: IKE_FOLLOWUP_KE before the new IKE SA exists
+                    def fail(why: str) -> None:
+                        self.log("warning", "IKE rekey failed", reason=why)
+                        self.rekey_at = self._now + 60.0
+                        self._settle_lost_collision()
+                    self._run_followups(msg, suite.additional, done, fail, "IKE rekey")
+                    return
+                done([])
             return X.CREATE_CHILD_SA, payloads, on_response
         self._request("rekey IKE SA", build)
         self._pump(now)
@@ -92,9 +104,8 @@ class IkeRekey(IkeSACore):
         suite = ike_suite(chosen)
         if ke.group != suite.ke.group:
             raise ExchangeFailed(N.INVALID_KE_PAYLOAD, "KE group mismatch", struct.pack("!H", suite.ke.group))
-        priv = suite.ke.generate(self.rng)
         try:
-            shared = priv.shared_secret(ke.data)
+            our_ke, shared = suite.ke.respond(self.rng, ke.data)  # DH or KEM
         except InvalidKeyExchange as e:
             raise ExchangeFailed(N.INVALID_SYNTAX, f"bad KE value: {e}") from None
         if self.state == State.REKEYED:
@@ -103,18 +114,33 @@ class IkeRekey(IkeSACore):
         new_spi = self._new_ike_spi()
         nr = self.rng(NONCE_LEN)
         ours = P.Proposal(chosen.num, ProtocolId.IKE, new_spi, chosen.transforms)
-        self._respond(req, [P.SAPayload(proposals=[ours]), P.NoncePayload(data=nr),
-                            P.KEPayload(group=suite.ke.group, data=priv.public_bytes)])
+        payloads = [P.SAPayload(proposals=[ours]), P.NoncePayload(data=nr),
+                     P.KEPayload(group=suite.ke.group, data=our_ke)]
+        if suite.additional:
+            # RFC 9370: the new IKE SA comes once the IKE_FOLLOWUP_KE exchanges are done.
+            def done(extra: list[bytes]) -> None:
+                self._finish_ike_rekey_responder(chosen, new_spi, suite, ours, ni.data, nr,
+                                                 shared, self._now, additional=b"".join(extra))
+            payloads.append(self._followup_link(suite.additional, done, "IKE rekey"))
+            self._respond(req, payloads)
+            return
+        self._respond(req, payloads)
+        self._finish_ike_rekey_responder(chosen, new_spi, suite, ours, ni.data, nr, shared, now)
+
+    def _finish_ike_rekey_responder(self, chosen: P.Proposal, new_spi: bytes, suite: IkeSuite,
+                                    ours: P.Proposal, ni: bytes, nr: bytes, shared: bytes, now: float,
+                                    additional: bytes = b"") -> None:
         if self._ike_rekey_nonce is not None:
             # RFC 7296 2.8.2: both ends rekey this IKE SA at once. Answer as usual; which of the
             # two new SAs survives is decided by the nonces once our own exchange completes.
-            theirs = self._create_successor(False, chosen.spi, new_spi, suite, ours, ni.data, nr, shared, now,
-                                            take_children=False)
+            theirs = self._create_successor(False, chosen.spi, new_spi, suite, ours, ni, nr, shared, now,
+                                            take_children=False, additional=additional)
             theirs.collision_candidate = True  # a DELETE for it before we decide: it lost
-            self._ike_collision = (theirs, (ni.data, nr))
+            self._ike_collision = (theirs, (ni, nr))
             self.log("info", "IKE rekey collision: answered the peer's rekey, waiting for ours")
             return
-        self._create_successor(False, chosen.spi, new_spi, suite, ours, ni.data, nr, shared, now)
+        self._create_successor(False, chosen.spi, new_spi, suite, ours, ni, nr, shared, now,
+                               additional=additional)
 
     def _resolve_ike_collision(self, ours: IkeSACore, our_nonces: tuple[bytes, bytes], theirs: IkeSACore,
                                their_nonces: tuple[bytes, bytes]) -> None:
@@ -158,7 +184,7 @@ class IkeRekey(IkeSACore):
 
     def _create_successor(self, we_initiated: bool, spi_i: bytes, spi_r: bytes, suite: IkeSuite,
                           proposal: P.Proposal, ni: bytes, nr: bytes, shared: bytes, now: float,
-                          take_children: bool = True) -> Self:
+                          take_children: bool = True, additional: bytes = b"") -> Self:
         """RFC 7296 2.18: the new IKE SA takes over all Child SAs; the old one is deleted by the
         side that initiated the rekey."""
         new = type(self)(ike_id=self.ike_id, initiator=we_initiated, policy=self.policy, local=self.local,
@@ -167,7 +193,7 @@ class IkeRekey(IkeSACore):
         new.suite, new.proposal = suite, proposal
         new.ni, new.nr = ni, nr
         _skeyseed, keys = derive_rekeyed_ike_keys(self.agreed_suite.prf, self.derived_keys.sk_d, suite.prf, suite.encr,
-                                                  suite.integ, shared, ni, nr, spi_i, spi_r)
+                                                  suite.integ, shared, ni, nr, spi_i, spi_r, additional)
         new._install_keys(keys)
         new.peer_id = self.peer_id
         new.peer_fragmentation = self.peer_fragmentation

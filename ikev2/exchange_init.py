@@ -34,7 +34,9 @@ from .sk import SKKeys
 class InitExchange(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
     Provides the hooks ``_install_keys``.
-    Calls other exchanges only through the hooks ``_build_auth_request``.
+    Calls other exchanges only through the hooks ``_after_init_as_initiator`` (IKE_INTERMEDIATE
+    or IKE_AUTH next), ``_check_intermediate_support``, ``_intermediate_notify`` (RFC 9242/9370),
+    ``_ppk_init_notifies``, ``_ppk_read_init`` (RFC 8784).
     """
 
     __slots__ = ()
@@ -67,6 +69,7 @@ class InitExchange(IkeSACore):
             out.append(P.NotifyPayload(notify_type=N.IKEV2_FRAGMENTATION_SUPPORTED))
         out.append(P.NotifyPayload(notify_type=N.SIGNATURE_HASH_ALGORITHMS,
                                    data=b"".join(struct.pack("!H", h) for h in cauth.supported_hash_algorithms())))
+        out += self._intermediate_notify()  # RFC 9242 (exchange_intermediate)
         return out
 
     def _send_init(self, now: float) -> None:
@@ -80,6 +83,7 @@ class InitExchange(IkeSACore):
                      P.NoncePayload(data=self.ni)]
         payloads += self._natd_payloads(bytes(8))
         payloads += self._common_init_notifies()
+        payloads += self._ppk_init_notifies(None)  # RFC 8784 (exchange_ppk)
         msg = Message(self.spi_i, bytes(8), X.IKE_SA_INIT, 0, HeaderFlag.INITIATOR, payloads)
         self.init_request_raw = encode_message(msg)
         self.state = State.INIT_SENT
@@ -163,6 +167,8 @@ class InitExchange(IkeSACore):
         self._derive_keys(shared)
         self.ke_private = None  # the keys are derived: our key exchange secret is not needed again
         self._read_init_notifies(msg)
+        self._check_intermediate_support(msg)
+        self._ppk_read_init(msg)
         self.state = State.AUTH_SENT
         self.log("info", "IKE_SA_INIT done", spi_i=self.spi_i.hex(), spi_r=self.spi_r.hex(),
                  proposal=proposal_display(chosen), nat_local=self.nat_local, nat_remote=self.nat_remote)
@@ -170,7 +176,7 @@ class InitExchange(IkeSACore):
         if self.natd_seen and self.remote[1] == IKE_PORT:
             self.local = (self.local[0], NATT_PORT)
             self.remote = (self.remote[0], NATT_PORT)
-        self._request("IKE_AUTH", self._build_auth_request)
+        self._after_init_as_initiator()  # IKE_INTERMEDIATE(s) first when negotiated (RFC 9370)
 
     def _read_init_notifies(self, msg: Message) -> None:
         self.peer_fragmentation = msg.notify(N.IKEV2_FRAGMENTATION_SUPPORTED) is not None
@@ -243,9 +249,13 @@ class InitExchange(IkeSACore):
                               struct.pack("!H", suite.ke.group))
             return
         self.ke_group = suite.ke.group
-        self.ke_private = suite.ke.generate(self.rng)
+        if suite.additional and msg.notify(N.INTERMEDIATE_EXCHANGE_SUPPORTED) is None:
+            self._reject_init(msg, N.NO_PROPOSAL_CHOSEN, "peer proposed additional key exchanges "
+                              "without INTERMEDIATE_EXCHANGE_SUPPORTED")
+            return
         try:
-            shared = self.ke_private.shared_secret(ke.data)
+            # DH: our public value; KEM (ML-KEM): the ciphertext encapsulated to the peer's key.
+            our_ke_data, shared = suite.ke.respond(self.rng, ke.data)
         except InvalidKeyExchange as e:
             self._reject_init(msg, N.INVALID_SYNTAX, f"peer's key exchange value rejected: {e}")
             return
@@ -256,9 +266,10 @@ class InitExchange(IkeSACore):
         self.suite = suite
         self.proposal = chosen
         self._read_init_notifies(msg)
+        self.peer_intermediate = msg.notify(N.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
         self._derive_keys(shared)
         payloads: list[P.Payload] = [P.SAPayload(proposals=[chosen]),
-                                     P.KEPayload(group=self.ke_group, data=self.ke_private.public_bytes),
+                                     P.KEPayload(group=self.ke_group, data=our_ke_data),
                                      P.NoncePayload(data=self.nr)]
         if self.natd_seen:
             payloads += self._natd_payloads(self.spi_r)
@@ -267,6 +278,8 @@ class InitExchange(IkeSACore):
             from .certs import certreq_data
             payloads.append(P.CertReqPayload(encoding=4, data=certreq_data(cas)))
         payloads += self._common_init_notifies()
+        payloads += self._ppk_init_notifies(msg)
+        self._ppk_read_init(msg)
         resp = Message(self.spi_i, self.spi_r, X.IKE_SA_INIT, 0, HeaderFlag.RESPONSE, payloads)
         self.init_response_raw = encode_message(resp)
         self.ke_private = None  # the keys are derived: our key exchange secret is not needed again

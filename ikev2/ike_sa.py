@@ -28,10 +28,13 @@ from .events import Address, AuthFailed, ExchangeDone
 from .exchange_auth import AuthExchange
 from .exchange_child import ChildExchanges
 from .exchange_eap import EapExchange
+from .exchange_followup import FollowupKeExchange
 from .exchange_ike_rekey import IkeRekey
 from .exchange_info import Informational
 from .exchange_init import InitExchange
+from .exchange_intermediate import IntermediateExchange
 from .exchange_mobike import Mobike
+from .exchange_ppk import PpkExchange
 from .message import Message
 from .sa_common import HALF_OPEN_TIMEOUT, HANDLED_NOTIFIES, ExchangeFailed, State
 from .sk import open_message
@@ -39,7 +42,8 @@ from .sk import open_message
 __all__ = ["IkeSA", "State", "ExchangeFailed"]
 
 
-class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational, Mobike, EapExchange):
+class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange, AuthExchange,
+            ChildExchanges, IkeRekey, Informational, Mobike, EapExchange):
     """One IKE SA with all its exchanges (the state is declared in ``IkeSACore``)."""
 
     __slots__ = ()
@@ -219,6 +223,8 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
             X.IKE_AUTH: self._on_auth_request,
             X.INFORMATIONAL: self._on_informational_request,
             X.CREATE_CHILD_SA: self._on_create_child_request,
+            X.IKE_INTERMEDIATE: self._on_intermediate_request,
+            X.IKE_FOLLOWUP_KE: self._on_followup_request,
         }
         handler = handlers.get(req.exchange)
         if handler is None:
@@ -255,6 +261,8 @@ class IkeSA(InitExchange, AuthExchange, ChildExchanges, IkeRekey, Informational,
             "spi_i": self.spi_i.hex(),
             "spi_r": self.spi_r.hex(),
             "proposal": proposal_display(self.proposal) if self.proposal else "",
+            "key_exchanges": self.key_exchange_names(),
+            "ppk": self.ppk_used,
             "established_for": round(now - self.established_at, 1) if self.established_at is not None else None,
             "nat_local": self.nat_local,
             "eap_identity": self.eap_identity,

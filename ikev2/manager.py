@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import payloads as P
+from .child_sa import ChildState
 from .constants import ExchangeType as X
 from .constants import HeaderFlag
 from .constants import NotifyType as N
 from .deadlines import DeadlineHeap
 from .errors import ParseError, UnsupportedCriticalPayload
 from .events import Address, Event, IkeUp
-from .child_sa import ChildState
 from .ike_sa import IkeSA, State
 from .message import Header, Message, UnsupportedVersion, decode_header, decode_message, encode_message
 from .policy import IkePolicy

@@ -82,6 +82,8 @@ class Message:
     flags: int = 0
     payloads: list[Payload] = field(default_factory=list)
     minor_version: int = 0
+    # Set by ikev2.sk when it decrypts: the inner payloads as received (RFC 9242 IntAuth_P).
+    plain_inner: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def is_response(self) -> bool:

@@ -77,6 +77,10 @@ class IkePolicy:
     rekey_time: float = 14400.0
     dpd_delay: float = 30.0
     initial_contact: bool = True
+    # RFC 8784 post-quantum preshared key (ikev2.exchange_ppk)
+    ppk_id: bytes | None = None
+    ppk: bytes | None = field(default=None, repr=False)
+    ppk_required: bool = False
 
     def matches_addresses(self, local_ip: str, remote_ip: str) -> bool:
         return _addr_ok(self.local_addrs, local_ip) and _addr_ok(self.remote_addrs, remote_ip)

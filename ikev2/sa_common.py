@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from . import payloads as P
 from .child_sa import ChildSA
 from .constants import NotifyType as N
-from .crypto.dh import KeyExchangePrivate
+from .crypto.kex import KeyExchange, KeyExchangeHalf
 from .errors import IKEv2Error
 from .identity import Identity, IdentityPattern
 from .message import Message
@@ -75,14 +75,31 @@ class ChildRequest:
     ts_i: list[P.TrafficSelector]
     ts_r: list[P.TrafficSelector]
     nonce: bytes = b""
-    ke: KeyExchangePrivate | None = None
+    ke: KeyExchangeHalf | None = None
     rekey_of: ChildSA | None = None
+
+
+# RFC 9370 IKE_FOLLOWUP_KE (ikev2.exchange_followup): what to do once a CREATE_CHILD_SA's
+# additional key exchanges have run; called with their shared secrets SK(1)..SK(n) in order.
+FollowupDone = Callable[[list[bytes]], None]
+FollowupFailed = Callable[[str], None]
+
+
+@dataclass
+class PendingFollowup:
+    """Responder: a CREATE_CHILD_SA answered with N(ADDITIONAL_KEY_EXCHANGE), waiting for the
+    initiator's IKE_FOLLOWUP_KE exchanges."""
+    methods: list[KeyExchange]  # the additional key exchange methods still to run, in order
+    on_done: FollowupDone
+    what: str
+    secrets: list[bytes] = field(default_factory=list)
 
 
 HANDLED_NOTIFIES = {
     N.NAT_DETECTION_SOURCE_IP, N.NAT_DETECTION_DESTINATION_IP, N.COOKIE, N.INVALID_KE_PAYLOAD,
     N.IKEV2_FRAGMENTATION_SUPPORTED, N.SIGNATURE_HASH_ALGORITHMS, N.MOBIKE_SUPPORTED, N.REKEY_SA,
-    N.INITIAL_CONTACT,
+    N.INITIAL_CONTACT, N.USE_PPK, N.PPK_IDENTITY, N.NO_PPK_AUTH, N.INTERMEDIATE_EXCHANGE_SUPPORTED,
+    N.ADDITIONAL_KEY_EXCHANGE,
 }
 
 

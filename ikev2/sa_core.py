@@ -12,7 +12,7 @@ declarations here. See docs/engine.md for why the exchanges are mixins and not t
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import payloads as P
@@ -20,7 +20,7 @@ from .assign_async import AssignWaiting
 from .child_sa import ChildSA, ChildState
 from .constants import IKE_PORT, HeaderFlag
 from .constants import ExchangeType as X
-from .crypto.dh import KeyExchangePrivate
+from .crypto.kex import KeyExchange, KeyExchangeHalf
 from .crypto.keys import IkeKeys
 from .crypto.proposals import IkeSuite
 from .eap.async_server import AsyncEapServer
@@ -30,12 +30,16 @@ from .eap_async import EapWaiting
 from .events import Address, ChildDown, Event, ExchangeDone, IkeDown, LocalAddressChanged, PeerAddressChanged
 from .identity import Identity
 from .message import Message, encode_message
+from .multi_ke import IntAuthChain
 from .policy import ChildPolicy, IkePolicy
 from .sa_common import (
     IP_UDP_OVERHEAD,
     ChildRequest,
+    FollowupDone,
+    FollowupFailed,
     LogFn,
     Pending,
+    PendingFollowup,
     QueuedRequest,
     RandomBytes,
     RequestBuilder,
@@ -71,7 +75,8 @@ class IkeSACore:
         "virtual_ips", "activity_probe", "_reassembler", "on_change", "last_inbound", "rekey_at",
         "delete_reason", "successor", "successors", "_ike_rekey_nonce", "_ike_collision", "redundant",
         "collision_candidate", "forget_at", "_eap_async", "_eap_async_tickets", "_assign_async",
-        "_assign_async_tickets",
+        "_assign_async_tickets", "peer_intermediate", "_int_chain_obj", "_followups_obj", "peer_use_ppk",
+        "_ppk_for_auth", "_ppk_peer_id", "ppk_used",
     )
 
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
@@ -102,7 +107,7 @@ class IkeSACore:
         self.sk_out: SKKeys | None = None
         self.ni = b""
         self.nr = b""
-        self.ke_private: KeyExchangePrivate | None = None
+        self.ke_private: KeyExchangeHalf | None = None
         self.ke_group: int | None = None
         self.cookie: bytes = b""
         self.init_retries = 0
@@ -166,6 +171,18 @@ class IkeSACore:
         self.redundant = False  # lost an IKE rekey collision: the peer deletes this SA
         self.collision_candidate = False  # made by the peer's rekey during a collision, undecided
         self.forget_at: float | None = None  # a redundant SA disappears then at the latest
+        # RFC 9370/9242 additional key exchanges in IKE_INTERMEDIATE (ikev2.exchange_intermediate)
+        self.peer_intermediate = False  # the peer sent INTERMEDIATE_EXCHANGE_SUPPORTED
+        # IntAuth_iN/_rN and how many exchanges ran; created by the first one (see _int_chain)
+        self._int_chain_obj: IntAuthChain | None = None
+        # RFC 9370 IKE_FOLLOWUP_KE, responder side (ikev2.exchange_followup): link -> state, oldest
+        # first; created by the first CREATE_CHILD_SA with additional key exchanges (see _followups)
+        self._followups_obj: dict[bytes, PendingFollowup] | None = None
+        # RFC 8784 PPK (ikev2.exchange_ppk)
+        self.peer_use_ppk = False  # the peer sent USE_PPK in IKE_SA_INIT
+        self._ppk_for_auth: bytes | None = None  # PPK whose SK_p' the AUTH payloads use now
+        self._ppk_peer_id: str | None = None  # responder: the PPK_ID the initiator named
+        self.ppk_used = False  # this IKE SA's SK_d came from a PPK
 
     @property
     def name(self) -> str:
@@ -177,6 +194,25 @@ class IkeSACore:
         if self._reassembler is None:
             self._reassembler = FragmentReassembler()
         return self._reassembler
+
+    @property
+    def _int_chain(self) -> IntAuthChain:
+        """RFC 9242 IntAuth chain (ikev2.exchange_intermediate), created when first needed."""
+        if self._int_chain_obj is None:
+            self._int_chain_obj = IntAuthChain()
+        return self._int_chain_obj
+
+    @property
+    def _int_exchanges(self) -> int:
+        """How many IKE_INTERMEDIATE exchanges have completed (0 without creating the chain)."""
+        return self._int_chain_obj.exchanges if self._int_chain_obj is not None else 0
+
+    @property
+    def _followups(self) -> dict[bytes, PendingFollowup]:
+        """Responder's pending IKE_FOLLOWUP_KE state (ikev2.exchange_followup), created when first needed."""
+        if self._followups_obj is None:
+            self._followups_obj = {}
+        return self._followups_obj
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -318,6 +354,7 @@ class IkeSACore:
         if self.keys is not None and hasattr(self.keys, "wipe"):
             self.keys.wipe()
         self.ke_private = None
+        self._followups_obj = None  # their shared secrets SK(1).. go with the SA
         self._emit(IkeDown(reason=reason if was_up or self.initiator else f"{reason} (not established)"))
 
     def _remove_child(self, c: ChildSA, reason: str) -> None:
@@ -369,6 +406,7 @@ class IkeSACore:
         self.state = State.DELETED
         self.pending = None
         self.queue.clear()
+        self._followups_obj = None
         if self.sk_in:
             self.sk_in.wipe()
         if self.sk_out:
@@ -456,4 +494,54 @@ class IkeSACore:
         raise NotImplementedError
 
     def _mobike_request(self, req: Message, now: float) -> bool:  # exchange_mobike
+        raise NotImplementedError
+
+    def _intermediate_notify(self) -> list[P.Payload]:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _check_intermediate_support(self, msg: Message) -> None:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _after_init_as_initiator(self) -> None:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _intermediate_pending(self) -> bool:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _int_auth_suffix(self) -> bytes:  # exchange_intermediate
+        raise NotImplementedError
+
+    def key_exchange_names(self) -> list[str]:  # exchange_intermediate
+        raise NotImplementedError
+
+    def _followup_link(self, methods: Sequence[KeyExchange], on_done: FollowupDone,
+                       what: str) -> P.NotifyPayload:  # exchange_followup
+        raise NotImplementedError
+
+    def _run_followups(self, msg: Message, methods: Sequence[KeyExchange], on_done: FollowupDone,
+                       on_fail: FollowupFailed, what: str) -> None:  # exchange_followup
+        raise NotImplementedError
+
+    def _ppk_init_notifies(self, request: Message | None) -> list[P.Payload]:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_read_init(self, msg: Message) -> None:  # exchange_ppk
+        raise NotImplementedError
+
+    def _sk_p_for_auth(self, key: bytes) -> bytes:  # exchange_ppk
+        raise NotImplementedError
+
+    def _apply_ppk(self, ppk: bytes) -> None:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_request_payloads(self, auth_payloads: list[P.Payload]) -> list[P.Payload]:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_check_response(self, msg: Message) -> None:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_check_request(self, req: Message) -> None:  # exchange_ppk
+        raise NotImplementedError
+
+    def _ppk_response_payloads(self) -> list[P.Payload]:  # exchange_ppk
         raise NotImplementedError

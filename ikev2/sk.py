@@ -162,8 +162,10 @@ def open_message(raw: bytes, msg: Message, keys: SKKeys) -> Message:
         payloads = decode_payloads(inner, enc.first_inner, head_len + keys.encr.iv_len, inner=True)
     except ParseError as e:
         raise AuthenticatedParseError.wrap(e) from None
-    return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
-                   msg.payloads[:-1] + payloads, msg.minor_version)
+    out = Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
+                  msg.payloads[:-1] + payloads, msg.minor_version)
+    out.plain_inner = inner  # the inner payloads as received (RFC 9242 IntAuth_P)
+    return out
 
 
 class FragmentReassembler:
@@ -227,5 +229,7 @@ class FragmentReassembler:
             payloads = decode_payloads(inner, first, 0, inner=True)
         except ParseError as e:
             raise AuthenticatedParseError.wrap(e) from None
-        return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
-                       msg.payloads[:-1] + payloads, msg.minor_version)
+        out = Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.flags,
+                      msg.payloads[:-1] + payloads, msg.minor_version)
+        out.plain_inner = inner  # the inner payloads as received (RFC 9242 IntAuth_P)
+        return out

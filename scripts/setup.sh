@@ -13,6 +13,7 @@ APT_PKGS=(
   libcharon-extra-plugins libcharon-extauth-plugins
   libnetfilter-queue-dev build-essential python3-dev
   knot dnsutils
+  xz-utils libcurl4 libssl3 libsystemd0   # strongSwan 6 peer from ../shared/peers (tests/interop/strongswan6.py)
   freeradius freeradius-utils postgresql
   qemu-system-x86 busybox-static kmod linux-libc-dev
 )

@@ -941,6 +941,38 @@ def test_daemon_wires_the_fragmenter():
     assert gw.dataplane.fragmenter is None
 
 
+# --- RFC 8784 PPK --------------------------------------------------------------------------------
+
+PSK_LINE = 'psk = "0x00112233445566778899aabbccddeeff"'
+PPK_HEX = "0x" + "ab" * 32
+
+
+def test_ppk_keys_parsed_and_reach_the_policy(tmp_path):
+    from vpn_gw.policies import ike_policy
+    (tmp_path / "q.ppk").write_text(PPK_HEX + "\n")
+    os.chmod(tmp_path / "q.ppk", 0o600)
+    cfg = parse(BASE.replace(PSK_LINE, PSK_LINE + '\nppk_id = "pq-1"\nppk = "file:q.ppk"\nppk_required = true'),
+                tmp_path)
+    c = cfg.connections[0]
+    assert (c.ppk_id, c.ppk.reveal(), c.ppk_required) == ("pq-1", b"\xab" * 32, True)
+    assert "ab" * 32 not in repr(c)
+    pol = ike_policy(c)
+    assert (pol.ppk_id, pol.ppk, pol.ppk_required) == (b"pq-1", b"\xab" * 32, True)
+    assert cfg.connections[0].ppk is not None and parse(BASE).connections[0].ppk is None
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ('ppk_id = "pq-1"', "'ppk_id' needs 'ppk' too"),
+    (f'ppk = "{PPK_HEX}"', "'ppk' needs 'ppk_id' too"),
+    ('ppk_required = true', "ppk_required = true needs 'ppk' and 'ppk_id'"),
+    ('ppk_id = "pq-1"\nppk = "0x0011223344556677"', "PPK is 8 bytes; RFC 8784 wants at least 32"),
+])
+def test_ppk_errors(extra, expected):
+    e = error(BASE.replace(PSK_LINE, PSK_LINE + "\n" + extra))
+    assert expected in str(e), str(e)
+    assert "0011223344556677" not in str(e)
+
+
 # ---------------------------------------------------------------------------- [radius]
 
 def _radius_cfg(tmp_path, radius: str, remote_auth: str = "eap-radius"):

@@ -154,7 +154,7 @@ def test_format(text, proto, keywords, display):
 def test_format_unknown_transforms():
     p = Proposal(1, IKE, b"", [Transform(T.ENCR, EncrId.DES3), Transform(T.PRF, 99),
                                Transform(T.DH, DhId.MODP_1024), Transform(9, 1)])
-    assert proposal_display(p) == "DES3/PRF_99/MODP_1024/ADDKE4:1"
+    assert proposal_display(p) == "DES3/PRF_99/MODP_1024/KE4_1"  # ADDKE4, unknown method 1
 
 
 # --- selection -------------------------------------------------------------------------------

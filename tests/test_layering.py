@@ -116,7 +116,8 @@ def test_graph_sees_known_edges():
     graph = import_graph("ikev2", "esp", everywhere=True)
     assert "ikev2.sa_core" in graph["ikev2.exchange_auth"]
     assert "ikev2.payloads" in graph["ikev2.exchange_auth"]  # "from . import payloads as P"
-    assert "ikev2.crypto.dh" in graph["ikev2.sa_common"]
+    assert "ikev2.crypto.kex" in graph["ikev2.sa_common"]
+    assert "ikev2.crypto.mlkem" in graph["ikev2.crypto.dh"]
     daemon = import_graph("ikev2", "esp", "vpn_gw", everywhere=False)
     assert "vpn_gw.transport.tcp" in daemon["vpn_gw.daemon.gateway"]
     assert "vpn_gw.daemon" not in daemon["vpn_gw.transport.tcp"]  # only under TYPE_CHECKING, if at all

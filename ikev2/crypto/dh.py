@@ -29,18 +29,24 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 
 from ikev2.constants import DhId
 from ikev2.errors import CryptoError, InvalidKeyExchange
 
+from .kex import KeyExchange
+from .mlkem import MLKEM_METHODS
+
 __all__ = [
     "KeyExchangeMethod",
     "KeyExchangePrivate",
     "KE_METHODS",
+    "KeyExchange",
     "ke_by_id",
+    "ke_method",
+    "ALL_KE_METHODS",
     "modp_backend",
 ]
 
@@ -242,6 +248,10 @@ class KeyExchangeMethod:
     field_p: int = 0
     order: int = 0
 
+    # Diffie-Hellman groups are always there (see mlkem.MlKemMethod for the KEMs).
+    available: ClassVar[bool] = True
+    unavailable_reason: ClassVar[str] = ""
+
     def generate(self, random_bytes: RandomBytes) -> KeyExchangePrivate:
         """A fresh private value drawn from ``random_bytes``; deterministic given that stream."""
         if self.kind == "modp":
@@ -256,6 +266,15 @@ class KeyExchangeMethod:
             d = int.from_bytes(_take(random_bytes, nbytes), "big") % (self.order - 1) + 1
             return _EcpPrivate.from_scalar(self, d)
         return self.private_from_value(_take(random_bytes, self.public_len))
+
+    def respond(self, random_bytes: RandomBytes, peer_public: bytes) -> tuple[bytes, bytes]:
+        """Responder: our KE data and the shared secret, given the initiator's KE data.
+
+        Same call for a KEM (``mlkem.MlKemMethod.respond`` encapsulates), so the exchanges
+        need not know which kind of method they run.
+        """
+        priv = self.generate(random_bytes)
+        return priv.public_bytes, priv.shared_secret(peer_public)
 
     def private_from_value(self, value: int | bytes) -> KeyExchangePrivate:
         """Our half from a known private value (known-answer tests, interop debugging).
@@ -439,14 +458,19 @@ KE_METHODS: tuple[KeyExchangeMethod, ...] = (
     KeyExchangeMethod(DhId.CURVE448, "CURVE_448", "x448", 56, "x448"),
 )
 
-_BY_ID: dict[int, KeyExchangeMethod] = {m.group: m for m in KE_METHODS}
+# Every key exchange method, Diffie-Hellman groups and KEMs (ML-KEM-512/768/1024, whether or
+# not the linked OpenSSL offers them: ``method.available`` tells).
+ALL_KE_METHODS: tuple[KeyExchange, ...] = KE_METHODS + MLKEM_METHODS
+
+_BY_ID: dict[int, KeyExchange] = {m.group: m for m in ALL_KE_METHODS}
 
 
-def ke_by_id(group: int) -> KeyExchangeMethod | None:
+def ke_by_id(group: int) -> KeyExchange | None:
+    """The KeyExchangeMethod or MlKemMethod with IANA id ``group``, or None."""
     return _BY_ID.get(group)
 
 
-def ke_method(group: int | None) -> KeyExchangeMethod:
+def ke_method(group: int | None) -> KeyExchange:
     """The method of a group we offered or chose ourselves (so known; else an internal error)."""
     method = _BY_ID.get(group) if group is not None else None
     if method is None:

@@ -155,27 +155,33 @@ def derive_ike_keys(prf: PrfAlgorithm, encr: EncrAlgorithm, integ: IntegAlgorith
 def derive_rekeyed_ike_keys(old_prf: PrfAlgorithm, old_sk_d: bytes, new_prf: PrfAlgorithm,
                             encr: EncrAlgorithm, integ: IntegAlgorithm | None,
                             shared_secret: bytes, ni: bytes, nr: bytes,
-                            spi_i: bytes | int, spi_r: bytes | int) -> tuple[bytes, IkeKeys]:
+                            spi_i: bytes | int, spi_r: bytes | int,
+                            additional: bytes = b"") -> tuple[bytes, IkeKeys]:
     """(SKEYSEED, keys) of an IKE SA rekeyed with CREATE_CHILD_SA (RFC 7296 2.18).
 
     ``ni``/``nr``/``spi_i``/``spi_r`` are those of the rekeying exchange and the new SA.
+    ``additional``: SK(1) | ... | SK(n) of RFC 9370 IKE_FOLLOWUP_KE exchanges, which go
+    after the nonces: SKEYSEED = prf(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)).
     """
-    skeyseed = old_prf(old_sk_d, bytes(shared_secret) + bytes(ni) + bytes(nr))
+    skeyseed = old_prf(old_sk_d, bytes(shared_secret) + bytes(ni) + bytes(nr) + bytes(additional))
     seed = bytes(ni) + bytes(nr) + _spi(spi_i) + _spi(spi_r)
     return skeyseed, _split_ike(new_prf, encr, integ, skeyseed, seed)
 
 
 def derive_child_keys(prf: PrfAlgorithm, sk_d: bytes, encr: EncrAlgorithm,
                       integ: IntegAlgorithm | None, ni: bytes, nr: bytes,
-                      shared_secret: bytes | None = None) -> ChildKeys:
-    """Child SA KEYMAT (RFC 7296 2.17): encr_i, integ_i, encr_r, integ_r."""
+                      shared_secret: bytes | None = None, additional: bytes = b"") -> ChildKeys:
+    """Child SA KEYMAT (RFC 7296 2.17): encr_i, integ_i, encr_r, integ_r.
+
+    ``additional``: SK(1) | ... | SK(n) of RFC 9370 IKE_FOLLOWUP_KE exchanges:
+    KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n))."""
     if encr.aead and integ is not None:
         raise CryptoError(f"{encr.name} is an AEAD and takes no integrity transform")
     if not encr.aead and integ is None:
         raise CryptoError(f"{encr.name} needs an integrity transform")
     e = encr.key_len
     a = integ.key_len if integ is not None else 0
-    seed = (bytes(shared_secret) if shared_secret else b"") + bytes(ni) + bytes(nr)
+    seed = (bytes(shared_secret) if shared_secret else b"") + bytes(ni) + bytes(nr) + bytes(additional)
     keymat = prf_plus(prf, sk_d, seed, 2 * (e + a))
     return ChildKeys(encr_i=keymat[:e], integ_i=keymat[e:e + a],
                      encr_r=keymat[e + a:2 * e + a], integ_r=keymat[2 * e + a:])

@@ -9,6 +9,13 @@ keywords joined with ``-``, several of one kind allowed, e.g.::
     aes256gcm16                            ESP (no DH = no PFS; no esn keyword = NO_ESN)
     aes128-sha256-modp2048                 ESP with PFS group modp2048
     aes256gcm16-esn / -noesn / -esn-noesn  ESP extended sequence numbers
+    aes256gcm16-prfsha384-x25519-ke1_mlkem768      IKE, hybrid: x25519, then ML-KEM-768 in
+                                           IKE_INTERMEDIATE (RFC 9370 Additional Key Exchange 1)
+    aes256gcm16-prfsha384-mlkem768         IKE, ML-KEM-768 as the only key exchange
+    ...-x25519-ke1_mlkem768-ke2_mlkem1024  several additional key exchanges (ke1_ .. ke7_)
+    ...-ke1_mlkem768-ke1_none              ADDKE1 optional (NONE accepted, RFC 9370 2.2.1)
+    aes256gcm16-x25519-ke1_mlkem768        ESP: PFS with x25519 + ML-KEM-768 (CREATE_CHILD_SA
+                                           followed by IKE_FOLLOWUP_KE)
 
 Weak algorithms (des, 3des, md5, modp768/1024/1536, ...) are refused with a ProposalError
 that says so; sha1/prfsha1 are accepted for old peers.
@@ -27,7 +34,8 @@ from ikev2.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, Tra
 from ikev2.errors import ProposalError
 from ikev2.payloads import Proposal, Transform
 
-from .dh import KE_METHODS, KeyExchangeMethod, ke_by_id
+from .dh import ALL_KE_METHODS, ke_by_id
+from .kex import KeyExchange
 from .transforms import (
     ENCR_ALGORITHMS,
     INTEG_ALGORITHMS,
@@ -51,10 +59,14 @@ __all__ = [
     "ChildSuite",
     "ike_suite",
     "child_suite",
+    "ADDKE_TYPES",
 ]
 
 ENCR, PRF, INTEG, DH, ESN = (TransformType.ENCR, TransformType.PRF, TransformType.INTEG,
                              TransformType.DH, TransformType.ESN)
+# RFC 9370 Additional Key Exchange 1..7 (transform types 6..12), keywords ke1_ .. ke7_.
+ADDKE_TYPES: tuple[int, ...] = tuple(int(TransformType.ADDKE1) + i for i in range(7))
+_ALL_TYPES = (ENCR, PRF, INTEG, DH) + ADDKE_TYPES + (ESN,)
 
 # keyword -> (transform type, transform id, key length in bits or None)
 _KEYWORDS: dict[str, tuple[int, int, int | None]] = {}
@@ -65,7 +77,7 @@ for _i in INTEG_ALGORITHMS:
     _KEYWORDS[_i.keyword] = (INTEG, _i.transform_id, None)
 for _p in PRF_ALGORITHMS:
     _KEYWORDS[_p.keyword] = (PRF, _p.transform_id, None)
-for _k in KE_METHODS:
+for _k in ALL_KE_METHODS:
     _KEYWORDS[_k.keyword] = (DH, _k.group, None)
 _KEYWORDS["esn"] = (ESN, EsnId.ESN, None)
 _KEYWORDS["noesn"] = (ESN, EsnId.NO_ESN, None)
@@ -101,17 +113,32 @@ _UNSUPPORTED_PREFIXES = (
     "aes128gmac", "aes192gmac", "aes256gmac", "camellia", "serpent", "twofish",
     "aesxcbc", "aescmac", "prfaesxcbc", "prfaescmac", "prfcamelliaxcbc", "camelliaxcbc",
     "sha256_96", "sha1_160", "modp6144", "modp8192", "ecp224bp", "ecp256bp", "ecp384bp",
-    "ecp512bp", "mlkem", "kyber", "frodo", "bike", "hqc", "ke1_", "ke2_", "ke3_", "ke4_",
-    "ke5_", "ke6_", "ke7_", "sha3", "prfsha3", "chacha20poly1305ipsec",
+    "ecp512bp", "kyber", "frodo", "bike", "hqc", "sha3", "prfsha3", "chacha20poly1305ipsec",
 )
 
-_KIND = {ENCR: "encryption", PRF: "PRF", INTEG: "integrity", DH: "key exchange", ESN: "ESN"}
+_KIND: dict[int, str] = {ENCR: "encryption", PRF: "PRF", INTEG: "integrity", DH: "key exchange", ESN: "ESN"}
+_KIND.update({t: f"additional key exchange {i}" for i, t in enumerate(ADDKE_TYPES, 1)})
 
 
 def _lookup(token: str, text: str) -> tuple[int, int, int | None]:
+    if len(token) > 4 and token[:2] == "ke" and token[2] in "1234567" and token[3] == "_":
+        # RFC 9370: keN_<method> is Additional Key Exchange N; keN_none makes it optional.
+        n, rest = int(token[2]), token[4:]
+        if rest == "none":
+            return (ADDKE_TYPES[n - 1], 0, None)
+        ttype, tid, bits = _lookup(rest, text)
+        if ttype != DH:
+            raise ProposalError(f"{token!r} in proposal {text!r}: {rest!r} is not a key "
+                                f"exchange method")
+        return (ADDKE_TYPES[n - 1], tid, bits)
     word = _ALIASES.get(token, token)
     if word in _KEYWORDS:
-        return _KEYWORDS[word]
+        ttype, tid, bits = _KEYWORDS[word]
+        method = ke_by_id(tid) if ttype == DH else None
+        if method is not None and not method.available:
+            raise ProposalError(f"algorithm {token!r} in proposal {text!r} cannot be used: "
+                                f"{method.unavailable_reason}")
+        return ttype, tid, bits
     if token in _WEAK:
         raise ProposalError(
             f"algorithm {token!r} ({_WEAK[token]}) is refused as weak in proposal {text!r}")
@@ -128,7 +155,7 @@ def parse_proposal(text: str, protocol: ProtocolId) -> Proposal:
     if not isinstance(text, str) or not text.strip():
         raise ProposalError("empty proposal")
     raw = text.strip()
-    chosen: dict[int, list[tuple[int, int | None]]] = {t: [] for t in (ENCR, PRF, INTEG, DH, ESN)}
+    chosen: dict[int, list[tuple[int, int | None]]] = {t: [] for t in _ALL_TYPES}
     for token in raw.lower().split("-"):
         token = token.strip()
         if not token:
@@ -172,6 +199,8 @@ def parse_proposal(text: str, protocol: ProtocolId) -> Proposal:
         if not chosen[DH]:
             raise ProposalError(
                 f"IKE proposal {raw!r} needs a key exchange method (e.g. x25519 or ecp256)")
+        if (DhId.NONE, None) in chosen[DH]:
+            raise ProposalError(f"IKE proposal {raw!r}: the first key exchange cannot be NONE")
     else:
         if chosen[PRF]:
             prf_alg = prf_by_id(chosen[PRF][0][0])
@@ -181,8 +210,10 @@ def parse_proposal(text: str, protocol: ProtocolId) -> Proposal:
         if not chosen[ESN]:
             chosen[ESN].append((EsnId.NO_ESN, None))
 
+    if any(chosen[t] for t in ADDKE_TYPES) and not chosen[DH]:
+        raise ProposalError(f"proposal {raw!r}: additional key exchanges need a first one")
     transforms = [Transform(type=int(t), id=int(tid), key_length=bits)
-                  for t in (ENCR, PRF, INTEG, DH, ESN) for tid, bits in chosen[t]]
+                  for t in _ALL_TYPES for tid, bits in chosen[t]]
     return Proposal(num=1, protocol=int(protocol), spi=b"", transforms=transforms)
 
 
@@ -208,7 +239,7 @@ _PRF_FOR_INTEG: dict[int, int] = {
 
 # --- formatting ------------------------------------------------------------------------------
 
-_DISPLAY_ORDER = (ENCR, INTEG, PRF, DH, ESN)  # strongSwan's %P order
+_DISPLAY_ORDER = (ENCR, INTEG, PRF, DH) + ADDKE_TYPES + (ESN,)  # strongSwan's %P order
 
 
 def _enum_name(enum_cls: type[IntEnum], value: int) -> str:
@@ -241,6 +272,12 @@ def _transform_text(t: Transform, display: bool) -> str:
         if ak is not None:
             return ak.name if display else ak.keyword
         return "KE_NONE" if t.id == 0 else _enum_name(DhId, t.id)
+    if ttype in ADDKE_TYPES:
+        n = ttype - ADDKE_TYPES[0] + 1
+        am = ke_by_id(t.id)
+        if display:
+            return f"KE{n}_" + ("NONE" if t.id == 0 else am.name if am is not None else str(t.id))
+        return f"ke{n}_" + ("none" if t.id == 0 else am.keyword if am is not None else str(t.id))
     if ttype == ESN:
         if display:
             return "EXT_SEQ" if t.id == EsnId.ESN else "NO_EXT_SEQ"
@@ -351,15 +388,37 @@ class IkeSuite:
     encr: EncrAlgorithm
     prf: PrfAlgorithm
     integ: IntegAlgorithm | None
-    ke: KeyExchangeMethod
+    ke: KeyExchange
+    # RFC 9370: the negotiated Additional Key Exchanges in order (ADDKE1..7, NONE left out),
+    # each run in its own IKE_INTERMEDIATE (or IKE_FOLLOWUP_KE) exchange.
+    additional: tuple[KeyExchange, ...] = ()
+
+    @property
+    def all_ke(self) -> tuple[KeyExchange, ...]:
+        return (self.ke,) + self.additional
 
 
 @dataclass(frozen=True)
 class ChildSuite:
     encr: EncrAlgorithm
     integ: IntegAlgorithm | None
-    ke: KeyExchangeMethod | None
+    ke: KeyExchange | None
     esn: bool
+    additional: tuple[KeyExchange, ...] = ()
+
+
+def _additional(p: Proposal) -> tuple[KeyExchange, ...]:
+    """The Additional Key Exchange methods of a chosen proposal, in ADDKE1..7 order."""
+    out = []
+    for ttype in ADDKE_TYPES:
+        t = _single(p, ttype, f"additional key exchange {ttype - ADDKE_TYPES[0] + 1}", False)
+        if t is None or t.id == 0:
+            continue
+        m = ke_by_id(t.id)
+        if m is None or not m.available:
+            raise ProposalError(f"unsupported additional key exchange method {t.id}")
+        out.append(m)
+    return tuple(out)
 
 
 def _single(p: Proposal, ttype: int, what: str, required: bool) -> Transform | None:
@@ -409,9 +468,9 @@ def ike_suite(p: Proposal) -> IkeSuite:
         raise ProposalError(f"unsupported PRF transform {tp.id}")
     td = _required(p, DH, "key exchange")
     ke = ke_by_id(td.id)
-    if ke is None:
+    if ke is None or not ke.available:
         raise ProposalError(f"unsupported key exchange method {td.id}")
-    return IkeSuite(encr=encr, prf=prf, integ=integ, ke=ke)
+    return IkeSuite(encr=encr, prf=prf, integ=integ, ke=ke, additional=_additional(p))
 
 
 def child_suite(p: Proposal) -> ChildSuite:
@@ -425,9 +484,10 @@ def child_suite(p: Proposal) -> ChildSuite:
     ke = None
     if td is not None and td.id != DhId.NONE:
         ke = ke_by_id(td.id)
-        if ke is None:
+        if ke is None or not ke.available:
             raise ProposalError(f"unsupported key exchange method {td.id}")
     tn = _single(p, ESN, "ESN", False)
     if tn is not None and tn.id not in (EsnId.ESN, EsnId.NO_ESN):
         raise ProposalError(f"unknown ESN transform {tn.id}")
-    return ChildSuite(encr=encr, integ=integ, ke=ke, esn=tn is not None and tn.id == EsnId.ESN)
+    return ChildSuite(encr=encr, integ=integ, ke=ke, esn=tn is not None and tn.id == EsnId.ESN,
+                      additional=_additional(p))

@@ -422,8 +422,13 @@ class Charon:
         charon_settings: Mapping[str, Any] | None = None,
         plugins: str = DEFAULT_PLUGINS,
         extra_conf: str = "",
+        charon_bin: str | None = None,
+        swanctl_bin: str | None = None,
     ):
         self.ns = ns
+        # Another build (strongSwan 6 in /opt/strongswan6, tests/interop/strongswan6.py).
+        self.charon_bin = charon_bin or CHARON
+        self.swanctl_bin = swanctl_bin or SWANCTL
         self.name = name
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -533,7 +538,7 @@ class Charon:
         argv = [
             "unshare", "--mount", "--propagation", "private",
             "sh", "-c", 'mount -t tmpfs -o mode=0755,size=4m sswan-run /run && exec "$@"',
-            "sh", CHARON,
+            "sh", self.charon_bin,
         ]
         out = open(self.stdout_path, "wb")
         try:
@@ -615,7 +620,7 @@ class Charon:
     def swanctl(self, command: str, *args: str, check: bool = True,
                 timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
         """``swanctl --<command> ... --uri <vici>`` (command must come first)."""
-        argv = [SWANCTL, f"--{command}", *map(str, args), "--uri", self.vici_uri]
+        argv = [self.swanctl_bin, f"--{command}", *map(str, args), "--uri", self.vici_uri]
         try:
             res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                  env=_tool_env(self.conf_path))

@@ -35,7 +35,7 @@ from vpn_gw.config.convert import (
     _tables,
     _ts,
 )
-from vpn_gw.config.credentials import _certs, _check_key_matches, _private_key, _psk
+from vpn_gw.config.credentials import _certs, _check_key_matches, _ppk, _private_key, _psk
 from vpn_gw.config.keys import _CHILD_HINT, _CONN_ONLY_HINT, _GW_HINT, _POOL_HINT, CHILD_KEYS, CONNECTION_KEYS
 from vpn_gw.config.secret import Secret
 
@@ -131,6 +131,9 @@ class ConnectionConfig:
     transport: str = "udp"                  # udp | tcp | auto (initiating; docs/tcp-encapsulation.md)
     tcp_port: int = 4500                    # the peer's TCP port for transport = tcp/auto
     routes: tuple = ()                      # CIDR networks routed into `interface` while the daemon runs
+    ppk_id: str | None = None               # RFC 8784 PPK_ID (docs/crypto.md, PPK)
+    ppk: Secret | None = None               # the post-quantum preshared key
+    ppk_required: bool = False              # refuse to authenticate without the PPK
 
     def child(self, name: str) -> ChildConfig:
         for c in self.children:
@@ -352,6 +355,15 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
     mobike = t.get("mobike", _bool, True)
     address_adoption = t.get("address_adoption", _auto_bool, "auto")
     fragmentation = t.get("fragmentation", _bool, True)
+    ppk_id = t.get("ppk_id", _nonempty_str, None)
+    ppk = t.get("ppk", _ppk(ctx, path + ("ppk",)), None)
+    ppk_required = t.get("ppk_required", _bool, False)
+    if ppk_id is not BAD and ppk is not BAD:
+        if (ppk_id is None) != (ppk is None):
+            have, miss = ("ppk_id", "ppk") if ppk is None else ("ppk", "ppk_id")
+            ctx.error(path + (have,), f"'{have}' needs '{miss}' too (RFC 8784: the PPK and its PPK_ID)")
+        if ppk_required is True and ppk is None:
+            ctx.error(path + ("ppk_required",), "ppk_required = true needs 'ppk' and 'ppk_id'")
     fragment_size = t.get("fragment_size", _int(512, 65535), 1280)
     keyingtries = t.get("keyingtries", _int(0), 1)
     if_id = t.get("if_id", _int(1, 0xFFFFFFFF), None)
@@ -436,7 +448,8 @@ def _connection(ctx: _Ctx, d: dict, path: tuple, listen) -> ConnectionConfig | N
         fragment_size=fragment_size,
         keyingtries=keyingtries, if_id=if_id, interface=interface,
         routes=tuple(routes) if _ok(routes) else (), children=tuple(children),
-        pools=pools, vips=vips, dns_file=dns_file, transport=transport, tcp_port=tcp_port)
+        pools=pools, vips=vips, dns_file=dns_file, transport=transport, tcp_port=tcp_port,
+        ppk_id=ppk_id, ppk=ppk, ppk_required=bool(ppk_required))
 
 
 _DECIDES = {"start_action": "decides whether the gateway starts (or traps) the connection",

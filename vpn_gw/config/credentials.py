@@ -91,6 +91,23 @@ def _psk(ctx: _Ctx, path: tuple, *, base64_hint: bool = False):
     return conv
 
 
+PPK_MIN_BYTES = 32  # RFC 8784 3: a PPK should have at least 256 bits of entropy
+
+
+def _ppk(ctx: _Ctx, path: tuple):
+    """A post-quantum preshared key: like a PSK (inline, 0x, 0s, file:), at least 32 bytes."""
+    as_psk = _psk(ctx, path, base64_hint=True)
+
+    def conv(v):
+        secret = as_psk(v)
+        n = len(secret.reveal())
+        if n < PPK_MIN_BYTES:
+            raise _Bad(f"PPK is {n} bytes; RFC 8784 wants at least {PPK_MIN_BYTES} random bytes "
+                       f"(e.g. `head -c 32 /dev/urandom | base64` and \"0s...\")")
+        return secret
+    return conv
+
+
 def _check_inline_secret_perms(ctx: _Ctx, source: Path | None):
     """A configuration file that holds secrets inline must not be readable by group/others."""
     if source is None or not ctx.inline_secrets:

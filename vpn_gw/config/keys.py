@@ -20,7 +20,7 @@ CONNECTION_KEYS = (
     "private_key", "cacerts", "ike_proposals", "start_action", "dpd_delay", "dpd_action",
     "rekey_time", "reauth_time", "over_time", "rand_time", "encap", "mobike", "address_adoption", "fragmentation",
     "fragment_size", "keyingtries", "if_id", "interface", "routes", "pools", "vips", "dns_file", "transport",
-    "tcp_port", "child",
+    "tcp_port", "ppk_id", "ppk", "ppk_required", "child",
 )
 CHILD_KEYS = (
     "name", "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "dpd_action",

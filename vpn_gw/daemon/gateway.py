@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from ikev2.crypto.mlkem import mlkem_backend_text
 from ikev2.manager import IkeManager
 from vpn_gw.bind_errors import explain
 from vpn_gw.config import ConfigError, GatewayConfig, diff_configs, load_config
@@ -386,7 +387,8 @@ class Gateway:
         await control.start()
         metrics_server = await self._start_metrics()
         log.info("vpn-gw started", connections=len(self.config.connections),
-                 control_socket=str(self.config.control_socket), dataplane=self.dataplane.name)
+                 control_socket=str(self.config.control_socket), dataplane=self.dataplane.name,
+                 mlkem=mlkem_backend_text())  # which ML-KEM sets the linked OpenSSL offers
         self.notifier.ready(f"{len(self.config.connections)} connections loaded")
         for conn in self.config.connections:
             if conn.start_action == "start" and initiate_target(conn):

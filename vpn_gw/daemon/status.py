@@ -148,6 +148,8 @@ def ike_entry(st: dict[str, Any], dataplane: DataPlane, tcp: TcpService, wall: f
         "remote_addr": remote_ip, "remote_port": int(remote_port),
         "local_id": st["local_id"], "remote_id": st["remote_id"],
         "spi_i": st["spi_i"], "spi_r": st["spi_r"], "algorithms": st["proposal"],
+        "key_exchanges": st.get("key_exchanges", []),  # RFC 9370: every negotiated key exchange
+        "ppk": st.get("ppk", False),  # RFC 8784: authenticated with a PPK
         "established": (wall - est) if est is not None else None,
         "nat_local": st["nat_local"], "nat_remote": st["nat_remote"],
         "transport": tcp.transport_of((local_ip, int(local_port)), (remote_ip, int(remote_port))),
