@@ -48,9 +48,9 @@ def _write(tmp_path, extra: str = "", name: str = "b"):
 
 
 def test_every_gateway_key_is_classified_once():
-    # the [gateway] keys plus the [[ddns]] and [[pool]] tables: what diff_configs reports
+    # the [gateway] keys plus the [[ddns]], [[pool]] and [radius] tables: what diff_configs reports
     fields = {f.name for f in dataclasses.fields(GatewayConfig) if f.compare} - {"connections"}
-    assert fields == set(GATEWAY_KEYS) | {"ddns", "pools"}
+    assert fields == set(GATEWAY_KEYS) | {"ddns", "pools", "radius"}
     assert LIVE_KEYS | RESTART_KEYS == fields, fields ^ (LIVE_KEYS | RESTART_KEYS)
     assert not LIVE_KEYS & RESTART_KEYS
 
