@@ -15,6 +15,9 @@ class AsyncEapServer:
 
     def __init__(self) -> None:
         self._verdict: EapStep | None = None
+        # What the verdicts said so far: logged when the client gives up (ikev2.exchange_info).
+        self.identity: str | None = None
+        self.failure_reason = ""
 
     def start(self) -> bytes:
         raise NotImplementedError
@@ -23,4 +26,8 @@ class AsyncEapServer:
         step, self._verdict = self._verdict, None
         if step is None:
             raise EapError("no verdict delivered for this EAP message")
+        if step.identity:
+            self.identity = step.identity
+        if step.reason:
+            self.failure_reason = step.reason
         return step

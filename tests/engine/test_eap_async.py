@@ -113,3 +113,15 @@ def test_stale_verdict_is_ignored():
     step = ev.backend.inner.process(ev.message)
     assert link.b.eap_verdict(ev.ike_id, ev.ticket, step, link.now)
     assert not link.b.eap_verdict(ev.ike_id, ev.ticket, step, link.now)  # delivered once only
+
+
+def test_async_server_remembers_identity_and_failure_reason():
+    """What the gateway logs when a client gives up with AUTHENTICATION_FAILED (exchange_info)
+    comes from the verdicts: the identity once known, the last failure reason."""
+    srv = LaterEap()
+    assert srv.identity is None and srv.failure_reason == ""
+    srv._verdict = EapStep(send=b"\x01\x02\x00\x04", identity="alice@example.org")
+    srv.process(b"\x02\x01\x00\x05\x01")
+    srv._verdict = EapStep(send=b"\x04\x03\x00\x04", done=True, success=False, reason="wrong password")
+    srv.process(b"\x02\x02\x00\x04")
+    assert (srv.identity, srv.failure_reason) == ("alice@example.org", "wrong password")
