@@ -82,6 +82,7 @@ class OurGateway:
             gw["listen"] = listen
         gw.update(gateway or {})
         self.config.write_text(render_toml(gw, connections))
+        self.config.chmod(0o600)  # it holds PSKs inline: as an operator installs it (no warning)
         self.log_format = log_format
         self.log_level = log_level  # benchmarks run at "info" (debug logging costs throughput)
         self.proc: subprocess.Popen | None = None
