@@ -25,7 +25,8 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from vpn_gw.config import DEFAULT_CONTROL_SOCKET, ConfigError, load_config
 from vpn_gw.control import ControlError, control_request, control_stream

@@ -29,8 +29,9 @@ import json
 import os
 import socket
 import stat
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 import structlog
 
@@ -97,7 +98,7 @@ def encode_message(obj: Any) -> bytes:
                       ensure_ascii=False).encode() + b"\n"
 
 
-def _one_line(s: str) -> str:
+def _one_line(s: object) -> str:
     return " ".join(str(s).split()) or "error"
 
 
@@ -118,7 +119,7 @@ class ControlServer:
         self._ino: tuple[int, int] | None = None
         self._conns: set[asyncio.Task] = set()
 
-    async def __aenter__(self) -> "ControlServer":
+    async def __aenter__(self) -> ControlServer:
         await self.start()
         return self
 
@@ -195,7 +196,7 @@ class ControlServer:
             await asyncio.gather(*self._conns, return_exceptions=True)
         try:
             await asyncio.wait_for(server.wait_closed(), 2.0)
-        except asyncio.TimeoutError:  # pragma: no cover
+        except TimeoutError:  # pragma: no cover
             pass
         try:
             st = os.lstat(self.path)
@@ -207,6 +208,7 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # a stream callback always runs in a task
         self._conns.add(task)
         try:
             while True:
@@ -317,7 +319,7 @@ def _connect(path: str, timeout: float) -> socket.socket:
         sock.close()
         raise ControlError(f"permission denied on control socket {path} (run as root?)") \
             from None
-    except socket.timeout:
+    except TimeoutError:
         sock.close()
         raise ControlError(f"timed out connecting to {path}") from None
     except OSError as e:
@@ -362,7 +364,7 @@ def control_request(path: str | os.PathLike, cmd: str, /, *, timeout: float = 5.
                 buf += chunk
                 if len(buf) > 64 * MAX_LINE:
                     raise ControlError("response from vpn-gw is too long")
-        except socket.timeout:
+        except TimeoutError:
             raise ControlError(f"no answer from vpn-gw within {timeout:g}s ({cmd!r})") from None
         except OSError as e:
             raise ControlError(f"control connection failed: {e.strerror or e}") from None
@@ -406,7 +408,7 @@ def control_stream(path: str | os.PathLike, cmd: str, /, *, timeout: float = 5.0
                         yield msg["item"]
                         continue
                     return _final(msg)
-        except socket.timeout:
+        except TimeoutError:
             raise ControlError(f"no answer from vpn-gw within {timeout:g}s ({cmd!r})") from None
         except OSError as e:
             raise ControlError(f"control connection failed: {e.strerror or e}") from None

@@ -4,7 +4,8 @@ both gateways, and cleans everything up (namespaces and processes), even on fail
 
 Topology (documentation ranges outside, 10.x only inside the namespaces):
 
-    host-a 10.1.0.2 -- 10.1.0.1 gw-a 192.0.2.1 -- 192.0.2.254 router 198.51.100.254 -- 198.51.100.1 gw-b 10.2.0.1 -- 10.2.0.2 host-b
+    host-a 10.1.0.2 -- 10.1.0.1 gw-a 192.0.2.1 -- 192.0.2.254 router
+           router 198.51.100.254 -- 198.51.100.1 gw-b 10.2.0.1 -- 10.2.0.2 host-b
 
 The router has no route to 10.0.0.0/8, so host-to-host traffic can only pass through the tunnel.
 """

@@ -16,7 +16,8 @@ import sys
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, TextIO
+from collections.abc import Callable, Hashable
+from typing import Any, TextIO
 
 import structlog
 
@@ -106,7 +107,7 @@ def setup_logging(level: str | int = "info", fmt: str = "console",
         lvl = int(level)
     stream = stream or sys.stderr
     renderer = _renderer(fmt, stream)
-    shared = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -121,7 +122,7 @@ def setup_logging(level: str | int = "info", fmt: str = "console",
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
-    final = [structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact_secrets]
+    final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact_secrets]
     if fmt == "json":
         final.append(structlog.processors.format_exc_info)
     final.append(renderer)

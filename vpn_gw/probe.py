@@ -48,8 +48,8 @@ import socket
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER
 
@@ -417,7 +417,7 @@ async def _probe_port(loop, family: int, addr: tuple, port: int, natt: bool, dea
                 interval = min(interval * 2, 1.0)
             try:
                 await asyncio.wait_for(asyncio.shield(done), max(0.0, min(next_send, deadline) - now))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if done.done():
             res.reachable, res.rtt = True, done.result()

@@ -114,8 +114,9 @@ def _pool(ctx: _Ctx, d: dict, path: tuple) -> PoolConfig | None:
     if len(ctx.errors) > nerr:
         return None
     first, last, net = addrs
-    return PoolConfig(masquerade=masquerade, backend=backend, postgres=postgres, name=name, addrs=str(net) if net is not None else f"{first}-{last}",
-                      first=first, last=last, network=net, dns=dns, subnets=subnets,
+    return PoolConfig(masquerade=masquerade, backend=backend, postgres=postgres, name=name,
+                      addrs=str(net) if net is not None else f"{first}-{last}", first=first, last=last,
+                      network=net, dns=dns, subnets=subnets,
                       lease_file=ctx.path(lease_file) if lease_file is not None
                       else default_lease_file(name))
 

@@ -9,7 +9,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ikev2 import events as E
-
 from vpn_gw.control import ControlError, Stream
 from vpn_gw.daemon import status as st
 
@@ -67,7 +66,7 @@ class ControlHandlers:
         try:
             gw.initiate(name)
             ev = await asyncio.wait_for(fut, timeout=timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if gw.waiters.pending.get(id(fut)) is not None:
                 raise RuntimeError(f"connection '{name}': IKE SA established, but no Child SA within "
                                    "the timeout") from None

@@ -11,7 +11,6 @@ import structlog
 
 from ikev2 import events as E
 from ikev2.manager import IkeManager
-
 from vpn_gw.daemon.client_dns import write_dns_file
 from vpn_gw.daemon.scheduler import Scheduler
 from vpn_gw.daemon.traps import Traps

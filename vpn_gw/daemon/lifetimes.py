@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 
 from ikev2.manager import IkeManager
-
 from vpn_gw.dataplane import DataPlane
 
 log = structlog.get_logger("vpn_gw")

@@ -8,12 +8,12 @@ import asyncio
 import importlib
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from ikev2.manager import IkeManager
-
 from vpn_gw.transport.udp import route_source
 
 log = structlog.get_logger("vpn_gw")

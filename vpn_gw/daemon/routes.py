@@ -3,7 +3,8 @@ start for as long as the daemon runs and removed again at stop (an interface we 
 them along)."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import structlog
 

@@ -3,12 +3,12 @@ first packet starts the connection (an ACQUIRE)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import structlog
 
 from ikev2.manager import IkeManager
-
 from vpn_gw.dataplane import DataPlane
 
 log = structlog.get_logger("vpn_gw")

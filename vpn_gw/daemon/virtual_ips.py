@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ikev2.cp import Assignment
-
 from vpn_gw.pools import PoolSet
 
 if TYPE_CHECKING:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import structlog
 
@@ -69,7 +70,7 @@ class IfAddr:
         return self.family == 6 and bool(self.flags & IFA_F_TEMPORARY)
 
     @classmethod
-    def from_msg(cls, msg) -> "IfAddr | None":
+    def from_msg(cls, msg) -> IfAddr | None:
         addr = msg.get("IFA_ADDRESS") or msg.get("IFA_LOCAL")
         if msg.get("IFA_LOCAL"):          # IPv4 point-to-point: IFA_LOCAL is ours
             addr = msg.get("IFA_LOCAL")
@@ -205,7 +206,7 @@ class AddressWatcher:
                             error=repr(task.exception()))
         self._close()
 
-    async def __aenter__(self) -> "AddressWatcher":
+    async def __aenter__(self) -> AddressWatcher:
         await self.start()
         return self
 

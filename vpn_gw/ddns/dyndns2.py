@@ -34,12 +34,11 @@ import asyncio
 import base64
 import http.client
 import ipaddress
-import socket
 import ssl
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vpn_gw.ddns.publisher import Backoff, PublishResult
 
@@ -267,7 +266,7 @@ class Dyndns2Publisher:
                                         f"{e.verify_message or e}")
         except ssl.SSLError as e:
             return self._retry(address, f"TLS error with {self.host}:{self.port}: {e.reason or e}")
-        except socket.timeout:
+        except TimeoutError:
             return self._retry(address, f"no answer from {self._endpoint()} within {self.timeout:g}s")
         except (OSError, http.client.HTTPException) as e:
             text = getattr(e, "strerror", None) or str(e) or type(e).__name__

@@ -19,8 +19,8 @@ import asyncio
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import dns.asyncresolver
 import dns.exception
@@ -103,7 +103,7 @@ class ResolveResult:
     def expired(self, now: float) -> bool:
         return now >= self.expires_at
 
-    def for_family(self, family: int | None) -> "ResolveResult":
+    def for_family(self, family: int | None) -> ResolveResult:
         """The same result with only the addresses of one family (4/6/AF_INET/AF_INET6)."""
         v = _family_version(family)
         if v is None:

@@ -23,17 +23,18 @@ import ipaddress
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any
 
 __all__ = [
     "Lease", "AddressPool", "LeaseStore", "LeaseFileError", "PoolSet", "parse_pool_addrs",
     "DEFAULT_LEASE_DIR", "default_lease_file",
 ]
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_LEASE_DIR = Path("/var/lib/vpn-gw")
 LEASE_FILE_FORMAT = 1
@@ -73,7 +74,7 @@ def parse_pool_addrs(text: str | IPNetwork) -> tuple[IPAddress, IPAddress, IPNet
                              f"'10.99.0.10-10.99.0.200'") from None
         if a.version != b.version:
             raise ValueError(f"range {text!r} mixes IPv{a.version} and IPv{b.version}")
-        if a > b:
+        if int(a) > int(b):
             raise ValueError(f"range {text!r} is reversed (did you mean '{b}-{a}'?)")
         return a, b, None
     try:
@@ -512,7 +513,7 @@ class PoolSet:
 
     @classmethod
     def from_config(cls, pools: Iterable[Any], *, exclude: Iterable[Any] = (),
-                    persist: bool = True) -> "PoolSet":
+                    persist: bool = True) -> PoolSet:
         """From ``vpn_gw.config.PoolConfig`` objects (anything with ``name``, ``addrs`` and
         ``lease_file``). ``exclude``: addresses never handed out by any pool (e.g. the
         gateway's own). Leases are not loaded yet: call ``load()``."""
@@ -554,12 +555,13 @@ class PoolSet:
         cands = [self._pools[n] for n in names]
         cands = [p for p in cands if p.version == version]
         for p in cands:
-            if p.lease(identity) is not None:
-                return p.name, p.acquire(identity, now=now)
+            if p.lease(identity) is not None and (a := p.acquire(identity, now=now)) is not None:
+                return p.name, a
         if requested is not None:
             for p in cands:
-                if requested in p and p.owner(requested) is None:
-                    return p.name, p.acquire(identity, now=now, requested=requested)
+                if requested in p and p.owner(requested) is None and \
+                        (a := p.acquire(identity, now=now, requested=requested)) is not None:
+                    return p.name, a
         for reclaim in (False, True):
             for p in cands:
                 a = p.acquire(identity, now=now, reclaim=reclaim)

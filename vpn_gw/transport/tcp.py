@@ -44,10 +44,9 @@ import structlog
 
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER
 from ikev2.sa_common import State
-
-from vpn_gw.transport.udp import route_source
 from vpn_gw.log import RateLimitedLogger
 from vpn_gw.probe import EXIT_OK, is_probe, probe, verdict
+from vpn_gw.transport.udp import route_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from ikev2.manager import IkeManager
@@ -199,7 +198,7 @@ def _addr(sockaddr: Any) -> Address:
 class TcpConnection(asyncio.Protocol):
     """One TCP connection carrying IKE and ESP frames (either role)."""
 
-    def __init__(self, service: "TcpService", originator: bool):
+    def __init__(self, service: TcpService, originator: bool):
         self.service = service
         self.originator = originator
         # Before an IKE SA is established on it, a responder connection takes only small frames.
@@ -224,7 +223,8 @@ class TcpConnection(asyncio.Protocol):
 
     # asyncio callbacks: each guarded, an error closes this connection and never leaves a traceback
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)  # a TCP stream transport
+        self.transport = transport
         try:
             self.local = _addr(transport.get_extra_info("sockname"))
             self.remote = _addr(transport.get_extra_info("peername"))
@@ -235,9 +235,9 @@ class TcpConnection(asyncio.Protocol):
                 # the originator reconnects instead of waiting for DPD to give up on the IKE SA.
                 if hasattr(socket, "TCP_USER_TIMEOUT"):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
-            self.transport.set_write_buffer_limits(high=WRITE_HIGH)
+            transport.set_write_buffer_limits(high=WRITE_HIGH)
             if self.originator:
-                self.transport.write(PREFIX)
+                transport.write(PREFIX)
             self.service._opened(self)
         except Exception as e:  # noqa: BLE001
             log.error("TCP connection setup failed", error=f"{type(e).__name__}: {e}")
@@ -664,7 +664,11 @@ class TcpService:
             log.info("TCP connection lost, reconnecting", connection=sas[0].name, **fields)
             t = asyncio.get_running_loop().create_task(self._reconnect(c.path))
             self._reconnecting[c.path] = t
-            t.add_done_callback(lambda _t, p=c.path: self._reconnecting.pop(p, None))
+            path = c.path
+
+            def forget(_t: asyncio.Task[None]) -> None:
+                self._reconnecting.pop(path, None)
+            t.add_done_callback(forget)
 
     # ------------------------------------------------------------------ originator
 
@@ -674,11 +678,14 @@ class TcpService:
     async def _connect(self, local_ip: str | None, remote: Address) -> TcpConnection:
         loop = asyncio.get_running_loop()
         fam = socket.AF_INET6 if ":" in remote[0] else socket.AF_INET
+
+        def originator() -> TcpConnection:
+            return TcpConnection(self, originator=True)
         _t, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: TcpConnection(self, originator=True), host=remote[0], port=remote[1],
+            loop.create_connection(originator, host=remote[0], port=remote[1],
                                    family=fam, local_addr=(local_ip, 0) if local_ip else None),
             CONNECT_TIMEOUT)
-        return proto  # type: ignore[return-value]
+        return proto
 
     async def _choose(self, conn, remote_ip: str) -> tuple[str, str]:
         """transport = "auto": UDP if the probe answers on the IKE and NAT-T ports, else TCP."""
@@ -688,7 +695,7 @@ class TcpService:
         except OSError as e:
             return "tcp", f"UDP probe failed: {e}"
         code, summary = verdict(results)
-        detail = ", ".join(f"udp/{r.port} " + (f"rtt {r.rtt * 1000:.1f} ms" if r.reachable else "no reply")
+        detail = ", ".join(f"udp/{r.port} " + (f"rtt {(r.rtt or 0.0) * 1000:.1f} ms" if r.reachable else "no reply")
                            for r in results)
         return ("udp" if code == EXIT_OK else "tcp"), f"probe: {summary} ({detail})"
 
@@ -705,7 +712,7 @@ class TcpService:
             remote = (remote_ip, conn.tcp_port)
             try:
                 c = await self._connect(local_ip, remote)
-            except (OSError, TimeoutError, asyncio.TimeoutError) as e:
+            except (OSError, TimeoutError) as e:
                 self.stats["connect_failed"] += 1
                 self._failed(name, f"TCP connection to {remote_ip}:{conn.tcp_port} failed: "
                                    f"{str(e) or type(e).__name__}")
@@ -757,7 +764,7 @@ class TcpService:
                 else:
                     local_ip = route_source(remote[0])  # roaming clients follow the routing table
                 c = await self._connect(local_ip, remote)
-            except (OSError, TimeoutError, asyncio.TimeoutError) as e:
+            except (OSError, TimeoutError) as e:
                 self.stats["reconnect_failed"] += 1
                 self._ratelimit.log(("TCP reconnect failed", remote[0]), "TCP reconnect failed",
                                     connection=sas[0].name, remote=f"{remote[0]}:{remote[1]}", attempt=attempt,

@@ -44,7 +44,7 @@ class IkeSocket:
         s.setblocking(False)
         s.bind((address, port))
         self.sock = s
-        self._anc: dict[str, list] = {}  # source address -> ancillary data (PKTINFO), cached
+        self._anc: dict[str | None, list] = {}  # source address -> ancillary data (PKTINFO), cached
         self._local: dict[bytes, str] = {}  # PKTINFO address bytes -> text, cached
         self.gro = False  # UDP_GRO enabled: recv_segments() may return several datagrams
         self.gso = True  # try UDP_SEGMENT in send_many(); off after the kernel refused it
@@ -87,14 +87,14 @@ class IkeSocket:
         for level, ctype, cdata in anc:
             if level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
                 key = cdata[8:12]
-                local_ip = self._local.get(key)
-                if local_ip is None:
-                    local_ip = self._cache_local(key, socket.inet_ntop(socket.AF_INET, key))
+                known = self._local.get(key)
+                local_ip = known if known is not None else \
+                    self._cache_local(key, socket.inet_ntop(socket.AF_INET, key))
             elif level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO and len(cdata) >= 16:
                 key = cdata[:16]
-                local_ip = self._local.get(key)
-                if local_ip is None:
-                    local_ip = self._cache_local(key, socket.inet_ntop(socket.AF_INET6, key))
+                known = self._local.get(key)
+                local_ip = known if known is not None else \
+                    self._cache_local(key, socket.inet_ntop(socket.AF_INET6, key))
             elif level == SOL_UDP and ctype == UDP_GRO and len(cdata) >= 2:
                 seg = int.from_bytes(cdata[:4] if len(cdata) >= 4 else cdata[:2], sys.byteorder)
         if seg >= len(data):

@@ -10,13 +10,13 @@ import asyncio
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from ikev2.constants import NON_ESP_MARKER
-
 from vpn_gw.bind_errors import BindError
 from vpn_gw.probe import ProbeResponder, is_probe
 from vpn_gw.transport.udp import IkeSocket

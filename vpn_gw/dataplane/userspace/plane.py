@@ -31,8 +31,8 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import structlog
 
@@ -40,7 +40,6 @@ from esp import Direction, EspCipher, EspError, EspSA, Lifetime
 from esp.fragment import decide, fragment_ipv4, icmp_frag_needed, icmpv6_packet_too_big, tunnel_mtu
 from esp.packet import decapsulate, encapsulate
 from ikev2.events import Address, ChildUp
-
 from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
@@ -68,7 +67,7 @@ class _Selector:
     eport: int
 
     @classmethod
-    def from_ts(cls, ts) -> "_Selector":
+    def from_ts(cls, ts) -> _Selector:
         return cls(ts.start_addr.version, int(ts.start_addr), int(ts.end_addr), ts.ip_protocol,
                    ts.start_port, ts.end_port)
 
@@ -595,10 +594,11 @@ class UserspaceDataPlane(DataPlane):
                                 self._count("internal_error")
                                 log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
                         continue
-                    pkt = strip(pkt)
-                    if pkt is None:
+                    stripped = strip(pkt)
+                    if stripped is None:
                         self._count("malformed")
                         continue
+                    pkt = stripped
                 try:
                     self._outbound(tun, pkt)
                 except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
@@ -694,7 +694,9 @@ class UserspaceDataPlane(DataPlane):
         trap = _Trap(conn, [_Selector.from_ts(t) for t in local_ts], [_Selector.from_ts(t) for t in remote_ts], tun)
         self.traps[conn] = trap
         if ifname is None:
-            probe = _Child(conn, -1, b"", b"", None, None, ("", 0), ("", 0), trap.local_ts, trap.remote_ts, tun, 0)
+            # a stand-in that only carries selectors for the routes: never sees a packet
+            probe = _Child(conn, -1, b"", b"", None, None,  # type: ignore[arg-type]
+                           ("", 0), ("", 0), trap.local_ts, trap.remote_ts, tun, 0)
             self._add_routes(tun, trap, probe)
         log.info("trap policy installed", connection=conn, interface=tun.name,
                  remote_ts=[n for s in trap.remote_ts for n in s.network_strings()])
@@ -755,7 +757,9 @@ class UserspaceDataPlane(DataPlane):
         if remote != child.remote or local[0] != child.local[0]:
             # Authenticated, and the newest packet so far (it moved the replay window's top):
             # never a replay of an old packet. Address adoption decides (the engine).
-            if (int.from_bytes(data[4:8], "big") == (child.sa_in.replay.top & 0xFFFFFFFF)
+            # (Without a replay window there is no "newest": no adoption from ESP then.)
+            replay = child.sa_in.replay
+            if (replay is not None and int.from_bytes(data[4:8], "big") == (replay.top & 0xFFFFFFFF)
                     and self.on_peer_moved is not None):
                 self.on_peer_moved(child.ike_id, local, remote)
         # RFC 4301 5.2: the inner packet must match the SA's selectors.

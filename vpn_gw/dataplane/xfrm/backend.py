@@ -30,15 +30,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 
-from esp.fragment import tunnel_mtu
 from esp.cipher import EspOverhead
+from esp.fragment import tunnel_mtu
 from ikev2.events import Address, ChildUp
-
 from vpn_gw.dataplane import ChildCounters, DataPlane
 from vpn_gw.dataplane.xfrm import netlink as nl
 
@@ -202,7 +202,7 @@ class _Child:
 class _Trap:
     conn: str
     reqid: int
-    policies: dict[tuple, "_Policy"] = field(default_factory=dict)
+    policies: dict[tuple, _Policy] = field(default_factory=dict)
 
 
 @dataclass
@@ -658,7 +658,8 @@ class XfrmDataPlane(DataPlane):
             tmpls = (nl.get_attr(cur, "XFRMA_TMPL") or []) if cur is not None else []
             if not tmpls or not all(self.owns_reqid(t["reqid"]) for t in tmpls):
                 raise XfrmError(f"a policy for {p.sel['saddr']}/{p.sel['prefixlen_s']} -> "
-                                f"{p.sel['daddr']}/{p.sel['prefixlen_d']} (dir {p.dir}) exists and is not ours") from None
+                                f"{p.sel['daddr']}/{p.sel['prefixlen_d']} (dir {p.dir}) exists "
+                                "and is not ours") from None
             self.xfrm.add_policy(info, self._policy_attrs(p), update=True)
 
     def _del_policy(self, p: _Policy) -> None:

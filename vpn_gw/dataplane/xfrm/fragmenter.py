@@ -35,15 +35,15 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import structlog
 
 from esp.errors import EspError
 from esp.fragment import decide, fragment_ipv4, icmp_frag_needed
 from esp.ip import parse_ipv4
-
 from vpn_gw.dataplane.xfrm import netlink as nl
 
 log = structlog.get_logger("vpn_gw.dataplane")

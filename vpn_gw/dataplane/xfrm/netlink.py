@@ -28,7 +28,8 @@ import os
 import socket
 import struct
 import threading
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, nla, nlmsg
 
@@ -982,7 +983,7 @@ class XfrmSocket:
         self.request(XFRM_MSG_MIGRATE, {"sel": sel, "dir": dir}, a, what="migrate")
 
     # ---- events
-    def set_nonblocking(self) -> "XfrmSocket":
+    def set_nonblocking(self) -> XfrmSocket:
         self.sock.setblocking(False)
         return self
 

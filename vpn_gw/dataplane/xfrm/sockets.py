@@ -18,8 +18,13 @@ from __future__ import annotations
 
 import socket
 
-from vpn_gw.dataplane.xfrm.netlink import (XFRM_POLICY_ALLOW, XFRM_POLICY_IN, XFRM_POLICY_OUT, UDP_ENCAP_ESPINUDP,
-                      xfrm_userpolicy_info)
+from vpn_gw.dataplane.xfrm.netlink import (
+    UDP_ENCAP_ESPINUDP,
+    XFRM_POLICY_ALLOW,
+    XFRM_POLICY_IN,
+    XFRM_POLICY_OUT,
+    xfrm_userpolicy_info,
+)
 
 SOL_UDP = 17
 UDP_ENCAP = 100
