@@ -29,6 +29,12 @@ from .sa_core import IkeSACore
 from .ts import all_within, narrow
 
 
+
+def _pfs_only(proposals: list[P.Proposal]) -> bool:
+    """Every proposal has a key exchange transform other than NONE (Child SA PFS required)."""
+    return bool(proposals) and all(
+        any(t.type == TransformType.DH and t.id != 0 for t in p.transforms) for p in proposals)
+
 class ChildExchanges(IkeSACore):
     """Mixin of IkeSA (ikev2.ike_sa): works on the state declared in ``IkeSACore``.
     Provides the hooks ``_child_by_spi_in``, ``_child_by_spi_out``, ``_child_proposals``,
@@ -72,8 +78,13 @@ class ChildExchanges(IkeSACore):
                     for p in cp.esp_proposals]
             chosen = choose_proposal(ours, sa.proposals)
             if chosen is None:
-                best_err = (N.NO_PROPOSAL_CHOSEN, "no acceptable ESP proposal: peer offered "
-                            + "; ".join(proposal_display(p) for p in sa.proposals))
+                why = "no acceptable ESP proposal: peer offered " + "; ".join(
+                    proposal_display(p) for p in sa.proposals)
+                if not in_auth and _pfs_only(sa.proposals) and not any(_pfs_only([p]) for p in ours):
+                    why += (" (the peer wants PFS: a key exchange in every proposal, e.g. Libreswan's "
+                            "pfs=yes; name a group in esp_proposals, e.g. \"aes256gcm16-ecp256\", "
+                            "docs/config.md)")
+                best_err = (N.NO_PROPOSAL_CHOSEN, why)
                 continue
             if len(chosen.spi) != 4:
                 raise ExchangeFailed(N.INVALID_SYNTAX, "ESP proposal without a 4-byte SPI")

@@ -409,3 +409,22 @@ def test_refused_first_child_is_an_event():
     assert failed.reason == "peer refused it: TS_UNACCEPTABLE"
     kinds = [type(e).__name__ for e in link.events_a if isinstance(e, (IkeUp, ChildFailed))]
     assert kinds == ["IkeUp", "ChildFailed"]   # the order the `up` waiter relies on
+
+
+def test_child_rekey_refused_without_a_group_says_how_to_allow_pfs():
+    """Libreswan's default pfs=yes puts a key exchange into its Child rekeys: a gateway whose
+    esp_proposals name no group refuses them, and the log line says what to configure."""
+    hq, br = site_to_site()
+    from ikev2.crypto.proposals import parse_proposal
+    br.children[0].esp_proposals[:] = [parse_proposal("aes256gcm16-ecp256", 3)]  # the PFS side
+    lines: list[tuple[str, str, dict]] = []
+    link = pair(br, hq)
+    link.b.log = lambda level, event, **kw: lines.append((level, event, kw))
+    up(link)  # the first Child SA (in IKE_AUTH) has no key exchange: it comes up
+    sa = link.a.sas[0]
+    old = sa.children[0]
+    assert sa.rekey_child(old.spi_in, link.now)
+    link.run(link.now + 2.0)
+    refused = [kw for _lvl, ev, kw in lines if ev == "request refused" and kw.get("notify") == "NO_PROPOSAL_CHOSEN"]
+    assert refused, lines
+    assert "pfs=yes" in refused[0]["reason"] and "esp_proposals" in refused[0]["reason"]
