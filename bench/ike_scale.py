@@ -149,7 +149,7 @@ esp_proposals = ["{ESP}"]
         while time.perf_counter() < deadline:
             try:
                 reply = s.recv(65535)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if reply[:8] == spi_i:
                 rtt = (time.perf_counter() - t0) * 1e6

@@ -95,7 +95,7 @@ class OurGateway:
                                f"\n--- log tail ---\n{self.log_tail()}")
         return p
 
-    def start(self, timeout: float = 15.0) -> "OurGateway":
+    def start(self, timeout: float = 15.0) -> OurGateway:
         fh = open(self.log, "w")
         self.proc = self.ns.popen([*self.wrapper, PYTHON, "-m", "vpn_gw", "run", "-c", str(self.config),
                                    "--log-format", self.log_format, "--log-level", self.log_level],

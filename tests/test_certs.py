@@ -19,14 +19,24 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ikev2.certs import (CertificateError, ca_matches_certreq, cert_payload_data, certreq_data,
-                         default_identity, describe, identity_matches_cert, load_certificates,
-                         load_private_key, parse_cert_payload, verify_chain)
+from ikev2.certs import (
+    CertificateError,
+    ca_matches_certreq,
+    cert_payload_data,
+    certreq_data,
+    default_identity,
+    describe,
+    identity_matches_cert,
+    load_certificates,
+    load_private_key,
+    parse_cert_payload,
+    verify_chain,
+)
 from ikev2.constants import IdType
 from ikev2.errors import IKEv2Error
 from ikev2.identity import Identity
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 NOT_BEFORE = datetime.datetime(2030, 1, 1, tzinfo=UTC)
 NOT_AFTER = datetime.datetime(2031, 1, 1, tzinfo=UTC)
 NOW = datetime.datetime(2030, 6, 1, tzinfo=UTC)
@@ -433,7 +443,7 @@ def test_truncated_and_mutated_der_only_certificate_error(pki):
             parse_cert_payload(der[:n])
     with pytest.raises(CertificateError):
         parse_cert_payload(der + b"\x00")
-    for i in range(0, len(der)):
+    for i in range(len(der)):
         for flip in (0x01, 0x80):
             mutated = bytearray(der)
             mutated[i] ^= flip

@@ -12,8 +12,7 @@ import pytest
 
 from ikev2.constants import IdType, ProtocolId
 from ikev2.payloads import Proposal
-from vpn_gw.config import (ConfigError, KeyLocator, Secret, diff_configs, format_key_path,
-                           load_config, parse_config)
+from vpn_gw.config import ConfigError, KeyLocator, Secret, diff_configs, format_key_path, load_config, parse_config
 
 BASE = """\
 [gateway]
@@ -650,7 +649,7 @@ def _make_pki(tmp_path):
     def name(cn):
         return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
                           x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(name("CA")).issuer_name(name("CA"))
           .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)

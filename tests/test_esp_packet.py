@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -257,7 +257,7 @@ def test_tfc_padding_after_inner_packet_is_stripped(builder: Callable[[bytes], b
 def test_short_and_misaligned_packets_are_malformed(name: str) -> None:
     out, inb = make_pair(name)
     packet = encapsulate(out, ipv4_packet(b"0123456789"), 4)
-    for cut in range(0, len(packet)):
+    for cut in range(len(packet)):
         with pytest.raises(EspError) as err:
             decapsulate(inb, packet[:cut])
         assert err.value.reason in (DropReason.MALFORMED, DropReason.AUTH_FAILED), cut

@@ -298,7 +298,7 @@ class LoopbackResponder:
         while not self.stop.is_set():
             try:
                 data, addr = self.sock.recvfrom(65535)
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             if self.natt:
                 if data[:4] != NON_ESP_MARKER:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from ikev2.events import LocalAddressChanged, PeerAddressChanged
 from ikev2.ike_sa import State
-from ikev2.message import decode_message
-from ikev2.constants import NotifyType
 from tests.engine.harness import pair, site_to_site
 
 

@@ -34,6 +34,7 @@ for _p in (_HERE, _HERE.parent, _HERE.parent.parent):
 
 import netns  # noqa: E402
 import strongswan as ss  # noqa: E402
+
 from tests.gateway import OurGateway, connection  # noqa: E402
 
 OURS_ID = "site.example.org"

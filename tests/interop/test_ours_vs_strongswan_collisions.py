@@ -18,10 +18,9 @@ import re
 import secrets
 import time
 
-import pytest
-
 import netns
 import ours_helpers as H
+import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 

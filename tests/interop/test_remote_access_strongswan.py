@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import ra_helpers as R
 from ra_helpers import User
 

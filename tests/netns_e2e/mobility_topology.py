@@ -170,7 +170,7 @@ class Pinger:
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
 
-    def start(self) -> "Pinger":
+    def start(self) -> Pinger:
         argv = ["ping", "-D", "-n", "-i", f"{self.interval:g}", "-W", "1"]
         if self.src:
             argv += ["-I", self.src]
@@ -187,7 +187,7 @@ class Pinger:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=2.0)
 
-    def __enter__(self) -> "Pinger":
+    def __enter__(self) -> Pinger:
         return self.start()
 
     def __exit__(self, *exc) -> None:

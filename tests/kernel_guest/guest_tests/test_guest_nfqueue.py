@@ -61,7 +61,7 @@ def _udp_once(a, b, port: int, size: int = 3000) -> tuple[bytes | None, bytes]:
         tx.sendto(payload, (b.host_ip, port))
         try:
             return rx.recv(65535), payload
-        except socket.timeout:
+        except TimeoutError:
             return None, payload
     finally:
         tx.close()
