@@ -39,6 +39,7 @@ from ikev2.identity import Identity
 UTC = datetime.UTC
 NOT_BEFORE = datetime.datetime(2030, 1, 1, tzinfo=UTC)
 NOT_AFTER = datetime.datetime(2031, 1, 1, tzinfo=UTC)
+SHA256 = hashes.SHA256()  # the default signature hash of make_cert (a stateless algorithm object)
 NOW = datetime.datetime(2030, 6, 1, tzinfo=UTC)
 
 
@@ -57,7 +58,7 @@ def dn(*parts: tuple, printable: bool = False) -> x509.Name:
 
 def make_cert(subject: x509.Name, key, issuer: x509.Name | None = None, issuer_key=None, *,
               ca: bool | None = False, pathlen: int | None = None, sans=(), key_usage=None,
-              not_before=NOT_BEFORE, not_after=NOT_AFTER, hash_alg=hashes.SHA256(),
+              not_before=NOT_BEFORE, not_after=NOT_AFTER, hash_alg=SHA256,
               pss: bool = False, extra=(), ski: bool = True, aki_key=None) -> x509.Certificate:
     """A certificate for key's public half; self-signed when issuer is None."""
     issuer = subject if issuer is None else issuer

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import ipaddress
 import os
@@ -111,7 +112,7 @@ def test_defaults():
 
 def test_config_is_immutable():
     cfg = parse(BASE)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.connections[0].name = "x"  # type: ignore[misc]
     assert isinstance(cfg.connections, tuple) and isinstance(cfg.connections[0].children, tuple)
 

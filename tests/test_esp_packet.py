@@ -81,7 +81,7 @@ def encrypt_raw(cipher: EspCipher, seq: int, plaintext: bytes, *, esn: bool = Fa
 def test_round_trip_every_cipher(name: str, esn: bool) -> None:
     out, inb = make_pair(name, esn=esn)
     for size in (0, 1, 2, 3, 13, 14, 15, 16, 17, 100, 1400):
-        for family, builder, nh in ((4, ipv4_packet, 4), (6, ipv6_packet, 41)):
+        for builder, nh in ((ipv4_packet, 4), (ipv6_packet, 41)):
             inner = builder(os.urandom(size))
             packet = encapsulate(out, inner, nh)
             # layout: 4-byte aligned ciphertext (block aligned for CBC), minimal padding

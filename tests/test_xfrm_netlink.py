@@ -272,7 +272,7 @@ def test_backend_helpers():
     import ipaddress
 
     from ikev2.payloads import TrafficSelector
-    from vpn_gw.dataplane.xfrm.backend import _port_blocks, algorithm_attrs, overhead_for, selector_blocks
+    from vpn_gw.dataplane.xfrm.backend import XfrmError, _port_blocks, algorithm_attrs, overhead_for, selector_blocks
     assert _port_blocks(0, 65535) == [(0, 0)]
     assert _port_blocks(53, 53) == [(53, 0xFFFF)]
     blocks = _port_blocks(1000, 1003)
@@ -288,5 +288,5 @@ def test_backend_helpers():
     assert name == "XFRMA_ALG_AEAD" and aead["alg_name"] == "rfc4106(gcm(aes))" and aead["alg_key_len"] == 160
     crypt, auth = algorithm_attrs(12, 256, 14, bytes(32), bytes(64))
     assert crypt[1]["alg_name"] == "cbc(aes)" and auth[1]["alg_name"] == "hmac(sha512)" and auth[1]["alg_trunc_len"] == 256
-    with pytest.raises(Exception):
+    with pytest.raises(XfrmError, match="without integrity"):
         algorithm_attrs(12, 128, None, bytes(16), b"")  # no encryption without integrity

@@ -101,9 +101,9 @@ def count_xfrm(ns, what: str) -> int:
 
 def snmp(ns, key: str) -> int:
     lines = ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
         if names.startswith("Ip:"):
-            d = dict(zip(names.split()[1:], values.split()[1:]))
+            d = dict(zip(names.split()[1:], values.split()[1:], strict=True))
             return int(d[key])
     raise KeyError(key)
 
