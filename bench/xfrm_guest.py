@@ -15,9 +15,10 @@ iperf3 TCP host-a -> host-b through a tunnel set up three ways, alternating:
   UDP 4500 over TUN, in Python) negotiating the same algorithm over IKE, for comparison.
 
 ``hand`` and ``ours`` alternate (their order flips every round) so drift in the emulated
-machine's speed does not favour either. Under TCG absolute numbers are meaningless (software-emulated CPU); the ratio ours/hand in the
-same run is what to look at: both are the kernel's ESP, so it should be ~1.0 (our policies and
-SAs are what the kernel runs, nothing of ours is in the packet path). Not a test: it only prints.
+machine's speed does not favour either. Under TCG absolute numbers are meaningless
+(software-emulated CPU); the ratio ours/hand in the same run is what to look at: both are the
+kernel's ESP, so it should be ~1.0 (our policies and SAs are what the kernel runs, nothing of
+ours is in the packet path). Not a test: it only prints.
 """
 from __future__ import annotations
 

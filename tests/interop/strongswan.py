@@ -1062,12 +1062,15 @@ _CHILD_KEY_LABELS = {
     "DH secret": "dh_secret",
     "seed": "seed",
 }
-_CHECKIN_RE = re.compile(r"^checkin IKEv2 SA (?P<name>.*)\[(?P<uid>\d+)\] with SPIs (?P<i>[0-9a-f]{16})_i (?P<r>[0-9a-f]{16})_r")
+_CHECKIN_RE = re.compile(r"^checkin IKEv2 SA (?P<name>.*)\[(?P<uid>\d+)\] "
+                         r"with SPIs (?P<i>[0-9a-f]{16})_i (?P<r>[0-9a-f]{16})_r")
 _REKEYED_RE = re.compile(r"^IKE_SA (?P<name>.*)\[(?P<uid>\d+)\] rekeyed between")
 _CHILD_EST_RE = re.compile(
-    r"^(?:inbound )?CHILD_SA (?P<name>.*)\{(?P<uid>\d+)\} established with SPIs (?P<i>[0-9a-f]{8})_i (?P<o>[0-9a-f]{8})_o"
+    r"^(?:inbound )?CHILD_SA (?P<name>.*)\{(?P<uid>\d+)\} "
+    r"established with SPIs (?P<i>[0-9a-f]{8})_i (?P<o>[0-9a-f]{8})_o"
     r"(?: and TS (?P<ts>.*))?$")
-_SUMMARY_RE = re.compile(r"^(?P<verb>generating|parsed) (?P<exch>\S+) (?P<kind>request|response) (?P<mid>\d+) \[ ?(?P<pl>.*?) ?\]$")
+_SUMMARY_RE = re.compile(r"^(?P<verb>generating|parsed) (?P<exch>\S+) (?P<kind>request|response) (?P<mid>\d+) "
+                         r"\[ ?(?P<pl>.*?) ?\]$")
 _SELECTED_RE = re.compile(r"^selected proposal: (?P<p>\S+)$")
 
 

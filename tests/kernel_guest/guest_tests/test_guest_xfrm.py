@@ -664,7 +664,8 @@ def test_strongswan_kernel_netlink_policy_and_route_based(sites, tmp_path):
         fact("strongswan_kernel", {"mbit": mbit, "ours": ours, "theirs": theirs, "states_b": states_b})
         assert set(ours) == {"pol", "rb"} and set(theirs) == {"pol", "rb"}
         for n in ("pol", "rb"):
-            assert ours[n]["spi_in"] == theirs[n]["spi-out"] and ours[n]["spi_out"] == theirs[n]["spi-in"], (n, ours, theirs)
+            assert ours[n]["spi_in"] == theirs[n]["spi-out"] and ours[n]["spi_out"] == theirs[n]["spi-in"], \
+                (n, ours, theirs)
             assert ours[n]["packets_in"] > 100 and int(theirs[n]["packets-in"]) > 100, (n, ours[n], theirs[n])
             assert mbit[n] > 1.0, mbit
         assert ours["rb"]["encap"] and theirs["rb"].get("encap") == "yes" and "espinudp" in states_b
