@@ -99,7 +99,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.inside:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
-        subprocess.run(["ip", "link", "add", "bench0", "type", "veth", "peer", "name", "bench1"], check=True, timeout=10)
+        subprocess.run(["ip", "link", "add", "bench0", "type", "veth", "peer", "name", "bench1"],
+                       check=True, timeout=10)
         subprocess.run(["ip", "addr", "add", "10.1.0.1/16", "dev", "bench0"], check=True, timeout=10)
         subprocess.run(["ip", "link", "set", "bench0", "up"], check=True, timeout=10)
         return asyncio.run(measure(args.count))

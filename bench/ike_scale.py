@@ -149,7 +149,7 @@ esp_proposals = ["{ESP}"]
         while time.perf_counter() < deadline:
             try:
                 reply = s.recv(65535)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if reply[:8] == spi_i:
                 rtt = (time.perf_counter() - t0) * 1e6
@@ -161,8 +161,10 @@ esp_proposals = ["{ESP}"]
 
 # ----------------------------------------------------------------------------- load generator
 
+LT_PLUGINS = ("random nonce sha3 openssl ml pem pkcs1 pkcs8 x509 pubkey kdf load-tester kernel-netlink "
+              "socket-default vici counters")
 LT_CONF = """charon {{
-    load = random nonce sha3 openssl ml pem pkcs1 pkcs8 x509 pubkey kdf load-tester kernel-netlink socket-default vici counters
+    load = {plugins}
     filelog {{
         main {{
             path = {dir}/charon.log
@@ -234,7 +236,7 @@ class LoadTester:
             raise SystemExit(f"--n {n} is not a multiple of --initiators {initiators}")
         self.conf = self.dir / "strongswan.conf"
         self.conf.write_text(LT_CONF.format(
-            dir=self.dir, initiators=initiators, iterations=n // initiators, delay=delay,
+            plugins=LT_PLUGINS, dir=self.dir, initiators=initiators, iterations=n // initiators, delay=delay,
             init_limit=init_limit, lt_ip=LT_IP, gw_ip=GW_IP, ike=IKE, esp=ESP, psk=PSK, gw_id=GW_ID,
             ts_lt=TS_LT, ts_gw=TS_GW))
         self.log = self.dir / "charon.log"
@@ -447,15 +449,16 @@ def _f(v, fmt: str) -> str:
 
 def table(results: list[Result]) -> str:
     head = (f"{'responder':<15} {'N':>6} {'up':>6} {'child':>6} {'held':>6} {'setups/s':>9} {'cpu ms/su':>9} "
-            f"{'KiB/SA':>7} {'INIT µs@0 med/min':>17} {'INIT µs@N med/min':>17} {'retr':>5} {'fail':>5}  load before -> after")
+            f"{'KiB/SA':>7} {'INIT µs@0 med/min':>17} {'INIT µs@N med/min':>17} {'retr':>5} {'fail':>5}  load before "
+            "-> after")
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(f"{r.responder:<15} {r.n:>6} {r.established:>6} {r.children:>6} {_f(r.held, 'd'):>6} "
                      f"{_f(r.setups_per_s, '.0f'):>9} {_f(r.cpu_ms_per_setup, '.2f'):>9} "
                      f"{_f(r.rss_kib_per_sa, '.1f'):>7} "
                      f"{_f(r.init_us_empty, '.0f') + '/' + _f(r.init_us_empty_min, '.0f'):>17} "
-                     f"{_f(r.init_us_held, '.0f') + '/' + _f(r.init_us_held_min, '.0f'):>17} {r.retransmits:>5} {r.failures:>5}  "
-                     f"{r.load_before} -> {r.load_after}")
+                     f"{_f(r.init_us_held, '.0f') + '/' + _f(r.init_us_held_min, '.0f'):>17} {r.retransmits:>5} "
+                     f"{r.failures:>5}  {r.load_before} -> {r.load_after}")
         for note in r.notes:
             lines.append(f"    note: {note}")
     return "\n".join(lines)

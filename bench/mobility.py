@@ -56,6 +56,7 @@ for p in (ROOT, ROOT / "tests", ROOT / "tests" / "interop"):
 
 import netns  # noqa: E402  (tests/netns.py, as strongswan.py uses it)
 import strongswan as ss  # noqa: E402
+
 from tests.gateway import OurGateway, connection  # noqa: E402
 from tests.netns_e2e import mobility_topology as M  # noqa: E402
 from tests.netns_e2e import tools  # noqa: E402
@@ -92,7 +93,7 @@ class Run:
         self.stops: list = []
         self.pinger = self.cap = None
 
-    def setup(self) -> "Run":
+    def setup(self) -> Run:
         mode = self.mode
         self.m = M.build(self.grp)
         psk = "bench-" + secrets.token_hex(12)

@@ -65,6 +65,7 @@ for p in (ROOT, ROOT / "tests", ROOT / "tests" / "interop"):
 
 import netns  # noqa: E402  (tests/netns.py, the module strongswan.py uses)
 import strongswan as ss  # noqa: E402
+
 from tests.gateway import OurGateway, connection  # noqa: E402
 from tests.netns_e2e import tools  # noqa: E402
 
@@ -100,7 +101,7 @@ class Setup:
         self.psk = "bench-" + secrets.token_hex(8)
         self.tuned = pair != "sw-sw"
 
-    def __enter__(self) -> "Setup":
+    def __enter__(self) -> Setup:
         try:
             self._start()
         except BaseException:

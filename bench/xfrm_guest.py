@@ -15,9 +15,10 @@ iperf3 TCP host-a -> host-b through a tunnel set up three ways, alternating:
   UDP 4500 over TUN, in Python) negotiating the same algorithm over IKE, for comparison.
 
 ``hand`` and ``ours`` alternate (their order flips every round) so drift in the emulated
-machine's speed does not favour either. Under TCG absolute numbers are meaningless (software-emulated CPU); the ratio ours/hand in the
-same run is what to look at: both are the kernel's ESP, so it should be ~1.0 (our policies and
-SAs are what the kernel runs, nothing of ours is in the packet path). Not a test: it only prints.
+machine's speed does not favour either. Under TCG absolute numbers are meaningless
+(software-emulated CPU); the ratio ours/hand in the same run is what to look at: both are the
+kernel's ESP, so it should be ~1.0 (our policies and SAs are what the kernel runs, nothing of
+ours is in the packet path). Not a test: it only prints.
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def in_guest(args) -> int:
         def hand() -> None:
             k_ab, k_ba = secrets.token_hex(bits // 8 + 4), secrets.token_hex(bits // 8 + 4)
             for (me, peer), (k_out, k_in), (s_out, s_in) in zip(sides, ((k_ab, k_ba), (k_ba, k_ab)),
-                                                                (("0x1001", "0x1002"), ("0x1002", "0x1001"))):
+                                                                (("0x1001", "0x1002"), ("0x1002", "0x1001")),
+                                                                strict=True):
                 me.gw.ip("xfrm", "state", "add", "src", me.wan, "dst", peer.wan, "proto", "esp", "spi", s_out,
                          "reqid", "1", "mode", "tunnel", "aead", kname, "0x" + k_out, str(icv))
                 me.gw.ip("xfrm", "state", "add", "src", peer.wan, "dst", me.wan, "proto", "esp", "spi", s_in,
@@ -88,7 +90,7 @@ def in_guest(args) -> int:
             k1, k2 = secrets.token_bytes(klen), secrets.token_bytes(klen)
             s1, s2 = secrets.token_bytes(4), secrets.token_bytes(4)
             dps = []
-            for (me, peer), (sin, sout, kin, kout) in zip(sides, ((s1, s2, k2, k1), (s2, s1, k1, k2))):
+            for (me, peer), (sin, sout, kin, kout) in zip(sides, ((s1, s2, k2, k1), (s2, s1, k1, k2)), strict=True):
                 keys = ChildSAKeys(sin, sout, 3, "tunnel", encr, bits, None, False, kin, b"", kout, b"")
                 dp = XfrmDataPlane(netns=me.gw.name)
                 dp.open(events=False)
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
             print(f"  {k:9s} {med[k]:8.1f} Mbit/s   runs: {r[k]}")
     # Runs of the same round are next to each other in time: their ratio cancels the emulated
     # machine's drift, so the median of the per-round ratios is the headline number.
-    paired = sorted(o / h for o, h in zip(r["ours"], r["hand"]) if h)
+    paired = sorted(o / h for o, h in zip(r["ours"], r["hand"], strict=True) if h)
     print(f"  ratio ours/hand: median of per-round ratios = {statistics.median(paired):.2f} "
           f"(per round: {', '.join(f'{x:.2f}' for x in paired)}); ratio of medians = "
           f"{med['ours'] / med['hand']:.2f}   (hand/plain = {med['hand'] / med['plain']:.2f})")

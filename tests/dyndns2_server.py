@@ -63,7 +63,7 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr, handler, owner: "Dyndns2TestServer"):
+    def __init__(self, addr, handler, owner: Dyndns2TestServer):
         self.address_family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         self.owner = owner
         super().__init__(addr, handler)
@@ -130,7 +130,7 @@ class Dyndns2TestServer:
         h = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{h}:{self.port}{self.path}"
 
-    def start(self) -> "Dyndns2TestServer":
+    def start(self) -> Dyndns2TestServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="dyndns2-test", daemon=True)
         self._thread.start()
@@ -143,7 +143,7 @@ class Dyndns2TestServer:
             self._thread = None
         self.httpd.server_close()
 
-    def __enter__(self) -> "Dyndns2TestServer":
+    def __enter__(self) -> Dyndns2TestServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -91,11 +91,12 @@ class OurGateway:
     def cli(self, *args: str, check: bool = True, timeout: float = 40.0) -> subprocess.CompletedProcess:
         p = self.ns.run([PYTHON, "-m", "vpn_gw", *args], check=False, timeout=timeout)
         if check and p.returncode != 0:
-            raise GatewayError(f"vpn-gw {' '.join(args)} failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}"
+            raise GatewayError(f"vpn-gw {' '.join(args)} failed ({p.returncode}): "
+                               f"{p.stderr.strip() or p.stdout.strip()}"
                                f"\n--- log tail ---\n{self.log_tail()}")
         return p
 
-    def start(self, timeout: float = 15.0) -> "OurGateway":
+    def start(self, timeout: float = 15.0) -> OurGateway:
         fh = open(self.log, "w")
         self.proc = self.ns.popen([*self.wrapper, PYTHON, "-m", "vpn_gw", "run", "-c", str(self.config),
                                    "--log-format", self.log_format, "--log-level", self.log_level],
@@ -151,7 +152,8 @@ class OurGateway:
         try:
             wait_until(ok, timeout=timeout, interval=0.2)
         except TimeoutError:
-            raise GatewayError(f"{self.name}: {len(got)} of {n} CHILD_SAs after {timeout}s\n{self.log_tail()}") from None
+            raise GatewayError(f"{self.name}: {len(got)} of {n} CHILD_SAs after {timeout}s\n"
+                               f"{self.log_tail()}") from None
         return got
 
     def log_lines(self) -> list[dict]:

@@ -243,7 +243,7 @@ class Netns:
 
     # ---- lifecycle
     @classmethod
-    def create(cls, name: str, *, lo_up: bool = True) -> "Netns":
+    def create(cls, name: str, *, lo_up: bool = True) -> Netns:
         if len(name) > 200 or "/" in name:
             raise ValueError(f"bad namespace name {name!r}")
         run([IP, "netns", "add", name])
@@ -283,7 +283,7 @@ class Netns:
             run([IP, "netns", "delete", self.name], check=False)
             self._deleted = True
 
-    def __enter__(self) -> "Netns":
+    def __enter__(self) -> Netns:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -532,7 +532,7 @@ class NetnsGroup:
         """Namespaces of this group that still exist (should be [] after close())."""
         return [n for n in list_netns() if n.startswith(self.prefix + "-")]
 
-    def __enter__(self) -> "NetnsGroup":
+    def __enter__(self) -> NetnsGroup:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -553,7 +553,7 @@ class Capture:
         self.proc: subprocess.Popen | None = None
         self.err = self.path.with_suffix(".tcpdump.log")
 
-    def start(self, timeout: float = 10.0) -> "Capture":
+    def start(self, timeout: float = 10.0) -> Capture:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         argv = ["tcpdump", "-i", self.iface, "-s", "0", "-n", "-U", "--immediate-mode", "-Z", "root",
                 "-w", str(self.path)] + (self.bpf.split() if self.bpf else [])
@@ -575,7 +575,7 @@ class Capture:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=2.0)
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         return self.start()
 
     def __exit__(self, *exc) -> None:

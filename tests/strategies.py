@@ -7,8 +7,7 @@ import ipaddress
 from hypothesis import strategies as st
 
 from ikev2 import payloads as P
-from ikev2.constants import (CfgAttr, EapCode, ExchangeType, HeaderFlag, IdType, NotifyType,
-                             ProtocolId, TsType)
+from ikev2.constants import CfgAttr, EapCode, ExchangeType, HeaderFlag, IdType, NotifyType, ProtocolId, TsType
 from ikev2.message import Message
 from ikev2.notify_data import _DATA_LEN
 

@@ -19,16 +19,27 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ikev2.certs import (CertificateError, ca_matches_certreq, cert_payload_data, certreq_data,
-                         default_identity, describe, identity_matches_cert, load_certificates,
-                         load_private_key, parse_cert_payload, verify_chain)
+from ikev2.certs import (
+    CertificateError,
+    ca_matches_certreq,
+    cert_payload_data,
+    certreq_data,
+    default_identity,
+    describe,
+    identity_matches_cert,
+    load_certificates,
+    load_private_key,
+    parse_cert_payload,
+    verify_chain,
+)
 from ikev2.constants import IdType
 from ikev2.errors import IKEv2Error
 from ikev2.identity import Identity
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 NOT_BEFORE = datetime.datetime(2030, 1, 1, tzinfo=UTC)
 NOT_AFTER = datetime.datetime(2031, 1, 1, tzinfo=UTC)
+SHA256 = hashes.SHA256()  # the default signature hash of make_cert (a stateless algorithm object)
 NOW = datetime.datetime(2030, 6, 1, tzinfo=UTC)
 
 
@@ -47,7 +58,7 @@ def dn(*parts: tuple, printable: bool = False) -> x509.Name:
 
 def make_cert(subject: x509.Name, key, issuer: x509.Name | None = None, issuer_key=None, *,
               ca: bool | None = False, pathlen: int | None = None, sans=(), key_usage=None,
-              not_before=NOT_BEFORE, not_after=NOT_AFTER, hash_alg=hashes.SHA256(),
+              not_before=NOT_BEFORE, not_after=NOT_AFTER, hash_alg=SHA256,
               pss: bool = False, extra=(), ski: bool = True, aki_key=None) -> x509.Certificate:
     """A certificate for key's public half; self-signed when issuer is None."""
     issuer = subject if issuer is None else issuer
@@ -433,7 +444,7 @@ def test_truncated_and_mutated_der_only_certificate_error(pki):
             parse_cert_payload(der[:n])
     with pytest.raises(CertificateError):
         parse_cert_payload(der + b"\x00")
-    for i in range(0, len(der)):
+    for i in range(len(der)):
         for flip in (0x01, 0x80):
             mutated = bytearray(der)
             mutated[i] ^= flip

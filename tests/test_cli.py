@@ -231,8 +231,8 @@ def test_check_config_warns_about_an_inline_psk_others_can_read(tmp_path):
     cfg.chmod(0o644)
     p = run("check-config", cfg)
     assert (p.returncode, p.stdout) == (0, f"{cfg}: OK (1 connection)\n")
-    assert p.stderr.startswith(f"warning: {cfg}:21: connection[0].psk (connection 'branch1'): the psk is written inline in this "
-                               f"file, which is readable by group/others (mode 0644); chmod 600 it")
+    assert p.stderr.startswith(f"warning: {cfg}:21: connection[0].psk (connection 'branch1'): the psk is written "
+                               "inline in this file, which is readable by group/others (mode 0644); chmod 600 it")
 
 
 def test_check_config_errors(tmp_path):
@@ -244,7 +244,8 @@ def test_check_config_errors(tmp_path):
     lines = p.stderr.splitlines()
     assert lines[0] == (f"{bad}:24: connection[0].dpd_dealy (connection 'branch1'): unknown key 'dpd_dealy' in "
                         f"connection[0] (did you mean 'dpd_delay'?)")
-    assert lines[1].startswith(f"{bad}:31: connection[0].child[0].local_ts[0] (connection 'branch1', child 'net'): '10.1.0.0/33' is "
+    assert lines[1].startswith(f"{bad}:31: connection[0].child[0].local_ts[0] (connection 'branch1', child 'net'): "
+                               "'10.1.0.0/33' is "
                                f"not a valid CIDR subnet")
     assert len(lines) == 2
 

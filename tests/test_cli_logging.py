@@ -146,7 +146,7 @@ def test_rate_limited_bounded_keys():
     rl.log("a", "e")  # suppressed
     rl.log("b", "e")
     rl.log("c", "e")  # evicts "a", emitting its summary
-    assert ("warning", "suppressed 1 similar messages") in [(l, e) for l, e, _ in fake.events]
+    assert ("warning", "suppressed 1 similar messages") in [(level, e) for level, e, _ in fake.events]
     assert len(rl._windows) == 2
 
 

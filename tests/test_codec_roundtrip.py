@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given, settings, HealthCheck
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ikev2.errors import ParseError
 from ikev2.message import decode_message, encode_message
-
 from tests.strategies import messages
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

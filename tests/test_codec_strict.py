@@ -9,7 +9,7 @@ import pytest
 from ikev2 import payloads as P
 from ikev2.constants import ExchangeType, HeaderFlag, IdType, NotifyType, PayloadType, ProtocolId, TsType
 from ikev2.errors import ParseError, UnsupportedCriticalPayload
-from ikev2.message import UnsupportedVersion, decode_message, encode_message, Message
+from ikev2.message import Message, UnsupportedVersion, decode_message, encode_message
 from ikev2.notify_data import build_redirect, parse_redirect, u16_list
 
 SPI_I = bytes.fromhex("0102030405060708")

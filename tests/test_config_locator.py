@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import tomllib
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vpn_gw.config import KeyLocator
 from vpn_gw.durations import format_duration, parse_duration, parse_size

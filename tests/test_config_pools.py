@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vpn_gw.config import (POOL_KEYS, ConfigError, PoolConfig, diff_configs, load_config,
-                           parse_config)
+from vpn_gw.config import POOL_KEYS, ConfigError, PoolConfig, diff_configs, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PSK = 'psk = "0x00112233445566778899aabbccddeeff"'

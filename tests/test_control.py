@@ -13,8 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from vpn_gw.control import (CommandFailed, ControlError, ControlServer, DaemonNotRunning,
-                            Stream, control_request, control_stream, encode_message)
+from vpn_gw.control import (
+    CommandFailed,
+    ControlError,
+    ControlServer,
+    DaemonNotRunning,
+    Stream,
+    control_request,
+    control_stream,
+    encode_message,
+)
 
 
 class LoopThread:
@@ -264,6 +272,7 @@ def test_async_context_manager(sockdir):
 
 def test_encode_message_converts_common_types():
     import ipaddress
+
     from vpn_gw.config import Secret
     line = encode_message({"a": ipaddress.ip_address("192.0.2.1"), "n": ipaddress.ip_network("10.0.0.0/8"),
                            "b": b"\x01\xff", "s": Secret(b"hunter22"), "t": (1, 2)})

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ikev2.constants import CfgAttr, CfgType
-from ikev2.cp import (Assignment, CfgRequest, VirtualConfig, build_reply, build_request,
-                      parse_reply, parse_request)
+from ikev2.cp import Assignment, CfgRequest, VirtualConfig, build_reply, build_request, parse_reply, parse_request
 from ikev2.errors import ParseError
 from ikev2.payloads import CfgAttribute, CPPayload, Reader
 

@@ -9,8 +9,7 @@ import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from vpn_gw.ddns import AddressWatcher, IfAddr, select_addresses
-from vpn_gw.ddns.addrwatch import (IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TEMPORARY,
-                                   IFA_F_TENTATIVE, RT_SCOPE_LINK)
+from vpn_gw.ddns.addrwatch import IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TEMPORARY, IFA_F_TENTATIVE, RT_SCOPE_LINK
 
 
 def A(addr, scope=0, flags=0, plen=24):

@@ -100,7 +100,7 @@ def test_missing_file(tmp_path):
 
 def test_error_mentions_entry_index():
     with pytest.raises(UserFileError, match=r"user #2 \('b'\): nt_hash"):
-        UserDB.from_toml(f"[[user]]\nname='a'\npassword='x'\n[[user]]\nname='b'\nnt_hash='x'\n", source="f")
+        UserDB.from_toml("[[user]]\nname='a'\npassword='x'\n[[user]]\nname='b'\nnt_hash='x'\n", source="f")
 
 
 def test_parse_methods():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -81,7 +81,7 @@ def encrypt_raw(cipher: EspCipher, seq: int, plaintext: bytes, *, esn: bool = Fa
 def test_round_trip_every_cipher(name: str, esn: bool) -> None:
     out, inb = make_pair(name, esn=esn)
     for size in (0, 1, 2, 3, 13, 14, 15, 16, 17, 100, 1400):
-        for family, builder, nh in ((4, ipv4_packet, 4), (6, ipv6_packet, 41)):
+        for builder, nh in ((ipv4_packet, 4), (ipv6_packet, 41)):
             inner = builder(os.urandom(size))
             packet = encapsulate(out, inner, nh)
             # layout: 4-byte aligned ciphertext (block aligned for CBC), minimal padding
@@ -257,7 +257,7 @@ def test_tfc_padding_after_inner_packet_is_stripped(builder: Callable[[bytes], b
 def test_short_and_misaligned_packets_are_malformed(name: str) -> None:
     out, inb = make_pair(name)
     packet = encapsulate(out, ipv4_packet(b"0123456789"), 4)
-    for cut in range(0, len(packet)):
+    for cut in range(len(packet)):
         with pytest.raises(EspError) as err:
             decapsulate(inb, packet[:cut])
         assert err.value.reason in (DropReason.MALFORMED, DropReason.AUTH_FAILED), cut

@@ -53,7 +53,7 @@ def test_volume_lifetimes(what: str) -> None:
         decapsulate(inb, encapsulate(out, PKT, 4))
     assert states == [None, None, None, "soft", "soft"]
     assert out.check_lifetime(0) == inb.check_lifetime(0) == "hard"
-    for sa, fn in ((out, lambda: encapsulate(out, PKT, 4)), (inb, lambda: decapsulate(inb, b""))):
+    for fn in (lambda: encapsulate(out, PKT, 4), lambda: decapsulate(inb, b"")):
         with pytest.raises(EspError) as err:
             fn()
         assert err.value.reason is DropReason.LIFETIME_EXPIRED

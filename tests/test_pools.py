@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpn_gw.pools import (AddressPool, Lease, LeaseFileError, LeaseStore, PoolSet,
-                          default_lease_file, parse_pool_addrs)
+from vpn_gw.pools import AddressPool, Lease, LeaseFileError, LeaseStore, PoolSet, default_lease_file, parse_pool_addrs
 
 ip = ipaddress.ip_address
 

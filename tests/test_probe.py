@@ -298,7 +298,7 @@ class LoopbackResponder:
         while not self.stop.is_set():
             try:
                 data, addr = self.sock.recvfrom(65535)
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             if self.natt:
                 if data[:4] != NON_ESP_MARKER:
@@ -339,8 +339,8 @@ def test_client_ok_partial_and_blocked(servers):
     assert all(0 <= r.rtt < 0.5 for r in res[:2]) and res[2].rtt is None
     assert res[0].sent >= 1 and res[2].sent >= 3  # retransmitted while waiting
     assert 0.9 <= took < 2.0
-    assert pr.verdict(res) == (pr.EXIT_PARTIAL, "partial: UDP ok on %d, %d, blocked on %d: use TCP"
-                               % (ike.port, natt.port, silent.port))
+    assert pr.verdict(res) == (pr.EXIT_PARTIAL, f"partial: UDP ok on {ike.port}, {natt.port}, blocked on "
+                                                f"{silent.port}: use TCP")
     assert pr.verdict(res[:2])[0] == pr.EXIT_OK
     assert pr.verdict(res[2:]) == (pr.EXIT_BLOCKED, "no reply on any port: UDP is blocked on the way (then use "
                                                     "TCP) or no vpn-gw runs at this address (only vpn-gw "

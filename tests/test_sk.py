@@ -1,8 +1,6 @@
 """SK and SKF payload protection (RFC 7296 3.14, RFC 5282, RFC 7383)."""
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from ikev2 import payloads as P

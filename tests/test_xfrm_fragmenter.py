@@ -33,7 +33,8 @@ def test_ipv4_networks_from_selectors():
     rng = TrafficSelector(rng.ts_type, 0, 0, 65535, ipaddress.ip_address("10.3.0.1"), ipaddress.ip_address("10.3.0.6"))
     assert ipv4_networks([rng]) == (N("10.3.0.1/32"), N("10.3.0.2/31"), N("10.3.0.4/31"), N("10.3.0.6/32"))
     # Protocol or port limits: left out (the fragments could miss such a policy).
-    udp = TrafficSelector(rng.ts_type, 17, 0, 65535, ipaddress.ip_address("10.4.0.0"), ipaddress.ip_address("10.4.0.255"))
+    udp = TrafficSelector(rng.ts_type, 17, 0, 65535,
+                          ipaddress.ip_address("10.4.0.0"), ipaddress.ip_address("10.4.0.255"))
     port = TrafficSelector(rng.ts_type, 0, 80, 80, ipaddress.ip_address("10.5.0.0"), ipaddress.ip_address("10.5.0.255"))
     assert ipv4_networks([udp, port]) == ()
 

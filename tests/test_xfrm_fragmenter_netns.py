@@ -94,7 +94,7 @@ def _send_and_capture(ha, gw, hb, size: int, df: bool, port: int):
         tx.sendto(payload, ("10.2.0.2", port))
         try:
             got = rx.recv(65535)
-        except socket.timeout:
+        except TimeoutError:
             got = None
         time.sleep(0.3)
         wire = read_ipv4(cap_out)

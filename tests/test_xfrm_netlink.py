@@ -175,7 +175,8 @@ def test_delsa_getsa_allocspi_flush():
     assert len(data) == 16 + 24 and m["daddr"] == "2001:db8::9"
     _, m = roundtrip(nl.XFRM_MSG_ALLOCSPI, {"info": {"id": {"daddr": "192.0.2.2", "proto": 50}, "saddr": "192.0.2.1",
                                                      "family": 2, "reqid": 5}, "min": 0x100, "max": 0xFFFF})
-    assert (m["info"]["id"]["daddr"], m["info"]["saddr"], m["min"], m["max"]) == ("192.0.2.2", "192.0.2.1", 0x100, 0xFFFF)
+    assert (m["info"]["id"]["daddr"], m["info"]["saddr"], m["min"], m["max"]) == \
+        ("192.0.2.2", "192.0.2.1", 0x100, 0xFFFF)
     data, m = roundtrip(nl.XFRM_MSG_FLUSHSA, {"proto": 50})
     assert m["proto"] == 50 and struct.unpack_from("=I", data)[0] == 17  # NLMSG_LENGTH(sizeof 1-byte struct)
     data, m = roundtrip(nl.XFRM_MSG_FLUSHPOLICY, {})
@@ -272,7 +273,7 @@ def test_backend_helpers():
     import ipaddress
 
     from ikev2.payloads import TrafficSelector
-    from vpn_gw.dataplane.xfrm.backend import _port_blocks, algorithm_attrs, overhead_for, selector_blocks
+    from vpn_gw.dataplane.xfrm.backend import XfrmError, _port_blocks, algorithm_attrs, overhead_for, selector_blocks
     assert _port_blocks(0, 65535) == [(0, 0)]
     assert _port_blocks(53, 53) == [(53, 0xFFFF)]
     blocks = _port_blocks(1000, 1003)
@@ -287,6 +288,7 @@ def test_backend_helpers():
     (name, aead), = algorithm_attrs(20, 128, None, bytes(20), b"")
     assert name == "XFRMA_ALG_AEAD" and aead["alg_name"] == "rfc4106(gcm(aes))" and aead["alg_key_len"] == 160
     crypt, auth = algorithm_attrs(12, 256, 14, bytes(32), bytes(64))
-    assert crypt[1]["alg_name"] == "cbc(aes)" and auth[1]["alg_name"] == "hmac(sha512)" and auth[1]["alg_trunc_len"] == 256
-    with pytest.raises(Exception):
+    assert crypt[1]["alg_name"] == "cbc(aes)"
+    assert auth[1]["alg_name"] == "hmac(sha512)" and auth[1]["alg_trunc_len"] == 256
+    with pytest.raises(XfrmError, match="without integrity"):
         algorithm_attrs(12, 128, None, bytes(16), b"")  # no encryption without integrity

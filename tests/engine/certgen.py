@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-NOW = datetime.datetime(2026, 11, 1, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
 
 
 def new_key(kind: str):

@@ -5,7 +5,7 @@ import pytest
 
 from ikev2 import payloads as P
 from ikev2.constants import ExchangeType
-from ikev2.events import AuthFailed, IkeUp
+from ikev2.events import AuthFailed
 from ikev2.ike_sa import State
 from ikev2.message import decode_message
 from ikev2.policy import AuthConfig

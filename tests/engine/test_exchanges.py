@@ -1,6 +1,8 @@
 """Two engines in memory: every exchange, both roles, and what goes wrong on the way."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ikev2 import payloads as P
@@ -23,7 +25,7 @@ def up(link, name="hq", until=2.0):
 
 def exchanges(link):
     out = []
-    for _t, src, dst, data in link.trace:
+    for _t, src, _dst, data in link.trace:
         try:
             m = decode_message(data)
         except Exception:
@@ -181,7 +183,7 @@ def test_retransmission_backoff_and_give_up():
     link = pair(br, hq, drop_filter=lambda data, src, dst: src[0] == "198.51.100.1")
     sa = up(link, until=400.0)
     sends = [t for t, s, _d, _x in link.trace if s[0] == "198.51.100.1"]
-    gaps = [round(b - a, 2) for a, b in zip(sends, sends[1:])]
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(sends)]
     assert len(sends) == br.retransmit_tries + 1
     assert gaps == [round(4.0 * 1.8 ** i, 2) for i in range(len(gaps))]
     assert sa.state == State.DELETED

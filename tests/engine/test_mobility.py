@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from ikev2.events import LocalAddressChanged, PeerAddressChanged
 from ikev2.ike_sa import State
-from ikev2.message import decode_message
-from ikev2.constants import NotifyType
 from tests.engine.harness import pair, site_to_site
 
 
@@ -78,7 +76,8 @@ def test_auto_adoption_for_peer_behind_nat_and_port_float():
     nat = ("203.0.113.99", 40000)
     link.a.initiate("hq", 0.0)
     for _ in range(3):
-        send_from(link, link.a, link.b, nat if _ == 0 else ("203.0.113.99", 40001), ("192.0.2.1", 500 if _ == 0 else 4500))
+        send_from(link, link.a, link.b, nat if _ == 0 else ("203.0.113.99", 40001),
+                  ("192.0.2.1", 500 if _ == 0 else 4500))
         for data, src, dst in link.b.pop_datagrams():
             link.a.receive(data, ("198.51.100.1", dst[1] if dst[1] in (500, 4500) else 4500), src, link.now)
     a, b = link.a.sas[0], link.b.sas[0]
@@ -174,7 +173,8 @@ def test_esp_encapsulation_follows_nat_detection_not_the_ike_port():
     link = pair(br, hq)
     link.a.initiate("hq", 0.0)
     for i in range(3):  # the branch's packets reach the hub through a NAT
-        send_from(link, link.a, link.b, ("203.0.113.99", 40000 if i == 0 else 40001), ("192.0.2.1", 500 if i == 0 else 4500))
+        send_from(link, link.a, link.b, ("203.0.113.99", 40000 if i == 0 else 40001),
+                  ("192.0.2.1", 500 if i == 0 else 4500))
         for data, src, dst in link.b.pop_datagrams():
             link.a.receive(data, ("198.51.100.1", dst[1] if dst[1] in (500, 4500) else 4500), src, link.now)
     evs = [e for m in (link.a, link.b) for e in m.pop_events() if isinstance(e, ChildUp)]

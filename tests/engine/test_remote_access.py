@@ -7,7 +7,7 @@ from ikev2.cp import Assignment
 from ikev2.events import ChildUp, VirtualIpAssigned, VirtualIpReceived
 from ikev2.ike_sa import State
 from tests.engine.harness import child, pair, psk_policy
-from vpn_gw.pools import PoolSet, AddressPool
+from vpn_gw.pools import AddressPool, PoolSet
 
 
 def ra_pair(pool):

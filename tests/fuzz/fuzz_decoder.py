@@ -10,9 +10,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
+    from ikev2.constants import PayloadType
     from ikev2.errors import ParseError
     from ikev2.message import decode_message, decode_payloads, encode_message
-    from ikev2.constants import PayloadType
 
 
 def test_one_input(data: bytes) -> None:

@@ -2,7 +2,8 @@
 
 Topology (tests/interop/strongswan.py ``build_topology``)::
 
-    host_a 10.10.0.2 -- 10.10.0.1 site [OURS] 192.0.2.10 -- router -- 198.51.100.10 gw [charon] 10.20.0.1 -- host_b 10.20.0.2
+    host_a 10.10.0.2 -- 10.10.0.1 site [OURS] 192.0.2.10 -- router --
+                           198.51.100.10 gw [charon] 10.20.0.1 -- host_b 10.20.0.2
 
 Our gateway runs in ``topo.site``, strongSwan in ``topo.gw``; the router has no route to
 10/8, so host_a <-> host_b only works through the tunnel. :func:`ours_vs_strongswan` builds
@@ -34,6 +35,7 @@ for _p in (_HERE, _HERE.parent, _HERE.parent.parent):
 
 import netns  # noqa: E402
 import strongswan as ss  # noqa: E402
+
 from tests.gateway import OurGateway, connection  # noqa: E402
 
 OURS_ID = "site.example.org"
@@ -380,7 +382,8 @@ def assert_same_sa(osa: dict, oc: dict, ssa: dict, sc: dict, topo: ss.Topology, 
     """Our status (osa/oc) and strongSwan's list-sas (ssa/sc) describe the same SAs."""
     # IKE SPIs and roles
     assert (osa["spi_i"], osa["spi_r"]) == (ssa["initiator-spi"], ssa["responder-spi"]), \
-        f"IKE SPIs differ: ours {osa['spi_i']}_i {osa['spi_r']}_r, strongSwan {ssa['initiator-spi']}_i {ssa['responder-spi']}_r"
+        (f"IKE SPIs differ: ours {osa['spi_i']}_i {osa['spi_r']}_r, "
+         f"strongSwan {ssa['initiator-spi']}_i {ssa['responder-spi']}_r")
     assert osa["initiator"] is we_initiated
     assert (ssa.get("initiator") == "yes") is (not we_initiated)
     assert osa["state"] == ssa["state"] == "ESTABLISHED"

@@ -38,6 +38,7 @@ for _p in (_HERE, _HERE.parent, _HERE.parent.parent):
 import netns  # noqa: E402
 import ours_helpers as H  # noqa: E402
 import strongswan as ss  # noqa: E402
+
 from tests.gateway import OurGateway, render_toml  # noqa: E402
 
 POOL = "10.99.0.0/24"

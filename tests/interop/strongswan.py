@@ -46,11 +46,9 @@ import dataclasses
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -231,7 +229,7 @@ class Cert:
     key_path: Path
     cert_path: Path
     sans: tuple[str, ...] = ()
-    issuer: "Cert | None" = None
+    issuer: Cert | None = None
     is_ca: bool = False
 
     @property
@@ -242,7 +240,7 @@ class Cert:
     def key_pem(self) -> str:
         return self.key_path.read_text()
 
-    def chain(self) -> list["Cert"]:
+    def chain(self) -> list[Cert]:
         """This cert followed by its issuers up to the root."""
         out, c = [], self
         while c is not None:
@@ -526,7 +524,7 @@ class Charon:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = 10.0) -> "Charon":
+    def start(self, timeout: float = 10.0) -> Charon:
         """Start charon in the namespace (private /run) and wait until VICI answers."""
         if self.running():
             raise CharonError(f"{self.name}: already running (pid {self.pid})")
@@ -581,7 +579,7 @@ class Charon:
         if self.proc.poll() is None or pid_alive(self.proc.pid):
             raise CharonError(f"{self.name}: pid {self.proc.pid} did not exit")
 
-    def __enter__(self) -> "Charon":
+    def __enter__(self) -> Charon:
         if not self.running():
             self.start()
         return self
@@ -1064,12 +1062,15 @@ _CHILD_KEY_LABELS = {
     "DH secret": "dh_secret",
     "seed": "seed",
 }
-_CHECKIN_RE = re.compile(r"^checkin IKEv2 SA (?P<name>.*)\[(?P<uid>\d+)\] with SPIs (?P<i>[0-9a-f]{16})_i (?P<r>[0-9a-f]{16})_r")
+_CHECKIN_RE = re.compile(r"^checkin IKEv2 SA (?P<name>.*)\[(?P<uid>\d+)\] "
+                         r"with SPIs (?P<i>[0-9a-f]{16})_i (?P<r>[0-9a-f]{16})_r")
 _REKEYED_RE = re.compile(r"^IKE_SA (?P<name>.*)\[(?P<uid>\d+)\] rekeyed between")
 _CHILD_EST_RE = re.compile(
-    r"^(?:inbound )?CHILD_SA (?P<name>.*)\{(?P<uid>\d+)\} established with SPIs (?P<i>[0-9a-f]{8})_i (?P<o>[0-9a-f]{8})_o"
+    r"^(?:inbound )?CHILD_SA (?P<name>.*)\{(?P<uid>\d+)\} "
+    r"established with SPIs (?P<i>[0-9a-f]{8})_i (?P<o>[0-9a-f]{8})_o"
     r"(?: and TS (?P<ts>.*))?$")
-_SUMMARY_RE = re.compile(r"^(?P<verb>generating|parsed) (?P<exch>\S+) (?P<kind>request|response) (?P<mid>\d+) \[ ?(?P<pl>.*?) ?\]$")
+_SUMMARY_RE = re.compile(r"^(?P<verb>generating|parsed) (?P<exch>\S+) (?P<kind>request|response) (?P<mid>\d+) "
+                         r"\[ ?(?P<pl>.*?) ?\]$")
 _SELECTED_RE = re.compile(r"^selected proposal: (?P<p>\S+)$")
 
 

@@ -21,11 +21,11 @@ import secrets
 import time
 from pathlib import Path
 
-import pytest
-
 import netns
 import ours_helpers as H
+import pytest
 import strongswan as ss
+
 from tests.gateway import OurGateway, connection
 from tests.netns_e2e import mobility_topology as M
 

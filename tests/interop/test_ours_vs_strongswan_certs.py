@@ -15,10 +15,9 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
-
 import ours_helpers as H
 import pcapfile
+import pytest
 import strongswan as ss
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]

@@ -18,10 +18,9 @@ import re
 import secrets
 import time
 
-import pytest
-
 import netns
 import ours_helpers as H
+import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
@@ -120,7 +119,7 @@ def _ike_round(env: H.Env, first: str) -> str:
     new_downs = H.ours_events(env.ours, "IKE_SA down")[downs:]
     assert not new_downs, f"spurious IKE_SA down during the collision: {new_downs}"
     env.ping_both_ways(count=1)
-    return "\n".join(l for l in log.splitlines() if "collision" in l)
+    return "\n".join(line for line in log.splitlines() if "collision" in line)
 
 
 MAX_ROUNDS = 4

@@ -15,10 +15,9 @@ import secrets
 import signal
 import time
 
-import pytest
-
 import netns
 import ours_helpers as H
+import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 

@@ -13,10 +13,9 @@ import re
 import secrets
 import time
 
-import pytest
-
 import netns
 import ours_helpers as H
+import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(150)]
 

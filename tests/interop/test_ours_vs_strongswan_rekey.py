@@ -10,9 +10,8 @@ from __future__ import annotations
 import secrets
 import time
 
-import pytest
-
 import ours_helpers as H
+import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 

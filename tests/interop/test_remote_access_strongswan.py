@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import ra_helpers as R
 from ra_helpers import User
 
@@ -180,7 +179,7 @@ def test_ten_clients_get_ten_distinct_addresses(sswan_workdir):
             vips[u.name] = vip
         assert len(set(vips.values())) == 10, f"addresses not distinct: {vips}"
         # each client's tunnel carries its own traffic: ping host_a from every VIP
-        for i, u in enumerate(users):
+        for u in users:
             env.topo.gw.wait_ping(HOST_A, src=vips[u.name], timeout=5)
         ours = env.ours.status()
         assert {s["eap_identity"]: s["virtual_ips"] for s in ours} == {u: [v] for u, v in vips.items()}
@@ -329,7 +328,7 @@ def test_ours_client_against_strongswan_gateway(sswan_workdir, method):
         assert vip in [a.split("/")[0] for a in topo.site.addresses()], topo.site.addresses()
         # DNS file
         assert dns_file.exists(), "our dns_file was not written"
-        servers = [l.split()[1] for l in dns_file.read_text().splitlines() if l.startswith("nameserver")]
+        servers = [line.split()[1] for line in dns_file.read_text().splitlines() if line.startswith("nameserver")]
         assert servers == R.SW_DNS, dns_file.read_text()
         # ping host_b behind strongSwan from our namespace, source = the VIP
         topo.site.wait_ping(HOST_B, src=vip, timeout=5)

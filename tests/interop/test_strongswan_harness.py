@@ -11,9 +11,8 @@ from __future__ import annotations
 import secrets
 import time
 
-import pytest
-
 import netns
+import pytest
 import strongswan as ss
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]

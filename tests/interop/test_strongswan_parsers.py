@@ -6,9 +6,8 @@ import json
 import struct
 from pathlib import Path
 
-import pytest
-
 import pcapfile
+import pytest
 import strongswan as ss
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "strongswan"

@@ -94,7 +94,7 @@ class KnotServer:
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "knotd.log"
 
-    def start(self, timeout: float = 10.0) -> "KnotServer":
+    def start(self, timeout: float = 10.0) -> KnotServer:
         for d in ("run", "db", "zones"):
             (self.dir / d).mkdir(parents=True, exist_ok=True)
         (self.dir / "zones" / f"{self.zone}.zone").write_text(self.zone_text)

@@ -23,6 +23,7 @@ e.g. a replayed ESP packet from the client's old address).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import signal
 import subprocess
@@ -170,7 +171,7 @@ class Pinger:
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
 
-    def start(self) -> "Pinger":
+    def start(self) -> Pinger:
         argv = ["ping", "-D", "-n", "-i", f"{self.interval:g}", "-W", "1"]
         if self.src:
             argv += ["-I", self.src]
@@ -187,7 +188,7 @@ class Pinger:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=2.0)
 
-    def __enter__(self) -> "Pinger":
+    def __enter__(self) -> Pinger:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -215,7 +216,7 @@ class Pinger:
         of ``t`` (a reply already on its way when the link went down arrives just after t).
         Returns (ms, a, b), or None without such a pair."""
         r = [ts for ts, _ in self.replies()]
-        pairs = [(b - a, a, b) for a, b in zip(r, r[1:]) if t - slack <= a <= t + slack]
+        pairs = [(b - a, a, b) for a, b in itertools.pairwise(r) if t - slack <= a <= t + slack]
         if not pairs:
             return None
         d, a, b = max(pairs)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 
 import pytest
 
@@ -73,7 +72,7 @@ def test_garbage_never_crashes_and_tunnel_still_comes_up(tmp_path):
         assert gb.proc.poll() is None and ga.proc.poll() is None
         assert gb.status() == []  # nothing half-open was left behind
         # The log is rate-limited: far fewer lines than datagrams, and a summary later.
-        drops = [l for l in gb.log_lines() if l.get("event") == "dropped datagram"]
+        drops = [e for e in gb.log_lines() if e.get("event") == "dropped datagram"]
         assert 0 < len(drops) <= 30
         # The gateway still works.
         ga.up("to-b")

@@ -8,6 +8,7 @@ link where ESP-in-UDP is captured.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -108,7 +109,7 @@ def test_route_based_interfaces(e2e, tmp_path):
     # the interface has the tunnel MTU (the operator's routes into it inherit it)
     mtu = _gcm256_tunnel_mtu(PATH_MTU)
     for gw, dev in ((a.gw, "vti-a"), (b.gw, "vti-b")):
-        wait_for(lambda: f"mtu {mtu}" in gw.ip("link", "show", dev), 5, f"MTU {mtu} on {dev}")
+        wait_for(lambda gw=gw, dev=dev: f"mtu {mtu}" in gw.ip("link", "show", dev), 5, f"MTU {mtu} on {dev}")
 
     # a prefix with no route into vti-a does not enter the tunnel, whatever the 0/0 selectors
     before = _child(ga)
@@ -367,7 +368,7 @@ def test_keepalives_on_idle_tunnel(e2e, tmp_path):
     for src, dst in ((a.wan, b.wan), (b.wan, a.wan)):
         mine = [p for p in keep if (p.src, p.dst, p.sport, p.dport) == (src, dst, 4500, 4500)]
         assert 2 <= len(mine) <= 5, f"{len(mine)} keepalives {src} -> {dst} in 3.5 s"
-        gaps = [y.time - x.time for x, y in zip(mine, mine[1:])]
+        gaps = [y.time - x.time for x, y in itertools.pairwise(mine)]
         assert all(0.7 < g < 1.5 for g in gaps), gaps
     assert tools.esp_in_udp(pkts) == []  # idle: nothing else on 4500
     for gw, before in ((ga, before_a), (gb, before_b)):

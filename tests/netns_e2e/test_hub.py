@@ -98,7 +98,9 @@ def test_hub_and_three_branches(e2e, tmp_path):
                 assert len(requests) >= 5 and {p.src for p in requests} == {b.host_ip}
                 assert len(replies) >= 5 and {(p.src, p.dst) for p in replies} == {(hub.host_ip, b.host_ip)}
             else:
-                assert d_in == 0 and d_out == 0, (f"branch {b.n}'s ping moved br{n}'s counters", d_in, d_out, [(p.src, p.dst, p.proto) for p in pkts], before[f"br{n}"], after[f"br{n}"])
+                assert d_in == 0 and d_out == 0, (f"branch {b.n}'s ping moved br{n}'s counters", d_in, d_out,
+                                                  [(p.src, p.dst, p.proto) for p in pkts],
+                                                  before[f"br{n}"], after[f"br{n}"])
                 assert requests == [] and replies == [], f"branch {b.n}'s ping seen on br{n}"
 
     # the hub host reaches every branch host (hub-initiated traffic follows the routes)

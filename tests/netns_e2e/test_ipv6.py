@@ -26,10 +26,12 @@ def test_ipv6_outer_and_inner(tmp_path):
         h_a.ip("-6", "route", "add", "default", "via", "fd00:a::1")
         h_b.ip("-6", "route", "add", "default", "via", "fd00:b::1")
         ga = OurGateway(gw_a, tmp_path, "a", [connection("to-b", "2001:db8:1::1", "2001:db8:2::1", "a.example.org",
-                                                         "b.example.org", local_ts="fd00:a::/64", remote_ts="fd00:b::/64")],
+                                                         "b.example.org", local_ts="fd00:a::/64",
+                                                         remote_ts="fd00:b::/64")],
                         listen=["2001:db8:1::1"])
         gb = OurGateway(gw_b, tmp_path, "b", [connection("to-a", "2001:db8:2::1", "2001:db8:1::1", "b.example.org",
-                                                         "a.example.org", local_ts="fd00:b::/64", remote_ts="fd00:a::/64")],
+                                                         "a.example.org", local_ts="fd00:b::/64",
+                                                         remote_ts="fd00:a::/64")],
                         listen=["2001:db8:2::1"])
         ga.start()
         gb.start()

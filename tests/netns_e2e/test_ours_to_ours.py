@@ -96,7 +96,7 @@ def test_trap_policy_starts_tunnel_and_delivers_first_packets(sites):
         assert r.returncode == 0, r.stdout + r.stderr
         (sa, ch), = ga.children()
         assert ch["packets_out"] >= 1
-        assert any(l.get("event") == "traffic for a trap policy: starting the connection" for l in ga.log_lines())
+        assert any(e.get("event") == "traffic for a trap policy: starting the connection" for e in ga.log_lines())
     finally:
         ga.stop()
         gb.stop()
@@ -108,7 +108,7 @@ def _ping_once(site, dst: str) -> None:
 
 
 def _acquires(gw) -> int:
-    return sum(l.get("event") == "traffic for a trap policy: starting the connection" for l in gw.log_lines())
+    return sum(e.get("event") == "traffic for a trap policy: starting the connection" for e in gw.log_lines())
 
 
 def test_trap_rearms_after_the_peer_deletes_the_sa(sites):
@@ -158,8 +158,8 @@ def test_trap_asks_for_a_deleted_child_again_over_the_same_ike_sa(sites):
         _ping_once(a, b.host_ip)
         (sa2, second), = ga.children()
         assert sa2["spi_i"] == sa["spi_i"] and second["spi_in"] != first["spi_in"]
-        assert any(l.get("event") == "traffic for a trap policy: asking for the Child SA again"
-                   for l in ga.log_lines())
+        assert any(e.get("event") == "traffic for a trap policy: asking for the Child SA again"
+                   for e in ga.log_lines())
     finally:
         ga.stop()
         gb.stop()
@@ -181,8 +181,8 @@ def test_dpd_action_trap_restarts_on_traffic(sites):
         for rnd in range(2):  # the trap re-arms: a second loss is handled like the first
             gb.stop()  # the peer dies without a word
             wait_for(lambda: ga.status() == [], 10, "the dead peer to be detected")
-            assert any(l.get("event") == "peer lost: trap policy installed, traffic will restart the connection"
-                       for l in ga.log_lines())
+            assert any(e.get("event") == "peer lost: trap policy installed, traffic will restart the connection"
+                       for e in ga.log_lines())
             gb = OurGateway(b.gw, tmp, f"b{rnd + 2}", conn_b, listen=[b.wan])
             gb.start()
             _ping_once(a, b.host_ip)
@@ -211,12 +211,12 @@ def test_no_tun_device_fails_the_child_visibly(sites):
     try:
         ga.start()
         gb.start()
-        assert any(l.get("event", "").startswith("TUN unavailable") and l.get("level") == "error"
-                   for l in ga.log_lines()), ga.log_tail()
+        assert any(e.get("event", "").startswith("TUN unavailable") and e.get("level") == "error"
+                   for e in ga.log_lines()), ga.log_tail()
         r = ga.cli("up", "to-b", "-s", str(ga.socket), check=False)
         assert r.returncode != 0, r.stdout
         assert "not installed" in r.stderr + r.stdout and "/dev/net/tun" in r.stderr + r.stdout, r.stderr
-        failed = [l for l in ga.log_lines() if l.get("event") == "CHILD_SA installation failed: deleting it"]
+        failed = [e for e in ga.log_lines() if e.get("event") == "CHILD_SA installation failed: deleting it"]
         assert failed and failed[0]["level"] == "error" and "/dev/net/tun" in failed[0]["error"]
         (sa,) = ga.status()
         assert sa["install_errors"] and "not installed" in sa["install_errors"][0]

@@ -24,8 +24,8 @@ class Site:
 def two_sites(grp: NetnsGroup, transit_mtu: int | None = None) -> tuple[Netns, Site, Site]:
     router = grp.add("r", forwarding=True)
     sites = []
-    for tag, wan, rtr, lan_net, idx in (("a", "192.0.2.1", "192.0.2.254", "10.1.0", 1),
-                                        ("b", "198.51.100.1", "198.51.100.254", "10.2.0", 2)):
+    for tag, wan, rtr, lan_net in (("a", "192.0.2.1", "192.0.2.254", "10.1.0"),
+                                   ("b", "198.51.100.1", "198.51.100.254", "10.2.0")):
         gw = grp.add(f"gw{tag}", forwarding=True)
         host = grp.add(f"h{tag}")
         grp.veth(gw, "wan", router, f"to{tag}", a_addrs=[f"{wan}/24"], b_addrs=[f"{rtr}/24"], mtu=transit_mtu)

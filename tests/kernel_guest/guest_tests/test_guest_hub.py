@@ -10,12 +10,11 @@ router -- 198.51.100.{1,65,129}/26 brN -- 10.N.0.2 host-N.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from tests.kernel_guest.guest_tests.test_guest_xfrm import KernelGateway, _wait_states, fact
 from tests.gateway import connection
+from tests.kernel_guest.guest_tests.test_guest_xfrm import KernelGateway, _wait_states, fact
 from tests.netns import NetnsGroup
 from tests.netns_e2e.topology import hub_and_branches
 

@@ -61,7 +61,7 @@ def _udp_once(a, b, port: int, size: int = 3000) -> tuple[bytes | None, bytes]:
         tx.sendto(payload, (b.host_ip, port))
         try:
             return rx.recv(65535), payload
-        except socket.timeout:
+        except TimeoutError:
             return None, payload
     finally:
         tx.close()
@@ -72,7 +72,7 @@ def _rules(ns) -> str:
     return ns.run(["nft", "list", "ruleset"], check=False).stdout
 
 
-def test_policy_based_red_side_fragmentation_nfqueue(sites):
+def test_policy_based_red_side_fragmentation_nfqueue(sites):  # noqa: F811 - pytest injects the imported fixture
     router, a, b = sites
     dpa = XfrmDataPlane(netns=a.gw.name, fragmenter=RedFragmenter(netns=a.gw.name))
     dpb = XfrmDataPlane(netns=b.gw.name, fragmenter=RedFragmenter(netns=b.gw.name))
@@ -181,7 +181,7 @@ def test_policy_based_red_side_fragmentation_nfqueue(sites):
     assert all(TABLE not in r and CHAIN not in r for r in left.values()), left
 
 
-def test_policy_based_ipv6_packet_too_big_from_kernel(sites):
+def test_policy_based_ipv6_packet_too_big_from_kernel(sites):  # noqa: F811 - pytest injects the imported fixture
     """IPv6 inner traffic needs no queue: routers never fragment IPv6, and the kernel answers
     "packet too big" with the bundle's MTU (ip6_forward) before the forward hook."""
     router, a, b = sites

@@ -101,9 +101,9 @@ def count_xfrm(ns, what: str) -> int:
 
 def snmp(ns, key: str) -> int:
     lines = ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
         if names.startswith("Ip:"):
-            d = dict(zip(names.split()[1:], values.split()[1:]))
+            d = dict(zip(names.split()[1:], values.split()[1:], strict=True))
             return int(d[key])
     raise KeyError(key)
 
@@ -664,7 +664,8 @@ def test_strongswan_kernel_netlink_policy_and_route_based(sites, tmp_path):
         fact("strongswan_kernel", {"mbit": mbit, "ours": ours, "theirs": theirs, "states_b": states_b})
         assert set(ours) == {"pol", "rb"} and set(theirs) == {"pol", "rb"}
         for n in ("pol", "rb"):
-            assert ours[n]["spi_in"] == theirs[n]["spi-out"] and ours[n]["spi_out"] == theirs[n]["spi-in"], (n, ours, theirs)
+            assert ours[n]["spi_in"] == theirs[n]["spi-out"] and ours[n]["spi_out"] == theirs[n]["spi-in"], \
+                (n, ours, theirs)
             assert ours[n]["packets_in"] > 100 and int(theirs[n]["packets-in"]) > 100, (n, ours[n], theirs[n])
             assert mbit[n] > 1.0, mbit
         assert ours["rb"]["encap"] and theirs["rb"].get("encap") == "yes" and "espinudp" in states_b
