@@ -11,14 +11,15 @@ demo: setup
 # -ra lists skips and failures at the end.
 PYTEST_OPTS = -ra -o console_output_style=progress
 
-test: setup
+test: setup lint
 	.venv/bin/python -m pytest $(PYTEST_OPTS)
 
 test-fast: setup
 	.venv/bin/python -m pytest $(PYTEST_OPTS) -m "not interop and not netns"
 
-# Linter and type checker (configured in pyproject.toml: ruff rules; mypy strict on ikev2/esp).
-lint:
+# Linter and type checker (configured in pyproject.toml: ruff rules; mypy strict on ikev2/esp),
+# zero findings: `make test` runs them first.
+lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy -p ikev2 -p esp -p vpn_gw
 

@@ -29,7 +29,6 @@ from .sa_core import IkeSACore
 from .ts import all_within, narrow
 
 
-
 def _pfs_only(proposals: list[P.Proposal]) -> bool:
     """Every proposal has a key exchange transform other than NONE (Child SA PFS required)."""
     return bool(proposals) and all(
