@@ -32,6 +32,7 @@ class _Keys:
     local_ip: str
     state: State
     half_open: tuple[bytes, Address] | None  # responder in INIT_DONE: (SPIi, peer address)
+    verified: bool  # admitted with a valid COOKIE (set before the SA is filed, never changes)
     children: frozenset[bytes]  # inbound SPIs of its Child SAs
 
 
@@ -47,6 +48,7 @@ def _keys(sa: IkeSACore) -> _Keys:
         local_ip=sa.local[0],
         state=sa.state,
         half_open=half_open,
+        verified=sa.admitted_with_cookie,
         children=frozenset(c.spi_in for c in sa.children),
     )
 
@@ -95,6 +97,7 @@ class SAIndex(Generic[S]):
         self.by_spi: dict[bytes, S] = {}  # our SPI (SPIr as responder, SPIi as initiator)
         self._half_open: dict[tuple[bytes, Address], S] = {}
         self._half_open_per_ip: Counter[str] = Counter()
+        self._verified_half_open_per_ip: Counter[str] = Counter()  # of those, admitted with a COOKIE
         self._children: dict[bytes, S] = {}  # Child SA inbound SPI -> its IKE SA
         self._by_id: _Multi[S] = _Multi()
         self._by_name: _Multi[S] = _Multi()
@@ -136,6 +139,8 @@ class SAIndex(Generic[S]):
         if k.half_open is not None and (old is None or old.half_open != k.half_open):
             self._half_open[k.half_open] = sa
             self._half_open_per_ip[k.half_open[1][0]] += 1
+            if k.verified:
+                self._verified_half_open_per_ip[k.half_open[1][0]] += 1
         for spi in k.children - (old.children if old is not None else frozenset()):
             self._children[spi] = sa
         if old is None or old.ike_id != k.ike_id:
@@ -163,6 +168,10 @@ class SAIndex(Generic[S]):
             self._half_open_per_ip[ip] -= 1
             if self._half_open_per_ip[ip] <= 0:
                 del self._half_open_per_ip[ip]
+            if k.verified:
+                self._verified_half_open_per_ip[ip] -= 1
+                if self._verified_half_open_per_ip[ip] <= 0:
+                    del self._verified_half_open_per_ip[ip]
         for spi in k.children - (new.children if new is not None else frozenset()):
             if self._children.get(spi) is sa:
                 del self._children[spi]
@@ -192,6 +201,10 @@ class SAIndex(Generic[S]):
     def half_open_count(self, ip: str | None = None) -> int:
         """Responder SAs waiting for IKE_AUTH, in all or from one peer address."""
         return len(self._half_open) if ip is None else self._half_open_per_ip.get(ip, 0)
+
+    def verified_half_open_count(self, ip: str) -> int:
+        """Responder SAs waiting for IKE_AUTH from ``ip`` that were admitted with a valid COOKIE."""
+        return self._verified_half_open_per_ip.get(ip, 0)
 
     def child_owner(self, spi_in: bytes) -> S | None:
         return self._children.get(spi_in)
