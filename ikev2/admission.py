@@ -8,9 +8,10 @@ The order the manager applies (docs/engine.md "Admission"):
 2. a COOKIE is required when the gateway holds ``cookie_threshold`` half-open SAs or the source
    address holds ``half_open_per_address``; without a valid one the request is answered with a
    fresh COOKIE and nothing else is decoded or stored (the fast path);
-3. past the per-address limit only a request with a valid COOKIE gets in, and only while the
-   address holds fewer than the limit of half-open SAs that were admitted with a COOKIE (the
-   others may have been spoofed by someone else) — otherwise dropped;
+3. past the per-address limit only a request with a valid COOKIE gets in, and only by taking the
+   place of the oldest half-open SA from that address that was admitted without a COOKIE (its
+   INIT may have been spoofed by someone else, who must not lock the address out); otherwise it
+   is dropped. An address never holds more than the limit;
 4. the global ``half_open_limit`` (requests without a COOKIE never get that far once
    ``cookie_threshold`` is reached, so the slots between the two are for proven addresses);
 5. the per-address rate of new IKE SAs (token bucket);

@@ -61,7 +61,8 @@ class IkeManager:
         self.cookies = CookieJar(rng, cookie_secret_lifetime, cookie_grace)
         self.new_sa_rate = AddressRate(new_sa_rate_per_address, new_sa_burst_per_address)
         self.admission: dict[str, int] = {"inits_admitted": 0, "inits_admitted_with_cookie": 0,
-                                          "cookies_sent": 0, "cookies_forged": 0, "cookies_stale": 0}
+                                          "cookies_sent": 0, "cookies_forged": 0, "cookies_stale": 0,
+                                          "unproven_half_open_replaced": 0}
         self.fragment_budget = FragmentBudget(fragment_budget_per_sa, fragment_budget_total)
         self.index: SAIndex[IkeSA] = SAIndex()
         self.by_spi = self.index.by_spi  # our SPI -> IKE SA (kept for callers of the old name)
@@ -416,9 +417,21 @@ class IkeManager:
             self._answer_unprotected(header.spi_i, X.IKE_SA_INIT, bytes(4), N.COOKIE,
                                      self.cookies.make(ip, header.spi_i), local, remote)
             return
-        if per_address and here >= per_address and self.index.verified_half_open_count(ip) >= per_address:
-            self._drop("per-address half-open limit reached", peer=peer, limit=per_address)
-            return
+        if per_address and here >= per_address:
+            # Only a COOKIE-proven request gets past the limit, and only by taking the place of a
+            # half-open SA from this address that was not proven (spoofers cannot lock it out).
+            spoofed = self.index.oldest_unverified_half_open(ip) if verified else None
+            if spoofed is None:
+                self._drop("per-address half-open limit reached", peer=peer, limit=per_address)
+                return
+            self.log("info", "replacing an unproven half-open IKE SA with a COOKIE-proven one", peer=peer,
+                     ike_id=spoofed.ike_id)
+            self.admission["unproven_half_open_replaced"] += 1
+            self.sa_calls += 1
+            self._dirty[spoofed] = None
+            spoofed._die(now, "replaced by a COOKIE-proven IKE_SA_INIT")
+            self._collect()
+            half_open = self.index.half_open_count()
         if half_open >= self.half_open_limit:
             self._drop("half-open limit reached", peer=peer, limit=self.half_open_limit)
             return

@@ -97,7 +97,8 @@ class SAIndex(Generic[S]):
         self.by_spi: dict[bytes, S] = {}  # our SPI (SPIr as responder, SPIi as initiator)
         self._half_open: dict[tuple[bytes, Address], S] = {}
         self._half_open_per_ip: Counter[str] = Counter()
-        self._verified_half_open_per_ip: Counter[str] = Counter()  # of those, admitted with a COOKIE
+        # of those, the ones admitted without a COOKIE (maybe spoofed), oldest first
+        self._unverified_half_open: dict[str, dict[S, None]] = {}
         self._children: dict[bytes, S] = {}  # Child SA inbound SPI -> its IKE SA
         self._by_id: _Multi[S] = _Multi()
         self._by_name: _Multi[S] = _Multi()
@@ -139,8 +140,8 @@ class SAIndex(Generic[S]):
         if k.half_open is not None and (old is None or old.half_open != k.half_open):
             self._half_open[k.half_open] = sa
             self._half_open_per_ip[k.half_open[1][0]] += 1
-            if k.verified:
-                self._verified_half_open_per_ip[k.half_open[1][0]] += 1
+            if not k.verified:
+                self._unverified_half_open.setdefault(k.half_open[1][0], {})[sa] = None
         for spi in k.children - (old.children if old is not None else frozenset()):
             self._children[spi] = sa
         if old is None or old.ike_id != k.ike_id:
@@ -168,10 +169,12 @@ class SAIndex(Generic[S]):
             self._half_open_per_ip[ip] -= 1
             if self._half_open_per_ip[ip] <= 0:
                 del self._half_open_per_ip[ip]
-            if k.verified:
-                self._verified_half_open_per_ip[ip] -= 1
-                if self._verified_half_open_per_ip[ip] <= 0:
-                    del self._verified_half_open_per_ip[ip]
+            if not k.verified:
+                unverified = self._unverified_half_open.get(ip)
+                if unverified is not None:
+                    unverified.pop(sa, None)
+                    if not unverified:
+                        del self._unverified_half_open[ip]
         for spi in k.children - (new.children if new is not None else frozenset()):
             if self._children.get(spi) is sa:
                 del self._children[spi]
@@ -202,9 +205,11 @@ class SAIndex(Generic[S]):
         """Responder SAs waiting for IKE_AUTH, in all or from one peer address."""
         return len(self._half_open) if ip is None else self._half_open_per_ip.get(ip, 0)
 
-    def verified_half_open_count(self, ip: str) -> int:
-        """Responder SAs waiting for IKE_AUTH from ``ip`` that were admitted with a valid COOKIE."""
-        return self._verified_half_open_per_ip.get(ip, 0)
+    def oldest_unverified_half_open(self, ip: str) -> S | None:
+        """The oldest responder SA waiting for IKE_AUTH from ``ip`` that was admitted without a
+        COOKIE (its IKE_SA_INIT may have been spoofed), or None."""
+        unverified = self._unverified_half_open.get(ip)
+        return next(iter(unverified)) if unverified else None
 
     def child_owner(self, spi_in: bytes) -> S | None:
         return self._children.get(spi_in)
