@@ -131,7 +131,8 @@ def main() -> None:
         print(f"gateway: {processed} IKE_SA_INIT processed ({processed / wall:,.0f}/s), {cookies} COOKIEs, "
               f"half-open {after['half_open']}, CPU {cpu:.2f}s of {wall:.1f}s wall = "
               f"{cpu / max(processed, 1) * 1e6:.0f} us per INIT processed (incl. the connects)")
-        print(f"legitimate connects: {ok}/{tried} tried during the flood; control socket answered {control_ok}/{control_tries}")
+        print(f"legitimate connects: {ok}/{tried} tried during the flood; "
+              f"control socket answered {control_ok}/{control_tries}")
     finally:
         if flood is not None and flood.poll() is None:
             flood.kill()
