@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import socket
 import struct
 from collections.abc import Callable
 
@@ -29,6 +30,24 @@ from .constants import IKE_HEADER_LEN, NotifyType, PayloadType
 
 COOKIE_FORMAT = 1  # first byte of every COOKIE we send
 _COOKIE_LEN = 1 + 4 + 16  # format, secret generation (u32), truncated HMAC-SHA256
+
+
+def address_key(ip: str) -> str:
+    """What the per-address limits count by: an IPv4 address itself, an IPv6 address by its /64
+    (one host or LAN gets a /64, so any of its 2^64 addresses is the same "address"; an
+    IPv4-mapped IPv6 address counts as the IPv4 address). C calls only: it runs on the fast path."""
+    if ":" not in ip:
+        return ip
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, ip.split("%", 1)[0])
+    except OSError:
+        return ip
+    if packed[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
+
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
 def first_cookie(data: bytes) -> bytes | None:

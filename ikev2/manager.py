@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import payloads as P
-from .admission import AddressRate, CookieJar, first_cookie
+from .admission import AddressRate, CookieJar, address_key, first_cookie
 from .child_sa import ChildState
 from .constants import ExchangeType as X
 from .constants import HeaderFlag
@@ -435,7 +435,7 @@ class IkeManager:
         if half_open >= self.half_open_limit:
             self._drop("half-open limit reached", peer=peer, limit=self.half_open_limit)
             return
-        if not self.new_sa_rate.take(ip, now):
+        if not self.new_sa_rate.take(address_key(ip), now):
             self._drop("per-address rate of new IKE SAs exceeded", peer=peer,
                        rate=self.new_sa_rate.rate, burst=self.new_sa_rate.burst)
             return

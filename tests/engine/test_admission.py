@@ -4,7 +4,7 @@ new IKE SAs, and the IKE fragment reassembly budget."""
 from __future__ import annotations
 
 from ikev2 import payloads as P
-from ikev2.admission import AddressRate, CookieJar
+from ikev2.admission import AddressRate, CookieJar, address_key
 from ikev2.constants import ExchangeType, NotifyType
 from ikev2.ike_sa import State
 from ikev2.manager import IkeManager
@@ -302,3 +302,20 @@ def test_fragment_budget_global_and_memory_released_when_the_sa_goes():
     link.run(300.0, step=5.0)  # the initiator gives up, the half-open SA expires
     assert link.b.half_open_count() == 0 and link.b.sas == []
     assert link.b.counters()["fragment_bytes_held"] == 0
+
+
+def test_ipv6_addresses_count_by_their_64():
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
+    assert address_key("::ffff:192.0.2.9") == address_key("192.0.2.9") == "192.0.2.9"
+    pol = psk_policy("rw", "gw.example.org", "%any", "2001:db8::1", "%any",
+                     [child("net", "10.1.0.0/24", "0.0.0.0/0")])
+    pol.remote_addrs = []
+    gw = IkeManager([pol], DetRandom("gw6"), cookie_threshold=100, half_open_per_address=3, new_sa_rate_per_address=0)
+    init = first_init(client(LEGIT, "v6"))
+    for i in range(10):  # one host hopping through the addresses of its /64
+        spi_i = init[:6] + bytes([0, i])
+        gw.receive(spi_i + init[8:], ("2001:db8::1", 500), (f"2001:db8:1:2::{i + 1:x}", 500), 0.0)
+    assert gw.half_open_count("2001:db8:1:2::99") == 3 and len(gw.sas) == 3
+    assert gw.counters()["cookies_sent"] == 7  # past the limit: COOKIE first (then the limit)
+    gw.receive(init, ("2001:db8::1", 500), ("2001:db8:1:3::1", 500), 0.0)
+    assert gw.half_open_count("2001:db8:1:3::1") == 1  # the next /64 is another address
