@@ -37,7 +37,7 @@ from .exchange_mobike import Mobike
 from .exchange_ppk import PpkExchange
 from .message import Message
 from .sa_common import HALF_OPEN_TIMEOUT, HANDLED_NOTIFIES, ExchangeFailed, State
-from .sk import open_message
+from .sk import FragmentBudgetExceeded, open_message
 
 __all__ = ["IkeSA", "State", "ExchangeFailed"]
 
@@ -136,6 +136,9 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange,
         except IntegrityError as e:
             self.log("warning", "dropped message failing integrity check", exchange=msg.exchange_name,
                      mid=msg.message_id, peer=f"{remote[0]}:{remote[1]}", reason=str(e))
+        except FragmentBudgetExceeded as e:
+            self.log("warning", "dropped IKE fragment set over budget", exchange=msg.exchange_name,
+                     mid=msg.message_id, peer=f"{remote[0]}:{remote[1]}", reason=str(e))
         except ParseError as e:
             self.log("warning", "dropped malformed message", exchange=msg.exchange_name,
                      mid=msg.message_id, peer=f"{remote[0]}:{remote[1]}", reason=str(e))
@@ -169,7 +172,7 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange,
                          mid=msg.message_id, expected=self.peer_next_mid)
                 return
         if isinstance(enc, P.SKFPayload):
-            full = self.reassembler.add(raw, msg, self.sk_in)
+            full = self.reassembler.add(raw, msg, self.sk_in, pre_auth=self.state != State.ESTABLISHED)
             if full is None:
                 return
             inner = full

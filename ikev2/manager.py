@@ -1,18 +1,18 @@
 """All IKE SAs of one gateway, sans-IO: routes datagrams to IKE SAs by SPI, creates responder SAs
-(with COOKIE protection and a half-open limit, RFC 7296 2.6), starts initiators.
+(admission with COOKIEs, global and per-address half-open limits and a per-address rate, RFC 7296
+2.6, see ikev2.admission), starts initiators, and holds the budget of unfinished IKE fragment sets.
 
 The daemon feeds it datagrams (``receive``) and time (``tick``) and drains
 ``pop_datagrams``/``pop_events``; tests run two managers against each other in memory.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import payloads as P
+from .admission import AddressRate, CookieJar, address_key, first_cookie
 from .child_sa import ChildState
 from .constants import ExchangeType as X
 from .constants import HeaderFlag
@@ -25,6 +25,7 @@ from .message import Header, Message, UnsupportedVersion, decode_header, decode_
 from .policy import IkePolicy
 from .sa_core import ActivityProbe, IkeSACore
 from .sa_index import SAIndex
+from .sk import FragmentBudget
 
 if TYPE_CHECKING:
     from .cp import Assignment
@@ -44,20 +45,30 @@ class IkeManager:
     """
 
     def __init__(self, policies: list[IkePolicy], rng: RandomBytes, *, log: LogFn | None = None,
-                 wall_offset: float = 0.0, cookie_threshold: int = 100, half_open_limit: int = 1000):
+                 wall_offset: float = 0.0, cookie_threshold: int = 100, half_open_limit: int = 1000,
+                 half_open_per_address: int = 5, new_sa_rate_per_address: float = 10.0,
+                 new_sa_burst_per_address: int = 20, cookie_secret_lifetime: float = 120.0,
+                 cookie_grace: float = 30.0, fragment_budget_per_sa: int = 64 * 1024,
+                 fragment_budget_total: int = 8 * 1024 * 1024):
         self.policies = list(policies)
         self.rng = rng
         self.log = log or (lambda level, event, **kw: None)
         self.wall_offset = wall_offset
+        # Admission (ikev2.admission; 0 per address = no limit); plain attributes, reload sets them.
         self.cookie_threshold = cookie_threshold
         self.half_open_limit = half_open_limit
+        self.half_open_per_address = half_open_per_address
+        self.cookies = CookieJar(rng, cookie_secret_lifetime, cookie_grace)
+        self.new_sa_rate = AddressRate(new_sa_rate_per_address, new_sa_burst_per_address)
+        self.admission: dict[str, int] = {"inits_admitted": 0, "inits_admitted_with_cookie": 0,
+                                          "cookies_sent": 0, "cookies_forged": 0, "cookies_stale": 0,
+                                          "unproven_half_open_replaced": 0}
+        self.fragment_budget = FragmentBudget(fragment_budget_per_sa, fragment_budget_total)
         self.index: SAIndex[IkeSA] = SAIndex()
         self.by_spi = self.index.by_spi  # our SPI -> IKE SA (kept for callers of the old name)
         self._timers: DeadlineHeap[IkeSA] = DeadlineHeap()
         self._dirty: dict[IkeSA, None] = {}  # SAs that changed since the last collection, in order
         self._next_id = 1
-        self._cookie_secret = rng(32)
-        self._cookie_version = 0
         self._out: list[tuple[bytes, Address, Address]] = []
         self._events: list[Event] = []
         self.dropped: dict[str, int] = {}
@@ -87,6 +98,7 @@ class IkeManager:
 
     def _add(self, sa: IkeSA) -> None:
         sa.activity_probe = self.activity_probe
+        sa.fragment_budget = self.fragment_budget
         sa.on_change = self._mark
         self.index.update(sa)
         self._dirty[sa] = None
@@ -119,6 +131,8 @@ class IkeManager:
                     succ.ike_id = sa.ike_id
                     self._add(succ)
             if sa.state == State.DELETED:
+                if sa._reassembler is not None:
+                    sa._reassembler.reset()  # its unfinished fragments go back to the budget
                 self.index.remove(sa)
                 self._timers.remove(sa)
                 sa.on_change = None
@@ -278,7 +292,9 @@ class IkeManager:
         return n
 
     def tick(self, now: float) -> None:
-        """Fire the timers that are due (only those SAs are touched), earliest first."""
+        """Fire the timers that are due (only those SAs are touched), earliest first; rotate the
+        COOKIE secret when its lifetime is over."""
+        self.cookies.advance(now)
         for sa in self._timers.pop_due(now):
             self._dirty[sa] = None
             self._guarded(sa, sa.tick, now)
@@ -309,6 +325,14 @@ class IkeManager:
         """Counts without visiting any SA: IKE SAs by state, half-open, Child SAs."""
         return {"ike_sas": len(self.index), "by_state": self.index.count_by_state(),
                 "half_open": self.index.half_open_count(), "child_sas": self.index.child_count()}
+
+    def counters(self) -> dict[str, Any]:
+        """Admission and resource counters (the daemon's ``stats`` "ike" section), O(1)."""
+        return {"half_open": self.index.half_open_count(), "half_open_limit": self.half_open_limit,
+                "cookie_threshold": self.cookie_threshold, "half_open_per_address": self.half_open_per_address,
+                **self.admission, "dropped": dict(self.dropped),
+                "cookie_generation": self.cookies.generation, "cookie_rotations": self.cookies.rotations,
+                "rate_tracked_addresses": len(self.new_sa_rate), **self.fragment_budget.counters()}
 
     def half_open_count(self, ip: str | None = None) -> int:
         """Responder IKE SAs waiting for IKE_AUTH: all, or those from peer address ``ip``."""
@@ -363,6 +387,7 @@ class IkeManager:
                 sa.state = State.DELETED
 
     def _receive_new_init(self, data: bytes, header: Header, local: Address, remote: Address, now: float) -> None:
+        """Admission of a new IKE SA, in the order of ikev2.admission's docstring."""
         peer = f"{remote[0]}:{remote[1]}"
         # A retransmitted IKE_SA_INIT for a half-open SA: let it answer again.
         sa = self.index.half_open(header.spi_i, remote)
@@ -374,6 +399,45 @@ class IkeManager:
                 return
             self._guarded(sa, sa.receive, data, msg, local, remote, now)
             self._collect()
+            return
+        # The stateless fast path: header and first payload only.
+        self.cookies.advance(now)
+        ip = remote[0]
+        half_open = self.index.half_open_count()
+        here = self.index.half_open_count(ip)
+        per_address = self.half_open_per_address
+        cookie = first_cookie(data)
+        verdict = self.cookies.check(cookie, ip, header.spi_i, now) if cookie is not None else "absent"
+        if verdict in ("forged", "stale"):
+            self.admission[f"cookies_{verdict}"] += 1
+        verified = verdict == "valid"
+        if not verified and (half_open >= self.cookie_threshold or (per_address and here >= per_address)):
+            self.admission["cookies_sent"] += 1
+            self.log("info", "asking for a cookie", peer=peer, half_open=half_open, reason=verdict)
+            self._answer_unprotected(header.spi_i, X.IKE_SA_INIT, bytes(4), N.COOKIE,
+                                     self.cookies.make(ip, header.spi_i), local, remote)
+            return
+        if per_address and here >= per_address:
+            # Only a COOKIE-proven request gets past the limit, and only by taking the place of a
+            # half-open SA from this address that was not proven (spoofers cannot lock it out).
+            spoofed = self.index.oldest_unverified_half_open(ip) if verified else None
+            if spoofed is None:
+                self._drop("per-address half-open limit reached", peer=peer, limit=per_address)
+                return
+            self.log("info", "replacing an unproven half-open IKE SA with a COOKIE-proven one", peer=peer,
+                     ike_id=spoofed.ike_id)
+            self.admission["unproven_half_open_replaced"] += 1
+            self.sa_calls += 1
+            self._dirty[spoofed] = None
+            spoofed._die(now, "replaced by a COOKIE-proven IKE_SA_INIT")
+            self._collect()
+            half_open = self.index.half_open_count()
+        if half_open >= self.half_open_limit:
+            self._drop("half-open limit reached", peer=peer, limit=self.half_open_limit)
+            return
+        if not self.new_sa_rate.take(address_key(ip), now):
+            self._drop("per-address rate of new IKE SAs exceeded", peer=peer,
+                       rate=self.new_sa_rate.rate, burst=self.new_sa_rate.burst)
             return
         try:
             msg = decode_message(data)
@@ -390,19 +454,6 @@ class IkeManager:
         if msg.message_id != 0:
             self._drop("IKE_SA_INIT with non-zero message ID", peer=peer)
             return
-        half_open = self.index.half_open_count()
-        if half_open >= self.half_open_limit:
-            self._drop("half-open limit reached", peer=peer, limit=self.half_open_limit)
-            return
-        nonce = msg.get(P.NoncePayload)
-        if half_open >= self.cookie_threshold and nonce is not None:
-            expected = self._cookie(nonce.data, remote[0], header.spi_i)
-            got = msg.notify(N.COOKIE)
-            if got is None or not hmac.compare_digest(got.data, expected):
-                self.log("info", "asking for a cookie", peer=peer, half_open=half_open)
-                self._answer_unprotected(header.spi_i, X.IKE_SA_INIT, bytes(4), N.COOKIE, expected,
-                                         local, remote)
-                return
         candidates = [p for p in self.policies if p.matches_addresses(local[0], remote[0])]
         if not candidates:
             self._drop("no connection for these addresses", peer=peer, local=local[0])
@@ -411,13 +462,12 @@ class IkeManager:
             return
         sa = IkeSA(ike_id=self._new_id(), initiator=False, policy=None, candidates=candidates, local=local,
                    remote=remote, rng=self.rng, now=now, log=self.log, wall_offset=self.wall_offset)
+        sa.admitted_with_cookie = verified
+        self.admission["inits_admitted"] += 1
+        self.admission["inits_admitted_with_cookie"] += verified
         self._add(sa)
         self._guarded(sa, sa.receive, data, msg, local, remote, now)
         self._collect()
-
-    def _cookie(self, ni: bytes, ip: str, spi_i: bytes) -> bytes:
-        digest = hashlib.sha256(ni + ipaddress.ip_address(ip).packed + spi_i + self._cookie_secret).digest()
-        return bytes([self._cookie_version]) + digest[:16]
 
     def _answer_unprotected(self, spi_i: bytes, exchange: int, mid: bytes, notify: int, data: bytes,
                             local: Address, remote: Address) -> None:

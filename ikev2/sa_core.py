@@ -47,7 +47,7 @@ from .sa_common import (
     ResponseHandler,
     State,
 )
-from .sk import FragmentReassembler, SKKeys, seal
+from .sk import FragmentBudget, FragmentReassembler, SKKeys, seal
 from .summary import payload_summary
 
 ActivityProbe = Callable[[bytes], "float | None"]
@@ -76,7 +76,7 @@ class IkeSACore:
         "delete_reason", "successor", "successors", "_ike_rekey_nonce", "_ike_collision", "redundant",
         "collision_candidate", "forget_at", "_eap_async", "_eap_async_tickets", "_assign_async",
         "_assign_async_tickets", "peer_intermediate", "_int_chain_obj", "_followups_obj", "peer_use_ppk",
-        "_ppk_for_auth", "_ppk_peer_id", "ppk_used",
+        "_ppk_for_auth", "_ppk_peer_id", "ppk_used", "admitted_with_cookie", "fragment_budget",
     )
 
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
@@ -157,6 +157,10 @@ class IkeSACore:
         # callable(spi_in) -> last inbound ESP time, set by the manager
         self.activity_probe: ActivityProbe | None = None
         self._reassembler: FragmentReassembler | None = None  # created by the first SKF fragment
+        # Shared by all SAs of a manager (set by it): bytes of unfinished fragment sets (RFC 7383)
+        self.fragment_budget: FragmentBudget | None = None
+        # Responder: the IKE_SA_INIT carried a valid COOKIE (the peer owns its address; ikev2.admission)
+        self.admitted_with_cookie = False
         # Called whenever this SA queues output or a request: the manager collects only from SAs
         # that changed (see ikev2.manager), also after a direct call such as rekey_child().
         self.on_change: Callable[[IkeSACore], None] | None = None
@@ -192,7 +196,7 @@ class IkeSACore:
     def reassembler(self) -> FragmentReassembler:
         """SKF reassembly state (RFC 7383), created on the first fragment."""
         if self._reassembler is None:
-            self._reassembler = FragmentReassembler()
+            self._reassembler = FragmentReassembler(budget=self.fragment_budget)
         return self._reassembler
 
     @property

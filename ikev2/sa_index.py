@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from .admission import address_key
 from .events import Address
 from .sa_common import State
 from .sa_core import IkeSACore
@@ -32,6 +33,7 @@ class _Keys:
     local_ip: str
     state: State
     half_open: tuple[bytes, Address] | None  # responder in INIT_DONE: (SPIi, peer address)
+    verified: bool  # admitted with a valid COOKIE (set before the SA is filed, never changes)
     children: frozenset[bytes]  # inbound SPIs of its Child SAs
 
 
@@ -47,6 +49,7 @@ def _keys(sa: IkeSACore) -> _Keys:
         local_ip=sa.local[0],
         state=sa.state,
         half_open=half_open,
+        verified=sa.admitted_with_cookie,
         children=frozenset(c.spi_in for c in sa.children),
     )
 
@@ -95,6 +98,8 @@ class SAIndex(Generic[S]):
         self.by_spi: dict[bytes, S] = {}  # our SPI (SPIr as responder, SPIi as initiator)
         self._half_open: dict[tuple[bytes, Address], S] = {}
         self._half_open_per_ip: Counter[str] = Counter()
+        # of those, the ones admitted without a COOKIE (maybe spoofed), oldest first
+        self._unverified_half_open: dict[str, dict[S, None]] = {}
         self._children: dict[bytes, S] = {}  # Child SA inbound SPI -> its IKE SA
         self._by_id: _Multi[S] = _Multi()
         self._by_name: _Multi[S] = _Multi()
@@ -135,7 +140,10 @@ class SAIndex(Generic[S]):
             self.by_spi[k.our_spi] = sa
         if k.half_open is not None and (old is None or old.half_open != k.half_open):
             self._half_open[k.half_open] = sa
-            self._half_open_per_ip[k.half_open[1][0]] += 1
+            key = address_key(k.half_open[1][0])
+            self._half_open_per_ip[key] += 1
+            if not k.verified:
+                self._unverified_half_open.setdefault(key, {})[sa] = None
         for spi in k.children - (old.children if old is not None else frozenset()):
             self._children[spi] = sa
         if old is None or old.ike_id != k.ike_id:
@@ -159,10 +167,16 @@ class SAIndex(Generic[S]):
         if k.half_open is not None and (new is None or new.half_open != k.half_open) \
                 and self._half_open.get(k.half_open) is sa:
             del self._half_open[k.half_open]
-            ip = k.half_open[1][0]
+            ip = address_key(k.half_open[1][0])
             self._half_open_per_ip[ip] -= 1
             if self._half_open_per_ip[ip] <= 0:
                 del self._half_open_per_ip[ip]
+            if not k.verified:
+                unverified = self._unverified_half_open.get(ip)
+                if unverified is not None:
+                    unverified.pop(sa, None)
+                    if not unverified:
+                        del self._unverified_half_open[ip]
         for spi in k.children - (new.children if new is not None else frozenset()):
             if self._children.get(spi) is sa:
                 del self._children[spi]
@@ -190,8 +204,15 @@ class SAIndex(Generic[S]):
         return self._half_open.get((spi_i, remote))
 
     def half_open_count(self, ip: str | None = None) -> int:
-        """Responder SAs waiting for IKE_AUTH, in all or from one peer address."""
-        return len(self._half_open) if ip is None else self._half_open_per_ip.get(ip, 0)
+        """Responder SAs waiting for IKE_AUTH, in all or from one peer address (an IPv6 address:
+        from its /64, see ikev2.admission.address_key)."""
+        return len(self._half_open) if ip is None else self._half_open_per_ip.get(address_key(ip), 0)
+
+    def oldest_unverified_half_open(self, ip: str) -> S | None:
+        """The oldest responder SA waiting for IKE_AUTH from ``ip`` (IPv6: its /64) that was
+        admitted without a COOKIE (its IKE_SA_INIT may have been spoofed), or None."""
+        unverified = self._unverified_half_open.get(address_key(ip))
+        return next(iter(unverified)) if unverified else None
 
     def child_owner(self, spi_in: bytes) -> S | None:
         return self._children.get(spi_in)

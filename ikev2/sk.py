@@ -168,16 +168,52 @@ def open_message(raw: bytes, msg: Message, keys: SKKeys) -> Message:
     return out
 
 
+class FragmentBudgetExceeded(ParseError):
+    """An SKF fragment would take an unfinished fragment set over its budget: the set is dropped."""
+
+
+class FragmentBudget:
+    """Bytes held in unfinished SKF fragment sets (RFC 7383) by all IKE SAs of a manager.
+
+    ``per_sa``: the most one IKE SA may hold before IKE_AUTH completes (its peer is not yet
+    authenticated; afterwards the reassembler's own ``max_bytes`` applies); ``total``: the most
+    all IKE SAs together may hold. Over either, the SA's unfinished set is dropped (its memory
+    released) and the fragment refused; the peer retransmits. Counts decrypted fragment content.
+    """
+
+    __slots__ = ("per_sa", "total", "held", "peak", "refused_per_sa", "refused_total")
+
+    def __init__(self, per_sa: int = 64 * 1024, total: int = 8 * 1024 * 1024):
+        self.per_sa = per_sa
+        self.total = total
+        self.held = 0
+        self.peak = 0
+        self.refused_per_sa = 0
+        self.refused_total = 0
+
+    def counters(self) -> dict[str, int]:
+        return {"fragment_bytes_held": self.held, "fragment_bytes_peak": self.peak,
+                "fragment_budget_per_sa": self.per_sa, "fragment_budget_total": self.total,
+                "fragment_sets_refused_per_sa": self.refused_per_sa,
+                "fragment_sets_refused_total": self.refused_total}
+
+
 class FragmentReassembler:
     """Collects the SKF fragments of one message (RFC 7383 2.6). Each fragment is verified and
     decrypted on arrival; when all are in, ``add`` returns the reassembled Message.
 
-    Bounded: at most ``max_fragments`` fragments and ``max_bytes`` of decrypted content.
+    Bounded: at most ``max_fragments`` fragments and ``max_bytes`` of decrypted content, and by
+    the manager's ``FragmentBudget`` (per SA before IKE_AUTH completes, and for all SAs).
     """
 
-    def __init__(self, max_fragments: int = 64, max_bytes: int = 128 * 1024):
+    __slots__ = ("max_fragments", "max_bytes", "budget", "message_id", "total", "first_inner", "pieces",
+                 "size")
+
+    def __init__(self, max_fragments: int = 64, max_bytes: int = 128 * 1024,
+                 budget: FragmentBudget | None = None):
         self.max_fragments = max_fragments
         self.max_bytes = max_bytes
+        self.budget = budget
         self.message_id: int | None = None
         self.total = 0
         self.first_inner: int = PayloadType.NONE
@@ -185,13 +221,17 @@ class FragmentReassembler:
         self.size = 0
 
     def reset(self) -> None:
+        """Forget the unfinished set and give its bytes back to the budget."""
+        if self.budget is not None:
+            self.budget.held -= self.size
         self.message_id = None
         self.total = 0
         self.pieces.clear()
         self.size = 0
         self.first_inner = PayloadType.NONE
 
-    def add(self, raw: bytes, msg: Message, keys: SKKeys) -> Message | None:
+    def add(self, raw: bytes, msg: Message, keys: SKKeys, *, pre_auth: bool = False) -> Message | None:
+        """One SKF fragment; ``pre_auth``: IKE_AUTH has not completed (the per-SA budget applies)."""
         enc = msg.encrypted
         if not isinstance(enc, SKFPayload):
             raise ParseError("expected an SKF payload", IKE_HEADER_LEN, "SKF")
@@ -216,6 +256,20 @@ class FragmentReassembler:
         if self.size + len(piece) > self.max_bytes:
             self.reset()
             raise ParseError(f"reassembled message exceeds {self.max_bytes} bytes", enc.offset, "SKF")
+        b = self.budget
+        if b is not None:
+            if pre_auth and self.size + len(piece) > b.per_sa:
+                self.reset()
+                b.refused_per_sa += 1
+                raise FragmentBudgetExceeded(f"unfinished fragment set exceeds the per-SA budget of {b.per_sa} "
+                                             "bytes before IKE_AUTH", enc.offset, "SKF")
+            if b.held + len(piece) > b.total:
+                self.reset()
+                b.refused_total += 1
+                raise FragmentBudgetExceeded(f"fragment sets of all IKE SAs exceed the budget of {b.total} bytes",
+                                             enc.offset, "SKF")
+            b.held += len(piece)
+            b.peak = max(b.peak, b.held)
         self.pieces[enc.fragment_number] = piece
         self.size += len(piece)
         if enc.fragment_number == 1:

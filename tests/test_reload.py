@@ -74,6 +74,28 @@ def test_reload_applies_live_settings_and_logs(tmp_path):
     assert ok["origin"] == "SIGHUP" and ok["gateway_changed"] == ["half_open_limit", "cookie_threshold"]
 
 
+def test_reload_applies_admission_and_fragment_budget_settings(tmp_path):
+    path = _write(tmp_path)
+    gw = Gateway(load_config(path))
+    m = gw.manager
+    assert (m.half_open_per_address, m.new_sa_rate.rate, m.new_sa_rate.burst, m.cookies.lifetime,
+            m.cookies.grace, m.fragment_budget.per_sa, m.fragment_budget.total) == \
+        (5, 10.0, 20, 120.0, 30.0, 65536, 8 << 20)
+    path.write_text(path.read_text().replace('log_level = "info"', '\n'.join([
+        'log_level = "info"', "half_open_per_address = 2", "new_sa_rate_per_address = 0.5",
+        "new_sa_burst_per_address = 3", 'cookie_secret_lifetime = "60s"', 'cookie_grace = "5s"',
+        'fragment_budget_per_sa = "16K"', 'fragment_budget_total = "1M"'])))
+
+    async def go():
+        return gw.reload(origin="control")
+    result = asyncio.run(go())
+    assert (m.half_open_per_address, m.new_sa_rate.rate, m.new_sa_rate.burst, m.cookies.lifetime,
+            m.cookies.grace, m.fragment_budget.per_sa, m.fragment_budget.total) == \
+        (2, 0.5, 3, 60.0, 5.0, 16384, 1 << 20)
+    assert len(result["gateway_changed"]) == 7
+    assert gw.stats()["ike"]["fragment_budget_total"] == 1 << 20
+
+
 def test_restart_only_change_refuses_the_whole_reload(tmp_path):
     path = _write(tmp_path)
     gw = Gateway(load_config(path))

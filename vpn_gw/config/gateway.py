@@ -75,6 +75,13 @@ class GatewayConfig:
     tcp_idle_timeout: float = 30.0          # no established IKE SA and no IKE frame for this long: closed
     tcp_max_unauth_frame: int = 16384       # largest frame on a connection without an established IKE SA
     tcp_max_buffered: int = 32 << 20        # partial-frame bytes held by all TCP connections together
+    half_open_per_address: int = 5          # half-open IKE SAs from one IP address (ikev2.admission), 0 = off
+    new_sa_rate_per_address: float = 10.0   # new IKE SAs per second from one IP address, 0 = off
+    new_sa_burst_per_address: int = 20      # ... token bucket depth
+    cookie_secret_lifetime: float = 120.0   # COOKIE secret replaced this often
+    cookie_grace: float = 30.0              # COOKIEs of the previous secret accepted this long after
+    fragment_budget_per_sa: int = 64 << 10  # unfinished IKE fragment bytes per SA before IKE_AUTH
+    fragment_budget_total: int = 8 << 20    # unfinished IKE fragment bytes, all SAs together
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
     retransmit_base: float = 1.8            # back-off factor
     retransmit_tries: int = 5               # retransmissions before giving up
@@ -151,6 +158,23 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
     tcp_max_buffered = g.get("tcp_max_buffered", _size, 32 << 20)
     if _ok(tcp_max_buffered) and tcp_max_buffered < 65536:
         ctx.error(("gateway", "tcp_max_buffered"), f"must be at least 64K, got {tcp_max_buffered}")
+    half_open_per_address = g.get("half_open_per_address", _int(0), 5)
+    new_sa_rate_per_address = g.get("new_sa_rate_per_address", _float(0.0, 1e6), 10.0)
+    new_sa_burst_per_address = g.get("new_sa_burst_per_address", _int(1, 1 << 20), 20)
+    cookie_secret_lifetime = g.get("cookie_secret_lifetime", _duration, 120.0)
+    if _ok(cookie_secret_lifetime) and cookie_secret_lifetime < 1:
+        ctx.error(("gateway", "cookie_secret_lifetime"), "must be at least 1s")
+    cookie_grace = g.get("cookie_grace", _duration, 30.0)
+    if _ok(cookie_grace, cookie_secret_lifetime) and not 0 <= cookie_grace <= cookie_secret_lifetime:
+        ctx.error(("gateway", "cookie_grace"),
+                  f"must be 0s to cookie_secret_lifetime ({cookie_secret_lifetime:g}s), got {cookie_grace:g}s")
+    fragment_budget_per_sa = g.get("fragment_budget_per_sa", _size, 64 << 10)
+    if _ok(fragment_budget_per_sa) and not 4096 <= fragment_budget_per_sa <= 128 << 10:
+        ctx.error(("gateway", "fragment_budget_per_sa"), f"must be 4K to 128K, got {fragment_budget_per_sa}")
+    fragment_budget_total = g.get("fragment_budget_total", _size, 8 << 20)
+    if _ok(fragment_budget_total, fragment_budget_per_sa) and fragment_budget_total < fragment_budget_per_sa:
+        ctx.error(("gateway", "fragment_budget_total"),
+                  f"must be at least fragment_budget_per_sa ({fragment_budget_per_sa}), got {fragment_budget_total}")
     retransmit_timeout = g.get("retransmit_timeout", _duration, 4.0)
     retransmit_base = g.get("retransmit_base", _float(1.0, 4.0), 1.8)
     retransmit_tries = g.get("retransmit_tries", _int(0, 20), 5)
@@ -172,6 +196,10 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
                 tcp_max_connections=tcp_max_connections,
                 tcp_max_per_source=tcp_max_per_source, tcp_idle_timeout=tcp_idle_timeout,
                 tcp_max_unauth_frame=tcp_max_unauth_frame, tcp_max_buffered=tcp_max_buffered,
+                half_open_per_address=half_open_per_address, new_sa_rate_per_address=new_sa_rate_per_address,
+                new_sa_burst_per_address=new_sa_burst_per_address, cookie_secret_lifetime=cookie_secret_lifetime,
+                cookie_grace=cookie_grace, fragment_budget_per_sa=fragment_budget_per_sa,
+                fragment_budget_total=fragment_budget_total,
                 retransmit_timeout=retransmit_timeout, retransmit_base=retransmit_base,
                 retransmit_tries=retransmit_tries, dns_servers=dns_servers, dns_port=dns_port,
                 dns_timeout=dns_timeout, dns_min_ttl=dns_min_ttl, dns_max_ttl=dns_max_ttl)

@@ -13,7 +13,9 @@ GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level"
                 "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
                 "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port", "metrics_listen",
                 "tcp_max_connections", "tcp_max_per_source", "tcp_idle_timeout", "tcp_max_unauth_frame",
-                "tcp_max_buffered")
+                "tcp_max_buffered", "half_open_per_address", "new_sa_rate_per_address",
+                "new_sa_burst_per_address", "cookie_secret_lifetime", "cookie_grace", "fragment_budget_per_sa",
+                "fragment_budget_total")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
     "users_file", "eap_identity", "eap_password", "psk", "certs",

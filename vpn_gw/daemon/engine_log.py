@@ -15,7 +15,7 @@ log = structlog.get_logger("vpn_gw")
 FLOODABLE = frozenset({"dropped datagram", "dropped malformed message",
                        "dropped message failing integrity check", "IKE_SA_INIT refused",
                        "asking for a cookie", "dropped request with unexpected message ID",
-                       "dropped unexpected response"})
+                       "dropped unexpected response", "dropped IKE fragment set over budget"})
 
 
 class EngineLog:

@@ -31,7 +31,7 @@ from vpn_gw.daemon.control_handlers import ControlHandlers
 from vpn_gw.daemon.engine_log import EngineLog
 from vpn_gw.daemon.events import RETRY_DELAY, EventRouter, Waiters
 from vpn_gw.daemon.lifetimes import LifetimeWatcher
-from vpn_gw.daemon.reload import ReloadRefused, apply_gateway_settings, check_live
+from vpn_gw.daemon.reload import ReloadRefused, apply_gateway_settings, check_live, configure_admission
 from vpn_gw.daemon.roaming import RoamingWatcher
 from vpn_gw.daemon.routes import ConnectionRoutes
 from vpn_gw.daemon.scheduler import Scheduler
@@ -103,6 +103,7 @@ class Gateway:
                                   log=self.engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
                                   cookie_threshold=config.cookie_threshold)
+        configure_admission(self.manager, config)
         self.manager.set_activity_probe(self.dataplane.last_rx)
         if hasattr(self.dataplane, "send_udp_batch") and config.offload:
             self.dataplane.send_udp_batch = self.send_esp_batch
@@ -286,7 +287,7 @@ class Gateway:
 
     def stats(self) -> dict[str, Any]:
         return {"probe": self.probe_responder.counters(), "tcp": self.tcp.counters(),
-                "dataplane": self.dataplane.stats()}
+                "dataplane": self.dataplane.stats(), "ike": self.manager.counters()}
 
     def reload(self, origin: str = "control") -> dict[str, Any]:
         """Re-read the configuration file and apply it (`vpn-gw reload`, SIGHUP), telling systemd

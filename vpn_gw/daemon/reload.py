@@ -9,12 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ikev2.manager import IkeManager
     from vpn_gw.config import GatewayConfig
     from vpn_gw.daemon.gateway import Gateway
 
 # Applied by reload, for running SAs as well unless noted:
 LIVE_KEYS = frozenset({
-    "half_open_limit", "cookie_threshold",         # IkeManager admission
+    "half_open_limit", "cookie_threshold",         # IkeManager admission (ikev2.admission)
+    "half_open_per_address", "new_sa_rate_per_address", "new_sa_burst_per_address",
+    "cookie_secret_lifetime", "cookie_grace",      # the next rotation uses them
+    "fragment_budget_per_sa", "fragment_budget_total",  # checked at every fragment
     "log_level", "log_format",                     # unless `vpn-gw run --log-level/--log-format` set them
     "keepalive_interval",                          # NAT-T keepalive loop of the data plane
     "retransmit_timeout", "retransmit_base", "retransmit_tries",  # IKE SAs negotiated after the reload
@@ -44,12 +48,24 @@ def check_live(gateway_changed: tuple[str, ...]) -> None:
             f"(nothing was applied; restart the daemon, or put the old value back and reload)")
 
 
+def configure_admission(m: IkeManager, cfg: GatewayConfig) -> None:
+    """The admission and fragment-budget settings of ``cfg`` on manager ``m`` (start and reload)."""
+    m.half_open_limit = cfg.half_open_limit
+    m.cookie_threshold = cfg.cookie_threshold
+    m.half_open_per_address = cfg.half_open_per_address
+    m.new_sa_rate.rate = cfg.new_sa_rate_per_address
+    m.new_sa_rate.burst = cfg.new_sa_burst_per_address
+    m.cookies.lifetime = cfg.cookie_secret_lifetime
+    m.cookies.grace = cfg.cookie_grace
+    m.fragment_budget.per_sa = cfg.fragment_budget_per_sa
+    m.fragment_budget.total = cfg.fragment_budget_total
+
+
 def apply_gateway_settings(gw: Gateway, old: GatewayConfig, new: GatewayConfig,
                            changed: tuple[str, ...]) -> None:
     """Apply the live ``[gateway]`` keys in ``changed`` (all in LIVE_KEYS) to the running parts."""
     m = gw.manager
-    m.half_open_limit = new.half_open_limit
-    m.cookie_threshold = new.cookie_threshold
+    configure_admission(m, new)
     if "keepalive_interval" in changed:
         setter = getattr(gw.dataplane, "set_keepalive_interval", None)
         if setter is not None:
