@@ -148,7 +148,7 @@ def test_udp_blocked_tunnel_over_tcp(e2e, topo, tmp_path):
         cap.stop()
     chosen = events(client, "transport chosen")
     assert [e["transport"] for e in chosen] == ["tcp"], chosen
-    assert "UDP blocked" in chosen[0]["reason"]
+    assert "UDP is blocked" in chosen[0]["reason"]  # the probe's verdict, quoted in the log
     # the probe gave up within its timeout; the whole `up` took little more
     assert PROBE_TIMEOUT <= took < PROBE_TIMEOUT + 6, took
     for gw, port in ((client, "remote_port"), (hub, "local_port")):
