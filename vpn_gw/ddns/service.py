@@ -251,12 +251,21 @@ class DdnsService:
             self._tasks.append(loop.create_task(self._periodic()))
 
     async def _start_watcher(self, iface: str) -> None:
-        w = ddns.AddressWatcher(iface, self._on_change(iface))
-        try:
-            await w.start()
-            self.watchers[iface] = w
-        except Exception as e:  # noqa: BLE001 - a missing interface must not stop the gateway
-            log.error("cannot watch interface for DDNS", interface=iface, error=str(e))
+        """Start the interface's watcher; a failure (e.g. EBUSY from a netlink bind racing with
+        the data plane's netlink socket at start-up) is retried after 1 s, doubling up to 30 s:
+        a gateway must not stay unpublished for its whole life because of one failed start."""
+        delay = 1.0
+        while True:
+            w = ddns.AddressWatcher(iface, self._on_change(iface))
+            try:
+                await w.start()
+                self.watchers[iface] = w
+                return
+            except Exception as e:  # noqa: BLE001 - a missing interface must not stop the gateway
+                log.error("cannot watch interface for DDNS (retrying)", interface=iface, error=str(e),
+                          retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
