@@ -14,10 +14,11 @@ namespace), so the clients spread over both gateways. Both gateways protect 10.1
 have 10.10.0.1 on lo (the ping target). PostgreSQL runs on a Unix socket (reached from both
 namespaces through the file system).
 
-Checked: N clients spread over both gateways get distinct addresses from the one pool; gateway
-A is killed (SIGKILL: no release, no withdrawal); B withdraws A's record after A's heartbeat
-lapsed; A's clients redial the name, land on B and get their same addresses back; at every step
-no address is bound twice and no identity holds two addresses (checked in the database).
+Checked: N = 200 clients (the whole test ~22 s on the shared 2-core machine) spread over both
+gateways get distinct addresses from the one pool; gateway A is killed (SIGKILL: no release, no
+withdrawal); B withdraws A's record after A's heartbeat lapsed; A's clients redial the name,
+land on B and get their same addresses back; at every step no address is bound twice and no
+identity holds two addresses (checked in the database).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from vpn_gw.pools.postgres import PgPoolStore  # noqa: E402
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
 
-N = 20
+N = 200                     # clients (issue 17 asks 20); 198.51.100.11-210, 200 of the pool's 253
 GW_A = "192.0.2.10"
 GW_B = "203.0.113.10"
 DNS_IP = "203.0.113.1"      # the router's address on gateway B's link
@@ -114,6 +115,14 @@ def _wait_dns(knot, want: list[str], gws, timeout: float) -> None:
         raise AssertionError(f"{NAME}: {_dns(knot)}, want {sorted(want)}\n{tails}") from None
 
 
+def _ping_all(env, vips) -> None:
+    """One ping from every virtual IP to the target through the tunnel, PARALLEL at a time."""
+    def one(vip):
+        env.topo.gw.wait_ping(TARGET, src=vip, timeout=5)
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        list(pool.map(one, vips))
+
+
 def _initiate_all(env, conns: list[str]) -> None:
     """swanctl --initiate of every connection, PARALLEL at a time (each resolves the name)."""
     def one(c):
@@ -176,6 +185,7 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
                           ours_config_text=config_text, n_client_addrs=N,
                           charon_kwargs={"lookup_resolv_conf": lookup_resolv}) as env:
                 knot = extra["knot"]
+                t_env = time.monotonic() - t0
                 # gateway B in its namespace, same pool database, same users, same name
                 gw_b = OurGateway(extra["gb"], sswan_workdir, "ours-b", [ours_conn(env.topo, GW_B)],
                                   listen=[GW_B])
@@ -190,12 +200,15 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
                 t_up = time.monotonic()
                 _initiate_all(env, [f"c{i}" for i in range(N)])
                 up_s = time.monotonic() - t_up
+                sas = {sa["name"]: sa for sa in env.sw.list_sas()}
                 vips, via = {}, {}
                 for i in range(N):
-                    sa = env.sw_sa(f"c{i}")
-                    vips[i], via[i] = env.sw_vip(f"c{i}"), sa and sa.get("remote-host")
+                    sa = sas.get(f"c{i}") or {}
+                    vips[i], via[i] = (sa.get("local-vips") or [None])[0], sa.get("remote-host")
                     assert R.in_pool(vips[i]), (i, vips[i])
-                    env.topo.gw.wait_ping(TARGET, src=vips[i], timeout=5)
+                t_ping = time.monotonic()
+                _ping_all(env, vips.values())
+                ping_s = time.monotonic() - t_ping
                 assert len(set(vips.values())) == N, vips
                 on_a = [i for i in range(N) if via[i] == GW_A]
                 on_b = [i for i in range(N) if via[i] == GW_B]
@@ -213,30 +226,36 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
                 _wait_dns(knot, [GW_B], [gw_b], timeout=20)
                 withdrawn_s = time.monotonic() - killed
                 # A's clients redial the name: they land on B with their same addresses
-                for i in on_a:
-                    env.sw.terminate(ike=f"c{i}", force=True, timeout=10, check=False)
+                # (--force without --timeout: charon drops the SA at once; with a timeout it would
+                # wait that long for the dead gateway's answer to its DELETE)
                 t_redial = time.monotonic()
+                for i in on_a:
+                    env.sw.swanctl("terminate", "--ike", f"c{i}", "--force", timeout=10, check=False)
                 _initiate_all(env, [f"c{i}" for i in on_a])
                 redial_s = time.monotonic() - t_redial
+                sas = {sa["name"]: sa for sa in env.sw.list_sas()}
                 for i in on_a:
-                    sa = env.sw_sa(f"c{i}")
-                    assert sa and sa.get("remote-host") == GW_B, (i, sa)
-                    assert env.sw_vip(f"c{i}") == vips[i], (i, env.sw_vip(f"c{i}"), vips[i])
-                    env.topo.gw.wait_ping(TARGET, src=vips[i], timeout=5)
+                    sa = sas.get(f"c{i}") or {}
+                    assert sa.get("remote-host") == GW_B, (i, sa)
+                    assert (sa.get("local-vips") or [None])[0] == vips[i], (i, sa.get("local-vips"), vips[i])
+                _ping_all(env, [vips[i] for i in on_a])
                 leases = _assert_no_double(pg.conninfo)
                 assert {leases[u.name].gateway for u in users} == {"gw-b"}
                 assert all(leases[u.name].online for u in users)
                 assert len(gw_b.ike_sas()) == N
-                print(f"\n{N} clients through {NAME}: {len(on_a)} on A, {len(on_b)} on B, up in {up_s:.1f} s; "
+                print(f"\nset-up {t_env:.1f} s; {N} clients through {NAME}: {len(on_a)} on A, {len(on_b)} on B, "
+                      f"up in {up_s:.1f} s, pinged in {ping_s:.1f} s; "
                       f"A's record withdrawn by B {withdrawn_s:.1f} s after SIGKILL; {len(on_a)} clients "
-                      f"redialled onto B in {redial_s:.1f} s; total {time.monotonic() - t0:.1f} s")
+                      f"dropped and redialled onto B in {redial_s:.1f} s; total {time.monotonic() - t0:.1f} s")
                 record_property("clients", N)
                 record_property("spread", f"{len(on_a)}/{len(on_b)}")
                 record_property("up_seconds", round(up_s, 1))
                 record_property("withdrawn_seconds", round(withdrawn_s, 1))
+            t_down = time.monotonic()
         finally:
             if gw_b is not None:
                 gw_b.stop()
             if "knot" in extra:
                 extra["knot"].stop()
-    assert time.monotonic() - t0 < 150
+    print(f"tear-down {time.monotonic() - t_down:.1f} s, total {time.monotonic() - t0:.1f} s")
+    assert time.monotonic() - t0 < 90
