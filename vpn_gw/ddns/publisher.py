@@ -263,13 +263,16 @@ class DnsUpdatePublisher:
 
     async def withdraw_records(self, addresses: Iterable[str]) -> PublishResult:
         """Delete exactly the A/AAAA records ``addresses`` from every name (ours, or those of a
-        fleet member whose heartbeat lapsed); the other records stay."""
+        fleet member whose heartbeat lapsed); the other records stay. Does not touch the
+        back-off of our own publication (``retry_at`` is None)."""
         addrs = tuple(str(ip) for ip in _parse_addresses(addresses) if ip.version in self.families)
         if not addrs:
             return PublishResult(True, None, (), sent=False)
-        return await self._send(self.build_withdraw(addrs), addrs)
+        return await self._send(self.build_withdraw(addrs), addrs, track=False)
 
-    async def _send(self, msg: dns.update.UpdateMessage, addrs: tuple[str, ...]) -> PublishResult:
+    async def _send(self, msg: dns.update.UpdateMessage, addrs: tuple[str, ...],
+                    track: bool = True) -> PublishResult:
+        """Send ``msg``; ``track``: count the outcome in the back-off of our publication."""
         error = None
         rcode_text = None
         try:
@@ -312,8 +315,10 @@ class DnsUpdatePublisher:
         now = self._clock()
         status = {n.to_text(): rcode_text or "error" for n in self.names}
         if error is None:
-            self.backoff.reset()
+            if track:
+                self.backoff.reset()
             res = PublishResult(True, None, addrs, status)
         else:
-            res = PublishResult(False, error, addrs, status, retry_at=self.backoff.fail(now))
+            res = PublishResult(False, error, addrs, status,
+                                retry_at=self.backoff.fail(now) if track else None)
         return res
