@@ -1120,3 +1120,38 @@ def test_postgresql_pool_errors(tmp_path):
     with pytest.raises(ConfigError, match="same backend"):
         _pg_pool_cfg(tmp_path, 'backend = "postgresql"\ndatabase = "host=x"\n',
                      '[[pool]]\nname = "rw2"\naddrs = "10.98.0.0/24"\n')
+
+
+def _member_ddns(extra: str) -> str:
+    return ('[[ddns]]\ninterface = "wan0"\nnames = ["vpn.example.org"]\nmethod = "rfc2136"\n'
+            'server = "192.0.2.53"\nzone = "example.org"\ntsig_name = "k"\n'
+            'tsig_secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"\n' + extra)
+
+
+def test_ddns_member_mode_and_fleet_pool(tmp_path):
+    cfg = _pg_pool_cfg(tmp_path, 'backend = "postgresql"\ndatabase = "host=/run/pg dbname=vpngw"\n'
+                                 + _member_ddns('mode = "member"\nfleet_pool = "rw"\n'))
+    assert (cfg.ddns[0].mode, cfg.ddns[0].fleet_pool) == ("member", "rw")
+    cfg = _pg_pool_cfg(tmp_path, _member_ddns(""))
+    assert (cfg.ddns[0].mode, cfg.ddns[0].fleet_pool) == ("replace", None)
+
+
+@pytest.mark.parametrize("pool_extra, ddns_extra, needle", [
+    ("", 'mode = "fleet"\n', "mode"),
+    ("", 'mode = "member"\nfleet_pool = "rw"\n', "backend = 'file'"),
+    ("", 'mode = "member"\nfleet_pool = "nope"\n', "no [[pool]] named 'nope' (pools: 'rw')"),
+    ('backend = "postgresql"\ndatabase = "host=/run/pg"\n', 'fleet_pool = "rw"\n', "needs mode = \"member\""),
+])
+def test_ddns_member_mode_errors(tmp_path, pool_extra, ddns_extra, needle):
+    from vpn_gw.config import ConfigError
+    with pytest.raises(ConfigError) as e:
+        _pg_pool_cfg(tmp_path, pool_extra + _member_ddns(ddns_extra))
+    assert needle in "\n".join(str(p) for p in e.value.problems)
+
+
+def test_ddns_mode_is_for_rfc2136_only(tmp_path):
+    from vpn_gw.config import ConfigError
+    text = ('[[ddns]]\ninterface = "wan0"\nnames = ["h.example.net"]\nmethod = "dyndns2"\n'
+            'server = "members.example.net"\nuser = "u"\npassword = "pw-pw-pw-pw-pw-pw"\nmode = "member"\n')
+    with pytest.raises(ConfigError, match="'mode' is for method"):
+        _pg_pool_cfg(tmp_path, text)

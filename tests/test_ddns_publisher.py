@@ -131,3 +131,59 @@ def test_backoff_sequence():
     assert b.fail(100) == 130
     with pytest.raises(ValueError):
         Backoff(0, 10)
+
+
+# --------------------------------------------------------------------------- member mode (fleet)
+
+
+def member_rrs(msg):
+    """Like rrs(), with RFC 2136 2.5.4 "delete an RR from an RRset" (class NONE) as DELETE-RR."""
+    out = []
+    for rr in msg.update:
+        if rr.deleting == dns.rdataclass.NONE:
+            kind = "DELETE-RR"
+        elif rr.deleting == dns.rdataclass.ANY:
+            kind = "DELETE"
+        else:
+            kind = rr.ttl
+        out.append((rr.name.to_text(), dns.rdatatype.to_text(rr.rdtype), kind, sorted(r.to_text() for r in rr)))
+    return out
+
+
+def test_member_mode_adds_only_its_records_without_prerequisite():
+    pub = publisher(names=["vpn.example.test"], mode="member")
+    got = parse_signed(pub, pub.build_update(["203.0.113.5", "2001:db8::5"]).to_wire())
+    assert list(got.prerequisite) == []
+    assert member_rrs(got) == [       # no whole-set delete: the other members' records stay
+        ("vpn.example.test.", "A", 60, ["203.0.113.5"]),
+        ("vpn.example.test.", "AAAA", 60, ["2001:db8::5"]),
+    ]
+
+
+def test_member_mode_address_change_deletes_exactly_the_old_record():
+    pub = publisher(names=["vpn.example.test"], mode="member", families=(4,))
+    got = parse_signed(pub, pub.build_update(["203.0.113.6"], withdraw=["203.0.113.5", "203.0.113.6",
+                                                                        "2001:db8::5"]).to_wire())
+    assert member_rrs(got) == [       # the still-current address is not deleted; AAAA not managed
+        ("vpn.example.test.", "A", "DELETE-RR", ["203.0.113.5"]),
+        ("vpn.example.test.", "A", 60, ["203.0.113.6"]),
+    ]
+
+
+def test_withdraw_message_deletes_exactly_the_given_records_of_every_name():
+    pub = publisher(mode="member")
+    got = parse_signed(pub, pub.build_withdraw(["203.0.113.5", "2001:db8::5"]).to_wire())
+    assert member_rrs(got) == [
+        ("gw.example.test.", "A", "DELETE-RR", ["203.0.113.5"]),
+        ("gw.example.test.", "AAAA", "DELETE-RR", ["2001:db8::5"]),
+        ("vpn.example.test.", "A", "DELETE-RR", ["203.0.113.5"]),
+        ("vpn.example.test.", "AAAA", "DELETE-RR", ["2001:db8::5"]),
+    ]
+
+
+def test_member_mode_nothing_published_nothing_withdrawn_and_bad_mode():
+    pub = publisher(mode="member")
+    res = asyncio.run(pub.withdraw())
+    assert res.ok and not res.sent
+    with pytest.raises(ValueError, match="mode"):
+        publisher(mode="shared")

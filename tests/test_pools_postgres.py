@@ -32,7 +32,7 @@ async def _fresh(pg, *gateways, timeout=30.0):
     admin = PgPoolStore(pg.conninfo, "admin")
     await admin.init_schema()
     async def reset(cur):
-        await cur.execute("TRUNCATE vpngw_pools, vpngw_leases, vpngw_gateways")
+        await cur.execute("TRUNCATE vpngw_pools, vpngw_leases, vpngw_gateways, vpngw_dns_records")
     await admin._run(reset)
     assert await admin.add_pool("rw", "10.99.0.0/27") == 30
     await admin.close()
@@ -120,6 +120,53 @@ def test_dead_gateway_leases_reusable_only_after_heartbeat_lapse(pg):
     assert before is None
     assert back_early == held
     assert after == held
+
+
+def test_dns_records_of_a_dead_member_are_reaped_once_and_never_a_live_ones(pg):
+    """[[ddns]] mode = "member" with fleet_pool (docs/fleet.md "One DNS name")."""
+    name = "vpn.example.test"
+
+    async def main():
+        a, b, c = await _fresh(pg, "gw-a", "gw-b", "gw-c", timeout=1.5)
+        try:
+            assert await a.dns_register([name], ["192.0.2.1"]) == []
+            assert await b.dns_register([name], ["198.51.100.1"]) == []
+            # A's address changes: its earlier record is reported (to be withdrawn), kept until unregistered
+            assert await a.dns_register([name], ["192.0.2.2"]) == ["192.0.2.1"]
+            await a.dns_unregister([name], ["192.0.2.1"])
+            # C publishes the same address as A (a shared VIP): it must survive A's death
+            await c.dns_register([name], ["192.0.2.2"])
+            withdrawn: list[list[str]] = []
+
+            async def withdraw(addrs):
+                withdrawn.append(addrs)
+                return True
+            assert await b.dns_reap([name], withdraw) == []   # everyone alive
+            await asyncio.sleep(2.0)                           # A and C die (no heartbeat) ...
+            await b.heartbeat()
+            await c.heartbeat()                                # ... C comes back
+            assert await b.dns_reap([name], withdraw) == [("gw-a", "192.0.2.2")]
+            assert withdrawn == []                             # C still publishes 192.0.2.2: not withdrawn
+            rows = await b.dns_records()
+            assert [(g, addr) for g, _, addr, _ in rows] == [("gw-b", "198.51.100.1"), ("gw-c", "192.0.2.2")]
+
+            await asyncio.sleep(2.0)                           # now C dies too
+            await b.heartbeat()
+
+            async def refuse(addrs):
+                withdrawn.append(addrs)
+                return False                                   # the DNS server said no
+            assert await b.dns_reap([name], refuse) == []
+            assert len(await b.dns_records()) == 2             # rows kept: tried again next time
+            assert await b.dns_reap([name], withdraw) == [("gw-c", "192.0.2.2")]
+            assert withdrawn == [["192.0.2.2"], ["192.0.2.2"]]
+            assert await b.dns_reap(["other.example.test"], withdraw) == []   # other names untouched
+            await b.dns_unregister([name])
+            assert await b.dns_records() == []
+        finally:
+            for s in (a, b, c):
+                await s.close()
+    run(main())
 
 
 def test_database_down_is_a_clear_error():

@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -422,8 +423,13 @@ class Charon:
         extra_conf: str = "",
         charon_bin: str | None = None,
         swanctl_bin: str | None = None,
+        lookup_resolv_conf: Path | str | None = None,
     ):
         self.ns = ns
+        # the resolv.conf charon's own look-ups use (FQDN remote_addrs): bind-mounted over
+        # /etc/resolv.conf in charon's private mount namespace (the resolve plugin's file, where
+        # DNS servers received by CP go, is another file: resolv_path)
+        self.lookup_resolv_conf = Path(lookup_resolv_conf).resolve() if lookup_resolv_conf else None
         # Another build (strongSwan 6 in /opt/strongswan6, tests/interop/strongswan6.py).
         self.charon_bin = charon_bin or CHARON
         self.swanctl_bin = swanctl_bin or SWANCTL
@@ -533,9 +539,12 @@ class Charon:
             self.vici_path.unlink()
         env = dict(os.environ)
         env["STRONGSWAN_CONF"] = str(self.conf_path)
+        script = "mount -t tmpfs -o mode=0755,size=4m sswan-run /run && "
+        if self.lookup_resolv_conf is not None:
+            script += f"mount --bind {shlex.quote(str(self.lookup_resolv_conf))} /etc/resolv.conf && "
         argv = [
             "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", 'mount -t tmpfs -o mode=0755,size=4m sswan-run /run && exec "$@"',
+            "sh", "-c", script + 'exec "$@"',
             "sh", self.charon_bin,
         ]
         out = open(self.stdout_path, "wb")

@@ -83,8 +83,9 @@ class KnotServer:
     ``zone_text``; ``update_key`` may send RFC 2136 updates (no other restriction)."""
 
     def __init__(self, ns: Netns, workdir: Path, address: str, zone: str, zone_text: str,
-                 update_key: TsigKey):
+                 update_key: TsigKey, answer_rotation: bool = False):
         self.ns = ns
+        self.answer_rotation = answer_rotation  # rotate the order of a set's records per query
         self.dir = Path(workdir) / "knot"
         self.address = address
         self.zone = zone
@@ -103,6 +104,7 @@ class KnotServer:
 server:
     rundir: "{self.dir}/run"
     listen: [ {self.address}@53 ]
+    answer-rotation: {"on" if self.answer_rotation else "off"}
 log:
   - target: stderr
     any: info

@@ -384,6 +384,18 @@ def test_address_watcher_sees_changes_within_a_second(env):
         env.loop.run(w.stop())
 
 
+def test_address_watcher_of_an_interface_that_is_not_the_last_link(env):
+    """Regression: the link dump was left unfinished once the interface was found; the address
+    dump on the same socket then failed with EBUSY (the gateway never published)."""
+    for i in range(3):
+        env.gw.ip("link", "add", f"later{i}", "type", "veth", "peer", "name", f"later{i}p")
+    w = AddressWatcher("wan0", lambda addrs: None, families=(4,))
+    try:
+        assert env.loop.run(w.start()) == [GW_IP]
+    finally:
+        env.loop.run(w.stop())
+
+
 def test_address_watcher_follows_an_interface_created_later(env):
     seen: queue.Queue = queue.Queue()
     w = AddressWatcher("wan9", lambda addrs: seen.put(addrs), families=(4,))

@@ -49,6 +49,8 @@ class DdnsConfig:
     password: Secret | None = None
     ca_file: Path | None = None
     user_agent: str = "vpn-gw/0.1"
+    mode: str = "replace"                   # rfc2136: replace | member (docs/fleet.md)
+    fleet_pool: str | None = None           # member: the postgresql [[pool]] whose heartbeats reap dead members
 
 
 def _family(v):
@@ -64,7 +66,9 @@ def _fqdn(v):
     return v
 
 
-def _ddns_tables(ctx: _Ctx, top: _Table) -> list[DdnsConfig]:
+def _ddns_tables(ctx: _Ctx, top: _Table, pools: dict | None = None) -> list[DdnsConfig]:
+    """``pools``: the parsed ``[[pool]]`` tables by name (None: the pools are broken, ``fleet_pool``
+    is not checked)."""
     raw = top.get("ddns", lambda v: _tables(v, "ddns"), [])
     if raw is BAD:
         return []
@@ -89,6 +93,19 @@ def _ddns_tables(ctx: _Ctx, top: _Table) -> list[DdnsConfig]:
             kw["tsig_secret"] = t.get("tsig_secret", _psk(ctx, path + ("tsig_secret",)))
             kw["tsig_algorithm"] = t.get("tsig_algorithm", _choice(TSIG_ALGORITHMS), "hmac-sha256")
             kw["ttl"] = t.get("ttl", _int(0, 86400), 60)
+            kw["mode"] = t.get("mode", _choice(("replace", "member")), "replace")
+            kw["fleet_pool"] = t.get("fleet_pool", _nonempty_str, None)
+            fleet_pool = kw["fleet_pool"]
+            if fleet_pool not in (None, BAD) and kw["mode"] != "member":
+                ctx.error(path + ("fleet_pool",), "'fleet_pool' needs mode = \"member\"")
+            elif fleet_pool not in (None, BAD) and pools is not None:
+                pc = pools.get(fleet_pool)
+                if pc is None:
+                    known = ", ".join(repr(n) for n in pools) or "none"
+                    ctx.error(path + ("fleet_pool",), f"no [[pool]] named {fleet_pool!r} (pools: {known})")
+                elif pc.backend != "postgresql":
+                    ctx.error(path + ("fleet_pool",), f"pool {fleet_pool!r} has backend = {pc.backend!r}; "
+                              f"the fleet's heartbeats are in the database of a backend = \"postgresql\" pool")
             if _ok(names, kw["zone"]) and names:
                 for j, n in enumerate(names):
                     if not (n == kw["zone"] or n.endswith("." + kw["zone"])):
@@ -104,7 +121,7 @@ def _ddns_tables(ctx: _Ctx, top: _Table) -> list[DdnsConfig]:
             ca = t.get("ca_file", _nonempty_str, None)
             kw["ca_file"] = ctx.path(ca) if ca not in (None, BAD) else None
             kw["scheme"] = scheme
-            for k2 in ("zone", "tsig_name", "tsig_secret", "tsig_algorithm", "ttl"):
+            for k2 in ("zone", "tsig_name", "tsig_secret", "tsig_algorithm", "ttl", "mode", "fleet_pool"):
                 if t.has(k2):
                     ctx.error(path + (k2,), f"'{k2}' is for method = \"rfc2136\", not \"dyndns2\"")
         if len(ctx.errors) > nerr:
@@ -112,3 +129,4 @@ def _ddns_tables(ctx: _Ctx, top: _Table) -> list[DdnsConfig]:
         out.append(DdnsConfig(interface=interface, names=names, method=method, families=families,
                               update_period=update_period, server=server, port=port, **kw))
     return out
+

@@ -6,7 +6,7 @@ from vpn_gw.pools.pg_settings import PG_POOL_KEYS
 TOP_KEYS = ("gateway", "connection", "pool", "ddns", "radius")
 DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "server", "port", "zone",
              "tsig_name", "tsig_secret", "tsig_algorithm", "ttl", "scheme", "path", "user", "password",
-             "ca_file", "user_agent")
+             "ca_file", "user_agent", "mode", "fleet_pool")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
                 "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "tun_tso", "retransmit_timeout",

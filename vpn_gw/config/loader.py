@@ -64,9 +64,8 @@ def _build(ctx: _Ctx, data: dict, source: Path | None) -> GatewayConfig | None:
     top = _Table(ctx, data, (), TOP_KEYS, {**_GW_HINT, **_CONN_HINT, **_CHILD_HINT, **_POOL_HINT})
     settings = _gateway_settings(ctx, data)
     listen, dataplane = settings["listen"], settings["dataplane"]
-    ddns = _ddns_tables(ctx, top)
-
     pools_raw, pools = _pools(ctx, top)
+    ddns = _ddns_tables(ctx, top, {pc.name: pc for _, pc in pools} if pools_raw is not None else None)
     conns_raw = top.get("connection", lambda v: _tables(v, "connection"), [])
     connections = []
     seen: dict[str, int] = {}

@@ -405,6 +405,7 @@ class Gateway:
         self.notifier.stopping()
         for w in watchers:
             w.cancel()
+        await self.ddns.withdraw()  # a fleet member leaves the name before its clients redial it
         log.info("stopping: deleting IKE SAs")
         now = time.monotonic()
         for sa in list(self.manager.sas):

@@ -110,10 +110,12 @@ def select_addresses(
 
 async def _dump(ipr, interface: str) -> tuple[int | None, list[IfAddr]]:
     index = None
+    # read the whole dump: leaving it early keeps the kernel's dump running on this socket, and
+    # the next dump on it (the addresses) then fails with EBUSY whenever the interface is not
+    # the last link
     async for link in await ipr.link("dump"):
-        if link.get("IFLA_IFNAME") == interface:
+        if index is None and link.get("IFLA_IFNAME") == interface:
             index = link["index"]
-            break
     if index is None:
         return None, []
     out = []

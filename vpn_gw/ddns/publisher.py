@@ -1,8 +1,15 @@
 """Publish the gateway's own address with RFC 2136 dynamic updates signed with TSIG (RFC 8945).
 
 :class:`DnsUpdatePublisher` sends one UPDATE message per :meth:`~DnsUpdatePublisher.publish`
-for all its names: for each name the A and AAAA sets (of the managed ``families``) are
-deleted and the given addresses added, atomically (the server applies all or nothing).
+for all its names, applied atomically by the server (all or nothing). Two modes:
+
+* ``mode="replace"`` (one gateway owns the name): for each name the A and AAAA sets (of the
+  managed ``families``) are deleted and the given addresses added;
+* ``mode="member"`` (a fleet shares the name, docs/fleet.md): each gateway only adds its own
+  A/AAAA records (no prerequisite, RFC 2136 2.5.1) and deletes exactly its own records
+  (RFC 2136 2.5.4, "delete an RR from an RRset") when its address changes and on
+  :meth:`~DnsUpdatePublisher.withdraw`; the records of other members are never touched,
+  except through :meth:`~DnsUpdatePublisher.withdraw_records` for a member known to be dead.
 
 Errors are results, not exceptions, with a text an operator can act on::
 
@@ -28,7 +35,9 @@ import dns.rcode
 import dns.tsig
 import dns.update
 
-__all__ = ["DnsUpdatePublisher", "PublishResult", "Backoff", "TSIG_ALGORITHMS"]
+__all__ = ["DnsUpdatePublisher", "PublishResult", "Backoff", "TSIG_ALGORITHMS", "MODES"]
+
+MODES = ("replace", "member")
 
 TSIG_ALGORITHMS = {
     "hmac-md5": dns.tsig.HMAC_MD5,
@@ -115,6 +124,8 @@ class DnsUpdatePublisher:
     with no address in :meth:`publish` is deleted, an unmanaged one is never touched.
     ``backoff_initial``/``backoff_max``: the ``retry_at`` suggested after failures (the
     publisher itself never refuses to send: RFC 2136 servers do not punish retries).
+    ``mode``: ``"replace"`` (the whole A/AAAA sets are ours) or ``"member"`` (only our own
+    records, the name is shared with other gateways; module docstring).
     """
 
     def __init__(
@@ -133,7 +144,12 @@ class DnsUpdatePublisher:
         backoff_initial: float = 30.0,
         backoff_max: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        mode: str = "replace",
     ):
+        if mode not in MODES:
+            raise ValueError(f"mode: one of {', '.join(MODES)}, not {mode!r}")
+        self.mode = mode
+        self.published: tuple[str, ...] = ()  # member mode: our records in DNS (this life)
         self.zone = dns.name.from_text(zone)
         if not names:
             raise ValueError("names: at least one name to publish")
@@ -176,24 +192,51 @@ class DnsUpdatePublisher:
     def server_text(self) -> str:
         return self.server if self.port == 53 else f"{self.server} port {self.port}"
 
-    def build_update(self, addresses: Iterable[str]) -> dns.update.UpdateMessage:
-        """The (TSIG-signed, once rendered) UPDATE message replacing the records of every name."""
-        ips = _parse_addresses(addresses)
+    def _new_update(self) -> dns.update.UpdateMessage:
         upd = dns.update.UpdateMessage(self.zone)
         if self.key is not None:
             upd.use_tsig(self.key)
+        return upd
+
+    def build_update(self, addresses: Iterable[str],
+                     withdraw: Iterable[str] = ()) -> dns.update.UpdateMessage:
+        """The (TSIG-signed, once rendered) UPDATE message publishing ``addresses`` under every
+        name: replace mode replaces the whole A/AAAA sets; member mode adds these records and
+        deletes exactly the records of ``withdraw`` (our previous addresses)."""
+        ips = _parse_addresses(addresses)
+        gone = [ip for ip in _parse_addresses(withdraw) if ip not in ips]
+        upd = self._new_update()
         for name in self.names:
             for version, rdtype in ((4, "A"), (6, "AAAA")):
                 if version not in self.families:
                     continue
-                upd.delete(name, rdtype)
+                if self.mode == "replace":
+                    upd.delete(name, rdtype)
+                else:
+                    for ip in gone:
+                        if ip.version == version:
+                            upd.delete(name, rdtype, str(ip))
                 for ip in ips:
                     if ip.version == version:
                         upd.add(name, self.ttl, rdtype, str(ip))
         return upd
 
-    async def publish(self, addresses: Iterable[str]) -> PublishResult:
-        """Replace the A/AAAA records of every name by ``addresses`` (one atomic UPDATE)."""
+    def build_withdraw(self, addresses: Iterable[str]) -> dns.update.UpdateMessage:
+        """The UPDATE deleting exactly the A/AAAA records ``addresses`` from every name (other
+        records of the names stay)."""
+        upd = self._new_update()
+        ips = _parse_addresses(addresses)
+        for name in self.names:
+            for ip in ips:
+                if ip.version in self.families:
+                    upd.delete(name, "A" if ip.version == 4 else "AAAA", str(ip))
+        return upd
+
+    async def publish(self, addresses: Iterable[str], withdraw: Iterable[str] = ()) -> PublishResult:
+        """Publish ``addresses`` under every name (one atomic UPDATE). Replace mode: they become
+        the whole A/AAAA sets. Member mode: they are added, and our previously published records
+        that are not among them (plus ``withdraw``: e.g. our records from a previous life) are
+        deleted one by one."""
         ips = [ip for ip in _parse_addresses(addresses) if ip.version in self.families]
         addrs = tuple(str(ip) for ip in ips)
         if not ips:
@@ -201,7 +244,35 @@ class DnsUpdatePublisher:
             res = PublishResult(False, "no address of a managed family to publish", addrs, sent=False)
             self.last_result = res
             return res
-        msg = self.build_update(addrs)
+        old = [*self.published, *withdraw] if self.mode == "member" else []
+        res = await self._send(self.build_update(addrs, old), addrs)
+        if res.ok and self.mode == "member":
+            self.published = addrs
+        self.last_result = res
+        return res
+
+    async def withdraw(self) -> PublishResult:
+        """Member mode: delete exactly the records this publisher added (at shutdown). Nothing
+        to withdraw is ``ok`` with ``sent=False``."""
+        if not self.published:
+            return PublishResult(True, None, (), sent=False)
+        res = await self.withdraw_records(self.published)
+        if res.ok:
+            self.published = ()
+        return res
+
+    async def withdraw_records(self, addresses: Iterable[str]) -> PublishResult:
+        """Delete exactly the A/AAAA records ``addresses`` from every name (ours, or those of a
+        fleet member whose heartbeat lapsed); the other records stay. Does not touch the
+        back-off of our own publication (``retry_at`` is None)."""
+        addrs = tuple(str(ip) for ip in _parse_addresses(addresses) if ip.version in self.families)
+        if not addrs:
+            return PublishResult(True, None, (), sent=False)
+        return await self._send(self.build_withdraw(addrs), addrs, track=False)
+
+    async def _send(self, msg: dns.update.UpdateMessage, addrs: tuple[str, ...],
+                    track: bool = True) -> PublishResult:
+        """Send ``msg``; ``track``: count the outcome in the back-off of our publication."""
         error = None
         rcode_text = None
         try:
@@ -244,9 +315,10 @@ class DnsUpdatePublisher:
         now = self._clock()
         status = {n.to_text(): rcode_text or "error" for n in self.names}
         if error is None:
-            self.backoff.reset()
+            if track:
+                self.backoff.reset()
             res = PublishResult(True, None, addrs, status)
         else:
-            res = PublishResult(False, error, addrs, status, retry_at=self.backoff.fail(now))
-        self.last_result = res
+            res = PublishResult(False, error, addrs, status,
+                                retry_at=self.backoff.fail(now) if track else None)
         return res

@@ -64,6 +64,16 @@ MIGRATIONS: tuple[str, ...] = (
         heartbeat   timestamptz NOT NULL
     );
     """,
+    # 2: the DNS records each fleet member published under the fleet's name ([[ddns]]
+    # mode = "member"), so that a live member can withdraw those of a dead one (docs/fleet.md)
+    """
+    CREATE TABLE vpngw_dns_records (
+        gateway     text NOT NULL,
+        name        text NOT NULL,
+        address     inet NOT NULL,
+        PRIMARY KEY (gateway, name, address)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -276,6 +286,79 @@ class PgPoolStore:
             await cur.execute("INSERT INTO vpngw_gateways (name, heartbeat) VALUES (%s, now()) "
                               "ON CONFLICT (name) DO UPDATE SET heartbeat = now()", (self.gateway,))
             return n
+        return await self._run(fn)
+
+    # ------------------------------------------------------------------ the fleet's DNS records
+
+    async def dns_register(self, names: Sequence[str], addresses: Sequence[str]) -> list[str]:
+        """This gateway publishes ``addresses`` under ``names``: recorded (with a fresh heartbeat,
+        so no other member reaps them meanwhile) before the DNS update is sent. Returns this
+        gateway's other addresses recorded under these names (from a previous life or before an
+        address change): the caller withdraws them from DNS too."""
+        async def fn(cur):
+            await cur.execute("INSERT INTO vpngw_gateways (name, heartbeat) VALUES (%s, now()) "
+                              "ON CONFLICT (name) DO UPDATE SET heartbeat = now()", (self.gateway,))
+            await cur.execute("SELECT DISTINCT host(address) FROM vpngw_dns_records WHERE gateway = %s "
+                              "AND name = ANY(%s) AND NOT (host(address) = ANY(%s))",
+                              (self.gateway, list(names), list(addresses)))
+            stale = [r[0] for r in await cur.fetchall()]
+            for name in names:
+                for a in addresses:
+                    await cur.execute("INSERT INTO vpngw_dns_records (gateway, name, address) "
+                                      "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (self.gateway, name, a))
+            return stale
+        return await self._run(fn)
+
+    async def dns_unregister(self, names: Sequence[str], addresses: Sequence[str] | None = None) -> None:
+        """This gateway's records under ``names`` (all, or only ``addresses``) were withdrawn."""
+        async def fn(cur):
+            if addresses is None:
+                await cur.execute("DELETE FROM vpngw_dns_records WHERE gateway = %s AND name = ANY(%s)",
+                                  (self.gateway, list(names)))
+            else:
+                await cur.execute("DELETE FROM vpngw_dns_records WHERE gateway = %s AND name = ANY(%s) "
+                                  "AND host(address) = ANY(%s)", (self.gateway, list(names), list(addresses)))
+        await self._run(fn)
+
+    async def dns_records(self) -> list[tuple[str, str, str, bool]]:
+        """Every member's recorded DNS records: (gateway, name, address, gateway alive)."""
+        async def fn(cur):
+            await cur.execute(
+                "SELECT r.gateway, r.name, host(r.address), "
+                "coalesce(g.heartbeat > now() - make_interval(secs => %s), false) "
+                "FROM vpngw_dns_records r LEFT JOIN vpngw_gateways g ON g.name = r.gateway "
+                "ORDER BY r.gateway, r.name, r.address", (self.heartbeat_timeout,))
+            return [(g, n, a, bool(alive)) for g, n, a, alive in await cur.fetchall()]
+        return await self._run(fn)
+
+    async def dns_reap(self, names: Sequence[str], withdraw) -> list[tuple[str, str]]:
+        """Withdraw the DNS records under ``names`` of members whose heartbeat lapsed:
+        ``await withdraw(addresses)`` (True when DNS no longer has them) runs while their rows
+        are locked (one live member reaps, the others skip them; a dead member that comes back
+        records its new publication only after this transaction). An address that a live
+        member also publishes is not withdrawn. Returns the (gateway, address) pairs withdrawn."""
+        async def fn(cur):
+            await cur.execute(
+                "SELECT r.gateway, host(r.address) FROM vpngw_dns_records r "
+                "LEFT JOIN vpngw_gateways g ON g.name = r.gateway "
+                "WHERE r.name = ANY(%s) AND r.gateway <> %s AND (g.heartbeat IS NULL OR "
+                "g.heartbeat <= now() - make_interval(secs => %s)) "
+                "FOR UPDATE OF r SKIP LOCKED", (list(names), self.gateway, self.heartbeat_timeout))
+            dead = sorted(set(await cur.fetchall()))
+            if not dead:
+                return []
+            await cur.execute(
+                "SELECT DISTINCT host(r.address) FROM vpngw_dns_records r JOIN vpngw_gateways g "
+                "ON g.name = r.gateway WHERE r.name = ANY(%s) AND "
+                "g.heartbeat > now() - make_interval(secs => %s)", (list(names), self.heartbeat_timeout))
+            live = {r[0] for r in await cur.fetchall()}
+            addrs = sorted({a for _, a in dead if a not in live})
+            if addrs and not await withdraw(addrs):
+                return []
+            for gw, a in dead:
+                await cur.execute("DELETE FROM vpngw_dns_records WHERE gateway = %s AND name = ANY(%s) "
+                                  "AND host(address) = %s", (gw, list(names), a))
+            return dead
         return await self._run(fn)
 
     async def acquire(self, names: Sequence[str], identity: str, version: int, *,
