@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import ra_helpers as R
+from ours_helpers import wait_log_event
 from ra_helpers import User
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -220,7 +221,9 @@ def test_wrong_password_authentication_failed_nothing_left(sswan_workdir, method
             assert evs, "our log has no 'EAP authentication failed'"
             assert evs[0]["method"] == "eap-mschapv2" and evs[0]["eap_identity"] == "alice@example.org"
             assert evs[0]["reason"] == "wrong password for 'alice@example.org' (MS-CHAPv2)", evs[0]
-            failed = [r["reason"] for r in env.log_events("authentication failed")]
+            # logged when the engine's AuthFailed event is handled, just after the line above:
+            # wait for it rather than race the daemon's two writes
+            failed = [r["reason"] for r in wait_log_event(env.ours, "authentication failed", timeout=5)]
             assert failed == ["EAP authentication of 'alice@example.org' failed: wrong password for "
                               "'alice@example.org' (MS-CHAPv2)"], failed
         env.sw.wait_no_sas(timeout=5)

@@ -565,4 +565,6 @@ def test_dyndns2_over_https_with_test_ca(env):
     assert not res.ok and not res.stopped and res.retry_at is not None
     assert res.error.startswith(f"TLS certificate of {WEB_IP} not accepted: "), res.error
     assert len(srv.requests) == 1
+    # the server's thread records the broken-off handshake a moment after the client gave up
+    wait_until(lambda: srv.tls_errors, timeout=5, what="the test server to record the refused handshake")
     assert any("UNKNOWN_CA" in e.upper() or "unknown ca" in e for e in srv.tls_errors), srv.tls_errors
