@@ -323,3 +323,43 @@ def test_stream_client_accepts_a_plain_answer(server):
         ([], [{"name": "branch1", "state": "ESTABLISHED"}])
     with pytest.raises(CommandFailed, match="no connection named 'nope'"):
         next(control_stream(server.path, "up", name="nope"))
+
+
+def test_socket_appears_only_once_it_accepts(loop, sockdir):
+    """A client that connects as soon as the path exists is never refused: the socket is bound
+    under a temporary name, listening, and only then renamed into place."""
+    path = sockdir / "run" / "control.sock"
+    refused: list[str] = []
+    connected = threading.Event()
+    stop = threading.Event()
+
+    def knock() -> None:
+        deadline = time.monotonic() + 10
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not path.exists():
+                continue
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(path))
+                connected.set()
+                return
+            except ConnectionRefusedError as e:
+                refused.append(str(e))
+                return
+            except FileNotFoundError:
+                continue
+            finally:
+                s.close()
+
+    for _ in range(20):  # the window between bind() and listen() was a few microseconds
+        t = threading.Thread(target=knock)
+        t.start()
+        srv = ControlServer(path, handler)
+        loop.run(srv.start())
+        t.join(10)
+        loop.run(srv.stop())
+        assert not refused, refused
+        assert connected.is_set()
+        connected.clear()
+    stop.set()
+    assert not list(path.parent.glob(".vpn-gw-*"))  # no temporary name left behind

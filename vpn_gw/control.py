@@ -142,16 +142,28 @@ class ControlServer:
         except OSError as e:
             raise ControlError(f"cannot create directory {path.parent}: {e.strerror}") from None
         self._remove_stale()
+        # Bound under a temporary name, listening, then renamed into place: a client never finds
+        # the socket before it accepts (a connect between bind() and listen() is refused).
+        tmp = path.parent / f".vpn-gw-{os.getpid()}.sock"
+        if len(os.fsencode(str(tmp))) > SUN_PATH_MAX:
+            tmp = path
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o777 & ~self.mode)
         try:
-            sock.bind(str(path))
+            if tmp != path:
+                tmp.unlink(missing_ok=True)
+            sock.bind(str(tmp))
+            os.chmod(tmp, self.mode)
+            sock.listen(100)
+            if tmp != path:
+                os.replace(tmp, path)
         except OSError as e:
             sock.close()
+            if tmp != path:
+                tmp.unlink(missing_ok=True)
             raise ControlError(f"cannot bind control socket {path}: {e.strerror}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, self.mode)
         st = os.stat(path)
         self._ino = (st.st_dev, st.st_ino)
         sock.setblocking(False)
