@@ -106,6 +106,10 @@ class SAIndex(Generic[S]):
         self._by_peer_id: _Multi[S] = _Multi()
         self._by_remote_ip: _Multi[S] = _Multi()
         self._by_local_ip: _Multi[S] = _Multi()
+        # the _Keys field each multi-index files an SA under (update() and _unfile() walk it)
+        self._multi_fields: tuple[tuple[str, _Multi[S]], ...] = (
+            ("ike_id", self._by_id), ("name", self._by_name), ("peer_id", self._by_peer_id),
+            ("remote_ip", self._by_remote_ip), ("local_ip", self._by_local_ip))
         self._states: Counter[State] = Counter()
 
     # ------------------------------------------------------------------ maintenance
@@ -146,16 +150,10 @@ class SAIndex(Generic[S]):
                 self._unverified_half_open.setdefault(key, {})[sa] = None
         for spi in k.children - (old.children if old is not None else frozenset()):
             self._children[spi] = sa
-        if old is None or old.ike_id != k.ike_id:
-            self._by_id.add(k.ike_id, sa)
-        if old is None or old.name != k.name:
-            self._by_name.add(k.name, sa)
-        if old is None or old.peer_id != k.peer_id:
-            self._by_peer_id.add(k.peer_id, sa)
-        if old is None or old.remote_ip != k.remote_ip:
-            self._by_remote_ip.add(k.remote_ip, sa)
-        if old is None or old.local_ip != k.local_ip:
-            self._by_local_ip.add(k.local_ip, sa)
+        for field, index in self._multi_fields:
+            value = getattr(k, field)
+            if old is None or getattr(old, field) != value:
+                index.add(value, sa)
         if old is None or old.state != k.state:
             self._states[k.state] += 1
 
@@ -180,16 +178,10 @@ class SAIndex(Generic[S]):
         for spi in k.children - (new.children if new is not None else frozenset()):
             if self._children.get(spi) is sa:
                 del self._children[spi]
-        if new is None or new.ike_id != k.ike_id:
-            self._by_id.discard(k.ike_id, sa)
-        if new is None or new.name != k.name:
-            self._by_name.discard(k.name, sa)
-        if new is None or new.peer_id != k.peer_id:
-            self._by_peer_id.discard(k.peer_id, sa)
-        if new is None or new.remote_ip != k.remote_ip:
-            self._by_remote_ip.discard(k.remote_ip, sa)
-        if new is None or new.local_ip != k.local_ip:
-            self._by_local_ip.discard(k.local_ip, sa)
+        for field, index in self._multi_fields:
+            value = getattr(k, field)
+            if new is None or getattr(new, field) != value:
+                index.discard(value, sa)
         if new is None or new.state != k.state:
             self._states[k.state] -= 1
             if self._states[k.state] <= 0:
