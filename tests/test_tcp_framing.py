@@ -3,8 +3,10 @@ demultiplexing, and the TCP service on loopback against a fake gateway (no names
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import pytest
@@ -169,6 +171,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.asynccontextmanager
+async def running_service(config: dict | None = None, **service_kwargs) -> AsyncIterator[tuple]:
+    """A started TcpService on a free loopback port behind a FakeGateway (``config`` sets
+    attributes of its config first); yields (service, gateway, port), closed on exit."""
+    gw = FakeGateway(_free_port())
+    for key, value in (config or {}).items():
+        setattr(gw.config, key, value)
+    svc = T.TcpService(gw, **service_kwargs)
+    await svc.start()
+    try:
+        yield svc, gw, gw.config.tcp_port
+    finally:
+        await svc.close()
+
+
 async def _until(pred, timeout=3.0):
     deadline = asyncio.get_running_loop().time() + timeout
     while not pred():
@@ -190,11 +207,7 @@ def _run(coro):
 
 def test_service_demultiplexes_and_answers():
     async def main():
-        port = _free_port()
-        gw = FakeGateway(port)
-        svc = T.TcpService(gw)
-        await svc.start()
-        try:
+        async with running_service() as (svc, gw, port):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             me = writer.get_extra_info("sockname")[:2]
             # prefix and frames in awkward pieces
@@ -229,8 +242,6 @@ def test_service_demultiplexes_and_answers():
             assert svc.counters()["dropped_no_connection"] == 1
             svc.sweep()  # no IKE SA uses it: forgotten
             assert not svc.is_tcp(local, remote)
-        finally:
-            await svc.close()
     _run(main())
 
 
@@ -242,11 +253,7 @@ def test_service_demultiplexes_and_answers():
 ])
 def test_service_closes_on_bad_framing(garbage, counter):
     async def main():
-        port = _free_port()
-        gw = FakeGateway(port)
-        svc = T.TcpService(gw)
-        await svc.start()
-        try:
+        async with running_service() as (svc, gw, port):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(garbage)
             await writer.drain()
@@ -254,18 +261,12 @@ def test_service_closes_on_bad_framing(garbage, counter):
             await _until(lambda: svc.stats[counter] == 1)
             assert gw.manager.received == []
             await _until(lambda: not svc.conns and not svc._pending and not svc._per_source)
-        finally:
-            await svc.close()
     _run(main())
 
 
 def test_service_closes_after_too_many_runts_and_drops_probes():
     async def main():
-        port = _free_port()
-        gw = FakeGateway(port)
-        svc = T.TcpService(gw)
-        await svc.start()
-        try:
+        async with running_service() as (svc, gw, port):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             probe_msg = pr.build_request(bytes(16), 1)
             writer.write(T.PREFIX + T.ike_frame(probe_msg) + T.frame(b"\x01\x02") * (T.MAX_GARBAGE + 1))
@@ -273,19 +274,13 @@ def test_service_closes_after_too_many_runts_and_drops_probes():
             assert await _closed(reader)
             await _until(lambda: svc.stats["runt"] == T.MAX_GARBAGE + 1)
             assert svc.stats["probe_dropped"] == 1 and gw.manager.received == []
-        finally:
-            await svc.close()
     _run(main())
 
 
 def test_service_timeouts_with_injected_clock():
     async def main():
         now = [1000.0]
-        port = _free_port()
-        gw = FakeGateway(port)
-        svc = T.TcpService(gw, clock=lambda: now[0], idle_timeout=30.0, prefix_timeout=10.0)
-        await svc.start()
-        try:
+        async with running_service(clock=lambda: now[0], idle_timeout=30.0, prefix_timeout=10.0) as (svc, gw, port):
             silent_r, _silent_w = await asyncio.open_connection("127.0.0.1", port)
             idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
             used_r, used_w = await asyncio.open_connection("127.0.0.1", port)
@@ -307,8 +302,6 @@ def test_service_timeouts_with_injected_clock():
             assert await _closed(idle_r)
             await _until(lambda: len(svc.conns) == 1)
             assert used.path in svc.conns and svc.stats["closed_idle"] == 1
-        finally:
-            await svc.close()
     _run(main())
 
 
@@ -316,17 +309,11 @@ def test_service_refuses_over_the_per_source_limit(monkeypatch):
     monkeypatch.setattr(T, "MAX_PER_SOURCE", 2)
 
     async def main():
-        port = _free_port()
-        gw = FakeGateway(port)
-        svc = T.TcpService(gw)
-        await svc.start()
-        try:
+        async with running_service() as (svc, gw, port):
             conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
             assert await _closed(conns[2][0])
             await _until(lambda: svc.stats["refused_limit"] == 1)
             assert svc.stats["accepted"] == 2
-        finally:
-            await svc.close()
     _run(main())
 
 

@@ -15,9 +15,9 @@ from tests.test_tcp_framing import (
     IKE_MSG,
     FakeGateway,
     _closed,
-    _free_port,
     _run,
     _until,
+    running_service,
 )
 from vpn_gw.transport import tcp as T
 
@@ -37,12 +37,7 @@ def test_deframer_refuses_frames_over_max_frame_as_soon_as_the_length_is_read():
 def test_keepalives_and_esp_do_not_refresh_an_unauthenticated_connection():
     async def main():
         now = [1000.0]
-        port = _free_port()
-        gw = FakeGateway(port)
-        gw.config.tcp_idle_timeout = 30.0
-        svc = T.TcpService(gw, clock=lambda: now[0])
-        await svc.start()
-        try:
+        async with running_service({"tcp_idle_timeout": 30.0}, clock=lambda: now[0]) as (svc, gw, port):
             r, w = await asyncio.open_connection("127.0.0.1", port)
             w.write(T.PREFIX + T.ike_frame(IKE_MSG))
             await w.drain()
@@ -65,37 +60,23 @@ def test_keepalives_and_esp_do_not_refresh_an_unauthenticated_connection():
             now[0] += 100.0
             svc.sweep()
             assert c.authenticated and c.deframer.max_frame == T.MAX_FRAME and not c.closed
-        finally:
-            await svc.close()
     _run(main())
 
 
 def test_large_frame_before_authentication_closes_the_connection():
     async def main():
-        port = _free_port()
-        gw = FakeGateway(port)
-        gw.config.tcp_max_unauth_frame = 2048
-        svc = T.TcpService(gw)
-        await svc.start()
-        try:
+        async with running_service({"tcp_max_unauth_frame": 2048}) as (svc, gw, port):
             r, w = await asyncio.open_connection("127.0.0.1", port)
             w.write(T.PREFIX + struct.pack("!H", 2049))
             await w.drain()
             assert await _closed(r)
             assert svc.stats["frame_too_large"] == 1 and svc.buffered_total == 0
-        finally:
-            await svc.close()
     _run(main())
 
 
 def test_partial_frames_are_bounded_in_total():
     async def main():
-        port = _free_port()
-        gw = FakeGateway(port)
-        gw.config.tcp_max_buffered = 64 * 1024
-        svc = T.TcpService(gw)
-        await svc.start()
-        try:
+        async with running_service({"tcp_max_buffered": 64 * 1024}) as (svc, gw, port):
             partial = T.PREFIX + struct.pack("!H", 16001) + b"\x00" * 15000  # 15,002 octets held
             streams = []
             for _ in range(6):
@@ -111,18 +92,12 @@ def test_partial_frames_are_bounded_in_total():
                 w.close()
             await _until(lambda: not svc.conns)
             assert svc.buffered_total == 0
-        finally:
-            await svc.close()
     _run(main())
 
 
 def test_descriptor_reserve_refuses_connections():
     async def main():
-        port = _free_port()
-        gw = FakeGateway(port)
-        svc = T.TcpService(gw)
-        await svc.start()
-        try:
+        async with running_service() as (svc, gw, port):
             svc.fd_limit = 0  # every descriptor is "in the reserve"
             try:  # reset at once: the connect itself may already see it
                 r, _w = await asyncio.open_connection("127.0.0.1", port)
@@ -131,19 +106,12 @@ def test_descriptor_reserve_refuses_connections():
                 pass
             await _until(lambda: svc.stats["refused_fd_reserve"] == 1)
             assert svc.stats["accepted"] == 0 and not svc.conns and not svc._pending
-        finally:
-            await svc.close()
     _run(main())
 
 
 def test_per_source_and_total_limits_follow_the_config():
     async def main():
-        port = _free_port()
-        gw = FakeGateway(port)
-        gw.config.tcp_max_per_source = 2
-        svc = T.TcpService(gw)
-        await svc.start()
-        try:
+        async with running_service({"tcp_max_per_source": 2}) as (svc, gw, port):
             conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
             assert await _closed(conns[2][0])
             await _until(lambda: svc.stats["refused_limit"] == 1)
@@ -153,8 +121,6 @@ def test_per_source_and_total_limits_follow_the_config():
             assert await _closed(more[1][0])
             await _until(lambda: svc.stats["refused_limit"] == 2)
             assert svc.counters()["accepted_open"] == 3 and svc.stats["accepted"] == 3
-        finally:
-            await svc.close()
     _run(main())
 
 
