@@ -4,9 +4,9 @@ the test with its own configuration in the namespace of host_a, behind our gatew
 
 Topology: tests/interop/ra_helpers.py (``ra_env``); FreeRADIUS listens on 10.10.0.2 (host_a),
 our gateway talks to it from 10.10.0.1. Checked: right password → connected, the address is
-FreeRADIUS's Framed-IP-Address (not the pool's first), ping through the tunnel, accounting Start
-and Stop (with the ping's bytes and Class) in FreeRADIUS's detail file; wrong password → refused,
-nothing left; the first RADIUS server down → the second answers.
+FreeRADIUS's Framed-IP-Address (not the pool's first), ping through the tunnel, accounting Start,
+Interim-Update (every second) and Stop (with the ping's bytes and Class) in FreeRADIUS's detail
+file; wrong password → refused, nothing left; the first RADIUS server down → the second answers.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def _users(alice: User, bob: User) -> str:
 
 
 def _radius_env(workdir: Path, prefix: str, users: list[User], sw_users: list[User], *,
-                servers: list[str], dae_port: int = 0, certs=None, radius_cert=None):
+                servers: list[str], dae_port: int = 0, certs=None, radius_cert=None,
+                interim: str = "0"):
     psk = "test-only-" + secrets.token_hex(12)
     lease_file = workdir / "pool-rw.json"
     state: dict = {}
@@ -71,7 +72,7 @@ def _radius_env(workdir: Path, prefix: str, users: list[User], sw_users: list[Us
         servers_toml = ", ".join(f'"{s}"' for s in servers)
         return text + (f'\n[radius]\nservers = [{servers_toml}]\nsecret = "file:{secret_file}"\n'
                        f'nas_identifier = "gw-test"\ntimeout = "0.5s"\nretries = 1\ndae_port = {dae_port}\n'
-                       f'dae_listen = "10.10.0.1"\n')
+                       f'dae_listen = "10.10.0.1"\ninterim_interval = "{interim}"\n')
 
     env = R.ra_env(
         workdir, prefix=prefix, ours_role="gateway", setup=setup,
@@ -87,11 +88,25 @@ def _stop_radius(state):
         state["fr"].stop()
 
 
-def test_strongswan_eap_mschapv2_through_freeradius(sswan_workdir):
+def _octets(r: dict, direction: str) -> int:
+    return int(r[f"Acct-{direction}-Octets"]) + (int(r.get(f"Acct-{direction}-Gigawords", "0")) << 32)
+
+
+def _counters(r: dict) -> tuple[int, int, int, int]:
+    return (_octets(r, "Input"), _octets(r, "Output"), int(r["Acct-Input-Packets"]),
+            int(r["Acct-Output-Packets"]))
+
+
+def test_strongswan_eap_mschapv2_through_freeradius(sswan_workdir, record_property):
+    """Also accounting with ``interim_interval = "1s"`` (below RFC 2869's 60 s: a config warning):
+    Start, an Interim-Update before the pings, one after them whose counters grew by the pings'
+    packets (84 octets each: only pings cross the tunnel), Stop (User-Request) >= the last
+    interim."""
     t0 = time.monotonic()
     alice = User("alice@example.org", "pw-" + secrets.token_hex(8))
     bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
-    env_cm, state = _radius_env(sswan_workdir, "rrad", [alice, bob], [alice], servers=[RADIUS_IP])
+    env_cm, state = _radius_env(sswan_workdir, "rrad", [alice, bob], [alice], servers=[RADIUS_IP],
+                                interim="1s")
     try:
         with env_cm as env:
             fr: FreeRadius = state["fr"]
@@ -103,30 +118,49 @@ def test_strongswan_eap_mschapv2_through_freeradius(sswan_workdir):
             assert st[0]["eap_identity"] == alice.name and st[0]["virtual_ips"] == [FRAMED]
             assert "EAP method EAP_MSCHAPV2 succeeded, MSK established" in env.sw.log_text()
             assert f"Login OK: [{alice.name}" in fr.log.read_text()
+            assert env.log_events("RADIUS Interim-Update interval below 60 s (RFC 2869 5.16)")
+
+            def interims():
+                return [r for r in fr.detail_records() if r.get("Acct-Status-Type") == "Interim-Update"]
+            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Start" for r in fr.detail_records()), 5)
+            assert wait_for(lambda: interims(), 5), fr.detail_records()
+            before = _counters(interims()[-1])
+            n_before = len(interims())
             env.topo.gw.wait_ping(HOST_A, src=vip, timeout=5)
             assert env.topo.gw.ping(HOST_A, count=5, interval=0.2, src=vip)
-            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Start" for r in fr.detail_records()), 5)
+            assert wait_for(lambda: len(interims()) >= n_before + 2, 5), interims()
+            after = _counters(interims()[-1])
+            grown = [a - b for a, b in zip(after, before, strict=True)]
+            # 6+ echo requests in, as many replies out, 84 octets each (20 IP + 8 ICMP + 56 data)
+            assert grown[2] >= 6 and grown[3] >= 6, (before, after)
+            assert grown[0] == 84 * grown[2] and grown[1] == 84 * grown[3], (before, after)
             env.sw.terminate(ike="c0", timeout=10)
             assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Stop" for r in fr.detail_records()), 5)
             recs = fr.detail_records()
             start = [r for r in recs if r["Acct-Status-Type"] == "Start"]
             stop = [r for r in recs if r["Acct-Status-Type"] == "Stop"]
             assert len(start) == 1 and len(stop) == 1, recs
-            for r in (start[0], stop[0]):
+            for r in (start[0], stop[0], *interims()):
                 assert r["User-Name"] == alice.name and r["NAS-Identifier"] == "gw-test"
                 assert r["Framed-IP-Address"] == FRAMED
                 assert r["Calling-Station-Id"].startswith(R.client_addr(0) + "[")
                 assert r["Called-Station-Id"].startswith(env.topo.site_ip + "[")
                 assert r["Class"] in ("cls-alice", "0x" + b"cls-alice".hex())
-            assert start[0]["Acct-Session-Id"] == stop[0]["Acct-Session-Id"]
+                assert r["Acct-Session-Id"] == start[0]["Acct-Session-Id"]
             assert stop[0]["Acct-Terminate-Cause"] == "User-Request"
-            # 5+ pings of 84 octets each way went through the Child SA
-            assert int(stop[0]["Acct-Input-Octets"]) >= 5 * 84, stop[0]
-            assert int(stop[0]["Acct-Output-Octets"]) >= 5 * 84, stop[0]
-            assert int(stop[0]["Acct-Input-Packets"]) >= 5, stop[0]
+            final = _counters(stop[0])
+            last = _counters(interims()[-1])
+            assert all(f >= x for f, x in zip(final, last, strict=True)), (last, final)
+            assert final[2] >= 6 and final[0] >= 6 * 84, stop[0]
+            # Interim-Updates roughly once a second (none after the Stop)
+            times = [int(r["Acct-Session-Time"]) for r in interims()]
+            assert times == sorted(times) and int(stop[0]["Acct-Session-Time"]) >= times[-1]
+            record_property("interims", len(times))
     finally:
         _stop_radius(state)
-    assert time.monotonic() - t0 < 80
+    wall = time.monotonic() - t0
+    print(f"\nwall {wall:.1f} s")
+    assert wall < 80
 
 
 def test_wrong_password_refused(sswan_workdir):

@@ -30,7 +30,7 @@ from ikev2.eap_async import AsyncEapServer, EapVerdictNeeded
 from . import client as rc
 from .codec import RadiusError
 from .dae import DaeListener, DisconnectRequest, start_dae_listener
-from .settings import RadiusConfig
+from .settings import MIN_INTERIM, RFC_INTERIM, RadiusConfig
 from .transport import RadiusServer
 
 log = structlog.get_logger("vpn_gw.radius")
@@ -172,10 +172,15 @@ class RadiusService:
         if not self.cfg.accounting:
             return
         self._spawn(self._account(s, "Start"))
-        # Acct-Interim-Interval from the Access-Accept wins; at least 60 s either way (RFC 2869 5.16)
-        interval = accept.interim_interval or self.cfg.interim_interval
+        # Acct-Interim-Interval from the Access-Accept wins (as strongSwan's eap-radius); below
+        # 60 s is allowed (RFC 2869 5.16 says SHOULD NOT) with a warning, below 1 s raised to 1 s
+        interval = float(accept.interim_interval or self.cfg.interim_interval)
         if interval:
-            s.interim = loop.create_task(self._interim(s, max(60.0, float(interval))))
+            if interval < RFC_INTERIM:
+                log.warning("RADIUS Interim-Update interval below 60 s (RFC 2869 5.16)",
+                            interval=interval, session=acct.session_id,
+                            source="Access-Accept" if accept.interim_interval else "config")
+            s.interim = loop.create_task(self._interim(s, max(MIN_INTERIM, interval)))
 
     def _expire(self, ike_id: int) -> None:
         sa = self.gw.manager.by_id(ike_id)
