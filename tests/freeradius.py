@@ -2,8 +2,9 @@
 with its own minimal configuration directory (not /etc/freeradius) and stopped by PID.
 
 Users live in its ``files`` module (``users`` file); EAP-MSCHAPv2 (default) and EAP-MD5 are
-enabled, EAP-TLS too when ``tls`` (certificate, key, CA) is given; accounting goes to
-``<dir>/acct/detail`` (the ``detail`` module).
+enabled, EAP-TLS, EAP-TTLS and PEAP too when ``tls`` (certificate, key, CA) is given (TTLS and
+PEAP with inner EAP-MSCHAPv2 in the ``inner-tunnel`` virtual server, the same users file);
+accounting goes to ``<dir>/acct/detail`` (the ``detail`` module).
 """
 from __future__ import annotations
 
@@ -121,6 +122,30 @@ server default {{
     ok
   }}
 }}
+{inner}"""
+
+# The inner (phase 2) authentication of PEAP and EAP-TTLS: the same users file, EAP-MSCHAPv2
+# (the inner EAP method FreeRADIUS asks for) through the same eap module.
+INNER_TUNNEL = """\
+server inner-tunnel {
+  authorize {
+    eap {
+      ok = return
+    }
+    files
+  }
+  authenticate {
+    eap
+    Auth-Type MS-CHAP {
+      mschap
+    }
+  }
+  post-auth {
+    Post-Auth-Type REJECT {
+      eap
+    }
+  }
+}
 """
 
 
@@ -163,7 +188,8 @@ class FreeRadius:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "radiusd.conf").write_text(CONFIG.format(
             dir=self.dir, secret=self.secret, address=self.address,
-            auth_port=self.auth_port, acct_port=self.acct_port, tls=self._tls_section()))
+            auth_port=self.auth_port, acct_port=self.acct_port, tls=self._tls_section(),
+            inner=INNER_TUNNEL if self.tls else ""))
         (self.dir / "users").write_text(self.users)
         (self.dir / "acct_users").write_text("")
         (self.dir / "dictionary").write_text("")
@@ -185,7 +211,11 @@ class FreeRadius:
         return (f"    tls-config tls-common {{\n      private_key_file = {key}\n"
                 f"      certificate_file = {cert}\n      ca_file = {ca}\n"
                 f'      cipher_list = "DEFAULT"\n      tls_min_version = "1.2"\n'
-                f'      tls_max_version = "1.2"\n    }}\n    tls {{\n      tls = tls-common\n    }}\n')
+                f'      tls_max_version = "1.2"\n    }}\n    tls {{\n      tls = tls-common\n    }}\n'
+                + "".join(f"    {m} {{\n      tls = tls-common\n      default_eap_type = mschapv2\n"
+                          f"      copy_request_to_tunnel = yes\n      use_tunneled_reply = yes\n"
+                          f"      virtual_server = inner-tunnel\n    }}\n"
+                          for m in ("ttls", "peap")))
 
     def stop(self) -> None:
         stop_process(self.proc)
