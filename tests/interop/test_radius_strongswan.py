@@ -203,10 +203,15 @@ def test_first_radius_server_down_second_answers(sswan_workdir):
         _stop_radius(state)
 
 
-def test_disconnect_request_from_radius_side_drops_the_client(sswan_workdir):
-    """RFC 5176: FreeRADIUS's radclient (in the RADIUS server's namespace, with the shared secret)
-    sends Disconnect-Request for alice: ACK, the client's SA is deleted, accounting Stop says
-    Admin-Reset. A request for an unknown user is NAKed (Session-Context-Not-Found)."""
+def test_coa_and_disconnect_requests_from_radius_side(sswan_workdir):
+    """RFC 5176, sent by FreeRADIUS's radclient (in the RADIUS server's namespace, with the shared
+    secret) to the daemon's listener. CoA-Request (as strongSwan's eap-radius): for an unknown
+    user NAK Session-Context-Not-Found; with an attribute it cannot apply (Filter-Id) NAK
+    Unsupported-Attribute; Session-Timeout = 1 for alice's Acct-Session-Id → ACK, her SA ends a
+    second later, accounting Stop says Session-Timeout. She reconnects; Disconnect-Request for an
+    unknown user is NAKed (Session-Context-Not-Found), for alice ACKed: her SA is deleted,
+    accounting Stop says Admin-Reset."""
+    t0 = time.monotonic()
     alice = User("alice@example.org", "pw-" + secrets.token_hex(8))
     bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
     env_cm, state = _radius_env(sswan_workdir, "rrdm", [alice, bob], [alice], servers=[RADIUS_IP],
@@ -214,24 +219,49 @@ def test_disconnect_request_from_radius_side_drops_the_client(sswan_workdir):
     try:
         with env_cm as env:
             fr: FreeRadius = state["fr"]
+
+            def radclient(kind: str, attrs: str):
+                return env.topo.host_a.run(["radclient", "-x", "-r", "1", "-t", "3", "10.10.0.1:3799",
+                                            kind, SECRET], input=attrs + "\n", check=False,
+                                           timeout=15).stdout
+
+            def stops():
+                return [r for r in fr.detail_records() if r.get("Acct-Status-Type") == "Stop"]
+
             env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
             env.ours_established(1, timeout=10)
+            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Start" for r in fr.detail_records()), 5)
+            sid = fr.detail_records()[0]["Acct-Session-Id"]
+            nak = radclient("coa", 'User-Name = "carol@example.org", Session-Timeout = 1')
+            assert "CoA-NAK" in nak and "Session-Context-Not-Found" in nak, nak
+            nak = radclient("coa", f'User-Name = "{alice.name}", Filter-Id = "staff", Session-Timeout = 1')
+            assert "CoA-NAK" in nak and "Unsupported-Attribute" in nak, nak
+            assert len(env.ours.status()) == 1
+            t_coa = time.monotonic()
+            ack = radclient("coa", f'Acct-Session-Id = "{sid}", Session-Timeout = 1')
+            assert "CoA-ACK" in ack, ack
+            env.sw.wait_no_sas(timeout=10)
+            env.wait_ours(lambda st: st == [], timeout=10, what="alice's SA ended by the CoA")
+            assert time.monotonic() - t_coa >= 0.9
+            assert wait_for(lambda: len(stops()) == 1, 5)
+            assert stops()[0]["Acct-Terminate-Cause"] == "Session-Timeout"
+            assert stops()[0]["Acct-Session-Id"] == sid
 
-            def radclient(attrs: str):
-                return env.topo.host_a.run(["radclient", "-x", "-r", "1", "-t", "3", "10.10.0.1:3799",
-                                            "disconnect", SECRET], input=attrs + "\n", check=False,
-                                           timeout=15).stdout
-            nak = radclient('User-Name = "carol@example.org"')
+            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+            env.ours_established(1, timeout=10)
+            nak = radclient("disconnect", 'User-Name = "carol@example.org"')
             assert "Disconnect-NAK" in nak and "Session-Context-Not-Found" in nak, nak
-            ack = radclient(f'User-Name = "{alice.name}"')
+            ack = radclient("disconnect", f'User-Name = "{alice.name}"')
             assert "Disconnect-ACK" in ack, ack
             env.sw.wait_no_sas(timeout=10)
             env.wait_ours(lambda st: st == [], timeout=10, what="alice's SA deleted")
-            assert wait_for(lambda: any(r.get("Acct-Status-Type") == "Stop" for r in fr.detail_records()), 5)
-            stop = [r for r in fr.detail_records() if r["Acct-Status-Type"] == "Stop"][0]
+            assert wait_for(lambda: len(stops()) == 2, 5)
+            stop = stops()[1]
             assert stop["Acct-Terminate-Cause"] == "Admin-Reset" and stop["User-Name"] == alice.name
+            assert stop["Acct-Session-Id"] != sid
     finally:
         _stop_radius(state)
+    print(f"\nwall {time.monotonic() - t0:.1f} s")
 
 
 def test_strongswan_eap_tls_through_freeradius(sswan_workdir):
