@@ -182,6 +182,12 @@ class FreeRadius:
         return self.dir / "acct" / "detail"
 
     def start(self, timeout: float = 20.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Writes the configuration and starts the server without waiting for it (a test that
+        starts other services meanwhile calls ``wait_ready`` before the first request)."""
         if shutil.which("freeradius") is None:
             raise RuntimeError("freeradius is not installed (scripts/setup.sh installs it)")
         for sub in ("log", "acct", "run"):
@@ -196,6 +202,10 @@ class FreeRadius:
         # -f: foreground (our child, stopped by PID); -x: log each request (for failures)
         self.proc = self.ns.popen(["freeradius", "-f", "-x", "-d", str(self.dir)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until the log says "Ready to process requests"; stops it and raises if it died."""
+        assert self.proc is not None, "launch() first"
         ok = wait_for(lambda: self.proc.poll() is not None or
                       (self.log.exists() and "Ready to process requests" in self.log.read_text()),
                       timeout=timeout)
