@@ -2,8 +2,9 @@
 with its own minimal configuration directory (not /etc/freeradius) and stopped by PID.
 
 Users live in its ``files`` module (``users`` file); EAP-MSCHAPv2 (default) and EAP-MD5 are
-enabled, EAP-TLS too when ``tls`` (certificate, key, CA) is given; accounting goes to
-``<dir>/acct/detail`` (the ``detail`` module).
+enabled, EAP-TLS, EAP-TTLS and PEAP too when ``tls`` (certificate, key, CA) is given (TTLS and
+PEAP with inner EAP-MSCHAPv2 in the ``inner-tunnel`` virtual server, the same users file);
+accounting goes to ``<dir>/acct/detail`` (the ``detail`` module).
 """
 from __future__ import annotations
 
@@ -121,6 +122,30 @@ server default {{
     ok
   }}
 }}
+{inner}"""
+
+# The inner (phase 2) authentication of PEAP and EAP-TTLS: the same users file, EAP-MSCHAPv2
+# (the inner EAP method FreeRADIUS asks for) through the same eap module.
+INNER_TUNNEL = """\
+server inner-tunnel {
+  authorize {
+    eap {
+      ok = return
+    }
+    files
+  }
+  authenticate {
+    eap
+    Auth-Type MS-CHAP {
+      mschap
+    }
+  }
+  post-auth {
+    Post-Auth-Type REJECT {
+      eap
+    }
+  }
+}
 """
 
 
@@ -157,19 +182,30 @@ class FreeRadius:
         return self.dir / "acct" / "detail"
 
     def start(self, timeout: float = 20.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Writes the configuration and starts the server without waiting for it (a test that
+        starts other services meanwhile calls ``wait_ready`` before the first request)."""
         if shutil.which("freeradius") is None:
             raise RuntimeError("freeradius is not installed (scripts/setup.sh installs it)")
         for sub in ("log", "acct", "run"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "radiusd.conf").write_text(CONFIG.format(
             dir=self.dir, secret=self.secret, address=self.address,
-            auth_port=self.auth_port, acct_port=self.acct_port, tls=self._tls_section()))
+            auth_port=self.auth_port, acct_port=self.acct_port, tls=self._tls_section(),
+            inner=INNER_TUNNEL if self.tls else ""))
         (self.dir / "users").write_text(self.users)
         (self.dir / "acct_users").write_text("")
         (self.dir / "dictionary").write_text("")
         # -f: foreground (our child, stopped by PID); -x: log each request (for failures)
         self.proc = self.ns.popen(["freeradius", "-f", "-x", "-d", str(self.dir)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until the log says "Ready to process requests"; stops it and raises if it died."""
+        assert self.proc is not None, "launch() first"
         ok = wait_for(lambda: self.proc.poll() is not None or
                       (self.log.exists() and "Ready to process requests" in self.log.read_text()),
                       timeout=timeout)
@@ -185,7 +221,11 @@ class FreeRadius:
         return (f"    tls-config tls-common {{\n      private_key_file = {key}\n"
                 f"      certificate_file = {cert}\n      ca_file = {ca}\n"
                 f'      cipher_list = "DEFAULT"\n      tls_min_version = "1.2"\n'
-                f'      tls_max_version = "1.2"\n    }}\n    tls {{\n      tls = tls-common\n    }}\n')
+                f'      tls_max_version = "1.2"\n    }}\n    tls {{\n      tls = tls-common\n    }}\n'
+                + "".join(f"    {m} {{\n      tls = tls-common\n      default_eap_type = mschapv2\n"
+                          f"      copy_request_to_tunnel = yes\n      use_tunneled_reply = yes\n"
+                          f"      virtual_server = inner-tunnel\n    }}\n"
+                          for m in ("ttls", "peap")))
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -1051,6 +1051,20 @@ def test_radius_section_parsed(tmp_path):
     assert [str(w) for w in cfg.warnings] == []
 
 
+def test_radius_interim_below_60s_accepted_with_a_warning(tmp_path):
+    """RFC 2869 5.16 says SHOULD NOT below 60 s: accepted (>= 1 s), with a configuration warning."""
+    secret = tmp_path / "radius.secret"
+    secret.write_text("a-radius-secret-of-some-length\n")
+    secret.chmod(0o600)
+    base = '[radius]\nservers = ["192.0.2.10"]\nsecret = "file:radius.secret"\n'
+    cfg = _radius_cfg(tmp_path, base + 'interim_interval = "2s"\n')
+    assert cfg.radius.interim_interval == 2.0
+    assert [w for w in map(str, cfg.warnings) if "radius.interim_interval" in w and "RFC 2869" in w]
+    for quiet in ('"60s"', "0"):
+        cfg = _radius_cfg(tmp_path, base + f"interim_interval = {quiet}\n")
+        assert [str(w) for w in cfg.warnings] == [], quiet
+
+
 def test_eap_radius_without_radius_section_is_an_error(tmp_path):
     from vpn_gw.config import ConfigError
     with pytest.raises(ConfigError, match=r'remote_auth = "eap-radius" needs a \[radius\] section'):
@@ -1061,10 +1075,10 @@ def test_radius_section_errors(tmp_path):
     from vpn_gw.config import ConfigError
     with pytest.raises(ConfigError) as e:
         _radius_cfg(tmp_path, '[radius]\nservers = ["not-an-ip"]\nsecret = "file:missing"\n'
-                              'interim_interval = "10s"\nretries = 11\nbogus = 1\n')
+                              'interim_interval = "0.5s"\nretries = 11\nbogus = 1\n')
     text = "\n".join(str(p) for p in e.value.problems)
     assert "needs a [radius] section" not in text
-    for needle in ("radius.servers", "cannot read RADIUS secret file", "at least 60s",
+    for needle in ("radius.servers", "cannot read RADIUS secret file", "at least 1s, got 0.5s",
                    "radius.retries", "unknown key 'bogus'"):
         assert needle in text, (needle, text)
 

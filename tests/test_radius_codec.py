@@ -149,3 +149,46 @@ def test_dae_listener_drops_garbage_and_answers_authentic_requests():
     # mutations fail the Request Authenticator (checked before the retransmission cache):
     # nothing answered for them
     assert len(dae.transport.sent) == before
+
+
+def test_dae_listener_coa_session_timeout_ack_and_naks():
+    """CoA-Request (as strongSwan's eap-radius): Session-Timeout applied to the matching
+    sessions → CoA-ACK; NAK with Error-Cause 503 (no session), 401 (an attribute it cannot
+    apply), 402 (no session named / no Session-Timeout), 405 (no CoA handler)."""
+    from vpn_gw.radius.codec import COA_ACK, COA_NAK, COA_REQUEST
+    from vpn_gw.radius.dae import DaeListener
+
+    class Sink:
+        def __init__(self):
+            self.sent = []
+
+        def sendto(self, data, addr):
+            self.sent.append(data)
+
+    seen = []
+
+    def coa(r):
+        seen.append(r)
+        return 1 if r.match.matches("alice", "s-1", ["10.99.0.7"]) else 0
+
+    def ask(dae, ident, **attrs):
+        req = pp.CoAPacket(code=COA_REQUEST, secret=SECRET, dict=dictionary(), id=ident)
+        for k, v in attrs.items():
+            req.AddAttribute(k.replace("_", "-"), v)
+        dae.datagram_received(req.RequestPacket(), ("192.0.2.10", 3799))
+        reply = pp.CoAPacket(secret=SECRET, dict=dictionary(), packet=dae.transport.sent[-1])
+        return reply.code, (reply.get("Error-Cause") or [None])[0]
+
+    dae = DaeListener({"192.0.2.10": SECRET}, lambda r: 0, coa)
+    dae.transport = Sink()
+    assert ask(dae, 1, User_Name="alice", Session_Timeout=30) == (COA_ACK, None)
+    assert seen[-1].session_timeout == 30 and seen[-1].match.user_name == "alice"
+    assert ask(dae, 2, Acct_Session_Id="s-1", NAS_Identifier="radius", Session_Timeout=0) == (COA_ACK, None)
+    assert ask(dae, 3, User_Name="carol", Session_Timeout=30) == (COA_NAK, 503)
+    assert ask(dae, 4, User_Name="alice", Session_Timeout=30, Filter_Id="staff") == (COA_NAK, 401)
+    assert ask(dae, 5, User_Name="alice") == (COA_NAK, 402)
+    assert ask(dae, 6, Session_Timeout=30) == (COA_NAK, 402)
+    assert len(seen) == 3     # the NAKed-before-matching requests never reached the handler
+    off = DaeListener({"192.0.2.10": SECRET}, lambda r: 0)
+    off.transport = Sink()
+    assert ask(off, 7, User_Name="alice", Session_Timeout=30) == (COA_NAK, 405)

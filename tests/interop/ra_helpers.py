@@ -64,7 +64,7 @@ FAST = {"retransmit_timeout": 1.0, "retransmit_base": 1.4, "retransmit_tries": 2
 class User:
     name: str
     password: str | None = None       # mschapv2/md5
-    method: str = "mschapv2"          # mschapv2 | md5 | tls
+    method: str = "mschapv2"          # mschapv2 | md5 | tls; ttls | peap: strongSwan clients via RADIUS
 
 
 def users_toml(users: list[User]) -> str:

@@ -1,10 +1,9 @@
-"""A fleet of two of OUR gateways under ONE DNS name, sharing one PostgreSQL pool, with
-strongSwan road-warriors dialling the name (issue 17's fleet test, without FreeRADIUS: the
-users are in our users file; RADIUS is tested in test_radius_strongswan.py).
+"""A fleet of two of OUR gateways under ONE DNS name, sharing one PostgreSQL pool and one
+FreeRADIUS, with strongSwan road-warriors dialling the name (issue 17's fleet test).
 
     strongSwan clients 198.51.100.11.. (topo.gw) -- router -- gateway A 192.0.2.10 (topo.site)
                                                    |      \\-- gateway B 203.0.113.10 (ns "gb")
-                                     Knot DNS 203.0.113.1 (in the router's namespace)
+                      Knot DNS and FreeRADIUS 203.0.113.1 (in the router's namespace)
 
 Both gateways publish vpn.example.test with ``[[ddns]] mode = "member"`` (each adds its own A
 record) and ``fleet_pool = "rw"`` (a live member withdraws a dead one's record once its heartbeat
@@ -12,13 +11,18 @@ lapsed). Knot rotates the order of the records per query (``answer-rotation``), 
 the name with the test's Knot (its /etc/resolv.conf is bind-mounted in its private mount
 namespace), so the clients spread over both gateways. Both gateways protect 10.10.0.0/24 and
 have 10.10.0.1 on lo (the ping target). PostgreSQL runs on a Unix socket (reached from both
-namespaces through the file system).
+namespaces through the file system). The users are in FreeRADIUS's users file: both gateways
+relay the clients' EAP-MSCHAPv2 to it (``remote_auth = "eap-radius"``, NAS-Identifier gw-a /
+gw-b) and send accounting, whose Start records (FreeRADIUS's detail file) are checked. FreeRADIUS
+is launched with the other services and waited for only before the first client dials.
 
-Checked: N = 200 clients (the whole test ~22 s on the shared 2-core machine) spread over both
-gateways get distinct addresses from the one pool; gateway A is killed (SIGKILL: no release, no
+Checked: N = 200 clients (the whole test ~20 s on the shared 2-core machine) authenticated by
+FreeRADIUS through either gateway (one accounting Start each, from the gateway it reached) spread
+over both gateways get distinct addresses from the one pool; gateway A is killed (SIGKILL: no release, no
 withdrawal); B withdraws A's record after A's heartbeat lapsed; A's clients redial the name,
 land on B and get their same addresses back; at every step no address is bound twice and no
-identity holds two addresses (checked in the database).
+identity holds two addresses (checked in the database); the redialled clients' accounting
+Start comes from gw-b.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ if str(_ROOT) not in sys.path:
 import ra_helpers as R  # noqa: E402
 from ra_helpers import User  # noqa: E402
 
+from tests.freeradius import FreeRadius, wait_for  # noqa: E402
 from tests.gateway import OurGateway, render_toml  # noqa: E402
 from tests.netns import kill_pid, wait_until  # noqa: E402
 from tests.netns_e2e import ddns_tools as D  # noqa: E402
@@ -92,14 +97,31 @@ def _assert_no_double(conninfo: str):
     return {lz.identity: lz for lz in leases}
 
 
-def _pool_toml(conn_file: Path, member: str) -> str:
+def _radius_toml(secret_file: Path, member: str) -> str:
+    return (f'\n[radius]\nservers = ["{DNS_IP}"]\nsecret = "file:{secret_file}"\n'
+            f'nas_identifier = "{member}"\ntimeout = "1s"\nretries = 2\ndae_port = 0\n')
+
+
+def _pool_toml(conn_file: Path, member: str, secret_file: Path) -> str:
     dns = ", ".join(f'"{d}"' for d in R.OURS_DNS)
-    return (f'\n[[pool]]\nname = "rw"\naddrs = "{R.POOL}"\ndns = [{dns}]\nbackend = "postgresql"\n'
+    return _radius_toml(secret_file, member) + (
+            f'\n[[pool]]\nname = "rw"\naddrs = "{R.POOL}"\ndns = [{dns}]\nbackend = "postgresql"\n'
             f'database = "file:{conn_file}"\nfleet_member = "{member}"\n'
             f'heartbeat_interval = "1s"\nheartbeat_timeout = "3s"\n'
             + D.ddns_toml([{"interface": "wan0", "names": [NAME], "method": "rfc2136", "server": DNS_IP,
                             "zone": ZONE, "tsig_name": KEY.name, "tsig_secret": KEY.secret, "ttl": 2,
                             "families": [4], "mode": "member", "fleet_pool": "rw"}]))
+
+
+def _starts(fr: FreeRadius, n: int) -> dict[str, list[str]]:
+    """User-Name -> the NAS-Identifiers of its accounting Start records, once there are n."""
+    def starts():
+        return [r for r in fr.detail_records() if r.get("Acct-Status-Type") == "Start"]
+    assert wait_for(lambda: len(starts()) >= n, 10), f"{len(starts())} accounting Starts, want {n}"
+    out: dict[str, list[str]] = {}
+    for r in starts():
+        out.setdefault(r["User-Name"], []).append(r["NAS-Identifier"])
+    return out
 
 
 def _dns(knot) -> list[str]:
@@ -135,9 +157,11 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
     t0 = time.monotonic()
     users = [User(f"user{i}@example.org", "pw-" + secrets.token_hex(8)) for i in range(N)]
     psk = "test-only-" + secrets.token_hex(12)
-    users_file = sswan_workdir / "users.toml"
-    users_file.write_text(R.users_toml(users))
-    users_file.chmod(0o600)
+    radius_secret = "radius-" + secrets.token_hex(12)
+    secret_file = sswan_workdir / "radius.secret"
+    secret_file.write_text(radius_secret + "\n")
+    secret_file.chmod(0o600)
+    radius_users = "".join(f'"{u.name}"  Cleartext-Password := "{u.password}"\n' for u in users)
     lookup_resolv = sswan_workdir / "lookup-resolv.conf"   # charon's own look-ups: the test's Knot
     lookup_resolv.write_text(f"nameserver {DNS_IP}\noptions timeout:1 attempts:2\n")
     gw_b: OurGateway | None = None
@@ -158,7 +182,11 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
             gb.add_route("default", via=DNS_IP)
             gb.add_addr("lo", f"{TARGET}/32")
             extra["gb"] = gb
-            # Knot in the router's namespace, before gateway A starts and publishes
+            # FreeRADIUS launched now, waited for just before the first client (its ~1 s start-up
+            # overlaps Knot's, gateway A's and B's); Knot before gateway A starts and publishes
+            extra["fr"] = FreeRadius(topo.router, sswan_workdir / "freeradius", users=radius_users,
+                                     secret=radius_secret, address=DNS_IP)
+            extra["fr"].launch()
             extra["knot"] = D.KnotServer(topo.router, sswan_workdir, DNS_IP, ZONE, ZONE_TEXT, KEY,
                                          answer_rotation=True).start()
 
@@ -169,10 +197,10 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
             return conf
 
         def config_text(topo, ours_dir: Path) -> str:
-            return (ours_dir / "vpn-gw.toml").read_text() + _pool_toml(conn_file, "gw-a")
+            return (ours_dir / "vpn-gw.toml").read_text() + _pool_toml(conn_file, "gw-a", secret_file)
 
         def ours_conn(topo, local_ip):
-            c = R.ours_gateway_conn(topo, method="mschapv2", users_file=users_file, psk=psk)
+            c = R.ours_gateway_conn(topo, method="radius", psk=psk)
             c["local_addrs"] = [local_ip]
             c["children"][0]["local_ts"] = ["10.10.0.0/24"]
             return c
@@ -191,10 +219,14 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
                                   listen=[GW_B])
                 gw_b.config.write_text(render_toml({"control_socket": str(gw_b.socket), "listen": [GW_B],
                                                     **R.FAST}, [ours_conn(env.topo, GW_B)])
-                                       + _pool_toml(conn_file, "gw-b"))
+                                       + _pool_toml(conn_file, "gw-b", secret_file))
                 gw_b.start()
                 env.pids.append(gw_b.proc.pid)
                 _wait_dns(knot, [GW_A, GW_B], [env.ours, gw_b], timeout=15)
+                fr: FreeRadius = extra["fr"]
+                t_fr = time.monotonic()
+                fr.wait_ready()
+                fr_wait_s = time.monotonic() - t_fr
 
                 # N clients dial the name; Knot's rotation spreads them over both gateways
                 t_up = time.monotonic()
@@ -217,6 +249,11 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
                 leases = _assert_no_double(pg.conninfo)
                 assert {leases[users[i].name].gateway for i in on_a} == {"gw-a"}
                 assert {leases[users[i].name].gateway for i in on_b} == {"gw-b"}
+                # every client authenticated by FreeRADIUS; one accounting Start each, from its gateway
+                starts = _starts(fr, N)
+                assert {i: starts[users[i].name] for i in range(N)} == \
+                    {i: ["gw-a" if i in on_a else "gw-b"] for i in range(N)}
+                assert fr.log.read_text().count("Login OK: [") == N
 
                 # gateway A dies without a word; B withdraws its record once A's heartbeat lapsed
                 kill_pid(env.ours.proc.pid, sig=signal.SIGKILL)
@@ -243,7 +280,10 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
                 assert {leases[u.name].gateway for u in users} == {"gw-b"}
                 assert all(leases[u.name].online for u in users)
                 assert len(gw_b.ike_sas()) == N
-                print(f"\nset-up {t_env:.1f} s; {N} clients through {NAME}: {len(on_a)} on A, {len(on_b)} on B, "
+                starts = _starts(fr, N + len(on_a))
+                assert all(starts[users[i].name] == ["gw-a", "gw-b"] for i in on_a)
+                print(f"\nset-up {t_env:.1f} s (then {fr_wait_s:.1f} s waiting for FreeRADIUS); "
+                      f"{N} clients through {NAME}: {len(on_a)} on A, {len(on_b)} on B, "
                       f"up in {up_s:.1f} s, pinged in {ping_s:.1f} s; "
                       f"A's record withdrawn by B {withdrawn_s:.1f} s after SIGKILL; {len(on_a)} clients "
                       f"dropped and redialled onto B in {redial_s:.1f} s; total {time.monotonic() - t0:.1f} s")
@@ -257,5 +297,7 @@ def test_two_gateways_share_a_pool_and_survive_one_dying(sswan_workdir, record_p
                 gw_b.stop()
             if "knot" in extra:
                 extra["knot"].stop()
+            if "fr" in extra:
+                extra["fr"].stop()
     print(f"tear-down {time.monotonic() - t_down:.1f} s, total {time.monotonic() - t0:.1f} s")
     assert time.monotonic() - t0 < 90

@@ -1,10 +1,21 @@
 """Dynamic Authorization (RFC 5176): a UDP listener for Disconnect-Request and CoA-Request.
 
-A Disconnect-Request names sessions by User-Name, Acct-Session-Id and/or Framed-IP-Address
-(all given attributes must match, RFC 5176 3); the gateway deletes the matching IKE SAs and
-answers Disconnect-ACK, or Disconnect-NAK with Error-Cause 503 (Session-Context-Not-Found)
-when nothing matched. CoA-Request (changing a session's authorization) is not supported:
-CoA-NAK with Error-Cause 405 (Unsupported-Service).
+Both name sessions by User-Name, Acct-Session-Id and/or Framed-IP-Address (all given attributes
+must match, RFC 5176 3); NAS-Identifier, NAS-IP(v6)-Address, NAS-Port(-Id/-Type),
+Called/Calling-Station-Id, Event-Timestamp, Message-Authenticator and Proxy-State may be
+present and are not used to match.
+
+* Disconnect-Request: the gateway deletes the matching IKE SAs and answers Disconnect-ACK, or
+  Disconnect-NAK with Error-Cause 503 (Session-Context-Not-Found) when nothing matched, 402
+  (Missing-Attribute) when the request names no session.
+* CoA-Request, as strongSwan's eap-radius (eap_radius_dae.c) does it: the one authorization
+  change applied is Session-Timeout (the matching sessions end that many seconds from now,
+  accounting Stop with cause Session-Timeout; strongSwan sets it as the IKE SA's
+  authentication lifetime). CoA-ACK when at least one session matched; CoA-NAK with Error-Cause
+  402 (Missing-Attribute) without a session identification or without Session-Timeout, 401
+  (Unsupported-Attribute) when the request carries any other attribute (an authorization change
+  the gateway cannot apply is refused, not silently ignored; strongSwan ignores them), 503
+  when no session matched, 405 (Unsupported-Service) when the daemon gives no CoA handler.
 
 Requests are accepted only from the configured RADIUS servers' addresses, with a valid
 Request Authenticator for that server's secret and, if present, a valid
@@ -23,6 +34,7 @@ from dataclasses import dataclass
 from pyrad import packet as pp
 
 from .codec import (
+    COA_ACK,
     COA_NAK,
     COA_REQUEST,
     DISCONNECT_ACK,
@@ -34,6 +46,7 @@ from .codec import (
 
 log = logging.getLogger("vpn_gw.radius.dae")
 
+ERROR_UNSUPPORTED_ATTRIBUTE = 401
 ERROR_UNSUPPORTED_SERVICE = 405
 ERROR_MISSING_ATTRIBUTE = 402
 ERROR_SESSION_NOT_FOUND = 503
@@ -54,14 +67,37 @@ class DisconnectRequest:
             return False
         return not (self.framed_ip is not None and self.framed_ip not in set(addresses))
 
+    @property
+    def names_nothing(self) -> bool:
+        return self.user_name is None and self.session_id is None and self.framed_ip is None
+
+
+@dataclass(frozen=True)
+class CoaRequest:
+    """Which sessions (``match``), and the change: they end ``session_timeout`` s from now."""
+    match: DisconnectRequest
+    session_timeout: int
+
+
+# attributes that identify the session (matched) or the NAS / the request itself (not used)
+IDENTIFYING = ("User-Name", "Acct-Session-Id", "Framed-IP-Address")
+NOT_MATCHED = frozenset({"NAS-Identifier", "NAS-IP-Address", "NAS-IPv6-Address", "NAS-Port", "NAS-Port-Id",
+                         "NAS-Port-Type", "Called-Station-Id", "Calling-Station-Id", "Event-Timestamp",
+                         "Message-Authenticator", "Proxy-State"})
+COA_APPLIED = frozenset({"Session-Timeout"})
+
 
 class DaeListener(asyncio.DatagramProtocol):
     """``disconnect(request) -> number of sessions ended`` is called for each authentic
-    Disconnect-Request. ``secrets`` maps a client address (text) to its shared secret."""
+    Disconnect-Request, ``coa(request) -> number of sessions changed`` for each valid
+    CoA-Request (None: CoA-NAK 405). ``secrets`` maps a client address (text) to its shared
+    secret."""
 
-    def __init__(self, secrets: dict[str, bytes], disconnect: Callable[[DisconnectRequest], int]):
+    def __init__(self, secrets: dict[str, bytes], disconnect: Callable[[DisconnectRequest], int],
+                 coa: Callable[[CoaRequest], int] | None = None):
         self.secrets = {str(ipaddress.ip_address(a)): s for a, s in secrets.items()}
         self.disconnect = disconnect
+        self.coa = coa
         self.transport: asyncio.DatagramTransport | None = None
         self.dropped = 0
         self._recent: dict[tuple, tuple[float, bytes]] = {}
@@ -99,32 +135,53 @@ class DaeListener(asyncio.DatagramProtocol):
         if req.message_authenticator and not req.verify_message_authenticator():
             return self._drop(f"bad Message-Authenticator from {src}")
         reply = req.CreateReply()
+        try:
+            what = DisconnectRequest(
+                user_name=(req.get("User-Name") or [None])[0],
+                session_id=(req.get("Acct-Session-Id") or [None])[0],
+                framed_ip=(req.get("Framed-IP-Address") or [None])[0])
+            names = [k if isinstance(k, str) else repr(k) for k in req.keys()]
+            timeout = (req.get("Session-Timeout") or [None])[0]
+        except Exception as e:  # noqa: BLE001 - whatever pyrad raises on bad input
+            return self._drop(f"malformed attribute from {src}: {e}")
         if req.code == COA_REQUEST:
-            reply.code = COA_NAK
-            reply.AddAttribute("Error-Cause", ERROR_UNSUPPORTED_SERVICE)
-            log.info("CoA-Request from %s refused: only Disconnect-Request is supported", src)
+            self._coa(req, reply, src, what, names, timeout)
+        elif what.names_nothing:
+            reply.code = DISCONNECT_NAK
+            reply.AddAttribute("Error-Cause", ERROR_MISSING_ATTRIBUTE)
         else:
-            try:
-                what = DisconnectRequest(
-                    user_name=(req.get("User-Name") or [None])[0],
-                    session_id=(req.get("Acct-Session-Id") or [None])[0],
-                    framed_ip=(req.get("Framed-IP-Address") or [None])[0])
-            except Exception as e:  # noqa: BLE001 - whatever pyrad raises on bad input
-                return self._drop(f"malformed attribute from {src}: {e}")
-            if what.user_name is None and what.session_id is None and what.framed_ip is None:
+            n = self.disconnect(what)
+            log.info("Disconnect-Request from %s: %d session(s) ended", src, n)
+            if n == 0:
                 reply.code = DISCONNECT_NAK
-                reply.AddAttribute("Error-Cause", ERROR_MISSING_ATTRIBUTE)
+                reply.AddAttribute("Error-Cause", ERROR_SESSION_NOT_FOUND)
             else:
-                n = self.disconnect(what)
-                log.info("Disconnect-Request from %s: %d session(s) ended", src, n)
-                if n == 0:
-                    reply.code = DISCONNECT_NAK
-                    reply.AddAttribute("Error-Cause", ERROR_SESSION_NOT_FOUND)
-                else:
-                    assert reply.code == DISCONNECT_ACK
+                assert reply.code == DISCONNECT_ACK
         raw = reply.ReplyPacket()
         self._recent[key] = (now, raw)
         self.transport.sendto(raw, addr)
+
+    def _coa(self, req, reply, src: str, what: DisconnectRequest, names: list[str],
+             timeout: int | None) -> None:
+        reply.code = COA_NAK
+        unsupported = sorted(set(names) - set(IDENTIFYING) - NOT_MATCHED - COA_APPLIED)
+        if self.coa is None:
+            cause, why = ERROR_UNSUPPORTED_SERVICE, "CoA not enabled"
+        elif what.names_nothing:
+            cause, why = ERROR_MISSING_ATTRIBUTE, "no User-Name, Acct-Session-Id or Framed-IP-Address"
+        elif unsupported:
+            cause, why = ERROR_UNSUPPORTED_ATTRIBUTE, f"cannot apply {', '.join(unsupported)}"
+        elif timeout is None:
+            cause, why = ERROR_MISSING_ATTRIBUTE, "no Session-Timeout (the one change supported)"
+        else:
+            n = self.coa(CoaRequest(what, int(timeout)))
+            log.info("CoA-Request from %s: Session-Timeout %d s applied to %d session(s)", src, timeout, n)
+            if n:
+                reply.code = COA_ACK
+                return
+            cause, why = ERROR_SESSION_NOT_FOUND, "no session matches"
+        log.info("CoA-Request from %s refused (Error-Cause %d): %s", src, cause, why)
+        reply.AddAttribute("Error-Cause", cause)
 
     def _drop(self, why: str) -> None:
         self.dropped += 1
@@ -132,8 +189,9 @@ class DaeListener(asyncio.DatagramProtocol):
 
 
 async def start_dae_listener(host: str, port: int, secrets: dict[str, bytes],
-                             disconnect: Callable[[DisconnectRequest], int]) -> DaeListener:
+                             disconnect: Callable[[DisconnectRequest], int],
+                             coa: Callable[[CoaRequest], int] | None = None) -> DaeListener:
     loop = asyncio.get_running_loop()
-    _, proto = await loop.create_datagram_endpoint(lambda: DaeListener(secrets, disconnect),
+    _, proto = await loop.create_datagram_endpoint(lambda: DaeListener(secrets, disconnect, coa),
                                                    local_addr=(host, port))
     return proto

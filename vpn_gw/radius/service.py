@@ -8,7 +8,8 @@
   ``ChildDown`` → its byte/packet counters are kept for the session; ``IkeDown`` → Stop.
 * ``framed(identity)``: the Framed-IP-Address / Framed-IPv6-Prefix / DNS of the user's
   Access-Accept, consumed by the address assignment (they override the pool).
-* ``start()`` opens the Disconnect/CoA listener; ``stop()`` sends Stop for the remaining
+* ``start()`` opens the Disconnect/CoA listener (Disconnect-Request deletes the matching
+  IKE SAs; CoA-Request sets their Session-Timeout, as strongSwan's eap-radius); ``stop()`` sends Stop for the remaining
   sessions (Admin-Reboot) and closes everything.
 
 A RADIUS failure never blocks the engine: no answer → the client is refused
@@ -29,8 +30,8 @@ from ikev2.eap_async import AsyncEapServer, EapVerdictNeeded
 
 from . import client as rc
 from .codec import RadiusError
-from .dae import DaeListener, DisconnectRequest, start_dae_listener
-from .settings import RadiusConfig
+from .dae import CoaRequest, DaeListener, DisconnectRequest, start_dae_listener
+from .settings import MIN_INTERIM, RFC_INTERIM, RadiusConfig
 from .transport import RadiusServer
 
 log = structlog.get_logger("vpn_gw.radius")
@@ -172,10 +173,15 @@ class RadiusService:
         if not self.cfg.accounting:
             return
         self._spawn(self._account(s, "Start"))
-        # Acct-Interim-Interval from the Access-Accept wins; at least 60 s either way (RFC 2869 5.16)
-        interval = accept.interim_interval or self.cfg.interim_interval
+        # Acct-Interim-Interval from the Access-Accept wins (as strongSwan's eap-radius); below
+        # 60 s is allowed (RFC 2869 5.16 says SHOULD NOT) with a warning, below 1 s raised to 1 s
+        interval = float(accept.interim_interval or self.cfg.interim_interval)
         if interval:
-            s.interim = loop.create_task(self._interim(s, max(60.0, float(interval))))
+            if interval < RFC_INTERIM:
+                log.warning("RADIUS Interim-Update interval below 60 s (RFC 2869 5.16)",
+                            interval=interval, session=acct.session_id,
+                            source="Access-Accept" if accept.interim_interval else "config")
+            s.interim = loop.create_task(self._interim(s, max(MIN_INTERIM, interval)))
 
     def _expire(self, ike_id: int) -> None:
         sa = self.gw.manager.by_id(ike_id)
@@ -233,13 +239,28 @@ class RadiusService:
             self.gw.flush()
         return n
 
+    def _coa(self, req: CoaRequest) -> int:
+        """CoA-Request (as strongSwan's eap-radius): the matching sessions end
+        ``req.session_timeout`` seconds from now (replacing any earlier Session-Timeout)."""
+        loop = asyncio.get_running_loop()
+        n = 0
+        for ike_id, s in self._sessions.items():
+            if req.match.matches(s.acct.user_name, s.acct.session_id, s.acct.addresses):
+                if s.expiry is not None:
+                    s.expiry.cancel()
+                s.expiry = loop.call_later(float(req.session_timeout), self._expire, ike_id)
+                log.info("RADIUS CoA: new Session-Timeout", ike_id=ike_id, session=s.acct.session_id,
+                         seconds=req.session_timeout)
+                n += 1
+        return n
+
     async def start(self) -> None:
         if self.cfg.dae_port:
             secret = self.cfg.secret.reveal()
             try:
                 self.dae = await start_dae_listener(str(self.cfg.dae_listen), self.cfg.dae_port,
                                                     {str(a): secret for a in self.cfg.servers},
-                                                    self._disconnect)
+                                                    self._disconnect, self._coa)
             except OSError as e:
                 log.error("RADIUS Disconnect/CoA listener cannot start", port=self.cfg.dae_port,
                           error=str(e))

@@ -10,7 +10,7 @@ nas_identifier = "gw1"                        # default: the host name
 timeout = "3s"                                # per try
 retries = 2                                   # retransmissions per server
 accounting = true
-interim_interval = "10m"                      # 0 = no Interim-Update (Acct-Interim-Interval overrides)
+interim_interval = "10m"                      # 0 = none; >= 1s, warned below 60s (Acct-Interim-Interval overrides)
 dae_port = 3799                               # Disconnect/CoA listener (RFC 5176); 0 = off
 dae_listen = "0.0.0.0"
 ```
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 RADIUS_KEYS = ("servers", "secret", "auth_port", "acct_port", "nas_identifier", "timeout", "retries",
                "accounting", "interim_interval", "dae_port", "dae_listen")
 SECRET_WARN_BYTES = 16
+MIN_INTERIM = 1.0     # Interim-Update interval: at least 1 s ...
+RFC_INTERIM = 60.0    # ... and a warning below 60 s (RFC 2869 5.16 SHOULD NOT)
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,14 @@ def parse_radius_section(ctx, top) -> RadiusConfig | None:
     retries = t.get("retries", C._int(0, 10), 2)
     accounting = t.get("accounting", C._bool, True)
     interim = t.get("interim_interval", C._duration, 600.0)
-    if C._ok(interim) and 0 < interim < 60:
-        ctx.error(path + ("interim_interval",), f"must be 0 (off) or at least 60s (RFC 2869 5.16), "
+    if C._ok(interim) and 0 < interim < MIN_INTERIM:
+        ctx.error(path + ("interim_interval",), f"must be 0 (off) or at least {MIN_INTERIM:g}s, "
                                                 f"got {interim:g}s")
+    elif C._ok(interim) and 0 < interim < RFC_INTERIM:
+        # RFC 2869 5.16: the interval SHOULD NOT be smaller than 60 s (a SHOULD NOT: allowed,
+        # e.g. for tests or short-lived sessions, but every session costs a request per interval)
+        ctx.warn(path + ("interim_interval",), f"{interim:g}s is below the {RFC_INTERIM:g}s that "
+                                               f"RFC 2869 5.16 recommends as the minimum")
     dae_port = t.get("dae_port", C._int(0, 65535), 3799)
     dae_listen = t.get("dae_listen", C._ip, None)
     if len(ctx.errors) > nerr:
