@@ -184,13 +184,14 @@ _ANCHORS: OrderedDict[bytes, Any] = OrderedDict()  # trust anchor DER -> parsed 
 
 
 def _private_key(der: bytes) -> Any:
-    """Load (once per process) our long-term private key: loading an RSA key checks it, which
-    takes ~0.1 s for RSA-3072, far more than the signature."""
+    """Load (once per process) our long-term private key."""
     from cryptography.hazmat.primitives.serialization import load_der_private_key
     digest = hashlib.sha256(der).digest()
     key = _KEYS.get(digest)
     if key is None:
-        key = load_der_private_key(der, None)
+        # The key comes from the daemon, which checked it when it loaded the configuration;
+        # checking an RSA key again costs ~0.1 s (RSA-3072) per worker.
+        key = load_der_private_key(der, None, unsafe_skip_rsa_key_validation=True)
         _KEYS[digest] = key
         while len(_KEYS) > _KEY_CACHE_SIZE:
             _KEYS.popitem(last=False)
