@@ -338,9 +338,9 @@ class Pki:
     """``--auth ecdsa|rsa3072``: the responder's key and certificate (subjectAltName GW_ID) of that
     kind, from an RSA-2048 CA. The load-tester signs each initiator's certificate and its AUTH
     with the CA's key (it takes RSA keys only: "no private key found" with an ECDSA CA), so an
-    RSA-3072 CA makes it the bottleneck (measured: 135 set-ups/s whatever we do). The load-tester issues each initiator's certificate from the same CA on the fly
-    (``issuer_cert``/``issuer_key``, strongswan6.md §5.3; ``digest = sha256``: its default SHA-1
-    signatures are refused by us) and trusts it for the responder's."""
+    RSA-3072 CA makes it the bottleneck (measured: 135 set-ups/s whatever we do). It issues them
+    on the fly (``issuer_cert``/``issuer_key``, strongswan6.md §5.3; ``digest = sha256``: its
+    default SHA-1 signatures are refused by us) and trusts the CA for the responder's."""
 
     def __init__(self, workdir: Path, kind: str):
         import datetime
