@@ -33,7 +33,7 @@ from .errors import IKEv2Error
 from .events import Event
 
 __all__ = ["AuthJob", "AuthResult", "ComputeNeeded", "InitKeysJob", "InitKeysResult", "InlineExecutor",
-           "Job", "OffloadPolicy", "Result", "SeededRandom", "estimated_cost_us", "run"]
+           "Job", "OffloadPolicy", "Result", "SeededRandom", "estimated_cost_us", "run", "run_batch"]
 
 
 class SeededRandom:
@@ -253,6 +253,18 @@ def run(job: Job) -> Result:
     if isinstance(job, AuthJob):
         return _run_auth(job)
     raise TypeError(f"not a compute job: {type(job).__name__}")
+
+
+def run_batch(jobs: list[Job]) -> list[tuple[Result | None, str]]:
+    """Several jobs in one call (one round trip to a worker): (result, "") or (None, the error)
+    for each, in order; one job's failure does not fail the others."""
+    out: list[tuple[Result | None, str]] = []
+    for job in jobs:
+        try:
+            out.append((run(job), ""))
+        except Exception as e:  # noqa: BLE001 - reported for this job only
+            out.append((None, f"{type(e).__name__}: {e}"))
+    return out
 
 
 class InlineExecutor:

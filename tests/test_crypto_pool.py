@@ -75,3 +75,24 @@ def test_submit_after_close_fails_cleanly():
 
     asyncio.run(main())
     assert got == {7: (None, "gateway stopping")}
+
+
+def test_a_failing_job_fails_alone():
+    got: dict[int, tuple] = {}
+    bad = InitKeysJob(group=14, peer_ke=b"", seed=b"", prf=999, encr=20, encr_bits=256, integ=None,
+                      ni=b"", nr=b"", spi_i=b"", spi_r=b"")
+
+    async def main():
+        pool = CryptoPool(1, lambda token, result, reason: got.__setitem__(token, (result, reason)))
+        pool.start()
+        try:
+            for token, j in ((1, job(1)), (2, bad), (3, job(3))):  # one batch (same loop turn)
+                pool.submit(ComputeNeeded(job=j, token=token))
+            await _collect(pool, got, 3)
+            assert pool.counters["failed"] == 1 and pool.counters["retried_inline"] == 0
+        finally:
+            pool.close()
+
+    asyncio.run(main())
+    assert got[2] == (None, "ValueError")
+    assert got[1] == (run(job(1)), "") and got[3] == (run(job(3)), "")
