@@ -93,10 +93,18 @@ class CryptoPool:
             f.result(timeout=30)
         return pool
 
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> bool:
+        """Start the workers; False (logged) if they cannot run: then the gateway computes inline."""
         self._loop = loop or asyncio.get_running_loop()
-        self._pool = self._new_pool()
+        try:
+            self._pool = self._new_pool()
+        except Exception as e:  # noqa: BLE001 - e.g. no /dev/shm, fork refused: the gateway still works
+            log.error("cannot start crypto workers, computing in the event loop", workers=self.workers,
+                      error=f"{type(e).__name__}: {e}")
+            self._closed = True
+            return False
         log.info("crypto workers started", workers=self.workers, pids=self.pids())
+        return True
 
     def stats(self) -> dict[str, Any]:
         """The ``stats`` command's "crypto" section."""

@@ -397,8 +397,7 @@ class Gateway:
                     log.error("cannot create the connection's interface", connection=conn.name,
                               interface=conn.interface, error=str(e))
         self.routes.install(self.config.connections)
-        if self.crypto is not None:
-            self.crypto.start(loop)
+        if self.crypto is not None and self.crypto.start(loop):
             self.manager.offload = OffloadPolicy()  # (until the workers run, everything is inline)
         self.udp.open()
         await self.tcp.start()
