@@ -98,6 +98,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / HZ
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the crypto workers and their forkserver)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except FileNotFoundError:
+            continue
+        for t in tasks:
+            try:
+                kids = [int(k) for k in (t / "children").read_text().split()]
+            except (FileNotFoundError, ValueError):
+                continue
+            out += [k for k in kids if k not in out]
+            todo += kids
+    return out
+
+
+def cpu_seconds_tree(pid: int) -> dict[int, float]:
+    """CPU seconds of ``pid`` and of every process below it, by PID."""
+    got = {}
+    for p in [pid, *descendants(pid)]:
+        try:
+            got[p] = cpu_seconds(p)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return got
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -194,9 +225,9 @@ LT_CONF = """charon {{
             responder = {gw_ip}
             proposal = {ike}
             esp = {esp}
-            initiator_auth = psk
-            responder_auth = psk
-            preshared_key = {psk}
+            initiator_auth = {auth}
+            responder_auth = {auth}
+            preshared_key = {psk}{issuer}
             initiator_id = c%d-r%d.lt.example.org
             responder_id = {gw_id}
             initiator_tsi = {ts_lt}
@@ -228,7 +259,8 @@ def _secs(m: re.Match) -> float:
 class LoadTester:
     """charon-6 with the load-tester plugin in ns (private /run), per strongswan6.md."""
 
-    def __init__(self, ns, workdir: Path, n: int, initiators: int, init_limit: int, delay: int):
+    def __init__(self, ns, workdir: Path, n: int, initiators: int, init_limit: int, delay: int,
+                 pki: Pki | None = None):
         self.ns, self.dir, self.n = ns, workdir, n
         self.dir.mkdir(parents=True, exist_ok=True)
         initiators = max(1, min(initiators, n))
@@ -238,7 +270,9 @@ class LoadTester:
         self.conf.write_text(LT_CONF.format(
             plugins=LT_PLUGINS, dir=self.dir, initiators=initiators, iterations=n // initiators, delay=delay,
             init_limit=init_limit, lt_ip=LT_IP, gw_ip=GW_IP, ike=IKE, esp=ESP, psk=PSK, gw_id=GW_ID,
-            ts_lt=TS_LT, ts_gw=TS_GW))
+            ts_lt=TS_LT, ts_gw=TS_GW, auth="pubkey" if pki else "psk",
+            issuer=f"\n            issuer_cert = {pki.ca_cert}\n            issuer_key = {pki.ca_key}"
+                   "\n            digest = sha256" if pki else ""))
         self.log = self.dir / "charon.log"
         self.proc: subprocess.Popen | None = None
 
@@ -298,18 +332,71 @@ class LoadTester:
             kill_pid(self.proc.pid, timeout=10)
 
 
+# ----------------------------------------------------------------------------- certificates
+
+class Pki:
+    """``--auth ecdsa|rsa3072``: the responder's key and certificate (subjectAltName GW_ID) of that
+    kind, from an RSA-2048 CA. The load-tester signs each initiator's certificate and its AUTH
+    with the CA's key (it takes RSA keys only: "no private key found" with an ECDSA CA), so an
+    RSA-3072 CA makes it the bottleneck (measured: 135 set-ups/s whatever we do). It issues them
+    on the fly (``issuer_cert``/``issuer_key``, strongswan6.md §5.3; ``digest = sha256``: its
+    default SHA-1 signatures are refused by us) and trusts the CA for the responder's."""
+
+    def __init__(self, workdir: Path, kind: str):
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.x509.oid import NameOID
+
+        def key(kind):
+            return ec.generate_private_key(ec.SECP256R1()) if kind == "ecdsa" else \
+                rsa.generate_private_key(65537, 2048 if kind == "rsa2048" else 3072)
+
+        def name(cn):
+            return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vpn-gw bench"),
+                              x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key, gw_key = key("rsa2048"), key(kind)
+        ca = (x509.CertificateBuilder().subject_name(name("bench CA")).issuer_name(name("bench CA"))
+              .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+              .not_valid_after(now + datetime.timedelta(days=30))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+        gw = (x509.CertificateBuilder().subject_name(name(GW_ID)).issuer_name(ca.subject)
+              .public_key(gw_key.public_key()).serial_number(2).not_valid_before(now - datetime.timedelta(days=1))
+              .not_valid_after(now + datetime.timedelta(days=30))
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName(GW_ID)]), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ca_cert, self.ca_key = workdir / "ca.pem", workdir / "ca.key"
+        self.gw_cert, self.gw_key = workdir / "gw.pem", workdir / "gw.key"
+        pem = serialization.Encoding.PEM
+        for path, k in ((self.ca_key, ca_key), (self.gw_key, gw_key)):
+            path.write_bytes(k.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            path.chmod(0o600)
+        self.ca_cert.write_bytes(ca.public_bytes(pem))
+        self.gw_cert.write_bytes(gw.public_bytes(pem))
+
+
 # ----------------------------------------------------------------------------- responders
 
 class OursResponder:
-    def __init__(self, ns, workdir: Path, dataplane: str, n: int, init_limit: int):
+    def __init__(self, ns, workdir: Path, dataplane: str, n: int, init_limit: int,
+                 crypto_workers: int | None = None, pki: Pki | None = None):
         from tests.gateway import OurGateway, connection
+        auth = {"auth": "pubkey", "certs": [str(pki.gw_cert)], "private_key": str(pki.gw_key),
+                "cacerts": [str(pki.ca_cert)]} if pki else {}
         conn = connection("lt", GW_IP, "%any", GW_ID, "%any", local_ts=TS_GW, remote_ts=TS_LT,
-                          psk=PSK, ike=IKE, esp=ESP, child="lt")
-        # all load from one address, like strongSwan's dos_protection = no
+                          psk=PSK, ike=IKE, esp=ESP, child="lt", **auth)
+        # all load from one address, like strongSwan's dos_protection = no (no per-address limits)
         limit = max(1000, 4 * (init_limit + 64))
-        self.gw = OurGateway(ns, workdir, "ours", [conn], listen=[GW_IP], log_level="warning",
-                             gateway={"dataplane": dataplane, "half_open_limit": limit,
-                                      "cookie_threshold": limit - 1})
+        gateway = {"dataplane": dataplane, "half_open_limit": limit, "cookie_threshold": limit - 1,
+                   "half_open_per_address": 0, "new_sa_rate_per_address": 0.0}
+        if crypto_workers is not None:
+            gateway["crypto_workers"] = crypto_workers
+        self.gw = OurGateway(ns, workdir, "ours", [conn], listen=[GW_IP], log_level="warning", gateway=gateway)
 
     def start(self) -> int:
         self.gw.start(timeout=30)
@@ -366,7 +453,9 @@ class Result:
     children: int = 0
     held: int | None = None
     setups_per_s: float | None = None
-    cpu_ms_per_setup: float | None = None
+    cpu_ms_per_setup: float | None = None      # the responder and its crypto workers
+    loop_cpu_ms_per_setup: float | None = None  # the responder's own process (its event loop)
+    cores_busy: float | None = None            # responder CPU seconds / set-up wall time
     rss_kib_per_sa: float | None = None
     init_us_empty: float | None = None      # median of the probes
     init_us_held: float | None = None
@@ -392,9 +481,10 @@ def probe(ns, count: int) -> tuple[float | None, float | None, int]:
     return statistics.median(got), min(got), len(rtts) - len(got)
 
 
-def run_one(kind: str, n: int, args, workdir: Path) -> Result:
+def run_one(kind: str, n: int, args, workdir: Path, workers: int | None = None) -> Result:
     import netns
-    res = Result(kind, n, load_before=loadavg())
+    label = kind if workers is None or kind == "strongswan" else f"{kind}/w{workers}"
+    res = Result(label, n, load_before=loadavg())
     grp = netns.NetnsGroup("isc")
     resp = lt = None
     try:
@@ -403,26 +493,32 @@ def run_one(kind: str, n: int, args, workdir: Path) -> Result:
         # the protected side's address: strongSwan (kernel-libipsec) refuses to install a
         # Child SA whose local TS holds none of its addresses ("no local address found")
         gw_ns.add_addr("lo", GW_LAN_IP + "/32")
-        rdir = workdir / f"{kind}-{n}"
+        rdir = workdir / f"{label.replace('/', '-')}-{n}"
         rdir.mkdir(parents=True)
+        pki = Pki(rdir / "pki", args.auth) if args.auth != "psk" else None
         if kind == "strongswan":
+            if pki is not None:
+                raise RuntimeError("--auth with certificates: strongSwan responder not set up (ours only)")
             resp = StrongSwanResponder(gw_ns, rdir, n, args.init_limit)
         else:
-            resp = OursResponder(gw_ns, rdir, kind.split("-", 1)[1], n, args.init_limit)
+            resp = OursResponder(gw_ns, rdir, kind.split("-", 1)[1], n, args.init_limit, workers, pki)
         pid = resp.start()
         time.sleep(0.5)
         res.init_us_empty, res.init_us_empty_min, lost0 = probe(lt_ns, args.probes)
-        cpu0, rss0 = cpu_seconds(pid), rss_kib(pid)
-        lt = LoadTester(lt_ns, rdir / "lt", n, args.initiators, args.init_limit, args.delay)
+        cpu0, rss0 = cpu_seconds_tree(pid), rss_kib(pid)
+        lt = LoadTester(lt_ns, rdir / "lt", n, args.initiators, args.init_limit, args.delay, pki)
         lt.start()
         lt.wait(timeout=args.timeout, stall=args.stall)
         time.sleep(1.0)     # let the last IKE_AUTH responses' work and logging settle
-        cpu1, rss1 = cpu_seconds(pid), rss_kib(pid)
+        cpu1, rss1 = cpu_seconds_tree(pid), rss_kib(pid)
         r = lt.results()
         res.established, res.children = r["established"], r["children"]
         res.retransmits, res.failures, res.setups_per_s = r["retransmits"], r["failures"], r["rate"]
         done = max(res.established, 1)
-        res.cpu_ms_per_setup = (cpu1 - cpu0) * 1000 / done
+        res.cpu_ms_per_setup = sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1) * 1000 / done
+        res.loop_cpu_ms_per_setup = (cpu1[pid] - cpu0[pid]) * 1000 / done
+        wall = n / res.setups_per_s if res.setups_per_s else None
+        res.cores_busy = sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1) / wall if wall else None
         res.rss_kib_per_sa = (rss1 - rss0) / done
         res.held = resp.held()
         res.init_us_held, res.init_us_held_min, lost1 = probe(lt_ns, args.probes)
@@ -448,13 +544,15 @@ def _f(v, fmt: str) -> str:
 
 
 def table(results: list[Result]) -> str:
-    head = (f"{'responder':<15} {'N':>6} {'up':>6} {'child':>6} {'held':>6} {'setups/s':>9} {'cpu ms/su':>9} "
+    head = (f"{'responder':<18} {'N':>6} {'up':>6} {'child':>6} {'held':>6} {'setups/s':>9} {'cpu ms/su':>9} "
+            f"{'loop ms':>7} {'cores':>5} "
             f"{'KiB/SA':>7} {'INIT µs@0 med/min':>17} {'INIT µs@N med/min':>17} {'retr':>5} {'fail':>5}  load before "
             "-> after")
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.responder:<15} {r.n:>6} {r.established:>6} {r.children:>6} {_f(r.held, 'd'):>6} "
+        lines.append(f"{r.responder:<18} {r.n:>6} {r.established:>6} {r.children:>6} {_f(r.held, 'd'):>6} "
                      f"{_f(r.setups_per_s, '.0f'):>9} {_f(r.cpu_ms_per_setup, '.2f'):>9} "
+                     f"{_f(r.loop_cpu_ms_per_setup, '.2f'):>7} {_f(r.cores_busy, '.2f'):>5} "
                      f"{_f(r.rss_kib_per_sa, '.1f'):>7} "
                      f"{_f(r.init_us_empty, '.0f') + '/' + _f(r.init_us_empty_min, '.0f'):>17} "
                      f"{_f(r.init_us_held, '.0f') + '/' + _f(r.init_us_held_min, '.0f'):>17} {r.retransmits:>5} "
@@ -482,6 +580,11 @@ def main(argv=None) -> int:
     ap.add_argument("--probes", type=int, default=15, help="IKE_SA_INIT probes per point (median)")
     ap.add_argument("--timeout", type=float, default=600, help="max seconds per load run")
     ap.add_argument("--stall", type=float, default=30, help="give up after this long without progress")
+    ap.add_argument("--crypto-workers", type=int, action="append", dest="crypto_workers",
+                    help="our responder's [gateway] crypto_workers; repeatable, one run each "
+                         "(default: the daemon's default, \"auto\")")
+    ap.add_argument("--auth", choices=("psk", "ecdsa", "rsa3072"), default="psk",
+                    help="psk (default), or certificates of this kind on both sides (ours only)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--workdir", help="keep logs here (default: a temporary directory, removed)")
     args = ap.parse_args(argv)
@@ -516,11 +619,12 @@ def main(argv=None) -> int:
     try:
         for n in ns_list:
             for kind in kinds:
-                r = run_one(kind, n, args, workdir)
-                results.append(r)
-                print(table([r]).splitlines()[-1 - len(r.notes)], flush=True)
-                for note in r.notes:
-                    print(f"    note: {note}", flush=True)
+                for workers in (args.crypto_workers or [None]) if kind != "strongswan" else [None]:
+                    r = run_one(kind, n, args, workdir, workers)
+                    results.append(r)
+                    print(table([r]).splitlines()[-1 - len(r.notes)], flush=True)
+                    for note in r.notes:
+                        print(f"    note: {note}", flush=True)
     finally:
         signal.signal(signal.SIGTERM, old)
         print()

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import hmac
 
-from . import assign_async
+from . import assign_async, compute_async
 from . import payloads as P
+from .compute import AuthJob, AuthResult, private_key_der, signature_cost_us
 from .constants import AuthMethod, HashAlgorithm
 from .constants import ExchangeType as X
 from .constants import NotifyType as N
@@ -44,12 +45,14 @@ class AuthExchange(IkeSACore):
         return cauth.signed_octets(self.init_response_raw, self.ni, s.prf,
                                    self._sk_p_for_auth(keys.sk_pr), id_body) + tail
 
-    def _our_auth_payloads(self, id_cls: type[P.IDiPayload] | type[P.IDrPayload]) -> list[P.Payload]:
+    def _our_auth_payloads(self, id_cls: type[P.IDiPayload] | type[P.IDrPayload],
+                           signature: tuple[int, bytes] | None = None) -> list[P.Payload]:
+        """ID, CERT and AUTH payloads; ``signature``: our AUTH (method, data) already computed."""
         pol = self.policy
         ident = pol.local_id
         out: list[P.Payload] = [id_cls(id_type=ident.id_type, data=ident.data)]
-        octets = self._auth_octets(self.initiator, ident.body())
         a = pol.local_auth
+        octets = self._auth_octets(self.initiator, ident.body()) if signature is None else b""
         if a.method == "psk":
             if a.psk is None:
                 raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"connection {pol.name}: no PSK configured")
@@ -59,7 +62,7 @@ class AuthExchange(IkeSACore):
             from .certs import cert_payload_data
             for cert in a.certs:
                 out.insert(len(out), P.CertPayload(encoding=4, data=cert_payload_data(cert)))
-            method, data = cauth.sign(a.private_key, octets, self._sign_hash(a.private_key))
+            method, data = signature or cauth.sign(a.private_key, octets, self._sign_hash(a.private_key))
             out.append(P.AuthPayload(method=method, data=data))
         else:
             raise ExchangeFailed(N.AUTHENTICATION_FAILED, f"auth method {a.method} not supported yet")
@@ -263,9 +266,44 @@ class AuthExchange(IkeSACore):
             self._start_eap_server(req, ident, now)
             return
         self._ppk_check_request(req)  # RFC 8784 (exchange_ppk)
-        self.peer_id = self._verify_peer_auth(req, self.policy, now)
-        out = self._our_auth_payloads(P.IDrPayload) + self._ppk_response_payloads()
+        if self.offload is not None and self.policy.remote_auth.method == "pubkey" \
+                and self.policy.local_auth.method == "pubkey":
+            # Certificate checks and both signatures as one job (ikev2.compute), possibly run
+            # elsewhere: then we stop here and the request is processed again with the result.
+            try:
+                result = compute_async.result_for(self, "auth", req, lambda: self._auth_job(req, ident, now))
+            except compute_async.Deferred:
+                return
+            assert isinstance(result, AuthResult)
+            if result.error:
+                raise ExchangeFailed(N.AUTHENTICATION_FAILED, result.error, fatal=True)
+            self.peer_id = ident
+            out = self._our_auth_payloads(P.IDrPayload, signature=(result.method, result.data))
+        else:
+            self.peer_id = self._verify_peer_auth(req, self.policy, now)
+            out = self._our_auth_payloads(P.IDrPayload)
+        out += self._ppk_response_payloads()
         self._complete_auth_responder(req, req, out, now, "established")
+
+    def _auth_job(self, req: Message, ident: Identity, now: float) -> AuthJob:
+        """The responder's IKE_AUTH computations with certificates (ikev2.compute.AuthJob); the
+        cheap checks that need no certificate happen here, as in ``_verify_peer_auth``."""
+        pol = self.policy
+        authp = req.get(P.AuthPayload)
+        idp = req.get(P.IDiPayload)
+        assert authp is not None and idp is not None  # (checked by the caller)
+        certs = tuple(c.data for c in req.all(P.CertPayload) if c.encoding == 4)
+        if not certs:
+            raise ExchangeFailed(N.AUTHENTICATION_FAILED, "peer sent no certificate", fatal=True)
+        from .certs import cert_payload_data
+        key = pol.local_auth.private_key
+        return AuthJob(ident_type=ident.id_type, ident_data=ident.data, ident_text=str(ident), certs=certs,
+                       cacerts=tuple(cert_payload_data(c) for c in pol.remote_auth.cacerts),
+                       when=self.wall(now), auth_method=authp.method, auth_data=authp.data,
+                       peer_octets=self._auth_octets(True, idp.encode_body()),
+                       our_key=private_key_der(key),
+                       our_octets=self._auth_octets(False, pol.local_id.body()),
+                       hash_alg=self._sign_hash(key), sign_cost_us=signature_cost_us(key))
 
     def _complete_auth_responder(self, req: Message, first: Message, out: list[P.Payload], now: float,
                                  outcome: str) -> None:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import struct
 
+from . import compute_async
 from . import payloads as P
+from .compute import InitKeysJob, InitKeysResult
 from .constants import (
     IKE_PORT,
     NATT_PORT,
@@ -220,6 +222,9 @@ class InitExchange(IkeSACore):
 
     def _on_init_request(self, raw: bytes, msg: Message, local: Address, remote: Address, now: float) -> None:
         """Responder: answer IKE_SA_INIT (the manager already checked cookies and limits)."""
+        if compute_async.waiting(self, "init", msg.message_id):
+            self.log("debug", "IKE_SA_INIT keys being computed, retransmission absorbed")
+            return
         self.spi_i = msg.spi_i
         self.init_request_raw = raw
         sa = msg.get(P.SAPayload)
@@ -253,23 +258,54 @@ class InitExchange(IkeSACore):
             self._reject_init(msg, N.NO_PROPOSAL_CHOSEN, "peer proposed additional key exchanges "
                               "without INTERMEDIATE_EXCHANGE_SUPPORTED")
             return
+        chosen = P.Proposal(chosen.num, ProtocolId.IKE, b"", chosen.transforms)
+        self.ni = nonce.data
+        self.suite = suite
+        self.proposal = chosen
+        if self.offload is not None:
+            # The key share, shared secret and SK_* keys as one job (ikev2.compute), possibly
+            # computed elsewhere: then we stop here and _resume_init continues.
+            self.nr = self.rng(NONCE_LEN)
+            self.spi_r = self._new_ike_spi()
+            job = InitKeysJob(group=suite.ke.group, peer_ke=ke.data, seed=self.rng(32),
+                              prf=suite.prf.transform_id, encr=suite.encr.transform_id, encr_bits=suite.encr.key_bits,
+                              integ=suite.integ.transform_id if suite.integ is not None else None,
+                              ni=self.ni, nr=self.nr, spi_i=self.spi_i, spi_r=self.spi_r)
+            try:
+                result = compute_async.result_for(self, "init", msg, lambda: job, context=remote)
+            except compute_async.Deferred:
+                return
+            assert isinstance(result, InitKeysResult)
+            self._answer_init(msg, remote, result)
+            return
         try:
             # DH: our public value; KEM (ML-KEM): the ciphertext encapsulated to the peer's key.
             our_ke_data, shared = suite.ke.respond(self.rng, ke.data)
         except InvalidKeyExchange as e:
             self._reject_init(msg, N.INVALID_SYNTAX, f"peer's key exchange value rejected: {e}")
             return
-        chosen = P.Proposal(chosen.num, ProtocolId.IKE, b"", chosen.transforms)
-        self.ni = nonce.data
         self.nr = self.rng(NONCE_LEN)
         self.spi_r = self._new_ike_spi()
-        self.suite = suite
-        self.proposal = chosen
+        s = suite
+        _skeyseed, keys = derive_ike_keys(s.prf, s.encr, s.integ, shared, self.ni, self.nr, self.spi_i, self.spi_r)
+        self._answer_init(msg, remote, InitKeysResult(ke_data=our_ke_data, keys=keys))
+
+    def _resume_init(self, w: compute_async.ComputeWaiting, now: float) -> None:
+        """The keys computed elsewhere arrived (ikev2.compute_async.deliver)."""
+        assert isinstance(w.result, InitKeysResult)
+        self._answer_init(w.request, w.context, w.result)
+
+    def _answer_init(self, msg: Message, remote: Address, result: InitKeysResult) -> None:
+        if result.keys is None:
+            self._reject_init(msg, N.INVALID_SYNTAX, f"peer's key exchange value rejected: {result.error}")
+            return
+        chosen = self.proposal
+        assert chosen is not None and self.ke_group is not None
         self._read_init_notifies(msg)
         self.peer_intermediate = msg.notify(N.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
-        self._derive_keys(shared)
+        self._install_keys(result.keys)
         payloads: list[P.Payload] = [P.SAPayload(proposals=[chosen]),
-                                     P.KEPayload(group=self.ke_group, data=our_ke_data),
+                                     P.KEPayload(group=self.ke_group, data=result.ke_data),
                                      P.NoncePayload(data=self.nr)]
         if self.natd_seen:
             payloads += self._natd_payloads(self.spi_r)

@@ -77,8 +77,9 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange,
             self._send(p.packets)
         # Each timer fires when now reaches the deadline next_deadline() reports (same expression:
         # no floating-point gap in which a due timer does nothing and stays due).
-        if self.state == State.INIT_DONE and now >= self.created + HALF_OPEN_TIMEOUT:
-            self._die(now, "half-open IKE SA timed out (no IKE_AUTH)")
+        if (self.state == State.INIT_DONE or self.computing_init) and now >= self.created + HALF_OPEN_TIMEOUT:
+            self._die(now, "half-open IKE SA timed out (no IKE_AUTH)" if self.state == State.INIT_DONE
+                      else "half-open IKE SA timed out (IKE_SA_INIT keys never computed)")
             return
         if self.state == State.ESTABLISHED:
             self._timers(now)
@@ -88,7 +89,7 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange,
         times = [self.forget_at] if self.forget_at is not None else []
         if self.pending is not None:
             times.append(self.pending.next_retransmit)
-        if self.state == State.INIT_DONE:
+        if self.state == State.INIT_DONE or self.computing_init:
             times.append(self.created + HALF_OPEN_TIMEOUT)
         if self.state == State.ESTABLISHED:
             if self.rekey_at is not None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import payloads as P
 from .admission import AddressRate, CookieJar, address_key, first_cookie
 from .child_sa import ChildState
+from .compute import ComputeNeeded, OffloadPolicy, Result
 from .constants import ExchangeType as X
 from .constants import HeaderFlag
 from .constants import NotifyType as N
@@ -49,7 +50,7 @@ class IkeManager:
                  half_open_per_address: int = 5, new_sa_rate_per_address: float = 10.0,
                  new_sa_burst_per_address: int = 20, cookie_secret_lifetime: float = 120.0,
                  cookie_grace: float = 30.0, fragment_budget_per_sa: int = 64 * 1024,
-                 fragment_budget_total: int = 8 * 1024 * 1024):
+                 fragment_budget_total: int = 8 * 1024 * 1024, offload: OffloadPolicy | None = None):
         self.policies = list(policies)
         self.rng = rng
         self.log = log or (lambda level, event, **kw: None)
@@ -73,6 +74,11 @@ class IkeManager:
         self._events: list[Event] = []
         self.dropped: dict[str, int] = {}
         self.activity_probe: ActivityProbe | None = None
+        # Handshake computations handed out as ComputeNeeded events (ikev2.compute_async):
+        # None = all inline; token -> the IKE SA waiting for it.
+        self.offload = offload
+        self._computing: dict[int, IkeSA] = {}
+        self._next_token = 1
         #: SA method calls made by the manager (receive, tick, ...): lets tests assert that one
         #: event touches a bounded number of SAs, whatever the number held.
         self.sa_calls = 0
@@ -100,6 +106,7 @@ class IkeManager:
         sa.activity_probe = self.activity_probe
         sa.fragment_budget = self.fragment_budget
         sa.on_change = self._mark
+        sa.offload = self.offload
         self.index.update(sa)
         self._dirty[sa] = None
 
@@ -119,6 +126,8 @@ class IkeManager:
             for ev in evs:
                 if isinstance(ev, IkeUp) and ev.initial_contact:
                     self._initial_contact(sa, ev)
+                elif isinstance(ev, ComputeNeeded):
+                    self._hand_out(sa, ev)
             for succ in sa.successors:
                 assert isinstance(succ, IkeSA)  # made by type(sa)(...)
                 if succ in self.index:
@@ -133,6 +142,8 @@ class IkeManager:
             if sa.state == State.DELETED:
                 if sa._reassembler is not None:
                     sa._reassembler.reset()  # its unfinished fragments go back to the budget
+                if sa._compute_wait is not None:
+                    self._computing.pop(sa._compute_wait.token, None)  # its result will be dropped
                 self.index.remove(sa)
                 self._timers.remove(sa)
                 sa.on_change = None
@@ -215,6 +226,37 @@ class IkeManager:
         self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, assignment, now)), now)
         self._collect()
         return bool(done and done[0])
+
+    def _hand_out(self, sa: IkeSA, ev: ComputeNeeded) -> None:
+        ev.token = self._next_token
+        self._next_token += 1
+        self._computing[ev.token] = sa
+        if sa._compute_wait is not None and sa._compute_wait.ticket == ev.ticket:
+            sa._compute_wait.token = ev.token
+
+    def compute_done(self, token: int, result: Result, now: float) -> bool:
+        """The result (``ikev2.compute.run(job)``) of a ComputeNeeded event: the IKE SA continues.
+        False when the IKE SA is gone or no longer waits for it (the result is dropped)."""
+        sa = self._computing.pop(token, None)
+        if sa is None:
+            return False
+        from .compute_async import deliver
+        w = sa._compute_wait
+        ticket = w.ticket if w is not None and w.token == token else -1
+        done: list[bool] = []
+        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, result, now)), now)
+        self._collect()
+        return bool(done and done[0])
+
+    def compute_failed(self, token: int, reason: str, now: float) -> bool:
+        """The computation of a ComputeNeeded event could not be run: the IKE SA is deleted."""
+        sa = self._computing.pop(token, None)
+        if sa is None:
+            return False
+        self.log("error", "handshake computation failed, deleting IKE SA", ike_id=sa.ike_id, reason=reason)
+        self._guarded(sa, sa._die, now, f"computation failed: {reason}")
+        self._collect()
+        return True
 
     def esp_adopt(self, ike_id: int, local: Address, remote: Address, now: float) -> bool:
         """The data plane saw an authenticated ESP packet, newer than all before, from a new
@@ -332,7 +374,8 @@ class IkeManager:
                 "cookie_threshold": self.cookie_threshold, "half_open_per_address": self.half_open_per_address,
                 **self.admission, "dropped": dict(self.dropped),
                 "cookie_generation": self.cookies.generation, "cookie_rotations": self.cookies.rotations,
-                "rate_tracked_addresses": len(self.new_sa_rate), **self.fragment_budget.counters()}
+                "rate_tracked_addresses": len(self.new_sa_rate), **self.fragment_budget.counters(),
+                "computations_pending": len(self._computing)}
 
     def half_open_count(self, ip: str | None = None) -> int:
         """Responder IKE SAs waiting for IKE_AUTH: all, or those from peer address ``ip``."""

@@ -18,6 +18,8 @@ from typing import Any
 from . import payloads as P
 from .assign_async import AssignWaiting
 from .child_sa import ChildSA, ChildState
+from .compute import OffloadPolicy
+from .compute_async import ComputeWaiting
 from .constants import IKE_PORT, HeaderFlag
 from .constants import ExchangeType as X
 from .crypto.kex import KeyExchange, KeyExchangeHalf
@@ -77,6 +79,7 @@ class IkeSACore:
         "collision_candidate", "forget_at", "_eap_async", "_eap_async_tickets", "_assign_async",
         "_assign_async_tickets", "peer_intermediate", "_int_chain_obj", "_followups_obj", "peer_use_ppk",
         "_ppk_for_auth", "_ppk_peer_id", "ppk_used", "admitted_with_cookie", "fragment_budget",
+        "offload", "_compute_wait", "_compute_tickets",
     )
 
     def __init__(self, *, ike_id: int, initiator: bool, policy: IkePolicy | None,
@@ -152,6 +155,11 @@ class IkeSACore:
         self._eap_async_tickets = 0
         self._assign_async: AssignWaiting | None = None
         self._assign_async_tickets = 0
+        # handshake computations handed to the engine's user (ikev2.compute_async); the policy
+        # is set by the manager (None: every computation runs inline)
+        self.offload: OffloadPolicy | None = None
+        self._compute_wait: ComputeWaiting | None = None
+        self._compute_tickets = 0
         self.eap_identity: str | None = None
         self.virtual_ips: list[str] = []  # RFC 4555 ADDITIONAL_*_ADDRESS: candidates only
         # callable(spi_in) -> last inbound ESP time, set by the manager
@@ -422,6 +430,15 @@ class IkeSACore:
 
     def _install_keys(self, keys: IkeKeys) -> None:  # exchange_init
         raise NotImplementedError
+
+    def _resume_init(self, w: ComputeWaiting, now: float) -> None:  # exchange_init
+        raise NotImplementedError
+
+    @property
+    def computing_init(self) -> bool:
+        """Responder whose IKE_SA_INIT keys are being computed elsewhere (ikev2.compute_async):
+        half-open like INIT_DONE (counted, found by its SPIi, expires)."""
+        return self.state == State.CREATED and self._compute_wait is not None and not self.initiator
 
     def _build_auth_request(self) -> RequestBuilt:  # exchange_auth
         raise NotImplementedError

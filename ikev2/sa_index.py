@@ -32,14 +32,15 @@ class _Keys:
     remote_ip: str
     local_ip: str
     state: State
-    half_open: tuple[bytes, Address] | None  # responder in INIT_DONE: (SPIi, peer address)
+    half_open: tuple[bytes, Address] | None  # responder in INIT_DONE (or computing its keys): (SPIi, peer address)
     verified: bool  # admitted with a valid COOKIE (set before the SA is filed, never changes)
     children: frozenset[bytes]  # inbound SPIs of its Child SAs
 
 
 def _keys(sa: IkeSACore) -> _Keys:
     spi = sa.our_spi
-    half_open = (sa.spi_i, sa.remote) if not sa.initiator and sa.state == State.INIT_DONE else None
+    half_open = (sa.spi_i, sa.remote) if not sa.initiator and (sa.state == State.INIT_DONE or sa.computing_init) \
+        else None
     return _Keys(
         our_spi=spi if spi and spi != NO_SPI else None,
         ike_id=sa.ike_id,

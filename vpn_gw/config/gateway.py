@@ -11,6 +11,7 @@ from vpn_gw.config.connection import ConnectionConfig
 from vpn_gw.config.convert import (
     BAD,
     IPAddress,
+    _Bad,
     _bool,
     _choice,
     _Ctx,
@@ -85,6 +86,7 @@ class GatewayConfig:
     retransmit_timeout: float = 4.0         # first retransmission of an IKE request, seconds
     retransmit_base: float = 1.8            # back-off factor
     retransmit_tries: int = 5               # retransmissions before giving up
+    crypto_workers: str | int = "auto"      # handshake crypto worker processes: "auto" | 0 (inline) | N
     dns_servers: tuple[IPAddress, ...] = () # resolver for FQDN remote_addrs; () = /etc/resolv.conf
     dns_port: int = 53
     dns_timeout: float = 2.0
@@ -111,6 +113,16 @@ class GatewayConfig:
             if p.name == name:
                 return p
         raise KeyError(name)
+
+
+def _crypto_workers(value: Any) -> str | int:
+    """``crypto_workers``: "auto", or a number of worker processes 0..64 (0 = inline)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 64:
+        return value
+    hint = " (write it without quotes)" if isinstance(value, str) and value.strip().isdigit() else ""
+    raise _Bad(f'expected "auto" or a number of worker processes 0 to 64, got {_describe(value)}{hint}')
 
 
 def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
@@ -180,6 +192,7 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
     retransmit_tries = g.get("retransmit_tries", _int(0, 20), 5)
     if _ok(retransmit_timeout) and retransmit_timeout <= 0:
         ctx.error(("gateway", "retransmit_timeout"), "must be more than 0s")
+    crypto_workers = g.get("crypto_workers", _crypto_workers, "auto")
     dns_servers = g.get("dns_servers", _list(_ip, example='["192.0.2.53"]'), ())
     dns_port = g.get("dns_port", _int(1, 65535), 53)
     dns_timeout = g.get("dns_timeout", _duration, 2.0)
@@ -201,5 +214,6 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
                 cookie_grace=cookie_grace, fragment_budget_per_sa=fragment_budget_per_sa,
                 fragment_budget_total=fragment_budget_total,
                 retransmit_timeout=retransmit_timeout, retransmit_base=retransmit_base,
-                retransmit_tries=retransmit_tries, dns_servers=dns_servers, dns_port=dns_port,
+                retransmit_tries=retransmit_tries, crypto_workers=crypto_workers, dns_servers=dns_servers,
+                dns_port=dns_port,
                 dns_timeout=dns_timeout, dns_min_ttl=dns_min_ttl, dns_max_ttl=dns_max_ttl)

@@ -15,7 +15,7 @@ GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level"
                 "tcp_max_connections", "tcp_max_per_source", "tcp_idle_timeout", "tcp_max_unauth_frame",
                 "tcp_max_buffered", "half_open_per_address", "new_sa_rate_per_address",
                 "new_sa_burst_per_address", "cookie_secret_lifetime", "cookie_grace", "fragment_budget_per_sa",
-                "fragment_budget_total")
+                "fragment_budget_total", "crypto_workers")
 CONNECTION_KEYS = (
     "name", "local_addrs", "remote_addrs", "local_id", "remote_id", "auth", "remote_auth",
     "users_file", "eap_identity", "eap_password", "psk", "certs",

@@ -22,12 +22,14 @@ from typing import Any
 
 import structlog
 
+from ikev2.compute import ComputeNeeded, OffloadPolicy, Result
 from ikev2.crypto.mlkem import mlkem_backend_text
 from ikev2.manager import IkeManager
 from vpn_gw.bind_errors import explain
 from vpn_gw.config import ConfigError, GatewayConfig, diff_configs, load_config
 from vpn_gw.control import ControlServer
 from vpn_gw.daemon.control_handlers import ControlHandlers
+from vpn_gw.daemon.crypto_pool import CryptoPool, resolve_workers
 from vpn_gw.daemon.engine_log import EngineLog
 from vpn_gw.daemon.events import RETRY_DELAY, EventRouter, Waiters
 from vpn_gw.daemon.lifetimes import LifetimeWatcher
@@ -99,6 +101,9 @@ class Gateway:
                                       lambda: self.config,
                                       framed=self.radius.framed if self.radius is not None else None)
         self.log_override: dict[str, str] = {}  # `vpn-gw run --log-level/--log-format`: reload keeps them
+        # [gateway] crypto_workers: handshake crypto in worker processes (vpn_gw.daemon.crypto_pool)
+        workers = resolve_workers(config.crypto_workers)
+        self.crypto = CryptoPool(workers, self._computed, self.flush) if workers else None
         self.manager = IkeManager([self._policy(c) for c in config.connections], os.urandom,
                                   log=self.engine_log, wall_offset=time.time() - time.monotonic(),
                                   half_open_limit=config.half_open_limit,
@@ -191,7 +196,17 @@ class Gateway:
             self.send_ike(data, local, remote)
         self.scheduler.arm()
 
+    def _computed(self, token: int, result: Result | None, reason: str) -> None:
+        now = time.monotonic()
+        if result is not None:
+            self.manager.compute_done(token, result, now)
+        else:
+            self.manager.compute_failed(token, reason, now)
+
     def deliver(self, ev: Any) -> None:
+        if isinstance(ev, ComputeNeeded) and self.crypto is not None:
+            self.crypto.submit(ev)
+            return
         try:
             if self.metrics is not None:  # before the router: a Child SA's counters still exist
                 self.metrics.on_event(self, ev)
@@ -287,7 +302,8 @@ class Gateway:
 
     def stats(self) -> dict[str, Any]:
         return {"probe": self.probe_responder.counters(), "tcp": self.tcp.counters(),
-                "dataplane": self.dataplane.stats(), "ike": self.manager.counters()}
+                "dataplane": self.dataplane.stats(), "ike": self.manager.counters(),
+                "crypto": self.crypto.stats() if self.crypto is not None else {"workers": 0}}
 
     def reload(self, origin: str = "control") -> dict[str, Any]:
         """Re-read the configuration file and apply it (`vpn-gw reload`, SIGHUP), telling systemd
@@ -381,6 +397,8 @@ class Gateway:
                     log.error("cannot create the connection's interface", connection=conn.name,
                               interface=conn.interface, error=str(e))
         self.routes.install(self.config.connections)
+        if self.crypto is not None and self.crypto.start(loop):
+            self.manager.offload = OffloadPolicy()  # (until the workers run, everything is inline)
         self.udp.open()
         await self.tcp.start()
         self.traps.install_all(self.config.connections)
@@ -417,6 +435,9 @@ class Gateway:
         if self.fleet_pools is not None:
             await self.fleet_pools.stop()
         self.scheduler.close()
+        if self.crypto is not None:
+            self.manager.offload = None
+            self.crypto.close()
         loop.remove_signal_handler(signal.SIGHUP)
         await control.stop()
         if metrics_server is not None:
