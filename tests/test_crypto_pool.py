@@ -34,6 +34,8 @@ def test_jobs_in_workers_crash_retried_inline_and_no_process_left():
     async def main():
         pool = CryptoPool(2, lambda token, result, reason: got.__setitem__(token, (result, reason)))
         pool.start()
+        assert pool.wait_started()
+        await asyncio.sleep(0)  # (_started runs in the loop)
         pids = pool.pids()
         assert len(pids) == 2 and os.getpid() not in pids and all(_alive(p) for p in pids)
         for i in range(4):
@@ -47,12 +49,14 @@ def test_jobs_in_workers_crash_retried_inline_and_no_process_left():
         # A worker dies while jobs are queued: they are computed inline, a new pool takes over.
         os.kill(pids[0], signal.SIGKILL)
         await asyncio.sleep(0.3)
-        for i in range(4, 8):
+        for i in range(4, 8):  # (the first batch finds the pool broken: inline, and a new pool starts)
             pool.submit(ComputeNeeded(job=job(i), token=i + 1))
         await _collect(pool, got, 8)
         assert sorted(got) == list(range(1, 9))
         assert all(got[i + 1][0] == run(job(i)) for i in range(4, 8))
         assert pool.counters["retried_inline"] >= 1 and pool.counters["pool_restarts"] == 1
+        assert pool.wait_started()
+        await asyncio.sleep(0)
         new_pids = pool.pids()
         assert len(new_pids) == 2 and not set(new_pids) & set(pids)
         assert pool.pending == 0
@@ -85,6 +89,8 @@ def test_a_failing_job_fails_alone():
     async def main():
         pool = CryptoPool(1, lambda token, result, reason: got.__setitem__(token, (result, reason)))
         pool.start()
+        assert pool.wait_started()
+        await asyncio.sleep(0)
         try:
             for token, j in ((1, job(1)), (2, bad), (3, job(3))):  # one batch (same loop turn)
                 pool.submit(ComputeNeeded(job=j, token=token))

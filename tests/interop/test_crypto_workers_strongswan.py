@@ -47,8 +47,13 @@ def _descendants(pid: int) -> set[int]:
 
 
 def _run(env: H.Env, ike: str, esp: str, jobs: dict[str, int]) -> set[int]:
-    stats = env.ours.control("stats")
-    crypto = stats["crypto"]
+    # The workers start in the background (the gateway does not wait for them): wait until both run.
+    end = time.monotonic() + 20
+    while True:
+        crypto = env.ours.control("stats")["crypto"]
+        if len(crypto["pids"]) == 2 or time.monotonic() > end:
+            break
+        time.sleep(0.05)
     assert crypto["workers"] == 2 and len(crypto["pids"]) == 2, crypto
     env.sw.initiate(child=H.CHILD, timeout=20)
     osa, oc, ssa, sc = env.wait_both_child(timeout=15)

@@ -9,7 +9,9 @@ back into the event loop (``call_soon_threadsafe``), where ``deliver(token, resu
 feeds each to the engine (``IkeManager.compute_done``, or ``compute_failed`` with a reason).
 
 - Workers are started with the ``forkserver`` method (never a fork of the running daemon with
-  its sockets and threads) when the pool starts, all of them at once.
+  its sockets and threads) when the pool starts, all of them at once, in the background: a thread
+  waits for them (~0.3-1 s), so neither the gateway's start (restart recovery) nor the event loop
+  waits; until they run, and whenever no pool runs, jobs are computed inline.
 - A worker that dies (killed, out of memory) breaks the pool: each job it had is logged and run
   inline instead, and a new pool is started; a job that raises fails its IKE SA cleanly. No IKE
   SA waits for ever: a half-open SA whose result never comes expires (30 s) anyway.
@@ -26,6 +28,7 @@ import functools
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -79,10 +82,12 @@ class CryptoPool:
         self._pool: ProcessPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._starting: Future[ProcessPoolExecutor] | None = None
+        self._ready: Callable[[], None] | None = None
         self._queue: list[ComputeNeeded] = []
         self._scheduled = False
         self.pending = 0
-        self.counters = {"jobs": 0, "retried_inline": 0, "failed": 0, "pool_restarts": 0}
+        self.counters = {"jobs": 0, "retried_inline": 0, "inline": 0, "failed": 0, "pool_restarts": 0}
 
     def _new_pool(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
@@ -93,18 +98,60 @@ class CryptoPool:
             f.result(timeout=30)
         return pool
 
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> bool:
-        """Start the workers; False (logged) if they cannot run: then the gateway computes inline."""
+    def start(self, loop: asyncio.AbstractEventLoop | None = None,
+              ready: Callable[[], None] | None = None) -> None:
+        """Start the workers in the background; ``ready`` runs in the event loop once all of them
+        run (the gateway then hands jobs out). If they cannot start, that is logged and ``ready``
+        never runs: the gateway computes inline."""
         self._loop = loop or asyncio.get_running_loop()
-        try:
-            self._pool = self._new_pool()
-        except Exception as e:  # noqa: BLE001 - e.g. no /dev/shm, fork refused: the gateway still works
+        self._ready = ready
+        self._spawn()
+
+    def wait_started(self, timeout: float = 30.0) -> bool:
+        """(Tests, shutdown) block until the background start has finished; True if a pool runs."""
+        starting = self._starting
+        if starting is not None:
+            try:
+                starting.result(timeout)
+            except Exception:  # noqa: BLE001 - logged by _started
+                return False
+        return self._pool is not None or (starting is not None and starting.exception() is None)
+
+    def _spawn(self) -> None:
+        """Create a pool in a thread; _started takes it in the event loop."""
+        fut: Future[ProcessPoolExecutor] = Future()
+        self._starting = fut
+        loop = self._loop
+
+        def create() -> None:
+            try:
+                fut.set_result(self._new_pool())
+            except Exception as e:  # noqa: BLE001 - reported in the event loop
+                fut.set_exception(e)
+            if loop is not None:
+                try:
+                    loop.call_soon_threadsafe(self._started, fut)
+                except RuntimeError:  # the loop is gone (daemon stopped): close() took care
+                    pass
+
+        threading.Thread(target=create, name="crypto-pool-start", daemon=True).start()
+
+    def _started(self, fut: Future[ProcessPoolExecutor]) -> None:
+        if self._starting is fut:
+            self._starting = None
+        if self._closed:
+            return  # close() shut it down
+        exc = fut.exception()
+        if exc is not None:
             log.error("cannot start crypto workers, computing in the event loop", workers=self.workers,
-                      error=f"{type(e).__name__}: {e}")
-            self._closed = True
-            return False
-        log.info("crypto workers started", workers=self.workers, pids=self.pids())
-        return True
+                      error=f"{type(exc).__name__}: {exc}")
+            return
+        restarted = self.counters["pool_restarts"] > 0
+        self._pool = fut.result()
+        log.info("crypto workers restarted" if restarted else "crypto workers started",
+                 workers=self.workers, pids=self.pids())
+        if not restarted and self._ready is not None:
+            self._ready()
 
     def stats(self) -> dict[str, Any]:
         """The ``stats`` command's "crypto" section."""
@@ -118,11 +165,12 @@ class CryptoPool:
     def submit(self, ev: ComputeNeeded) -> None:
         """Queue one job; the jobs queued while the loop runs one callback (one batch of
         datagrams) go out together, split over the workers (one round trip per worker)."""
-        if self._closed or self._pool is None or self._loop is None:
-            if self._pool is None and not self._closed and self._loop is not None:
-                self._retry_inline([ev], RuntimeError("no crypto workers"))  # (restart failed)
-                return
+        if self._closed or self._loop is None:
             self._deliver(ev.token, None, "gateway stopping")
+            return
+        if self._pool is None:  # a new pool is starting (or could not start): computed here
+            self.counters["inline"] += 1
+            self._run_inline([ev])
             return
         self.counters["jobs"] += 1
         self.pending += 1
@@ -184,6 +232,9 @@ class CryptoPool:
         log.error("crypto worker failed, running its jobs inline", jobs=len(chunk),
                   error=f"{type(exc).__name__}: {exc}")
         self._restart()
+        self._run_inline(chunk)
+
+    def _run_inline(self, chunk: list[ComputeNeeded]) -> None:
         for ev, (result, error) in zip(chunk, run_batch([ev.job for ev in chunk]), strict=True):
             if result is None:
                 self.counters["failed"] += 1
@@ -195,13 +246,9 @@ class CryptoPool:
         if old is None or self._closed or not getattr(old, "_broken", False):
             return  # (already replaced for an earlier batch of the same crash)
         self.counters["pool_restarts"] += 1
+        self._pool = None  # jobs run inline until the new pool runs
         old.shutdown(wait=False, cancel_futures=True)
-        try:
-            self._pool = self._new_pool()
-            log.info("crypto workers restarted", pids=self.pids())
-        except Exception as e:  # noqa: BLE001 - without workers everything runs inline
-            log.error("cannot restart crypto workers, computing inline", error=f"{type(e).__name__}: {e}")
-            self._pool = None
+        self._spawn()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the workers (queued jobs are cancelled; their SAs are being deleted anyway)."""
@@ -209,6 +256,12 @@ class CryptoPool:
             return
         self._closed = True
         pool, self._pool = self._pool, None
+        starting, self._starting = self._starting, None
+        if pool is None and starting is not None:  # still starting: wait for it, then stop it
+            try:
+                pool = starting.result(timeout)
+            except Exception:  # noqa: BLE001 - (a start that failed or hangs: pdeathsig ends them)
+                pool = None
         if pool is None:
             return
         pids = sorted(p.pid for p in (getattr(pool, "_processes", None) or {}).values() if p.pid)
