@@ -102,3 +102,28 @@ def test_a_failing_job_fails_alone():
     asyncio.run(main())
     assert got[2] == (None, "ValueError")
     assert got[1] == (run(job(1)), "") and got[3] == (run(job(3)), "")
+
+
+def test_lazy_start_computes_inline_until_the_workers_run():
+    """crypto_workers = "auto": nothing runs until a job arrives; that job is computed inline
+    (the caller never waits for workers), and the pool it started takes the next ones."""
+    got: dict[int, tuple] = {}
+
+    async def main():
+        pool = CryptoPool(2, lambda token, result, reason: got.__setitem__(token, (result, reason)))
+        pool.start(eager=False)
+        try:
+            assert pool.pids() == [] and not pool.wait_started(0.1)
+            pool.submit(ComputeNeeded(job=job(0), token=1))
+            assert got == {1: (run(job(0)), "")}  # at once, inline
+            assert pool.counters["inline"] == 1 and pool.counters["jobs"] == 0  # (jobs = handed out)
+            assert pool.wait_started()
+            await asyncio.sleep(0)  # (the pool is taken in the event loop)
+            assert len(pool.pids()) == 2
+            pool.submit(ComputeNeeded(job=job(1), token=2))
+            await _collect(pool, got, 2)
+            assert got[2] == (run(job(1)), "") and pool.counters["inline"] == 1 and pool.counters["jobs"] == 1
+        finally:
+            pool.close()
+
+    asyncio.run(main())

@@ -46,14 +46,19 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def _run(env: H.Env, ike: str, esp: str, jobs: dict[str, int]) -> set[int]:
-    # The workers start in the background (the gateway does not wait for them): wait until both run.
-    end = time.monotonic() + 20
+def _wait_workers(env: H.Env, n: int = 2, timeout: float = 20.0) -> dict:
+    """The "crypto" stats once ``n`` workers run (they start in the background: the gateway
+    never waits for them), or as they are at the timeout."""
+    end = time.monotonic() + timeout
     while True:
         crypto = env.ours.control("stats")["crypto"]
-        if len(crypto["pids"]) == 2 or time.monotonic() > end:
-            break
+        if len(crypto["pids"]) == n or time.monotonic() > end:
+            return crypto
         time.sleep(0.05)
+
+
+def _run(env: H.Env, ike: str, esp: str, jobs: dict[str, int]) -> set[int]:
+    crypto = _wait_workers(env)
     assert crypto["workers"] == 2 and len(crypto["pids"]) == 2, crypto
     env.sw.initiate(child=H.CHILD, timeout=20)
     osa, oc, ssa, sc = env.wait_both_child(timeout=15)
@@ -85,7 +90,7 @@ def test_psk_modp3072_with_workers(sswan_workdir):
         env.ping_both_ways(count=1)
         crypto = env.ours.control("stats")["crypto"]
         assert crypto["pool_restarts"] == 1 and crypto["retried_inline"] >= 1 and crypto["failed"] == 0, crypto
-        assert len(crypto["pids"]) == 2
+        assert len(_wait_workers(env)["pids"]) == 2
         pids |= _descendants(env.ours.proc.pid)
         env.ours.stop()
     assert [p for p in pids if netns.pid_alive(p)] == [], "worker processes left behind"

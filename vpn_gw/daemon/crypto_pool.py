@@ -9,9 +9,11 @@ back into the event loop (``call_soon_threadsafe``), where ``deliver(token, resu
 feeds each to the engine (``IkeManager.compute_done``, or ``compute_failed`` with a reason).
 
 - Workers are started with the ``forkserver`` method (never a fork of the running daemon with
-  its sockets and threads) when the pool starts, all of them at once, in the background: a thread
-  waits for them (~0.3-1 s), so neither the gateway's start (restart recovery) nor the event loop
-  waits; until they run, and whenever no pool runs, jobs are computed inline.
+  its sockets and threads), all of them at once, in the background: a thread waits for them
+  (~0.3-1 s), so neither the gateway's start (restart recovery) nor the event loop waits; until
+  they run, and whenever no pool runs, jobs are computed inline. ``crypto_workers = "auto"``
+  starts them with the first job worth handing out (a PSK/X25519 gateway never runs them); an
+  explicit count starts them with the daemon.
 - A worker that dies (killed, out of memory) breaks the pool: each job it had is logged and run
   inline instead, and a new pool is started; a job that raises fails its IKE SA cleanly. No IKE
   SA waits for ever: a half-open SA whose result never comes expires (30 s) anyway.
@@ -83,7 +85,7 @@ class CryptoPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._starting: Future[ProcessPoolExecutor] | None = None
-        self._ready: Callable[[], None] | None = None
+        self._spawned = False
         self._queue: list[ComputeNeeded] = []
         self._scheduled = False
         self.pending = 0
@@ -98,14 +100,14 @@ class CryptoPool:
             f.result(timeout=30)
         return pool
 
-    def start(self, loop: asyncio.AbstractEventLoop | None = None,
-              ready: Callable[[], None] | None = None) -> None:
-        """Start the workers in the background; ``ready`` runs in the event loop once all of them
-        run (the gateway then hands jobs out). If they cannot start, that is logged and ``ready``
-        never runs: the gateway computes inline."""
+    def start(self, loop: asyncio.AbstractEventLoop | None = None, eager: bool = True) -> None:
+        """Start the workers in the background (``eager``), or only when the first job arrives
+        (``crypto_workers = "auto"``: a gateway whose handshakes never hand a job out — PSK with
+        X25519 — never runs them). Until they run, and if they cannot start (logged), jobs are
+        computed inline."""
         self._loop = loop or asyncio.get_running_loop()
-        self._ready = ready
-        self._spawn()
+        if eager:
+            self._spawn()
 
     def wait_started(self, timeout: float = 30.0) -> bool:
         """(Tests, shutdown) block until the background start has finished; True if a pool runs."""
@@ -121,6 +123,7 @@ class CryptoPool:
         """Create a pool in a thread; _started takes it in the event loop."""
         fut: Future[ProcessPoolExecutor] = Future()
         self._starting = fut
+        self._spawned = True
         loop = self._loop
 
         def create() -> None:
@@ -146,12 +149,9 @@ class CryptoPool:
             log.error("cannot start crypto workers, computing in the event loop", workers=self.workers,
                       error=f"{type(exc).__name__}: {exc}")
             return
-        restarted = self.counters["pool_restarts"] > 0
         self._pool = fut.result()
-        log.info("crypto workers restarted" if restarted else "crypto workers started",
+        log.info("crypto workers restarted" if self.counters["pool_restarts"] else "crypto workers started",
                  workers=self.workers, pids=self.pids())
-        if not restarted and self._ready is not None:
-            self._ready()
 
     def stats(self) -> dict[str, Any]:
         """The ``stats`` command's "crypto" section."""
@@ -168,7 +168,9 @@ class CryptoPool:
         if self._closed or self._loop is None:
             self._deliver(ev.token, None, "gateway stopping")
             return
-        if self._pool is None:  # a new pool is starting (or could not start): computed here
+        if self._pool is None:  # not yet started, starting, or could not start: computed here
+            if self._starting is None and not self._spawned:
+                self._spawn()  # (lazy start: the first job worth handing out)
             self.counters["inline"] += 1
             self._run_inline([ev])
             return

@@ -397,8 +397,9 @@ class Gateway:
                     log.error("cannot create the connection's interface", connection=conn.name,
                               interface=conn.interface, error=str(e))
         self.routes.install(self.config.connections)
-        if self.crypto is not None:  # workers start in the background; until then everything is inline
-            self.crypto.start(loop, ready=lambda: setattr(self.manager, "offload", OffloadPolicy()))
+        if self.crypto is not None:  # workers start in the background (or on first use); meanwhile inline
+            self.crypto.start(loop, eager=self.config.crypto_workers != "auto")
+            self.manager.offload = OffloadPolicy()
         self.udp.open()
         await self.tcp.start()
         self.traps.install_all(self.config.connections)
