@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import payloads as P
-from .admission import AddressRate, CookieJar, address_key, first_cookie
+from .admission import AddressRate, CookieJar, address_key, cookie_reply, first_cookie, init_request_spi
 from .child_sa import ChildState
 from .constants import ExchangeType as X
 from .constants import HeaderFlag
@@ -385,6 +385,28 @@ class IkeManager:
                 sa._die(args[-1], f"internal error: {type(e).__name__}")
             except Exception:  # noqa: BLE001
                 sa.state = State.DELETED
+
+    def stateless_init_reply(self, data: bytes, ip: str, port: int, ip_packed: bytes, now: float) -> bytes | None:
+        """The batch fast path for a datagram that may be a spoofed IKE_SA_INIT (the daemon's INIT
+        socket, vpn_gw/transport/steering.py): the COOKIE response to send, as bytes, when
+        ``receive`` would answer it with a fresh COOKIE and do nothing else (a new IKE_SA_INIT
+        without a COOKIE while COOKIEs are required, step 2 of ikev2.admission); None when the
+        datagram needs ``receive`` (anything else, including COOKIE-carrying requests and
+        retransmissions of half-open SAs). Decodes the header and first payload only, builds
+        no object, logs nothing (``cookies_sent`` counts it)."""
+        spi_i = init_request_spi(data)
+        if spi_i is None or first_cookie(data) is not None:
+            return None
+        index = self.index
+        per_address = self.half_open_per_address
+        if index.half_open_count() < self.cookie_threshold and \
+                not (per_address and index.half_open_count(ip) >= per_address):
+            return None
+        if index.half_open(spi_i, (ip, port)) is not None:
+            return None  # a retransmission: its SA answers again
+        self.cookies.advance(now)
+        self.admission["cookies_sent"] += 1
+        return cookie_reply(spi_i, self.cookies.make_packed(ip_packed, spi_i))
 
     def _receive_new_init(self, data: bytes, header: Header, local: Address, remote: Address, now: float) -> None:
         """Admission of a new IKE SA, in the order of ikev2.admission's docstring."""

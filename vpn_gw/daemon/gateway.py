@@ -115,7 +115,8 @@ class Gateway:
         self.traps = Traps(self.manager, self.dataplane, self.initiate, self.flush)
         self.probe_responder = ProbeResponder()  # docs/probe.md: stateless, rate-limited echo
         self.udp = UdpService(lambda: self.config, self.dataplane,
-                              DatagramSinks(ike=self._ike_received, after_batch=self.flush),
+                              DatagramSinks(ike=self._ike_received, after_batch=self.flush,
+                                            init_reply=self.manager.stateless_init_reply),
                               self.probe_responder)
         self.tcp = TcpService(self)  # RFC 9329 TCP paths (docs/tcp-encapsulation.md)
         self.ddns = DdnsService(config, self)
