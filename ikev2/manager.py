@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 RandomBytes = Callable[[int], bytes]
 LogFn = Callable[..., None]
+FAST_COOKIE_LOG_INTERVAL = 10.0  # seconds between "asking for a cookie" lines of the batch fast path
 
 
 class IkeManager:
@@ -63,6 +64,8 @@ class IkeManager:
         self.admission: dict[str, int] = {"inits_admitted": 0, "inits_admitted_with_cookie": 0,
                                           "cookies_sent": 0, "cookies_forged": 0, "cookies_stale": 0,
                                           "unproven_half_open_replaced": 0}
+        self._fast_cookie_log_at = float("-inf")  # stateless_init_reply logs once per interval
+        self._fast_cookies_logged = 0  # cookies_sent when it last logged
         self.fragment_budget = FragmentBudget(fragment_budget_per_sa, fragment_budget_total)
         self.index: SAIndex[IkeSA] = SAIndex()
         self.by_spi = self.index.by_spi  # our SPI -> IKE SA (kept for callers of the old name)
@@ -393,7 +396,8 @@ class IkeManager:
         without a COOKIE while COOKIEs are required, step 2 of ikev2.admission); None when the
         datagram needs ``receive`` (anything else, including COOKIE-carrying requests and
         retransmissions of half-open SAs). Decodes the header and first payload only, builds
-        no object, logs nothing (``cookies_sent`` counts it)."""
+        no object; logs one "asking for a cookie" line per ``FAST_COOKIE_LOG_INTERVAL`` seconds
+        with the number answered since the last one (``cookies_sent`` counts them all)."""
         spi_i = init_request_spi(data)
         if spi_i is None or first_cookie(data) is not None:
             return None
@@ -405,7 +409,11 @@ class IkeManager:
         if index.half_open(spi_i, (ip, port)) is not None:
             return None  # a retransmission: its SA answers again
         self.cookies.advance(now)
-        self.admission["cookies_sent"] += 1
+        sent = self.admission["cookies_sent"] = self.admission["cookies_sent"] + 1
+        if now >= self._fast_cookie_log_at:  # one line per interval, not one per datagram
+            self.log("info", "asking for a cookie", peer=f"{ip}:{port}", half_open=index.half_open_count(),
+                     reason="absent", cookies_since_last_line=sent - self._fast_cookies_logged)
+            self._fast_cookie_log_at, self._fast_cookies_logged = now + FAST_COOKIE_LOG_INTERVAL, sent
         return cookie_reply(spi_i, self.cookies.make_packed(ip_packed, spi_i))
 
     def _receive_new_init(self, data: bytes, header: Header, local: Address, remote: Address, now: float) -> None:

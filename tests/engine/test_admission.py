@@ -371,3 +371,14 @@ def test_stateless_init_reply_follows_the_per_address_limit():
     data = first_init(client(LEGIT, "c"), 0.0)
     assert gw.stateless_init_reply(data, "203.0.113.50", 500, PACKED, 0.0) is not None
     assert gw.stateless_init_reply(data, "203.0.113.51", 500, bytes([203, 0, 113, 51]), 0.0) is None
+
+
+def test_stateless_init_reply_logs_one_line_per_interval():
+    lines: list[tuple] = []
+    gw = gateway(cookie_threshold=0)
+    gw.log = lambda level, event, **kw: lines.append((event, kw))
+    for i in range(5):
+        gw.stateless_init_reply(first_init(client(LEGIT, f"c{i}"), 0.0), "203.0.113.50", 500, PACKED, 1.0 + i)
+    gw.stateless_init_reply(first_init(client(LEGIT, "late"), 0.0), "203.0.113.50", 500, PACKED, 12.0)
+    cookie_lines = [kw for event, kw in lines if event == "asking for a cookie"]
+    assert [kw["cookies_since_last_line"] for kw in cookie_lines] == [1, 5]
