@@ -54,7 +54,7 @@ class UdpService:
         self.probe_responder = probe_responder
         self.sockets: dict[tuple[int, int], list[IkeSocket]] = {}  # (family, port) -> sockets
         self._sock_cache: dict[Endpoint, IkeSocket] = {}
-        self.init_sockets: list[IkeSocket] = []  # the INIT socket of each steering group
+        self.init_sockets: list[IkeSocket] = []  # the INIT sockets of every steering group
         self._local_text: dict[bytes, str] = {}   # packed local address -> text, cached
         self._controls: dict[bytes, bytes] = {}    # packed local address -> PKTINFO to send from it
         self._batches: tuple[mmsg.RecvBatch, mmsg.SendBatch] | None = None
@@ -165,24 +165,26 @@ class UdpService:
         port = sock.port
         source = mmsg.source
         slow = False
-        for i in range(n):
-            data = rx.datagram(i)
-            name = rx.name(i)
-            ip, rport, packed = source(name)
-            local = rx.local_address(i)
-            reply = None
-            if not natt:
-                reply = reply_for(data, ip, rport, packed, now)
-            elif data[:4] == NON_ESP_MARKER:
-                reply = reply_for(data[4:], ip, rport, packed, now)
+        try:
+            for i in range(n):
+                data = rx.datagram(i)
+                name = rx.name(i)
+                ip, rport, packed = source(name)
+                local = rx.local_address(i)
+                reply = None
+                if not natt:
+                    reply = reply_for(data, ip, rport, packed, now)
+                elif data[:4] == NON_ESP_MARKER:
+                    reply = reply_for(data[4:], ip, rport, packed, now)
+                    if reply is not None:
+                        reply = NON_ESP_MARKER + reply
                 if reply is not None:
-                    reply = NON_ESP_MARKER + reply
-            if reply is not None:
-                tx.add(reply, name, self._control(local))
-            else:
-                slow = True
-                self._datagram(sock, natt, data, (self._local_ip(local, sock), port), (ip, rport))
-        tx.flush(sock.fileno())
+                    tx.add(reply, name, self._control(local))
+                else:
+                    slow = True
+                    self._datagram(sock, natt, data, (self._local_ip(local, sock), port), (ip, rport))
+        finally:
+            tx.flush(sock.fileno())  # never left half full for the next socket's batch
         if slow:
             self.sinks.after_batch()
 
