@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import payloads as P
-from .admission import AddressRate, CookieJar, address_key, first_cookie
+from .admission import AddressRate, CookieJar, address_key, cookie_reply, first_cookie, init_request_spi
 from .child_sa import ChildState
 from .compute import ComputeNeeded, OffloadPolicy, Result
 from .constants import ExchangeType as X
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 RandomBytes = Callable[[int], bytes]
 LogFn = Callable[..., None]
+FAST_COOKIE_LOG_INTERVAL = 10.0  # seconds between "asking for a cookie" lines of the batch fast path
 
 
 class IkeManager:
@@ -64,6 +65,8 @@ class IkeManager:
         self.admission: dict[str, int] = {"inits_admitted": 0, "inits_admitted_with_cookie": 0,
                                           "cookies_sent": 0, "cookies_forged": 0, "cookies_stale": 0,
                                           "unproven_half_open_replaced": 0}
+        self._fast_cookie_log_at = float("-inf")  # stateless_init_reply logs once per interval
+        self._fast_cookies_logged = 0  # cookies_sent when it last logged
         self.fragment_budget = FragmentBudget(fragment_budget_per_sa, fragment_budget_total)
         self.index: SAIndex[IkeSA] = SAIndex()
         self.by_spi = self.index.by_spi  # our SPI -> IKE SA (kept for callers of the old name)
@@ -428,6 +431,33 @@ class IkeManager:
                 sa._die(args[-1], f"internal error: {type(e).__name__}")
             except Exception:  # noqa: BLE001
                 sa.state = State.DELETED
+
+    def stateless_init_reply(self, data: bytes, ip: str, port: int, ip_packed: bytes, now: float) -> bytes | None:
+        """The batch fast path for a datagram that may be a spoofed IKE_SA_INIT (the daemon's INIT
+        socket, vpn_gw/transport/steering.py): the COOKIE response to send, as bytes, when
+        ``receive`` would answer it with a fresh COOKIE and do nothing else (a new IKE_SA_INIT
+        without a COOKIE while COOKIEs are required, step 2 of ikev2.admission); None when the
+        datagram needs ``receive`` (anything else, including COOKIE-carrying requests and
+        retransmissions of half-open SAs). Decodes the header and first payload only, builds
+        no object; logs one "asking for a cookie" line per ``FAST_COOKIE_LOG_INTERVAL`` seconds
+        with the number answered since the last one (``cookies_sent`` counts them all)."""
+        spi_i = init_request_spi(data)
+        if spi_i is None or first_cookie(data) is not None:
+            return None
+        index = self.index
+        per_address = self.half_open_per_address
+        if index.half_open_count() < self.cookie_threshold and \
+                not (per_address and index.half_open_count(ip) >= per_address):
+            return None
+        if index.half_open(spi_i, (ip, port)) is not None:
+            return None  # a retransmission: its SA answers again
+        self.cookies.advance(now)
+        sent = self.admission["cookies_sent"] = self.admission["cookies_sent"] + 1
+        if now >= self._fast_cookie_log_at:  # one line per interval, not one per datagram
+            self.log("info", "asking for a cookie", peer=f"{ip}:{port}", half_open=index.half_open_count(),
+                     reason="absent", cookies_since_last_line=sent - self._fast_cookies_logged)
+            self._fast_cookie_log_at, self._fast_cookies_logged = now + FAST_COOKIE_LOG_INTERVAL, sent
+        return cookie_reply(spi_i, self.cookies.make_packed(ip_packed, spi_i))
 
     def _receive_new_init(self, data: bytes, header: Header, local: Address, remote: Address, now: float) -> None:
         """Admission of a new IKE SA, in the order of ikev2.admission's docstring."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.backends.openssl.backend import backend as _openssl_backend
 from cryptography.hazmat.primitives import hashes
@@ -431,6 +430,7 @@ def verify(public_key: object, method: int, auth_data: bytes, octets: bytes) -> 
 
     ``public_key`` is a cryptography public key (an ``x509.Certificate`` is accepted too).
     """
+    from cryptography import x509  # not at import: ~20 ms of every start-up, for certificates only
     try:
         if isinstance(public_key, x509.Certificate):
             public_key = public_key.public_key()

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ikev2.constants import EapCode, EapType
 
@@ -30,9 +31,12 @@ from . import packet as pk
 from .md5 import Md5PeerMethod
 from .mschapv2 import MschapV2PeerMethod
 from .packet import METHOD_TYPES, METHODS, EapError, EapPacket, EapStep, method_name, parse_methods
-from .tls import TlsConfig, TlsPeerMethod
 
-_PeerMethod = MschapV2PeerMethod | Md5PeerMethod | TlsPeerMethod
+if TYPE_CHECKING:  # EAP-TLS (pyOpenSSL, cryptography.x509: ~30 ms of start-up) loads on first use
+    from .tls import TlsConfig, TlsPeerMethod
+
+if TYPE_CHECKING:
+    _PeerMethod = MschapV2PeerMethod | Md5PeerMethod | TlsPeerMethod
 
 __all__ = ["EapClient"]
 
@@ -49,8 +53,10 @@ class EapClient:
         self.tls_context = tls_context
         self.random_bytes = random_bytes
         self.allowed = set(parse_methods(sorted(allowed) if isinstance(allowed, (set, frozenset)) else allowed))
-        if tls_context is not None and not isinstance(tls_context, TlsConfig):
-            raise EapError("tls_context must be an ikev2.eap.TlsConfig")
+        if tls_context is not None:
+            from .tls import TlsConfig
+            if not isinstance(tls_context, TlsConfig):
+                raise EapError("tls_context must be an ikev2.eap.TlsConfig")
         usable = []
         for m in METHODS:
             if m not in self.allowed:
@@ -97,6 +103,7 @@ class EapClient:
             return Md5PeerMethod(self.identity, self.password or "")
         if self.tls_context is None:
             raise EapError("EAP-TLS needs a tls_context")
+        from .tls import TlsPeerMethod
         return TlsPeerMethod(self.tls_context)
 
     def process(self, msg: bytes) -> EapStep:

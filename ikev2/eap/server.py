@@ -27,8 +27,7 @@ Behaviour (RFC 3748 section numbers):
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from ikev2.constants import EapCode, EapType
 
@@ -36,13 +35,18 @@ from . import packet as pk
 from .md5 import Md5ServerMethod
 from .mschapv2 import MschapV2ServerMethod
 from .packet import METHOD_TYPES, EapError, EapPacket, EapStep, method_name, parse_methods
-from .tls import TlsConfig, TlsServerMethod
 from .users import User, UserDB
+
+if TYPE_CHECKING:  # EAP-TLS (pyOpenSSL, cryptography.x509: ~30 ms of start-up) loads on first use
+    from cryptography import x509
+
+    from .tls import TlsConfig, TlsServerMethod
 
 __all__ = ["EapServer"]
 
 _PASSWORD_METHODS = {"mschapv2", "md5"}
-_ServerMethod = MschapV2ServerMethod | Md5ServerMethod | TlsServerMethod
+if TYPE_CHECKING:
+    _ServerMethod = MschapV2ServerMethod | Md5ServerMethod | TlsServerMethod
 
 
 class EapServer:
@@ -56,8 +60,10 @@ class EapServer:
             raise EapError("users must be an ikev2.eap.UserDB or None")
         if users is None and _PASSWORD_METHODS & set(self.methods):
             raise EapError(f"EAP-{'/'.join(m for m in self.methods if m in _PASSWORD_METHODS)} needs a users database")
-        if "tls" in self.methods and not isinstance(tls_context, TlsConfig):
-            raise EapError("EAP-TLS needs tls_context=TlsConfig(...)")
+        if "tls" in self.methods:
+            from .tls import TlsConfig
+            if not isinstance(tls_context, TlsConfig):
+                raise EapError("EAP-TLS needs tls_context=TlsConfig(...)")
         if not callable(random_bytes):
             raise EapError("random_bytes must be a callable random_bytes(n) -> bytes")
         if max_rounds < 3:
@@ -131,6 +137,7 @@ class EapServer:
         else:
             if self.tls_context is None:
                 raise EapError("EAP-TLS needs tls_context=TlsConfig(...)")
+            from .tls import TlsServerMethod
             m = TlsServerMethod(self.tls_context, self.identity, known_user=self.users is None or known)
         self._method = m
         self._tried.append(name)
@@ -210,8 +217,10 @@ class EapServer:
             raise EapError(f"expected an EAP-{m.name} Response, got Type {method_name(pkt.type or 0)}")
         res = m.process(pkt.identifier, pkt.data)
         self._first_response = False
-        if isinstance(m, TlsServerMethod) and m.peer_certificate is not None:
-            self.peer_certificate = m.peer_certificate
+        if m.name == "tls":
+            from .tls import TlsServerMethod
+            if isinstance(m, TlsServerMethod) and m.peer_certificate is not None:
+                self.peer_certificate = m.peer_certificate
         if res.done:
             return self._finish(res.success, res.reason, res.msk)
         self._next_id()

@@ -319,3 +319,66 @@ def test_ipv6_addresses_count_by_their_64():
     assert gw.counters()["cookies_sent"] == 7  # past the limit: COOKIE first (then the limit)
     gw.receive(init, ("2001:db8::1", 500), ("2001:db8:1:3::1", 500), 0.0)
     assert gw.half_open_count("2001:db8:1:3::1") == 1  # the next /64 is another address
+
+
+# ---------------------------------------------------------------- the batch fast path (raw bytes)
+
+PACKED = bytes([203, 0, 113, 50])
+
+
+def test_stateless_init_reply_is_the_full_paths_answer_and_its_cookie_gets_in():
+    gw = gateway(cookie_threshold=0)
+    c = client(LEGIT, "c")
+    data = first_init(c, 0.0)
+    fast = gw.stateless_init_reply(data, LEGIT, 500, bytes([198, 51, 100, 7]), 0.0)
+    gw.receive(data, (GW, 500), (LEGIT, 500), 0.0)
+    (full, _s, _d), = gw.pop_datagrams()
+    assert fast == full  # byte for byte: same message, same COOKIE
+    assert gw.sas == [] and gw.counters()["cookies_sent"] == 2
+    # The client answers the fast path's COOKIE: admitted with it (the same secret checks it).
+    c.receive(fast, (GW, 500), (LEGIT, 500), 0.0)
+    (again, _s, _d), = c.pop_datagrams()
+    assert gw.stateless_init_reply(again, LEGIT, 500, bytes([198, 51, 100, 7]), 0.0) is None  # has a COOKIE
+    gw.receive(again, (GW, 500), (LEGIT, 500), 0.0)
+    assert gw.counters()["inits_admitted_with_cookie"] == 1 and len(gw.sas) == 1
+
+
+def test_stateless_init_reply_leaves_everything_else_to_the_full_path():
+    data = first_init(client(LEGIT, "c"), 0.0)
+    below = gateway(cookie_threshold=5, half_open_per_address=0)
+    assert below.stateless_init_reply(data, "203.0.113.50", 500, PACKED, 0.0) is None  # no COOKIE needed yet
+    gw = gateway(cookie_threshold=0)
+    for bad in (data[:27], data[:18] + bytes([35]) + data[19:],  # short; IKE_AUTH
+                data[:19] + bytes([0x28]) + data[20:],            # a response
+                data[:8] + b"\x01" * 8 + data[16:],               # SPIr set
+                data[:20] + b"\x00\x00\x00\x01" + data[24:],      # message ID 1
+                data + b"\x00"):                                  # length field wrong
+        assert gw.stateless_init_reply(bad, "203.0.113.50", 500, PACKED, 0.0) is None
+    assert gw.counters()["cookies_sent"] == 0
+    # A retransmission of a half-open SA's INIT: that SA answers it again (not a new COOKIE).
+    open_gw = gateway(cookie_threshold=1, half_open_per_address=0)
+    open_gw.receive(data, (GW, 500), ("203.0.113.50", 500), 0.0)
+    assert open_gw.half_open_count() == 1
+    assert open_gw.stateless_init_reply(data, "203.0.113.50", 500, PACKED, 0.0) is None
+    assert open_gw.stateless_init_reply(data, "203.0.113.50", 501, PACKED, 0.0) is not None  # another port
+
+
+def test_stateless_init_reply_follows_the_per_address_limit():
+    gw = gateway(cookie_threshold=100, half_open_per_address=2)
+    for seed in ("a", "b"):
+        gw.receive(first_init(client(LEGIT, seed), 0.0), (GW, 500), ("203.0.113.50", 500), 0.0)
+    assert gw.half_open_count() == 2
+    data = first_init(client(LEGIT, "c"), 0.0)
+    assert gw.stateless_init_reply(data, "203.0.113.50", 500, PACKED, 0.0) is not None
+    assert gw.stateless_init_reply(data, "203.0.113.51", 500, bytes([203, 0, 113, 51]), 0.0) is None
+
+
+def test_stateless_init_reply_logs_one_line_per_interval():
+    lines: list[tuple] = []
+    gw = gateway(cookie_threshold=0)
+    gw.log = lambda level, event, **kw: lines.append((event, kw))
+    for i in range(5):
+        gw.stateless_init_reply(first_init(client(LEGIT, f"c{i}"), 0.0), "203.0.113.50", 500, PACKED, 1.0 + i)
+    gw.stateless_init_reply(first_init(client(LEGIT, "late"), 0.0), "203.0.113.50", 500, PACKED, 12.0)
+    cookie_lines = [kw for event, kw in lines if event == "asking for a cookie"]
+    assert [kw["cookies_since_last_line"] for kw in cookie_lines] == [1, 5]

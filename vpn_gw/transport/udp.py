@@ -23,12 +23,14 @@ _GSO_FALLBACK_ERRNOS = (errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOO
 
 
 class IkeSocket:
-    def __init__(self, address: str, port: int):
+    def __init__(self, address: str, port: int, reuseport: bool = False):
         self.address = address
         self.port = port
         self.family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
         s = socket.socket(self.family, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:  # a steering group (vpn_gw/transport/steering.py)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if self.family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)

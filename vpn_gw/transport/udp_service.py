@@ -19,6 +19,7 @@ import structlog
 from ikev2.constants import NON_ESP_MARKER
 from vpn_gw.bind_errors import BindError
 from vpn_gw.probe import ProbeResponder, is_probe
+from vpn_gw.transport import mmsg, steering
 from vpn_gw.transport.udp import IkeSocket
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ log = structlog.get_logger("vpn_gw")
 Endpoint = tuple[str, int]
 
 RECV_BATCH = 64  # datagrams read per socket wake-up before the loop runs other work
+INIT_BATCH = 64  # cookie-less IKE_SA_INITs read (one recvmmsg) and answered (one sendmmsg) per wake-up
+INIT_MAX = 4096  # bytes of one IKE_SA_INIT (never fragmented; a longer datagram arrives empty: dropped)
 
 
 @dataclass
@@ -37,6 +40,9 @@ class DatagramSinks:
     """Where received datagrams go."""
     ike: Callable[[bytes, Endpoint, Endpoint], None]   # an IKE message (marker removed)
     after_batch: Callable[[], None]                     # after each wake-up: send what it produced
+    # the stateless COOKIE answer to a cookie-less IKE_SA_INIT (data, ip, port, packed ip, now),
+    # or None if the datagram must go to ``ike`` (IkeManager.stateless_init_reply)
+    init_reply: Callable[[bytes, str, int, bytes, float], bytes | None] | None = None
 
 
 class UdpService:
@@ -48,6 +54,10 @@ class UdpService:
         self.probe_responder = probe_responder
         self.sockets: dict[tuple[int, int], list[IkeSocket]] = {}  # (family, port) -> sockets
         self._sock_cache: dict[Endpoint, IkeSocket] = {}
+        self.init_sockets: list[IkeSocket] = []  # the INIT sockets of every steering group
+        self._local_text: dict[bytes, str] = {}   # packed local address -> text, cached
+        self._controls: dict[bytes, bytes] = {}    # packed local address -> PKTINFO to send from it
+        self._batches: tuple[mmsg.RecvBatch, mmsg.SendBatch] | None = None
 
     @property
     def config(self) -> GatewayConfig:
@@ -59,28 +69,59 @@ class UdpService:
         cfg = self.config
         for addr in cfg.listen:
             for port in (cfg.ike_port, cfg.natt_port):
+                steer = self.sinks.init_reply is not None and mmsg.available()
                 try:
-                    s = IkeSocket(str(addr), port)
+                    s = IkeSocket(str(addr), port, reuseport=steer)
                 except OSError as e:
                     raise BindError(e, str(addr), port, "UDP (IKE)",
                                     "[gateway] listen, ike_port or natt_port") from None
-                if self.dataplane.name == "xfrm":
-                    # IKE itself must never be encrypted; the kernel decapsulates ESP-in-UDP.
-                    from vpn_gw.dataplane.xfrm.sockets import prepare_ike_socket
-                    prepare_ike_socket(s, natt=(port == cfg.natt_port))
+                self._prepare(s, port)
                 if self.dataplane.name == "userspace" and port == cfg.natt_port and cfg.offload:
                     s.enable_gro()  # ESP bursts arrive coalesced (docs/esp.md, batching)
                 self.sockets.setdefault((s.family, port), []).append(s)
                 asyncio.get_running_loop().add_reader(s.fileno(), self._readable, s)
-                log.info("listening", address=str(addr), port=port)
+                if steer:
+                    self._open_init_socket(s, port == cfg.natt_port)
+                log.info("listening", address=str(addr), port=port, init_socket=steer)
+
+    def _prepare(self, s: IkeSocket, port: int) -> None:
+        if self.dataplane.name == "xfrm":
+            # IKE itself must never be encrypted; the kernel decapsulates ESP-in-UDP.
+            from vpn_gw.dataplane.xfrm.sockets import prepare_ike_socket
+            prepare_ike_socket(s, natt=(port == self.config.natt_port))
+
+    def _open_init_socket(self, main: IkeSocket, natt: bool) -> None:
+        """The INIT sockets of main's steering group, for cookie-less IKE_SA_INITs
+        (vpn_gw/transport/steering.py). Without them (an old kernel) main receives everything."""
+        inits: list[IkeSocket] = []
+        try:
+            for _ in range(steering.INIT_BUCKETS):
+                init = IkeSocket(main.address, main.port, reuseport=True)
+                inits.append(init)
+                self._prepare(init, main.port)
+            steering.attach(main.sock, natt)
+        except OSError as e:
+            for init in inits:
+                init.close()  # a group without the program would spread datagrams at random
+            log.warning("no separate sockets for IKE_SA_INIT requests", address=main.address, port=main.port,
+                        error=str(e))
+            return
+        if self._batches is None:  # filled and emptied within one callback: one pair for all INIT sockets
+            self._batches = mmsg.RecvBatch(INIT_BATCH, INIT_MAX), mmsg.SendBatch(INIT_BATCH, 512)
+        rx, tx = self._batches
+        loop = asyncio.get_running_loop()
+        for init in inits:
+            self.init_sockets.append(init)
+            loop.add_reader(init.fileno(), self._readable_inits, init, natt, rx, tx)
 
     def close(self) -> None:
         loop = asyncio.get_running_loop()
-        for socks in self.sockets.values():
+        for socks in [*self.sockets.values(), self.init_sockets]:
             for s in socks:
                 loop.remove_reader(s.fileno())
                 s.close()
         self.sockets.clear()
+        self.init_sockets = []
         self._sock_cache.clear()
 
     # ------------------------------------------------------------------ receiving
@@ -110,6 +151,64 @@ class UdpService:
             if natt:
                 dp.rx_batch_end()
         self.sinks.after_batch()
+
+    def _readable_inits(self, sock: IkeSocket, natt: bool, rx: mmsg.RecvBatch, tx: mmsg.SendBatch) -> None:
+        """A batch from an INIT socket: each cookie-less IKE_SA_INIT that the engine answers
+        statelessly gets its COOKIE response queued (sent with one sendmmsg); anything else
+        takes the usual way (``_datagram``)."""
+        n = rx.recv(sock.fileno())
+        if not n:
+            return
+        reply_for = self.sinks.init_reply
+        assert reply_for is not None
+        now = time.monotonic()
+        port = sock.port
+        source = mmsg.source
+        slow = False
+        try:
+            for i in range(n):
+                data = rx.datagram(i)
+                name = rx.name(i)
+                ip, rport, packed = source(name)
+                local = rx.local_address(i)
+                reply = None
+                if not natt:
+                    reply = reply_for(data, ip, rport, packed, now)
+                elif data[:4] == NON_ESP_MARKER:
+                    reply = reply_for(data[4:], ip, rport, packed, now)
+                    if reply is not None:
+                        reply = NON_ESP_MARKER + reply
+                if reply is not None:
+                    tx.add(reply, name, self._control(local))
+                else:
+                    slow = True
+                    self._datagram(sock, natt, data, (self._local_ip(local, sock), port), (ip, rport))
+        finally:
+            tx.flush(sock.fileno())  # never left half full for the next socket's batch
+        if slow:
+            self.sinks.after_batch()
+
+    def _control(self, local: bytes | None) -> bytes:
+        """The PKTINFO control message sending from ``local`` (packed), cached."""
+        if local is None:
+            return b""
+        c = self._controls.get(local)
+        if c is None:
+            if len(self._controls) > 1024:
+                self._controls.clear()
+            c = self._controls[local] = mmsg.pktinfo(local)
+        return c
+
+    def _local_ip(self, local: bytes | None, sock: IkeSocket) -> str:
+        if local is None:
+            return sock.address
+        text = self._local_text.get(local)
+        if text is None:
+            if len(self._local_text) > 1024:
+                self._local_text.clear()
+            text = self._local_text[local] = socket.inet_ntop(
+                socket.AF_INET if len(local) == 4 else socket.AF_INET6, local)
+        return text
 
     def _datagram(self, sock: IkeSocket, natt: bool, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         if natt:
