@@ -37,7 +37,10 @@ Fairness rules:
 * Router variants (``--router``): ``pass`` = veth as is: the router forwards our UDP GSO bursts
   whole and the receiving socket gets them whole (no physical hop does that); ``segment`` =
   ``ethtool -K tx-udp-segmentation off`` on the router's two interfaces, so it cuts every burst
-  into datagrams as it forwards them, like a real link.
+  into datagrams as it forwards them, like a real link; ``segment-gro`` = ``segment`` with GRO on
+  the gateways' WAN veths (``ethtool -K wan0 gro on``): a physical NIC does GRO by default, a
+  veth only when asked, so this is the realistic receive side for a socket with ``UDP_GRO`` (ours);
+  strongSwan's sockets do not ask for it and get single datagrams either way.
 * Drop diagnostics per run: the UDP RcvbufErrors of each gateway namespace and the drops of its
   TUN device (rx+tx), as deltas over the run.
 
@@ -145,9 +148,12 @@ class Setup:
 
     def _start(self) -> None:
         self.topo = t = ss.build_topology(self.grp)
-        if self.router == "segment":  # the router cuts GSO bursts into datagrams, as a real hop
+        if self.router in ("segment", "segment-gro"):  # the router cuts GSO bursts into datagrams
             for dev in ("r0", "r2"):
                 t.router.run(["ethtool", "-K", dev, "tx-udp-segmentation", "off"])
+        if self.router == "segment-gro":  # the gateways' WAN interfaces do GRO, as NICs do by default
+            for ns in (t.site, t.gw):
+                ns.run(["ethtool", "-K", "wan0", "gro", "on"])
         site_conf, gw_conf = ss.psk_site_to_site(t, self.psk, ike_proposals=IKE, esp_proposals=self.cipher,
                                                  site_id=SITE_ID, gw_id=GW_ID)
         charon_env = host_rmem_default(TUNED_RMEM) if self.tuned else contextlib.nullcontext()
@@ -281,7 +287,7 @@ def main(argv=None) -> int:
     ap.add_argument("--streams", default="1,4", help="comma-separated parallel stream counts")
     ap.add_argument("--ciphers", default="aes256gcm16,chacha20poly1305")
     ap.add_argument("--pairs", default="ours-ours,sw-sw-tuned,sw-sw,ours-sw")
-    ap.add_argument("--router", default="pass,segment", help="router variants: pass, segment (see above)")
+    ap.add_argument("--router", default="pass,segment", help="router variants: pass, segment, segment-gro (see above)")
     ap.add_argument("--baseline", default="sw-sw-tuned", help="the pair ratios are taken against")
     ap.add_argument("--mss", type=int, default=1360, help="TCP MSS for every pair (0: each its own)")
     ap.add_argument("--tests", default="tcp,udp", help="tcp (iperf3 TCP), udp (small-packet UDP rate), or both")
@@ -307,9 +313,9 @@ def main(argv=None) -> int:
         if missing:
             print(f"strongSwan missing ({', '.join(missing)}): only ours-ours", file=sys.stderr)
             pairs = [p for p in pairs if p == "ours-ours"]
-    if "segment" in routers and shutil.which("ethtool") is None:
-        print("ethtool missing: router variant 'segment' left out", file=sys.stderr)
-        routers = [r for r in routers if r != "segment"]
+    if any(r.startswith("segment") for r in routers) and shutil.which("ethtool") is None:
+        print("ethtool missing: router variants 'segment*' left out", file=sys.stderr)
+        routers = [r for r in routers if not r.startswith("segment")]
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, strongSwan "
