@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Outage per move of a roaming client: address adoption and MOBIKE (ours) vs. strongSwan MOBIKE.
 
-    sudo .venv/bin/python bench/mobility.py                       # 4 moves per mode
-    sudo .venv/bin/python bench/mobility.py --moves 6 --modes adoption,mobike,sw-sw --json out.json
+    sudo .venv/bin/python bench/mobility.py                       # 4 moves per mode, 100 pings/s
+    sudo .venv/bin/python bench/mobility.py --moves 6 --pps 20 --modes adoption,mobike,sw-sw --json out.json
 
 Topology: tests/netns_e2e/mobility_topology.py (a client with two uplinks behind two routers, a
 hub across a small Internet, a host behind each; no NAT). A host behind the client pings a host
-behind the hub at 20 packets/s (``ping -D -i 0.05``) the whole time. Each move brings the standby
-uplink up (with a worse default route), waits, then takes the active uplink down: the kernel now
-reaches the hub over the other uplink, and the client must move its IKE SA and CHILD_SA there.
+behind the hub at ``--pps`` packets/s (default 100: ``ping -D -i 0.01``) the whole time. Each
+move brings the standby uplink up (with a worse default route), waits, then takes the active
+uplink down: the kernel now reaches the hub over the other uplink, and the client must move its
+IKE SA and CHILD_SA there.
 Moves alternate between the uplinks; the wait before each is 1.5-2.5 s (random), so the moves
 fall at random points of our daemon's 1 s local address check.
 
@@ -24,8 +25,8 @@ Modes (same topology, same pings, same moves):
 
 Per move, from the ping output and a capture on the hub's link:
 
-* ``outage``: last reply before the move -> first reply after it (ms; includes one 50 ms ping
-  interval, which any two replies are apart anyway);
+* ``outage``: last reply before the move -> first reply after it (ms; includes one ping
+  interval, 10 ms at 100 pings/s, which any two replies are apart anyway);
 * ``detect``: move -> first packet from the new address at the hub (the client noticing);
 * ``hub``: that packet -> the hub's first packet to the new address (the hub's reaction);
 * ``resume``: that packet -> the first reply at the pinging host.
@@ -83,10 +84,11 @@ def _sw_conf(psk: str, *, hub: bool) -> dict:
 
 
 class Run:
-    """One mode: topology, both ends, a 20/s ping and a capture; torn down by close()."""
+    """One mode: topology, both ends, a ping at ``pps`` per second and a capture; torn down by close()."""
 
-    def __init__(self, mode: str, workdir: Path):
+    def __init__(self, mode: str, workdir: Path, pps: float = 100.0):
         self.mode = mode
+        self.pps = pps
         self.dir = workdir / mode
         self.dir.mkdir(parents=True)
         self.grp = netns.NetnsGroup("bmob")
@@ -125,7 +127,7 @@ class Run:
             self.hub_ours = hub
         self.m.hc.wait_ping(M.HUB_HOST, timeout=10)
         self.cap = tools.Capture(self.m.inet, self.m.hub_iface, self.dir / "hub-link.pcap", "udp").start()
-        self.pinger = M.Pinger(self.m.hc, M.HUB_HOST, self.dir / "ping.txt").start()
+        self.pinger = M.Pinger(self.m.hc, M.HUB_HOST, self.dir / "ping.txt", interval=1.0 / self.pps).start()
         netns.wait_until(lambda: len(self.pinger.replies()) >= 20, timeout=5, what="pings")
         return self
 
@@ -203,6 +205,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--moves", type=int, default=4, help="moves per mode (default 4)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    ap.add_argument("--pps", type=float, default=100.0,
+                    help="pings per second from the host behind the client (default 100)")
     ap.add_argument("--json", help="also write the raw results to this file")
     ap.add_argument("--keep", help="keep logs, captures and ping output in this (new) directory")
     args = ap.parse_args(argv)
@@ -224,7 +228,7 @@ def main(argv=None) -> int:
         Path(args.keep).mkdir(parents=True)
     with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="bmob-")) as tmp:
         for mode in modes:
-            run = Run(mode, Path(tmp))
+            run = Run(mode, Path(tmp), args.pps)
             try:
                 run.setup()
                 for k in range(args.moves):
@@ -240,7 +244,8 @@ def main(argv=None) -> int:
         col = {k: [r[k] for r in rows] for k in rows[0]}
         print(f"| {mode} | {_fmt(col['outage_ms'])} | {_med(col['outage_ms'])} | {_fmt(col['detect_ms'])} | "
               f"{_fmt(col['hub_ms'], 1)} | {_fmt(col['resume_ms'])} | {_fmt(col['rtt_ms'][:1], 2)} |")
-    print("\noutage: last reply before -> first after (20 pings/s, includes one 50 ms interval); detect: move ->"
+    print(f"\noutage: last reply before -> first after ({args.pps:g} pings/s, includes one {1000 / args.pps:g} ms"
+          " interval); detect: move ->"
           " first packet from the new address at the hub; hub reaction: -> the hub's first packet to the new"
           " address; resume: first packet from the new address -> first reply at the pinging host.")
     if args.json:

@@ -113,8 +113,14 @@ def encapsulate(sa_out: EspSA, inner_ip_packet: bytes, next_header: int) -> byte
     if sa_out.direction is not Direction.OUT:
         raise ValueError("encapsulate needs an outbound SA")
     try:
-        sa_out.ensure_usable()
-        seq = sa_out.next_seq()
+        lt = sa_out.lifetime
+        if sa_out.dead or sa_out.expired or lt.hard_bytes is not None or lt.hard_packets is not None:
+            sa_out.ensure_usable()  # otherwise it has nothing to check (the per-packet path)
+        seq = sa_out.seq
+        if seq >= sa_out.seq_limit:
+            sa_out.next_seq()  # raises SEQ_EXHAUSTED
+        seq += 1  # next_seq(), inlined
+        sa_out.seq = seq
         cipher = sa_out.cipher
         if cipher.is_aead and 0 <= next_header <= 255:
             packet = cipher.seal_packet(sa_out.spi, seq, inner_ip_packet, next_header, sa_out.esn)
@@ -143,7 +149,9 @@ def decapsulate(sa_in: EspSA, esp_bytes: bytes) -> tuple[int, bytes]:
     if sa_in.direction is not Direction.IN or sa_in.replay is None:
         raise ValueError("decapsulate needs an inbound SA")
     try:
-        sa_in.ensure_usable()
+        lt = sa_in.lifetime
+        if sa_in.dead or sa_in.expired or lt.hard_bytes is not None or lt.hard_packets is not None:
+            sa_in.ensure_usable()  # otherwise it has nothing to check (the per-packet path)
         if len(esp_bytes) < ESP_HEADER_LEN:
             raise EspError(DropReason.MALFORMED, "shorter than the ESP header")
         spi, seq_low = _SPI_SEQ.unpack_from(esp_bytes)

@@ -216,6 +216,14 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange,
         if self.state != State.ESTABLISHED or new_local == self.local:
             return
         self.adopt(new_local, self.remote, now, "local address changed")
+        p = self.pending
+        if p is not None:
+            # A request in flight went out on the old path and may be lost with it: send it
+            # again now from the new one (same message ID, not counted as a retransmission), so
+            # the first packet on the new path leaves at once. The peer answers it (an adopting
+            # peer moves on it); the update or liveness check queued below follows the answer.
+            self.log("debug", "resending request in flight from the new address", mid=p.message_id, what=p.what)
+            self._send(p.packets)
         if self.peer_mobike and self.policy.mobike and self.initiator:
             self._request("MOBIKE address update", self._build_update_sa_addresses)
             self._pump(now)

@@ -67,3 +67,44 @@ def test_every_path_agrees_with_the_reference(local, remote, src, dst):
     c = child([TrafficSelector.from_network(n) for n in local], [TrafficSelector.from_network(n) for n in remote])
     pkt = ip4(src, dst)
     assert _inbound_drop_reason(c, pkt) == reference(c, pkt)
+
+
+# --------------------------------------------------------------------------- outbound (SPD)
+
+def _plane_with(children: list[_Child]):
+    import types
+
+    from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane
+    tun = types.SimpleNamespace(name="vpngw0", route_based=False)
+    dp = UserspaceDataPlane(lambda *a: None, lambda n: None)
+    for c in children:
+        c.tun = tun
+    dp.by_tun["vpngw0"] = list(children)
+    return dp, tun
+
+
+def reference_select(children: list[_Child], pkt: bytes) -> _Child | None:
+    v = pkt[0] >> 4
+    src, dst = int.from_bytes(pkt[12:16], "big"), int.from_bytes(pkt[16:20], "big")
+    proto, sport, dport = pkt[9], *struct.unpack("!HH", pkt[20:24])
+    for c in reversed(children):  # newest first
+        if _match(c.local_ts, v, src, proto, sport) and _match(c.remote_ts, v, dst, proto, dport):
+            return c
+    return None
+
+
+ports = st.sampled_from([(0, 0, 65535), (6, 80, 80), (17, 0, 1023)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(nets, min_size=1, max_size=2), nets, ports), min_size=1, max_size=4),
+       addrs, addrs, st.sampled_from([6, 17]), st.sampled_from([80, 1000]))
+def test_outbound_lookup_agrees_with_the_reference(spec, src, dst, proto, dport):
+    """_select (the IPv4 fast path over SAs of one range per side, handing over to the general
+    loop at the first SA that restricts more) picks the newest matching SA, as the reference."""
+    children = [child([TrafficSelector.from_network(n) for n in local],
+                      [TrafficSelector.from_network(remote, p[0], p[1], p[2])])
+                for local, remote, p in spec]
+    dp, tun = _plane_with(children)
+    pkt = ip4(src, dst, proto=proto, dport=dport)
+    assert dp._select(tun, pkt) is reference_select(children, pkt)

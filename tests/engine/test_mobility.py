@@ -180,3 +180,51 @@ def test_esp_encapsulation_follows_nat_detection_not_the_ike_port():
     evs = [e for m in (link.a, link.b) for e in m.pop_events() if isinstance(e, ChildUp)]
     assert link.b.sas[0].nat_remote and link.a.sas[0].nat_local
     assert len(evs) == 2 and all(e.encap for e in evs)
+
+
+def _request_in_flight(link, a):
+    """A liveness check sent on the old path and lost there (no answer yet)."""
+    a.liveness(link.now)
+    lost = link.a.pop_datagrams()
+    assert len(lost) == 1 and a.pending is not None
+    return lost[0][0], a.pending.message_id
+
+
+def test_local_move_resends_the_request_in_flight_from_the_new_address_at_once():
+    hq, br = site_to_site()
+    br.mobike = False
+    hq.address_adoption = True
+    link = pair(br, hq)
+    a, b = up(link)
+    lost, mid = _request_in_flight(link, a)
+    link.a.local_address_changed("198.51.100.1", "198.51.100.77", link.now)  # no time passes
+    out = link.a.pop_datagrams()
+    assert out and out[0] == (lost, ("198.51.100.77", 4500), ("192.0.2.1", 4500))  # same message, new path
+    assert a.pending.message_id == mid and a.pending.tries == 0  # not counted as a retransmission
+    for data, src, dst in out:
+        link.b.receive(data, dst, src, link.now)
+    assert b.remote == ("198.51.100.77", 4500)  # the adopting peer moved on the resent request
+    link.run(link.now + 2.0)
+    assert a.state == State.ESTABLISHED and a.pending is None and not a.queue  # the queued check went too
+
+
+def test_mobike_update_follows_the_answer_to_the_request_in_flight():
+    hq, br = site_to_site()
+    hq.address_adoption = False  # MOBIKE alone must move it
+    link = pair(br, hq)
+    a, b = up(link)
+    _lost, mid = _request_in_flight(link, a)
+    link.a.local_address_changed("198.51.100.1", "203.0.113.10", link.now)
+    out = link.a.pop_datagrams()
+    assert len(out) == 1 and out[0][1] == ("203.0.113.10", 4500)  # the request in flight, at once
+    for data, src, dst in out:
+        link.b.receive(data, dst, src, link.now)
+    resp = link.b.pop_datagrams()
+    assert resp and resp[0][2] == ("203.0.113.10", 4500)  # answered to where it came from (RFC 7296 2.11)
+    for data, src, dst in resp:
+        link.a.receive(data, dst, src, link.now)
+    update = link.a.pop_datagrams()  # the answer frees the window: UPDATE_SA_ADDRESSES leaves now
+    assert len(update) == 1 and update[0][1] == ("203.0.113.10", 4500) and a.pending.message_id == mid + 1
+    for data, src, dst in update:
+        link.b.receive(data, dst, src, link.now)
+    assert b.remote == ("203.0.113.10", 4500)

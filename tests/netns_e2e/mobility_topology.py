@@ -154,8 +154,12 @@ def masquerade(ns: Netns, oif: str) -> None:
 _REPLY_RE = re.compile(r"^\[(?P<t>\d+\.\d+)\] \d+ bytes from \S+ icmp_seq=(?P<seq>\d+)")
 
 
+FAST_PING_BELOW = 0.02  # shorter intervals: fast_ping.py (iputils ping sends every ~16 ms at -i 0.01)
+
+
 class Pinger:
     """``ping -D -i 0.05`` (20 packets/s) in ``ns`` to ``dst``, output to a file; stopped by PID.
+    Intervals below 20 ms use fast_ping.py (same output format, a steady schedule).
 
     ``replies()`` lists (wall-clock time, icmp_seq) of every reply; ``gap(t)`` is the outage a
     move at ``t`` caused: last reply before the silence -> first reply after it, in ms (it
@@ -172,10 +176,15 @@ class Pinger:
         self.started = 0.0
 
     def start(self) -> Pinger:
-        argv = ["ping", "-D", "-n", "-i", f"{self.interval:g}", "-W", "1"]
-        if self.src:
-            argv += ["-I", self.src]
-        argv.append(self.dst)
+        if self.interval < FAST_PING_BELOW:
+            if self.src:
+                raise ValueError("fast_ping.py has no source address option")
+            argv = [PYTHON, str(Path(__file__).with_name("fast_ping.py")), self.dst, f"{self.interval:g}"]
+        else:
+            argv = ["ping", "-D", "-n", "-i", f"{self.interval:g}", "-W", "1"]
+            if self.src:
+                argv += ["-I", self.src]
+            argv.append(self.dst)
         with open(self.out, "w") as fh:
             self.proc = self.ns.popen(argv, stdout=fh, stderr=subprocess.STDOUT)
         self.started = time.time()

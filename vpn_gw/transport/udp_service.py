@@ -131,20 +131,22 @@ class UdpService:
         dp = self.dataplane
         if natt:
             dp.rx_batch_begin()
+        recv, esp_received = sock.recv_segments, dp.esp_received
         try:
             for _ in range(RECV_BATCH):  # bounded batch per wake-up
-                got = sock.recv_segments()
+                got = recv()
                 if got is None:
                     break
                 data, seg, local, remote = got
                 if seg:  # UDP GRO: several datagrams from the same source, seg bytes each
-                    esp_received = dp.esp_received
                     for off in range(0, len(data), seg):
                         d = data[off:off + seg]
                         if len(d) >= 8 and d[:4] != NON_ESP_MARKER:
                             esp_received(d, local, remote)  # the usual case, without detour
                         else:
                             self._datagram(sock, natt, d, local, remote)
+                elif natt and len(data) >= 8 and data[:4] != NON_ESP_MARKER:
+                    esp_received(data, local, remote)  # one ESP datagram (no GRO burst): no detour either
                 else:
                     self._datagram(sock, natt, data, local, remote)
         finally:

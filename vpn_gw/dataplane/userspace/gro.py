@@ -1,4 +1,5 @@
-"""TCP segment coalescing for TUN writes (what the kernel's GRO does for a network card).
+"""TCP segment and UDP datagram coalescing for TUN writes (what the kernel's GRO does for a
+network card).
 
 The userspace data plane decrypts bursts of ESP packets (one UDP GRO receive); consecutive
 IPv4 TCP segments of one flow in such a burst are written to the TUN device as one large
@@ -15,6 +16,15 @@ length, at most 64 KiB. Each segment's IPv4 header and TCP checksums are verifie
 does; one sum over the whole run, docs/esp.md "Checksums on the decrypt side"): the merged
 packet's checksum is left to the kernel (NEEDS_CSUM), so a segment that arrived corrupted
 (before the peer encrypted it) is written on its own, unchanged, for the receiver to refuse.
+
+UDP (``udp=True``; GSO type UDP_L4, Linux 4.18+ accepts it from a TUN device): consecutive IPv4
+datagrams of one flow (same addresses, ports, TOS, TTL, DF; no IP options, no fragments, a
+non-zero UDP checksum), every payload the first one's size but the last, which may be shorter,
+at most 64 and 64 KiB; checksums verified over the run as for TCP. The kernel cuts the packet
+into the original datagrams again (on the way out, or before a socket without UDP_GRO), with
+the checksums recomputed and IPv4 IDs counted up from the first datagram's (as when the kernel
+segments a UDP GSO send). One write and one pass through the forwarding path for up to 64
+small datagrams instead of 64: the decrypt side's small-packet rate is bounded by TUN writes.
 """
 from __future__ import annotations
 
@@ -26,6 +36,7 @@ VNET_HDR_LEN = 10  # struct virtio_net_hdr (no num_buffers: TUN's default header
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_GSO_NONE = 0
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_UDP_L4 = 5
 NO_OFFLOAD = bytes(VNET_HDR_LEN)
 _VNET = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 MAX_LEN = 65535
@@ -33,7 +44,7 @@ MAX_SEGMENTS = 64
 _TCP_ACK, _TCP_PSH = 0x10, 0x08
 
 
-def _checksums_ok(run: list[bytes]) -> bool:
+def _checksums_ok(run: list[bytes], proto: int = 6) -> bool:
     """Are the IPv4 header and TCP checksums of every segment in ``run`` right? The segments
     (IPv4 without options, TCP) share addresses, which coalesce_counted has checked.
 
@@ -50,16 +61,16 @@ def _checksums_ok(run: list[bytes]) -> bool:
     k = len(run)
     little: repeat[Literal["little"]] = repeat("little", k)
     s = sum(map(int.from_bytes, run, little))
-    pseudo = k * (int.from_bytes(run[0][12:20], "big") + 6 - 20) + sum(map(len, run))
+    pseudo = k * (int.from_bytes(run[0][12:20], "big") + proto - 20) + sum(map(len, run))
     return (s + (pseudo << 8)) % 0xFFFF == 0
 
 
-def _verified_end(pkts: list[bytes], i: int, j: int) -> int:
+def _verified_end(pkts: list[bytes], i: int, j: int, proto: int = 6) -> int:
     """The end of the longest run pkts[i:end] (end <= j) whose checksums are right."""
-    if _checksums_ok(pkts[i:j]):
+    if _checksums_ok(pkts[i:j], proto):
         return j
     for e in range(i, j):
-        if not _checksums_ok([pkts[e]]):
+        if not _checksums_ok([pkts[e]], proto):
             return e
     return j  # not reached: a failing run has a failing segment
 
@@ -85,19 +96,78 @@ def _segment_info(p: bytes) -> tuple[int, int, int] | None:
     return thl, n - 20 - thl, flags
 
 
-def coalesce(pkts: list[bytes]) -> list[list]:
+def _datagram_size(p: bytes) -> int:
+    """UDP payload length of an IPv4 datagram that may be coalesced, else -1."""
+    n = len(p)
+    if n <= 28 or p[0] != 0x45 or p[9] != 17 or p[6] & 0x3F or p[7] or (p[2] << 8 | p[3]) != n:
+        return -1  # not IPv4 without options / not UDP / a fragment / no payload
+    if (p[24] << 8 | p[25]) != n - 20 or p[26:28] == b"\0\0":
+        return -1  # UDP length disagrees, or no checksum (nothing to verify)
+    return n - 28
+
+
+def _udp_run(pkts: list[bytes], i: int, n: int) -> tuple[list, int] | None:
+    """One coalesced UDP write starting at pkts[i] (buffers, datagrams), or None."""
+    p = pkts[i]
+    size = _datagram_size(p)
+    if size < 0:
+        return None
+    same = p[12:24]  # addresses and ports
+    tos, ttl, df = p[1], p[8], p[6]
+    total = len(p)
+    j = i + 1
+    limit = min(n, i + MAX_SEGMENTS)
+    while j < limit:
+        q = pkts[j]
+        qsize = _datagram_size(q)
+        if (qsize < 0 or qsize > size or total + qsize > MAX_LEN or q[12:24] != same or q[1] != tos
+                or q[8] != ttl or q[6] != df):
+            break
+        total += qsize
+        j += 1
+        if qsize < size:
+            break  # a shorter datagram ends the packet
+    if j > i + 1:
+        e = _verified_end(pkts, i, j, 17)
+        if e < j:
+            j = e
+            total = sum(map(len, pkts[i:j])) - (j - i - 1) * 28
+    if j <= i + 1:
+        return None
+    hdr = bytearray(p[:28])
+    hdr[2:4] = total.to_bytes(2, "big")
+    hdr[10:12] = b"\0\0"
+    hdr[10:12] = _ip_checksum(hdr).to_bytes(2, "big")
+    udp_len = total - 20
+    hdr[24:26] = udp_len.to_bytes(2, "big")
+    ps = int.from_bytes(hdr[12:14], "big") + int.from_bytes(hdr[14:16], "big") \
+        + int.from_bytes(hdr[16:18], "big") + int.from_bytes(hdr[18:20], "big") + 17 + udp_len
+    while ps > 0xFFFF:
+        ps = (ps & 0xFFFF) + (ps >> 16)
+    hdr[26:28] = ps.to_bytes(2, "big")  # NEEDS_CSUM: the pseudo-header sum, not complemented
+    vnet = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4, 28, size, 20, 6)
+    return [vnet, hdr, *[memoryview(q)[28:] for q in pkts[i:j]]], j - i
+
+
+def coalesce(pkts: list[bytes], *, udp: bool = False) -> list[list]:
     """Group ``pkts`` (decrypted IP packets, in order) for writing: a list of writes, each the
     list of buffers of one TUN write, virtio-net header first. Order is kept."""
-    return [bufs for bufs, _n in coalesce_counted(pkts)]
+    return [bufs for bufs, _n in coalesce_counted(pkts, udp=udp)]
 
 
-def coalesce_counted(pkts: list[bytes]) -> list[tuple[list, int]]:
+def coalesce_counted(pkts: list[bytes], *, udp: bool = False) -> list[tuple[list, int]]:
     """``coalesce``, each write with the number of ``pkts`` it carries."""
     out: list[tuple[list, int]] = []
     append = out.append
     i, n = 0, len(pkts)
     while i < n:
         p = pkts[i]
+        if udp and i + 1 < n and len(p) > 9 and p[9] == 17:
+            run = _udp_run(pkts, i, n)
+            if run is not None:
+                append(run)
+                i += run[1]
+                continue
         info = _segment_info(p) if i + 1 < n else None
         if info is None or info[2] & _TCP_PSH:
             append(([NO_OFFLOAD, p], 1))

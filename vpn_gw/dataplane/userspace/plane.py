@@ -42,6 +42,7 @@ from esp.packet import decapsulate, encapsulate
 from ikev2.events import Address, ChildUp
 from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
+from vpn_gw.dataplane.userspace.gro import VNET_HDR_LEN
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
 
 log = structlog.get_logger("vpn_gw.dataplane")
@@ -549,6 +550,19 @@ class UserspaceDataPlane(DataPlane):
             return None
         if tun.route_based:
             return children[-1]  # route-based: the interface chose the connection
+        if len(pkt) >= 20 and pkt[0] >> 4 == 4:
+            # IPv4 and SAs of one address range per side, any protocol and port (the usual
+            # case): two comparisons per SA; the first SA that restricts more hands over to
+            # the general loop below (which starts again from the newest: same answer)
+            src, dst = _V4_ADDRESSES(pkt, 12)
+            for c in reversed(children):
+                in4 = c.in4
+                if in4 is None:
+                    break
+                if in4[2] <= src <= in4[3] and in4[0] <= dst <= in4[1]:
+                    return c
+            else:
+                return None
         a = _addresses(pkt)
         if a is None:
             return None
@@ -594,11 +608,14 @@ class UserspaceDataPlane(DataPlane):
                                 self._count("internal_error")
                                 log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
                         continue
-                    stripped = strip(pkt)
-                    if stripped is None:
-                        self._count("malformed")
-                        continue
-                    pkt = stripped
+                    if pkt[0]:  # a checksum left to us (NEEDS_CSUM)
+                        stripped = strip(pkt)
+                        if stripped is None:
+                            self._count("malformed")
+                            continue
+                        pkt = stripped
+                    else:  # no offload at all: the usual case
+                        pkt = pkt[VNET_HDR_LEN:]
                 try:
                     self._outbound(tun, pkt)
                 except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane

@@ -12,7 +12,13 @@ import fcntl
 import os
 import struct
 
-from vpn_gw.dataplane.userspace.gro import NO_OFFLOAD, VNET_HDR_LEN, coalesce_counted, complete_checksum
+from vpn_gw.dataplane.userspace.gro import (
+    NO_OFFLOAD,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
+    VNET_HDR_LEN,
+    coalesce_counted,
+    complete_checksum,
+)
 from vpn_gw.dataplane.userspace.tso import segment
 
 TUNSETIFF = 0x400454CA
@@ -59,6 +65,7 @@ class Tun:
                 except OSError:
                     continue
         self.coalescing = self.vnet_hdr  # write_many may hand the kernel coalesced TCP segments
+        self.coalescing_udp = self.vnet_hdr  # ... and coalesced UDP datagrams (GSO UDP_L4)
         self.fd = fd
         self.route_based = False  # one connection per interface (set by the data plane)
         self.name = res[:16].rstrip(b"\0").decode()
@@ -108,16 +115,16 @@ class Tun:
             pass  # queue full: drop, like a congested link
 
     def write_many(self, packets: list[bytes]) -> None:
-        """Write packets in order; with vnet_hdr, runs of TCP segments of one flow as one. If
-        the kernel refuses a coalesced packet, its segments are written one by one, and this
-        device is not offered coalesced packets again."""
+        """Write packets in order; with vnet_hdr, runs of TCP segments (and UDP datagrams) of
+        one flow as one. If the kernel refuses a coalesced packet, its segments are written one
+        by one, and this device is not offered coalesced packets of that kind again."""
         if not self.vnet_hdr or not self.coalescing:
             for p in packets:
                 self.write(p)
             return
         writev, fd = os.writev, self.fd
         done = 0
-        for bufs, n in coalesce_counted(packets):
+        for bufs, n in coalesce_counted(packets, udp=self.coalescing_udp):
             try:
                 writev(fd, bufs)
             except BlockingIOError:
@@ -125,7 +132,10 @@ class Tun:
             except OSError:
                 if n == 1:
                     raise
-                self.coalescing = False
+                if bufs[0][1] == VIRTIO_NET_HDR_GSO_UDP_L4:
+                    self.coalescing_udp = False
+                else:
+                    self.coalescing = False
                 for p in packets[done:done + n]:
                     self.write(p)
             done += n
