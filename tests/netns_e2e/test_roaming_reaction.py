@@ -100,8 +100,10 @@ def test_address_removed_and_added_back_does_not_move(e2e, tmp_path):
     hub, client = _pair(e2e, m)
     assert _where(client, "local_addr") == M.CLIENT_IP1
     up = m.current
-    # one burst: the address (and with it the default route through it) goes, then comes back
-    m.client.run(["ip", "-batch", "-"], input=(
+    # one burst: the address (and with it the default route through it) goes, then comes back;
+    # `ip` at real-time priority so that a loaded machine cannot preempt it between the steps
+    # for longer than the watcher's quiet window (2 ms)
+    m.client.run(["chrt", "-f", "50", "ip", "-batch", "-"], input=(
         f"address del {up.addr}/24 dev {up.dev}\n"
         f"address add {up.addr}/24 dev {up.dev}\n"
         f"route add default via {up.router_ip} dev {up.dev} metric {up.metric}\n"))
