@@ -30,8 +30,9 @@ Responders (``--responders``, all by default), each in a fresh ``gw`` namespace:
 * ``strongswan``: Debian's strongSwan **5.9.8** charon with kernel-libipsec (Child SAs installed
   in userspace), ``dos_protection = no`` and ``install_routes = no``, as §5.2 describes.
 
-Our responder gets ``half_open_limit``/``cookie_threshold`` above the load's concurrency (all load
-comes from one address, like strongSwan's ``dos_protection = no``) and logs at ``warning``.
+Our responder gets ``half_open_limit``/``cookie_threshold``/``half_open_per_address`` above the
+load's concurrency and no per-address rate limit (``new_sa_rate_per_address = 0``): all load comes
+from one address, like strongSwan's ``dos_protection = no``. It logs at ``warning``.
 
 Measured per responder and N:
 
@@ -309,7 +310,8 @@ class OursResponder:
         limit = max(1000, 4 * (init_limit + 64))
         self.gw = OurGateway(ns, workdir, "ours", [conn], listen=[GW_IP], log_level="warning",
                              gateway={"dataplane": dataplane, "half_open_limit": limit,
-                                      "cookie_threshold": limit - 1})
+                                      "cookie_threshold": limit - 1, "half_open_per_address": limit,
+                                      "new_sa_rate_per_address": 0})
 
     def start(self) -> int:
         self.gw.start(timeout=30)
