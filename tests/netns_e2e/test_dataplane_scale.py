@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,18 @@ async def _measure(count: int, per_client: bool) -> dict:
     await asyncio.get_running_loop().run_in_executor(None, wait_idle)
     await asyncio.sleep(0.1)
     routes_after_install = _routes()
+    # outbound: which Child SA a clear packet from the local network takes, and how many Child
+    # SAs the SPD index looked at for it
+    tun, spd = plane.tuns["vpngw0"], plane.spd["vpngw0"]
+    lookups = []
+    for k in (0, count // 2, count - 1):
+        dst = str(ipaddress.IPv4Address(base + k)) if per_client else "203.0.113.7"
+        pkt = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20, 0, 0, 64, 17, 0,
+                          ipaddress.IPv4Address("203.0.113.130").packed, ipaddress.IPv4Address(dst).packed)
+        want = events[k] if per_client else events[-1]
+        before = spd.visits
+        got = plane._select(tun, pkt)
+        lookups.append([spd.visits - before, got is not None and got.spi_in == want.keys.spi_in])
     remove = []
     for k, ev in enumerate(events[:-1]):
         lines = counter.run(plane.remove_child, ev.keys.spi_in, ev.keys.spi_out)
@@ -101,8 +114,9 @@ async def _measure(count: int, per_client: bool) -> dict:
     await asyncio.get_running_loop().run_in_executor(None, wait_idle)
     routes_with_none = _routes()
     await plane.close()
-    return {"install": install, "poll": poll, "remove": remove, "routes_after_install": len(routes_after_install),
-            "routes_with_one": routes_with_one, "routes_with_none": routes_with_none}
+    return {"lookups": lookups, "install": install, "poll": poll, "remove": remove,
+            "routes_after_install": len(routes_after_install), "routes_with_one": routes_with_one,
+            "routes_with_none": routes_with_none}
 
 
 def _inside(count: int, per_client: bool) -> None:
@@ -138,6 +152,7 @@ def test_10k_child_sas_with_the_same_selectors_cost_the_same_per_install():
     _flat(r["install"])
     _flat(r["poll"])
     _flat(r["remove"])
+    assert r["lookups"] == [[1, True]] * 3  # the newest Child SA, found at once
     assert r["routes_after_install"] == 1
     assert r["routes_with_one"] == ["203.0.113.0/25"]  # still wanted by the last Child SA
     assert r["routes_with_none"] == []
@@ -149,6 +164,7 @@ def test_10k_remote_access_clients_cost_the_same_per_install():
     _flat(r["install"])
     _flat(r["poll"])
     _flat(r["remove"])
+    assert r["lookups"] == [[1, True]] * 3  # each client's own Child SA, one visit
     assert r["routes_after_install"] == 10_000
     assert r["routes_with_one"] == ["10.64.39.15"]  # 10.64.0.0 + 9999, a host route
     assert r["routes_with_none"] == []

@@ -43,6 +43,7 @@ from esp.packet import decapsulate, encapsulate
 from ikev2.events import Address, ChildUp
 from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
+from vpn_gw.dataplane.userspace.spd import OutboundIndex
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
 
 log = structlog.get_logger("vpn_gw.dataplane")
@@ -235,6 +236,8 @@ class UserspaceDataPlane(DataPlane):
         self.tuns: dict[str, Tun] = {}
         self.by_spi_in: dict[bytes, _Child] = {}
         self.by_tun: dict[str, dict[bytes, _Child]] = {}  # interface -> {spi_in: child}, newest last
+        # Policy-based (shared TUN): outbound lookup by destination prefix (spd.py)
+        self.spd: dict[str, OutboundIndex[_Child]] = {}
         self.by_ike: dict[int, dict[bytes, _Child]] = {}  # IKE SA id -> {spi_in: child}
         # Per interface, how many of its Child SAs have each tunnel MTU (the device gets the largest)
         self._tun_mtus: dict[str, Counter[int]] = {}
@@ -344,6 +347,7 @@ class UserspaceDataPlane(DataPlane):
             tun.route_based = name != DEFAULT_TUN
             self.tuns[name] = tun
             self.by_tun[name] = {}
+            self.spd[name] = OutboundIndex()
             self._tun_mtus[name] = Counter()
             asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_readable, tun)
             log.info("TUN device created", interface=tun.name, mtu=self.tun_mtu, offload=_offload_names(tun))
@@ -378,6 +382,8 @@ class UserspaceDataPlane(DataPlane):
                        tun, mtu)
         self.by_spi_in[k.spi_in] = child
         self.by_tun[tun.name][k.spi_in] = child
+        if not tun.route_based:
+            self.spd[tun.name].add(child)
         self.by_ike.setdefault(ev.ike_id, {})[k.spi_in] = child
         self._tun_mtus[tun.name][mtu] += 1
         self._set_tun_mtu(tun)
@@ -551,6 +557,9 @@ class UserspaceDataPlane(DataPlane):
         if child is None:
             return
         self.by_tun.get(child.tun.name, {}).pop(spi_in, None)
+        spd = self.spd.get(child.tun.name)
+        if spd is not None:
+            spd.remove(child)
         of_ike = self.by_ike.get(child.ike_id)
         if of_ike is not None:
             of_ike.pop(spi_in, None)
@@ -608,29 +617,31 @@ class UserspaceDataPlane(DataPlane):
     # ------------------------------------------------------------------ outbound
 
     def _select(self, tun: Tun, pkt: bytes) -> _Child | None:
-        by_spi = self.by_tun.get(tun.name)
-        if not by_spi:
-            return None
+        """The Child SA for a clear packet read from ``tun``: route-based, the interface's newest;
+        policy-based, the SPD index (most specific remote prefix, then newest; spd.py)."""
         if tun.route_based:
-            return next(reversed(by_spi.values()))  # route-based: the interface chose the connection
+            by_spi = self.by_tun.get(tun.name)
+            return next(reversed(by_spi.values())) if by_spi else None  # the interface chose
+        spd = self.spd.get(tun.name)
+        if not spd:
+            return None
         a = _addresses(pkt)
         if a is None:
             return None
         v, src, dst = a
-        f = None
-        for c in reversed(by_spi.values()):  # newest first (after a rekey)
+        flow: list[tuple[int, int, int, int, int, int] | None] = []
+
+        def matches(c: _Child) -> bool:
             fl, fr = c.fast_local, c.fast_remote
             if fl is not None and fr is not None:
-                if _in_ranges(fl[v], src) and _in_ranges(fr[v], dst):
-                    return c
-                continue
-            if f is None:
-                f = _flow(pkt)
-                assert f is not None  # _addresses() was not None
+                return _in_ranges(fl[v], src) and _in_ranges(fr[v], dst)
+            if not flow:
+                flow.append(_flow(pkt))
+            f = flow[0]
+            assert f is not None  # _addresses() was not None
             _v, _src, _dst, proto, sport, dport = f
-            if _match(c.local_ts, v, src, proto, sport) and _match(c.remote_ts, v, dst, proto, dport):
-                return c
-        return None
+            return _match(c.local_ts, v, src, proto, sport) and _match(c.remote_ts, v, dst, proto, dport)
+        return spd.lookup(v, dst, matches)
 
     def _tun_readable(self, tun: Tun) -> None:
         """Drain the TUN device (bounded); the ESP datagrams for each path are sent together at
