@@ -45,6 +45,7 @@ from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
 from vpn_gw.dataplane.userspace.spd import OutboundIndex
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
+from vpn_gw.log import enabled
 
 log = structlog.get_logger("vpn_gw.dataplane")
 
@@ -390,9 +391,10 @@ class UserspaceDataPlane(DataPlane):
         if self.interface_for(ev.ike_name) is None:
             self._add_routes(tun, child, child)
         self._flush_trap(child)
-        log.info("CHILD_SA installed in userspace data plane", child=ev.child_name, interface=tun.name,
-                 spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), tunnel_mtu=mtu,
-                 peer=f"{ev.remote[0]}:{ev.remote[1]}")
+        if enabled("info"):
+            log.info("CHILD_SA installed in userspace data plane", child=ev.child_name, interface=tun.name,
+                     spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), tunnel_mtu=mtu,
+                     peer=f"{ev.remote[0]}:{ev.remote[1]}")
 
     def _set_tun_mtu(self, tun: Tun) -> None:
         """The device MTU is the tunnel MTU (the largest of its Child SAs' on the shared device,
