@@ -136,3 +136,15 @@ def test_same_selectors_newest_first_and_rekey():
     assert idx.visits - before == 1
     idx.remove(cs[-1])
     assert idx.lookup(4, ip("203.0.113.7"), by_src(ip("203.0.113.130"))) is cs[-2]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([4, 6]), st.integers(0, 2**128 - 1), st.integers(0, 2**128 - 1), st.integers(1, 128))
+def test_network_strings_are_ipaddress_summaries(version, a, b, span_bits):
+    """Child SA selectors to route destinations: the same text as ipaddress's summary."""
+    bits = 32 if version == 4 else 128
+    lo = a % (1 << bits)
+    hi = min(lo + b % (1 << min(span_bits, bits)), (1 << bits) - 1)
+    ip = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    want = [str(n) for n in ipaddress.summarize_address_range(ip(lo), ip(hi))]
+    assert _Selector(version, lo, hi, 0, 0, 65535).network_strings() == want
