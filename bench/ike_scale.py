@@ -28,10 +28,13 @@ Responders (``--responders``, all by default), each in a fresh ``gw`` namespace:
 * ``ours-none``: ``vpn-gw run`` with ``dataplane = "none"`` (control plane only);
 * ``ours-userspace``: the same with the userspace data plane (TUN, Child SAs installed);
 * ``strongswan``: Debian's strongSwan **5.9.8** charon with kernel-libipsec (Child SAs installed
-  in userspace), ``dos_protection = no`` and ``install_routes = no``, as §5.2 describes.
+  in userspace), ``dos_protection = no`` and ``install_routes = no``, as §5.2 describes, and
+  ``ikesa_table_size = 65536``/``ikesa_table_segments = 16`` (strongSwan's IKE SA table has one
+  bucket by default: its documented tuning for many SAs; the load generator gets it too).
 
-Our responder gets ``half_open_limit``/``cookie_threshold`` above the load's concurrency (all load
-comes from one address, like strongSwan's ``dos_protection = no``) and logs at ``warning``.
+Our responder gets ``half_open_limit``/``cookie_threshold``/``half_open_per_address`` above the
+load's concurrency and no per-address rate limit (``new_sa_rate_per_address = 0``): all load comes
+from one address, like strongSwan's ``dos_protection = no``. It logs at ``warning``.
 
 Measured per responder and N:
 
@@ -43,16 +46,24 @@ Measured per responder and N:
   a fresh SPI each, sent from ``lt`` on its own port) to the response, median and minimum of
   ``--probes``, before the load and with the N SAs held (on a loaded machine the minimum is the
   steadier figure: the median carries the wait for a CPU);
+* ``sum ms`` (ours): ``status --summary`` with the N SAs held, the control-socket round trip /
+  the ``vpn-gw status --summary`` command from start to exit (a Python process start included);
 * the machine load (/proc/loadavg) before and after, retransmits and failures seen by the
   load generator.
+
+100k (issue 13): ``--n 100000 --timeout 1500 --stall 60``, about 1.5 GiB per responder and 3 GiB
+for the load generator; the load-tester's log (over 100 MB) is read incrementally. Our userspace
+responder needs one route for all the SAs (they share the remote selectors; routes are counted
+per destination), so no kernel route limit applies. Profiling our responder during a run:
+``py-spy record -p $(pgrep -f "vpn_gw run -c <workdir>") -d 10 -f raw -o prof.txt`` (the
+``bench`` extra).
 
 Columns: ``up`` IKE SAs and ``child`` Child SAs the load generator saw established, ``held``
 established IKE SAs the responder reports afterwards (ours: ``status --summary``; strongSwan:
 ``swanctl --stats``).
 
 Needs root, /opt/strongswan6 (../shared/peers/strongswan6.md §2) and, for ``strongswan``,
-Debian's strongswan-charon. Not a test: it prints a table (and ``--json``). The issue's 100k
-target depends on the engine work (indexes, timer heap) that is landing separately.
+Debian's strongswan-charon. Not a test: it prints a table (and ``--json``).
 """
 from __future__ import annotations
 
@@ -85,6 +96,7 @@ GW_ID = "gw.example.org"
 TS_LT, TS_GW = "203.0.113.0/25", "203.0.113.128/25"
 GW_LAN_IP = "203.0.113.129"
 RESPONDERS = ("ours-none", "ours-userspace", "strongswan")
+IKESA_TABLE_SIZE = 65536  # strongSwan's ikesa_table_size (a power of 2; the default is 1), both sides
 HZ = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -210,6 +222,10 @@ LT_CONF = """charon {{
     syslog {{ daemon {{ default = -1 }} }}
     reuse_ikesa = no
     threads = 16
+    # strongSwan's IKE SA table has ONE bucket by default (a linked list): at 30k+ SAs the
+    # load generator, not the responder, was the bottleneck (75 % CPU, 37 set-ups/s)
+    ikesa_table_size = {table_size}
+    ikesa_table_segments = 16
     install_virtual_ip = yes
     plugins {{
         vici {{ socket = unix://{dir}/charon.vici }}
@@ -268,13 +284,19 @@ class LoadTester:
             raise SystemExit(f"--n {n} is not a multiple of --initiators {initiators}")
         self.conf = self.dir / "strongswan.conf"
         self.conf.write_text(LT_CONF.format(
-            plugins=LT_PLUGINS, dir=self.dir, initiators=initiators, iterations=n // initiators, delay=delay,
+            plugins=LT_PLUGINS, table_size=IKESA_TABLE_SIZE, dir=self.dir, initiators=initiators,
+            iterations=n // initiators, delay=delay,
             init_limit=init_limit, lt_ip=LT_IP, gw_ip=GW_IP, ike=IKE, esp=ESP, psk=PSK, gw_id=GW_ID,
             ts_lt=TS_LT, ts_gw=TS_GW, auth="pubkey" if pki else "psk",
             issuer=f"\n            issuer_cert = {pki.ca_cert}\n            issuer_key = {pki.ca_key}"
                    "\n            digest = sha256" if pki else ""))
         self.log = self.dir / "charon.log"
         self.proc: subprocess.Popen | None = None
+        # the log is read incrementally (at 100k set-ups it grows past 100 MB: no re-reading)
+        self._offset = 0
+        self._established: list[float] = []  # timestamps, in log order
+        self._first: float | None = None
+        self._counts = {"children": 0, "retransmits": 0, "failures": 0}
 
     def start(self) -> None:
         env = dict(os.environ, STRONGSWAN_CONF=str(self.conf))
@@ -289,18 +311,34 @@ class LoadTester:
         finally:
             out.close()
 
-    def text(self) -> bytes:
+    def _scan(self) -> int:
+        """Read what the log gained since the last call (whole lines); returns the number of
+        IKE SAs established so far."""
         try:
-            return self.log.read_bytes()
+            with open(self.log, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
         except FileNotFoundError:
-            return b""
+            return 0
+        end = chunk.rfind(b"\n") + 1
+        chunk = chunk[:end]
+        self._offset += end
+        if self._first is None:
+            m = INITIATING.search(chunk)
+            if m:
+                self._first = _secs(m)
+        self._established += [_secs(m) for m in ESTABLISHED.finditer(chunk)]
+        self._counts["children"] += len(CHILD_UP.findall(chunk))
+        self._counts["retransmits"] += len(RETRANSMIT.findall(chunk))
+        self._counts["failures"] += len(FAILED.findall(chunk))
+        return len(self._established)
 
     def wait(self, timeout: float, stall: float) -> None:
         """Until N IKE SAs are established, nothing moved for ``stall`` s, or ``timeout``."""
         deadline = time.monotonic() + timeout
         last, since = -1, time.monotonic()
         while time.monotonic() < deadline:
-            n = len(ESTABLISHED.findall(self.text()))
+            n = self._scan()
             if n >= self.n:
                 return
             if self.proc.poll() is not None:
@@ -309,22 +347,19 @@ class LoadTester:
                 last, since = n, time.monotonic()
             elif time.monotonic() - since > stall:
                 return
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def results(self) -> dict:
-        text = self.text()
-        est = list(ESTABLISHED.finditer(text))
-        first = INITIATING.search(text)
+        self._scan()
+        est, first = self._established, self._first
         rate = None
-        if est and first:
-            t_last = _secs(est[min(self.n, len(est)) - 1])
-            dt = t_last - _secs(first)
+        if est and first is not None:
+            t_last = est[min(self.n, len(est)) - 1]
+            dt = t_last - first
             if dt < 0:
                 dt += 86400
             rate = len(est[:self.n]) / dt if dt > 0 else None
-        return {"established": len(est), "children": len(CHILD_UP.findall(text)),
-                "retransmits": len(RETRANSMIT.findall(text)), "failures": len(FAILED.findall(text)),
-                "rate": rate}
+        return {"established": len(est), "rate": rate, **self._counts}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -392,6 +427,8 @@ class OursResponder:
                           psk=PSK, ike=IKE, esp=ESP, child="lt", **auth)
         # all load from one address, like strongSwan's dos_protection = no (no per-address limits)
         limit = max(1000, 4 * (init_limit + 64))
+        self.summary_s: float | None = None  # `status --summary` answer time (control socket)
+        self.summary_cli_s: float | None = None  # the same through `vpn-gw status --summary` (a process)
         gateway = {"dataplane": dataplane, "half_open_limit": limit, "cookie_threshold": limit - 1,
                    "half_open_per_address": 0, "new_sa_rate_per_address": 0.0}
         if crypto_workers is not None:
@@ -403,8 +440,15 @@ class OursResponder:
         return self.gw.proc.pid
 
     def held(self) -> int | None:
+        import vpn_gw.control  # noqa: F401 - imported before the clock starts
         try:
-            return self.gw.control("status", timeout=30, summary=True)["by_state"].get("ESTABLISHED", 0)
+            t = time.perf_counter()
+            summary = self.gw.control("status", timeout=30, summary=True)
+            self.summary_s = time.perf_counter() - t
+            t = time.perf_counter()
+            self.gw.cli("status", "--summary", "-s", str(self.gw.socket))
+            self.summary_cli_s = time.perf_counter() - t
+            return summary["by_state"].get("ESTABLISHED", 0)
         except Exception:   # noqa: BLE001 - an older daemon without --summary
             return None
 
@@ -421,7 +465,8 @@ class StrongSwanResponder:
             log_levels={"default": int(os.environ.get("IKE_SCALE_SW_LOGLEVEL", "0"))},
             plugins="random nonce openssl pem pkcs1 pkcs8 x509 pubkey kdf kernel-libipsec "
                     "kernel-netlink socket-default vici counters",
-            charon_settings={"dos_protection": False, "install_routes": False})
+            charon_settings={"dos_protection": False, "install_routes": False,
+                             "ikesa_table_size": IKESA_TABLE_SIZE, "ikesa_table_segments": 16})
         self.charon.write_swanctl_conf({
             "connections": {"lt": {
                 "version": 2, "local_addrs": GW_IP, "remote_addrs": "%any", "proposals": IKE,
@@ -462,6 +507,8 @@ class Result:
     init_us_empty_min: float | None = None  # fastest probe (least disturbed by the machine's load)
     init_us_held_min: float | None = None
     probes_lost: int = 0
+    status_summary_ms: float | None = None  # ours: `status --summary` control round trip with N held
+    status_summary_cli_ms: float | None = None  # ours: the `vpn-gw status --summary` command, start to end
     retransmits: int = 0
     failures: int = 0
     load_before: str = ""
@@ -521,6 +568,10 @@ def run_one(kind: str, n: int, args, workdir: Path, workers: int | None = None) 
         res.cores_busy = sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1) / wall if wall else None
         res.rss_kib_per_sa = (rss1 - rss0) / done
         res.held = resp.held()
+        if getattr(resp, "summary_s", None) is not None:
+            res.status_summary_ms = resp.summary_s * 1000
+        if getattr(resp, "summary_cli_s", None) is not None:
+            res.status_summary_cli_ms = resp.summary_cli_s * 1000
         res.init_us_held, res.init_us_held_min, lost1 = probe(lt_ns, args.probes)
         res.probes_lost = lost0 + lost1
         if res.established < n:
@@ -546,7 +597,8 @@ def _f(v, fmt: str) -> str:
 def table(results: list[Result]) -> str:
     head = (f"{'responder':<18} {'N':>6} {'up':>6} {'child':>6} {'held':>6} {'setups/s':>9} {'cpu ms/su':>9} "
             f"{'loop ms':>7} {'cores':>5} "
-            f"{'KiB/SA':>7} {'INIT µs@0 med/min':>17} {'INIT µs@N med/min':>17} {'retr':>5} {'fail':>5}  load before "
+            f"{'KiB/SA':>7} {'INIT µs@0 med/min':>17} {'INIT µs@N med/min':>17} {'sum ms':>9} "
+            f"{'retr':>5} {'fail':>5}  load before "
             "-> after")
     lines = [head, "-" * len(head)]
     for r in results:
@@ -555,7 +607,9 @@ def table(results: list[Result]) -> str:
                      f"{_f(r.loop_cpu_ms_per_setup, '.2f'):>7} {_f(r.cores_busy, '.2f'):>5} "
                      f"{_f(r.rss_kib_per_sa, '.1f'):>7} "
                      f"{_f(r.init_us_empty, '.0f') + '/' + _f(r.init_us_empty_min, '.0f'):>17} "
-                     f"{_f(r.init_us_held, '.0f') + '/' + _f(r.init_us_held_min, '.0f'):>17} {r.retransmits:>5} "
+                     f"{_f(r.init_us_held, '.0f') + '/' + _f(r.init_us_held_min, '.0f'):>17} "
+                     f"{_f(r.status_summary_ms, '.0f') + '/' + _f(r.status_summary_cli_ms, '.0f'):>9} "
+                     f"{r.retransmits:>5} "
                      f"{r.failures:>5}  {r.load_before} -> {r.load_after}")
         for note in r.notes:
             lines.append(f"    note: {note}")

@@ -3,6 +3,7 @@ display, and matching with wildcards."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -90,7 +91,7 @@ class IdentityPattern:
         if any(c in self.text for c in "*?"):
             return fnmatch.fnmatchcase(str(ident).lower(), self.text.lower())
         try:
-            want = Identity.parse(self.text)
+            want = _parsed(self.text)
         except ValueError:
             return False
         if want.id_type == IdType.ID_DER_ASN1_DN and ident.id_type == IdType.ID_DER_ASN1_DN:
@@ -102,3 +103,9 @@ class IdentityPattern:
     @property
     def is_any(self) -> bool:
         return self.text in ("%any", "*", "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> Identity:
+    """Identity.parse for the patterns of the configuration (checked on every IKE_AUTH)."""
+    return Identity.parse(text)

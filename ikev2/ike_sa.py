@@ -36,7 +36,7 @@ from .exchange_intermediate import IntermediateExchange
 from .exchange_mobike import Mobike
 from .exchange_ppk import PpkExchange
 from .message import Message
-from .sa_common import HALF_OPEN_TIMEOUT, HANDLED_NOTIFIES, ExchangeFailed, State
+from .sa_common import HALF_OPEN_TIMEOUT, HANDLED_NOTIFIES, ExchangeFailed, State, log_wants
 from .sk import FragmentBudgetExceeded, open_message
 
 __all__ = ["IkeSA", "State", "ExchangeFailed"]
@@ -189,7 +189,8 @@ class IkeSA(InitExchange, IntermediateExchange, FollowupKeExchange, PpkExchange,
             else:
                 self.log("info", "IKE request from a new address not adopted (address_adoption off)",
                          peer=f"{remote[0]}:{remote[1]}")
-        self.log("debug", "received", message=inner.summary(), peer=f"{remote[0]}:{remote[1]}")
+        if log_wants(self.log, "debug"):
+            self.log("debug", "received", message=inner.summary(), peer=f"{remote[0]}:{remote[1]}")
         if inner.is_response:
             p = self.pending
             if p is None:  # checked before decryption; a response handler cannot clear it in between

@@ -16,6 +16,13 @@ from .policy import ChildPolicy, IkePolicy
 
 RandomBytes = Callable[[int], bytes]
 LogFn = Callable[..., None]
+
+
+def log_wants(log: LogFn, level: str) -> bool:
+    """Would the log callback keep a line at ``level``? (It says so with a ``wants(level)``
+    method; a plain function keeps everything.) For lines whose fields cost work to build."""
+    wants = getattr(log, "wants", None)
+    return wants is None or bool(wants(level))
 ResponseHandler = Callable[[Message], None]
 # What a queued request builds when the window opens: (exchange type, payloads, response handler),
 # or None when the request is no longer needed.
@@ -108,5 +115,5 @@ def notify_name(t: int) -> str:
 
 
 def local_id_ok(pol: IkePolicy, wanted: Identity) -> bool:
-    return IdentityPattern(str(pol.local_id)).matches(wanted) or pol.local_id == wanted
+    return pol.local_id == wanted or IdentityPattern(str(pol.local_id)).matches(wanted)
 

@@ -24,11 +24,22 @@ import structlog
 from vpn_gw.config import Secret
 
 __all__ = ["setup_logging", "redact_secrets", "is_secret_key", "RateLimitedLogger", "flush_all", "get_logger",
-           "REDACTED", "LEVELS"]
+           "REDACTED", "LEVELS", "enabled"]
 
 REDACTED = "***"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+# The level setup_logging configured (NOTSET until then: everything passes, as structlog's default
+# configuration does). A call through a module's structlog proxy costs ~15 µs even when its level
+# is filtered (it builds a bound logger each time): hot paths ask ``enabled`` first (~0.1 µs).
+_min_level = logging.NOTSET
+
+
+def enabled(level: str) -> bool:
+    """Would a line at ``level`` ("debug", "info", ...) be logged?"""
+    return LEVELS.get(level, logging.INFO) >= _min_level
+
 
 _SECRET_NAMES = frozenset({
     "psk", "secret", "secrets", "password", "passwd", "passphrase", "key", "keys", "keymat",
@@ -105,6 +116,8 @@ def setup_logging(level: str | int = "info", fmt: str = "console",
                              f"(one of {', '.join(LEVELS)})") from None
     else:
         lvl = int(level)
+    global _min_level
+    _min_level = lvl
     stream = stream or sys.stderr
     renderer = _renderer(fmt, stream)
     shared: list[Any] = [

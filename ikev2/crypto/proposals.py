@@ -323,37 +323,44 @@ def _acceptable(t: Transform) -> bool:
     return not t.attributes
 
 
-def _offer(p: Proposal, ttype: int) -> list[tuple[int, int | None]]:
-    return [(t.id, t.key_length) for t in p.transforms if t.type == ttype and _acceptable(t)]
-
-
-def _has_type(p: Proposal, ttype: int) -> bool:
-    return any(t.type == ttype for t in p.transforms)
+def _offers(p: Proposal) -> dict[int, list[tuple[int, int | None]]]:
+    """Per transform type present in the proposal: its selectable (id, key length) offers, in
+    order (a type whose transforms all carry unknown attributes is present with no offer)."""
+    out: dict[int, list[tuple[int, int | None]]] = {}
+    for t in p.transforms:
+        lst = out.get(t.type)
+        if lst is None:
+            lst = out[t.type] = []
+        if _acceptable(t):
+            lst.append((t.id, t.key_length))
+    return out
 
 
 # Transform types where "absent" means "only NONE (id 0)".
 _NONE_IF_ABSENT = {INTEG, DH} | set(range(int(TransformType.ADDKE1), int(TransformType.ADDKE7) + 1))
+_NONE: list[tuple[int, int | None]] = [(0, None)]
+_NO_ESN: list[tuple[int, int | None]] = [(EsnId.NO_ESN, None)]
 
 
-def _select(ours: Proposal, theirs: Proposal) -> list[Transform] | None:
+def _select(ours: Proposal, theirs: Proposal, our_offers: dict[int, list[tuple[int, int | None]]],
+            their_offers: dict[int, list[tuple[int, int | None]]]) -> list[Transform] | None:
     if ours.protocol != theirs.protocol:
         return None
-    types = sorted({t.type for t in theirs.transforms} | {t.type for t in ours.transforms})
     picked: list[Transform] = []
-    for ttype in types:
-        their_offer = _offer(theirs, ttype)
-        our_offer = _offer(ours, ttype)
-        their_present = _has_type(theirs, ttype)
+    for ttype in sorted(their_offers.keys() | our_offers.keys()):
+        their_present = ttype in their_offers
+        their_offer = their_offers.get(ttype) or []
+        our_offer = our_offers.get(ttype) or []
         if ttype in _NONE_IF_ABSENT:
             if not our_offer:
-                our_offer = [(0, None)]
+                our_offer = _NONE
             if not their_present:
-                their_offer = [(0, None)]
+                their_offer = _NONE
         elif ttype == ESN and theirs.protocol != ProtocolId.IKE:
             if not our_offer:
-                our_offer = [(EsnId.NO_ESN, None)]
+                our_offer = _NO_ESN
             if not their_present:
-                their_offer = [(EsnId.NO_ESN, None)]
+                their_offer = _NO_ESN
         if not their_offer and not our_offer and not their_present:
             continue
         choice = next((o for o in their_offer if o in our_offer), None)
@@ -371,9 +378,11 @@ def choose_proposal(ours: list[Proposal], theirs: list[Proposal]) -> Proposal | 
     The result has exactly one transform per type the peer offered, the peer's proposal
     number and SPI.  None when nothing matches (NO_PROPOSAL_CHOSEN).
     """
+    our_offers = [_offers(our) for our in ours]
     for their in theirs:
-        for our in ours:
-            picked = _select(our, their)
+        their_offers = _offers(their)
+        for our, offers in zip(ours, our_offers, strict=True):
+            picked = _select(our, their, offers, their_offers)
             if picked is None:
                 continue
             return Proposal(num=their.num, protocol=their.protocol, spi=their.spi,

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from vpn_gw.log import RateLimitedLogger
+from vpn_gw.log import RateLimitedLogger, enabled
 
 log = structlog.get_logger("vpn_gw")
 
@@ -19,6 +19,8 @@ FLOODABLE = frozenset({"dropped datagram", "dropped malformed message",
 
 
 class EngineLog:
+    """``wants(level)``: the engine may skip building a line's fields when it would be dropped
+    (only where no observer needs the line: debug lines)."""
     def __init__(self) -> None:
         self._ratelimit = RateLimitedLogger(log, limit=5, interval=60.0)
         # sees every line, also rate-limited ones (metrics count COOKIEs, EAP results)
@@ -27,8 +29,14 @@ class EngineLog:
     def __call__(self, level: str, event: str, **fields: Any) -> None:
         if self.observer is not None:
             self.observer(event, fields)
+        if not enabled(level):
+            return
         if event in FLOODABLE:
             peer = str(fields.get("peer", "")).rsplit(":", 1)[0]
             self._ratelimit.log((event, fields.get("reason", ""), peer), event, level=level, **fields)
             return
         getattr(log, level, log.info)(event, **fields)
+
+    @staticmethod
+    def wants(level: str) -> bool:
+        return enabled(level)

@@ -16,6 +16,7 @@ from vpn_gw.daemon.scheduler import Scheduler
 from vpn_gw.daemon.traps import Traps
 from vpn_gw.daemon.virtual_ips import VirtualIps
 from vpn_gw.dataplane import DataPlane, InstallError
+from vpn_gw.log import enabled
 from vpn_gw.policies import initiate_target
 
 log = structlog.get_logger("vpn_gw")
@@ -100,9 +101,10 @@ class EventRouter:
         elif isinstance(ev, E.AuthFailed):
             log.warning("authentication failed", connection=ev.ike_name, reason=ev.reason)
         elif isinstance(ev, E.ExchangeDone):
-            log.info("exchange", connection=ev.ike_name, exchange=ev.exchange, role=ev.role,
-                     mid=ev.message_id, outcome=ev.outcome, spi_i=ev.spi_i.hex(), spi_r=ev.spi_r.hex(),
-                     peer=f"{ev.peer[0]}:{ev.peer[1]}" if ev.peer else None)
+            if enabled("info"):
+                log.info("exchange", connection=ev.ike_name, exchange=ev.exchange, role=ev.role,
+                         mid=ev.message_id, outcome=ev.outcome, spi_i=ev.spi_i.hex(), spi_r=ev.spi_r.hex(),
+                         peer=f"{ev.peer[0]}:{ev.peer[1]}" if ev.peer else None)
         self.waiters.event(ev)
 
     def _child_install_failed(self, ev: E.ChildUp, reason: str) -> None:

@@ -34,10 +34,10 @@ class LifetimeWatcher:
         now = time.monotonic()
         acted = 0
         for spi_in, state in self.dataplane.expiries(now):
-            sa = next((s for s in self.manager.sas if any(c.spi_in == spi_in for c in s.children)), None)
-            if sa is None:
+            sa = self.manager.child_owner(spi_in)
+            child = next((c for c in sa.children if c.spi_in == spi_in), None) if sa is not None else None
+            if sa is None or child is None:
                 continue
-            child = next(c for c in sa.children if c.spi_in == spi_in)
             if state == "soft":
                 if sa.rekey_child(spi_in, now):
                     log.info("CHILD_SA reached its soft volume limit: rekeying", connection=sa.name,

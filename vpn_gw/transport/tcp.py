@@ -815,7 +815,8 @@ class TcpService:
         forget closed paths no IKE SA uses."""
         now = self.clock()
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # follows `prlimit` on the daemon
-        sas = self.gw.manager.sas
+        # no TCP path to check (the usual case): no pass over every IKE SA either
+        sas = self.gw.manager.sas if self.conns or self.dead else []
         in_use = {(sa.local, sa.remote) for sa in sas if sa.state != State.DELETED}
         established = {(sa.local, sa.remote) for sa in sas if sa.state in _AUTHENTICATED}
         idle_timeout = self.idle_timeout

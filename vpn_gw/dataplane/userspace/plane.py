@@ -26,11 +26,13 @@ flow coalesced, vpn_gw.dataplane.userspace.gro).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,7 +45,9 @@ from ikev2.events import Address, ChildUp
 from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
 from vpn_gw.dataplane.userspace.gro import VNET_HDR_LEN
+from vpn_gw.dataplane.userspace.spd import OutboundIndex, prefixes
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
+from vpn_gw.log import enabled
 
 log = structlog.get_logger("vpn_gw.dataplane")
 
@@ -73,8 +77,17 @@ class _Selector:
                    ts.start_port, ts.end_port)
 
     def network_strings(self) -> list[str]:
-        ip = ipaddress.IPv4Address if self.version == 4 else ipaddress.IPv6Address
-        return [str(n) for n in ipaddress.summarize_address_range(ip(self.lo), ip(self.hi))]
+        return list(_network_strings(self.version, self.lo, self.hi))
+
+
+@functools.lru_cache(maxsize=4096)
+def _network_strings(version: int, lo: int, hi: int) -> tuple[str, ...]:
+    """The CIDR networks covering [lo, hi] as text (once per distinct range: every Child SA of a
+    site-to-site or load-tested gateway has the same; ipaddress.summarize_address_range cost
+    7 % of a set-up's CPU)."""
+    if version == 4:
+        return tuple(f"{socket.inet_ntoa(net.to_bytes(4, 'big'))}/{plen}" for plen, net in prefixes(lo, hi, 32))
+    return tuple(f"{ipaddress.IPv6Address(net)}/{plen}" for plen, net in prefixes(lo, hi, 128))
 
 
 @dataclass
@@ -97,6 +110,8 @@ class _Child:
     # Decrypted packets held while the routes back to the peer's hosts are being programmed
     # (the answers to them need those routes); None once they are (or none are needed).
     held_rx: list[bytes] | None = None
+    # carried a packet since the last lifetime poll (then it is in the plane's _touched list)
+    touched: bool = False
     # {version: ((lo, hi), ...)} when every selector is "any protocol, any port" (the usual
     # case): the per-packet policy checks then need only the addresses; None otherwise.
     fast_local: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
@@ -232,7 +247,18 @@ class UserspaceDataPlane(DataPlane):
         self.clock = clock
         self.tuns: dict[str, Tun] = {}
         self.by_spi_in: dict[bytes, _Child] = {}
-        self.by_tun: dict[str, list[_Child]] = {}  # newest last
+        self.by_tun: dict[str, dict[bytes, _Child]] = {}  # interface -> {spi_in: child}, newest last
+        # Policy-based (shared TUN): outbound lookup by destination prefix (spd.py)
+        self.spd: dict[str, OutboundIndex[_Child]] = {}
+        self.by_ike: dict[int, dict[bytes, _Child]] = {}  # IKE SA id -> {spi_in: child}
+        # Per interface, how many of its Child SAs have each tunnel MTU (the device gets the largest)
+        self._tun_mtus: dict[str, Counter[int]] = {}
+        # Routes into the shared TUN (policy-based): how many Child SAs and traps want each
+        # destination (added by the first, deleted after the last), and which are programmed.
+        self._route_refs: dict[str, int] = {}
+        self._routes_up: set[str] = set()
+        # Child SAs that carried packets since the last expiries() poll: only their counters moved
+        self._touched: list[_Child] = []
         self.unmatched: dict[str, int] = {}  # drops before an SA is known
         self._expiry_reported: dict[bytes, str] = {}  # spi_in -> the last lifetime state reported
         self._keepalive_task: asyncio.Task | None = None
@@ -332,7 +358,9 @@ class UserspaceDataPlane(DataPlane):
             tun = Tun(name, self.tun_mtu, vnet_hdr=self.offload, tso=self.tso)
             tun.route_based = name != DEFAULT_TUN
             self.tuns[name] = tun
-            self.by_tun[name] = []
+            self.by_tun[name] = {}
+            self.spd[name] = OutboundIndex()
+            self._tun_mtus[name] = Counter()
             asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_readable, tun)
             log.info("TUN device created", interface=tun.name, mtu=self.tun_mtu, offload=_offload_names(tun))
         return tun
@@ -365,65 +393,104 @@ class UserspaceDataPlane(DataPlane):
                        [_Selector.from_ts(t) for t in ev.local_ts], [_Selector.from_ts(t) for t in ev.remote_ts],
                        tun, mtu)
         self.by_spi_in[k.spi_in] = child
-        self.by_tun[tun.name].append(child)
+        self.by_tun[tun.name][k.spi_in] = child
+        if not tun.route_based:
+            self.spd[tun.name].add(child)
+        self.by_ike.setdefault(ev.ike_id, {})[k.spi_in] = child
+        self._tun_mtus[tun.name][mtu] += 1
         self._set_tun_mtu(tun)
         if self.interface_for(ev.ike_name) is None:
             self._add_routes(tun, child, child)
         self._flush_trap(child)
-        log.info("CHILD_SA installed in userspace data plane", child=ev.child_name, interface=tun.name,
-                 spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), tunnel_mtu=mtu,
-                 peer=f"{ev.remote[0]}:{ev.remote[1]}")
+        if enabled("info"):
+            log.info("CHILD_SA installed in userspace data plane", child=ev.child_name, interface=tun.name,
+                     spi_in=k.spi_in.hex(), spi_out=k.spi_out.hex(), tunnel_mtu=mtu,
+                     peer=f"{ev.remote[0]}:{ev.remote[1]}")
 
     def _set_tun_mtu(self, tun: Tun) -> None:
         """The device MTU is the tunnel MTU (the largest of its Child SAs' on the shared device,
         whose routes carry each SA's own), so a packet too big for the tunnel meets it in the
         kernel, which answers "fragmentation needed" with that MTU, not the device's 1500."""
-        mtu = max((c.mtu for c in self.by_tun.get(tun.name, ())), default=0)
+        mtu = max(self._tun_mtus.get(tun.name, ()), default=0)
         if not mtu or mtu == tun.mtu:
             return
         tun.mtu = mtu
         ipr_submit(lambda ipr: ipr.link("set", index=tun.index, mtu=mtu), f"MTU {mtu} on {tun.name}")
 
     def _add_routes(self, tun: Tun, owner: _Child | _Trap, child: _Child) -> None:
-        """Policy-based mode: route the remote selectors into the shared TUN. Queued in the
-        netlink thread (the event loop does not wait); ``owner.routes`` is set there, before any
-        later netlink call (e.g. the one removing these routes) runs. Until then, what a Child
-        SA decrypts is held (``held_rx``): its answers would find no route yet."""
-        loop = asyncio.get_running_loop()
-        if owner is child and not self._already_routed(child):
+        """Policy-based mode: route the remote selectors into the shared TUN. Each destination is
+        counted (``_route_refs``): only the first Child SA or trap that wants it programs it, a
+        rekey or a thousand SAs with the same selectors cost no netlink call and no scan.
+        Queued in the netlink thread (the event loop does not wait). Until this SA's routes are
+        programmed (``_routes_up``), what it decrypts is held (``held_rx``): its answers would
+        find no route yet."""
+        wanted = self._wanted_routes(child)
+        owner.routes = wanted
+        refs = self._route_refs
+        new = [n for n in wanted if not refs.get(n)]
+        for n in wanted:
+            refs[n] = refs.get(n, 0) + 1
+        waits = owner is child and any(n not in self._routes_up for n in wanted)
+        if waits:
             child.held_rx = []
+        if not new and not waits:
+            return
+        loop = asyncio.get_running_loop()
+        todo = set(new)
 
         def add(ipr):
+            added: list[str] = []
             try:
-                owner.routes = self._add_routes_with(ipr, tun, child)
+                if todo:
+                    added = self._add_routes_with(ipr, tun, child, todo)
             finally:
-                if owner is child:
-                    loop.call_soon_threadsafe(self._routes_ready, child)
+                loop.call_soon_threadsafe(self._routes_ready, child if waits else None, added)
+        # (with nothing new to add, the call still waits behind the calls adding the routes it
+        # shares with other SAs: the netlink thread runs them in order)
         ipr_submit(add, f"routes of {child.conn} into {tun.name}")
 
-    def _already_routed(self, child: _Child) -> bool:
-        """Are the child's remote networks routed into the TUN by another SA or a trap already
-        (a rekey, a trap's SA)? Then nothing it decrypts needs to wait for its routes."""
-        owners: list[_Child | _Trap] = [*self.by_spi_in.values(), *self.traps.values()]
-        have = {r for o in owners if o is not child for r in o.routes}
-        want = [n for sel in child.remote_ts for n in sel.network_strings() if not n.endswith("/0")]
-        return bool(want) and all(n in have for n in want)
+    def _wanted_routes(self, child: _Child) -> list[str]:
+        """The destinations a Child SA (or trap) routes into the shared TUN: its remote selectors
+        as networks, except a default route; for a full-tunnel client (a /0 remote selector and
+        virtual IPs) the two halves of the address space and the pinned route to the gateway."""
+        wanted: list[str] = []
+        for sel in child.remote_ts:
+            for net in sel.network_strings():
+                if not net.endswith("/0"):
+                    wanted.append(net)
+                elif child.conn in self.vips:
+                    version = 6 if ":" in net else 4
+                    peer = child.remote[0]
+                    if peer and (":" in peer) == (version == 6):
+                        wanted.append(f"{peer}/{128 if version == 6 else 32}")
+                    wanted += ("::/1", "8000::/1") if version == 6 else ("0.0.0.0/1", "128.0.0.0/1")
+        return wanted
 
-    def _routes_ready(self, child: _Child) -> None:
+    def _routes_ready(self, child: _Child | None, added: list[str]) -> None:
+        """In the event loop, after a netlink call of _add_routes: record what it programmed
+        (still wanted), release what the Child SA held back."""
+        self._routes_up.update(n for n in added if self._route_refs.get(n))
+        if child is None:
+            return
         held, child.held_rx = child.held_rx, None
         if held and child.tun.fd >= 0 and child.spi_in in self.by_spi_in:
             child.tun.write_many(held)
 
-    def _add_routes_with(self, ipr, tun: Tun, child: _Child) -> list[str]:
+    def _add_routes_with(self, ipr, tun: Tun, child: _Child, todo: set[str]) -> list[str]:
+        """(netlink thread) Program the routes in ``todo`` (the child's wanted routes that no
+        other SA or trap has); returns those that were added."""
         added = []
         local_addrs = local_addresses(ipr)
         for sel in child.remote_ts:
             for net in sel.network_strings():
                 n = ipaddress.ip_network(net)
                 if n.prefixlen == 0:
-                    if child.conn in self.vips:
+                    if child.conn in self.vips and any(r in todo for r in (
+                            ("::/1", "8000::/1") if n.version == 6 else ("0.0.0.0/1", "128.0.0.0/1"))):
                         added += self._full_tunnel_routes(ipr, tun, child, n.version)
                     continue  # otherwise never hijack the default route in policy-based mode
+                if net not in todo:
+                    continue
                 src = next((a for a in local_addrs if a.version == n.version
                             and _match(child.local_ts, a.version, int(a), 0, 0)), None)
                 kw = {"dst": net, "oif": tun.index}
@@ -482,13 +549,14 @@ class UserspaceDataPlane(DataPlane):
         return added
 
     def _del_routes(self, child: _Child) -> None:
-        """Remove the child's routes that no other Child SA and no trap policy still needs
+        """Remove the child's routes that no other Child SA and no trap policy still wants
         (queued in the netlink thread, after the calls that set those routes)."""
-        others = [*self.by_spi_in.values(), *self.traps.values()]
+        gone = self._release_routes(child.routes)
+        if not gone:
+            return
 
         def delete(ipr):
-            still = {r for o in others for r in o.routes}
-            for net in [n for n in child.routes if n not in still]:
+            for net in gone:
                 for kw in ({"oif": child.tun.index}, {}):  # TUN routes; the pinned gateway route
                     try:
                         ipr.route("del", dst=net, **kw)
@@ -501,9 +569,21 @@ class UserspaceDataPlane(DataPlane):
         child = self.by_spi_in.pop(spi_in, None)
         if child is None:
             return
-        lst = self.by_tun.get(child.tun.name, [])
-        if child in lst:
-            lst.remove(child)
+        self.by_tun.get(child.tun.name, {}).pop(spi_in, None)
+        spd = self.spd.get(child.tun.name)
+        if spd is not None:
+            spd.remove(child)
+        of_ike = self.by_ike.get(child.ike_id)
+        if of_ike is not None:
+            of_ike.pop(spi_in, None)
+            if not of_ike:
+                del self.by_ike[child.ike_id]
+        mtus = self._tun_mtus.get(child.tun.name)
+        if mtus is not None:
+            mtus[child.mtu] -= 1
+            if mtus[child.mtu] <= 0:
+                del mtus[child.mtu]
+        self._expiry_reported.pop(spi_in, None)
         if not child.tun.route_based:
             self._del_routes(child)
         child.sa_in.wipe()
@@ -512,20 +592,25 @@ class UserspaceDataPlane(DataPlane):
 
     def update_addresses(self, ike_id: int, local: Address, remote: Address, encap: bool | None = None) -> None:
         # encap is ignored: this data plane always puts ESP in UDP 4500
-        for c in self.by_spi_in.values():
-            if c.ike_id == ike_id:
-                c.local, c.remote = local, remote
+        for c in self.by_ike.get(ike_id, {}).values():
+            c.local, c.remote = local, remote
 
     def expiries(self, now: float) -> list[tuple[bytes, str]]:
+        """Child SAs that reached a soft or hard volume limit (or sequence-number exhaustion)
+        since the last poll. Only those that carried packets since then are checked: the plane
+        sets no time limits (the engine rekeys by time), so an idle SA's state cannot change."""
+        touched, self._touched = self._touched, []
         out = []
-        for spi_in, c in list(self.by_spi_in.items()):
+        for c in touched:
+            c.touched = False
+            spi_in = c.spi_in
+            if self.by_spi_in.get(spi_in) is not c:
+                continue
             states = (c.sa_in.check_lifetime(now), c.sa_out.check_lifetime(now))
             state = "hard" if "hard" in states else "soft" if "soft" in states else None
             if state is not None and state != self._expiry_reported.get(spi_in):
                 self._expiry_reported[spi_in] = state
                 out.append((spi_in, state))
-        for spi in [s_ for s_ in self._expiry_reported if s_ not in self.by_spi_in]:
-            del self._expiry_reported[spi]
         return out
 
     def last_rx(self, spi_in: bytes) -> float | None:
@@ -545,42 +630,31 @@ class UserspaceDataPlane(DataPlane):
     # ------------------------------------------------------------------ outbound
 
     def _select(self, tun: Tun, pkt: bytes) -> _Child | None:
-        children = self.by_tun.get(tun.name)
-        if not children:
-            return None
+        """The Child SA for a clear packet read from ``tun``: route-based, the interface's newest;
+        policy-based, the SPD index (most specific remote prefix, then newest; spd.py)."""
         if tun.route_based:
-            return children[-1]  # route-based: the interface chose the connection
-        if len(pkt) >= 20 and pkt[0] >> 4 == 4:
-            # IPv4 and SAs of one address range per side, any protocol and port (the usual
-            # case): two comparisons per SA; the first SA that restricts more hands over to
-            # the general loop below (which starts again from the newest: same answer)
-            src, dst = _V4_ADDRESSES(pkt, 12)
-            for c in reversed(children):
-                in4 = c.in4
-                if in4 is None:
-                    break
-                if in4[2] <= src <= in4[3] and in4[0] <= dst <= in4[1]:
-                    return c
-            else:
-                return None
+            by_spi = self.by_tun.get(tun.name)
+            return next(reversed(by_spi.values())) if by_spi else None  # the interface chose
+        spd = self.spd.get(tun.name)
+        if not spd:
+            return None
         a = _addresses(pkt)
         if a is None:
             return None
         v, src, dst = a
-        f = None
-        for c in reversed(children):  # newest first (after a rekey)
+        flow: list[tuple[int, int, int, int, int, int] | None] = []
+
+        def matches(c: _Child) -> bool:
             fl, fr = c.fast_local, c.fast_remote
             if fl is not None and fr is not None:
-                if _in_ranges(fl[v], src) and _in_ranges(fr[v], dst):
-                    return c
-                continue
-            if f is None:
-                f = _flow(pkt)
-                assert f is not None  # _addresses() was not None
+                return _in_ranges(fl[v], src) and _in_ranges(fr[v], dst)
+            if not flow:
+                flow.append(_flow(pkt))
+            f = flow[0]
+            assert f is not None  # _addresses() was not None
             _v, _src, _dst, proto, sport, dport = f
-            if _match(c.local_ts, v, src, proto, sport) and _match(c.remote_ts, v, dst, proto, dport):
-                return c
-        return None
+            return _match(c.local_ts, v, src, proto, sport) and _match(c.remote_ts, v, dst, proto, dport)
+        return spd.lookup(v, dst, matches)
 
     def _tun_readable(self, tun: Tun) -> None:
         """Drain the TUN device (bounded); the ESP datagrams for each path are sent together at
@@ -681,6 +755,9 @@ class UserspaceDataPlane(DataPlane):
 
     def _send_esp(self, child: _Child, pkt: bytes) -> None:
         nh = 4 if pkt[0] >> 4 == 4 else 41
+        if not child.touched:
+            child.touched = True
+            self._touched.append(child)
         try:
             esp = encapsulate(child.sa_out, pkt, nh)
         except EspError:
@@ -722,6 +799,22 @@ class UserspaceDataPlane(DataPlane):
         trap = self.traps.pop(conn, None)
         if trap is not None:
             trap.queue.clear()
+            # its routes stay until a Child SA that shares them goes (as before the counting)
+            self._release_routes(trap.routes)
+
+    def _release_routes(self, routes: list[str]) -> list[str]:
+        """One owner fewer for each route; returns those nobody wants any more."""
+        gone = []
+        refs = self._route_refs
+        for net in routes:
+            n = refs.get(net, 0) - 1
+            if n > 0:
+                refs[net] = n
+            else:
+                refs.pop(net, None)
+                self._routes_up.discard(net)
+                gone.append(net)
+        return gone
 
     def _trap(self, tun: Tun, pkt: bytes) -> bool:
         f = _flow(pkt)
@@ -771,6 +864,9 @@ class UserspaceDataPlane(DataPlane):
         except EspError:
             return  # counted on the SA by reason
         child.last_rx = self.clock()
+        if not child.touched:
+            child.touched = True
+            self._touched.append(child)
         if remote != child.remote or local[0] != child.local[0]:
             # Authenticated, and the newest packet so far (it moved the replay window's top):
             # never a replay of an old packet. Address adoption decides (the engine).
