@@ -368,7 +368,7 @@ class Gateway:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.dataplane.name in ("userspace", "xfrm"):
+        if self.dataplane.name == "xfrm":  # the userspace data plane does not use pyroute2
             from vpn_gw.dataplane.iproute import prewarm
             prewarm()  # pyroute2's import overlaps the rest of the start-up
         raise_open_files_limit()
