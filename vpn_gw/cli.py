@@ -55,6 +55,19 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked (importlib.metadata costs
+    ~10 ms, which every ``vpn-gw run`` paid at start-up)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{PROG} {_version()}")
+        parser.exit()
+
+
 # --------------------------------------------------------------------------------------------
 # status rendering
 
@@ -531,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog=PROG, description="IKEv2/IPsec VPN gateway", parents=[common],
                 epilog="exit status: 0 success, 1 failure, 2 usage error; see each command's --help")
-    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
