@@ -80,8 +80,8 @@ def test_ack_returns_and_truncated_error_raises():
 
 
 def test_address_dump_checks_the_address_length():
-    good = _msg(rtnl.RTM_NEWADDR, rtnl.IFADDRMSG.pack(2, 24, 0, 0, 3) + rtnl._attr(rtnl.IFA_ADDRESS, bytes([198, 51, 100, 1])),
-                flags=rtnl.NLM_F_MULTI)
+    addr = rtnl._attr(rtnl.IFA_ADDRESS, bytes([198, 51, 100, 1]))
+    good = _msg(rtnl.RTM_NEWADDR, rtnl.IFADDRMSG.pack(2, 24, 0, 0, 3) + addr, flags=rtnl.NLM_F_MULTI)
     done = _msg(rtnl.NLMSG_DONE, b"\0" * 4, flags=rtnl.NLM_F_MULTI)
     assert [str(a) for a in _rtnl([good, done]).addresses()] == ["198.51.100.1"]
     bad = _msg(rtnl.RTM_NEWADDR, rtnl.IFADDRMSG.pack(2, 24, 0, 0, 3) + rtnl._attr(rtnl.IFA_ADDRESS, b"\1\2\3"),

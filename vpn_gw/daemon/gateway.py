@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import signal
@@ -422,6 +423,9 @@ class Gateway:
                     log.warning("cannot initiate", connection=conn.name, error=str(e))
                     self.scheduler.retry_at(conn.name, time.monotonic() + RETRY_DELAY)
         self.flush()
+        if not gc.isenabled():  # `vpn-gw run` starts with it off (vpn_gw.cli.main)
+            gc.freeze()  # what start-up made lives as long as the daemon: never scanned again
+            gc.enable()
         watchers = [loop.create_task(self.roaming.run()), loop.create_task(self.lifetimes.run()),
                     loop.create_task(_log_summaries())]
         await stop.wait()
