@@ -65,7 +65,11 @@ class RoamingWatcher:
             # the first IKE exchanges of a (re)starting gateway (issue 14 item 10)
             events = open_route_events()
             sock = events
-            loop.add_reader(sock.fileno(), lambda: (drain(sock), changed.set()))
+
+            def readable() -> None:
+                drain(sock)
+                changed.set()
+            loop.add_reader(sock.fileno(), readable)
         except OSError as e:
             log.warning("no netlink events for roaming, polling only", error=str(e))
             if events is not None:
