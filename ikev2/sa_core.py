@@ -13,7 +13,7 @@ declarations here. See docs/engine.md for why the exchanges are mixins and not t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import payloads as P
 from .assign_async import AssignWaiting
@@ -25,9 +25,6 @@ from .constants import ExchangeType as X
 from .crypto.kex import KeyExchange, KeyExchangeHalf
 from .crypto.keys import IkeKeys
 from .crypto.proposals import IkeSuite
-from .eap.async_server import AsyncEapServer
-from .eap.client import EapClient
-from .eap.server import EapServer
 from .eap_async import EapWaiting
 from .events import Address, ChildDown, Event, ExchangeDone, IkeDown, LocalAddressChanged, PeerAddressChanged
 from .identity import Identity
@@ -51,6 +48,11 @@ from .sa_common import (
 )
 from .sk import FragmentBudget, FragmentReassembler, SKKeys, seal
 from .summary import payload_summary
+
+if TYPE_CHECKING:  # EAP loads with the first EAP conversation (policy.eap_server / eap_client)
+    from .eap.async_server import AsyncEapServer
+    from .eap.client import EapClient
+    from .eap.server import EapServer
 
 ActivityProbe = Callable[[bytes], "float | None"]
 

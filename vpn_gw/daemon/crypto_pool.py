@@ -27,19 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ikev2.compute import ComputeNeeded, Result, run_batch
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 log = structlog.get_logger("vpn_gw")
 
@@ -92,6 +93,8 @@ class CryptoPool:
         self.counters = {"jobs": 0, "retried_inline": 0, "inline": 0, "failed": 0, "pool_restarts": 0}
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        import multiprocessing  # here, not at start-up: most gateways never start workers
+        from concurrent.futures import ProcessPoolExecutor
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["ikev2.compute"])
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init)
@@ -194,7 +197,7 @@ class CryptoPool:
                 if self._pool is None:
                     raise RuntimeError("no crypto workers")
                 fut = self._pool.submit(run_batch, [ev.job for ev in chunk])
-            except (BrokenProcessPool, RuntimeError) as e:
+            except RuntimeError as e:  # BrokenProcessPool is one too
                 self._retry_inline(chunk, e)
                 continue
             fut.add_done_callback(functools.partial(self._back, loop, chunk))

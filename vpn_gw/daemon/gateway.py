@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import signal
@@ -368,7 +369,7 @@ class Gateway:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.dataplane.name in ("userspace", "xfrm"):
+        if self.dataplane.name == "xfrm":  # the userspace data plane does not use pyroute2
             from vpn_gw.dataplane.iproute import prewarm
             prewarm()  # pyroute2's import overlaps the rest of the start-up
         raise_open_files_limit()
@@ -422,6 +423,9 @@ class Gateway:
                     log.warning("cannot initiate", connection=conn.name, error=str(e))
                     self.scheduler.retry_at(conn.name, time.monotonic() + RETRY_DELAY)
         self.flush()
+        if not gc.isenabled():  # `vpn-gw run` starts with it off (vpn_gw.cli.main)
+            gc.freeze()  # what start-up made lives as long as the daemon: never scanned again
+            gc.enable()
         watchers = [loop.create_task(self.roaming.run()), loop.create_task(self.lifetimes.run()),
                     loop.create_task(_log_summaries())]
         await stop.wait()

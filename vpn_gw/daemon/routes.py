@@ -3,14 +3,23 @@ start for as long as the daemon runs and removed again at stop (an interface we 
 them along)."""
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 from typing import Any
 
 import structlog
 
 from vpn_gw.dataplane.iproute import ipr_call
+from vpn_gw.dataplane.rtnl import Rtnl
 
 log = structlog.get_logger("vpn_gw")
+
+
+def _index(ifname: str) -> int | None:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
 
 
 class ConnectionRoutes:
@@ -22,18 +31,18 @@ class ConnectionRoutes:
         if not wanted:
             return
 
-        def add(ipr: Any) -> list[tuple[str, str]]:
+        def add(ipr: Rtnl) -> list[tuple[str, str]]:
             done = []
             for dst, ifname, conn in wanted:
-                idx = ipr.link_lookup(ifname=ifname)
-                if not idx:
+                idx = _index(ifname)
+                if idx is None:
                     log.error("cannot add route: no such interface", connection=conn, dst=dst, interface=ifname)
                     continue
                 try:
-                    ipr.route("replace", dst=dst, oif=idx[0])
+                    ipr.route_replace(dst, oif=idx)
                     done.append((dst, ifname))
                     log.info("route installed", connection=conn, dst=dst, interface=ifname)
-                except Exception as e:  # noqa: BLE001 - pyroute2's NetlinkError
+                except Exception as e:  # noqa: BLE001 - RtnlError, the kernel's answer
                     log.error("cannot add route", connection=conn, dst=dst, interface=ifname, error=str(e))
             return done
         try:
@@ -46,12 +55,12 @@ class ConnectionRoutes:
         if not routes:
             return
 
-        def delete(ipr: Any) -> None:
+        def delete(ipr: Rtnl) -> None:
             for dst, ifname in routes:
-                idx = ipr.link_lookup(ifname=ifname)
-                if idx:
+                idx = _index(ifname)
+                if idx is not None:
                     try:
-                        ipr.route("del", dst=dst, oif=idx[0])
+                        ipr.route_del(dst, oif=idx)
                     except Exception:  # noqa: BLE001 - already gone with its interface
                         pass
         try:

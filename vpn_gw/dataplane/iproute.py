@@ -1,8 +1,8 @@
-"""Run pyroute2 netlink calls from inside the asyncio daemon.
+"""Run rtnetlink calls (links, addresses, routes) from inside the asyncio daemon.
 
-pyroute2's synchronous IPRoute drives its own event loop and refuses to run inside a running
-one, so every call runs in one dedicated worker thread, serialised in submission order, on one
-persistent netlink socket (opened on first use in that thread; reopened if it breaks).
+Every call runs in one dedicated worker thread, serialised in submission order, on one
+persistent rtnetlink socket (``vpn_gw.dataplane.rtnl.Rtnl``: raw requests, no pyroute2; opened
+on first use in that thread, reopened if it breaks), so the event loop never blocks on netlink.
 
 * ``ipr_call``: wait for the result (start-up, and where the caller needs the answer now).
 * ``ipr_submit``: queue the call and return at once (a Future); the event loop never waits for
@@ -25,6 +25,8 @@ from typing import Any
 
 import structlog
 
+from vpn_gw.dataplane.rtnl import Rtnl
+
 log = structlog.get_logger("vpn_gw.dataplane")
 
 ADDRESS_CACHE_TTL = 5.0  # seconds
@@ -33,19 +35,18 @@ _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
 _state = threading.local()  # in the worker thread: .ipr, .addrs, .addrs_at
 
 
-def _ipr():
+def _ipr() -> Rtnl:
     ipr = getattr(_state, "ipr", None)
     if ipr is None:
-        from pyroute2 import IPRoute
-        ipr = _state.ipr = IPRoute()
+        ipr = _state.ipr = Rtnl()
     return ipr
 
 
-def _run(fn: Callable[[Any], Any]) -> Any:
+def _run(fn: Callable[[Rtnl], Any]) -> Any:
     try:
         return fn(_ipr())
     except OSError:
-        # perhaps the socket itself failed (NetlinkError, the kernel's answer, is no OSError):
+        # perhaps the socket itself failed (RtnlError, the kernel's answer, is no OSError):
         # the next call gets a new one
         ipr, _state.ipr = getattr(_state, "ipr", None), None
         if ipr is not None:
@@ -56,12 +57,12 @@ def _run(fn: Callable[[Any], Any]) -> Any:
         raise
 
 
-def ipr_call(fn: Callable[[Any], Any], timeout: float = 10.0) -> Any:
+def ipr_call(fn: Callable[[Rtnl], Any], timeout: float = 10.0) -> Any:
     """Run fn(ipr) in the netlink thread and return its result (blocks the caller)."""
     return _pool.submit(_run, fn).result(timeout=timeout)
 
 
-def ipr_submit(fn: Callable[[Any], Any], what: str) -> Future:
+def ipr_submit(fn: Callable[[Rtnl], Any], what: str) -> Future:
     """Queue fn(ipr) in the netlink thread; return at once. An exception is logged (``what``
     says what failed) and left in the Future."""
     fut = _pool.submit(_run, fn)
@@ -79,12 +80,12 @@ def wait_idle(timeout: float = 10.0) -> None:
     _pool.submit(lambda: None).result(timeout=timeout)
 
 
-def local_addresses(ipr) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def local_addresses(ipr: Rtnl) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """The host's addresses (call in the netlink thread, with the ipr it was given)."""
     now = time.monotonic()
     addrs = getattr(_state, "addrs", None)
     if addrs is None or now - _state.addrs_at > ADDRESS_CACHE_TTL:
-        addrs = _state.addrs = [ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()]
+        addrs = _state.addrs = ipr.addresses()
         _state.addrs_at = now
     return addrs
 
@@ -95,7 +96,7 @@ def invalidate_addresses() -> None:
 
 
 def prewarm() -> None:
-    """Import pyroute2 (~0.1-0.2 s of CPU) in the netlink thread now, in the background, instead
-    of inside the first ipr_call, which blocks the event loop: called first thing at start-up so
-    the import overlaps the daemon's own start and first IKE exchange (issue 14 item 10)."""
+    """Import pyroute2 (~0.1-0.2 s of CPU) in the netlink thread now, in the background: the
+    XFRM data plane needs it (the userspace one does not), and this way the import overlaps the
+    daemon's own start and first IKE exchange (issue 14 item 10)."""
     _pool.submit(importlib.import_module, "pyroute2")

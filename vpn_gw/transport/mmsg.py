@@ -10,7 +10,6 @@ the unspecified address answers from the address that was asked.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import socket
 import struct
@@ -53,7 +52,9 @@ _libc: ctypes.CDLL | None = None
 def _load() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the C library the interpreter already has loaded (dlopen(NULL)); ctypes.util.find_library
+        # ran `ldconfig -p` in a subprocess on every start (issue 14, restart recovery)
+        libc = ctypes.CDLL(None, use_errno=True)
         for fn in (libc.recvmmsg, libc.sendmmsg):
             fn.restype = ctypes.c_int
         libc.recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]

@@ -44,6 +44,7 @@ from esp.packet import decapsulate, encapsulate
 from ikev2.events import Address, ChildUp
 from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
+from vpn_gw.dataplane.rtnl import RtnlError
 from vpn_gw.dataplane.userspace.gro import VNET_HDR_LEN
 from vpn_gw.dataplane.userspace.spd import OutboundIndex, prefixes
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
@@ -326,7 +327,7 @@ class UserspaceDataPlane(DataPlane):
             for a in addresses:
                 plen = 128 if ":" in a else 32
                 try:
-                    ipr.addr("add", index=tun.index, address=a, prefixlen=plen)
+                    ipr.addr_add(tun.index, a, plen)
                 except Exception as e:  # noqa: BLE001 - already there (reconnect) is fine
                     if "exists" not in str(e).lower():
                         log.warning("cannot add virtual IP", address=a, interface=tun.name, error=str(e))
@@ -343,7 +344,7 @@ class UserspaceDataPlane(DataPlane):
         def delete(ipr):
             for a in addresses:
                 try:
-                    ipr.addr("del", index=tun.index, address=a, prefixlen=128 if ":" in a else 32)
+                    ipr.addr_del(tun.index, a, 128 if ":" in a else 32)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
             invalidate_addresses()
@@ -415,7 +416,7 @@ class UserspaceDataPlane(DataPlane):
         if not mtu or mtu == tun.mtu:
             return
         tun.mtu = mtu
-        ipr_submit(lambda ipr: ipr.link("set", index=tun.index, mtu=mtu), f"MTU {mtu} on {tun.name}")
+        ipr_submit(lambda ipr: ipr.link_set(tun.index, mtu=mtu), f"MTU {mtu} on {tun.name}")
 
     def _add_routes(self, tun: Tun, owner: _Child | _Trap, child: _Child) -> None:
         """Policy-based mode: route the remote selectors into the shared TUN. Each destination is
@@ -493,27 +494,21 @@ class UserspaceDataPlane(DataPlane):
                     continue
                 src = next((a for a in local_addrs if a.version == n.version
                             and _match(child.local_ts, a.version, int(a), 0, 0)), None)
-                kw = {"dst": net, "oif": tun.index}
-                if child.mtu:  # the kernel answers "fragmentation needed" with the tunnel MTU
-                    kw["metrics"] = {"mtu": child.mtu}
-                if src is not None:
-                    kw["prefsrc"] = str(src)
+                # the tunnel MTU on the route: the kernel answers "fragmentation needed" with it
+                mtu = child.mtu or None
                 try:
                     try:
-                        ipr.route("replace", **kw)
+                        ipr.route_replace(net, oif=tun.index, mtu=mtu, prefsrc=str(src) if src else None)
                     except Exception:  # perhaps a cached source address is gone
-                        if "prefsrc" not in kw:
+                        if src is None:
                             raise
                         invalidate_addresses()
                         local_addrs = local_addresses(ipr)
                         src = next((a for a in local_addrs if a.version == n.version
                                     and _match(child.local_ts, a.version, int(a), 0, 0)), None)
-                        kw.pop("prefsrc")
-                        if src is not None:
-                            kw["prefsrc"] = str(src)
-                        ipr.route("replace", **kw)
+                        ipr.route_replace(net, oif=tun.index, mtu=mtu, prefsrc=str(src) if src else None)
                     added.append(net)
-                except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError
+                except Exception as e:  # noqa: BLE001 - RtnlError, the kernel's answer
                     log.warning("cannot add route", dst=net, interface=tun.name, error=str(e))
         return added
 
@@ -525,23 +520,20 @@ class UserspaceDataPlane(DataPlane):
         peer = child.remote[0]
         if ipaddress.ip_address(peer).version == version:
             try:
-                r = ipr.route("get", dst=peer)[0]
-                kw = {"dst": f"{peer}/{32 if version == 4 else 128}", "oif": r.get_attr("RTA_OIF")}
-                if r.get_attr("RTA_GATEWAY"):
-                    kw["gateway"] = r.get_attr("RTA_GATEWAY")
-                ipr.route("replace", **kw)
-                added.append(kw["dst"])
+                oif, gateway = ipr.route_get(peer)
+                if oif is None:
+                    raise RtnlError(0, f"route to {peer}: no output interface")
+                pinned = f"{peer}/{32 if version == 4 else 128}"
+                ipr.route_replace(pinned, oif=oif, gateway=gateway)
+                added.append(pinned)
             except Exception as e:  # noqa: BLE001
                 log.warning("cannot pin the route to the gateway", gateway=peer, error=str(e))
                 return added
         vip = next((a for a in self.vips[child.conn][1] if ipaddress.ip_address(a).version == version), None)
         halves = ("0.0.0.0/1", "128.0.0.0/1") if version == 4 else ("::/1", "8000::/1")
         for net in halves:
-            kw = {"dst": net, "oif": tun.index, "metrics": {"mtu": child.mtu}}
-            if vip:
-                kw["prefsrc"] = vip
             try:
-                ipr.route("replace", **kw)
+                ipr.route_replace(net, oif=tun.index, mtu=child.mtu or None, prefsrc=vip)
                 added.append(net)
             except Exception as e:  # noqa: BLE001
                 log.warning("cannot add route", dst=net, interface=tun.name, error=str(e))
@@ -557,9 +549,9 @@ class UserspaceDataPlane(DataPlane):
 
         def delete(ipr):
             for net in gone:
-                for kw in ({"oif": child.tun.index}, {}):  # TUN routes; the pinned gateway route
+                for oif in (child.tun.index, None):  # TUN routes; the pinned gateway route
                     try:
-                        ipr.route("del", dst=net, **kw)
+                        ipr.route_del(net, oif=oif)
                         break
                     except Exception:  # noqa: BLE001 - already gone / not via the TUN
                         continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import struct
 
 from vpn_gw.dataplane.userspace.gro import (
@@ -73,12 +74,12 @@ class Tun:
         from vpn_gw.dataplane.iproute import ipr_call
 
         def setup(ipr):
-            idx = ipr.link_lookup(ifname=self.name)[0]
-            ipr.link("set", index=idx, mtu=mtu, state="up")
+            idx = socket.if_nametoindex(self.name)
+            ipr.link_set(idx, mtu=mtu, up=True)
             return idx
         try:
             self.index = ipr_call(setup)
-        except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError and friends
+        except Exception as e:  # noqa: BLE001 - RtnlError (the kernel's answer), OSError
             os.close(fd)
             raise TunError(f"cannot bring up TUN device {self.name}: {e}") from None
 
