@@ -17,6 +17,7 @@ from ikev2.admission import first_cookie
 from ikev2.manager import IkeManager
 from ikev2.message import decode_message
 from tests.engine.harness import DetRandom, child, psk_policy
+from vpn_gw.dataplane import RecordingDataPlane
 from vpn_gw.transport import mmsg, steering
 from vpn_gw.transport.udp import IkeSocket
 from vpn_gw.transport.udp_service import DatagramSinks, UdpService
@@ -158,7 +159,7 @@ def test_udp_service_answers_a_flood_statelessly_and_passes_the_rest_on():
         for d, local, remote in gw.pop_datagrams():
             svc.send_ike(d, local, remote)
 
-    svc = UdpService(lambda: cfg, types.SimpleNamespace(name="none"),
+    svc = UdpService(lambda: cfg, RecordingDataPlane(),
                      DatagramSinks(ike=ike, after_batch=after, init_reply=gw.stateless_init_reply), None)
 
     async def run() -> tuple[int, int, list]:
