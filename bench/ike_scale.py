@@ -87,6 +87,8 @@ for p in (ROOT, ROOT / "tests", ROOT / "tests" / "interop"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from netns import descendants  # noqa: E402  (tests/netns.py)
+
 PYTHON = sys.executable
 SW6 = Path(os.environ.get("SW6", "/opt/strongswan6"))
 LT_IP, GW_IP = "198.51.100.10", "198.51.100.1"
@@ -108,26 +110,6 @@ def cpu_seconds(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (the crypto workers and their forkserver)."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            tasks = list(Path(f"/proc/{p}/task").iterdir())
-        except FileNotFoundError:
-            continue
-        for t in tasks:
-            try:
-                kids = [int(k) for k in (t / "children").read_text().split()]
-            except (FileNotFoundError, ValueError):
-                continue
-            out += [k for k in kids if k not in out]
-            todo += kids
-    return out
 
 
 def cpu_seconds_tree(pid: int) -> dict[int, float]:

@@ -54,6 +54,7 @@ __all__ = [
     "wait_until",
     "kill_pid",
     "pid_alive",
+    "descendants",
 ]
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
@@ -132,6 +133,29 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``: the children of all its threads, recursively (e.g. a
+    daemon's crypto workers and their forkserver)."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except FileNotFoundError:
+            continue
+        for t in tasks:
+            try:
+                kids = [int(k) for k in (t / "children").read_text().split()]
+            except (FileNotFoundError, ValueError):
+                continue
+            for k in kids:
+                if k not in out:
+                    out.add(k)
+                    todo.append(k)
+    return out
 
 
 def pid_alive(pid: int) -> bool:

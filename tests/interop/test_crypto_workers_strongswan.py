@@ -12,7 +12,6 @@ import os
 import secrets
 import signal
 import time
-from pathlib import Path
 
 import netns
 import ours_helpers as H
@@ -22,28 +21,6 @@ from test_ours_vs_strongswan_certs import _pki
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(90)]
 
 WORKERS = {"crypto_workers": 2}
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (children of all its threads, recursively)."""
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            tasks = list(Path(f"/proc/{p}/task").iterdir())
-        except FileNotFoundError:
-            continue
-        for t in tasks:
-            try:
-                kids = [int(k) for k in (t / "children").read_text().split()]
-            except (FileNotFoundError, ValueError):
-                continue
-            for k in kids:
-                if k not in out:
-                    out.add(k)
-                    todo.append(k)
-    return out
 
 
 def _wait_workers(env: H.Env, n: int = 2, timeout: float = 20.0) -> dict:
@@ -67,7 +44,7 @@ def _run(env: H.Env, ike: str, esp: str, jobs: dict[str, int]) -> set[int]:
     crypto = env.ours.control("stats")["crypto"]
     assert crypto["jobs"] >= sum(jobs.values()) and crypto["retried_inline"] == 0 and crypto["failed"] == 0, crypto
     assert crypto["pending"] == 0
-    pids = _descendants(env.ours.proc.pid)
+    pids = netns.descendants(env.ours.proc.pid)
     assert set(crypto["pids"]) <= pids, (crypto["pids"], pids)
     return pids
 
@@ -91,7 +68,7 @@ def test_psk_modp3072_with_workers(sswan_workdir):
         crypto = env.ours.control("stats")["crypto"]
         assert crypto["pool_restarts"] == 1 and crypto["retried_inline"] >= 1 and crypto["failed"] == 0, crypto
         assert len(_wait_workers(env)["pids"]) == 2
-        pids |= _descendants(env.ours.proc.pid)
+        pids |= netns.descendants(env.ours.proc.pid)
         env.ours.stop()
     assert [p for p in pids if netns.pid_alive(p)] == [], "worker processes left behind"
     assert time.monotonic() - t0 < 75

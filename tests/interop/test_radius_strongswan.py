@@ -279,11 +279,8 @@ def test_strongswan_eap_tls_through_freeradius(sswan_workdir):
     alice = User("alice@example.org", "unused", "tls")
     bob = User("bob@example.org", "pw-" + secrets.token_hex(8))
     certs = R.make_certs(sswan_workdir, [alice.name])
-    pki = R.ss.Pki(Path(sswan_workdir) / "pki")
-    radius_cert = pki.end_entity("radius", f"C=XX, O=vpn-gw interop, CN={R.GW_PSK_ID}", certs.ca,
-                                 sans=[R.GW_PSK_ID], flags=("serverAuth",))
     env_cm, state = _radius_env(sswan_workdir, "rrtl", [alice, bob], [alice], servers=[RADIUS_IP],
-                                certs=certs, radius_cert=radius_cert)
+                                certs=certs, radius_cert=_radius_tls_cert(sswan_workdir, certs))
     try:
         with env_cm as env:
             fr: FreeRadius = state["fr"]
