@@ -214,10 +214,7 @@ class IkeManager:
         if sa is None:
             return False
         from .eap_async import deliver
-        done: list[bool] = []
-        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, step, now)), now)
-        self._collect()
-        return bool(done and done[0])
+        return self._deliver(sa, lambda: deliver(sa, ticket, step, now), now)
 
     def assignment_ready(self, ike_id: int, ticket: int, assignment: Assignment | None, now: float) -> bool:
         """The virtual IPs (ikev2.cp.Assignment or None) for an AddressNeeded event (ikev2.assign_async)."""
@@ -225,10 +222,7 @@ class IkeManager:
         if sa is None:
             return False
         from .assign_async import deliver
-        done: list[bool] = []
-        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, assignment, now)), now)
-        self._collect()
-        return bool(done and done[0])
+        return self._deliver(sa, lambda: deliver(sa, ticket, assignment, now), now)
 
     def _hand_out(self, sa: IkeSA, ev: ComputeNeeded) -> None:
         ev.token = self._next_token
@@ -246,10 +240,7 @@ class IkeManager:
         from .compute_async import deliver
         w = sa._compute_wait
         ticket = w.ticket if w is not None and w.token == token else -1
-        done: list[bool] = []
-        self._guarded(sa, lambda *a: done.append(deliver(sa, ticket, result, now)), now)
-        self._collect()
-        return bool(done and done[0])
+        return self._deliver(sa, lambda: deliver(sa, ticket, result, now), now)
 
     def compute_failed(self, token: int, reason: str, now: float) -> bool:
         """The computation of a ComputeNeeded event could not be run: the IKE SA is deleted."""
@@ -417,6 +408,14 @@ class IkeManager:
             return
         self._guarded(sa, sa.receive, data, msg, local, remote, now)
         self._collect()
+
+    def _deliver(self, sa: IkeSA, step: Callable[[], bool], now: float) -> bool:
+        """Hand an external result (EAP verdict, address assignment, computation) to the IKE SA
+        that waits for it, under the guard; True when the SA took it."""
+        done: list[bool] = []
+        self._guarded(sa, lambda *a: done.append(step()), now)
+        self._collect()
+        return bool(done and done[0])
 
     def _guarded(self, sa: IkeSA, fn: Callable[..., None], *args: Any) -> None:
         """Run one IKE SA step; an internal error kills that IKE SA, never the gateway."""
