@@ -273,6 +273,31 @@ def test_coa_and_disconnect_requests_from_radius_side(sswan_workdir):
     print(f"\nwall {time.monotonic() - t0:.1f} s")
 
 
+def _connects_and_pings(env, fr: FreeRadius, client_lines: tuple[str, ...], login_ok: str) -> str:
+    """Client c0 connects through FreeRADIUS, gets its Framed-IP-Address and pings; strongSwan's
+    log has every line of ``client_lines``, FreeRADIUS's log matches ``login_ok`` (a regex).
+    Returns strongSwan's log."""
+    env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
+    env.ours_established(1, timeout=10)
+    assert env.sw_vip("c0") == FRAMED
+    log = env.sw.log_text()
+    for line in client_lines:
+        assert line in log, (line, log[-3000:])
+    assert re.search(login_ok, fr.log.read_text())
+    env.topo.gw.wait_ping(HOST_A, src=FRAMED, timeout=5)
+    return log
+
+
+def _wrong_password_refused(env, user: User) -> None:
+    """Client c1 (``user`` with a wrong password) is refused: the gateway logs RADIUS's reject
+    and keeps only c0's IKE SA."""
+    res = env.sw.initiate(child=R.CHILD, ike="c1", timeout=20, check=False)
+    assert res.returncode != 0, res.stdout
+    reasons = [r.get("reason", "") for r in env.log_events("authentication failed")]
+    assert any(f"RADIUS rejected '{user.name}'" in r for r in reasons), reasons
+    env.wait_ours(lambda st: len(st) == 1, timeout=5, what="only c0's SA")
+
+
 def test_strongswan_eap_tls_through_freeradius(sswan_workdir):
     """EAP-TLS: the gateway relays a method it does not know; the TLS records (certificates,
     ~1-2 kB per EAP message) go over several EAP-Message attributes each way."""
@@ -283,14 +308,8 @@ def test_strongswan_eap_tls_through_freeradius(sswan_workdir):
                                 certs=certs, radius_cert=_radius_tls_cert(sswan_workdir, certs))
     try:
         with env_cm as env:
-            fr: FreeRadius = state["fr"]
-            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
-            env.ours_established(1, timeout=10)
-            assert env.sw_vip("c0") == FRAMED
-            log = env.sw.log_text()
-            assert "EAP method EAP_TLS succeeded, MSK established" in log, log[-3000:]
-            assert f"Login OK: [{alice.name}" in fr.log.read_text()
-            env.topo.gw.wait_ping(HOST_A, src=FRAMED, timeout=5)
+            _connects_and_pings(env, state["fr"], ("EAP method EAP_TLS succeeded, MSK established",),
+                                rf"Login OK: \[{re.escape(alice.name)}")
     finally:
         _stop_radius(state)
 
@@ -319,20 +338,11 @@ def test_strongswan_eap_ttls_through_freeradius(sswan_workdir):
     try:
         with env_cm as env:
             fr: FreeRadius = state["fr"]
-            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
-            env.ours_established(1, timeout=10)
-            assert env.sw_vip("c0") == FRAMED
-            log = env.sw.log_text()
-            assert "server requested EAP_MSCHAPV2 authentication" in log, log[-3000:]
-            assert "EAP method EAP_TTLS succeeded, MSK established" in log, log[-3000:]
-            assert f"Login OK: [{alice.name}" in fr.log.read_text()
-            env.topo.gw.wait_ping(HOST_A, src=FRAMED, timeout=5)
-            res = env.sw.initiate(child=R.CHILD, ike="c1", timeout=20, check=False)
-            assert res.returncode != 0, res.stdout
+            _connects_and_pings(env, fr, ("server requested EAP_MSCHAPV2 authentication",
+                                          "EAP method EAP_TTLS succeeded, MSK established"),
+                                rf"Login OK: \[{re.escape(alice.name)}")
+            _wrong_password_refused(env, bob)
             assert "Login incorrect" in fr.log.read_text()
-            reasons = [r.get("reason", "") for r in env.log_events("authentication failed")]
-            assert any(f"RADIUS rejected '{bob.name}'" in r for r in reasons), reasons
-            env.wait_ours(lambda st: len(st) == 1, timeout=5, what="only alice's SA")
     finally:
         _stop_radius(state)
     print(f"\nwall {time.monotonic() - t0:.1f} s")
@@ -361,26 +371,17 @@ def test_strongswan6_peap_through_freeradius(sswan_workdir):
     try:
         with env_cm as env:
             fr: FreeRadius = state["fr"]
-            env.sw.initiate(child=R.CHILD, ike="c0", timeout=20)
-            env.ours_established(1, timeout=10)
-            assert env.sw_vip("c0") == FRAMED
-            log = env.sw.log_text()
-            assert "Starting IKE charon daemon (strongSwan 6." in log, log[:500]
             # FreeRADIUS offers MSCHAPv2 first (default_eap_type), the client asks for PEAP
-            for line in ("requesting EAP_PEAP authentication, sending EAP_NAK", "EAP_PEAP version is v0",
-                         "received tunneled EAP-PEAP AVP [EAP/REQ/MSCHAPV2]",
-                         "EAP method EAP_PEAP succeeded, MSK established"):
-                assert line in log, (line, log[-3000:])
-            assert re.search(rf"Login OK: \[{re.escape(alice.name)}\] .* via TLS tunnel\)", fr.log.read_text())
-            env.topo.gw.wait_ping(HOST_A, src=FRAMED, timeout=5)
-            res = env.sw.initiate(child=R.CHILD, ike="c1", timeout=20, check=False)
-            assert res.returncode != 0, res.stdout
+            _connects_and_pings(env, fr, ("Starting IKE charon daemon (strongSwan 6.",
+                                          "requesting EAP_PEAP authentication, sending EAP_NAK",
+                                          "EAP_PEAP version is v0",
+                                          "received tunneled EAP-PEAP AVP [EAP/REQ/MSCHAPV2]",
+                                          "EAP method EAP_PEAP succeeded, MSK established"),
+                                rf"Login OK: \[{re.escape(alice.name)}\] .* via TLS tunnel\)")
+            _wrong_password_refused(env, bob)
             assert re.search(r"<c1\|\d+> received tunneled EAP-PEAP AVP \[EAP/FAIL\]", env.sw.log_text())
             assert re.search(rf"Login incorrect \(mschap: .*\): \[{re.escape(bob.name)}\] .* via TLS tunnel\)",
                              fr.log.read_text())
-            reasons = [r.get("reason", "") for r in env.log_events("authentication failed")]
-            assert any(f"RADIUS rejected '{bob.name}'" in r for r in reasons), reasons
-            env.wait_ours(lambda st: len(st) == 1, timeout=5, what="only alice's SA")
     finally:
         _stop_radius(state)
     print(f"\nwall {time.monotonic() - t0:.1f} s")
