@@ -7,6 +7,7 @@ The service is given its receivers (``DatagramSinks``); it knows nothing of the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
@@ -25,6 +26,17 @@ from vpn_gw.transport.udp import IkeSocket
 if TYPE_CHECKING:
     from vpn_gw.config import GatewayConfig
     from vpn_gw.dataplane import DataPlane
+
+@functools.lru_cache(maxsize=1024)
+def _pktinfo(local: bytes) -> bytes:
+    """The PKTINFO control message sending from a packed local address (a gateway has few)."""
+    return mmsg.pktinfo(local)
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
 
 log = structlog.get_logger("vpn_gw")
 
@@ -55,8 +67,6 @@ class UdpService:
         self.sockets: dict[tuple[int, int], list[IkeSocket]] = {}  # (family, port) -> sockets
         self._sock_cache: dict[Endpoint, IkeSocket] = {}
         self.init_sockets: list[IkeSocket] = []  # the INIT sockets of every steering group
-        self._local_text: dict[bytes, str] = {}   # packed local address -> text, cached
-        self._controls: dict[bytes, bytes] = {}    # packed local address -> PKTINFO to send from it
         self._batches: tuple[mmsg.RecvBatch, mmsg.SendBatch] | None = None
 
     @property
@@ -191,26 +201,11 @@ class UdpService:
             self.sinks.after_batch()
 
     def _control(self, local: bytes | None) -> bytes:
-        """The PKTINFO control message sending from ``local`` (packed), cached."""
-        if local is None:
-            return b""
-        c = self._controls.get(local)
-        if c is None:
-            if len(self._controls) > 1024:
-                self._controls.clear()
-            c = self._controls[local] = mmsg.pktinfo(local)
-        return c
+        """The PKTINFO control message sending from ``local`` (packed)."""
+        return b"" if local is None else _pktinfo(local)
 
     def _local_ip(self, local: bytes | None, sock: IkeSocket) -> str:
-        if local is None:
-            return sock.address
-        text = self._local_text.get(local)
-        if text is None:
-            if len(self._local_text) > 1024:
-                self._local_text.clear()
-            text = self._local_text[local] = socket.inet_ntop(
-                socket.AF_INET if len(local) == 4 else socket.AF_INET6, local)
-        return text
+        return sock.address if local is None else _address_text(local)
 
     def _datagram(self, sock: IkeSocket, natt: bool, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         if natt:
