@@ -142,11 +142,6 @@ class CookieJar:
         self._next_rotation = now + self.lifetime
         self.rotations += 1
 
-    def rotate_now(self, now: float) -> None:
-        """Start a new generation at once (the previous one keeps its grace period)."""
-        self._next_rotation = now
-        self.advance(now)
-
     @staticmethod
     def _mac(secret: bytes, generation: int, ip_packed: bytes, spi_i: bytes) -> bytes:
         head = bytes([COOKIE_FORMAT]) + generation.to_bytes(4, "big")

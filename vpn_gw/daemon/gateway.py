@@ -299,9 +299,6 @@ class Gateway:
 
     # ------------------------------------------------------------------ commands
 
-    def check_lifetimes(self) -> int:
-        return self.lifetimes.check()
-
     def check_local_addresses(self) -> int:
         return self.roaming.check()
 
