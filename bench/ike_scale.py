@@ -3,6 +3,12 @@
 
     sudo .venv/bin/python bench/ike_scale.py --n 200                 # develop / check (small N)
     sudo .venv/bin/python bench/ike_scale.py --n 1000 --n 10000 --json scale.json   # the issue's points
+    sudo .venv/bin/python bench/ike_scale.py --n 1000 --repeat 7 --responders ours-none,strongswan
+
+A run at N = 1000 lasts about a second, so one run says little on a shared machine: ``--repeat R``
+runs every responder R times, interleaved (the order reversed every other round), and prints the
+median rate and the median of the per-round ratios to strongSwan (each ours / strongSwan's run of
+the same round).
 
 Topology (fresh namespaces per run, from tests/netns.py): the load generator's namespace
 ``lt`` (198.51.100.10) and the responder's ``gw`` (198.51.100.1, and 203.0.113.129 on lo, inside
@@ -496,6 +502,7 @@ class Result:
     load_before: str = ""
     load_after: str = ""
     notes: list[str] = field(default_factory=list)
+    round: int = 0  # --repeat: which round this run belongs to
 
 
 def probe(ns, count: int) -> tuple[float | None, float | None, int]:
@@ -510,7 +517,7 @@ def probe(ns, count: int) -> tuple[float | None, float | None, int]:
     return statistics.median(got), min(got), len(rtts) - len(got)
 
 
-def run_one(kind: str, n: int, args, workdir: Path, workers: int | None = None) -> Result:
+def run_one(kind: str, n: int, args, workdir: Path, workers: int | None = None, rnd: int = 0) -> Result:
     import netns
     label = kind if workers is None or kind == "strongswan" else f"{kind}/w{workers}"
     res = Result(label, n, load_before=loadavg())
@@ -522,7 +529,7 @@ def run_one(kind: str, n: int, args, workdir: Path, workers: int | None = None) 
         # the protected side's address: strongSwan (kernel-libipsec) refuses to install a
         # Child SA whose local TS holds none of its addresses ("no local address found")
         gw_ns.add_addr("lo", GW_LAN_IP + "/32")
-        rdir = workdir / f"{label.replace('/', '-')}-{n}"
+        rdir = workdir / (f"{label.replace('/', '-')}-{n}" + (f"-r{rnd}" if rnd else ""))
         rdir.mkdir(parents=True)
         pki = Pki(rdir / "pki", args.auth) if args.auth != "psk" else None
         if kind == "strongswan":
@@ -576,6 +583,33 @@ def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def rounds_table(results: list[Result]) -> str:
+    """--repeat: per N and responder, the median set-up rate over the rounds and the median of
+    the per-round ratios to strongSwan's rate in the same round (background load lands on both)."""
+    lines = [f"{'responder':<18} {'N':>6} {'rounds':>6} {'setups/s median':>15} {'(min-max)':>13} "
+             f"{'ratio to strongswan, median':>27} {'(min-max)':>11} {'cpu ms/su med':>13}"]
+    lines.append("-" * len(lines[0]))
+    keys = sorted({(r.n, r.responder) for r in results})
+    for n, who in keys:
+        runs = [r for r in results if (r.n, r.responder) == (n, who) and r.setups_per_s]
+        if not runs:
+            continue
+        rates = [r.setups_per_s for r in runs]
+        ratios = []
+        for r in runs:
+            sw = next((x for x in results if x.responder == "strongswan" and x.n == n and x.round == r.round
+                       and x.setups_per_s), None)
+            if sw is not None and who != "strongswan":
+                ratios.append(r.setups_per_s / sw.setups_per_s)
+        cpu = [r.cpu_ms_per_setup for r in runs if r.cpu_ms_per_setup is not None]
+        ratio_s = f"{statistics.median(ratios):.2f}x" if ratios else "-"
+        span = f"({min(ratios):.2f}-{max(ratios):.2f})" if ratios else ""
+        lines.append(f"{who:<18} {n:>6} {len(runs):>6} {statistics.median(rates):>15.0f} "
+                     f"{f'({min(rates):.0f}-{max(rates):.0f})':>13} {ratio_s:>27} {span:>11} "
+                     f"{(f'{statistics.median(cpu):.2f}' if cpu else '-'):>13}")
+    return "\n".join(lines)
+
+
 def table(results: list[Result]) -> str:
     head = (f"{'responder':<18} {'N':>6} {'up':>6} {'child':>6} {'held':>6} {'setups/s':>9} {'cpu ms/su':>9} "
             f"{'loop ms':>7} {'cores':>5} "
@@ -621,6 +655,9 @@ def main(argv=None) -> int:
                          "(default: the daemon's default, \"auto\")")
     ap.add_argument("--auth", choices=("psk", "ecdsa", "rsa3072"), default="psk",
                     help="psk (default), or certificates of this kind on both sides (ours only)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds per N: every responder once per round, the order reversed every "
+                         "other round; then medians and per-round ratios to strongSwan (default 1)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--workdir", help="keep logs here (default: a temporary directory, removed)")
     args = ap.parse_args(argv)
@@ -654,9 +691,12 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         for n in ns_list:
-            for kind in kinds:
-                for workers in (args.crypto_workers or [None]) if kind != "strongswan" else [None]:
-                    r = run_one(kind, n, args, workdir, workers)
+            plan = [(kind, workers) for kind in kinds
+                    for workers in ((args.crypto_workers or [None]) if kind != "strongswan" else [None])]
+            for rnd in range(max(1, args.repeat)):
+                for kind, workers in (plan if rnd % 2 == 0 else plan[::-1]):
+                    r = run_one(kind, n, args, workdir, workers, rnd)
+                    r.round = rnd
                     results.append(r)
                     print(table([r]).splitlines()[-1 - len(r.notes)], flush=True)
                     for note in r.notes:
@@ -665,6 +705,9 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, old)
         print()
         print(table(results))
+        if args.repeat > 1:
+            print()
+            print(rounds_table(results))
         if args.json:
             Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
         if tmp:

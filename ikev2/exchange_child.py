@@ -24,7 +24,7 @@ from .events import ChildFailed, ChildSAKeys, ChildUp, ExchangeDone
 from .message import Message
 from .multi_ke import is_ke_transform
 from .policy import ChildPolicy
-from .sa_common import NONCE_LEN, ChildRequest, ExchangeFailed, RequestBuilt, State, notify_name
+from .sa_common import NONCE_LEN, ChildRequest, ExchangeFailed, RequestBuilt, State, log_wants, notify_name
 from .sa_core import IkeSACore
 from .ts import all_within, narrow
 
@@ -166,10 +166,11 @@ class ChildExchanges(IkeSACore):
 
     def _install_child(self, child: ChildSA, now: float, rekey_of: ChildSA | None = None) -> None:
         self.children.append(child)
-        self.log("info", "CHILD_SA established", child=child.name, spi_in=child.spi_in.hex(),
-                 spi_out=child.spi_out.hex(), local_ts=[str(t) for t in child.local_ts],
-                 remote_ts=[str(t) for t in child.remote_ts], proposal=child.proposal_text,
-                 rekey_of=rekey_of.spi_in.hex() if rekey_of else None)
+        if log_wants(self.log, "info"):  # (formatting selectors costs more than the rest of it)
+            self.log("info", "CHILD_SA established", child=child.name, spi_in=child.spi_in.hex(),
+                     spi_out=child.spi_out.hex(), local_ts=[str(t) for t in child.local_ts],
+                     remote_ts=[str(t) for t in child.remote_ts], proposal=child.proposal_text,
+                     rekey_of=rekey_of.spi_in.hex() if rekey_of else None)
         self._emit(ChildUp(child_name=child.name, keys=child.keys, local_ts=child.local_ts,
                            remote_ts=child.remote_ts, local=self.local, remote=self.remote,
                            encap=self.encap, proposal=child.proposal_text,

@@ -32,6 +32,9 @@ def _name(value: int, enum_cls: type[IntEnum]) -> str:
     return v.name if hasattr(v, "name") else str(value)
 
 
+_U32 = struct.Struct("!I")
+
+
 class Reader:
     """Bounds-checked reader over a bytes object; every read checks the length first."""
 
@@ -57,15 +60,29 @@ class Reader:
         self.pos += n
         return b
 
+    # u8/u16/u32 index the bytes directly (no slice, no struct): the decoders call them for
+    # every field, so they are the bulk of the cost of parsing a message.
     def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
+        p = self.pos
+        if p >= self.end:
+            raise self.fail(f"truncated {what}: need 1 bytes, {self.end - p} left")
+        self.pos = p + 1
+        return self.data[p]
 
     def u16(self, what: str) -> int:
-        value: int = struct.unpack("!H", self.take(2, what))[0]
-        return value
+        p = self.pos
+        if p + 2 > self.end:
+            raise self.fail(f"truncated {what}: need 2 bytes, {self.end - p} left")
+        self.pos = p + 2
+        d = self.data
+        return d[p] << 8 | d[p + 1]
 
     def u32(self, what: str) -> int:
-        value: int = struct.unpack("!I", self.take(4, what))[0]
+        p = self.pos
+        if p + 4 > self.end:
+            raise self.fail(f"truncated {what}: need 4 bytes, {self.end - p} left")
+        self.pos = p + 4
+        value: int = _U32.unpack_from(self.data, p)[0]
         return value
 
     def rest(self) -> bytes:

@@ -282,3 +282,47 @@ def test_child_suite_errors():
     p.transforms.append(Transform(T.PRF, PrfId.HMAC_SHA2_256))
     with pytest.raises(ProposalError, match="PRF"):
         child_suite(p)
+
+
+# --- the memos (choose_proposal, proposal_display, suites) -----------------------------------
+
+def test_memoised_choice_is_a_fresh_proposal_with_the_peers_number_and_spi():
+    our = ours("aes256gcm16-prfsha256-x25519")
+    first = ours("aes256gcm16-prfsha256-x25519")
+    second = ours("aes256gcm16-prfsha256-x25519")
+    second[0].num, second[0].spi = 7, b"\x01" * 8
+    a, b = choose_proposal(our, first), choose_proposal(our, second)
+    assert tf(a) == tf(b)
+    assert (a.num, a.spi, b.num, b.spi) == (1, b"", 7, b"\x01" * 8)
+    assert a.transforms[0] is not b.transforms[0]  # no transform object shared between SAs
+
+
+def test_memo_follows_a_changed_offer():
+    our = ours("aes256gcm16-prfsha256-x25519")
+    their = ours("aes256gcm16-prfsha256-x25519")
+    assert choose_proposal(our, their) is not None
+    their[0].transforms[0].attributes.append((99, 1))  # now unselectable (unknown attribute)
+    assert choose_proposal(our, their) is None
+    their[0].transforms[0].attributes.clear()
+    assert choose_proposal(our, their) is not None
+
+
+def test_memos_are_bounded():
+    from ikev2.crypto import proposals as mod
+    our = ours("aes256gcm16-prfsha256-x25519")
+    for i in range(mod.MEMO_MAX + 50):  # a peer sending ever-new offers
+        their = ours("aes256gcm16-prfsha256-x25519")
+        their[0].transforms.append(Transform(200, i))  # private-use transform type, ignored
+        choose_proposal(our, their)
+        proposal_display(their[0])
+    assert 0 < len(mod._CHOICE) <= mod.MEMO_MAX
+    assert 0 < len(mod._DISPLAY) <= mod.MEMO_MAX
+
+
+def test_suite_errors_name_each_proposal_number():
+    bad = ours("aes256gcm16-prfsha256-x25519")[0]
+    bad.transforms = [t for t in bad.transforms if t.type != T.PRF]
+    for num in (1, 5):
+        bad.num = num
+        with pytest.raises(ProposalError, match=f"proposal {num} has no PRF"):
+            ike_suite(bad)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from ikev2.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from ikev2.errors import ProposalError
@@ -285,6 +286,35 @@ def _transform_text(t: Transform, display: bool) -> str:
     return f"{_enum_name(TransformType, ttype)}:{t.id}"
 
 
+# --- memos ---------------------------------------------------------------------------------
+# Every set-up chooses, names and resolves the same few proposals again and again (the peers of
+# one gateway send the same offer), so the results are kept, keyed by what they depend on: the
+# protocol and the transforms (type, id, key length, attributes), never the proposal number or
+# SPI. Pure functions of their key, so the engine stays deterministic; each memo is bounded and
+# simply cleared when full (a peer sending ever-new proposals costs a recomputation, no memory).
+
+MEMO_MAX = 2048
+_Signature = tuple[int, tuple[tuple[object, ...], ...]]
+
+
+def _signature(p: Proposal) -> _Signature:
+    return (p.protocol, tuple([(t.type, t.id, t.key_length, *t.attributes) for t in p.transforms]))
+
+
+def _remember(memo: dict[Any, Any], key: object, value: object) -> None:
+    if len(memo) >= MEMO_MAX:
+        memo.clear()
+    memo[key] = value
+
+
+_DISPLAY: dict[tuple[_Signature, bool], str] = {}
+# (our signatures, their signatures) -> (index of their proposal, chosen (type, id, key length)s)
+_CHOICE: dict[tuple[tuple[_Signature, ...], tuple[_Signature, ...]],
+              tuple[int, tuple[tuple[int, int, int | None], ...]] | None] = {}
+_IKE_SUITE: dict[_Signature, IkeSuite] = {}
+_CHILD_SUITE: dict[_Signature, ChildSuite] = {}
+
+
 def _ordered(p: Proposal) -> list[Transform]:
     known = [t for ty in _DISPLAY_ORDER for t in p.transforms if t.type == ty]
     others = [t for t in p.transforms if t.type not in _DISPLAY_ORDER]
@@ -305,9 +335,13 @@ def proposal_keywords(p: Proposal) -> str:
 
 def proposal_display(p: Proposal, with_protocol: bool = False) -> str:
     """strongSwan's log/list-sas form, e.g. "AES_GCM_16_256/PRF_HMAC_SHA2_256/CURVE_25519"."""
-    text = "/".join(_transform_text(t, display=True) for t in _ordered(p))
-    if with_protocol:
-        return f"{_enum_name(ProtocolId, p.protocol)}:{text}"
+    key = (_signature(p), with_protocol)
+    text = _DISPLAY.get(key)
+    if text is None:
+        text = "/".join(_transform_text(t, display=True) for t in _ordered(p))
+        if with_protocol:
+            text = f"{_enum_name(ProtocolId, p.protocol)}:{text}"
+        _remember(_DISPLAY, key, text)
     return text
 
 
@@ -378,15 +412,29 @@ def choose_proposal(ours: list[Proposal], theirs: list[Proposal]) -> Proposal | 
     The result has exactly one transform per type the peer offered, the peer's proposal
     number and SPI.  None when nothing matches (NO_PROPOSAL_CHOSEN).
     """
+    key = (tuple([_signature(p) for p in ours]), tuple([_signature(p) for p in theirs]))
+    if key in _CHOICE:
+        choice = _CHOICE[key]
+    else:
+        choice = _choose(ours, theirs)
+        _remember(_CHOICE, key, choice)
+    if choice is None:
+        return None
+    i, picked = choice
+    their = theirs[i]
+    return Proposal(num=their.num, protocol=their.protocol, spi=their.spi,
+                    transforms=[Transform(type=t, id=tid, key_length=kl) for t, tid, kl in picked])
+
+
+def _choose(ours: list[Proposal], theirs: list[Proposal]) -> tuple[int, tuple[tuple[int, int, int | None], ...]] | None:
     our_offers = [_offers(our) for our in ours]
-    for their in theirs:
+    for i, their in enumerate(theirs):
         their_offers = _offers(their)
         for our, offers in zip(ours, our_offers, strict=True):
             picked = _select(our, their, offers, their_offers)
             if picked is None:
                 continue
-            return Proposal(num=their.num, protocol=their.protocol, spi=their.spi,
-                            transforms=picked)
+            return i, tuple((t.type, t.id, t.key_length) for t in picked)
     return None
 
 
@@ -468,6 +516,15 @@ def _encr_integ(p: Proposal) -> tuple[EncrAlgorithm, IntegAlgorithm | None]:
 
 def ike_suite(p: Proposal) -> IkeSuite:
     """The algorithms of a chosen IKE proposal; ProposalError if incomplete or ambiguous."""
+    key = _signature(p)
+    suite = _IKE_SUITE.get(key)
+    if suite is None:
+        suite = _ike_suite(p)  # errors are not kept (they name the proposal number)
+        _remember(_IKE_SUITE, key, suite)
+    return suite
+
+
+def _ike_suite(p: Proposal) -> IkeSuite:
     if p.protocol != ProtocolId.IKE:
         raise ProposalError(f"proposal {p.num} is not an IKE proposal")
     encr, integ = _encr_integ(p)
@@ -484,6 +541,15 @@ def ike_suite(p: Proposal) -> IkeSuite:
 
 def child_suite(p: Proposal) -> ChildSuite:
     """The algorithms of a chosen ESP proposal; ProposalError if incomplete or ambiguous."""
+    key = _signature(p)
+    suite = _CHILD_SUITE.get(key)
+    if suite is None:
+        suite = _child_suite(p)
+        _remember(_CHILD_SUITE, key, suite)
+    return suite
+
+
+def _child_suite(p: Proposal) -> ChildSuite:
     if p.protocol != ProtocolId.ESP:
         raise ProposalError(f"proposal {p.num} is not an ESP proposal")
     encr, integ = _encr_integ(p)
