@@ -168,6 +168,10 @@ def encode_message(msg: Message) -> bytes:
                          length, msg.minor_version) + body
 
 
+# payload type -> the name error messages use ("SA", "Notify", ...)
+_PAYLOAD_NAMES = {t: c.__name__.removesuffix("Payload") for t, c in PAYLOAD_CLASSES.items()}
+
+
 def decode_payloads(data: bytes, first_type: int, base: int = 0, inner: bool = False) -> list[Payload]:
     """Decode a payload chain that starts with a payload of ``first_type``.
 
@@ -179,7 +183,7 @@ def decode_payloads(data: bytes, first_type: int, base: int = 0, inner: bool = F
     pos = 0
     ptype = first_type
     while ptype != PayloadType.NONE:
-        name = PAYLOAD_CLASSES[ptype].__name__.removesuffix("Payload") if ptype in PAYLOAD_CLASSES else str(ptype)
+        name = _PAYLOAD_NAMES.get(ptype) or str(ptype)
         if pos + GENERIC_PAYLOAD_HEADER_LEN > len(data):
             raise ParseError(f"truncated: {len(data) - pos} bytes left for a payload header",
                              base + pos, name)

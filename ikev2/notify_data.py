@@ -57,19 +57,24 @@ _CHILD_SPI = {N.REKEY_SA}
 GW_IPV4, GW_IPV6, GW_FQDN = 1, 2, 3
 
 
+def _name(ntype: int) -> str:
+    return N(ntype).name if ntype in N._value2member_map_ else str(ntype)
+
+
 def check_notify_data(ntype: int, protocol: int, spi: bytes, data: bytes) -> None:
     """Raise ParseError if the data of a notify with a fixed format is malformed."""
     limits = _DATA_LEN.get(ntype)
-    name = N(ntype).name if ntype in N._value2member_map_ else str(ntype)
     if limits is not None:
         lo, hi = limits
         if not lo <= len(data) <= hi:
             want = str(lo) if lo == hi else f"{lo}..{hi}"
+            name = _name(ntype)
             raise ParseError(f"N({name}) data must be {want} bytes, got {len(data)}", None, f"N({name})")
     if ntype in _CHILD_SPI and (protocol not in (ProtocolId.ESP, ProtocolId.AH) or len(spi) != 4):
+        name = _name(ntype)
         raise ParseError(f"N({name}) must name an ESP/AH SPI of 4 bytes", None, f"N({name})")
     if ntype == N.SIGNATURE_HASH_ALGORITHMS and len(data) % 2:
-        raise ParseError("N(SIGNATURE_HASH_ALGORITHMS) data length is odd", None, f"N({name})")
+        raise ParseError("N(SIGNATURE_HASH_ALGORITHMS) data length is odd", None, "N(SIGNATURE_HASH_ALGORITHMS)")
     if ntype in (N.REDIRECT, N.REDIRECTED_FROM):
         parse_redirect(data, with_nonce=ntype == N.REDIRECT)
 
