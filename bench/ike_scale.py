@@ -54,6 +54,10 @@ Measured per responder and N:
   steadier figure: the median carries the wait for a CPU);
 * ``sum ms`` (ours): ``status --summary`` with the N SAs held, the control-socket round trip /
   the ``vpn-gw status --summary`` command from start to exit (a Python process start included);
+* ``lt ms``: the load generator's CPU per set-up (its start-up included), and ``busy``: the
+  cores the whole machine kept busy during the load (/proc/stat; 2.00 = both): with both busy,
+  the rate is 2 cores / (responder + load generator CPU per set-up), so a responder that makes
+  the load generator work harder per set-up loses rate too;
 * the machine load (/proc/loadavg) before and after, retransmits and failures seen by the
   load generator.
 
@@ -127,6 +131,14 @@ def cpu_seconds_tree(pid: int) -> dict[int, float]:
         except (FileNotFoundError, ProcessLookupError):
             pass
     return got
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs, /proc/stat: everything but idle and
+    iowait) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -503,6 +515,8 @@ class Result:
     load_after: str = ""
     notes: list[str] = field(default_factory=list)
     round: int = 0  # --repeat: which round this run belongs to
+    lt_cpu_ms_per_setup: float | None = None  # the load generator's CPU (start-up included) per set-up
+    machine_busy: float | None = None  # cores busy on the whole machine during the load (/proc/stat)
 
 
 def probe(ns, count: int) -> tuple[float | None, float | None, int]:
@@ -543,8 +557,11 @@ def run_one(kind: str, n: int, args, workdir: Path, workers: int | None = None, 
         res.init_us_empty, res.init_us_empty_min, lost0 = probe(lt_ns, args.probes)
         cpu0, rss0 = cpu_seconds_tree(pid), rss_kib(pid)
         lt = LoadTester(lt_ns, rdir / "lt", n, args.initiators, args.init_limit, args.delay, pki)
+        busy0, t0 = machine_busy_seconds(), time.monotonic()
         lt.start()
         lt.wait(timeout=args.timeout, stall=args.stall)
+        busy1, t1 = machine_busy_seconds(), time.monotonic()
+        lt_cpu = sum(cpu_seconds_tree(lt.proc.pid).values()) if lt.proc is not None else None
         time.sleep(1.0)     # let the last IKE_AUTH responses' work and logging settle
         cpu1, rss1 = cpu_seconds_tree(pid), rss_kib(pid)
         r = lt.results()
@@ -556,6 +573,8 @@ def run_one(kind: str, n: int, args, workdir: Path, workers: int | None = None, 
         wall = n / res.setups_per_s if res.setups_per_s else None
         res.cores_busy = sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1) / wall if wall else None
         res.rss_kib_per_sa = (rss1 - rss0) / done
+        res.lt_cpu_ms_per_setup = lt_cpu * 1000 / done if lt_cpu is not None else None
+        res.machine_busy = (busy1 - busy0) / (t1 - t0) if t1 > t0 else None
         res.held = resp.held()
         if getattr(resp, "summary_s", None) is not None:
             res.status_summary_ms = resp.summary_s * 1000
@@ -612,7 +631,7 @@ def rounds_table(results: list[Result]) -> str:
 
 def table(results: list[Result]) -> str:
     head = (f"{'responder':<18} {'N':>6} {'up':>6} {'child':>6} {'held':>6} {'setups/s':>9} {'cpu ms/su':>9} "
-            f"{'loop ms':>7} {'cores':>5} "
+            f"{'loop ms':>7} {'cores':>5} {'lt ms':>6} {'busy':>5} "
             f"{'KiB/SA':>7} {'INIT µs@0 med/min':>17} {'INIT µs@N med/min':>17} {'sum ms':>9} "
             f"{'retr':>5} {'fail':>5}  load before "
             "-> after")
@@ -621,6 +640,7 @@ def table(results: list[Result]) -> str:
         lines.append(f"{r.responder:<18} {r.n:>6} {r.established:>6} {r.children:>6} {_f(r.held, 'd'):>6} "
                      f"{_f(r.setups_per_s, '.0f'):>9} {_f(r.cpu_ms_per_setup, '.2f'):>9} "
                      f"{_f(r.loop_cpu_ms_per_setup, '.2f'):>7} {_f(r.cores_busy, '.2f'):>5} "
+                     f"{_f(r.lt_cpu_ms_per_setup, '.2f'):>6} {_f(r.machine_busy, '.2f'):>5} "
                      f"{_f(r.rss_kib_per_sa, '.1f'):>7} "
                      f"{_f(r.init_us_empty, '.0f') + '/' + _f(r.init_us_empty_min, '.0f'):>17} "
                      f"{_f(r.init_us_held, '.0f') + '/' + _f(r.init_us_held_min, '.0f'):>17} "
