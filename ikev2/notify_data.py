@@ -57,6 +57,12 @@ _CHILD_SPI = {N.REKEY_SA}
 GW_IPV4, GW_IPV6, GW_FQDN = 1, 2, 3
 
 
+# plain ints and sets: checked for every notify received (enum attribute lookups cost more)
+_ESP_AH = frozenset({int(ProtocolId.ESP), int(ProtocolId.AH)})
+_HASH_ALGS = int(N.SIGNATURE_HASH_ALGORITHMS)
+_REDIRECTS = frozenset({int(N.REDIRECT), int(N.REDIRECTED_FROM)})
+
+
 def _name(ntype: int) -> str:
     return N(ntype).name if ntype in N._value2member_map_ else str(ntype)
 
@@ -70,12 +76,12 @@ def check_notify_data(ntype: int, protocol: int, spi: bytes, data: bytes) -> Non
             want = str(lo) if lo == hi else f"{lo}..{hi}"
             name = _name(ntype)
             raise ParseError(f"N({name}) data must be {want} bytes, got {len(data)}", None, f"N({name})")
-    if ntype in _CHILD_SPI and (protocol not in (ProtocolId.ESP, ProtocolId.AH) or len(spi) != 4):
+    if ntype in _CHILD_SPI and (protocol not in _ESP_AH or len(spi) != 4):
         name = _name(ntype)
         raise ParseError(f"N({name}) must name an ESP/AH SPI of 4 bytes", None, f"N({name})")
-    if ntype == N.SIGNATURE_HASH_ALGORITHMS and len(data) % 2:
+    if ntype == _HASH_ALGS and len(data) % 2:
         raise ParseError("N(SIGNATURE_HASH_ALGORITHMS) data length is odd", None, "N(SIGNATURE_HASH_ALGORITHMS)")
-    if ntype in (N.REDIRECT, N.REDIRECTED_FROM):
+    if ntype in _REDIRECTS:
         parse_redirect(data, with_nonce=ntype == N.REDIRECT)
 
 
