@@ -55,7 +55,8 @@ Measured per responder and N:
 * ``sum ms`` (ours): ``status --summary`` with the N SAs held, the control-socket round trip /
   the ``vpn-gw status --summary`` command from start to exit (a Python process start included);
 * ``lt ms``: the load generator's CPU per set-up (its start-up included), and ``busy``: the
-  cores the whole machine kept busy during the load (/proc/stat; 2.00 = both): with both busy,
+  cores the whole machine kept busy from the first initiation to the N-th set-up (/proc/stat,
+  sampled every 50 ms; 2.00 = both): with both busy,
   the rate is 2 cores / (responder + load generator CPU per set-up), so a responder that makes
   the load generator work harder per set-up loses rate too;
 * the machine load (/proc/loadavg) before and after, retransmits and failures seen by the
@@ -131,6 +132,13 @@ def cpu_seconds_tree(pid: int) -> dict[int, float]:
         except (FileNotFoundError, ProcessLookupError):
             pass
     return got
+
+
+def _seconds_of_day() -> float:
+    """Now, as the load-tester's log timestamps count (local time, seconds since midnight)."""
+    t = time.time()
+    lt = time.localtime(t)
+    return lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + (t % 1)
 
 
 def machine_busy_seconds() -> float:
@@ -297,6 +305,7 @@ class LoadTester:
         self._established: list[float] = []  # timestamps, in log order
         self._first: float | None = None
         self._counts = {"children": 0, "retransmits": 0, "failures": 0}
+        self._busy_samples: list[tuple[float, float]] = []  # (seconds of the day, machine busy s)
 
     def start(self) -> None:
         env = dict(os.environ, STRONGSWAN_CONF=str(self.conf))
@@ -347,7 +356,8 @@ class LoadTester:
                 last, since = n, time.monotonic()
             elif time.monotonic() - since > stall:
                 return
-            time.sleep(0.5)
+            self._busy_samples.append((_seconds_of_day(), machine_busy_seconds()))
+            time.sleep(0.05)
 
     def results(self) -> dict:
         self._scan()
@@ -359,7 +369,16 @@ class LoadTester:
             if dt < 0:
                 dt += 86400
             rate = len(est[:self.n]) / dt if dt > 0 else None
-        return {"established": len(est), "rate": rate, **self._counts}
+        busy = None
+        if est and first is not None and len(self._busy_samples) >= 2:
+            # the machine's busy cores from the first initiation to the N-th set-up, from the
+            # samples taken every 50 ms around that window (a day change is not handled)
+            t_last = est[min(self.n, len(est)) - 1]
+            before = [x for x in self._busy_samples if x[0] <= first] or self._busy_samples[:1]
+            after = [x for x in self._busy_samples if x[0] >= t_last] or self._busy_samples[-1:]
+            (ta, ba), (tb, bb) = before[-1], after[0]
+            busy = (bb - ba) / (tb - ta) if tb > ta else None
+        return {"established": len(est), "rate": rate, "busy": busy, **self._counts}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -557,10 +576,8 @@ def run_one(kind: str, n: int, args, workdir: Path, workers: int | None = None, 
         res.init_us_empty, res.init_us_empty_min, lost0 = probe(lt_ns, args.probes)
         cpu0, rss0 = cpu_seconds_tree(pid), rss_kib(pid)
         lt = LoadTester(lt_ns, rdir / "lt", n, args.initiators, args.init_limit, args.delay, pki)
-        busy0, t0 = machine_busy_seconds(), time.monotonic()
         lt.start()
         lt.wait(timeout=args.timeout, stall=args.stall)
-        busy1, t1 = machine_busy_seconds(), time.monotonic()
         lt_cpu = sum(cpu_seconds_tree(lt.proc.pid).values()) if lt.proc is not None else None
         time.sleep(1.0)     # let the last IKE_AUTH responses' work and logging settle
         cpu1, rss1 = cpu_seconds_tree(pid), rss_kib(pid)
@@ -574,7 +591,7 @@ def run_one(kind: str, n: int, args, workdir: Path, workers: int | None = None, 
         res.cores_busy = sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1) / wall if wall else None
         res.rss_kib_per_sa = (rss1 - rss0) / done
         res.lt_cpu_ms_per_setup = lt_cpu * 1000 / done if lt_cpu is not None else None
-        res.machine_busy = (busy1 - busy0) / (t1 - t0) if t1 > t0 else None
+        res.machine_busy = r["busy"]
         res.held = resp.held()
         if getattr(resp, "summary_s", None) is not None:
             res.status_summary_ms = resp.summary_s * 1000

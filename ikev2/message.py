@@ -84,6 +84,9 @@ class Message:
     minor_version: int = 0
     # Set by ikev2.sk when it decrypts: the inner payloads as received (RFC 9242 IntAuth_P).
     plain_inner: bytes = field(default=b"", repr=False, compare=False)
+    # (payloads list, its length, notifies by type): see _notify_index
+    _notify_cache: tuple[list[Payload], int, dict[int, list[NotifyPayload]]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     @property
     def is_response(self) -> bool:
@@ -109,12 +112,28 @@ class Message:
         return [p for p in self.payloads if type(p) is cls]
 
     def notifies(self, ntype: int | None = None) -> list[NotifyPayload]:
-        return [p for p in self.payloads
-                if isinstance(p, NotifyPayload) and (ntype is None or p.notify_type == ntype)]
+        if ntype is None:
+            return [p for p in self.payloads if isinstance(p, NotifyPayload)]
+        return list(self._notify_index().get(ntype, ()))
 
     def notify(self, ntype: int) -> NotifyPayload | None:
-        found = self.notifies(ntype)
+        found = self._notify_index().get(ntype)
         return found[0] if found else None
+
+    def _notify_index(self) -> dict[int, list[NotifyPayload]]:
+        """Notify payloads by type, built on first use (a handler asks for ten or so types per
+        message); rebuilt if the payload list was replaced or changed length (ikev2.sk swaps
+        in the decrypted payloads)."""
+        payloads = self.payloads
+        kept = self._notify_cache
+        if kept is not None and kept[0] is payloads and kept[1] == len(payloads):
+            return kept[2]
+        index: dict[int, list[NotifyPayload]] = {}
+        for p in payloads:
+            if type(p) is NotifyPayload:
+                index.setdefault(p.notify_type, []).append(p)
+        self._notify_cache = (payloads, len(payloads), index)
+        return index
 
     @property
     def encrypted(self) -> SKPayload | SKFPayload | None:
@@ -168,6 +187,7 @@ def encode_message(msg: Message) -> bytes:
                          length, msg.minor_version) + body
 
 
+_GENERIC = struct.Struct("!BBH")
 # payload type -> the name error messages use ("SA", "Notify", ...)
 _PAYLOAD_NAMES = {t: c.__name__.removesuffix("Payload") for t, c in PAYLOAD_CLASSES.items()}
 
@@ -181,47 +201,58 @@ def decode_payloads(data: bytes, first_type: int, base: int = 0, inner: bool = F
     """
     payloads: list[Payload] = []
     pos = 0
+    size = len(data)
     ptype = first_type
-    while ptype != PayloadType.NONE:
-        name = _PAYLOAD_NAMES.get(ptype) or str(ptype)
-        if pos + GENERIC_PAYLOAD_HEADER_LEN > len(data):
-            raise ParseError(f"truncated: {len(data) - pos} bytes left for a payload header",
-                             base + pos, name)
-        nxt, flags, length = struct.unpack_from("!BBH", data, pos)
+    classes = PAYLOAD_CLASSES
+    while ptype:  # PayloadType.NONE = 0 ends the chain
+        if pos + GENERIC_PAYLOAD_HEADER_LEN > size:
+            raise ParseError(f"truncated: {size - pos} bytes left for a payload header",
+                             base + pos, _payload_name(ptype))
+        nxt, flags, length = _GENERIC.unpack_from(data, pos)
         if length < GENERIC_PAYLOAD_HEADER_LEN:
-            raise ParseError(f"payload length {length} < 4", base + pos, name)
-        if pos + length > len(data):
-            raise ParseError(f"payload length {length} exceeds the {len(data) - pos} bytes left",
-                             base + pos, name)
-        critical = bool(flags & 0x80)
+            raise ParseError(f"payload length {length} < 4", base + pos, _payload_name(ptype))
+        end = pos + length
+        if end > size:
+            raise ParseError(f"payload length {length} exceeds the {size - pos} bytes left",
+                             base + pos, _payload_name(ptype))
+        critical = flags & 0x80 != 0
         body_start = pos + GENERIC_PAYLOAD_HEADER_LEN
-        r = Reader(data[body_start:pos + length], base + body_start, name)
-        cls = PAYLOAD_CLASSES.get(ptype)
+        cls = classes.get(ptype)
         if cls is None:
             if critical:
                 raise UnsupportedCriticalPayload(ptype, base + pos)
-            payload: Payload = UnknownPayload(type=ptype, body=r.rest())
+            payload: Payload = UnknownPayload(type=ptype, body=data[body_start:end])
         else:
-            if inner and cls in (SKPayload, SKFPayload):
-                raise ParseError("encrypted payload inside encrypted content", base + pos, name)
+            encrypted = cls is SKPayload or cls is SKFPayload
+            if inner and encrypted:
+                raise ParseError("encrypted payload inside encrypted content", base + pos, _payload_name(ptype))
+            name = _PAYLOAD_NAMES[ptype]
+            r = Reader(data[body_start:end], base + body_start, name)
             try:
                 payload = cls.decode_body(r)
             except (ValueError, struct.error, IndexError, UnicodeError) as e:  # defensive: never leak
                 raise ParseError(f"malformed {name} payload: {e}", base + pos, name) from None
-            r.done(name)
+            if r.pos != r.end:
+                r.done(name)  # raises: trailing bytes
+            if encrypted:
+                payload.critical = critical
+                payloads.append(payload)
+                payload.first_inner = nxt  # type: ignore[attr-defined]
+                payload.offset = base + pos  # type: ignore[attr-defined]
+                if end != size:
+                    raise ParseError(f"{size - end} bytes after the encrypted payload", base + end, name)
+                return payloads
         payload.critical = critical
         payloads.append(payload)
-        pos += length
-        if isinstance(payload, (SKPayload, SKFPayload)):
-            payload.first_inner = nxt
-            payload.offset = base + pos - length
-            if pos != len(data):
-                raise ParseError(f"{len(data) - pos} bytes after the encrypted payload", base + pos, name)
-            return payloads
+        pos = end
         ptype = nxt
-    if pos != len(data):
-        raise ParseError(f"{len(data) - pos} trailing bytes after the last payload", base + pos, "chain")
+    if pos != size:
+        raise ParseError(f"{size - pos} trailing bytes after the last payload", base + pos, "chain")
     return payloads
+
+
+def _payload_name(ptype: int) -> str:
+    return _PAYLOAD_NAMES.get(ptype) or str(ptype)
 
 
 def decode_message(data: bytes) -> Message:
