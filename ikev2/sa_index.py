@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .admission import address_key
 from .events import Address
@@ -23,36 +22,28 @@ S = TypeVar("S", bound=IkeSACore)
 NO_SPI = bytes(8)
 
 
-@dataclass(frozen=True, slots=True)
-class _Keys:
-    our_spi: bytes | None
-    ike_id: int
-    name: str
-    peer_id: str | None
-    remote_ip: str
-    local_ip: str
-    state: State
-    half_open: tuple[bytes, Address] | None  # responder in INIT_DONE (or computing its keys): (SPIi, peer address)
-    verified: bool  # admitted with a valid COOKIE (set before the SA is filed, never changes)
-    children: frozenset[bytes]  # inbound SPIs of its Child SAs
+# The keys an SA is filed under, as a plain tuple (built and compared for every SA that changed
+# during an operation: a tuple is the cheapest to build and compare). Positions:
+SPI, IKE_ID, NAME, PEER_ID, REMOTE_IP, LOCAL_IP, STATE, HALF_OPEN, VERIFIED, CHILDREN = range(10)
+# our_spi: bytes | None; ike_id: int; name: str; peer_id: str | None; remote_ip, local_ip: str;
+# state: State; half_open: (SPIi, peer address) of a responder in INIT_DONE (or computing its
+# keys), else None; verified: admitted with a valid COOKIE (set before filing, never changes);
+# children: frozenset of its Child SAs' inbound SPIs.
+_Keys = tuple[Any, ...]
+_NO_CHILDREN: frozenset[bytes] = frozenset()
 
 
 def _keys(sa: IkeSACore) -> _Keys:
     spi = sa.our_spi
-    half_open = (sa.spi_i, sa.remote) if not sa.initiator and (sa.state == State.INIT_DONE or sa.computing_init) \
+    state = sa.state
+    half_open = (sa.spi_i, sa.remote) if not sa.initiator and (state == State.INIT_DONE or sa.computing_init) \
         else None
-    return _Keys(
-        our_spi=spi if spi and spi != NO_SPI else None,
-        ike_id=sa.ike_id,
-        name=sa.name,
-        peer_id=str(sa.peer_id) if sa.peer_id is not None else None,
-        remote_ip=sa.remote[0],
-        local_ip=sa.local[0],
-        state=sa.state,
-        half_open=half_open,
-        verified=sa.admitted_with_cookie,
-        children=frozenset(c.spi_in for c in sa.children),
-    )
+    peer_id = sa.peer_id
+    children = sa.children
+    return (spi if spi and spi != NO_SPI else None, sa.ike_id, sa.name,
+            str(peer_id) if peer_id is not None else None, sa.remote[0], sa.local[0], state,
+            half_open, sa.admitted_with_cookie,
+            frozenset([c.spi_in for c in children]) if children else _NO_CHILDREN)
 
 
 class _Multi(Generic[S]):
@@ -107,10 +98,10 @@ class SAIndex(Generic[S]):
         self._by_peer_id: _Multi[S] = _Multi()
         self._by_remote_ip: _Multi[S] = _Multi()
         self._by_local_ip: _Multi[S] = _Multi()
-        # the _Keys field each multi-index files an SA under (update() and _unfile() walk it)
-        self._multi_fields: tuple[tuple[str, _Multi[S]], ...] = (
-            ("ike_id", self._by_id), ("name", self._by_name), ("peer_id", self._by_peer_id),
-            ("remote_ip", self._by_remote_ip), ("local_ip", self._by_local_ip))
+        # the _Keys position each multi-index files an SA under (update() and _unfile() walk it)
+        self._multi_fields: tuple[tuple[int, _Multi[S]], ...] = (
+            (IKE_ID, self._by_id), (NAME, self._by_name), (PEER_ID, self._by_peer_id),
+            (REMOTE_IP, self._by_remote_ip), (LOCAL_IP, self._by_local_ip))
         self._states: Counter[State] = Counter()
 
     # ------------------------------------------------------------------ maintenance
@@ -141,52 +132,57 @@ class SAIndex(Generic[S]):
             self._unfile(sa, old, None)
 
     def _file(self, sa: S, k: _Keys, old: _Keys | None) -> None:
-        if k.our_spi is not None and (old is None or old.our_spi != k.our_spi):
-            self.by_spi[k.our_spi] = sa
-        if k.half_open is not None and (old is None or old.half_open != k.half_open):
-            self._half_open[k.half_open] = sa
-            key = address_key(k.half_open[1][0])
+        spi = k[SPI]
+        if spi is not None and (old is None or old[SPI] != spi):
+            self.by_spi[spi] = sa
+        half_open = k[HALF_OPEN]
+        if half_open is not None and (old is None or old[HALF_OPEN] != half_open):
+            self._half_open[half_open] = sa
+            key = address_key(half_open[1][0])
             self._half_open_per_ip[key] += 1
-            if not k.verified:
+            if not k[VERIFIED]:
                 self._unverified_half_open.setdefault(key, {})[sa] = None
-        for spi in k.children - (old.children if old is not None else frozenset()):
-            self._children[spi] = sa
-        for field, index in self._multi_fields:
-            value = getattr(k, field)
-            if old is None or getattr(old, field) != value:
+        if k[CHILDREN]:
+            for child_spi in k[CHILDREN] - (old[CHILDREN] if old is not None else _NO_CHILDREN):
+                self._children[child_spi] = sa
+        for pos, index in self._multi_fields:
+            value = k[pos]
+            if old is None or old[pos] != value:
                 index.add(value, sa)
-        if old is None or old.state != k.state:
-            self._states[k.state] += 1
+        if old is None or old[STATE] != k[STATE]:
+            self._states[k[STATE]] += 1
 
     def _unfile(self, sa: S, k: _Keys, new: _Keys | None) -> None:
         """Remove the entries of ``k`` that ``new`` (None: nothing) does not keep."""
-        if k.our_spi is not None and (new is None or new.our_spi != k.our_spi) \
-                and self.by_spi.get(k.our_spi) is sa:
-            del self.by_spi[k.our_spi]
-        if k.half_open is not None and (new is None or new.half_open != k.half_open) \
-                and self._half_open.get(k.half_open) is sa:
-            del self._half_open[k.half_open]
-            ip = address_key(k.half_open[1][0])
+        spi = k[SPI]
+        if spi is not None and (new is None or new[SPI] != spi) and self.by_spi.get(spi) is sa:
+            del self.by_spi[spi]
+        half_open = k[HALF_OPEN]
+        if half_open is not None and (new is None or new[HALF_OPEN] != half_open) \
+                and self._half_open.get(half_open) is sa:
+            del self._half_open[half_open]
+            ip = address_key(half_open[1][0])
             self._half_open_per_ip[ip] -= 1
             if self._half_open_per_ip[ip] <= 0:
                 del self._half_open_per_ip[ip]
-            if not k.verified:
+            if not k[VERIFIED]:
                 unverified = self._unverified_half_open.get(ip)
                 if unverified is not None:
                     unverified.pop(sa, None)
                     if not unverified:
                         del self._unverified_half_open[ip]
-        for spi in k.children - (new.children if new is not None else frozenset()):
-            if self._children.get(spi) is sa:
-                del self._children[spi]
-        for field, index in self._multi_fields:
-            value = getattr(k, field)
-            if new is None or getattr(new, field) != value:
+        if k[CHILDREN]:
+            for child_spi in k[CHILDREN] - (new[CHILDREN] if new is not None else _NO_CHILDREN):
+                if self._children.get(child_spi) is sa:
+                    del self._children[child_spi]
+        for pos, index in self._multi_fields:
+            value = k[pos]
+            if new is None or new[pos] != value:
                 index.discard(value, sa)
-        if new is None or new.state != k.state:
-            self._states[k.state] -= 1
-            if self._states[k.state] <= 0:
-                del self._states[k.state]
+        if new is None or new[STATE] != k[STATE]:
+            self._states[k[STATE]] -= 1
+            if self._states[k[STATE]] <= 0:
+                del self._states[k[STATE]]
 
     # ------------------------------------------------------------------ lookups
 
