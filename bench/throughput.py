@@ -79,6 +79,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +101,7 @@ NAMES = {"aes256gcm16": "AES-GCM-256", "chacha20poly1305": "ChaCha20-Poly1305"}
 TUNED_RMEM = 4 * 1024 * 1024
 UDP_SOCKBUF = "4M"  # iperf3 -w for the UDP runs (both ends): the receiving host is not the bottleneck
 TXQUEUELEN = 5000
+QUIET_SECONDS = 1.0  # machine share measured with every tunnel up and no traffic, before each round
 RMEM_DEFAULT = Path("/proc/sys/net/core/rmem_default")
 
 
@@ -264,6 +266,7 @@ def measure(setup: Setup, seconds: float, streams: int, mss: int) -> dict:
     by_pid = res.get("_cpu", {})
     return {"mbps": tools.mbps(res), "retransmits": tools.retransmits(res),
             "cpu": {name: by_pid.get(pid) for name, pid in pids.items()},
+            "iperf3_cpu": res["_iperf3_cpu"], "machine": res["_machine"],
             "drops": {k: after[k] - before.get(k, 0) for k in after}}
 
 
@@ -284,12 +287,39 @@ def measure_udp(setup: Setup, seconds: float, pps: int, size: int) -> dict:
     n_rcvd = int(rcvd.get("bytes", 0)) // size
     by_pid = res.get("_cpu", {})
     cpu = {name: by_pid.get(pid) for name, pid in pids.items()}
-    return {"offered_pps": pps, "sent_pps": n_sent / secs, "delivered_pps": n_rcvd / secs,
+    rate = n_rcvd / secs
+    return {"offered_pps": pps, "sent_pps": n_sent / secs, "delivered_pps": rate,
             "loss_pct": 100.0 * max(0, n_sent - n_rcvd) / n_sent if n_sent else 0.0,
             "cpu": cpu,
             # CPU time per delivered datagram (us): steadier than the rate on a loaded machine
-            "cpu_us": {name: c * 1e4 / (n_rcvd / secs) for name, c in cpu.items() if c is not None and n_rcvd},
+            "cpu_us": {name: c * 1e4 / rate for name, c in cpu.items() if c is not None and n_rcvd},
+            "iperf3_cpu": res["_iperf3_cpu"], "machine": res["_machine"],
+            "budget_us": budget_us(cpu, res["_iperf3_cpu"], res["_machine"], rate),
             "drops": {k: after[k] - before.get(k, 0) for k in after}}
+
+
+def budget_us(gateways: dict[str, float | None], iperf3: dict[str, float], machine: dict[str, float],
+              rate: float) -> dict[str, float]:
+    """The machine's busy CPU time per delivered datagram (us), split: both ``gateways``, both
+    ``iperf3`` processes, the ``rest`` (busy time charged to neither: softirqs on idle CPUs and
+    in ksoftirqd, i.e. the kernel's forwarding through the veths and the router, kworkers, and
+    whatever else runs on the machine), and the ``total``. Inputs in % of one core over the
+    run; empty without a delivered datagram or a gateway's CPU."""
+    if rate <= 0 or any(c is None for c in gateways.values()) or "server" not in iperf3:
+        return {}
+    us = {"gateways": sum(c for c in gateways.values() if c is not None) * 1e4 / rate,
+          "iperf3": (iperf3["client"] + iperf3["server"]) * 1e4 / rate,
+          "total": machine["busy"] * 1e4 / rate}
+    us["rest"] = us["total"] - us["gateways"] - us["iperf3"]
+    return us
+
+
+def machine_text(r: dict) -> str:
+    """Per-run text: the machine's busy/softirq/idle share and both iperf3 processes' CPU."""
+    m, ip = r["machine"], r["iperf3_cpu"]
+    steal = f", steal {m['steal']:.0f}" if m["steal"] >= 0.5 else ""
+    return (f"machine busy {m['busy']:.0f}% of {100 * (os.cpu_count() or 1)} (softirq {m['softirq']:.0f}{steal}), "
+            f"idle {m['idle']:.0f}%; iperf3 " + ", ".join(f"{k} {v:.0f}%" for k, v in ip.items()))
 
 
 def udp_summary(runs: list[dict]) -> tuple[float, int]:
@@ -297,6 +327,64 @@ def udp_summary(runs: list[dict]) -> tuple[float, int]:
     best = max((r["delivered_pps"] for r in runs), default=0.0)
     clean = max((r["offered_pps"] for r in runs if r["loss_pct"] < 1.0), default=0)
     return best, clean
+
+
+def quiet_machine(seconds: float) -> dict[str, float]:
+    """The machine's CPU share over ``seconds`` with every tunnel up and no traffic: what the
+    rest of the machine (other work, the idle daemons) costs before a datagram is sent."""
+    m0 = tools.machine_ticks()
+    time.sleep(seconds)
+    return tools.machine_share(m0, tools.machine_ticks())
+
+
+def best_runs(ladders: list[list[dict]]) -> list[dict]:
+    """Per round, the run of the ladder that delivered the most datagrams/s."""
+    return [max(ld, key=lambda r: r["delivered_pps"]) for ld in ladders]
+
+
+def print_budget(udp: dict[tuple, list[list[dict]]], quiet: dict[tuple, list[dict]], baseline: str,
+                 size: int) -> None:
+    """The CPU budget at each pair's best rate (medians over the rounds), then the ceiling: the
+    highest rate the ours-ours pair could reach if the machine were busy all the time at its
+    measured cost per datagram, and the gateway cost per datagram 2x the baseline would take."""
+    cores = os.cpu_count() or 1
+    print()
+    print(f"CPU budget at each pair's best rate (UDP {size} B; medians over rounds; us = CPU microseconds "
+          f"per delivered datagram, machine = {cores} CPUs = {100 * cores} %):")
+    print("| router | pair | cipher | delivered pps (loss %) | machine busy % (softirq) | machine busy with no "
+          "traffic % | total us | gateways us | iperf3 us | rest us |")
+    print("|" + "---|" * 10)
+    budget: dict[tuple, dict[str, float]] = {}
+    for (router, cipher, pair), ladders in udp.items():
+        tops = [r for r in best_runs(ladders) if r["budget_us"]]
+        if not tops:
+            continue
+        med = {k: statistics.median(r["budget_us"][k] for r in tops) for k in ("total", "gateways", "iperf3", "rest")}
+        med["pps"] = statistics.median(r["delivered_pps"] for r in tops)
+        budget[(router, cipher, pair)] = med
+        busy = statistics.median(r["machine"]["busy"] for r in tops)
+        soft = statistics.median(r["machine"]["softirq"] for r in tops)
+        qs = quiet.get((router, cipher))
+        q = statistics.median(x["busy"] for x in qs) if qs else None
+        loss = statistics.median(r["loss_pct"] for r in tops)
+        print(f"| {router} | {pair} | {NAMES.get(cipher, cipher)} | {med['pps']:.0f} ({loss:.0f}) | "
+              f"{busy:.0f} ({soft:.0f}) | {'-' if q is None else f'{q:.0f}'} | {med['total']:.1f} | "
+              f"{med['gateways']:.1f} | {med['iperf3']:.1f} | {med['rest']:.1f} |")
+    for (router, cipher, pair), ours in budget.items():
+        if not pair.startswith("ours-ours"):
+            continue
+        non_gw = ours["iperf3"] + ours["rest"]
+        ceiling = cores * 1e6 / (non_gw + ours["gateways"])
+        line = (f"ceiling {router} {NAMES.get(cipher, cipher)} {pair}: {cores} cores / ({non_gw:.1f} us non-gateway "
+                f"+ {ours['gateways']:.1f} us gateways) = {ceiling:.0f} pps")
+        base = budget.get((router, cipher, baseline))
+        if base:
+            target = 2 * base["pps"]
+            need = cores * 1e6 / target - non_gw
+            line += (f"; 2x {baseline} ({base['pps']:.0f} pps) = {target:.0f} pps needs the gateways at "
+                     f"{need:.1f} us/datagram" + (" (impossible: iperf3 and the kernel alone need more than the machine)" if need <= 0
+                                                   else ""))
+        print(line)
 
 
 def main(argv=None) -> int:
@@ -347,6 +435,7 @@ def main(argv=None) -> int:
           f"tuned = rmem_default {TUNED_RMEM} while charon starts, TUN txqueuelen {TXQUEUELEN}")
     runs: dict[tuple, list[dict]] = {}  # (router, cipher, pair, streams) -> one run per round
     udp: dict[tuple, list[list[dict]]] = {}  # (router, cipher, pair) -> per round, the ladder's runs
+    quiet: dict[tuple, list[dict]] = {}  # (router, cipher) -> per round, the machine with no traffic
     work = Path(tempfile.mkdtemp(prefix="bth-"))
     try:
         for router in routers:
@@ -361,6 +450,10 @@ def main(argv=None) -> int:
                             for pid in st.pids.values():
                                 renice(pid, args.gateway_nice)
                     for rnd in range(args.rounds):
+                        q = quiet_machine(QUIET_SECONDS)
+                        quiet.setdefault((router, cipher), []).append(q)
+                        print(f"  [{router} r{rnd + 1}/{args.rounds}] {NAMES.get(cipher, cipher)}: all tunnels up, "
+                              f"no traffic for {QUIET_SECONDS:g} s: machine busy {q['busy']:.0f}%", flush=True)
                         order = pairs if rnd % 2 == 0 else pairs[::-1]
                         for pair in order:
                             for n in streams:
@@ -371,7 +464,8 @@ def main(argv=None) -> int:
                                 drops = ", ".join(f"{k} {v}" for k, v in r["drops"].items() if v)
                                 print(f"  [{router} r{rnd + 1}/{args.rounds}] {pair:11} "
                                       f"{NAMES.get(cipher, cipher):18} {n} stream(s): {r['mbps']:7.1f} Mbit/s, "
-                                      f"{r['retransmits']} retr, {cpu}; drops: {drops or 'none'}", flush=True)
+                                      f"{r['retransmits']} retr, {cpu}; drops: {drops or 'none'}; "
+                                      f"{machine_text(r)}", flush=True)
                             ladder = []
                             for pps in udp_rates:
                                 u = measure_udp(setups[pair], args.udp_seconds, pps, args.udp_size)
@@ -383,7 +477,10 @@ def main(argv=None) -> int:
                                       f"sent {u['sent_pps']:8.0f}, delivered {u['delivered_pps']:8.0f} pps, "
                                       f"loss {u['loss_pct']:.1f} %, {cpu}; CPU us/datagram "
                                       + ", ".join(f"{k} {v:.1f}" for k, v in u["cpu_us"].items())
-                                      + f"; drops: {drops or 'none'}", flush=True)
+                                      + f"; drops: {drops or 'none'}; {machine_text(u)}"
+                                      + ("; us/datagram: " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                                       u["budget_us"].items())
+                                         if u["budget_us"] else ""), flush=True)
                             if ladder:
                                 udp.setdefault((router, cipher, pair), []).append(ladder)
     finally:
@@ -444,12 +541,15 @@ def main(argv=None) -> int:
             us_s = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in us.items())
             print(f"| {router} | {pair} | {NAMES.get(cipher, cipher)} | {args.udp_size} B | "
                   f"{statistics.median(best):.0f} | {rat_s} | {statistics.median(clean):.0f} | {cpu_s} | {us_s} |")
+    if udp:
+        print_budget(udp, quiet, args.baseline, args.udp_size)
     if args.json:
         Path(args.json).write_text(json.dumps(
             [{"router": ro, "cipher": c, "pair": p, "streams": n, "runs": rs}
              for (ro, c, p, n), rs in runs.items()]
             + [{"router": ro, "cipher": c, "pair": p, "udp_size": args.udp_size, "udp_ladders": lds}
-               for (ro, c, p), lds in udp.items()], indent=1))
+               for (ro, c, p), lds in udp.items()]
+            + [{"router": ro, "cipher": c, "quiet_machine": qs} for (ro, c), qs in quiet.items()], indent=1))
     return 0
 
 

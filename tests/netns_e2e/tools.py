@@ -10,16 +10,19 @@ processes by PID.
 * :class:`UdpReceiver` - a UDP socket in a namespace that reports every datagram's length
   and payload digest (JSON lines on stdout).
 * :func:`send_udp` - one datagram from a namespace, DF set or clear.
-* :func:`iperf3` - an iperf3 TCP run between two namespaces, parsed JSON result.
+* :func:`iperf3` - an iperf3 run between two namespaces, parsed JSON result, with the CPU of
+  given PIDs, of both iperf3 processes and of the whole machine over the run.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import os
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,37 +219,99 @@ def digest(data: bytes) -> str:
 
 def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0, streams: int = 1,
            port: int = 5201, extra: list[str] | None = None, cpu_of: list[int] | None = None) -> dict:
-    """One iperf3 TCP run (client -> server). Returns iperf3's JSON plus, when ``cpu_of`` is
-    given, ``"_cpu"``: {pid: % of one core over the run} for those PIDs."""
+    """One iperf3 run (client -> server; TCP unless ``extra`` says ``-u``). Returns iperf3's JSON
+    plus, over the client's run (% of one core, so up to 100 x CPUs):
+
+    * ``"_cpu"`` (when ``cpu_of`` is given): {pid: %} for those PIDs (/proc/PID/stat);
+    * ``"_iperf3_cpu"``: {"client": %, "server": %}, each iperf3 process's whole life (all its
+      threads; reaped with wait4, so exact even though both have exited by then);
+    * ``"_machine"``: the whole machine from /proc/stat (:func:`machine_share`).
+    """
     srv = server.popen(["iperf3", "-s", "-1", "-B", server_ip, "-p", str(port)],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: listening(server, port), timeout=5.0, what="iperf3 server")
-        cpu0 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
-        t0 = time.monotonic()
-        res = client.run(["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}",
-                          "-P", str(streams), "-J", "--connect-timeout", "3000", *(extra or [])],
-                         check=False, timeout=seconds + 20)
-        elapsed = time.monotonic() - t0
-        cpu1 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+        with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+            cpu0 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+            m0 = machine_ticks()
+            t0 = time.monotonic()
+            cli = client.popen(["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}",
+                                "-P", str(streams), "-J", "--connect-timeout", "3000", *(extra or [])],
+                               stdout=out_f, stderr=err_f)
+            cli_cpu = _wait_cpu(cli, timeout=seconds + 20)
+            elapsed = time.monotonic() - t0
+            m1 = machine_ticks()
+            cpu1 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+            if cli_cpu is None:
+                kill_pid(cli.pid, timeout=2.0)
+                raise RuntimeError(f"iperf3 client still running after {seconds + 20:g} s")
+            out_f.seek(0)
+            err_f.seek(0)
+            stdout, stderr = out_f.read().decode(errors="replace"), err_f.read().decode(errors="replace")
         try:
-            out = json.loads(res.stdout)
+            out = json.loads(stdout)
         except ValueError:
-            raise RuntimeError(f"iperf3 gave no JSON (rc {res.returncode}): {res.stdout[-500:]} "
-                               f"{res.stderr[-500:]}") from None
+            raise RuntimeError(f"iperf3 gave no JSON (rc {cli.returncode}): {stdout[-500:]} "
+                               f"{stderr[-500:]}") from None
         if "error" in out:
             raise RuntimeError(f"iperf3: {out['error']}")
         if cpu_of:
-            import os
             hz = os.sysconf("SC_CLK_TCK")
             out["_cpu"] = {pid: round(100.0 * (cpu1[pid] - cpu0[pid]) / hz / elapsed, 1)
                            for pid in cpu_of if cpu0[pid] is not None and cpu1[pid] is not None}
+        srv_cpu = _wait_cpu(srv, timeout=5.0)  # ``-1``: the server exits after its one test
+        out["_iperf3_cpu"] = {"client": round(100.0 * cli_cpu / elapsed, 1)}
+        if srv_cpu is not None:
+            out["_iperf3_cpu"]["server"] = round(100.0 * srv_cpu / elapsed, 1)
+        out["_machine"] = machine_share(m0, m1)
         return out
     finally:
         if srv.poll() is None:
             kill_pid(srv.pid, timeout=2.0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             srv.wait(timeout=2.0)
+
+
+def _wait_cpu(proc: subprocess.Popen, timeout: float) -> float | None:
+    """Wait (bounded) for ``proc`` to exit and reap it with wait4: its CPU seconds (user + system,
+    all threads, whole life), or None if it still runs at the deadline or was reaped already."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return ru.ru_utime + ru.ru_stime
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_ticks() -> list[int]:
+    """The machine-wide ``cpu`` line of /proc/stat (all CPUs, USER_HZ ticks): user, nice,
+    system, idle, iowait, irq, softirq, steal. Namespaces do not change it."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:1 + len(_STAT_FIELDS)]]
+
+
+def machine_share(before: list[int], after: list[int]) -> dict[str, float]:
+    """The machine's CPU time between two :func:`machine_ticks` samples, in % of one core
+    (all CPUs busy = 100 x CPUs, e.g. 200 %): ``busy`` (user + nice + system + irq + softirq +
+    steal), ``softirq``, ``steal`` and ``idle`` (idle + iowait); busy + idle = 100 x CPUs."""
+    d = dict(zip(_STAT_FIELDS, (b - a for a, b in zip(before, after, strict=True)), strict=True))
+    total = sum(d.values())
+    cores = os.cpu_count() or 1
+
+    def pct(ticks: int) -> float:
+        return round(100.0 * cores * ticks / total, 1) if total else 0.0
+
+    return {"busy": pct(d["user"] + d["nice"] + d["system"] + d["irq"] + d["softirq"] + d["steal"]),
+            "softirq": pct(d["softirq"]), "steal": pct(d["steal"]), "idle": pct(d["idle"] + d["iowait"])}
 
 
 def listening(ns: Netns, port: int) -> bool:
