@@ -301,16 +301,18 @@ def measure_udp(setup: Setup, seconds: float, pps: int, size: int) -> dict:
 def budget_us(gateways: dict[str, float | None], iperf3: dict[str, float], machine: dict[str, float],
               rate: float) -> dict[str, float]:
     """The machine's busy CPU time per delivered datagram (us), split: both ``gateways``, both
-    ``iperf3`` processes, the ``rest`` (busy time charged to neither: softirqs on idle CPUs and
-    in ksoftirqd, i.e. the kernel's forwarding through the veths and the router, kworkers, and
-    whatever else runs on the machine), and the ``total``. Inputs in % of one core over the
+    ``iperf3`` processes, ``others`` (processes outside this benchmark: other work on the
+    machine), the ``rest`` (busy time charged to none of them: softirqs in ksoftirqd or on an
+    idle CPU, i.e. the kernel's forwarding through the veths and the router, kworkers, the idle
+    daemons of the other pairs, this script) and the ``total``. Inputs in % of one core over the
     run; empty without a delivered datagram or a gateway's CPU."""
     if rate <= 0 or any(c is None for c in gateways.values()) or "server" not in iperf3:
         return {}
     us = {"gateways": sum(c for c in gateways.values() if c is not None) * 1e4 / rate,
           "iperf3": (iperf3["client"] + iperf3["server"]) * 1e4 / rate,
+          "others": machine["others"] * 1e4 / rate,
           "total": machine["busy"] * 1e4 / rate}
-    us["rest"] = us["total"] - us["gateways"] - us["iperf3"]
+    us["rest"] = us["total"] - us["gateways"] - us["iperf3"] - us["others"]
     return us
 
 
@@ -318,8 +320,9 @@ def machine_text(r: dict) -> str:
     """Per-run text: the machine's busy/softirq/idle share and both iperf3 processes' CPU."""
     m, ip = r["machine"], r["iperf3_cpu"]
     steal = f", steal {m['steal']:.0f}" if m["steal"] >= 0.5 else ""
-    return (f"machine busy {m['busy']:.0f}% of {100 * (os.cpu_count() or 1)} (softirq {m['softirq']:.0f}{steal}), "
-            f"idle {m['idle']:.0f}%; iperf3 " + ", ".join(f"{k} {v:.0f}%" for k, v in ip.items()))
+    return (f"machine busy {m['busy']:.0f}% of {100 * (os.cpu_count() or 1)} (softirq {m['softirq']:.0f}{steal}, "
+            f"kthreads {m['kthreads']:.0f}, other processes {m['others']:.0f}), idle {m['idle']:.0f}%; iperf3 "
+            + ", ".join(f"{k} {v:.0f}%" for k, v in ip.items()))
 
 
 def udp_summary(runs: list[dict]) -> tuple[float, int]:
@@ -332,9 +335,10 @@ def udp_summary(runs: list[dict]) -> tuple[float, int]:
 def quiet_machine(seconds: float) -> dict[str, float]:
     """The machine's CPU share over ``seconds`` with every tunnel up and no traffic: what the
     rest of the machine (other work, the idle daemons) costs before a datagram is sent."""
-    m0 = tools.machine_ticks()
+    m0, o0, t0 = tools.machine_ticks(), tools.outside_ticks(), time.monotonic()
     time.sleep(seconds)
-    return tools.machine_share(m0, tools.machine_ticks())
+    m1, o1 = tools.machine_ticks(), tools.outside_ticks()
+    return tools.machine_share(m0, m1) | tools.outside_share(o0, o1, time.monotonic() - t0)
 
 
 def best_runs(ladders: list[list[dict]]) -> list[dict]:
@@ -344,46 +348,51 @@ def best_runs(ladders: list[list[dict]]) -> list[dict]:
 
 def print_budget(udp: dict[tuple, list[list[dict]]], quiet: dict[tuple, list[dict]], baseline: str,
                  size: int) -> None:
-    """The CPU budget at each pair's best rate (medians over the rounds), then the ceiling: the
-    highest rate the ours-ours pair could reach if the machine were busy all the time at its
-    measured cost per datagram, and the gateway cost per datagram 2x the baseline would take."""
+    """The CPU budget at each pair's best rate (per round the ladder's run with the highest
+    delivered rate; medians over the rounds, so the parts need not add up exactly beyond two
+    rounds), then the ceiling of each ours-ours pair: the rate at which its measured cost per
+    datagram (other processes left out) fills every core, and the gateway cost per datagram
+    that 2x the baseline's delivered rate would need with the rest unchanged."""
     cores = os.cpu_count() or 1
+    parts = ("total", "gateways", "iperf3", "rest", "others")
     print()
     print(f"CPU budget at each pair's best rate (UDP {size} B; medians over rounds; us = CPU microseconds "
-          f"per delivered datagram, machine = {cores} CPUs = {100 * cores} %):")
-    print("| router | pair | cipher | delivered pps (loss %) | machine busy % (softirq) | machine busy with no "
-          "traffic % | total us | gateways us | iperf3 us | rest us |")
-    print("|" + "---|" * 10)
+          f"per delivered datagram; machine = {cores} CPUs = {100 * cores} %):")
+    print("| router | pair | cipher | delivered pps (loss %) | machine busy % (softirq) | no traffic: busy % "
+          "(other processes) | total us | gateways us | iperf3 us | rest us (kernel forwarding, softirq) "
+          "| other processes us |")
+    print("|" + "---|" * 11)
     budget: dict[tuple, dict[str, float]] = {}
     for (router, cipher, pair), ladders in udp.items():
         tops = [r for r in best_runs(ladders) if r["budget_us"]]
         if not tops:
             continue
-        med = {k: statistics.median(r["budget_us"][k] for r in tops) for k in ("total", "gateways", "iperf3", "rest")}
+        med = {k: statistics.median(r["budget_us"][k] for r in tops) for k in parts}
         med["pps"] = statistics.median(r["delivered_pps"] for r in tops)
         budget[(router, cipher, pair)] = med
         busy = statistics.median(r["machine"]["busy"] for r in tops)
         soft = statistics.median(r["machine"]["softirq"] for r in tops)
-        qs = quiet.get((router, cipher))
-        q = statistics.median(x["busy"] for x in qs) if qs else None
         loss = statistics.median(r["loss_pct"] for r in tops)
+        qs = quiet.get((router, cipher))
+        q_s = (f"{statistics.median(x['busy'] for x in qs):.0f} ({statistics.median(x['others'] for x in qs):.0f})"
+               if qs else "-")
         print(f"| {router} | {pair} | {NAMES.get(cipher, cipher)} | {med['pps']:.0f} ({loss:.0f}) | "
-              f"{busy:.0f} ({soft:.0f}) | {'-' if q is None else f'{q:.0f}'} | {med['total']:.1f} | "
-              f"{med['gateways']:.1f} | {med['iperf3']:.1f} | {med['rest']:.1f} |")
+              f"{busy:.0f} ({soft:.0f}) | {q_s} | " + " | ".join(f"{med[k]:.1f}" for k in parts) + " |")
     for (router, cipher, pair), ours in budget.items():
         if not pair.startswith("ours-ours"):
             continue
-        non_gw = ours["iperf3"] + ours["rest"]
+        non_gw = ours["iperf3"] + ours["rest"]  # other processes left out: the machine to ourselves
         ceiling = cores * 1e6 / (non_gw + ours["gateways"])
-        line = (f"ceiling {router} {NAMES.get(cipher, cipher)} {pair}: {cores} cores / ({non_gw:.1f} us non-gateway "
-                f"+ {ours['gateways']:.1f} us gateways) = {ceiling:.0f} pps")
+        line = (f"ceiling {router} {NAMES.get(cipher, cipher)} {pair}: {cores} cores / ({non_gw:.1f} us iperf3 + "
+                f"rest + {ours['gateways']:.1f} us gateways) = {ceiling:.0f} pps")
         base = budget.get((router, cipher, baseline))
         if base:
             target = 2 * base["pps"]
             need = cores * 1e6 / target - non_gw
-            line += (f"; 2x {baseline} ({base['pps']:.0f} pps) = {target:.0f} pps needs the gateways at "
-                     f"{need:.1f} us/datagram" + (" (impossible: iperf3 and the kernel alone need more than the machine)" if need <= 0
-                                                   else ""))
+            line += (f"; 2x {baseline} ({base['pps']:.0f} pps) = {target:.0f} pps needs both gateways together "
+                     f"at {need:.1f} us/datagram")
+            if need <= 0:
+                line += " (impossible: iperf3 and the kernel alone would fill the machine)"
         print(line)
 
 
@@ -453,7 +462,8 @@ def main(argv=None) -> int:
                         q = quiet_machine(QUIET_SECONDS)
                         quiet.setdefault((router, cipher), []).append(q)
                         print(f"  [{router} r{rnd + 1}/{args.rounds}] {NAMES.get(cipher, cipher)}: all tunnels up, "
-                              f"no traffic for {QUIET_SECONDS:g} s: machine busy {q['busy']:.0f}%", flush=True)
+                              f"no traffic for {QUIET_SECONDS:g} s: machine busy {q['busy']:.0f}% (other processes "
+                              f"{q['others']:.0f})", flush=True)
                         order = pairs if rnd % 2 == 0 else pairs[::-1]
                         for pair in order:
                             for n in streams:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.interop.pcapfile import read_pcap
-from tests.netns import Capture, Netns, kill_pid, wait_until  # noqa: F401  (Capture: re-exported)
+from tests.netns import Capture, Netns, descendants, kill_pid, wait_until  # noqa: F401  (Capture: re-exported)
 
 PYTHON = sys.executable
 
@@ -225,7 +225,8 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
     * ``"_cpu"`` (when ``cpu_of`` is given): {pid: %} for those PIDs (/proc/PID/stat);
     * ``"_iperf3_cpu"``: {"client": %, "server": %}, each iperf3 process's whole life (all its
       threads; reaped with wait4, so exact even though both have exited by then);
-    * ``"_machine"``: the whole machine from /proc/stat (:func:`machine_share`).
+    * ``"_machine"``: the whole machine from /proc/stat (:func:`machine_share`) and the part
+      of it outside this process tree (:func:`outside_share`).
     """
     srv = server.popen(["iperf3", "-s", "-1", "-B", server_ip, "-p", str(port)],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -233,14 +234,14 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
         wait_until(lambda: listening(server, port), timeout=5.0, what="iperf3 server")
         with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
             cpu0 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
-            m0 = machine_ticks()
+            m0, o0 = machine_ticks(), outside_ticks()
             t0 = time.monotonic()
             cli = client.popen(["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}",
                                 "-P", str(streams), "-J", "--connect-timeout", "3000", *(extra or [])],
                                stdout=out_f, stderr=err_f)
             cli_cpu = _wait_cpu(cli, timeout=seconds + 20)
             elapsed = time.monotonic() - t0
-            m1 = machine_ticks()
+            m1, o1 = machine_ticks(), outside_ticks()
             cpu1 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
             if cli_cpu is None:
                 kill_pid(cli.pid, timeout=2.0)
@@ -263,7 +264,7 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
         out["_iperf3_cpu"] = {"client": round(100.0 * cli_cpu / elapsed, 1)}
         if srv_cpu is not None:
             out["_iperf3_cpu"]["server"] = round(100.0 * srv_cpu / elapsed, 1)
-        out["_machine"] = machine_share(m0, m1)
+        out["_machine"] = machine_share(m0, m1) | outside_share(o0, o1, elapsed)
         return out
     finally:
         if srv.poll() is None:
@@ -297,6 +298,43 @@ def machine_ticks() -> list[int]:
     system, idle, iowait, irq, softirq, steal. Namespaces do not change it."""
     with open("/proc/stat") as f:
         return [int(x) for x in f.readline().split()[1:1 + len(_STAT_FIELDS)]]
+
+
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
+
+
+def outside_ticks() -> dict[int, tuple[bool, int]]:
+    """Every process outside this one and its descendants: {pid: (is a kernel thread, CPU ticks
+    so far)}, ticks = utime + stime (USER_HZ, all threads). Not cutime/cstime: a child reaped
+    between two samples would add its whole life, not its share of the interval."""
+    mine = descendants(os.getpid()) | {os.getpid()}
+    out: dict[int, tuple[bool, int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in mine:
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        out[int(d)] = (bool(int(fields[6]) & PF_KTHREAD), int(fields[11]) + int(fields[12]))
+    return out
+
+
+def outside_share(before: dict[int, tuple[bool, int]], after: dict[int, tuple[bool, int]],
+                  elapsed: float) -> dict[str, float]:
+    """CPU between two :func:`outside_ticks` samples, in % of one core over ``elapsed`` s:
+    ``kthreads`` (ksoftirqd, kworkers: kernel work not charged to the process that caused it)
+    and ``others`` (user-space processes outside this benchmark: other work on the machine).
+    A process that ended in between is left out (so a lower bound when short-lived processes
+    run); one that started counts whole."""
+    hz = os.sysconf("SC_CLK_TCK")
+    sums = {True: 0, False: 0}
+    for pid, (kthread, ticks) in after.items():
+        old = before.get(pid)
+        sums[kthread] += max(0, ticks - (old[1] if old and old[0] == kthread else 0))
+    return {"kthreads": round(100.0 * sums[True] / hz / elapsed, 1),
+            "others": round(100.0 * sums[False] / hz / elapsed, 1)}
 
 
 def machine_share(before: list[int], after: list[int]) -> dict[str, float]:
