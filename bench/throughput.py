@@ -62,7 +62,27 @@ iperf3 runs with ``-w 4M`` (socket buffers of both ends, every pair alike), and
 the receiving host's own UDP RcvbufErrors are reported with the gateways' drops.
 
 Printed per run: Mbit/s, TCP retransmits, gateway CPU (% of one core, /proc/PID/stat), drops;
-then a table of median throughput and median per-round ratios. Everything (iperf3, all
+then a table of median throughput and median per-round ratios.
+
+CPU budget (issue 18: is 2x physically possible on this machine?). Per run (TCP and UDP), over
+the iperf3 client's run: the machine's busy share from /proc/stat deltas (user + nice + system +
+irq + softirq + steal over all CPUs, 200 % = both cores busy), its softirq share and idle; the
+CPU of kernel threads (ksoftirqd, kworkers) and of "other processes" (every process outside this
+script's process tree: other people's work; utime + stime, so a process that ends mid-run is
+missed); the CPU of the iperf3 client and server (reaped with wait4, all threads). Before each
+round the same for 1 s with every tunnel up and no traffic. For UDP, CPU microseconds per
+delivered datagram: gateways (both), iperf3 (both), other processes, rest (= busy - those: the
+kernel's work not charged to any of them) and total (= busy). This kernel accounts CPU by ticks
+without IRQ time accounting, so softirq work (forwarding through the veths and the router)
+counts for the process it interrupts: a sender's system call that pushes a datagram through
+the veth pair usually carries the receiving side's softirq with it, and that time is in the
+sender's column, not in rest. At the end a budget table per pair at its best rate (per round the
+ladder's run with the highest delivered rate, medians over rounds) and, per ours-ours pair, the
+ceiling ``cores / (iperf3 + rest + gateways us)`` = the delivered rate at which the pair's cost
+per datagram fills the machine (other processes left out), and the gateways' us per datagram
+that 2x the baseline's delivered rate would need with iperf3 and rest unchanged (<= 0 =
+impossible even with free gateways). The cost per delivered datagram at a lossy best rate
+includes the work spent on datagrams dropped later (iperf3 and the kernel still sent them). Everything (iperf3, all
 gateways, the kernel's forwarding) shares this machine's CPUs: the numbers are "whole system"
 numbers, and only meaningful with nothing else running. Needs root, iperf3, ethtool (for
 ``segment``), strongSwan for the sw pairs. A benchmark, not a test.

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,14 +235,14 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
         wait_until(lambda: listening(server, port), timeout=5.0, what="iperf3 server")
         with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
             cpu0 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
-            m0, o0 = machine_ticks(), outside_ticks()
+            m0, o0 = machine_ticks(), outside_ticks(cpu_of or ())
             t0 = time.monotonic()
             cli = client.popen(["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}",
                                 "-P", str(streams), "-J", "--connect-timeout", "3000", *(extra or [])],
                                stdout=out_f, stderr=err_f)
             cli_cpu = _wait_cpu(cli, timeout=seconds + 20)
             elapsed = time.monotonic() - t0
-            m1, o1 = machine_ticks(), outside_ticks()
+            m1, o1 = machine_ticks(), outside_ticks(cpu_of or ())
             cpu1 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
             if cli_cpu is None:
                 kill_pid(cli.pid, timeout=2.0)
@@ -303,11 +304,11 @@ def machine_ticks() -> list[int]:
 PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
 
 
-def outside_ticks() -> dict[int, tuple[bool, int]]:
-    """Every process outside this one and its descendants: {pid: (is a kernel thread, CPU ticks
-    so far)}, ticks = utime + stime (USER_HZ, all threads). Not cutime/cstime: a child reaped
-    between two samples would add its whole life, not its share of the interval."""
-    mine = descendants(os.getpid()) | {os.getpid()}
+def outside_ticks(exclude: Iterable[int] = ()) -> dict[int, tuple[bool, int]]:
+    """Every process outside this one, its descendants and ``exclude``: {pid: (is a kernel
+    thread, CPU ticks so far)}, ticks = utime + stime (USER_HZ, all threads). Not cutime/cstime:
+    a child reaped between two samples would add its whole life, not its share of the interval."""
+    mine = descendants(os.getpid()) | {os.getpid(), *exclude}
     out: dict[int, tuple[bool, int]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) in mine:
