@@ -314,24 +314,28 @@ def measure_udp(setup: Setup, seconds: float, pps: int, size: int) -> dict:
             # CPU time per delivered datagram (us): steadier than the rate on a loaded machine
             "cpu_us": {name: c * 1e4 / rate for name, c in cpu.items() if c is not None and n_rcvd},
             "iperf3_cpu": res["_iperf3_cpu"], "machine": res["_machine"],
-            "budget_us": budget_us(cpu, res["_iperf3_cpu"], res["_machine"], rate),
+            "budget_us": budget_us(cpu, res["_iperf3_cpu"], res["_machine"], rate, n_sent / secs),
             "drops": {k: after[k] - before.get(k, 0) for k in after}}
 
 
 def budget_us(gateways: dict[str, float | None], iperf3: dict[str, float], machine: dict[str, float],
-              rate: float) -> dict[str, float]:
+              rate: float, sent_rate: float) -> dict[str, float]:
     """The machine's busy CPU time per delivered datagram (us), split: both ``gateways``, both
     ``iperf3`` processes, ``others`` (processes outside this benchmark: other work on the
     machine), the ``rest`` (busy time charged to none of them: softirqs in ksoftirqd or on an
     idle CPU, i.e. the kernel's forwarding through the veths and the router, kworkers, the idle
-    daemons of the other pairs, this script) and the ``total``. Inputs in % of one core over the
-    run; empty without a delivered datagram or a gateway's CPU."""
+    daemons of the other pairs, this script) and the ``total``; ``iperf3_lossless`` = the
+    iperf3 client per datagram it sent + the server per datagram delivered: what iperf3 would
+    cost per delivered datagram if none were dropped on the way (a dropped one cost the client
+    and the kernel in its system call as much as a delivered one). Inputs in % of one core over
+    the run; empty without a delivered datagram or a gateway's CPU."""
     if rate <= 0 or any(c is None for c in gateways.values()) or "server" not in iperf3:
         return {}
     us = {"gateways": sum(c for c in gateways.values() if c is not None) * 1e4 / rate,
           "iperf3": (iperf3["client"] + iperf3["server"]) * 1e4 / rate,
           "others": machine["others"] * 1e4 / rate,
-          "total": machine["busy"] * 1e4 / rate}
+          "total": machine["busy"] * 1e4 / rate,
+          "iperf3_lossless": iperf3["client"] * 1e4 / max(sent_rate, rate) + iperf3["server"] * 1e4 / rate}
     us["rest"] = us["total"] - us["gateways"] - us["iperf3"] - us["others"]
     return us
 
@@ -366,28 +370,31 @@ def best_runs(ladders: list[list[dict]]) -> list[dict]:
     return [max(ld, key=lambda r: r["delivered_pps"]) for ld in ladders]
 
 
+BUDGET_PARTS = ("total", "gateways", "iperf3", "rest", "others", "iperf3_lossless")
+
+
 def print_budget(udp: dict[tuple, list[list[dict]]], quiet: dict[tuple, list[dict]], baseline: str,
                  size: int) -> None:
-    """The CPU budget at each pair's best rate (per round the ladder's run with the highest
-    delivered rate; medians over the rounds, so the parts need not add up exactly beyond two
-    rounds), then the ceiling of each ours-ours pair: the rate at which its measured cost per
-    datagram (other processes left out) fills every core, and the gateway cost per datagram
-    that 2x the baseline's delivered rate would need with the rest unchanged."""
+    """The CPU budget of each pair at its best rate (per round the ladder's run with the
+    highest delivered rate; medians over the rounds, so the parts need not add up exactly
+    beyond two rounds), then per pair the ceiling: the delivered rate at which its measured cost
+    per datagram (other processes left out) fills every core, as measured and with iperf3 at its
+    lossless cost (:func:`budget_us`); for ours-ours also the gateway cost per datagram that 2x
+    the baseline's best delivered rate would need with iperf3 and rest unchanged."""
     cores = os.cpu_count() or 1
-    parts = ("total", "gateways", "iperf3", "rest", "others")
     print()
-    print(f"CPU budget at each pair's best rate (UDP {size} B; medians over rounds; us = CPU microseconds "
-          f"per delivered datagram; machine = {cores} CPUs = {100 * cores} %):")
+    print(f"CPU budget at each pair's best rate (UDP {size} B; medians over rounds; us = CPU microseconds per "
+          f"delivered datagram; machine = {cores} CPUs = {100 * cores} %):")
     print("| router | pair | cipher | delivered pps (loss %) | machine busy % (softirq) | no traffic: busy % "
           "(other processes) | total us | gateways us | iperf3 us | rest us (kernel forwarding, softirq) "
-          "| other processes us |")
-    print("|" + "---|" * 11)
+          "| other processes us | iperf3 us if none were lost |")
+    print("|" + "---|" * 12)
     budget: dict[tuple, dict[str, float]] = {}
     for (router, cipher, pair), ladders in udp.items():
         tops = [r for r in best_runs(ladders) if r["budget_us"]]
         if not tops:
             continue
-        med = {k: statistics.median(r["budget_us"][k] for r in tops) for k in parts}
+        med = {k: statistics.median(r["budget_us"][k] for r in tops) for k in BUDGET_PARTS}
         med["pps"] = statistics.median(r["delivered_pps"] for r in tops)
         budget[(router, cipher, pair)] = med
         busy = statistics.median(r["machine"]["busy"] for r in tops)
@@ -397,22 +404,22 @@ def print_budget(udp: dict[tuple, list[list[dict]]], quiet: dict[tuple, list[dic
         q_s = (f"{statistics.median(x['busy'] for x in qs):.0f} ({statistics.median(x['others'] for x in qs):.0f})"
                if qs else "-")
         print(f"| {router} | {pair} | {NAMES.get(cipher, cipher)} | {med['pps']:.0f} ({loss:.0f}) | "
-              f"{busy:.0f} ({soft:.0f}) | {q_s} | " + " | ".join(f"{med[k]:.1f}" for k in parts) + " |")
-    for (router, cipher, pair), ours in budget.items():
-        if not pair.startswith("ours-ours"):
-            continue
-        non_gw = ours["iperf3"] + ours["rest"]  # other processes left out: the machine to ourselves
-        ceiling = cores * 1e6 / (non_gw + ours["gateways"])
-        line = (f"ceiling {router} {NAMES.get(cipher, cipher)} {pair}: {cores} cores / ({non_gw:.1f} us iperf3 + "
-                f"rest + {ours['gateways']:.1f} us gateways) = {ceiling:.0f} pps")
+              f"{busy:.0f} ({soft:.0f}) | {q_s} | " + " | ".join(f"{med[k]:.1f}" for k in BUDGET_PARTS) + " |")
+    for (router, cipher, pair), b in budget.items():
+        gw = b["gateways"]
+        non_gw = b["iperf3"] + b["rest"]  # other processes left out: the machine to ourselves
+        lossless = b["iperf3_lossless"] + b["rest"]
+        line = (f"ceiling {router} {NAMES.get(cipher, cipher)} {pair}: {cores} cores / ({non_gw:.1f} us iperf3 + rest "
+                f"+ {gw:.1f} us gateways) = {cores * 1e6 / (non_gw + gw):.0f} pps; iperf3 lossless: "
+                f"{cores} cores / ({lossless:.1f} + {gw:.1f} us) = {cores * 1e6 / (lossless + gw):.0f} pps")
         base = budget.get((router, cipher, baseline))
-        if base:
+        if pair.startswith("ours-ours") and base:
             target = 2 * base["pps"]
             need = cores * 1e6 / target - non_gw
             line += (f"; 2x {baseline} ({base['pps']:.0f} pps) = {target:.0f} pps needs both gateways together "
-                     f"at {need:.1f} us/datagram")
+                     f"at {need:.1f} us/datagram (iperf3 lossless: {cores * 1e6 / target - lossless:.1f})")
             if need <= 0:
-                line += " (impossible: iperf3 and the kernel alone would fill the machine)"
+                line += " (<= 0: impossible even with free gateways)"
         print(line)
 
 
