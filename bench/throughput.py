@@ -77,12 +77,14 @@ without IRQ time accounting, so softirq work (forwarding through the veths and t
 counts for the process it interrupts: a sender's system call that pushes a datagram through
 the veth pair usually carries the receiving side's softirq with it, and that time is in the
 sender's column, not in rest. At the end a budget table per pair at its best rate (per round the
-ladder's run with the highest delivered rate, medians over rounds) and, per ours-ours pair, the
-ceiling ``cores / (iperf3 + rest + gateways us)`` = the delivered rate at which the pair's cost
-per datagram fills the machine (other processes left out), and the gateways' us per datagram
-that 2x the baseline's delivered rate would need with iperf3 and rest unchanged (<= 0 =
-impossible even with free gateways). The cost per delivered datagram at a lossy best rate
-includes the work spent on datagrams dropped later (iperf3 and the kernel still sent them). Everything (iperf3, all
+ladder's run with the highest delivered rate, medians over rounds) and per pair the ceiling
+``cores / (iperf3 + rest + gateways us)`` = the delivered rate at which the pair's cost per
+datagram fills the machine (other processes left out); for ours-ours also the gateways' us per
+datagram that 2x the baseline's best delivered rate would need with iperf3 and rest unchanged
+(<= 0: impossible even with free gateways). The cost per delivered datagram at a lossy best
+rate includes the work spent on datagrams dropped later (the iperf3 client and the kernel in
+its system calls paid for them), so each is printed twice: as measured and with iperf3 "if
+none were lost" (client CPU per datagram sent + server CPU per datagram delivered). Everything (iperf3, all
 gateways, the kernel's forwarding) shares this machine's CPUs: the numbers are "whole system"
 numbers, and only meaningful with nothing else running. Needs root, iperf3, ethtool (for
 ``segment``), strongSwan for the sw pairs. A benchmark, not a test.
