@@ -62,7 +62,29 @@ iperf3 runs with ``-w 4M`` (socket buffers of both ends, every pair alike), and
 the receiving host's own UDP RcvbufErrors are reported with the gateways' drops.
 
 Printed per run: Mbit/s, TCP retransmits, gateway CPU (% of one core, /proc/PID/stat), drops;
-then a table of median throughput and median per-round ratios. Everything (iperf3, all
+then a table of median throughput and median per-round ratios.
+
+CPU budget (issue 18: is 2x physically possible on this machine?). Per run (TCP and UDP), over
+the iperf3 client's run: the machine's busy share from /proc/stat deltas (user + nice + system +
+irq + softirq + steal over all CPUs, 200 % = both cores busy), its softirq share and idle; the
+CPU of kernel threads (ksoftirqd, kworkers) and of "other processes" (every process outside this
+script's process tree: other people's work; utime + stime, so a process that ends mid-run is
+missed); the CPU of the iperf3 client and server (reaped with wait4, all threads). Before each
+round the same for 1 s with every tunnel up and no traffic. For UDP, CPU microseconds per
+delivered datagram: gateways (both), iperf3 (both), other processes, rest (= busy - those: the
+kernel's work not charged to any of them) and total (= busy). This kernel accounts CPU by ticks
+without IRQ time accounting, so softirq work (forwarding through the veths and the router)
+counts for the process it interrupts: a sender's system call that pushes a datagram through
+the veth pair usually carries the receiving side's softirq with it, and that time is in the
+sender's column, not in rest. At the end a budget table per pair at its best rate (per round the
+ladder's run with the highest delivered rate, medians over rounds) and per pair the ceiling
+``cores / (iperf3 + rest + gateways us)`` = the delivered rate at which the pair's cost per
+datagram fills the machine (other processes left out); for ours-ours also the gateways' us per
+datagram that 2x the baseline's best delivered rate would need with iperf3 and rest unchanged
+(<= 0: impossible even with free gateways). The cost per delivered datagram at a lossy best
+rate includes the work spent on datagrams dropped later (the iperf3 client and the kernel in
+its system calls paid for them), so each is printed twice: as measured and with iperf3 "if
+none were lost" (client CPU per datagram sent + server CPU per datagram delivered). Everything (iperf3, all
 gateways, the kernel's forwarding) shares this machine's CPUs: the numbers are "whole system"
 numbers, and only meaningful with nothing else running. Needs root, iperf3, ethtool (for
 ``segment``), strongSwan for the sw pairs. A benchmark, not a test.
@@ -79,6 +101,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +123,7 @@ NAMES = {"aes256gcm16": "AES-GCM-256", "chacha20poly1305": "ChaCha20-Poly1305"}
 TUNED_RMEM = 4 * 1024 * 1024
 UDP_SOCKBUF = "4M"  # iperf3 -w for the UDP runs (both ends): the receiving host is not the bottleneck
 TXQUEUELEN = 5000
+QUIET_SECONDS = 1.0  # machine share measured with every tunnel up and no traffic, before each round
 RMEM_DEFAULT = Path("/proc/sys/net/core/rmem_default")
 
 
@@ -264,6 +288,7 @@ def measure(setup: Setup, seconds: float, streams: int, mss: int) -> dict:
     by_pid = res.get("_cpu", {})
     return {"mbps": tools.mbps(res), "retransmits": tools.retransmits(res),
             "cpu": {name: by_pid.get(pid) for name, pid in pids.items()},
+            "iperf3_cpu": res["_iperf3_cpu"], "machine": res["_machine"],
             "drops": {k: after[k] - before.get(k, 0) for k in after}}
 
 
@@ -284,12 +309,46 @@ def measure_udp(setup: Setup, seconds: float, pps: int, size: int) -> dict:
     n_rcvd = int(rcvd.get("bytes", 0)) // size
     by_pid = res.get("_cpu", {})
     cpu = {name: by_pid.get(pid) for name, pid in pids.items()}
-    return {"offered_pps": pps, "sent_pps": n_sent / secs, "delivered_pps": n_rcvd / secs,
+    rate = n_rcvd / secs
+    return {"offered_pps": pps, "sent_pps": n_sent / secs, "delivered_pps": rate,
             "loss_pct": 100.0 * max(0, n_sent - n_rcvd) / n_sent if n_sent else 0.0,
             "cpu": cpu,
             # CPU time per delivered datagram (us): steadier than the rate on a loaded machine
-            "cpu_us": {name: c * 1e4 / (n_rcvd / secs) for name, c in cpu.items() if c is not None and n_rcvd},
+            "cpu_us": {name: c * 1e4 / rate for name, c in cpu.items() if c is not None and n_rcvd},
+            "iperf3_cpu": res["_iperf3_cpu"], "machine": res["_machine"],
+            "budget_us": budget_us(cpu, res["_iperf3_cpu"], res["_machine"], rate, n_sent / secs),
             "drops": {k: after[k] - before.get(k, 0) for k in after}}
+
+
+def budget_us(gateways: dict[str, float | None], iperf3: dict[str, float], machine: dict[str, float],
+              rate: float, sent_rate: float) -> dict[str, float]:
+    """The machine's busy CPU time per delivered datagram (us), split: both ``gateways``, both
+    ``iperf3`` processes, ``others`` (processes outside this benchmark: other work on the
+    machine), the ``rest`` (busy time charged to none of them: softirqs in ksoftirqd or on an
+    idle CPU, i.e. the kernel's forwarding through the veths and the router, kworkers, the idle
+    daemons of the other pairs, this script) and the ``total``; ``iperf3_lossless`` = the
+    iperf3 client per datagram it sent + the server per datagram delivered: what iperf3 would
+    cost per delivered datagram if none were dropped on the way (a dropped one cost the client
+    and the kernel in its system call as much as a delivered one). Inputs in % of one core over
+    the run; empty without a delivered datagram or a gateway's CPU."""
+    if rate <= 0 or any(c is None for c in gateways.values()) or "server" not in iperf3:
+        return {}
+    us = {"gateways": sum(c for c in gateways.values() if c is not None) * 1e4 / rate,
+          "iperf3": (iperf3["client"] + iperf3["server"]) * 1e4 / rate,
+          "others": machine["others"] * 1e4 / rate,
+          "total": machine["busy"] * 1e4 / rate,
+          "iperf3_lossless": iperf3["client"] * 1e4 / max(sent_rate, rate) + iperf3["server"] * 1e4 / rate}
+    us["rest"] = us["total"] - us["gateways"] - us["iperf3"] - us["others"]
+    return us
+
+
+def machine_text(r: dict) -> str:
+    """Per-run text: the machine's busy/softirq/idle share and both iperf3 processes' CPU."""
+    m, ip = r["machine"], r["iperf3_cpu"]
+    steal = f", steal {m['steal']:.0f}" if m["steal"] >= 0.5 else ""
+    return (f"machine busy {m['busy']:.0f}% of {100 * (os.cpu_count() or 1)} (softirq {m['softirq']:.0f}{steal}, "
+            f"kthreads {m['kthreads']:.0f}, other processes {m['others']:.0f}), idle {m['idle']:.0f}%; iperf3 "
+            + ", ".join(f"{k} {v:.0f}%" for k, v in ip.items()))
 
 
 def udp_summary(runs: list[dict]) -> tuple[float, int]:
@@ -297,6 +356,73 @@ def udp_summary(runs: list[dict]) -> tuple[float, int]:
     best = max((r["delivered_pps"] for r in runs), default=0.0)
     clean = max((r["offered_pps"] for r in runs if r["loss_pct"] < 1.0), default=0)
     return best, clean
+
+
+def quiet_machine(seconds: float) -> dict[str, float]:
+    """The machine's CPU share over ``seconds`` with every tunnel up and no traffic: what the
+    rest of the machine (other work, the idle daemons) costs before a datagram is sent."""
+    m0, o0, t0 = tools.machine_ticks(), tools.outside_ticks(), time.monotonic()
+    time.sleep(seconds)
+    m1, o1 = tools.machine_ticks(), tools.outside_ticks()
+    return tools.machine_share(m0, m1) | tools.outside_share(o0, o1, time.monotonic() - t0)
+
+
+def best_runs(ladders: list[list[dict]]) -> list[dict]:
+    """Per round, the run of the ladder that delivered the most datagrams/s."""
+    return [max(ld, key=lambda r: r["delivered_pps"]) for ld in ladders]
+
+
+BUDGET_PARTS = ("total", "gateways", "iperf3", "rest", "others", "iperf3_lossless")
+
+
+def print_budget(udp: dict[tuple, list[list[dict]]], quiet: dict[tuple, list[dict]], baseline: str,
+                 size: int) -> None:
+    """The CPU budget of each pair at its best rate (per round the ladder's run with the
+    highest delivered rate; medians over the rounds, so the parts need not add up exactly
+    beyond two rounds), then per pair the ceiling: the delivered rate at which its measured cost
+    per datagram (other processes left out) fills every core, as measured and with iperf3 at its
+    lossless cost (:func:`budget_us`); for ours-ours also the gateway cost per datagram that 2x
+    the baseline's best delivered rate would need with iperf3 and rest unchanged."""
+    cores = os.cpu_count() or 1
+    print()
+    print(f"CPU budget at each pair's best rate (UDP {size} B; medians over rounds; us = CPU microseconds per "
+          f"delivered datagram; machine = {cores} CPUs = {100 * cores} %):")
+    print("| router | pair | cipher | delivered pps (loss %) | machine busy % (softirq) | no traffic: busy % "
+          "(other processes) | total us | gateways us | iperf3 us | rest us (kernel forwarding, softirq) "
+          "| other processes us | iperf3 us if none were lost |")
+    print("|" + "---|" * 12)
+    budget: dict[tuple, dict[str, float]] = {}
+    for (router, cipher, pair), ladders in udp.items():
+        tops = [r for r in best_runs(ladders) if r["budget_us"]]
+        if not tops:
+            continue
+        med = {k: statistics.median(r["budget_us"][k] for r in tops) for k in BUDGET_PARTS}
+        med["pps"] = statistics.median(r["delivered_pps"] for r in tops)
+        budget[(router, cipher, pair)] = med
+        busy = statistics.median(r["machine"]["busy"] for r in tops)
+        soft = statistics.median(r["machine"]["softirq"] for r in tops)
+        loss = statistics.median(r["loss_pct"] for r in tops)
+        qs = quiet.get((router, cipher))
+        q_s = (f"{statistics.median(x['busy'] for x in qs):.0f} ({statistics.median(x['others'] for x in qs):.0f})"
+               if qs else "-")
+        print(f"| {router} | {pair} | {NAMES.get(cipher, cipher)} | {med['pps']:.0f} ({loss:.0f}) | "
+              f"{busy:.0f} ({soft:.0f}) | {q_s} | " + " | ".join(f"{med[k]:.1f}" for k in BUDGET_PARTS) + " |")
+    for (router, cipher, pair), b in budget.items():
+        gw = b["gateways"]
+        non_gw = b["iperf3"] + b["rest"]  # other processes left out: the machine to ourselves
+        lossless = b["iperf3_lossless"] + b["rest"]
+        line = (f"ceiling {router} {NAMES.get(cipher, cipher)} {pair}: {cores} cores / ({non_gw:.1f} us iperf3 + rest "
+                f"+ {gw:.1f} us gateways) = {cores * 1e6 / (non_gw + gw):.0f} pps; iperf3 lossless: "
+                f"{cores} cores / ({lossless:.1f} + {gw:.1f} us) = {cores * 1e6 / (lossless + gw):.0f} pps")
+        base = budget.get((router, cipher, baseline))
+        if pair.startswith("ours-ours") and base:
+            target = 2 * base["pps"]
+            need = cores * 1e6 / target - non_gw
+            line += (f"; 2x {baseline} ({base['pps']:.0f} pps) = {target:.0f} pps needs both gateways together "
+                     f"at {need:.1f} us/datagram (iperf3 lossless: {cores * 1e6 / target - lossless:.1f})")
+            if need <= 0:
+                line += " (<= 0: impossible even with free gateways)"
+        print(line)
 
 
 def main(argv=None) -> int:
@@ -347,6 +473,7 @@ def main(argv=None) -> int:
           f"tuned = rmem_default {TUNED_RMEM} while charon starts, TUN txqueuelen {TXQUEUELEN}")
     runs: dict[tuple, list[dict]] = {}  # (router, cipher, pair, streams) -> one run per round
     udp: dict[tuple, list[list[dict]]] = {}  # (router, cipher, pair) -> per round, the ladder's runs
+    quiet: dict[tuple, list[dict]] = {}  # (router, cipher) -> per round, the machine with no traffic
     work = Path(tempfile.mkdtemp(prefix="bth-"))
     try:
         for router in routers:
@@ -361,6 +488,11 @@ def main(argv=None) -> int:
                             for pid in st.pids.values():
                                 renice(pid, args.gateway_nice)
                     for rnd in range(args.rounds):
+                        q = quiet_machine(QUIET_SECONDS)
+                        quiet.setdefault((router, cipher), []).append(q)
+                        print(f"  [{router} r{rnd + 1}/{args.rounds}] {NAMES.get(cipher, cipher)}: all tunnels up, "
+                              f"no traffic for {QUIET_SECONDS:g} s: machine busy {q['busy']:.0f}% (other processes "
+                              f"{q['others']:.0f})", flush=True)
                         order = pairs if rnd % 2 == 0 else pairs[::-1]
                         for pair in order:
                             for n in streams:
@@ -371,7 +503,8 @@ def main(argv=None) -> int:
                                 drops = ", ".join(f"{k} {v}" for k, v in r["drops"].items() if v)
                                 print(f"  [{router} r{rnd + 1}/{args.rounds}] {pair:11} "
                                       f"{NAMES.get(cipher, cipher):18} {n} stream(s): {r['mbps']:7.1f} Mbit/s, "
-                                      f"{r['retransmits']} retr, {cpu}; drops: {drops or 'none'}", flush=True)
+                                      f"{r['retransmits']} retr, {cpu}; drops: {drops or 'none'}; "
+                                      f"{machine_text(r)}", flush=True)
                             ladder = []
                             for pps in udp_rates:
                                 u = measure_udp(setups[pair], args.udp_seconds, pps, args.udp_size)
@@ -383,7 +516,10 @@ def main(argv=None) -> int:
                                       f"sent {u['sent_pps']:8.0f}, delivered {u['delivered_pps']:8.0f} pps, "
                                       f"loss {u['loss_pct']:.1f} %, {cpu}; CPU us/datagram "
                                       + ", ".join(f"{k} {v:.1f}" for k, v in u["cpu_us"].items())
-                                      + f"; drops: {drops or 'none'}", flush=True)
+                                      + f"; drops: {drops or 'none'}; {machine_text(u)}"
+                                      + ("; us/datagram: " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                                       u["budget_us"].items())
+                                         if u["budget_us"] else ""), flush=True)
                             if ladder:
                                 udp.setdefault((router, cipher, pair), []).append(ladder)
     finally:
@@ -444,12 +580,15 @@ def main(argv=None) -> int:
             us_s = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in us.items())
             print(f"| {router} | {pair} | {NAMES.get(cipher, cipher)} | {args.udp_size} B | "
                   f"{statistics.median(best):.0f} | {rat_s} | {statistics.median(clean):.0f} | {cpu_s} | {us_s} |")
+    if udp:
+        print_budget(udp, quiet, args.baseline, args.udp_size)
     if args.json:
         Path(args.json).write_text(json.dumps(
             [{"router": ro, "cipher": c, "pair": p, "streams": n, "runs": rs}
              for (ro, c, p, n), rs in runs.items()]
             + [{"router": ro, "cipher": c, "pair": p, "udp_size": args.udp_size, "udp_ladders": lds}
-               for (ro, c, p), lds in udp.items()], indent=1))
+               for (ro, c, p), lds in udp.items()]
+            + [{"router": ro, "cipher": c, "quiet_machine": qs} for (ro, c), qs in quiet.items()], indent=1))
     return 0
 
 

@@ -10,22 +10,26 @@ processes by PID.
 * :class:`UdpReceiver` - a UDP socket in a namespace that reports every datagram's length
   and payload digest (JSON lines on stdout).
 * :func:`send_udp` - one datagram from a namespace, DF set or clear.
-* :func:`iperf3` - an iperf3 TCP run between two namespaces, parsed JSON result.
+* :func:`iperf3` - an iperf3 run between two namespaces, parsed JSON result, with the CPU of
+  given PIDs, of both iperf3 processes and of the whole machine over the run.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import os
 import struct
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.interop.pcapfile import read_pcap
-from tests.netns import Capture, Netns, kill_pid, wait_until  # noqa: F401  (Capture: re-exported)
+from tests.netns import Capture, Netns, descendants, kill_pid, wait_until  # noqa: F401  (Capture: re-exported)
 
 PYTHON = sys.executable
 
@@ -216,37 +220,137 @@ def digest(data: bytes) -> str:
 
 def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0, streams: int = 1,
            port: int = 5201, extra: list[str] | None = None, cpu_of: list[int] | None = None) -> dict:
-    """One iperf3 TCP run (client -> server). Returns iperf3's JSON plus, when ``cpu_of`` is
-    given, ``"_cpu"``: {pid: % of one core over the run} for those PIDs."""
+    """One iperf3 run (client -> server; TCP unless ``extra`` says ``-u``). Returns iperf3's JSON
+    plus, over the client's run (% of one core, so up to 100 x CPUs):
+
+    * ``"_cpu"`` (when ``cpu_of`` is given): {pid: %} for those PIDs (/proc/PID/stat);
+    * ``"_iperf3_cpu"``: {"client": %, "server": %}, each iperf3 process's whole life (all its
+      threads; reaped with wait4, so exact even though both have exited by then);
+    * ``"_machine"``: the whole machine from /proc/stat (:func:`machine_share`) and the part
+      of it outside this process tree (:func:`outside_share`).
+    """
     srv = server.popen(["iperf3", "-s", "-1", "-B", server_ip, "-p", str(port)],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: listening(server, port), timeout=5.0, what="iperf3 server")
-        cpu0 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
-        t0 = time.monotonic()
-        res = client.run(["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}",
-                          "-P", str(streams), "-J", "--connect-timeout", "3000", *(extra or [])],
-                         check=False, timeout=seconds + 20)
-        elapsed = time.monotonic() - t0
-        cpu1 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+        with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+            cpu0 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+            m0, o0 = machine_ticks(), outside_ticks(cpu_of or ())
+            t0 = time.monotonic()
+            cli = client.popen(["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}",
+                                "-P", str(streams), "-J", "--connect-timeout", "3000", *(extra or [])],
+                               stdout=out_f, stderr=err_f)
+            cli_cpu = _wait_cpu(cli, timeout=seconds + 20)
+            elapsed = time.monotonic() - t0
+            m1, o1 = machine_ticks(), outside_ticks(cpu_of or ())
+            cpu1 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+            if cli_cpu is None:
+                kill_pid(cli.pid, timeout=2.0)
+                raise RuntimeError(f"iperf3 client still running after {seconds + 20:g} s")
+            out_f.seek(0)
+            err_f.seek(0)
+            stdout, stderr = out_f.read().decode(errors="replace"), err_f.read().decode(errors="replace")
         try:
-            out = json.loads(res.stdout)
+            out = json.loads(stdout)
         except ValueError:
-            raise RuntimeError(f"iperf3 gave no JSON (rc {res.returncode}): {res.stdout[-500:]} "
-                               f"{res.stderr[-500:]}") from None
+            raise RuntimeError(f"iperf3 gave no JSON (rc {cli.returncode}): {stdout[-500:]} "
+                               f"{stderr[-500:]}") from None
         if "error" in out:
             raise RuntimeError(f"iperf3: {out['error']}")
         if cpu_of:
-            import os
             hz = os.sysconf("SC_CLK_TCK")
             out["_cpu"] = {pid: round(100.0 * (cpu1[pid] - cpu0[pid]) / hz / elapsed, 1)
                            for pid in cpu_of if cpu0[pid] is not None and cpu1[pid] is not None}
+        srv_cpu = _wait_cpu(srv, timeout=5.0)  # ``-1``: the server exits after its one test
+        out["_iperf3_cpu"] = {"client": round(100.0 * cli_cpu / elapsed, 1)}
+        if srv_cpu is not None:
+            out["_iperf3_cpu"]["server"] = round(100.0 * srv_cpu / elapsed, 1)
+        out["_machine"] = machine_share(m0, m1) | outside_share(o0, o1, elapsed)
         return out
     finally:
         if srv.poll() is None:
             kill_pid(srv.pid, timeout=2.0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             srv.wait(timeout=2.0)
+
+
+def _wait_cpu(proc: subprocess.Popen, timeout: float) -> float | None:
+    """Wait (bounded) for ``proc`` to exit and reap it with wait4: its CPU seconds (user + system,
+    all threads, whole life), or None if it still runs at the deadline or was reaped already."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return ru.ru_utime + ru.ru_stime
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_ticks() -> list[int]:
+    """The machine-wide ``cpu`` line of /proc/stat (all CPUs, USER_HZ ticks): user, nice,
+    system, idle, iowait, irq, softirq, steal. Namespaces do not change it."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:1 + len(_STAT_FIELDS)]]
+
+
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
+
+
+def outside_ticks(exclude: Iterable[int] = ()) -> dict[int, tuple[bool, int]]:
+    """Every process outside this one, its descendants and ``exclude``: {pid: (is a kernel
+    thread, CPU ticks so far)}, ticks = utime + stime (USER_HZ, all threads). Not cutime/cstime:
+    a child reaped between two samples would add its whole life, not its share of the interval."""
+    mine = descendants(os.getpid()) | {os.getpid(), *exclude}
+    out: dict[int, tuple[bool, int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in mine:
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        out[int(d)] = (bool(int(fields[6]) & PF_KTHREAD), int(fields[11]) + int(fields[12]))
+    return out
+
+
+def outside_share(before: dict[int, tuple[bool, int]], after: dict[int, tuple[bool, int]],
+                  elapsed: float) -> dict[str, float]:
+    """CPU between two :func:`outside_ticks` samples, in % of one core over ``elapsed`` s:
+    ``kthreads`` (ksoftirqd, kworkers: kernel work not charged to the process that caused it)
+    and ``others`` (user-space processes outside this benchmark: other work on the machine).
+    A process that ended in between is left out (so a lower bound when short-lived processes
+    run); one that started counts whole."""
+    hz = os.sysconf("SC_CLK_TCK")
+    sums = {True: 0, False: 0}
+    for pid, (kthread, ticks) in after.items():
+        old = before.get(pid)
+        sums[kthread] += max(0, ticks - (old[1] if old and old[0] == kthread else 0))
+    return {"kthreads": round(100.0 * sums[True] / hz / elapsed, 1),
+            "others": round(100.0 * sums[False] / hz / elapsed, 1)}
+
+
+def machine_share(before: list[int], after: list[int]) -> dict[str, float]:
+    """The machine's CPU time between two :func:`machine_ticks` samples, in % of one core
+    (all CPUs busy = 100 x CPUs, e.g. 200 %): ``busy`` (user + nice + system + irq + softirq +
+    steal), ``softirq``, ``steal`` and ``idle`` (idle + iowait); busy + idle = 100 x CPUs."""
+    d = dict(zip(_STAT_FIELDS, (b - a for a, b in zip(before, after, strict=True)), strict=True))
+    total = sum(d.values())
+    cores = os.cpu_count() or 1
+
+    def pct(ticks: int) -> float:
+        return round(100.0 * cores * ticks / total, 1) if total else 0.0
+
+    return {"busy": pct(d["user"] + d["nice"] + d["system"] + d["irq"] + d["softirq"] + d["steal"]),
+            "softirq": pct(d["softirq"]), "steal": pct(d["steal"]), "idle": pct(d["idle"] + d["iowait"])}
 
 
 def listening(ns: Netns, port: int) -> bool:
