@@ -315,6 +315,9 @@ def measure_udp(setup: Setup, seconds: float, pps: int, size: int) -> dict:
             "cpu": cpu,
             # CPU time per delivered datagram (us): steadier than the rate on a loaded machine
             "cpu_us": {name: c * 1e4 / rate for name, c in cpu.items() if c is not None and n_rcvd},
+            # of which system time (the kernel: system calls and the forwarding charged to them)
+            "cpu_sys_us": {name: res["_cpu_system"][pid] * 1e4 / rate for name, pid in pids.items()
+                           if pid in res.get("_cpu_system", {}) and n_rcvd},
             "iperf3_cpu": res["_iperf3_cpu"], "machine": res["_machine"],
             "budget_us": budget_us(cpu, res["_iperf3_cpu"], res["_machine"], rate, n_sent / secs),
             "drops": {k: after[k] - before.get(k, 0) for k in after}}
@@ -515,7 +518,9 @@ def main(argv=None) -> int:
                                       f"{NAMES.get(cipher, cipher):18} UDP {args.udp_size} B offered {pps:>7} pps: "
                                       f"sent {u['sent_pps']:8.0f}, delivered {u['delivered_pps']:8.0f} pps, "
                                       f"loss {u['loss_pct']:.1f} %, {cpu}; CPU us/datagram "
-                                      + ", ".join(f"{k} {v:.1f}" for k, v in u["cpu_us"].items())
+                                      + ", ".join(f"{k} {v:.1f}" + (f" (system {u['cpu_sys_us'][k]:.1f})"
+                                                                    if k in u["cpu_sys_us"] else "")
+                                                  for k, v in u["cpu_us"].items())
                                       + f"; drops: {drops or 'none'}; {machine_text(u)}"
                                       + ("; us/datagram: " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                                        u["budget_us"].items())
@@ -561,7 +566,7 @@ def main(argv=None) -> int:
         print(f"| router | pair | cipher | UDP payload | delivered pps, best of the ladder (median over rounds) | "
               f"ratio to {args.baseline} (median of per-round ratios, min-max) | highest offered pps with < 1 % "
               "loss (median) | gateway CPU at the best rate (% of a core) | gateway CPU us per datagram "
-              "(median over all runs) |")
+              "(median over all runs; of which system time) |")
         print("|" + "---|" * 9)
         for (router, cipher, pair), ladders in udp.items():
             base = udp.get((router, cipher, args.baseline), [])
@@ -573,11 +578,16 @@ def main(argv=None) -> int:
             cpu_s = ", ".join(f"{k} {c:.0f}" for k, c in top["cpu"].items() if c is not None)
             rat_s = f"{statistics.median(rat):.2f}x ({min(rat):.2f}-{max(rat):.2f})" if rat else "-"
             us: dict[str, list[float]] = {}
+            sys_us: dict[str, list[float]] = {}
             for ld in ladders:
                 for r in ld:
                     for k, v in r["cpu_us"].items():
                         us.setdefault(k, []).append(v)
-            us_s = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in us.items())
+                    for k, v in r.get("cpu_sys_us", {}).items():
+                        sys_us.setdefault(k, []).append(v)
+            us_s = ", ".join(f"{k} {statistics.median(v):.1f}"
+                             + (f" (system {statistics.median(sys_us[k]):.1f})" if sys_us.get(k) else "")
+                             for k, v in us.items())
             print(f"| {router} | {pair} | {NAMES.get(cipher, cipher)} | {args.udp_size} B | "
                   f"{statistics.median(best):.0f} | {rat_s} | {statistics.median(clean):.0f} | {cpu_s} | {us_s} |")
     if udp:

@@ -223,7 +223,8 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
     """One iperf3 run (client -> server; TCP unless ``extra`` says ``-u``). Returns iperf3's JSON
     plus, over the client's run (% of one core, so up to 100 x CPUs):
 
-    * ``"_cpu"`` (when ``cpu_of`` is given): {pid: %} for those PIDs (/proc/PID/stat);
+    * ``"_cpu"`` (when ``cpu_of`` is given): {pid: %} for those PIDs (/proc/PID/stat), and
+      ``"_cpu_system"``: the part of it in the kernel (stime);
     * ``"_iperf3_cpu"``: {"client": %, "server": %}, each iperf3 process's whole life (all its
       threads; reaped with wait4, so exact even though both have exited by then);
     * ``"_machine"``: the whole machine from /proc/stat (:func:`machine_share`) and the part
@@ -234,7 +235,7 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
     try:
         wait_until(lambda: listening(server, port), timeout=5.0, what="iperf3 server")
         with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
-            cpu0 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+            cpu0 = {pid: _cpu_split(pid) for pid in cpu_of or []}
             m0, o0 = machine_ticks(), outside_ticks(cpu_of or ())
             t0 = time.monotonic()
             cli = client.popen(["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}",
@@ -243,7 +244,7 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
             cli_cpu = _wait_cpu(cli, timeout=seconds + 20)
             elapsed = time.monotonic() - t0
             m1, o1 = machine_ticks(), outside_ticks(cpu_of or ())
-            cpu1 = {pid: _cpu_ticks(pid) for pid in cpu_of or []}
+            cpu1 = {pid: _cpu_split(pid) for pid in cpu_of or []}
             if cli_cpu is None:
                 kill_pid(cli.pid, timeout=2.0)
                 raise RuntimeError(f"iperf3 client still running after {seconds + 20:g} s")
@@ -259,8 +260,12 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
             raise RuntimeError(f"iperf3: {out['error']}")
         if cpu_of:
             hz = os.sysconf("SC_CLK_TCK")
-            out["_cpu"] = {pid: round(100.0 * (cpu1[pid] - cpu0[pid]) / hz / elapsed, 1)
-                           for pid in cpu_of if cpu0[pid] is not None and cpu1[pid] is not None}
+            both = [pid for pid in cpu_of if cpu0[pid] is not None and cpu1[pid] is not None]
+            out["_cpu"] = {pid: round(100.0 * (sum(cpu1[pid]) - sum(cpu0[pid])) / hz / elapsed, 1)  # type: ignore[arg-type]
+                           for pid in both}
+            # of which in the kernel (system calls, and the softirq work this kernel charges to them)
+            out["_cpu_system"] = {pid: round(100.0 * (cpu1[pid][1] - cpu0[pid][1]) / hz / elapsed, 1)  # type: ignore[index]
+                                  for pid in both}
         srv_cpu = _wait_cpu(srv, timeout=5.0)  # ``-1``: the server exits after its one test
         out["_iperf3_cpu"] = {"client": round(100.0 * cli_cpu / elapsed, 1)}
         if srv_cpu is not None:
@@ -359,10 +364,16 @@ def listening(ns: Netns, port: int) -> bool:
 
 
 def _cpu_ticks(pid: int) -> int | None:
+    split = _cpu_split(pid)
+    return split[0] + split[1] if split is not None else None
+
+
+def _cpu_split(pid: int) -> tuple[int, int] | None:
+    """(utime, stime) of a process so far, in USER_HZ ticks (all its threads), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
+        return int(fields[11]), int(fields[12])
     except OSError:
         return None
 
