@@ -57,7 +57,8 @@ the packets delivered (received - lost, as the iperf3 server counts them) and th
 per pair: the highest delivered rate over the ladder (its median over the rounds, and the median
 of the per-round ratios to the baseline) and the highest offered rate still delivered with
 < 1 % loss, and each gateway's CPU time per delivered datagram (steadier than rates on a
-loaded machine; its system time, the kernel's share, in parentheses). Received = bytes received / size (iperf3's loss count misses a dropped tail).
+loaded machine; its system time, the kernel's share, in parentheses). Received = bytes
+received / size (iperf3's loss count misses a dropped tail).
 iperf3 runs with ``-w 4M`` (socket buffers of both ends, every pair alike), and
 the receiving host's own UDP RcvbufErrors are reported with the gateways' drops.
 
