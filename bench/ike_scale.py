@@ -99,6 +99,7 @@ for p in (ROOT, ROOT / "tests", ROOT / "tests" / "interop"):
         sys.path.insert(0, str(p))
 
 from netns import descendants  # noqa: E402  (tests/netns.py)
+from netns_e2e.tools import machine_ticks  # noqa: E402
 
 PYTHON = sys.executable
 SW6 = Path(os.environ.get("SW6", "/opt/strongswan6"))
@@ -142,11 +143,10 @@ def _seconds_of_day() -> float:
 
 
 def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy (all CPUs, /proc/stat: everything but idle and
-    iowait) since boot."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the whole machine spent busy (all CPUs: everything but idle and iowait)
+    since boot, from tests/netns_e2e/tools.machine_ticks."""
+    user, nice, system, _idle, _iowait, *rest = machine_ticks()
+    return (user + nice + system + sum(rest)) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:

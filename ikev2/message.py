@@ -218,12 +218,12 @@ def decode_payloads(data: bytes, first_type: int, base: int = 0, inner: bool = F
         critical = flags & 0x80 != 0
         body_start = pos + GENERIC_PAYLOAD_HEADER_LEN
         cls = classes.get(ptype)
+        encrypted = cls is SKPayload or cls is SKFPayload
         if cls is None:
             if critical:
                 raise UnsupportedCriticalPayload(ptype, base + pos)
             payload: Payload = UnknownPayload(type=ptype, body=data[body_start:end])
         else:
-            encrypted = cls is SKPayload or cls is SKFPayload
             if inner and encrypted:
                 raise ParseError("encrypted payload inside encrypted content", base + pos, _payload_name(ptype))
             name = _PAYLOAD_NAMES[ptype]
@@ -234,16 +234,15 @@ def decode_payloads(data: bytes, first_type: int, base: int = 0, inner: bool = F
                 raise ParseError(f"malformed {name} payload: {e}", base + pos, name) from None
             if r.pos != r.end:
                 r.done(name)  # raises: trailing bytes
-            if encrypted:
-                payload.critical = critical
-                payloads.append(payload)
-                payload.first_inner = nxt  # type: ignore[attr-defined]
-                payload.offset = base + pos  # type: ignore[attr-defined]
-                if end != size:
-                    raise ParseError(f"{size - end} bytes after the encrypted payload", base + end, name)
-                return payloads
         payload.critical = critical
         payloads.append(payload)
+        if encrypted:  # ends the chain; its next-payload field names the first inner payload
+            payload.first_inner = nxt  # type: ignore[attr-defined]
+            payload.offset = base + pos  # type: ignore[attr-defined]
+            if end != size:
+                raise ParseError(f"{size - end} bytes after the encrypted payload", base + end,
+                                 _payload_name(ptype))
+            return payloads
         pos = end
         ptype = nxt
     if pos != size:

@@ -26,7 +26,7 @@ the peer's most preferred algorithm that we also allow is picked.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -307,7 +307,17 @@ def _remember(memo: dict[Any, Any], key: object, value: object) -> None:
     memo[key] = value
 
 
-_DISPLAY: dict[tuple[_Signature, bool], str] = {}
+def _memoised(memo: dict[Any, Any], key: object, compute: Callable[[], Any]) -> Any:
+    """``memo[key]``, computed and kept on first use (a ``compute`` that raises keeps nothing:
+    errors name the proposal number)."""
+    value = memo.get(key)
+    if value is None:
+        value = compute()
+        _remember(memo, key, value)
+    return value
+
+
+_DISPLAY: dict[_Signature, str] = {}
 # (our signatures, their signatures) -> (index of their proposal, chosen (type, id, key length)s)
 _CHOICE: dict[tuple[tuple[_Signature, ...], tuple[_Signature, ...]],
               tuple[int, tuple[tuple[int, int, int | None], ...]] | None] = {}
@@ -335,13 +345,10 @@ def proposal_keywords(p: Proposal) -> str:
 
 def proposal_display(p: Proposal, with_protocol: bool = False) -> str:
     """strongSwan's log/list-sas form, e.g. "AES_GCM_16_256/PRF_HMAC_SHA2_256/CURVE_25519"."""
-    key = (_signature(p), with_protocol)
-    text = _DISPLAY.get(key)
-    if text is None:
-        text = "/".join(_transform_text(t, display=True) for t in _ordered(p))
-        if with_protocol:
-            text = f"{_enum_name(ProtocolId, p.protocol)}:{text}"
-        _remember(_DISPLAY, key, text)
+    text: str = _memoised(_DISPLAY, _signature(p),
+                          lambda: "/".join(_transform_text(t, display=True) for t in _ordered(p)))
+    if with_protocol:
+        return f"{_enum_name(ProtocolId, p.protocol)}:{text}"
     return text
 
 
@@ -516,11 +523,7 @@ def _encr_integ(p: Proposal) -> tuple[EncrAlgorithm, IntegAlgorithm | None]:
 
 def ike_suite(p: Proposal) -> IkeSuite:
     """The algorithms of a chosen IKE proposal; ProposalError if incomplete or ambiguous."""
-    key = _signature(p)
-    suite = _IKE_SUITE.get(key)
-    if suite is None:
-        suite = _ike_suite(p)  # errors are not kept (they name the proposal number)
-        _remember(_IKE_SUITE, key, suite)
+    suite: IkeSuite = _memoised(_IKE_SUITE, _signature(p), lambda: _ike_suite(p))
     return suite
 
 
@@ -541,11 +544,7 @@ def _ike_suite(p: Proposal) -> IkeSuite:
 
 def child_suite(p: Proposal) -> ChildSuite:
     """The algorithms of a chosen ESP proposal; ProposalError if incomplete or ambiguous."""
-    key = _signature(p)
-    suite = _CHILD_SUITE.get(key)
-    if suite is None:
-        suite = _child_suite(p)
-        _remember(_CHILD_SUITE, key, suite)
+    suite: ChildSuite = _memoised(_CHILD_SUITE, _signature(p), lambda: _child_suite(p))
     return suite
 
 

@@ -363,11 +363,6 @@ def listening(ns: Netns, port: int) -> bool:
     return bool(out.strip())
 
 
-def _cpu_ticks(pid: int) -> int | None:
-    split = _cpu_split(pid)
-    return split[0] + split[1] if split is not None else None
-
-
 def _cpu_split(pid: int) -> tuple[int, int] | None:
     """(utime, stime) of a process so far, in USER_HZ ticks (all its threads), or None."""
     try:
