@@ -23,7 +23,12 @@ protected networks):
   4 MiB on the host while this pair's namespaces and charons are built (it is read when a socket
   is created; the old value is restored right after), txqueuelen 5000 on both TUN devices;
 * ``ours-sw``: our gateway on the site (initiator), a tuned charon on the gw;
-* ``ours-ours-tso`` (only when asked for in ``--pairs``): ``ours-ours`` with ``tun_tso = true``.
+* ``ours-ours-notso`` (only when asked for in ``--pairs``): ``ours-ours`` with ``tun_tso = false``
+  (the default, ``"auto"``, offers TSO when the compiled helpers are in use);
+* ``ours-ours-tso`` (only when asked for): ``ours-ours`` with ``tun_tso = true``;
+* ``ours-ours-py`` (only when asked for): ``ours-ours`` without the compiled helpers
+  (``VPN_GW_PURE_PYTHON=1`` in both daemons' environment: vpn_gw/accel), to measure what they
+  give in the same run.
 
 Fairness rules:
 * Interleaved: for each router variant and cipher every pair's tunnel is up at the same time;
@@ -164,8 +169,10 @@ class Setup:
     def _ours(self, ns, name: str, local: str, remote: str, lid: str, rid: str, lts: str, rts: str):
         conn = connection("s2s", local, remote, lid, rid, local_ts=lts, remote_ts=rts, psk=self.psk,
                           ike=IKE, esp=self.cipher, child="net")
-        extra = {"tun_tso": True} if self.pair == "ours-ours-tso" else None
-        gw = OurGateway(ns, self.dir, name, [conn], listen=[local], log_level="info", gateway=extra)
+        extra = {"ours-ours-tso": {"tun_tso": True}, "ours-ours-notso": {"tun_tso": False}}.get(self.pair)
+        wrapper = ["env", "VPN_GW_PURE_PYTHON=1"] if self.pair == "ours-ours-py" else None
+        gw = OurGateway(ns, self.dir, name, [conn], listen=[local], log_level="info", gateway=extra,
+                        wrapper=wrapper)
         self.ours.append(gw)
         return gw.start()
 
@@ -188,7 +195,7 @@ class Setup:
         site_conf, gw_conf = ss.psk_site_to_site(t, self.psk, ike_proposals=IKE, esp_proposals=self.cipher,
                                                  site_id=SITE_ID, gw_id=GW_ID)
         charon_env = host_rmem_default(TUNED_RMEM) if self.tuned else contextlib.nullcontext()
-        if self.pair in ("ours-ours", "ours-ours-tso"):
+        if self.pair in ("ours-ours", "ours-ours-tso", "ours-ours-notso", "ours-ours-py"):
             self._ours(t.gw, "gw", t.gw_ip, t.site_ip, GW_ID, SITE_ID, t.gw_net, t.site_net)
             site = self._ours(t.site, "site", t.site_ip, t.gw_ip, SITE_ID, GW_ID, t.site_net, t.gw_net)
             site.up("s2s")

@@ -93,6 +93,7 @@ def test_defaults():
     assert str(cfg.control_socket) == "/run/vpn-gw/control.sock"
     assert (cfg.ike_port, cfg.natt_port, cfg.log_level, cfg.log_format, cfg.half_open_limit,
             cfg.cookie_threshold) == (500, 4500, "info", "console", 1000, 100)
+    assert (cfg.offload, cfg.tun_tso) == (True, "auto")
     c = cfg.connections[0]
     assert c.local_addrs == () and c.remote_addrs == () and c.remote_any
     assert c.local_id is None and c.remote_id.is_any
@@ -108,6 +109,16 @@ def test_defaults():
     assert (ch.rekey_bytes, ch.life_bytes, ch.rekey_packets, ch.life_packets) == (0, 0, 0, 0)
     assert len(ch.esp_proposals) == 2
     assert c.matches_remote_addr("203.0.113.9")
+
+
+@pytest.mark.parametrize("value, want", [("true", True), ("false", False), ('"auto"', "auto")])
+def test_tun_tso_values(value, want):
+    assert parse(f"[gateway]\ntun_tso = {value}\n").tun_tso == want
+
+
+def test_tun_tso_refuses_other_values():
+    e = error('[gateway]\ntun_tso = "yes"\n')
+    assert messages(e) == ['gw.toml:2: gateway.tun_tso: expected true, false or "auto", got a string (\'yes\')']
 
 
 def test_config_is_immutable():

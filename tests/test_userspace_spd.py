@@ -148,3 +148,70 @@ def test_network_strings_are_ipaddress_summaries(version, a, b, span_bits):
     ip = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
     want = [str(n) for n in ipaddress.summarize_address_range(ip(lo), ip(hi))]
     assert _Selector(version, lo, hi, 0, 0, 65535).network_strings() == want
+
+
+# ---- the flow cache in front of the index (OutboundIndex.flows, UserspaceDataPlane._select)
+
+def _plane_with(children: list[_Child]):
+    from types import SimpleNamespace
+
+    from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane
+    plane = UserspaceDataPlane(lambda *a: None, lambda name: None, keepalive_interval=0)
+    idx: OutboundIndex[_Child] = OutboundIndex()
+    for c in children:
+        idx.add(c, c.fast_local is not None and c.fast_remote is not None)
+    plane.spd["t0"] = idx
+    return plane, SimpleNamespace(name="t0", route_based=False), idx
+
+
+def udp4(src: str, dst: str, sport: int = 1000, dport: int = 53) -> bytes:
+    import struct
+    return struct.pack("!BBHHHBBH4s4sHHHH", 0x45, 0, 28, 0, 0, 64, 17, 0, ipaddress.IPv4Address(src).packed,
+                       ipaddress.IPv4Address(dst).packed, sport, dport, 8, 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(8, 28), st.integers(0, 3)), min_size=1, max_size=12),
+       st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=40))
+def test_cached_answers_are_the_index_answers(nets, dsts):
+    """Address-only selectors: the second packet of a flow comes from the cache and is what the
+    index says; a new Child SA (a rekey, a more specific one) empties the cache at once."""
+    children = [child(k, "10.1.0.0/16", f"10.{2 + sub}.0.0/{plen}") for k, (plen, sub) in enumerate(nets)]
+    plane, tun, idx = _plane_with(children)
+    for d in dsts:
+        pkt = udp4("10.1.0.5", str(ipaddress.IPv4Address(ip("10.2.0.0") + d)))
+        first = plane._select(tun, pkt)
+        visits = idx.visits
+        assert plane._select(tun, pkt) is first
+        if first is not None:
+            assert idx.visits == visits  # answered by the cache
+            assert pkt[12:20] in idx.flows
+        assert first is reference(children, int.from_bytes(pkt[16:20], "big"), ip("10.1.0.5"))
+    newer = child(99, "10.1.0.0/16", "10.2.0.0/8")  # covers every destination above, newest
+    idx.add(newer, True)
+    assert idx.flows == {}
+    children.append(newer)
+    for d in dsts:
+        pkt = udp4("10.1.0.5", str(ipaddress.IPv4Address(ip("10.2.0.0") + d)))
+        assert plane._select(tun, pkt) is reference(children, int.from_bytes(pkt[16:20], "big"), ip("10.1.0.5"))
+    idx.remove(newer)
+    assert idx.flows == {}
+
+
+def test_nothing_is_cached_while_a_policy_looks_at_ports():
+    from vpn_gw.dataplane.userspace.spd import FLOW_CACHE_MAX
+    dns = TrafficSelector.from_network("10.2.0.0/16")
+    dns.ip_proto, dns.start_port, dns.end_port = 17, 53, 53
+    plain = child(1, "10.1.0.0/16", "10.2.0.0/16")
+    ported = child(2, "10.1.0.0/16", dns)
+    plane, tun, idx = _plane_with([plain, ported])
+    assert plane._select(tun, udp4("10.1.0.5", "10.2.0.9", dport=53)) is ported
+    assert plane._select(tun, udp4("10.1.0.5", "10.2.0.9", dport=80)) is plain  # same addresses
+    assert plane._select(tun, udp4("10.1.0.5", "10.2.0.9", dport=53)) is ported
+    assert idx.flows == {}
+    idx.remove(ported)
+    for k in range(FLOW_CACHE_MAX + 10):  # bounded: emptied when full
+        assert plane._select(tun, udp4("10.1.0.5", str(ipaddress.IPv4Address(ip("10.2.0.0") + k)))) is plain
+        assert len(idx.flows) <= FLOW_CACHE_MAX
+    assert 0 < len(idx.flows) <= FLOW_CACHE_MAX
+    assert plane._select(tun, b"\x45" + bytes(10)) is None  # too short for an IPv4 header: no policy

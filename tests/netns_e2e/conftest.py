@@ -24,18 +24,19 @@ class E2E:
     gateways: list[OurGateway] = field(default_factory=list)
 
     def gateway(self, ns, name: str, connections: list[dict], listen: list[str],
-                gateway: dict | None = None) -> OurGateway:
-        gw = OurGateway(ns, self.tmp, name, connections, listen=listen, gateway=gateway)
+                gateway: dict | None = None, wrapper: list[str] | None = None) -> OurGateway:
+        gw = OurGateway(ns, self.tmp, name, connections, listen=listen, gateway=gateway, wrapper=wrapper)
         self.gateways.append(gw)
         return gw.start()
 
     def site_pair(self, *, transit_mtu: int | None = None, esp: str = "aes256gcm16",
                   route_based: bool = False, up: bool = True, gateway: dict | None = None,
-                  **child_extra):
+                  wrapper: list[str] | None = None, **child_extra):
         """two_sites() plus our gateway on each side (a initiates), tunnel up unless up=False.
 
         route_based: connections get ``interface = "vti-a"/"vti-b"`` and 0.0.0.0/0 selectors
         (the caller adds the routes). gateway: extra [gateway] keys for both (path_mtu ...).
+        wrapper: runs both daemons (e.g. ``["env", "VAR=1"]``; must exec them).
         child_extra goes into the child config (rekey_time ...).
         Returns (router, site_a, site_b, gw_a, gw_b)."""
         router, a, b = two_sites(self.grp, transit_mtu=transit_mtu)
@@ -47,8 +48,8 @@ class E2E:
                            f"{peer_tag}.example.org", local_ts=ts[0], remote_ts=ts[1], esp=esp, **extra)
             c["children"][0].update(child_extra)
             return c
-        ga = self.gateway(a.gw, "a", [conn(a, b, "a", "b")], [a.wan], gateway)
-        gb = self.gateway(b.gw, "b", [conn(b, a, "b", "a")], [b.wan], gateway)
+        ga = self.gateway(a.gw, "a", [conn(a, b, "a", "b")], [a.wan], gateway, wrapper)
+        gb = self.gateway(b.gw, "b", [conn(b, a, "b", "a")], [b.wan], gateway, wrapper)
         if up:
             ga.up("to-b")
             ga.wait_children(1)

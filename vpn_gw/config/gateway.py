@@ -68,7 +68,8 @@ class GatewayConfig:
     xfrm_nfqueue_fail: str = "open"         # open (bypass) | closed, when the queue reader is not running
     keepalive_interval: float = 20.0        # NAT-T keepalives, seconds, 0 = off
     offload: bool = True                    # userspace ESP: UDP GSO/GRO, coalesced TUN writes
-    tun_tso: bool = False                   # userspace ESP: TSO super-packets from TUN, cut by us
+    tun_tso: bool | str = "auto"            # userspace ESP: TSO super-packets from TUN, cut by us;
+                                            # "auto" = on with the compiled helpers (vpn_gw/accel)
     tcp_port: int = 4500                    # RFC 9329 TCP encapsulation listener, 0 = off
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics (vpn_gw/metrics.py), None = off
     tcp_max_connections: int = 4096         # accepted TCP connections, all sources together
@@ -125,6 +126,13 @@ def _crypto_workers(value: Any) -> str | int:
     raise _Bad(f'expected "auto" or a number of worker processes 0 to 64, got {_describe(value)}{hint}')
 
 
+def _bool_or_auto(value: Any) -> bool | str:
+    """true, false or "auto" (tun_tso)."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise _Bad(f'expected true, false or "auto", got {_describe(value)}')
+
+
 def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
     """The [gateway] table: GatewayConfig's settings by field name (values may be BAD)."""
     gw_data = data.get("gateway", {})
@@ -156,7 +164,7 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
     xfrm_nfqueue_fail = g.get("xfrm_nfqueue_fail", _choice(("open", "closed")), "open")
     keepalive_interval = g.get("keepalive_interval", _duration, 20.0)
     offload = g.get("offload", _bool, True)
-    tun_tso = g.get("tun_tso", _bool, False)
+    tun_tso = g.get("tun_tso", _bool_or_auto, "auto")
     tcp_port = g.get("tcp_port", _int(0, 65535), 4500)
     metrics_listen = g.get("metrics_listen", _listen_addr, None)
     tcp_max_connections = g.get("tcp_max_connections", _int(1, 1 << 20), 4096)

@@ -26,6 +26,7 @@ import structlog
 from ikev2.compute import ComputeNeeded, OffloadPolicy, Result
 from ikev2.crypto.mlkem import mlkem_backend_text
 from ikev2.manager import IkeManager
+from vpn_gw import accel
 from vpn_gw.bind_errors import explain
 from vpn_gw.config import ConfigError, GatewayConfig, diff_configs, load_config
 from vpn_gw.control import ControlServer
@@ -70,7 +71,7 @@ def make_dataplane(config: GatewayConfig, gw: Gateway) -> DataPlane:
         from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane
         return UserspaceDataPlane(gw.send_esp, gw.interface_for, path_mtu=config.path_mtu,
                                   keepalive_interval=config.keepalive_interval, offload=config.offload,
-                                  tso=config.tun_tso)
+                                  tso=accel.COMPILED if config.tun_tso == "auto" else bool(config.tun_tso))
     if config.dataplane == "xfrm":
         from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane
         ifids = {c.interface: c.if_id for c in config.connections if c.interface}
@@ -410,6 +411,7 @@ class Gateway:
         metrics_server = await self._start_metrics()
         log.info("vpn-gw started", connections=len(self.config.connections),
                  control_socket=str(self.config.control_socket), dataplane=self.dataplane.name,
+                 compiled_helpers=accel.describe(),  # checksums, TSO, ESP receive (vpn_gw/accel)
                  mlkem=mlkem_backend_text())  # which ML-KEM sets the linked OpenSSL offers
         self.notifier.ready(f"{len(self.config.connections)} connections loaded")
         for conn in self.config.connections:

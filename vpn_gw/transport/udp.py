@@ -20,6 +20,9 @@ UDP_GRO = 104  # UDP GRO (Linux 5.0): one recvmsg, several datagrams of the cmsg
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels (newer ones allow 128)
 GSO_MAX_BYTES = 65000  # UDP payload of one GSO send (below 65535 - IP and UDP headers)
 _GSO_FALLBACK_ERRNOS = (errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+BURST = 16  # datagrams per recvmmsg (vpn_gw.accel.recv_burst)
+BURST_SLOT = MAX_DATAGRAM + 1  # bytes per datagram in the burst buffer (a UDP GRO message fits)
+_ADDRESS_CACHE = 4096  # raw addresses -> (ip, port) kept per socket, then started afresh
 
 
 class IkeSocket:
@@ -48,6 +51,9 @@ class IkeSocket:
         self.sock = s
         self._anc: dict[str | None, list] = {}  # source address -> ancillary data (PKTINFO), cached
         self._local: dict[bytes, str] = {}  # PKTINFO address bytes -> text, cached
+        self._burst: bytearray | None = None  # recv_burst's buffer, made on first use
+        self.remotes: dict[bytes, tuple[str, int]] = {}  # raw source sockaddr -> (ip, port)
+        self.locals: dict[bytes, tuple[str, int]] = {}  # raw PKTINFO address -> (ip, our port)
         self.gro = False  # UDP_GRO enabled: recv_segments() may return several datagrams
         self.gso = True  # try UDP_SEGMENT in send_many(); off after the kernel refused it
 
@@ -102,6 +108,45 @@ class IkeSocket:
         if seg >= len(data):
             seg = 0
         return data, seg, (local_ip, self.port), (src[0], src[1])
+
+    def burst_buffer(self) -> bytearray:
+        """The buffer vpn_gw.accel.recv_burst receives into: BURST slots of BURST_SLOT bytes."""
+        if self._burst is None:
+            self._burst = bytearray(BURST * BURST_SLOT)
+        return self._burst
+
+    def remote_of(self, name: bytes) -> tuple[str, int]:
+        """(ip, port) of a source sockaddr as recvmmsg wrote it (what recvmsg would have
+        returned; an IPv6 scope as "%interface"), cached in ``remotes``."""
+        family = int.from_bytes(name[:2], sys.byteorder)
+        port = int.from_bytes(name[2:4], "big")
+        if family == socket.AF_INET6 and len(name) >= 24:
+            ip = socket.inet_ntop(socket.AF_INET6, name[8:24])
+            scope = int.from_bytes(name[24:28], sys.byteorder) if len(name) >= 28 else 0
+            if scope:
+                ip = socket.getnameinfo((ip, port, 0, scope), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+        elif family == socket.AF_INET and len(name) >= 8:
+            ip = socket.inet_ntop(socket.AF_INET, name[4:8])
+        else:
+            ip, port = "", 0  # no address (not for a UDP socket): nothing will match it
+        if len(self.remotes) >= _ADDRESS_CACHE:
+            self.remotes.clear()
+        self.remotes[name] = remote = (ip, port)
+        return remote
+
+    def local_of(self, packed: bytes) -> tuple[str, int]:
+        """(ip, our port) for the PKTINFO address recv_burst reported (b"": none, our bound
+        address), cached in ``locals``."""
+        if len(packed) == 4:
+            ip = socket.inet_ntop(socket.AF_INET, packed)
+        elif len(packed) == 16:
+            ip = socket.inet_ntop(socket.AF_INET6, packed)
+        else:
+            ip = self.address
+        if len(self.locals) >= _ADDRESS_CACHE:
+            self.locals.clear()
+        self.locals[packed] = local = (ip, self.port)
+        return local
 
     def _cache_local(self, key: bytes, text: str) -> str:
         if len(self._local) > 1024:

@@ -42,11 +42,14 @@ from esp import Direction, EspCipher, EspError, EspSA, Lifetime
 from esp.fragment import decide, fragment_ipv4, icmp_frag_needed, icmpv6_packet_too_big, tunnel_mtu
 from esp.packet import decapsulate, encapsulate
 from ikev2.events import Address, ChildUp
+from vpn_gw import accel
+from vpn_gw.accel import read_burst
 from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
 from vpn_gw.dataplane.rtnl import RtnlError
 from vpn_gw.dataplane.userspace.gro import VNET_HDR_LEN
 from vpn_gw.dataplane.userspace.spd import OutboundIndex, prefixes
+from vpn_gw.dataplane.userspace.tso import MAX_SEGMENTS as TSO_MAX_SEGMENTS
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
 from vpn_gw.log import enabled
 
@@ -55,6 +58,7 @@ log = structlog.get_logger("vpn_gw.dataplane")
 DEFAULT_TUN = "vpngw0"
 KEEPALIVE = b"\xff"
 READ_BATCH = 256
+READ_BURST = 32  # TUN reads per vpn_gw.accel.read_burst call
 TX_BATCH = 64  # ESP datagrams held per path while draining a TUN device (one GSO send)
 RX_BATCH = 64  # decrypted packets held per TUN device during one socket wake-up (coalescing)
 TRAP_QUEUE = 64  # packets held per trap policy while the IKE SA comes up
@@ -275,6 +279,7 @@ class UserspaceDataPlane(DataPlane):
         self._rx: dict[Tun, list[bytes]] | None = None  # between rx_batch_begin and rx_batch_end
         self.send_udp_batch: Callable[[list[bytes], Address, Address], None] | None = None
         self._tx: dict[int, tuple[Address, Address, list[bytes]]] | None = None  # while draining a TUN
+        self._read_buf = bytearray(65535 + VNET_HDR_LEN)  # read_burst's buffer (the largest read)
         self.tso_reads = 0  # TSO super-packets read from TUN devices
         self.tso_segments = 0  # wire segments cut from them
 
@@ -318,6 +323,7 @@ class UserspaceDataPlane(DataPlane):
         out = super().stats()
         out["tso"] = {"reads": self.tso_reads, "segments": self.tso_segments,
                       "devices": {name: _offload_names(t) for name, t in self.tuns.items()}}
+        out["compiled_helpers"] = accel.describe()
         return out
 
     def add_virtual_ips(self, conn: str, addresses: list[str]) -> None:
@@ -396,7 +402,7 @@ class UserspaceDataPlane(DataPlane):
         self.by_spi_in[k.spi_in] = child
         self.by_tun[tun.name][k.spi_in] = child
         if not tun.route_based:
-            self.spd[tun.name].add(child)
+            self.spd[tun.name].add(child, child.fast_local is not None and child.fast_remote is not None)
         self.by_ike.setdefault(ev.ike_id, {})[k.spi_in] = child
         self._tun_mtus[tun.name][mtu] += 1
         self._set_tun_mtu(tun)
@@ -630,6 +636,16 @@ class UserspaceDataPlane(DataPlane):
         spd = self.spd.get(tun.name)
         if not spd:
             return None
+        n = len(pkt)
+        if n >= 20 and pkt[0] >> 4 == 4:
+            pair = pkt[12:20]
+        elif n >= 40 and pkt[0] >> 4 == 6:
+            pair = pkt[8:40]
+        else:
+            return None
+        known = spd.flows.get(pair)
+        if known is not None:
+            return known  # the flow cache (spd.py): decided by these two addresses before
         a = _addresses(pkt)
         if a is None:
             return None
@@ -646,51 +662,87 @@ class UserspaceDataPlane(DataPlane):
             assert f is not None  # _addresses() was not None
             _v, _src, _dst, proto, sport, dport = f
             return _match(c.local_ts, v, src, proto, sport) and _match(c.remote_ts, v, dst, proto, dport)
-        return spd.lookup(v, dst, matches)
+        child = spd.lookup(v, dst, matches)
+        if child is not None:
+            spd.remember(pair, child)
+        return child
 
     def _tun_readable(self, tun: Tun) -> None:
         """Drain the TUN device (bounded); the ESP datagrams for each path are sent together at
         the end (every TX_BATCH datagrams), as UDP GSO when the daemon can."""
         tx = self._tx = {}
-        read, fd, vnet, strip = os.read, tun.fd, tun.vnet_hdr, tun.strip
         try:
-            for _ in range(READ_BATCH):
-                try:
-                    pkt = read(fd, 65545)
-                except BlockingIOError:
-                    return
-                if vnet:
-                    if pkt[1]:  # GSO type set: a TSO super-packet, cut into its wire segments
-                        segs = tun.unpack(pkt)
-                        if segs is None:
-                            self._count("malformed")
-                            continue
-                        self.tso_reads += 1
-                        self.tso_segments += len(segs)
-                        for seg in segs:
-                            try:
-                                self._outbound(tun, seg)
-                            except Exception as e:  # noqa: BLE001 - as below
-                                self._count("internal_error")
-                                log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
-                        continue
-                    if pkt[0]:  # a checksum left to us (NEEDS_CSUM)
-                        stripped = strip(pkt)
-                        if stripped is None:
-                            self._count("malformed")
-                            continue
-                        pkt = stripped
-                    else:  # no offload at all: the usual case
-                        pkt = pkt[VNET_HDR_LEN:]
-                try:
-                    self._outbound(tun, pkt)
-                except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
-                    self._count("internal_error")
-                    log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+            if read_burst is not None:
+                self._drain_bursts(tun, read_burst)
+            else:
+                self._drain(tun)
         finally:
             self._tx = None
             for local, remote, datagrams in tx.values():
                 self._transmit(datagrams, local, remote)
+
+    def _drain(self, tun: Tun) -> None:
+        """Up to READ_BATCH packets, one ``os.read`` each (without the compiled helpers)."""
+        read, fd, vnet = os.read, tun.fd, tun.vnet_hdr
+        for _ in range(READ_BATCH):
+            try:
+                pkt = read(fd, 65545)
+            except BlockingIOError:
+                return
+            if vnet:
+                if pkt[0] or pkt[1]:
+                    self._offloaded(tun, pkt)
+                    continue
+                pkt = pkt[VNET_HDR_LEN:]  # no offload at all: the usual case
+            try:
+                self._outbound(tun, pkt)
+            except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
+                self._count("internal_error")
+                log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+
+    def _drain_bursts(self, tun: Tun, read_burst: Callable) -> None:
+        """``_drain`` with the compiled helper (vpn_gw.accel.read_burst): READ_BURST reads per
+        call, the virtio-net header handled in C exactly as ``_offloaded`` does (stripped, TSO
+        super-packets cut, checksums left to us filled in), so only IP packets come back."""
+        fd, vnet, buf, outbound = tun.fd, tun.vnet_hdr, self._read_buf, self._outbound
+        for _ in range(READ_BATCH // READ_BURST):
+            pkts, reads, tso_reads, tso_segments, malformed = read_burst(fd, buf, READ_BURST, vnet, TSO_MAX_SEGMENTS)
+            if tso_reads:
+                self.tso_reads += tso_reads
+                self.tso_segments += tso_segments
+            if malformed:
+                self.unmatched["malformed"] = self.unmatched.get("malformed", 0) + malformed
+            for pkt in pkts:
+                try:
+                    outbound(tun, pkt)
+                except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
+                    self._count("internal_error")
+                    log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+            if reads < READ_BURST:
+                return
+
+    def _offloaded(self, tun: Tun, pkt: bytes) -> None:
+        """A read whose virtio-net header is set: a TSO super-packet (GSO type), cut into its
+        wire segments, or a packet whose checksum was left to us (NEEDS_CSUM)."""
+        if pkt[1]:
+            segs = tun.unpack(pkt)
+            if segs is None:
+                self._count("malformed")
+                return
+            self.tso_reads += 1
+            self.tso_segments += len(segs)
+        else:
+            stripped = tun.strip(pkt)
+            if stripped is None:
+                self._count("malformed")
+                return
+            segs = [stripped]
+        for seg in segs:
+            try:
+                self._outbound(tun, seg)
+            except Exception as e:  # noqa: BLE001 - as in _drain
+                self._count("internal_error")
+                log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
 
     def _transmit(self, datagrams: list[bytes], local: Address, remote: Address) -> None:
         if len(datagrams) > 1 and self.send_udp_batch is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 
+from vpn_gw.accel import tso_segment
 from vpn_gw.dataplane.userspace.gro import VIRTIO_NET_HDR_GSO_TCPV4
 
 VIRTIO_NET_HDR_GSO_TCPV6 = 4
@@ -22,6 +23,7 @@ VIRTIO_NET_HDR_GSO_ECN = 0x80
 _VNET = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 _TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
 MAX_SEGMENTS = 128
+MAX_IP_LEN = 65535
 
 
 def _fold(s: int) -> int:
@@ -31,9 +33,10 @@ def _fold(s: int) -> int:
     return ~r & 0xFFFF if r else 0
 
 
-def segment(vnet: bytes, pkt: bytes) -> list[bytes] | None:
+def segment_py(vnet: bytes, pkt: bytes) -> list[bytes] | None:
     """The wire segments of one GSO TCP packet read from TUN with its virtio-net header;
-    None if it is not a well-formed one."""
+    None if it is not a well-formed one. (``segment`` is this, or the compiled helper doing
+    exactly the same: vpn_gw.accel.)"""
     _flags, gso_type, _hl, gso_size, _cs, _co = _VNET.unpack(vnet)
     kind = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
     n = len(pkt)
@@ -55,8 +58,8 @@ def segment(vnet: bytes, pkt: bytes) -> list[bytes] | None:
         return None
     total = n - hl
     count = max(1, -(-total // gso_size))
-    if count > MAX_SEGMENTS:
-        return None
+    if count > MAX_SEGMENTS or hl + min(total, gso_size) > MAX_IP_LEN:
+        return None  # too many segments, or one that no IP length field can describe
     hdr = bytearray(pkt[:hl])
     hdr[ip_len + 16:ip_len + 18] = b"\0\0"  # TCP checksum: computed per segment below
     flags = hdr[ip_len + 13]
@@ -93,3 +96,10 @@ def segment(vnet: bytes, pkt: bytes) -> list[bytes] | None:
         h[ip_len + 16:ip_len + 18] = _fold(s).to_bytes(2, "big")
         out.append(bytes(h) + chunk)
     return out
+
+
+def _segment_compiled(vnet: bytes, pkt: bytes) -> list[bytes] | None:
+    return tso_segment(vnet, pkt, MAX_SEGMENTS)  # type: ignore[misc]
+
+
+segment = _segment_compiled if tso_segment is not None else segment_py

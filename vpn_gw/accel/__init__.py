@@ -1,0 +1,54 @@
+"""The optional compiled helpers of the userspace data plane (``_accel.c``).
+
+Four per-packet jobs cost far more in Python than the rest of a packet's handling: the
+Internet checksum over whole segments (the decrypt side verifies every run it coalesces,
+dataplane/userspace/gro.py), cutting a TSO super-packet into wire segments (the encrypt side
+with ``tun_tso``, dataplane/userspace/tso.py), one ``recvmsg`` per ESP datagram on the NAT-T
+socket (transport/udp.py: ``recv_burst`` takes up to 16 with one ``recvmmsg``) and one
+``os.read`` per packet from a TUN device plus the handling of its virtio-net header
+(``read_burst``: the reads of a burst in one call, headers stripped, TSO super-packets cut,
+checksums left to us filled in). The
+C module does these; the pure-Python code stays the reference and the fallback, and
+tests/test_accel.py checks that both give the same answers and bytes.
+
+``COMPILED`` says which is in use (``vpn-gw stats``, the daemon's start-up log). The module is
+not used when it is missing (built without a C compiler), when its ``ABI`` differs from the one
+this file expects (a stale build next to newer sources), or when the environment variable
+``VPN_GW_PURE_PYTHON`` is set to a non-empty value (for comparisons; read once, at import).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+ABI = 4  # must equal ACCEL_ABI in _accel.c
+
+_module: ModuleType | None
+try:
+    from vpn_gw.accel import _accel as _module
+except ImportError as exc:
+    _module, WHY_NOT = None, f"not built ({exc})"
+else:
+    WHY_NOT = ""
+    if getattr(_module, "ABI", None) != ABI:
+        _module, WHY_NOT = None, f"stale build (ABI {getattr(_module, 'ABI', None)}, want {ABI})"
+if _module is not None and os.environ.get("VPN_GW_PURE_PYTHON"):
+    _module, WHY_NOT = None, "VPN_GW_PURE_PYTHON is set"
+
+COMPILED = _module is not None
+
+csum_words: Callable[[Sequence[bytes | bytearray | memoryview]], int] | None = \
+    _module.csum_words if _module is not None else None
+tso_segment: Callable[[bytes, bytes, int], list[bytes] | None] | None = \
+    _module.tso_segment if _module is not None else None
+recv_burst: Callable[[int, bytearray, int, int], list[tuple[bytes, int, bytes, bytes]]] | None = \
+    _module.recv_burst if _module is not None else None
+read_burst: Callable[[int, bytearray, int, bool, int], tuple[list[bytes], int, int, int, int]] | None = \
+    _module.read_burst if _module is not None else None
+
+
+def describe() -> str:
+    """What the data plane's checksums, TSO segmentation and ESP receive run on, for logs and
+    stats."""
+    return "compiled (_accel)" if COMPILED else f"pure Python: {WHY_NOT}"

@@ -1,0 +1,495 @@
+/* Compiled helpers of the userspace data plane: the Internet checksum (RFC 1071) over whole
+ * packets, TCP segmentation of TSO super-packets, receiving a burst of UDP datagrams with one
+ * recvmmsg, and reading a burst of packets from a TUN device. Optional: vpn_gw/dataplane/userspace/
+ * vpn_gw/accel/__init__.py falls back to the pure-Python versions (gro.py, tso.py), which define the behaviour;
+ * tests/test_accel.py checks that both give the same bytes. docs/esp.md "Compiled helpers".
+ *
+ * No allocation but the result objects, no state, no I/O; every length is checked before use.
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Bump when the interface or behaviour changes: vpn_gw/accel ignores a module whose ABI differs
+ * (a stale build left next to newer sources). */
+#define ACCEL_ABI 4
+
+#define GSO_TCPV4 1
+#define GSO_TCPV6 4
+#define GSO_ECN 0x80
+#define TCP_FIN 0x01
+#define TCP_PSH 0x08
+#define TCP_CWR 0x80
+#define MAX_IP_LEN 65535
+
+/* Sum of the native-order 64-bit words of b with end-around carry, i.e. modulo 2^64 - 1, a
+ * multiple of 0xFFFF: the result is congruent (mod 0xFFFF) to the ones' complement sum of the
+ * native-order 16-bit words. An odd last byte is padded with zero after it (RFC 1071). */
+static uint64_t add_words(uint64_t s, const uint8_t *b, size_t len)
+{
+    uint64_t w;
+    while (len >= 8) {
+        memcpy(&w, b, 8);
+        s += w;
+        s += (s < w);
+        b += 8;
+        len -= 8;
+    }
+    w = 0;
+    if (len) {
+        uint8_t tail[8] = {0};
+        memcpy(tail, b, len);
+        memcpy(&w, tail, 8);
+        s += w;
+        s += (s < w);
+    }
+    return s;
+}
+
+/* Fold a 64-bit sum to 16 bits keeping its residue mod 0xFFFF (0 only for 0), in network byte
+ * order: on a little-endian machine the native-order sum is the byte-swapped one. */
+static uint32_t fold_be(uint64_t s)
+{
+    s = (s & 0xFFFFFFFFu) + (s >> 32);
+    s = (s & 0xFFFFFFFFu) + (s >> 32);
+    while (s >> 16)
+        s = (s & 0xFFFFu) + (s >> 16);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    s = ((s & 0xFFu) << 8) | (s >> 8);
+#endif
+    return (uint32_t)s;
+}
+
+/* The checksum to store for a sum (tso.py _fold): the complement of its residue mod 0xFFFF,
+ * 0 for residue 0. */
+static uint16_t checksum_of(uint64_t s)
+{
+    uint32_t r = (uint32_t)(s % 0xFFFFu);
+    return r ? (uint16_t)(~r & 0xFFFFu) : 0;
+}
+
+static void put16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static uint32_t get16(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 8) | p[1];
+}
+
+PyDoc_STRVAR(csum_words_doc,
+"csum_words(buffers) -> int\n\n"
+"The ones' complement sum of the big-endian 16-bit words of each buffer (words start at each\n"
+"buffer's first byte; an odd last byte is padded with zero), added over all buffers and\n"
+"folded to 16 bits: congruent to the sum modulo 0xFFFF, 0 only if every word is 0.");
+
+static PyObject *csum_words(PyObject *self, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "csum_words needs a sequence of buffers");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    uint64_t s = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = items[i];
+        if (PyBytes_CheckExact(o)) {
+            s = add_words(s, (const uint8_t *)PyBytes_AS_STRING(o), (size_t)PyBytes_GET_SIZE(o));
+            continue;
+        }
+        Py_buffer view;
+        if (PyObject_GetBuffer(o, &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        s = add_words(s, (const uint8_t *)view.buf, (size_t)view.len);
+        PyBuffer_Release(&view);
+    }
+    Py_DECREF(seq);
+    return PyLong_FromUnsignedLong(fold_be(s));
+}
+
+/* Append the wire segments of a GSO TCP packet (v: its 10-byte virtio-net header, p/n: the
+ * packet) to the list out. Returns the number appended, 0 if it is not a well-formed one (or
+ * would need more than max_segments segments; nothing appended), -1 with an exception set. */
+static Py_ssize_t segment_into(PyObject *out, const uint8_t *v, const uint8_t *p, size_t n, int max_segments)
+{
+    uint16_t gso_size;
+    memcpy(&gso_size, v + 4, 2); /* native order, as the device gives it */
+    unsigned kind = v[1] & ~GSO_ECN & 0xFFu;
+    size_t ip_len;
+    int v6;
+    if (kind == GSO_TCPV4) {
+        if (n < 40 || p[0] != 0x45 || p[9] != 6)
+            return 0;
+        uint32_t tl = get16(p + 2);
+        if (tl != n && tl != 0)
+            return 0;
+        if (get16(p + 6) & 0x3FFF)
+            return 0; /* a fragment (MF or offset) */
+        ip_len = 20;
+        v6 = 0;
+    } else if (kind == GSO_TCPV6) {
+        if (n < 60 || (p[0] >> 4) != 6 || p[6] != 6)
+            return 0;
+        ip_len = 40;
+        v6 = 1;
+    } else {
+        return 0;
+    }
+    size_t thl = (size_t)(p[ip_len + 12] >> 4) * 4;
+    size_t hl = ip_len + thl;
+    if (thl < 20 || n < hl || gso_size == 0)
+        return 0;
+    size_t total = n - hl;
+    size_t count = total ? (total + gso_size - 1) / gso_size : 1;
+    if (max_segments < 1 || count > (size_t)max_segments)
+        return 0;
+    if (hl + (total < gso_size ? total : gso_size) > MAX_IP_LEN)
+        return 0; /* a segment that no IP length field can describe */
+
+    /* pseudo header without the length: addresses + protocol (network order) */
+    uint32_t pseudo = fold_be(v6 ? add_words(0, p + 8, 32) : add_words(0, p + 12, 8)) + 6;
+    uint32_t seq0 = ((uint32_t)p[ip_len + 4] << 24) | ((uint32_t)p[ip_len + 5] << 16)
+                    | ((uint32_t)p[ip_len + 6] << 8) | p[ip_len + 7];
+    uint32_t ident0 = get16(p + 4);
+    uint8_t flags = p[ip_len + 13];
+    Py_ssize_t first = PyList_GET_SIZE(out);
+
+    for (size_t k = 0; k < count; k++) {
+        size_t start = hl + k * gso_size;
+        size_t clen = total - k * gso_size;
+        if (clen > gso_size)
+            clen = gso_size;
+        PyObject *seg = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(hl + clen));
+        if (seg == NULL)
+            goto fail;
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(seg);
+        memcpy(o, p, hl);
+        memcpy(o + hl, p + start, clen);
+        uint32_t tcp_len = (uint32_t)(thl + clen);
+        if (v6) {
+            put16(o + 4, tcp_len);
+        } else {
+            put16(o + 2, 20 + tcp_len);
+            put16(o + 4, (ident0 + (uint32_t)k) & 0xFFFFu);
+            put16(o + 10, 0);
+            put16(o + 10, checksum_of(fold_be(add_words(0, o, 20))));
+        }
+        uint32_t seq = seq0 + (uint32_t)(k * gso_size);
+        uint8_t *t = o + ip_len;
+        t[4] = (uint8_t)(seq >> 24);
+        t[5] = (uint8_t)(seq >> 16);
+        t[6] = (uint8_t)(seq >> 8);
+        t[7] = (uint8_t)seq;
+        uint8_t f = flags;
+        if (k + 1 < count)
+            f &= (uint8_t)~(TCP_FIN | TCP_PSH);
+        if (k)
+            f &= (uint8_t)~TCP_CWR;
+        t[13] = f;
+        put16(t + 16, 0);
+        /* pseudo header (addresses, protocol, TCP length) + TCP header + payload */
+        uint64_t s = (uint64_t)pseudo + tcp_len + fold_be(add_words(0, t, tcp_len));
+        put16(t + 16, checksum_of(s));
+        int r = PyList_Append(out, seg);
+        Py_DECREF(seg);
+        if (r < 0)
+            goto fail;
+    }
+    return (Py_ssize_t)count;
+fail:
+    PyList_SetSlice(out, first, PyList_GET_SIZE(out), NULL);
+    return -1;
+}
+
+PyDoc_STRVAR(tso_segment_doc,
+"tso_segment(vnet, pkt, max_segments) -> list[bytes] | None\n\n"
+"The wire segments of one GSO TCP packet read from a TUN device (vnet: its 10-byte\n"
+"virtio-net header), exactly as vpn_gw.dataplane.userspace.tso.segment_py cuts them; None if\n"
+"it is not a well-formed one (or would need more than max_segments segments).");
+
+static PyObject *tso_segment(PyObject *self, PyObject *args)
+{
+    Py_buffer vb, pb;
+    int max_segments;
+    if (!PyArg_ParseTuple(args, "y*y*i:tso_segment", &vb, &pb, &max_segments))
+        return NULL;
+    PyObject *out = NULL;
+    if (vb.len != 10) {
+        PyErr_SetString(PyExc_ValueError, "the virtio-net header is 10 bytes");
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    Py_ssize_t got = segment_into(out, vb.buf, pb.buf, (size_t)pb.len, max_segments);
+    if (got < 0) {
+        Py_CLEAR(out);
+    } else if (got == 0) {
+        Py_DECREF(out);
+        out = Py_NewRef(Py_None);
+    }
+done:
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&pb);
+    return out;
+}
+
+/* The IP packet of a non-GSO read whose header says NEEDS_CSUM, with that checksum filled in
+ * (gro.complete_checksum): a new bytes object, NULL with an exception set, or NULL without
+ * one (*bad = 1) if the offsets do not fit the packet. */
+static PyObject *completed(const uint8_t *v, const uint8_t *p, size_t n, int *bad)
+{
+    uint16_t start, offset;
+    memcpy(&start, v + 6, 2);
+    memcpy(&offset, v + 8, 2);
+    if ((size_t)start + offset + 2 > n) {
+        *bad = 1;
+        return NULL;
+    }
+    PyObject *pkt = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    if (pkt == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(pkt);
+    uint16_t c = checksum_of(fold_be(add_words(0, o + start, n - start)));
+    if (c == 0 && offset == 6)
+        c = 0xFFFF; /* UDP: 0 would mean "no checksum" */
+    put16(o + start + offset, c);
+    return pkt;
+}
+
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#define BURST_MAX 64
+#define CONTROL_LEN 128
+
+PyDoc_STRVAR(recv_burst_doc,
+"recv_burst(fd, buffer, slot, count) -> list[tuple[bytes, int, bytes, bytes]]\n\n"
+"Up to count datagrams from the non-blocking UDP socket fd with one recvmmsg(MSG_DONTWAIT),\n"
+"each received into its own slot-sized part of buffer (a writable buffer of at least\n"
+"slot * count bytes, reused between calls). Per datagram: (data, segment size, source\n"
+"sockaddr as the kernel wrote it, local address from IP_PKTINFO / IPV6_PKTINFO or b'').\n"
+"Segment size is the UDP_GRO size when the kernel coalesced several datagrams into data,\n"
+"else 0 (as IkeSocket.recv_segments). Nothing queued, or an ICMP error reported on the\n"
+"socket (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH): an empty list. Other errors: OSError.");
+
+static PyObject *recv_burst(PyObject *self, PyObject *args)
+{
+    int fd, count;
+    Py_ssize_t slot;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "iw*ni:recv_burst", &fd, &buf, &slot, &count))
+        return NULL;
+    PyObject *out = NULL;
+    if (count < 1 || count > BURST_MAX || slot < 1 || slot > (1 << 20) || buf.len / slot < count) {
+        PyErr_SetString(PyExc_ValueError, "recv_burst: 1-64 slots of 1 B-1 MiB that fit in the buffer");
+        goto done;
+    }
+    struct mmsghdr msgs[BURST_MAX];
+    struct iovec iov[BURST_MAX];
+    struct sockaddr_storage names[BURST_MAX];
+    /* aligned for struct cmsghdr */
+    union { struct cmsghdr align; char bytes[CONTROL_LEN]; } control[BURST_MAX];
+    memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)count);
+    for (int i = 0; i < count; i++) {
+        iov[i].iov_base = (char *)buf.buf + (size_t)i * (size_t)slot;
+        iov[i].iov_len = (size_t)slot;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &names[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
+        msgs[i].msg_hdr.msg_control = control[i].bytes;
+        msgs[i].msg_hdr.msg_controllen = CONTROL_LEN;
+    }
+    int n, err;
+    Py_BEGIN_ALLOW_THREADS
+    n = recvmmsg(fd, msgs, (unsigned)count, MSG_DONTWAIT, NULL);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (n < 0) {
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNREFUSED
+                || err == EHOSTUNREACH || err == ENETUNREACH) {
+            out = PyList_New(0);
+        } else {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        goto done;
+    }
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (int i = 0; i < n; i++) {
+        struct msghdr *h = &msgs[i].msg_hdr;
+        size_t len = msgs[i].msg_len;
+        if (len > (size_t)slot)
+            len = (size_t)slot;
+        long seg = 0;
+        const char *local = "";
+        Py_ssize_t local_len = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+            size_t dlen = c->cmsg_len - CMSG_LEN(0);
+            const unsigned char *d = CMSG_DATA(c);
+            if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO && dlen >= 12) {
+                local = (const char *)d + 8; /* ipi_addr: the header's destination */
+                local_len = 4;
+            } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO && dlen >= 16) {
+                local = (const char *)d; /* ipi6_addr */
+                local_len = 16;
+            } else if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && dlen >= 2) {
+                if (dlen >= sizeof(int)) {
+                    int v;
+                    memcpy(&v, d, sizeof v);
+                    seg = v;
+                } else {
+                    uint16_t v;
+                    memcpy(&v, d, sizeof v);
+                    seg = v;
+                }
+            }
+        }
+        if (seg < 0 || (size_t)seg >= len)
+            seg = 0;
+        socklen_t nl = h->msg_namelen;
+        if (nl > sizeof(names[i]))
+            nl = sizeof(names[i]);
+        PyObject *item = Py_BuildValue("(y#ly#y#)", (const char *)iov[i].iov_base, (Py_ssize_t)len, seg,
+                                       (const char *)&names[i], (Py_ssize_t)nl, local, local_len);
+        if (item == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+done:
+    PyBuffer_Release(&buf);
+    return out;
+}
+
+PyDoc_STRVAR(read_burst_doc,
+"read_burst(fd, buffer, count, vnet, max_segments)\n"
+"    -> tuple[list[bytes], int, int, int, int]\n\n"
+"Up to count reads from the non-blocking TUN device fd, one read() each into buffer (a\n"
+"writable buffer as large as the largest read: 65 545 bytes with a virtio-net header).\n"
+"Returns (packets, reads, tso_reads, tso_segments, malformed). Without vnet each read is one\n"
+"packet, exactly what os.read returns. With vnet (IFF_VNET_HDR) the IP packets as the\n"
+"pure-Python drain makes them (UserspaceDataPlane._drain): the header stripped; a TSO\n"
+"super-packet cut into its wire segments (tso.segment_py); a checksum left to us\n"
+"(NEEDS_CSUM) filled in (gro.complete_checksum); a read that is none of these well-formed\n"
+"counted as malformed and dropped. Stops at the first read that finds nothing (EAGAIN).\n"
+"An error on the first read raises OSError; after some reads it ends the burst (the next\n"
+"call reports it).");
+
+static PyObject *read_burst(PyObject *self, PyObject *args)
+{
+    int fd, count, vnet, max_segments;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "iw*ipi:read_burst", &fd, &buf, &count, &vnet, &max_segments))
+        return NULL;
+    PyObject *out = NULL, *result = NULL;
+    long reads = 0, tso_reads = 0, tso_segments = 0, malformed = 0;
+    if (count < 1 || count > 1024 || buf.len < 1) {
+        PyErr_SetString(PyExc_ValueError, "read_burst: 1-1024 reads into a non-empty buffer");
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    const uint8_t *b = buf.buf;
+    for (int i = 0; i < count; i++) {
+        ssize_t n = read(fd, buf.buf, (size_t)buf.len);
+        if (n < 0) {
+            int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || reads > 0)
+                break;
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto fail;
+        }
+        if (n == 0)
+            break;
+        reads++;
+        PyObject *pkt;
+        if (!vnet) {
+            pkt = PyBytes_FromStringAndSize(buf.buf, n);
+        } else if (n < 10) {
+            malformed++;
+            continue;
+        } else if (b[0] == 0 && b[1] == 0) { /* no offload at all: the usual case */
+            pkt = PyBytes_FromStringAndSize((const char *)b + 10, n - 10);
+        } else if (b[1]) { /* a TSO super-packet */
+            Py_ssize_t got = segment_into(out, b, b + 10, (size_t)n - 10, max_segments);
+            if (got < 0)
+                goto fail;
+            if (got == 0) {
+                malformed++;
+            } else {
+                tso_reads++;
+                tso_segments += (long)got;
+            }
+            continue;
+        } else if (b[0] & 1) { /* NEEDS_CSUM */
+            int bad = 0;
+            pkt = completed(b, b + 10, (size_t)n - 10, &bad);
+            if (bad) {
+                malformed++;
+                continue;
+            }
+        } else { /* other flags (DATA_VALID): nothing to do */
+            pkt = PyBytes_FromStringAndSize((const char *)b + 10, n - 10);
+        }
+        if (pkt == NULL)
+            goto fail;
+        int r = PyList_Append(out, pkt);
+        Py_DECREF(pkt);
+        if (r < 0)
+            goto fail;
+    }
+    result = Py_BuildValue("(Nllll)", out, reads, tso_reads, tso_segments, malformed);
+    out = NULL; /* stolen by N, even on failure */
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+static PyMethodDef accel_methods[] = {
+    {"read_burst", read_burst, METH_VARARGS, read_burst_doc},
+    {"recv_burst", recv_burst, METH_VARARGS, recv_burst_doc},
+    {"csum_words", csum_words, METH_O, csum_words_doc},
+    {"tso_segment", tso_segment, METH_VARARGS, tso_segment_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef accel_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_accel",
+    .m_doc = "Compiled helpers of the userspace data plane (checksums, TSO segmentation).",
+    .m_size = -1,
+    .m_methods = accel_methods,
+};
+
+PyMODINIT_FUNC PyInit__accel(void)
+{
+    PyObject *m = PyModule_Create(&accel_module);
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", ACCEL_ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
