@@ -24,16 +24,25 @@ pytestmark = pytest.mark.netns
 
 GW, PEER, FLOODER = "198.51.100.1", "198.51.100.2", "198.51.100.3"
 FLOOD_SECONDS = 6.0
-FLOOD_MAX = 2_000_000                       # datagrams (bound besides the time)
+FLOOD_MAX = 2_000_000                       # datagrams per flooding process (bound besides the time)
+FLOOD_PROCESSES = 2                         # one no longer outruns the gateway's batched receive
 MAX_GAP = 2.5                               # s between two timer-driven requests (1 s nominal)
 
 # Python run in the peer's namespace: IKE_AUTH-looking requests (random SPIs no IKE SA has;
 # with the non-ESP marker on 4500) to GW:PORT, as fast as it can, for SECS seconds or CAP
-# datagrams at most.
+# datagrams at most, from PROCS processes (forked; the first waits for the others). Prints
+# "sent errors" per process.
 FLOOD = r"""
 import os, socket, struct, sys, time
 dst, src = (sys.argv[1], int(sys.argv[2])), sys.argv[3]
-secs, cap = float(sys.argv[4]), int(sys.argv[5])
+secs, cap, procs = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+children = []
+for _ in range(procs - 1):
+    pid = os.fork()
+    if pid == 0:
+        children = None
+        break
+    children.append(pid)
 marker = b"" if dst[1] == 500 else bytes(4)
 pkts = []
 for _ in range(256):
@@ -52,7 +61,11 @@ while n < cap and time.monotonic() < end:
             n += 1
         except OSError:
             errors += 1
-print(n, errors)
+print(n, errors, flush=True)
+if children is None:
+    os._exit(0)
+for pid in children:
+    os.waitpid(pid, 0)
 """
 
 
@@ -108,9 +121,11 @@ def test_dpd_fires_on_time_while_the_socket_is_flooded(e2e):
         drops_before = udp_rcvbuf_errors(gw_ns)
         t_flood = time.time()
         flood = peer_ns.run([tools.PYTHON, "-c", FLOOD, GW, str(port), FLOODER, str(FLOOD_SECONDS),
-                             str(FLOOD_MAX)], timeout=FLOOD_SECONDS + 30)
+                             str(FLOOD_MAX), str(FLOOD_PROCESSES)], timeout=FLOOD_SECONDS + 30)
         t_end = time.time()
-        sent, _errors = map(int, flood.stdout.split())
+        numbers = [int(w) for w in flood.stdout.split()]  # "sent errors" of each process
+        assert len(numbers) == 2 * FLOOD_PROCESSES, flood.stdout
+        sent = sum(numbers[0::2])
         drops = udp_rcvbuf_errors(gw_ns) - drops_before
         time.sleep(1.5)
     finally:
