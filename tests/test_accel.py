@@ -328,7 +328,7 @@ def test_read_burst_reads_what_os_read_reads():
 
 
 def _python_drain(reads: list[bytes]) -> tuple[list[bytes], int, int, int, int]:
-    """What UserspaceDataPlane._drain/_offloaded make of vnet reads (Tun.strip, Tun.unpack)."""
+    """What UserspaceDataPlane._drain/_unwrapped make of vnet reads (Tun.strip, Tun.unpack)."""
     from vpn_gw.dataplane.userspace.tun import Tun
     out: list[bytes] = []
     tso_reads = tso_segments = malformed = 0

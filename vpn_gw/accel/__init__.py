@@ -7,9 +7,9 @@ with ``tun_tso``, dataplane/userspace/tso.py), one ``recvmsg`` per ESP datagram 
 socket (transport/udp.py: ``recv_burst`` takes up to 16 with one ``recvmmsg``) and one
 ``os.read`` per packet from a TUN device plus the handling of its virtio-net header
 (``read_burst``: the reads of a burst in one call, headers stripped, TSO super-packets cut,
-checksums left to us filled in). The
-C module does these; the pure-Python code stays the reference and the fallback, and
-tests/test_accel.py checks that both give the same answers and bytes.
+checksums left to us filled in). The C module does these; the pure-Python code stays the
+reference and the fallback, and tests/test_accel.py checks that both give the same answers and
+bytes.
 
 ``COMPILED`` says which is in use (``vpn-gw stats``, the daemon's start-up log). The module is
 not used when it is missing (built without a C compiler), when its ``ABI`` differs from the one

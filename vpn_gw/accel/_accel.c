@@ -1,10 +1,12 @@
 /* Compiled helpers of the userspace data plane: the Internet checksum (RFC 1071) over whole
  * packets, TCP segmentation of TSO super-packets, receiving a burst of UDP datagrams with one
- * recvmmsg, and reading a burst of packets from a TUN device. Optional: vpn_gw/dataplane/userspace/
- * vpn_gw/accel/__init__.py falls back to the pure-Python versions (gro.py, tso.py), which define the behaviour;
- * tests/test_accel.py checks that both give the same bytes. docs/esp.md "Compiled helpers".
+ * recvmmsg, and reading a burst of packets from a TUN device. Optional: vpn_gw/accel/__init__.py
+ * falls back to the pure-Python code (gro.py, tso.py, transport/udp.py, plane.py), which defines
+ * the behaviour; tests/test_accel.py checks that both give the same bytes. docs/esp.md
+ * "Compiled helpers".
  *
- * No allocation but the result objects, no state, no I/O; every length is checked before use.
+ * No state between calls; the only I/O is the read()/recvmmsg() the burst functions exist for;
+ * every length is checked before use.
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
@@ -479,7 +481,7 @@ static PyMethodDef accel_methods[] = {
 static struct PyModuleDef accel_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_accel",
-    .m_doc = "Compiled helpers of the userspace data plane (checksums, TSO segmentation).",
+    .m_doc = "Compiled helpers of the userspace data plane (checksums, TSO, receive and read bursts).",
     .m_size = -1,
     .m_methods = accel_methods,
 };

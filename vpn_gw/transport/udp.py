@@ -8,6 +8,8 @@ import socket
 import struct
 import sys
 
+from vpn_gw.transport.mmsg import source
+
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
@@ -50,7 +52,6 @@ class IkeSocket:
         s.bind((address, port))
         self.sock = s
         self._anc: dict[str | None, list] = {}  # source address -> ancillary data (PKTINFO), cached
-        self._local: dict[bytes, str] = {}  # PKTINFO address bytes -> text, cached
         self._burst: bytearray | None = None  # recv_burst's buffer, made on first use
         self.remotes: dict[bytes, tuple[str, int]] = {}  # raw source sockaddr -> (ip, port)
         self.locals: dict[bytes, tuple[str, int]] = {}  # raw PKTINFO address -> (ip, our port)
@@ -90,24 +91,21 @@ class IkeSocket:
             if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                 return None  # ICMP errors reported on the socket
             raise
-        local_ip = self.address
+        key = b""  # no PKTINFO: our bound address
         seg = 0
         for level, ctype, cdata in anc:
             if level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
                 key = cdata[8:12]
-                known = self._local.get(key)
-                local_ip = known if known is not None else \
-                    self._cache_local(key, socket.inet_ntop(socket.AF_INET, key))
             elif level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO and len(cdata) >= 16:
                 key = cdata[:16]
-                known = self._local.get(key)
-                local_ip = known if known is not None else \
-                    self._cache_local(key, socket.inet_ntop(socket.AF_INET6, key))
             elif level == SOL_UDP and ctype == UDP_GRO and len(cdata) >= 2:
                 seg = int.from_bytes(cdata[:4] if len(cdata) >= 4 else cdata[:2], sys.byteorder)
         if seg >= len(data):
             seg = 0
-        return data, seg, (local_ip, self.port), (src[0], src[1])
+        local = self.locals.get(key)
+        if local is None:
+            local = self.local_of(key)
+        return data, seg, local, (src[0], src[1])
 
     def burst_buffer(self) -> bytearray:
         """The buffer vpn_gw.accel.recv_burst receives into: BURST slots of BURST_SLOT bytes."""
@@ -118,15 +116,11 @@ class IkeSocket:
     def remote_of(self, name: bytes) -> tuple[str, int]:
         """(ip, port) of a source sockaddr as recvmmsg wrote it (what recvmsg would have
         returned; an IPv6 scope as "%interface"), cached in ``remotes``."""
-        family = int.from_bytes(name[:2], sys.byteorder)
-        port = int.from_bytes(name[2:4], "big")
-        if family == socket.AF_INET6 and len(name) >= 24:
-            ip = socket.inet_ntop(socket.AF_INET6, name[8:24])
-            scope = int.from_bytes(name[24:28], sys.byteorder) if len(name) >= 28 else 0
+        if len(name) >= 8:
+            ip, port, packed = source(name)
+            scope = int.from_bytes(name[24:28], sys.byteorder) if len(packed) == 16 and len(name) >= 28 else 0
             if scope:
                 ip = socket.getnameinfo((ip, port, 0, scope), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
-        elif family == socket.AF_INET and len(name) >= 8:
-            ip = socket.inet_ntop(socket.AF_INET, name[4:8])
         else:
             ip, port = "", 0  # no address (not for a UDP socket): nothing will match it
         if len(self.remotes) >= _ADDRESS_CACHE:
@@ -135,8 +129,8 @@ class IkeSocket:
         return remote
 
     def local_of(self, packed: bytes) -> tuple[str, int]:
-        """(ip, our port) for the PKTINFO address recv_burst reported (b"": none, our bound
-        address), cached in ``locals``."""
+        """(ip, our port) for a datagram's PKTINFO address (b"": none, our bound address), as
+        recv_segments and recv_burst report it, cached in ``locals``."""
         if len(packed) == 4:
             ip = socket.inet_ntop(socket.AF_INET, packed)
         elif len(packed) == 16:
@@ -147,12 +141,6 @@ class IkeSocket:
             self.locals.clear()
         self.locals[packed] = local = (ip, self.port)
         return local
-
-    def _cache_local(self, key: bytes, text: str) -> str:
-        if len(self._local) > 1024:
-            self._local.clear()
-        self._local[key] = text
-        return text
 
     def _ancillary(self, local_ip: str | None) -> list:
         anc = self._anc.get(local_ip)

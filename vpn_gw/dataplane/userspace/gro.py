@@ -60,19 +60,22 @@ def _checksums_ok_py(run: list[bytes], proto: int = 6) -> bool:
     sum(packets) + sum(pseudo headers) = 0 (mod 0xFFFF) when all are right; 0 and 0xFFFF (the
     two zeros) are the same residue. A single corrupted segment always shows; errors in several
     segments cancel with probability 1/65535, the TCP checksum's own strength per segment."""
-    k = len(run)
-    little: repeat[Literal["little"]] = repeat("little", k)
+    little: repeat[Literal["little"]] = repeat("little", len(run))
     s = sum(map(int.from_bytes, run, little))
-    pseudo = k * (int.from_bytes(run[0][12:20], "big") + proto - 20) + sum(map(len, run))
-    return (s + (pseudo << 8)) % 0xFFFF == 0
+    return (s + (_pseudo_sum(run, proto) << 8)) % 0xFFFF == 0
+
+
+def _pseudo_sum(run: list[bytes], proto: int) -> int:
+    """The pseudo headers of the run's segments added up (their addresses are the same):
+    addresses, protocol and the TCP/UDP length of each, congruent mod 0xFFFF to the ones'
+    complement sum of their big-endian words."""
+    return len(run) * (int.from_bytes(run[0][12:20], "big") + proto - 20) + sum(map(len, run))
 
 
 def _checksums_ok_compiled(run: list[bytes], proto: int = 6) -> bool:
     """``_checksums_ok_py`` with the sum of the segments' big-endian words from the compiled
     helper (vpn_gw.accel): the same test, the pseudo headers added unswapped."""
-    k = len(run)
-    pseudo = k * (int.from_bytes(run[0][12:20], "big") + proto - 20) + sum(map(len, run))
-    return (csum_words(run) + pseudo) % 0xFFFF == 0  # type: ignore[misc]
+    return (csum_words(run) + _pseudo_sum(run, proto)) % 0xFFFF == 0  # type: ignore[misc]
 
 
 _checksums_ok = _checksums_ok_compiled if csum_words is not None else _checksums_ok_py

@@ -356,8 +356,8 @@ class UserspaceDataPlane(DataPlane):
             invalidate_addresses()
         ipr_submit(delete, f"virtual IPs on {tun.name}")
 
-    def _count(self, reason: str) -> None:
-        self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
+    def _count(self, reason: str, n: int = 1) -> None:
+        self.unmatched[reason] = self.unmatched.get(reason, 0) + n
 
     def _tun(self, name: str) -> Tun:
         tun = self.tuns.get(name)
@@ -690,19 +690,19 @@ class UserspaceDataPlane(DataPlane):
             except BlockingIOError:
                 return
             if vnet:
-                if pkt[0] or pkt[1]:
-                    self._offloaded(tun, pkt)
-                    continue
-                pkt = pkt[VNET_HDR_LEN:]  # no offload at all: the usual case
-            try:
-                self._outbound(tun, pkt)
-            except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
-                self._count("internal_error")
-                log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+                pkts = self._unwrapped(tun, pkt) if pkt[0] or pkt[1] else [pkt[VNET_HDR_LEN:]]
+            else:
+                pkts = [pkt]
+            for p in pkts:
+                try:
+                    self._outbound(tun, p)
+                except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
+                    self._count("internal_error")
+                    log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
 
     def _drain_bursts(self, tun: Tun, read_burst: Callable) -> None:
         """``_drain`` with the compiled helper (vpn_gw.accel.read_burst): READ_BURST reads per
-        call, the virtio-net header handled in C exactly as ``_offloaded`` does (stripped, TSO
+        call, the virtio-net header handled in C exactly as ``_unwrapped`` does (stripped, TSO
         super-packets cut, checksums left to us filled in), so only IP packets come back."""
         fd, vnet, buf, outbound = tun.fd, tun.vnet_hdr, self._read_buf, self._outbound
         for _ in range(READ_BATCH // READ_BURST):
@@ -711,7 +711,7 @@ class UserspaceDataPlane(DataPlane):
                 self.tso_reads += tso_reads
                 self.tso_segments += tso_segments
             if malformed:
-                self.unmatched["malformed"] = self.unmatched.get("malformed", 0) + malformed
+                self._count("malformed", malformed)
             for pkt in pkts:
                 try:
                     outbound(tun, pkt)
@@ -721,28 +721,23 @@ class UserspaceDataPlane(DataPlane):
             if reads < READ_BURST:
                 return
 
-    def _offloaded(self, tun: Tun, pkt: bytes) -> None:
-        """A read whose virtio-net header is set: a TSO super-packet (GSO type), cut into its
-        wire segments, or a packet whose checksum was left to us (NEEDS_CSUM)."""
+    def _unwrapped(self, tun: Tun, pkt: bytes) -> list[bytes]:
+        """The IP packets of a read whose virtio-net header is set: a TSO super-packet (GSO
+        type) cut into its wire segments, or a packet whose checksum was left to us (NEEDS_CSUM)
+        with it filled in; none (counted) if malformed."""
         if pkt[1]:
             segs = tun.unpack(pkt)
             if segs is None:
                 self._count("malformed")
-                return
+                return []
             self.tso_reads += 1
             self.tso_segments += len(segs)
-        else:
-            stripped = tun.strip(pkt)
-            if stripped is None:
-                self._count("malformed")
-                return
-            segs = [stripped]
-        for seg in segs:
-            try:
-                self._outbound(tun, seg)
-            except Exception as e:  # noqa: BLE001 - as in _drain
-                self._count("internal_error")
-                log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+            return segs
+        stripped = tun.strip(pkt)
+        if stripped is None:
+            self._count("malformed")
+            return []
+        return [stripped]
 
     def _transmit(self, datagrams: list[bytes], local: Address, remote: Address) -> None:
         if len(datagrams) > 1 and self.send_udp_batch is not None:
