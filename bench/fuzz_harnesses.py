@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Long fuzzing runs of the harnesses beyond the outer decoder (atheris/libFuzzer): the RFC 9329
 TCP stream parser, ESP decapsulation after a valid ICV, authenticated payloads into the engine
-in both roles, and the compiled data plane helpers against their Python reference (``accel``);
-prints executions, coverage and findings per harness.
+in both roles, the compiled data plane helpers against their Python reference (``accel``) and the
+compiled AEAD ESP path against the pure-Python one (``esp_compiled``); prints executions,
+coverage and findings per harness.
 
 Usage: .venv/bin/python bench/fuzz_harnesses.py [--seconds 600] [--workdir DIR] [--only NAME]
 Crashes are saved as crash-* files under WORKDIR/NAME/ and listed at the end; a corpus is kept in
@@ -20,7 +21,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HARNESSES = {"tcp_stream": "fuzz_tcp_stream.py", "esp_decap": "fuzz_esp_decap.py", "engine": "fuzz_engine.py",
-             "accel": "fuzz_accel.py"}
+             "accel": "fuzz_accel.py", "esp_compiled": "fuzz_esp_compiled.py"}
 
 
 def run(name: str, seconds: int, work: pathlib.Path) -> int:

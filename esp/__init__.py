@@ -13,7 +13,7 @@ from .fragment import (
     icmpv6_packet_too_big,
     tunnel_mtu,
 )
-from .packet import decapsulate, encapsulate, esp_open, esp_seal, parse_trailer, peek_spi
+from .packet import decapsulate, encapsulate, encapsulate_many, esp_open, esp_seal, parse_trailer, peek_spi
 from .replay import ReplayWindow
 from .sa import Direction, EspSA, Lifetime, SaStats
 from .udpencap import Kind, classify, ike_with_marker, keepalive
@@ -35,6 +35,7 @@ __all__ = [
     "decapsulate",
     "decide",
     "encapsulate",
+    "encapsulate_many",
     "esp_open",
     "esp_seal",
     "fragment_ipv4",

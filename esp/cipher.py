@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from . import compiled
 from .errors import DropReason, EspError
 
 
@@ -114,6 +115,8 @@ class EspCipher:
         self._aes: algorithms.AES | None = None
         self._hmac: crypto_hmac.HMAC | None = None
         self._salt = b""
+        # the compiled packet path (esp/compiled.py) for AEAD SAs, when built
+        self.fast: compiled.AeadType | None = None
         self.encr_id = encr
         self.integ_id = integ
         self.wiped = False
@@ -133,6 +136,8 @@ class EspCipher:
                 raise ValueError(f"AEAD key material must be {key_bits // 8} + 4 (salt) bytes")
             key, self._salt = encr_key[:-SALT_LEN], encr_key[-SALT_LEN:]
             self._aead = AESGCM(key) if encr is EncrTransform.AES_GCM_16 else ChaCha20Poly1305(key)
+            if compiled.Aead is not None:
+                self.fast = compiled.Aead(int(encr), encr_key)
             self.is_aead = True
             self.iv_len, self.icv_len, self.align = AEAD_IV_LEN, AEAD_ICV_LEN, 4
             self.name = (
@@ -222,6 +227,8 @@ class EspCipher:
         aead = self._aead
         if aead is None:
             raise EspError(DropReason.SA_DEAD, "cipher wiped") if self.wiped else ValueError("not an AEAD cipher")
+        if self.fast is not None:
+            return self.fast.seal(spi, seq, payload, next_header, esn)
         hdr = _HDR_IV.pack(spi, seq & _MASK32, seq)
         aad = _AAD_ESN.pack(spi, seq >> 32, seq & _MASK32) if esn else hdr[:8]
         trailer = _AEAD_TRAILERS[(-(len(payload) + 2) & 3, next_header)]
@@ -258,9 +265,13 @@ class EspCipher:
         """Drop every reference to key material; the cipher refuses further use.
 
         Python cannot overwrite the immutable key ``bytes`` the caller passed in, nor the copies
-        inside OpenSSL objects: this releases them so they can be freed.
+        inside the ``cryptography`` objects: this releases them so they can be freed. The
+        compiled path's copy (``fast``) is freed and cleansed at once.
         """
         self._aead = None
+        if self.fast is not None:
+            self.fast.wipe()  # frees OpenSSL's contexts (cleansed) and overwrites the salt
+            self.fast = None
         self._aes = None
         self._hmac = None
         self._salt = b""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 
 from .cipher import EspCipher
+from .compiled import VERDICTS, CompiledReplayWindow
 from .errors import DropReason, EspError
 from .ip import PROTO_IPIP, PROTO_IPV6, PROTO_NONE, parse_ipv4, parse_ipv6
 from .replay import MASK32
@@ -122,7 +123,10 @@ def encapsulate(sa_out: EspSA, inner_ip_packet: bytes, next_header: int) -> byte
         seq += 1  # next_seq(), inlined
         sa_out.seq = seq
         cipher = sa_out.cipher
-        if cipher.is_aead and 0 <= next_header <= 255:
+        fast = cipher.fast
+        if fast is not None and 0 <= next_header <= 255:  # compiled (esp/compiled.py)
+            packet = fast.seal(sa_out.spi, seq, inner_ip_packet, next_header, sa_out.esn)
+        elif cipher.is_aead and 0 <= next_header <= 255:
             packet = cipher.seal_packet(sa_out.spi, seq, inner_ip_packet, next_header, sa_out.esn)
         else:
             packet = esp_seal(
@@ -136,6 +140,37 @@ def encapsulate(sa_out: EspSA, inner_ip_packet: bytes, next_header: int) -> byte
     stats.packets += 1
     stats.bytes += len(inner_ip_packet)
     return packet
+
+
+def encapsulate_many(sa_out: EspSA, packets: list[bytes]) -> list[bytes]:
+    """``encapsulate`` for each IP packet of ``packets`` (non-empty; next header 4 for IPv4,
+    else 41) in order: the ESP packets of those it protected (a refused one is counted on the SA
+    and left out, as ``encapsulate`` counts and raises).
+
+    With the compiled path (esp/compiled.py) and nothing for a per-packet check to find (not
+    dead or expired, no hard volume limit, enough sequence numbers left) the whole list is sealed
+    in one call, sequence numbers and counters advanced together; otherwise packet by packet.
+    """
+    if sa_out.direction is not Direction.OUT:
+        raise ValueError("encapsulate_many needs an outbound SA")
+    fast = sa_out.cipher.fast
+    lt = sa_out.lifetime
+    n = len(packets)
+    if (fast is not None and not sa_out.dead and not sa_out.expired and lt.hard_bytes is None
+            and lt.hard_packets is None and sa_out.seq + n <= sa_out.seq_limit):
+        datagrams, nbytes = fast.seal_many(sa_out.spi, sa_out.seq + 1, packets, sa_out.esn)
+        sa_out.seq += n
+        stats = sa_out.stats
+        stats.packets += n
+        stats.bytes += nbytes
+        return datagrams
+    out = []
+    for pkt in packets:
+        try:
+            out.append(encapsulate(sa_out, pkt, PROTO_IPIP if pkt[0] >> 4 == 4 else PROTO_IPV6))
+        except EspError:
+            pass  # counted on the SA
+    return out
 
 
 def decapsulate(sa_in: EspSA, esp_bytes: bytes) -> tuple[int, bytes]:
@@ -152,12 +187,23 @@ def decapsulate(sa_in: EspSA, esp_bytes: bytes) -> tuple[int, bytes]:
         lt = sa_in.lifetime
         if sa_in.dead or sa_in.expired or lt.hard_bytes is not None or lt.hard_packets is not None:
             sa_in.ensure_usable()  # otherwise it has nothing to check (the per-packet path)
+        replay = sa_in.replay
+        fast = sa_in.cipher.fast
+        if fast is not None and replay.__class__ is CompiledReplayWindow:
+            # compiled (esp/compiled.py): the steps below, in the same order, in one call
+            res = fast.decapsulate(esp_bytes, sa_in.spi, replay, sa_in.nh_mask)
+            if res.__class__ is int:
+                raise EspError(VERDICTS[res], "compiled path")
+            next_header, inner = res  # type: ignore[misc]
+            stats = sa_in.stats
+            stats.packets += 1
+            stats.bytes += len(inner)
+            return next_header, inner
         if len(esp_bytes) < ESP_HEADER_LEN:
             raise EspError(DropReason.MALFORMED, "shorter than the ESP header")
         spi, seq_low = _SPI_SEQ.unpack_from(esp_bytes)
         if spi != sa_in.spi:
             raise EspError(DropReason.SPI_MISMATCH, f"{spi:#010x} != {sa_in.spi:#010x}")
-        replay = sa_in.replay
         seq = replay.infer_seq(seq_low) if replay.esn else seq_low
         if not replay.check(seq):
             raise EspError(DropReason.REPLAY, f"seq {seq}")

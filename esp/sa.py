@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Literal
 
 from .cipher import EspCipher
+from .compiled import CompiledReplayWindow, next_header_mask
 from .errors import DropReason, EspError
 from .ip import PROTO_IPIP, PROTO_IPV6
 from .replay import MAX_SEQ_32, MAX_SEQ_ESN, ReplayWindow
@@ -93,10 +94,13 @@ class EspSA:
         self.lifetime = lifetime
         self.created_at = created_at
         self.allowed_next_headers = frozenset(allowed_next_headers)
+        self.nh_mask = next_header_mask(self.allowed_next_headers)  # for the compiled path
         self.seq_limit = MAX_SEQ_ESN if esn else MAX_SEQ_32
         self.seq_soft_margin = seq_soft_margin
         self.seq = 0
-        self.replay = ReplayWindow(replay_window, esn=esn) if self.direction is Direction.IN else None
+        # the compiled window when built (esp/compiled.py): the same interface and behaviour
+        window = CompiledReplayWindow or ReplayWindow
+        self.replay = window(replay_window, esn=esn) if self.direction is Direction.IN else None
         self.stats = SaStats()
         self.expired = False
         self.dead = False

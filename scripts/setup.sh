@@ -11,7 +11,7 @@ APT_PKGS=(
   iproute2 nftables iptables tcpdump iputils-ping iperf3 procps ethtool
   strongswan-charon strongswan-swanctl strongswan-pki libstrongswan-standard-plugins
   libcharon-extra-plugins libcharon-extauth-plugins
-  libnetfilter-queue-dev build-essential python3-dev
+  libnetfilter-queue-dev build-essential python3-dev libssl-dev
   knot dnsutils
   xz-utils libcurl4 libssl3 libsystemd0   # strongSwan 6 peer from ../shared/peers (tests/interop/strongswan6.py)
   freeradius freeradius-utils postgresql

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from esp.ip import checksum
 from tests.test_gro import flows, tcp4
+from tests.test_gro_udp import udp4 as flow_udp4
 from tests.test_tso import tcp6, vnet
 from vpn_gw import accel
 from vpn_gw.dataplane.userspace import gro, tso
@@ -103,6 +104,49 @@ def test_udp_run_verdicts_agree():
         bad[-1] ^= 0x40
         run[3] = bytes(bad)
         assert gro._checksums_ok_compiled(run, 17) is gro._checksums_ok_py(run, 17) is False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_udp_coalesce_writes_the_python_bytes(data):
+    """The compiled run builder against gro._udp_run_py on random datagram lists: flows that
+    differ, sizes that grow or shrink, corrupted bytes anywhere, headers the rules refuse; every
+    start index. The same write (as one buffer) and the same count, or both None."""
+    spec = data.draw(st.lists(st.tuples(st.integers(1, 1400), st.sampled_from([40000, 40001]),
+                                        st.booleans(), st.sampled_from([63, 64])), min_size=1, max_size=80))
+    pkts = [flow_udp4(bytes([k & 0xFF]) * size, ident=k, sport=sport, csum=cs, ttl=ttl)
+            for k, (size, sport, cs, ttl) in enumerate(spec)]
+    for _ in range(data.draw(st.integers(0, 3))):
+        k = data.draw(st.integers(0, len(pkts) - 1))
+        bad = bytearray(pkts[k])
+        bad[data.draw(st.integers(0, len(bad) - 1))] ^= data.draw(st.integers(1, 255))
+        pkts[k] = bytes(bad)
+    for i in range(len(pkts)):
+        want = gro._udp_run_py(pkts, i, len(pkts))
+        got = accel.udp_coalesce(pkts, i, gro.MAX_SEGMENTS)
+        if want is None:
+            assert got is None
+        else:
+            assert got is not None
+            assert got == (b"".join(bytes(b) for b in want[0]), want[1])
+
+
+def test_udp_coalesce_edges():
+    one = udp4(b"x" * 100)
+    assert accel.udp_coalesce([one], 0, 64) is None  # a run needs two
+    assert accel.udp_coalesce([one] * 70, 0, 64)[1] == 64
+    assert accel.udp_coalesce([one] * 70, 64, 64)[1] == 6
+    assert accel.udp_coalesce([one] * 3, 0, 2)[1] == 2
+    big = udp4(b"y" * 1400)
+    got = accel.udp_coalesce([big] * 64, 0, 64)  # 64 KiB at most
+    assert got is not None and got[1] == 46 and len(got[0]) - 10 <= 65535
+    for args in (([one, one], 2, 64), ([one, one], -1, 64), ([one, one], 0, 0)):
+        with pytest.raises(ValueError):
+            accel.udp_coalesce(*args)
+    with pytest.raises(TypeError):
+        accel.udp_coalesce([one, bytearray(one)], 0, 64)
+    with pytest.raises(TypeError):
+        accel.udp_coalesce((one, one), 0, 64)
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 100, 1401])

@@ -1,7 +1,7 @@
 """Short runs of the atheris harnesses beyond the outer decoder (issue 14): the RFC 9329 TCP
 stream parser, ESP decapsulation after a valid ICV, authenticated payloads into the engine in
-both roles, and the compiled data plane helpers against their Python reference. The long runs
-are bench/fuzz_harnesses.py."""
+both roles, the compiled data plane helpers and the compiled AEAD ESP path against their Python
+reference. The long runs are bench/fuzz_harnesses.py."""
 from __future__ import annotations
 
 import pathlib
@@ -14,7 +14,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("harness", ["fuzz_tcp_stream.py", "fuzz_esp_decap.py", "fuzz_engine.py", "fuzz_accel.py"])
+@pytest.mark.parametrize("harness", ["fuzz_tcp_stream.py", "fuzz_esp_decap.py", "fuzz_engine.py", "fuzz_accel.py",
+                                     "fuzz_esp_compiled.py"])
 def test_harness_smoke(tmp_path, harness):
     corpus = []
     if harness == "fuzz_engine.py":  # seeds from real exchanges, so the short run gets past the decoder

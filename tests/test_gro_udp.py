@@ -8,11 +8,12 @@ import struct
 import sys
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esp.ip import checksum
 from tests.netns import NetnsGroup
+from vpn_gw.dataplane.userspace import gro
 from vpn_gw.dataplane.userspace.gro import (
     NO_OFFLOAD,
     VIRTIO_NET_HDR_GSO_UDP_L4,
@@ -34,9 +35,24 @@ def udp4(payload: bytes, *, ident: int = 1, sport: int = 40000, dport: int = 520
     return ip + udp
 
 
+@pytest.fixture(params=["python", "compiled"])
+def udp_run(request, monkeypatch):
+    """The tests that take it run with the reference (gro._udp_run_py) and with the compiled helper
+    (vpn_gw.accel.udp_coalesce; tests/test_accel.py fails if it is not built)."""
+    if request.param == "python":
+        monkeypatch.setattr(gro, "_udp_run", gro._udp_run_py)
+    elif gro.udp_coalesce is None:
+        pytest.skip("compiled helpers not built (tests/test_accel.py fails for that)")
+    else:
+        monkeypatch.setattr(gro, "_udp_run", gro._udp_run_compiled)
+    return request.param
+
+
 def segment(bufs: list) -> list[bytes]:
-    """What the kernel makes of one write (reference GSO for UDP_L4 with NEEDS_CSUM)."""
-    vnet, data = bytes(bufs[0]), b"".join(bytes(b) for b in bufs[1:])
+    """What the kernel makes of one write (reference GSO for UDP_L4 with NEEDS_CSUM); the write's
+    buffers are the virtio-net header, then the packet (as one buffer or several)."""
+    whole = b"".join(bytes(b) for b in bufs)
+    vnet, data = whole[:10], whole[10:]
     flags, gso_type, hdr_len, gso_size, cstart, coff = struct.unpack("=BBHHHH", vnet)
     if gso_type == 0:
         assert vnet == NO_OFFLOAD
@@ -74,24 +90,24 @@ def roundtrip(pkts: list[bytes]) -> list[list]:
 
 
 def nseg(w: list) -> int:
-    return 1 if bytes(w[0]) == NO_OFFLOAD else len(w) - 2
+    return len(segment(w))
 
 
-def test_small_datagrams_of_one_flow_become_one_write():
+def test_small_datagrams_of_one_flow_become_one_write(udp_run):
     pkts = [udp4(bytes([k]) * 160, ident=k) for k in range(40)]
     writes = roundtrip(pkts)
     assert [nseg(w) for w in writes] == [40]
     assert coalesce(pkts) == [[NO_OFFLOAD, p] for p in pkts]  # off unless asked for
 
 
-def test_at_most_64_and_a_short_last_datagram_ends_the_packet():
+def test_at_most_64_and_a_short_last_datagram_ends_the_packet(udp_run):
     pkts = [udp4(b"x" * 100, ident=k) for k in range(70)]
     assert [nseg(w) for w in roundtrip(pkts)] == [64, 6]
     pkts = [udp4(b"a" * 100), udp4(b"b" * 100), udp4(b"c" * 50), udp4(b"d" * 100), udp4(b"e" * 100)]
     assert [nseg(w) for w in roundtrip(pkts)] == [3, 2]
 
 
-def test_what_is_never_merged():
+def test_what_is_never_merged(udp_run):
     base = udp4(b"p" * 100)
     for other in (udp4(b"p" * 120),                          # longer than the first
                   udp4(b"p" * 100, sport=1),                 # another flow
@@ -107,7 +123,7 @@ def test_what_is_never_merged():
     assert [nseg(w) for w in roundtrip([bytes(frag), bytes(frag)])] == [1, 1]
 
 
-def test_bad_checksum_is_written_alone_unchanged():
+def test_bad_checksum_is_written_alone_unchanged(udp_run):
     pkts = [udp4(bytes([k]) * 64, ident=k) for k in range(6)]
     bad = bytearray(pkts[3])
     bad[40] ^= 0x01
@@ -117,17 +133,17 @@ def test_bad_checksum_is_written_alone_unchanged():
     assert bytes(writes[1][1]) == pkts[3]
 
 
-def test_tcp_and_udp_mixed_keep_their_order():
+def test_tcp_and_udp_mixed_keep_their_order(udp_run):
     from tests.test_gro import tcp4
     pkts = [udp4(b"u" * 80), udp4(b"u" * 80), tcp4(1, b"t" * 100), tcp4(101, b"t" * 100), udp4(b"u" * 80)]
     counted = coalesce_counted(pkts, udp=True)
     assert [n for _b, n in counted] == [2, 2, 1]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(1, 300), st.sampled_from([40000, 40001]), st.booleans()),
                 min_size=1, max_size=90))
-def test_random_runs_roundtrip(spec):
+def test_random_runs_roundtrip(udp_run, spec):
     pkts = [udp4(bytes([k & 0xFF]) * size, ident=k, sport=sport, csum=cs) for k, (size, sport, cs) in enumerate(spec)]
     counted = coalesce_counted(pkts, udp=True)
     assert sum(n for _b, n in counted) == len(pkts)

@@ -23,7 +23,11 @@ def module_name(path: Path) -> str:
 
 
 def modules(*packages: str) -> dict[str, Path]:
-    return {module_name(p): p for pkg in packages for p in (ROOT / pkg).rglob("*.py")}
+    """Every module of the packages: the Python ones and the compiled extensions (a ``.c``
+    source, built by setup.py as the module of that name, e.g. esp/_aead.c -> esp._aead), which
+    import nothing of the project."""
+    return {module_name(p): p for pkg in packages for pattern in ("*.py", "*.c")
+            for p in (ROOT / pkg).rglob(pattern)}
 
 
 def resolve(importer: str, is_package: bool, level: int, target: str | None) -> str:
@@ -63,6 +67,8 @@ def import_graph(*packages: str, everywhere: bool) -> dict[str, set[str]]:
     files = modules(*packages)
     graph: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
+        if path.suffix == ".c":
+            continue  # a compiled extension: no Python imports
         is_package = path.name == "__init__.py"
         tree = ast.parse(path.read_text(), str(path))
         nodes = ast.walk(tree) if everywhere else _module_level(tree.body)

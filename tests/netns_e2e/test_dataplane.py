@@ -70,6 +70,8 @@ def test_policy_based_ping_tcp_counters(e2e):
     # the daemon runs on the compiled helpers (checksums, TSO, ESP receive: vpn_gw/accel), and
     # with them tun_tso = "auto" (the default) offers TSO: host-a's TCP arrived as super-packets
     assert dp_stats["compiled_helpers"] == "compiled (_accel)", dp_stats["compiled_helpers"]
+    # and the AEAD packet path on the compiled one (seal, open, replay window: esp/compiled.py)
+    assert dp_stats["esp_packet_path"] == "compiled (_aead)", dp_stats["esp_packet_path"]
     tso = dp_stats["tso"]
     assert "tso4" in tso["devices"]["vpngw0"] and tso["reads"] > 0, tso
 
@@ -160,6 +162,7 @@ def test_pure_python_fallback_carries_the_same_traffic(e2e):
     for g in (ga, gb):
         dp_stats = g.control("stats")["dataplane"]
         assert dp_stats["compiled_helpers"] == "pure Python: VPN_GW_PURE_PYTHON is set"
+        assert dp_stats["esp_packet_path"] == "pure Python: VPN_GW_PURE_PYTHON is set"
         assert dp_stats["tso"]["devices"]["vpngw0"] == [] and dp_stats["tso"]["reads"] == 0
         ch = _child(g)
         assert ch["packets_in"] > 300 and ch["packets_out"] > 300, ch

@@ -1,13 +1,14 @@
 """The optional compiled helpers of the userspace data plane (``_accel.c``).
 
-Four per-packet jobs cost far more in Python than the rest of a packet's handling: the
+Five per-packet jobs cost far more in Python than the rest of a packet's handling: the
 Internet checksum over whole segments (the decrypt side verifies every run it coalesces,
 dataplane/userspace/gro.py), cutting a TSO super-packet into wire segments (the encrypt side
 with ``tun_tso``, dataplane/userspace/tso.py), one ``recvmsg`` per ESP datagram on the NAT-T
 socket (transport/udp.py: ``recv_burst`` takes up to 16 with one ``recvmmsg``) and one
 ``os.read`` per packet from a TUN device plus the handling of its virtio-net header
 (``read_burst``: the reads of a burst in one call, headers stripped, TSO super-packets cut,
-checksums left to us filled in). The C module does these; the pure-Python code stays the
+checksums left to us filled in), plus building the coalesced TUN write of a run of small UDP
+datagrams on the decrypt side (``udp_coalesce``, gro.py). The C module does these; the pure-Python code stays the
 reference and the fallback, and tests/test_accel.py checks that both give the same answers and
 bytes.
 
@@ -22,7 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-ABI = 4  # must equal ACCEL_ABI in _accel.c
+ABI = 5  # must equal ACCEL_ABI in _accel.c
 
 _module: ModuleType | None
 try:
@@ -44,6 +45,8 @@ tso_segment: Callable[[bytes, bytes, int], list[bytes] | None] | None = \
     _module.tso_segment if _module is not None else None
 recv_burst: Callable[[int, bytearray, int, int], list[tuple[bytes, int, bytes, bytes]]] | None = \
     _module.recv_burst if _module is not None else None
+udp_coalesce: Callable[[list[bytes], int, int], tuple[bytes, int] | None] | None = \
+    _module.udp_coalesce if _module is not None else None
 read_burst: Callable[[int, bytearray, int, bool, int], tuple[list[bytes], int, int, int, int]] | None = \
     _module.read_burst if _module is not None else None
 

@@ -20,7 +20,7 @@
 
 /* Bump when the interface or behaviour changes: vpn_gw/accel ignores a module whose ABI differs
  * (a stale build left next to newer sources). */
-#define ACCEL_ABI 4
+#define ACCEL_ABI 5
 
 #define GSO_TCPV4 1
 #define GSO_TCPV6 4
@@ -470,7 +470,128 @@ done:
     return result;
 }
 
+/* gro._datagram_size: the UDP payload length of an IPv4 datagram that may be coalesced (no
+ * options, not a fragment, a payload, lengths agreeing, a non-zero UDP checksum), else -1. */
+static long udp_payload(const uint8_t *p, size_t n)
+{
+    if (n <= 28 || p[0] != 0x45 || p[9] != 17 || (p[6] & 0x3F) || p[7] || get16(p + 2) != n)
+        return -1;
+    if (get16(p + 24) != n - 20 || (p[26] == 0 && p[27] == 0))
+        return -1;
+    return (long)n - 28;
+}
+
+/* gro._checksums_ok for UDP over items[i:j] (IPv4 without options, the same addresses): the
+ * ones' complement sum of every datagram plus their pseudo headers is 0 modulo 0xFFFF. */
+static int udp_run_ok(PyObject **items, Py_ssize_t i, Py_ssize_t j)
+{
+    uint64_t s = 0, lens = 0;
+    for (Py_ssize_t k = i; k < j; k++) {
+        const uint8_t *q = (const uint8_t *)PyBytes_AS_STRING(items[k]);
+        size_t n = (size_t)PyBytes_GET_SIZE(items[k]);
+        s = add_words(s, q, n);
+        lens += n;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(items[i]);
+    uint64_t addr = (uint64_t)get16(p + 12) + get16(p + 14) + get16(p + 16) + get16(p + 18);
+    /* len(run) * (addresses + 17 - 20) + the lengths, kept non-negative modulo 0xFFFF */
+    uint64_t pseudo = ((uint64_t)(j - i) * ((addr + 0xFFFFu - 3) % 0xFFFFu) + lens) % 0xFFFFu;
+    return ((uint64_t)fold_be(s) + pseudo) % 0xFFFFu == 0;
+}
+
+PyDoc_STRVAR(udp_coalesce_doc,
+"udp_coalesce(packets, i, max_segments) -> tuple[bytes, int] | None\n\n"
+"gro._udp_run_py in C: the coalesced UDP write that starts at packets[i] (a list of bytes:\n"
+"decrypted IP packets) as one buffer (virtio-net header, IPv4 and UDP header, the payloads)\n"
+"and the number of datagrams it carries, or None if packets[i] starts no run of two or more.\n"
+"The same rules and the same bytes as the Python code.");
+
+static PyObject *udp_coalesce(PyObject *self, PyObject *args)
+{
+    PyObject *list;
+    Py_ssize_t i;
+    int max_segments;
+    if (!PyArg_ParseTuple(args, "O!ni:udp_coalesce", &PyList_Type, &list, &i, &max_segments))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (i < 0 || i >= n || max_segments < 1) {
+        PyErr_SetString(PyExc_ValueError, "udp_coalesce: index out of range or no segments");
+        return NULL;
+    }
+    PyObject **items = ((PyListObject *)list)->ob_item;
+    Py_ssize_t limit = n - i < max_segments ? n : i + max_segments;
+    for (Py_ssize_t k = i; k < limit; k++)
+        if (!PyBytes_CheckExact(items[k])) {
+            PyErr_SetString(PyExc_TypeError, "udp_coalesce: packets must be bytes");
+            return NULL;
+        }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(items[i]);
+    long size = udp_payload(p, (size_t)PyBytes_GET_SIZE(items[i]));
+    if (size < 0)
+        Py_RETURN_NONE;
+    size_t total = (size_t)PyBytes_GET_SIZE(items[i]);
+    Py_ssize_t j = i + 1;
+    while (j < limit) {
+        const uint8_t *q = (const uint8_t *)PyBytes_AS_STRING(items[j]);
+        long qsize = udp_payload(q, (size_t)PyBytes_GET_SIZE(items[j]));
+        if (qsize < 0 || qsize > size || total + (size_t)qsize > MAX_IP_LEN
+            || memcmp(q + 12, p + 12, 12) != 0 || q[1] != p[1] || q[8] != p[8] || q[6] != p[6])
+            break;
+        total += (size_t)qsize;
+        j++;
+        if (qsize < size)
+            break; /* a shorter datagram ends the packet */
+    }
+    if (j > i + 1 && !udp_run_ok(items, i, j)) {
+        Py_ssize_t e = i;
+        while (e < j && udp_run_ok(items, e, e + 1))
+            e++;
+        j = e;
+        total = 0;
+        for (Py_ssize_t k = i; k < j; k++)
+            total += (size_t)PyBytes_GET_SIZE(items[k]);
+        if (j > i)
+            total -= (size_t)(j - i - 1) * 28;
+    }
+    if (j <= i + 1)
+        Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(10 + total));
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    /* struct virtio_net_hdr, native byte order: NEEDS_CSUM, GSO UDP_L4, hdr_len 28,
+     * gso_size, csum_start 20, csum_offset 6 */
+    uint16_t v16[4] = {28, (uint16_t)size, 20, 6};
+    o[0] = 1;
+    o[1] = 5;
+    memcpy(o + 2, v16, sizeof v16);
+    uint8_t *h = o + 10;
+    memcpy(h, p, 28);
+    put16(h + 2, (uint32_t)total);
+    put16(h + 10, 0);
+    uint32_t ip = 0;
+    for (int k = 0; k < 20; k += 2)
+        ip += get16(h + k);
+    while (ip > 0xFFFF)
+        ip = (ip & 0xFFFF) + (ip >> 16);
+    put16(h + 10, ~ip & 0xFFFF);
+    uint32_t udp_len = (uint32_t)total - 20;
+    put16(h + 24, udp_len);
+    uint32_t ps = get16(h + 12) + get16(h + 14) + get16(h + 16) + get16(h + 18) + 17 + udp_len;
+    while (ps > 0xFFFF)
+        ps = (ps & 0xFFFF) + (ps >> 16);
+    put16(h + 26, ps); /* NEEDS_CSUM: the pseudo-header sum, not complemented */
+    uint8_t *w = h + 28;
+    for (Py_ssize_t k = i; k < j; k++) {
+        size_t len = (size_t)PyBytes_GET_SIZE(items[k]) - 28;
+        memcpy(w, PyBytes_AS_STRING(items[k]) + 28, len);
+        w += len;
+    }
+    return Py_BuildValue("(Nn)", out, j - i);
+}
+
 static PyMethodDef accel_methods[] = {
+    {"udp_coalesce", udp_coalesce, METH_VARARGS, udp_coalesce_doc},
     {"read_burst", read_burst, METH_VARARGS, read_burst_doc},
     {"recv_burst", recv_burst, METH_VARARGS, recv_burst_doc},
     {"csum_words", csum_words, METH_O, csum_words_doc},

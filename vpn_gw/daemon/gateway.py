@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from esp import compiled as esp_compiled
 from ikev2.compute import ComputeNeeded, OffloadPolicy, Result
 from ikev2.crypto.mlkem import mlkem_backend_text
 from ikev2.manager import IkeManager
@@ -412,6 +413,7 @@ class Gateway:
         log.info("vpn-gw started", connections=len(self.config.connections),
                  control_socket=str(self.config.control_socket), dataplane=self.dataplane.name,
                  compiled_helpers=accel.describe(),  # checksums, TSO, ESP receive (vpn_gw/accel)
+                 esp_packet_path=esp_compiled.describe(),  # AEAD seal/open, replay (esp/compiled.py)
                  mlkem=mlkem_backend_text())  # which ML-KEM sets the linked OpenSSL offers
         self.notifier.ready(f"{len(self.config.connections)} connections loaded")
         for conn in self.config.connections:

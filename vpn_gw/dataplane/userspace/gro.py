@@ -32,7 +32,7 @@ import struct
 from itertools import repeat
 from typing import Literal
 
-from vpn_gw.accel import csum_words
+from vpn_gw.accel import csum_words, udp_coalesce
 
 VNET_HDR_LEN = 10  # struct virtio_net_hdr (no num_buffers: TUN's default header size)
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -122,8 +122,9 @@ def _datagram_size(p: bytes) -> int:
     return n - 28
 
 
-def _udp_run(pkts: list[bytes], i: int, n: int) -> tuple[list, int] | None:
-    """One coalesced UDP write starting at pkts[i] (buffers, datagrams), or None."""
+def _udp_run_py(pkts: list[bytes], i: int, n: int) -> tuple[list, int] | None:
+    """One coalesced UDP write starting at pkts[i] (buffers, datagrams), or None. The
+    reference; ``_udp_run_compiled`` gives the same bytes as one buffer."""
     p = pkts[i]
     size = _datagram_size(p)
     if size < 0:
@@ -163,6 +164,16 @@ def _udp_run(pkts: list[bytes], i: int, n: int) -> tuple[list, int] | None:
     hdr[26:28] = ps.to_bytes(2, "big")  # NEEDS_CSUM: the pseudo-header sum, not complemented
     vnet = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4, 28, size, 20, 6)
     return [vnet, hdr, *[memoryview(q)[28:] for q in pkts[i:j]]], j - i
+
+
+def _udp_run_compiled(pkts: list[bytes], i: int, n: int) -> tuple[list, int] | None:
+    """``_udp_run_py`` by the compiled helper (vpn_gw.accel.udp_coalesce): the write as one
+    buffer (virtio-net header first), the payloads copied instead of 64 memoryviews."""
+    run = udp_coalesce(pkts, i, MAX_SEGMENTS)  # type: ignore[misc]
+    return None if run is None else ([run[0]], run[1])
+
+
+_udp_run = _udp_run_compiled if udp_coalesce is not None else _udp_run_py
 
 
 def coalesce(pkts: list[bytes], *, udp: bool = False) -> list[list]:

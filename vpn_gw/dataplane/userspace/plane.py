@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from esp import Direction, EspCipher, EspError, EspSA, Lifetime
+from esp import compiled as esp_compiled
 from esp.fragment import decide, fragment_ipv4, icmp_frag_needed, icmpv6_packet_too_big, tunnel_mtu
-from esp.packet import decapsulate, encapsulate
+from esp.packet import decapsulate, encapsulate, encapsulate_many
 from ikev2.events import Address, ChildUp
 from vpn_gw import accel
 from vpn_gw.accel import read_burst
@@ -59,7 +60,7 @@ DEFAULT_TUN = "vpngw0"
 KEEPALIVE = b"\xff"
 READ_BATCH = 256
 READ_BURST = 32  # TUN reads per vpn_gw.accel.read_burst call
-TX_BATCH = 64  # ESP datagrams held per path while draining a TUN device (one GSO send)
+TX_BATCH = 64  # clear packets held per Child SA while draining a TUN device (one seal call, one GSO send)
 RX_BATCH = 64  # decrypted packets held per TUN device during one socket wake-up (coalescing)
 TRAP_QUEUE = 64  # packets held per trap policy while the IKE SA comes up
 TRAP_RETRY = 5.0  # seconds before traffic may trigger the connection again
@@ -277,8 +278,9 @@ class UserspaceDataPlane(DataPlane):
         self.offload = offload  # TUN devices with vnet_hdr: coalesced TCP writes (vpn_gw.dataplane.userspace.gro)
         self.tso = offload and tso  # TUN devices offer TSO: super-packets cut by us (.tso)
         self._rx: dict[Tun, list[bytes]] | None = None  # between rx_batch_begin and rx_batch_end
+        self._rx_now = 0.0  # the clock at rx_batch_begin
         self.send_udp_batch: Callable[[list[bytes], Address, Address], None] | None = None
-        self._tx: dict[int, tuple[Address, Address, list[bytes]]] | None = None  # while draining a TUN
+        self._tx: dict[int, tuple[_Child, list[bytes]]] | None = None  # while draining a TUN
         self._read_buf = bytearray(65535 + VNET_HDR_LEN)  # read_burst's buffer (the largest read)
         self.tso_reads = 0  # TSO super-packets read from TUN devices
         self.tso_segments = 0  # wire segments cut from them
@@ -324,6 +326,7 @@ class UserspaceDataPlane(DataPlane):
         out["tso"] = {"reads": self.tso_reads, "segments": self.tso_segments,
                       "devices": {name: _offload_names(t) for name, t in self.tuns.items()}}
         out["compiled_helpers"] = accel.describe()
+        out["esp_packet_path"] = esp_compiled.describe()
         return out
 
     def add_virtual_ips(self, conn: str, addresses: list[str]) -> None:
@@ -668,8 +671,9 @@ class UserspaceDataPlane(DataPlane):
         return child
 
     def _tun_readable(self, tun: Tun) -> None:
-        """Drain the TUN device (bounded); the ESP datagrams for each path are sent together at
-        the end (every TX_BATCH datagrams), as UDP GSO when the daemon can."""
+        """Drain the TUN device (bounded); the packets for each Child SA are sealed together
+        and their ESP datagrams sent together at the end (every TX_BATCH packets), as UDP GSO
+        when the daemon can."""
         tx = self._tx = {}
         try:
             if read_burst is not None:
@@ -678,8 +682,15 @@ class UserspaceDataPlane(DataPlane):
                 self._drain(tun)
         finally:
             self._tx = None
-            for local, remote, datagrams in tx.values():
-                self._transmit(datagrams, local, remote)
+            for child, pkts in tx.values():
+                self._seal_and_send(child, pkts)
+
+    def _seal_and_send(self, child: _Child, pkts: list[bytes]) -> None:
+        """Protect the clear packets held for ``child`` (in order, esp.packet.encapsulate_many:
+        one compiled call when it can) and send the datagrams on the SA's path."""
+        datagrams = encapsulate_many(child.sa_out, pkts)
+        if datagrams:
+            self._transmit(datagrams, child.local, child.remote)
 
     def _drain(self, tun: Tun) -> None:
         """Up to READ_BATCH packets, one ``os.read`` each (without the compiled helpers)."""
@@ -747,6 +758,9 @@ class UserspaceDataPlane(DataPlane):
                 self.send_udp(d, local, remote)
 
     def _outbound(self, tun: Tun, pkt: bytes) -> None:
+        if not pkt:  # (a read of a bare virtio-net header) no IP packet to protect
+            self._count("malformed")
+            return
         child = self._select(tun, pkt)
         if child is None:
             if not self._trap(tun, pkt):
@@ -793,29 +807,29 @@ class UserspaceDataPlane(DataPlane):
             log.debug("cannot send ICMP", error=str(e))
 
     def _send_esp(self, child: _Child, pkt: bytes) -> None:
-        nh = 4 if pkt[0] >> 4 == 4 else 41
         if not child.touched:
             child.touched = True
             self._touched.append(child)
-        try:
-            esp = encapsulate(child.sa_out, pkt, nh)
-        except EspError:
-            return  # counted on the SA
-        # The SA's own path: (ip, NAT-T port) for ESP in UDP, or a TCP connection's addresses
-        # (RFC 9329; the daemon writes it to that connection).
         tx = self._tx
-        if tx is None:
+        if tx is None:  # not while draining (trap queues): at once
+            try:
+                esp = encapsulate(child.sa_out, pkt, 4 if pkt[0] >> 4 == 4 else 41)
+            except EspError:
+                return  # counted on the SA
+            # The SA's own path: (ip, NAT-T port) for ESP in UDP, or a TCP connection's
+            # addresses (RFC 9329; the daemon writes it to that connection).
             self.send_udp(esp, child.local, child.remote)
             return
         key = id(child)
         entry = tx.get(key)
         if entry is None:
-            tx[key] = (child.local, child.remote, [esp])
+            tx[key] = (child, [pkt])
             return
-        entry[2].append(esp)
-        if len(entry[2]) >= TX_BATCH:
+        held = entry[1]
+        held.append(pkt)
+        if len(held) >= TX_BATCH:
             del tx[key]
-            self._transmit(entry[2], entry[0], entry[1])
+            self._seal_and_send(child, held)
 
     # ------------------------------------------------------------------ trap policies
 
@@ -899,10 +913,11 @@ class UserspaceDataPlane(DataPlane):
             self._count("unknown_spi")
             return
         try:
-            _nh, inner = decapsulate(child.sa_in, data)
+            nh, inner = decapsulate(child.sa_in, data)
         except EspError:
             return  # counted on the SA by reason
-        child.last_rx = self.clock()
+        rx = self._rx
+        child.last_rx = self._rx_now if rx is not None else self.clock()
         if not child.touched:
             child.touched = True
             self._touched.append(child)
@@ -915,17 +930,24 @@ class UserspaceDataPlane(DataPlane):
                     and self.on_peer_moved is not None):
                 self.on_peer_moved(child.ike_id, local, remote)
         # RFC 4301 5.2: the inner packet must match the SA's selectors.
-        reason = _inbound_drop_reason(child, inner)
-        if reason is not None:
-            child.drops[reason] = child.drops.get(reason, 0) + 1
-            return
+        in4 = child.in4
+        if nh == 4 and in4 is not None:
+            # decapsulate checked the IPv4 header (version 4, at least 20 bytes): two comparisons
+            src, dst = _V4_ADDRESSES(inner, 12)
+            if not (in4[0] <= src <= in4[1] and in4[2] <= dst <= in4[3]):
+                child.drops["policy_mismatch"] = child.drops.get("policy_mismatch", 0) + 1
+                return
+        else:
+            reason = _inbound_drop_reason(child, inner)
+            if reason is not None:
+                child.drops[reason] = child.drops.get(reason, 0) + 1
+                return
         if child.held_rx is not None:  # its routes are being programmed (a few ms)
             if len(child.held_rx) < HELD_RX:
                 child.held_rx.append(inner)
             else:
                 child.drops["routes_pending"] = child.drops.get("routes_pending", 0) + 1
             return
-        rx = self._rx
         if rx is None:
             child.tun.write(inner)
         else:
@@ -940,6 +962,7 @@ class UserspaceDataPlane(DataPlane):
 
     def rx_batch_begin(self) -> None:
         self._rx = {}
+        self._rx_now = self.clock()  # one clock read per batch: the packets' last_rx
 
     def rx_batch_end(self) -> None:
         rx, self._rx = self._rx, None

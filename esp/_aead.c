@@ -1,0 +1,789 @@
+/* The compiled per-packet path of AEAD ESP SAs (AES-GCM-16, RFC 4106; ChaCha20-Poly1305,
+ * RFC 7634) and the anti-replay window it updates. Optional: esp/compiled.py falls back to the
+ * pure-Python code (esp/packet.py, esp/cipher.py, esp/replay.py), which defines the behaviour;
+ * tests/test_esp_compiled.py checks that both give the same bytes, verdicts and windows.
+ * docs/esp.md "Compiled ESP path".
+ *
+ * Linked against the system libcrypto (OpenSSL 3). Key material lives only in the EVP cipher
+ * contexts and the salt of an Aead object: wipe() and deallocation free the contexts (OpenSSL
+ * cleanses them) and overwrite the salt. No I/O, no threads; the GIL is held throughout.
+ * Every length is checked before use.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Bump when the interface or behaviour changes: esp/compiled.py ignores a module whose ABI
+ * differs (a stale build left next to newer sources). */
+#define ESP_AEAD_ABI 1
+
+/* Verdicts of decapsulate(); esp/compiled.py maps them to DropReason. */
+enum {
+    D_MALFORMED = 1,
+    D_SPI_MISMATCH = 2,
+    D_REPLAY = 3,
+    D_AUTH_FAILED = 4,
+    D_BAD_PADDING = 5,
+    D_DUMMY = 6,
+    D_BAD_NEXT_HEADER = 7,
+    D_SA_DEAD = 8,
+};
+
+#define ENCR_AES_GCM_16 20
+#define ENCR_CHACHA20_POLY1305 28
+#define SALT_LEN 4
+#define IV_LEN 8
+#define ICV_LEN 16
+#define HDR_LEN 8
+#define AEAD_MIN_LEN (HDR_LEN + IV_LEN + ICV_LEN + 2)
+#define PROTO_IPIP 4
+#define PROTO_IPV6 41
+#define PROTO_NONE 59
+#define MAX_SEQ_32 0xFFFFFFFFull
+#define MAX_SEQ_ESN 0xFFFFFFFFFFFFFFFFull
+#define MIN_WINDOW 32
+#define BLOCK_BITS 32
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* An int argument as an unsigned 64-bit value: 0 ok, 1 out of range (negative or above
+ * 2^64 - 1), -1 not an int (TypeError set). */
+static int u64_arg(PyObject *o, uint64_t *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "an int is required");
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the anti-replay window */
+
+/* RFC 4303 3.4.3 semantics, RFC 6479 ring of 32-bit blocks, RFC 4303 A2 ESN inference: the
+ * same algorithm as esp/replay.py ReplayWindow, line for line. */
+typedef struct {
+    PyObject_HEAD
+    uint64_t top;  /* T, the highest authenticated sequence number; 0: none yet */
+    uint64_t max;  /* 2^32 - 1, or 2^64 - 1 with ESN */
+    uint64_t size; /* W, a multiple of 32 */
+    uint64_t nblocks;
+    int esn;
+    uint32_t *bitmap;
+} ReplayObject;
+
+static int replay_ok(const ReplayObject *w, uint64_t seq)
+{
+    if (seq == 0 || seq > w->max)
+        return 0;
+    if (seq > w->top)
+        return 1;
+    if (w->top - seq >= w->size)
+        return 0;
+    uint32_t block = w->bitmap[(seq >> 5) % w->nblocks];
+    return !((block >> (seq & 31)) & 1);
+}
+
+/* seq is 1 .. max (the caller checked). */
+static void replay_record(ReplayObject *w, uint64_t seq)
+{
+    if (seq > w->top) {
+        uint64_t cur = w->top >> 5, diff = (seq >> 5) - cur;
+        uint64_t n = diff < w->nblocks ? diff : w->nblocks;
+        for (uint64_t i = cur + 1; i < cur + 1 + n; i++)
+            w->bitmap[i % w->nblocks] = 0;
+        w->top = seq;
+    } else if (w->top - seq >= w->size) {
+        return;
+    }
+    w->bitmap[(seq >> 5) % w->nblocks] |= (uint32_t)1 << (seq & 31);
+}
+
+/* The high 32 bits to try for a packet carrying seq_low (ESN only); may be 2^32 when the
+ * window's top is in the last subspace, which no valid sequence number reaches. */
+static uint64_t replay_seq_high(const ReplayObject *w, uint32_t seq_low)
+{
+    uint64_t th = w->top >> 32;
+    uint32_t tl = (uint32_t)w->top;
+    uint32_t bl = (uint32_t)(tl - w->size + 1);
+    if ((uint64_t)tl >= w->size - 1)
+        return seq_low >= bl ? th : th + 1;
+    if (seq_low >= bl)
+        return th > 0 ? th - 1 : th;
+    return th;
+}
+
+static PyObject *Replay_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"size", "esn", NULL};
+    PyObject *size_obj = NULL;
+    int esn = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:ReplayWindow", kwlist, &size_obj, &esn))
+        return NULL;
+    uint64_t size = 1024;
+    if (size_obj != NULL) {
+        if (!PyLong_Check(size_obj)) {
+            PyErr_SetString(PyExc_TypeError, "window size must be an int");
+            return NULL;
+        }
+        int overflow = 0;
+        long long s = PyLong_AsLongLongAndOverflow(size_obj, &overflow);
+        if (s == -1 && PyErr_Occurred())
+            return NULL;
+        if (overflow < 0 || (!overflow && s < MIN_WINDOW)) {
+            PyErr_SetString(PyExc_ValueError, "anti-replay window must be at least 32");
+            return NULL;
+        }
+        if (overflow > 0 || (uint64_t)s > MAX_SEQ_32) {
+            PyErr_SetString(PyExc_ValueError, "anti-replay window too large");
+            return NULL;
+        }
+        size = (uint64_t)s;
+    }
+    size = (size + BLOCK_BITS - 1) / BLOCK_BITS * BLOCK_BITS;
+    if (size > MAX_SEQ_32) {
+        PyErr_SetString(PyExc_ValueError, "anti-replay window too large");
+        return NULL;
+    }
+    ReplayObject *w = (ReplayObject *)type->tp_alloc(type, 0);
+    if (w == NULL)
+        return NULL;
+    w->size = size;
+    w->nblocks = size / BLOCK_BITS + 1;
+    w->esn = esn;
+    w->max = esn ? MAX_SEQ_ESN : MAX_SEQ_32;
+    w->top = 0;
+    w->bitmap = PyMem_Calloc((size_t)w->nblocks, sizeof(uint32_t));
+    if (w->bitmap == NULL) {
+        Py_DECREF(w);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)w;
+}
+
+static void Replay_dealloc(ReplayObject *w)
+{
+    PyMem_Free(w->bitmap);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyObject *Replay_infer_seq(ReplayObject *w, PyObject *arg)
+{
+    if (!w->esn && PyLong_Check(arg))
+        return Py_NewRef(arg); /* without ESN the number itself (esp/replay.py) */
+    uint64_t low;
+    int r = u64_arg(arg, &low);
+    if (r < 0)
+        return NULL;
+    if (r > 0 || low > MAX_SEQ_32) {
+        PyErr_SetString(PyExc_ValueError, "the low sequence number bits are 0 .. 2^32 - 1");
+        return NULL;
+    }
+    uint64_t high = replay_seq_high(w, (uint32_t)low);
+    if (high <= MAX_SEQ_32)
+        return PyLong_FromUnsignedLongLong((high << 32) | low);
+    /* 2^64 + low: beyond every valid sequence number; check() refuses it */
+    PyObject *h = PyLong_FromUnsignedLongLong(high), *sh = NULL, *l = NULL, *res = NULL;
+    PyObject *thirty_two = PyLong_FromLong(32);
+    if (h && thirty_two)
+        sh = PyNumber_Lshift(h, thirty_two);
+    if (sh)
+        l = PyLong_FromUnsignedLongLong(low);
+    if (l)
+        res = PyNumber_Or(sh, l);
+    Py_XDECREF(h);
+    Py_XDECREF(thirty_two);
+    Py_XDECREF(sh);
+    Py_XDECREF(l);
+    return res;
+}
+
+static PyObject *Replay_check(ReplayObject *w, PyObject *arg)
+{
+    uint64_t seq;
+    int r = u64_arg(arg, &seq);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r == 0 && replay_ok(w, seq));
+}
+
+static PyObject *Replay_update(ReplayObject *w, PyObject *arg)
+{
+    uint64_t seq;
+    int r = u64_arg(arg, &seq);
+    if (r < 0)
+        return NULL;
+    if (r > 0 || seq == 0 || seq > w->max) {
+        PyErr_SetString(PyExc_ValueError, "sequence number out of range");
+        return NULL;
+    }
+    replay_record(w, seq);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Replay_repr(ReplayObject *w)
+{
+    return PyUnicode_FromFormat("ReplayWindow(size=%llu, esn=%s, top=%llu)",
+                                (unsigned long long)w->size, w->esn ? "True" : "False",
+                                (unsigned long long)w->top);
+}
+
+static PyObject *Replay_get_top(ReplayObject *w, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(w->top);
+}
+
+static int Replay_set_top(ReplayObject *w, PyObject *value, void *closure)
+{
+    uint64_t top;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "top cannot be deleted");
+        return -1;
+    }
+    int r = u64_arg(value, &top);
+    if (r < 0)
+        return -1;
+    if (r > 0 || top > w->max) {
+        PyErr_SetString(PyExc_ValueError, "top out of range");
+        return -1;
+    }
+    w->top = top;
+    return 0;
+}
+
+static PyObject *Replay_get_size(ReplayObject *w, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(w->size);
+}
+
+static PyObject *Replay_get_esn(ReplayObject *w, void *closure)
+{
+    return PyBool_FromLong(w->esn);
+}
+
+static PyObject *Replay_get_bottom(ReplayObject *w, void *closure)
+{
+    /* top - size + 1, which may be <= 0 early on */
+    if (w->top >= w->size - 1)
+        return PyLong_FromUnsignedLongLong(w->top - w->size + 1);
+    return PyLong_FromLongLong(-(long long)(w->size - 1 - w->top));
+}
+
+static PyMethodDef Replay_methods[] = {
+    {"infer_seq", (PyCFunction)Replay_infer_seq, METH_O,
+     "Full sequence number of a packet carrying these low 32 bits (RFC 4303 A2.2)."},
+    {"check", (PyCFunction)Replay_check, METH_O,
+     "True if the full sequence number is not a replay and not too old."},
+    {"update", (PyCFunction)Replay_update, METH_O,
+     "Record the sequence number as received (only after its ICV verified)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Replay_getset[] = {
+    {"top", (getter)Replay_get_top, (setter)Replay_set_top, "highest authenticated sequence number", NULL},
+    {"size", (getter)Replay_get_size, NULL, "window size (a multiple of 32)", NULL},
+    {"esn", (getter)Replay_get_esn, NULL, "extended sequence numbers", NULL},
+    {"bottom", (getter)Replay_get_bottom, NULL, "lowest sequence number inside the window", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ReplayType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "esp._aead.ReplayWindow",
+    .tp_basicsize = sizeof(ReplayObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Sliding anti-replay window (esp/replay.py ReplayWindow, compiled).",
+    .tp_new = Replay_new,
+    .tp_dealloc = (destructor)Replay_dealloc,
+    .tp_repr = (reprfunc)Replay_repr,
+    .tp_methods = Replay_methods,
+    .tp_getset = Replay_getset,
+};
+
+/* ------------------------------------------------------------------ the AEAD cipher */
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *enc;
+    EVP_CIPHER_CTX *dec;
+    uint8_t salt[SALT_LEN];
+} AeadObject;
+
+/* Scratch space for one decrypted packet (a UDP payload is below 64 KiB); the GIL serialises
+ * its users. */
+static uint8_t scratch[65536];
+
+static void aead_free_keys(AeadObject *a)
+{
+    EVP_CIPHER_CTX_free(a->enc); /* cleanses the key schedule */
+    EVP_CIPHER_CTX_free(a->dec);
+    a->enc = a->dec = NULL;
+    OPENSSL_cleanse(a->salt, sizeof a->salt);
+}
+
+static EVP_CIPHER_CTX *aead_ctx(const EVP_CIPHER *cipher, const uint8_t *key, int encrypt)
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    if (c == NULL)
+        return NULL;
+    if (EVP_CipherInit_ex(c, cipher, NULL, NULL, NULL, encrypt) != 1
+        || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_IVLEN, SALT_LEN + IV_LEN, NULL) != 1
+        || EVP_CipherInit_ex(c, NULL, NULL, key, NULL, encrypt) != 1) {
+        EVP_CIPHER_CTX_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static PyObject *Aead_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"encr_id", "key", NULL};
+    int encr_id;
+    Py_buffer key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy*:Aead", kwlist, &encr_id, &key))
+        return NULL;
+    const EVP_CIPHER *cipher = NULL;
+    Py_ssize_t klen = key.len - SALT_LEN;
+    if (encr_id == ENCR_AES_GCM_16)
+        cipher = klen == 16 ? EVP_aes_128_gcm() : klen == 24 ? EVP_aes_192_gcm()
+               : klen == 32 ? EVP_aes_256_gcm() : NULL;
+    else if (encr_id == ENCR_CHACHA20_POLY1305)
+        cipher = klen == 32 ? EVP_chacha20_poly1305() : NULL;
+    if (cipher == NULL) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "unsupported AEAD transform or key length "
+                        "(AES-GCM-16: 16/24/32 + 4; ChaCha20-Poly1305: 32 + 4 bytes)");
+        return NULL;
+    }
+    AeadObject *a = (AeadObject *)type->tp_alloc(type, 0);
+    if (a == NULL) {
+        PyBuffer_Release(&key);
+        return NULL;
+    }
+    const uint8_t *k = key.buf;
+    a->enc = aead_ctx(cipher, k, 1);
+    a->dec = aead_ctx(cipher, k, 0);
+    memcpy(a->salt, k + klen, SALT_LEN);
+    PyBuffer_Release(&key);
+    if (a->enc == NULL || a->dec == NULL) {
+        Py_DECREF(a);
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto refused the AEAD key");
+        return NULL;
+    }
+    return (PyObject *)a;
+}
+
+static void Aead_dealloc(AeadObject *a)
+{
+    aead_free_keys(a);
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+
+static PyObject *Aead_wipe(AeadObject *a, PyObject *unused)
+{
+    aead_free_keys(a);
+    Py_RETURN_NONE;
+}
+
+static PyObject *wiped_error(void)
+{
+    PyErr_SetString(PyExc_ValueError, "AEAD key wiped");
+    return NULL;
+}
+
+/* The whole ESP packet for payload p/n: SPI | low 32 bits of seq | explicit IV (the 64-bit seq)
+ * | ciphertext of payload, padding 1, 2, 3 to 4 bytes, pad length, next header | ICV. AAD:
+ * SPI | seq low, or SPI | seq high | seq low with ESN (RFC 4106 5). NULL with an exception
+ * set on failure. */
+static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8_t *p, size_t n,
+                          unsigned nh, int esn)
+{
+    if (n > 65535) {
+        PyErr_SetString(PyExc_ValueError, "payload above 65535 bytes");
+        return NULL;
+    }
+    size_t pad = (size_t)(-(Py_ssize_t)(n + 2) & 3), ptlen = n + pad + 2;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(HDR_LEN + IV_LEN + ptlen + ICV_LEN));
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    put32(o, spi);
+    put32(o + 4, (uint32_t)seq);
+    put32(o + 8, (uint32_t)(seq >> 32));
+    put32(o + 12, (uint32_t)seq);
+    uint8_t nonce[SALT_LEN + IV_LEN], aad[12], trailer[5];
+    memcpy(nonce, a->salt, SALT_LEN);
+    memcpy(nonce + SALT_LEN, o + 8, IV_LEN);
+    int aadlen = 8;
+    memcpy(aad, o, 8);
+    if (esn) {
+        put32(aad + 4, (uint32_t)(seq >> 32));
+        put32(aad + 8, (uint32_t)seq);
+        aadlen = 12;
+    }
+    for (size_t i = 0; i < pad; i++)
+        trailer[i] = (uint8_t)(i + 1);
+    trailer[pad] = (uint8_t)pad;
+    trailer[pad + 1] = (uint8_t)nh;
+    uint8_t *ct = o + HDR_LEN + IV_LEN;
+    int len, ok = EVP_EncryptInit_ex(a->enc, NULL, NULL, NULL, nonce) == 1
+        && EVP_EncryptUpdate(a->enc, NULL, &len, aad, aadlen) == 1
+        && (n == 0 || EVP_EncryptUpdate(a->enc, ct, &len, p, (int)n) == 1)
+        && EVP_EncryptUpdate(a->enc, ct + n, &len, trailer, (int)(pad + 2)) == 1
+        && EVP_EncryptFinal_ex(a->enc, ct + ptlen, &len) == 1
+        && EVP_CIPHER_CTX_ctrl(a->enc, EVP_CTRL_AEAD_GET_TAG, ICV_LEN, ct + ptlen) == 1;
+    if (!ok) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto AEAD seal failed");
+        return NULL;
+    }
+    return out;
+}
+
+/* seal(spi, seq, payload, next_header, esn) -> the whole ESP packet (seal_one); the same bytes
+ * as EspCipher.seal_packet. */
+static PyObject *Aead_seal(AeadObject *a, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "seal(spi, seq, payload, next_header, esn)");
+        return NULL;
+    }
+    if (a->enc == NULL)
+        return wiped_error();
+    uint64_t spi, seq, nh;
+    int r;
+    if ((r = u64_arg(args[0], &spi)) < 0 || (r == 0 && (r = u64_arg(args[1], &seq)) < 0)
+        || (r == 0 && (r = u64_arg(args[3], &nh)) < 0))
+        return NULL;
+    if (r > 0 || spi > MAX_SEQ_32 || nh > 255) {
+        PyErr_SetString(PyExc_ValueError, "SPI, sequence number or next header out of range");
+        return NULL;
+    }
+    int esn = PyObject_IsTrue(args[4]);
+    if (esn < 0)
+        return NULL;
+    if (PyBytes_CheckExact(args[2]))
+        return seal_one(a, (uint32_t)spi, seq, (const uint8_t *)PyBytes_AS_STRING(args[2]),
+                        (size_t)PyBytes_GET_SIZE(args[2]), (unsigned)nh, esn);
+    Py_buffer pl;
+    if (PyObject_GetBuffer(args[2], &pl, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = seal_one(a, (uint32_t)spi, seq, pl.buf, (size_t)pl.len, (unsigned)nh, esn);
+    PyBuffer_Release(&pl);
+    return out;
+}
+
+/* seal_many(spi, first_seq, packets, esn) -> (list of ESP packets, bytes): seal() for each IP
+ * packet of the list (bytes, each at least one byte) in order with sequence numbers first_seq,
+ * first_seq + 1, ...; next header 4 for IPv4 (version nibble 4), else 41. The second value is
+ * the packets' total length (the SA's byte counter). The caller has checked that the numbers
+ * stay within the SA's limit. */
+static PyObject *Aead_seal_many(AeadObject *a, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "seal_many(spi, first_seq, packets, esn)");
+        return NULL;
+    }
+    if (a->enc == NULL)
+        return wiped_error();
+    uint64_t spi, seq;
+    int r;
+    if ((r = u64_arg(args[0], &spi)) < 0 || (r == 0 && (r = u64_arg(args[1], &seq)) < 0))
+        return NULL;
+    if (r > 0 || spi > MAX_SEQ_32) {
+        PyErr_SetString(PyExc_ValueError, "SPI or sequence number out of range");
+        return NULL;
+    }
+    if (!PyList_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "packets must be a list of bytes");
+        return NULL;
+    }
+    int esn = PyObject_IsTrue(args[3]);
+    if (esn < 0)
+        return NULL;
+    PyObject *list = args[2];
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    if (count > 0 && (uint64_t)(count - 1) > MAX_SEQ_ESN - seq) {
+        PyErr_SetString(PyExc_ValueError, "sequence numbers would pass 2^64 - 1");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *o = PyList_GET_ITEM(list, i);
+        if (!PyBytes_CheckExact(o) || PyBytes_GET_SIZE(o) < 1) {
+            PyErr_SetString(PyExc_TypeError, "packets must be non-empty bytes");
+            return NULL;
+        }
+    }
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    unsigned long long total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *o = PyList_GET_ITEM(list, i);
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(o);
+        size_t n = (size_t)PyBytes_GET_SIZE(o);
+        PyObject *esp = seal_one(a, (uint32_t)spi, seq + (uint64_t)i, p, n,
+                                 p[0] >> 4 == 4 ? PROTO_IPIP : PROTO_IPV6, esn);
+        if (esp == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, esp);
+        total += n;
+    }
+    return Py_BuildValue("(NK)", out, total);
+}
+
+/* The verdict (int) or (next_header, inner) for an authentic plaintext pt/ctlen (ctlen >= 4):
+ * the padding 1, 2, 3, ... (RFC 4303 2.4), dummy packets, allowed next headers, the inner IPv4
+ * or IPv6 header with TFC padding after the inner packet stripped (esp.packet._inner_of). */
+static PyObject *opened(const uint8_t *pt, size_t ctlen, const uint8_t *allow)
+{
+    size_t pad = pt[ctlen - 2];
+    unsigned nh = pt[ctlen - 1];
+    if (pad + 2 > ctlen)
+        return PyLong_FromLong(D_BAD_PADDING);
+    size_t end = ctlen - 2 - pad;
+    for (size_t i = 0; i < pad; i++)
+        if (pt[end + i] != (uint8_t)(i + 1))
+            return PyLong_FromLong(D_BAD_PADDING);
+    if (nh == PROTO_NONE)
+        return PyLong_FromLong(D_DUMMY);
+    if (!((allow[nh >> 3] >> (nh & 7)) & 1))
+        return PyLong_FromLong(D_BAD_NEXT_HEADER);
+    size_t inner = end;
+    if (nh == PROTO_IPIP) {
+        if (end == 0 || pt[0] >> 4 != 4 || end < 20)
+            return PyLong_FromLong(D_MALFORMED);
+        size_t hlen = (size_t)(pt[0] & 0x0F) * 4, total = ((size_t)pt[2] << 8) | pt[3];
+        if (hlen < 20 || total < hlen || total > end)
+            return PyLong_FromLong(D_MALFORMED);
+        inner = total;
+    } else if (nh == PROTO_IPV6) {
+        if (end == 0 || pt[0] >> 4 != 6 || end < 40)
+            return PyLong_FromLong(D_MALFORMED);
+        size_t plen = ((size_t)pt[4] << 8) | pt[5];
+        if ((plen == 0 && end > 40) || 40 + plen > end)
+            return PyLong_FromLong(D_MALFORMED);
+        inner = 40 + plen;
+    }
+    PyObject *nh_obj = PyLong_FromLong((long)nh);
+    PyObject *data = nh_obj ? PyBytes_FromStringAndSize((const char *)pt, (Py_ssize_t)inner) : NULL;
+    if (data == NULL) {
+        Py_XDECREF(nh_obj);
+        return NULL;
+    }
+    PyObject *res = PyTuple_New(2);
+    if (res == NULL) {
+        Py_DECREF(nh_obj);
+        Py_DECREF(data);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(res, 0, nh_obj);
+    PyTuple_SET_ITEM(res, 1, data);
+    return res;
+}
+
+/* decapsulate(packet, spi, replay, allowed) -> (next_header, inner) or a verdict (int): the
+ * per-packet part of esp.packet.decapsulate for an AEAD SA, in its order (RFC 4303 3.4):
+ * lengths and SPI, sequence number inference (ESN) and anti-replay check, ICV verification
+ * and decryption, window update (only now), padding, next header (``allowed``: 32 bytes, a
+ * bit per allowed value), the inner IPv4/IPv6 header and TFC padding. Usability (dead,
+ * expired, hard limits) and the counters stay with the caller. */
+static PyObject *Aead_decapsulate(AeadObject *a, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "decapsulate(packet, spi, replay, allowed)");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[2], &ReplayType)) {
+        PyErr_SetString(PyExc_TypeError, "replay must be an esp._aead.ReplayWindow");
+        return NULL;
+    }
+    ReplayObject *w = (ReplayObject *)args[2];
+    uint64_t spi;
+    int r = u64_arg(args[1], &spi);
+    if (r < 0)
+        return NULL;
+    if (r > 0 || spi > MAX_SEQ_32) {
+        PyErr_SetString(PyExc_ValueError, "SPI out of range");
+        return NULL;
+    }
+    Py_buffer allowed;
+    if (PyObject_GetBuffer(args[3], &allowed, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (allowed.len != 32) {
+        PyBuffer_Release(&allowed);
+        PyErr_SetString(PyExc_ValueError, "allowed must be 32 bytes");
+        return NULL;
+    }
+    uint8_t allow[32];
+    memcpy(allow, allowed.buf, 32);
+    PyBuffer_Release(&allowed);
+    Py_buffer pk;
+    if (PyObject_GetBuffer(args[0], &pk, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *p = pk.buf;
+    size_t len = (size_t)pk.len;
+    long verdict = 0;
+    uint64_t seq = 0;
+    size_t ctlen = 0;
+    uint8_t *pt = scratch; /* the plaintext */
+    if (a->enc == NULL) {
+        verdict = D_SA_DEAD;
+        goto done;
+    }
+    if (len < HDR_LEN) {
+        verdict = D_MALFORMED;
+        goto done;
+    }
+    if (get32(p) != (uint32_t)spi) {
+        verdict = D_SPI_MISMATCH;
+        goto done;
+    }
+    uint32_t low = get32(p + 4);
+    if (w->esn) {
+        uint64_t high = replay_seq_high(w, low);
+        if (high > MAX_SEQ_32) {
+            verdict = D_REPLAY;
+            goto done;
+        }
+        seq = (high << 32) | low;
+    } else {
+        seq = low;
+    }
+    if (!replay_ok(w, seq)) {
+        verdict = D_REPLAY;
+        goto done;
+    }
+    if (len < AEAD_MIN_LEN || len > INT_MAX) {
+        verdict = D_MALFORMED;
+        goto done;
+    }
+    ctlen = len - HDR_LEN - IV_LEN - ICV_LEN;
+    if (ctlen < 4 || (ctlen & 3)) {
+        verdict = D_MALFORMED;
+        goto done;
+    }
+    if (ctlen > sizeof scratch) { /* not from a UDP datagram: beyond 64 KiB */
+        pt = PyMem_Malloc(ctlen);
+        if (pt == NULL) {
+            PyBuffer_Release(&pk);
+            return PyErr_NoMemory();
+        }
+    }
+    uint8_t nonce[SALT_LEN + IV_LEN], aad[12];
+    memcpy(nonce, a->salt, SALT_LEN);
+    memcpy(nonce + SALT_LEN, p + HDR_LEN, IV_LEN);
+    int aadlen = 8, outl;
+    memcpy(aad, p, 8);
+    if (w->esn) {
+        put32(aad + 4, (uint32_t)(seq >> 32));
+        put32(aad + 8, low);
+        aadlen = 12;
+    }
+    if (!(EVP_DecryptInit_ex(a->dec, NULL, NULL, NULL, nonce) == 1
+          && EVP_DecryptUpdate(a->dec, NULL, &outl, aad, aadlen) == 1
+          && EVP_DecryptUpdate(a->dec, pt, &outl, p + HDR_LEN + IV_LEN, (int)ctlen) == 1
+          && EVP_CIPHER_CTX_ctrl(a->dec, EVP_CTRL_AEAD_SET_TAG, ICV_LEN,
+                                 (void *)(p + len - ICV_LEN)) == 1
+          && EVP_DecryptFinal_ex(a->dec, pt + ctlen, &outl) == 1)) {
+        verdict = D_AUTH_FAILED;
+        goto done;
+    }
+    replay_record(w, seq); /* authentic: the window moves even if the trailer is then refused */
+done:
+    PyBuffer_Release(&pk);
+    if (verdict) {
+        if (pt != scratch)
+            PyMem_Free(pt);
+        return PyLong_FromLong(verdict);
+    }
+    PyObject *res = opened(pt, ctlen, allow);
+    if (pt != scratch)
+        PyMem_Free(pt);
+    return res;
+}
+
+static PyMethodDef Aead_methods[] = {
+    {"seal", (PyCFunction)(void (*)(void))Aead_seal, METH_FASTCALL,
+     "seal(spi, seq, payload, next_header, esn) -> the whole ESP packet"},
+    {"seal_many", (PyCFunction)(void (*)(void))Aead_seal_many, METH_FASTCALL,
+     "seal_many(spi, first_seq, packets, esn) -> (list of ESP packets, total packet bytes)"},
+    {"decapsulate", (PyCFunction)(void (*)(void))Aead_decapsulate, METH_FASTCALL,
+     "decapsulate(packet, spi, replay, allowed) -> (next_header, inner) or a verdict (int)"},
+    {"wipe", (PyCFunction)Aead_wipe, METH_NOARGS, "Free the key material."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *Aead_get_wiped(AeadObject *a, void *closure)
+{
+    return PyBool_FromLong(a->enc == NULL);
+}
+
+static PyGetSetDef Aead_getset[] = {
+    {"wiped", (getter)Aead_get_wiped, NULL, "True once the key material is gone", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyObject *Aead_repr(AeadObject *a)
+{
+    return PyUnicode_FromFormat("Aead(%s)", a->enc == NULL ? "wiped" : "keyed");
+}
+
+static PyTypeObject AeadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "esp._aead.Aead",
+    .tp_basicsize = sizeof(AeadObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One SA's AEAD key (AES-GCM-16 or ChaCha20-Poly1305) and its packet operations.",
+    .tp_new = Aead_new,
+    .tp_dealloc = (destructor)Aead_dealloc,
+    .tp_repr = (reprfunc)Aead_repr,
+    .tp_methods = Aead_methods,
+    .tp_getset = Aead_getset,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "esp._aead",
+    "The compiled AEAD ESP path and anti-replay window (esp/compiled.py).", -1,
+    NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__aead(void)
+{
+    if (PyType_Ready(&ReplayType) < 0 || PyType_Ready(&AeadType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&ReplayType);
+    Py_INCREF(&AeadType);
+    if (PyModule_AddObject(m, "ReplayWindow", (PyObject *)&ReplayType) < 0
+        || PyModule_AddObject(m, "Aead", (PyObject *)&AeadType) < 0
+        || PyModule_AddIntConstant(m, "ABI", ESP_AEAD_ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
