@@ -26,9 +26,9 @@ protected networks):
 * ``ours-ours-notso`` (only when asked for in ``--pairs``): ``ours-ours`` with ``tun_tso = false``
   (the default, ``"auto"``, offers TSO when the compiled helpers are in use);
 * ``ours-ours-tso`` (only when asked for): ``ours-ours`` with ``tun_tso = true``;
-* ``ours-ours-py`` (only when asked for): ``ours-ours`` without the compiled helpers
-  (``VPN_GW_PURE_PYTHON=1`` in both daemons' environment: vpn_gw/accel), to measure what they
-  give in the same run.
+* ``ours-ours-py`` (only when asked for): ``ours-ours`` without the compiled code
+  (``VPN_GW_PURE_PYTHON=1`` in both daemons' environment: neither the helpers of vpn_gw/accel
+  nor the compiled ESP path of esp/compiled.py), to measure what they give in the same run.
 
 Fairness rules:
 * Interleaved: for each router variant and cipher every pair's tunnel is up at the same time;
