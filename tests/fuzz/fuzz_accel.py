@@ -5,7 +5,9 @@ the documented results may come out (no exception, no crash).
 * ``tso_segment(vnet, pkt)`` vs ``tso.segment_py`` (a TSO super-packet with its virtio-net
   header: segments byte for byte, or both refuse);
 * ``csum_words`` vs RFC 1071 word by word, over one to four buffers;
-* ``gro.complete_checksum`` (NEEDS_CSUM) with the C sum vs with the big-integer sum.
+* ``gro.complete_checksum`` (NEEDS_CSUM) with the C sum vs with the big-integer sum;
+* ``udp_coalesce`` vs ``gro._udp_run_py`` (a list of UDP datagrams of one flow, bent: the same
+  coalesced write as one buffer and the same count, or both None, from every start index).
 
 The C code is not instrumented (libFuzzer's coverage comes from the Python side it is compared
 with), so inputs start from a well-formed TCP packet the fuzzer then bends.
@@ -63,6 +65,40 @@ def test_one_input(data: bytes) -> None:
         gro.csum_words = saved
     if with_c != pure:
         raise AssertionError("complete_checksum differs")
+    _udp_runs(fdp)
+
+
+# IPv4 (no options, DF) + UDP: 192.0.2.1:4000 -> 198.51.100.10:5201; length and checksums set below
+_UDP = struct.pack("!BBHHHBBH4s4sHHHH", 0x45, 0, 0, 1, 0x4000, 64, 17, 0, bytes([192, 0, 2, 1]),
+                   bytes([198, 51, 100, 10]), 4000, 5201, 0, 0)
+
+
+def _datagram(payload: bytes, ident: int) -> bytes:
+    p = bytearray(_UDP + payload)
+    p[2:4] = len(p).to_bytes(2, "big")
+    p[4:6] = ident.to_bytes(2, "big")
+    p[10:12] = checksum(bytes(p[:20])).to_bytes(2, "big")
+    p[24:26] = (len(p) - 20).to_bytes(2, "big")
+    pseudo = bytes(p[12:20]) + struct.pack("!BBH", 0, 17, len(p) - 20)
+    p[26:28] = (checksum(pseudo + bytes(p[20:])) or 0xFFFF).to_bytes(2, "big")
+    return bytes(p)
+
+
+def _udp_runs(fdp: atheris.FuzzedDataProvider) -> None:
+    size = fdp.ConsumeIntInRange(1, 1500)
+    pkts = [_datagram(bytes([k]) * (size if fdp.ConsumeBool() else fdp.ConsumeIntInRange(1, 1500)), k)
+            for k in range(fdp.ConsumeIntInRange(1, 70))]
+    for _ in range(fdp.ConsumeIntInRange(0, 3)):  # bend a few bytes anywhere
+        k = fdp.ConsumeIntInRange(0, len(pkts) - 1)
+        b = bytearray(pkts[k])
+        b[fdp.ConsumeIntInRange(0, len(b) - 1)] = fdp.ConsumeIntInRange(0, 255)
+        pkts[k] = bytes(b)
+    for i in range(len(pkts)):
+        want = gro._udp_run_py(pkts, i, len(pkts))
+        got = _accel.udp_coalesce(pkts, i, gro.MAX_SEGMENTS)
+        expected = None if want is None else (b"".join(bytes(x) for x in want[0]), want[1])
+        if got != expected:
+            raise AssertionError(f"udp_coalesce differs at {i} of {len(pkts)}")
 
 
 def main() -> None:
