@@ -26,6 +26,7 @@ read once at import; vpn_gw/accel honours it too).
 """
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import TYPE_CHECKING, cast
@@ -38,18 +39,24 @@ if TYPE_CHECKING:
 
 ABI = 1  # must equal ESP_AEAD_ABI in _aead.c
 
-_module: ModuleType | None
-try:
-    import esp._aead as _module
-except ImportError as exc:
-    _module, WHY_NOT = None, f"not built ({exc})"
-else:
-    WHY_NOT = ""
-    if getattr(_module, "ABI", None) != ABI:
-        _module, WHY_NOT = None, f"stale build (ABI {getattr(_module, 'ABI', None)}, want {ABI})"
-if _module is not None and os.environ.get("VPN_GW_PURE_PYTHON"):
-    _module, WHY_NOT = None, "VPN_GW_PURE_PYTHON is set"
 
+def load_optional(name: str, abi: int) -> tuple[ModuleType | None, str]:
+    """Import the optional compiled module ``name`` (the project's rule, also for
+    vpn_gw/accel): (module, "") when it is built, its ``ABI`` constant is ``abi`` and
+    ``VPN_GW_PURE_PYTHON`` is not set; otherwise (None, why not)."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        return None, f"not built ({exc})"
+    if getattr(module, "ABI", None) != abi:
+        return None, f"stale build (ABI {getattr(module, 'ABI', None)}, want {abi})"
+    if os.environ.get("VPN_GW_PURE_PYTHON"):
+        return None, "VPN_GW_PURE_PYTHON is set"
+    return module, ""
+
+
+_module: ModuleType | None
+_module, WHY_NOT = load_optional("esp._aead", ABI)
 COMPILED = _module is not None
 
 # esp._aead.Aead, or None without the module
@@ -82,7 +89,7 @@ def next_header_mask(allowed: frozenset[int]) -> bytes:
 
 
 __all__ = ["ABI", "COMPILED", "WHY_NOT", "Aead", "AeadType", "CompiledReplayWindow", "VERDICTS",
-           "describe", "next_header_mask"]
+           "describe", "load_optional", "next_header_mask"]
 
 
 def describe() -> str:

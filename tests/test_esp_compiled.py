@@ -619,3 +619,18 @@ def test_vpn_gw_pure_python_switches_to_the_python_path():
     assert out.cipher.fast is not None
     out.seq = (1 << 32) - 2
     assert [encapsulate(out, bytes.fromhex(inner), 17).hex() for _ in range(3)] == got["pkts"]
+
+
+def test_load_optional_says_why_a_module_is_not_used(monkeypatch):
+    """The one rule for both compiled modules (esp/compiled.py, vpn_gw/accel): missing, stale
+    (another ABI) or switched off by VPN_GW_PURE_PYTHON, each with its reason."""
+    module, why = compiled.load_optional("esp._no_such_module", 1)
+    assert module is None and why.startswith("not built (")
+    module, why = compiled.load_optional("esp._aead", compiled.ABI + 1)
+    assert module is None and why == f"stale build (ABI {compiled.ABI}, want {compiled.ABI + 1})"
+    monkeypatch.setenv("VPN_GW_PURE_PYTHON", "1")
+    assert compiled.load_optional("esp._aead", compiled.ABI) == (None, "VPN_GW_PURE_PYTHON is set")
+    monkeypatch.delenv("VPN_GW_PURE_PYTHON")
+    from vpn_gw import accel
+    module, why = compiled.load_optional("vpn_gw.accel._accel", accel.ABI)
+    assert module is not None and why == ""

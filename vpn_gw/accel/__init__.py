@@ -19,23 +19,15 @@ this file expects (a stale build next to newer sources), or when the environment
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from types import ModuleType
+
+from esp.compiled import load_optional
 
 ABI = 5  # must equal ACCEL_ABI in _accel.c
 
 _module: ModuleType | None
-try:
-    from vpn_gw.accel import _accel as _module
-except ImportError as exc:
-    _module, WHY_NOT = None, f"not built ({exc})"
-else:
-    WHY_NOT = ""
-    if getattr(_module, "ABI", None) != ABI:
-        _module, WHY_NOT = None, f"stale build (ABI {getattr(_module, 'ABI', None)}, want {ABI})"
-if _module is not None and os.environ.get("VPN_GW_PURE_PYTHON"):
-    _module, WHY_NOT = None, "VPN_GW_PURE_PYTHON is set"
+_module, WHY_NOT = load_optional("vpn_gw.accel._accel", ABI)  # the same rule as esp/compiled.py
 
 COMPILED = _module is not None
 

@@ -743,6 +743,7 @@ class UserspaceDataPlane(DataPlane):
                 if tx is not None and len(pkt) >= 20 and pkt[0] >> 4 == 4:
                     child = route_child if flows is None else flows.get(pkt[12:20])
                     if child is not None and child.touched and len(pkt) <= child.mtu:
+                        # _send_esp's holding, repeated here on purpose: no call per packet
                         key = id(child)
                         entry = tx.get(key)
                         if entry is None:
