@@ -93,8 +93,7 @@ class EspSA:
         self.esn = esn
         self.lifetime = lifetime
         self.created_at = created_at
-        self.allowed_next_headers = frozenset(allowed_next_headers)
-        self.nh_mask = next_header_mask(self.allowed_next_headers)  # for the compiled path
+        self.allowed_next_headers = frozenset(allowed_next_headers)  # (sets nh_mask too)
         self.seq_limit = MAX_SEQ_ESN if esn else MAX_SEQ_32
         self.seq_soft_margin = seq_soft_margin
         self.seq = 0
@@ -104,6 +103,16 @@ class EspSA:
         self.stats = SaStats()
         self.expired = False
         self.dead = False
+
+    @property
+    def allowed_next_headers(self) -> frozenset[int]:
+        """Next headers this SA delivers (tunnel mode: IPv4, IPv6); others are BAD_NEXT_HEADER."""
+        return self._allowed_next_headers
+
+    @allowed_next_headers.setter
+    def allowed_next_headers(self, value: frozenset[int]) -> None:
+        self._allowed_next_headers = frozenset(value)
+        self.nh_mask = next_header_mask(self._allowed_next_headers)  # the compiled path's bitmap
 
     # -- sequence numbers -------------------------------------------------------------------
     def next_seq(self) -> int:

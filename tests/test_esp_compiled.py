@@ -634,3 +634,15 @@ def test_load_optional_says_why_a_module_is_not_used(monkeypatch):
     from vpn_gw import accel
     module, why = compiled.load_optional("vpn_gw.accel._accel", accel.ABI)
     assert module is not None and why == ""
+
+
+def test_changing_the_allowed_next_headers_reaches_the_compiled_path():
+    out = EspSA(Direction.OUT, SPI, cipher("aes-gcm-256"))
+    inb = EspSA(Direction.IN, SPI, cipher("aes-gcm-256"))
+    inner = ipv4_packet(b"payload")
+    inb.allowed_next_headers = frozenset({17})
+    with pytest.raises(EspError) as e:
+        decapsulate(inb, encapsulate(out, inner, 4))
+    assert e.value.reason is DropReason.BAD_NEXT_HEADER
+    inb.allowed_next_headers = frozenset({4})
+    assert decapsulate(inb, encapsulate(out, inner, 4)) == (4, inner)
