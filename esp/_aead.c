@@ -464,6 +464,22 @@ static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8
     return out;
 }
 
+/* The SPI and sequence number arguments: 0, or -1 with TypeError (not ints) or ValueError (SPI
+ * beyond 32 bits, sequence number beyond 64 bits or negative) set. */
+static int spi_seq_args(PyObject *spi_o, PyObject *seq_o, uint64_t *spi, uint64_t *seq)
+{
+    int r = u64_arg(spi_o, spi);
+    if (r == 0)
+        r = u64_arg(seq_o, seq);
+    if (r < 0)
+        return -1;
+    if (r > 0 || *spi > MAX_SEQ_32) {
+        PyErr_SetString(PyExc_ValueError, "SPI or sequence number out of range");
+        return -1;
+    }
+    return 0;
+}
+
 /* seal(spi, seq, payload, next_header, esn) -> the whole ESP packet (seal_one); the same bytes
  * as EspCipher.seal_packet. */
 static PyObject *Aead_seal(AeadObject *a, PyObject *const *args, Py_ssize_t nargs)
@@ -475,12 +491,13 @@ static PyObject *Aead_seal(AeadObject *a, PyObject *const *args, Py_ssize_t narg
     if (a->enc == NULL)
         return wiped_error();
     uint64_t spi, seq, nh;
-    int r;
-    if ((r = u64_arg(args[0], &spi)) < 0 || (r == 0 && (r = u64_arg(args[1], &seq)) < 0)
-        || (r == 0 && (r = u64_arg(args[3], &nh)) < 0))
+    if (spi_seq_args(args[0], args[1], &spi, &seq) < 0)
         return NULL;
-    if (r > 0 || spi > MAX_SEQ_32 || nh > 255) {
-        PyErr_SetString(PyExc_ValueError, "SPI, sequence number or next header out of range");
+    int r = u64_arg(args[3], &nh);
+    if (r < 0)
+        return NULL;
+    if (r > 0 || nh > 255) {
+        PyErr_SetString(PyExc_ValueError, "next header out of range");
         return NULL;
     }
     int esn = PyObject_IsTrue(args[4]);
@@ -511,13 +528,8 @@ static PyObject *Aead_seal_many(AeadObject *a, PyObject *const *args, Py_ssize_t
     if (a->enc == NULL)
         return wiped_error();
     uint64_t spi, seq;
-    int r;
-    if ((r = u64_arg(args[0], &spi)) < 0 || (r == 0 && (r = u64_arg(args[1], &seq)) < 0))
+    if (spi_seq_args(args[0], args[1], &spi, &seq) < 0)
         return NULL;
-    if (r > 0 || spi > MAX_SEQ_32) {
-        PyErr_SetString(PyExc_ValueError, "SPI or sequence number out of range");
-        return NULL;
-    }
     if (!PyList_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError, "packets must be a list of bytes");
         return NULL;

@@ -123,10 +123,7 @@ def encapsulate(sa_out: EspSA, inner_ip_packet: bytes, next_header: int) -> byte
         seq += 1  # next_seq(), inlined
         sa_out.seq = seq
         cipher = sa_out.cipher
-        fast = cipher.fast
-        if fast is not None and 0 <= next_header <= 255:  # compiled (esp/compiled.py)
-            packet = fast.seal(sa_out.spi, seq, inner_ip_packet, next_header, sa_out.esn)
-        elif cipher.is_aead and 0 <= next_header <= 255:
+        if cipher.is_aead and 0 <= next_header <= 255:  # (compiled when built: seal_packet)
             packet = cipher.seal_packet(sa_out.spi, seq, inner_ip_packet, next_header, sa_out.esn)
         else:
             packet = esp_seal(

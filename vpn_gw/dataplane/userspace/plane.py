@@ -219,7 +219,7 @@ def _inbound_drop_reason(child: _Child, inner: bytes) -> str | None:
     """Why a decrypted packet may not leave this Child SA (RFC 4301 5.2: it must match the SA's
     selectors, source in the remote ones, destination in the local ones); None if it may."""
     in4 = child.in4
-    if in4 is not None and inner[:1] and inner[0] >> 4 == 4 and len(inner) >= 20:
+    if in4 is not None and len(inner) >= 20 and inner[0] >> 4 == 4:
         src, dst = _V4_ADDRESSES(inner, 12)
         ok = in4[0] <= src <= in4[1] and in4[2] <= dst <= in4[3]
     elif child.fast_local is not None and child.fast_remote is not None:
@@ -944,7 +944,7 @@ class UserspaceDataPlane(DataPlane):
             self._count("unknown_spi")
             return
         try:
-            nh, inner = decapsulate(child.sa_in, data)
+            _nh, inner = decapsulate(child.sa_in, data)
         except EspError:
             return  # counted on the SA by reason
         rx = self._rx
@@ -961,18 +961,10 @@ class UserspaceDataPlane(DataPlane):
                     and self.on_peer_moved is not None):
                 self.on_peer_moved(child.ike_id, local, remote)
         # RFC 4301 5.2: the inner packet must match the SA's selectors.
-        in4 = child.in4
-        if nh == 4 and in4 is not None:
-            # decapsulate checked the IPv4 header (version 4, at least 20 bytes): two comparisons
-            src, dst = _V4_ADDRESSES(inner, 12)
-            if not (in4[0] <= src <= in4[1] and in4[2] <= dst <= in4[3]):
-                child.drops["policy_mismatch"] = child.drops.get("policy_mismatch", 0) + 1
-                return
-        else:
-            reason = _inbound_drop_reason(child, inner)
-            if reason is not None:
-                child.drops[reason] = child.drops.get(reason, 0) + 1
-                return
+        reason = _inbound_drop_reason(child, inner)
+        if reason is not None:
+            child.drops[reason] = child.drops.get(reason, 0) + 1
+            return
         if child.held_rx is not None:  # its routes are being programmed (a few ms)
             if len(child.held_rx) < HELD_RX:
                 child.held_rx.append(inner)
