@@ -30,8 +30,8 @@ MAX_GAP = 2.5                               # s between two timer-driven request
 
 # Python run in the peer's namespace: IKE_AUTH-looking requests (random SPIs no IKE SA has;
 # with the non-ESP marker on 4500) to GW:PORT, as fast as it can, for SECS seconds or CAP
-# datagrams at most, from PROCS processes (forked; the first waits for the others). Prints
-# "sent errors" per process.
+# datagrams at most, from PROCS processes (forked; the first waits for the others). Each
+# process writes its line "sent errors" with one write(2), which a pipe keeps whole.
 FLOOD = r"""
 import os, socket, struct, sys, time
 dst, src = (sys.argv[1], int(sys.argv[2])), sys.argv[3]
@@ -61,7 +61,7 @@ while n < cap and time.monotonic() < end:
             n += 1
         except OSError:
             errors += 1
-print(n, errors, flush=True)
+os.write(1, f"{n} {errors}\n".encode())  # one write: lines of the processes never interleave
 if children is None:
     os._exit(0)
 for pid in children:
