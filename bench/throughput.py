@@ -28,7 +28,9 @@ protected networks):
 * ``ours-ours-tso`` (only when asked for): ``ours-ours`` with ``tun_tso = true``;
 * ``ours-ours-py`` (only when asked for): ``ours-ours`` without the compiled code
   (``VPN_GW_PURE_PYTHON=1`` in both daemons' environment: neither the helpers of vpn_gw/accel
-  nor the compiled ESP path of esp/compiled.py), to measure what they give in the same run.
+  nor the compiled ESP path of esp/compiled.py), to measure what they give in the same run;
+* ``ours-ours-holdoff`` (only when asked for): ``ours-ours`` with ``holdoff_us = 200`` on both
+  gateways (the wake-up holdoff, vpn_gw/holdoff.py; off by default).
 
 Fairness rules:
 * Interleaved: for each router variant and cipher every pair's tunnel is up at the same time;
@@ -127,6 +129,7 @@ NAMES = {"aes256gcm16": "AES-GCM-256", "chacha20poly1305": "ChaCha20-Poly1305"}
 
 
 TUNED_RMEM = 4 * 1024 * 1024
+HOLDOFF_US = 200  # ours-ours-holdoff: [gateway] holdoff_us of both daemons
 UDP_SOCKBUF = "4M"  # iperf3 -w for the UDP runs (both ends): the receiving host is not the bottleneck
 TXQUEUELEN = 5000
 QUIET_SECONDS = 1.0  # machine share measured with every tunnel up and no traffic, before each round
@@ -169,7 +172,8 @@ class Setup:
     def _ours(self, ns, name: str, local: str, remote: str, lid: str, rid: str, lts: str, rts: str):
         conn = connection("s2s", local, remote, lid, rid, local_ts=lts, remote_ts=rts, psk=self.psk,
                           ike=IKE, esp=self.cipher, child="net")
-        extra = {"ours-ours-tso": {"tun_tso": True}, "ours-ours-notso": {"tun_tso": False}}.get(self.pair)
+        extra = {"ours-ours-tso": {"tun_tso": True}, "ours-ours-notso": {"tun_tso": False},
+                 "ours-ours-holdoff": {"holdoff_us": HOLDOFF_US}}.get(self.pair)
         wrapper = ["env", "VPN_GW_PURE_PYTHON=1"] if self.pair == "ours-ours-py" else None
         gw = OurGateway(ns, self.dir, name, [conn], listen=[local], log_level="info", gateway=extra,
                         wrapper=wrapper)
@@ -195,7 +199,7 @@ class Setup:
         site_conf, gw_conf = ss.psk_site_to_site(t, self.psk, ike_proposals=IKE, esp_proposals=self.cipher,
                                                  site_id=SITE_ID, gw_id=GW_ID)
         charon_env = host_rmem_default(TUNED_RMEM) if self.tuned else contextlib.nullcontext()
-        if self.pair in ("ours-ours", "ours-ours-tso", "ours-ours-notso", "ours-ours-py"):
+        if self.pair in ("ours-ours", "ours-ours-tso", "ours-ours-notso", "ours-ours-py", "ours-ours-holdoff"):
             self._ours(t.gw, "gw", t.gw_ip, t.site_ip, GW_ID, SITE_ID, t.gw_net, t.site_net)
             site = self._ours(t.site, "site", t.site_ip, t.gw_ip, SITE_ID, GW_ID, t.site_net, t.gw_net)
             site.up("s2s")

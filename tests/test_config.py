@@ -93,7 +93,7 @@ def test_defaults():
     assert str(cfg.control_socket) == "/run/vpn-gw/control.sock"
     assert (cfg.ike_port, cfg.natt_port, cfg.log_level, cfg.log_format, cfg.half_open_limit,
             cfg.cookie_threshold) == (500, 4500, "info", "console", 1000, 100)
-    assert (cfg.offload, cfg.tun_tso) == (True, "auto")
+    assert (cfg.offload, cfg.tun_tso, cfg.holdoff_us) == (True, "auto", 0)
     c = cfg.connections[0]
     assert c.local_addrs == () and c.remote_addrs == () and c.remote_any
     assert c.local_id is None and c.remote_id.is_any
@@ -119,6 +119,14 @@ def test_tun_tso_values(value, want):
 def test_tun_tso_refuses_other_values():
     e = error('[gateway]\ntun_tso = "yes"\n')
     assert messages(e) == ['gw.toml:2: gateway.tun_tso: expected true, false or "auto", got a string (\'yes\')']
+
+
+def test_holdoff_us():
+    assert parse("[gateway]\nholdoff_us = 500\n").holdoff_us == 500
+    assert messages(error("[gateway]\nholdoff_us = 20000\n")) == \
+        ["gw.toml:2: gateway.holdoff_us: must be between 0 and 10000, got 20000"]
+    msg = messages(error('[gateway]\nholdoff_us = "1ms"\n'))[0]
+    assert msg.startswith("gw.toml:2: gateway.holdoff_us: expected an integer"), msg
 
 
 def test_config_is_immutable():

@@ -9,8 +9,8 @@ DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "serve
              "ca_file", "user_agent", "mode", "fleet_pool")
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
-                "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "tun_tso", "retransmit_timeout",
-                "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
+                "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "tun_tso", "holdoff_us",
+                "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
                 "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port", "metrics_listen",
                 "tcp_max_connections", "tcp_max_per_source", "tcp_idle_timeout", "tcp_max_unauth_frame",
                 "tcp_max_buffered", "half_open_per_address", "new_sa_rate_per_address",

@@ -44,6 +44,7 @@ from vpn_gw.daemon.traps import Traps
 from vpn_gw.daemon.virtual_ips import VirtualIps
 from vpn_gw.dataplane import DataPlane, RecordingDataPlane
 from vpn_gw.ddns.service import DdnsService, is_fqdn
+from vpn_gw.holdoff import Holdoff
 from vpn_gw.policies import ike_policy, initiate_target
 from vpn_gw.pools import PoolSet, masquerade
 from vpn_gw.probe import ProbeResponder
@@ -72,7 +73,8 @@ def make_dataplane(config: GatewayConfig, gw: Gateway) -> DataPlane:
         from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane
         return UserspaceDataPlane(gw.send_esp, gw.interface_for, path_mtu=config.path_mtu,
                                   keepalive_interval=config.keepalive_interval, offload=config.offload,
-                                  tso=accel.COMPILED if config.tun_tso == "auto" else bool(config.tun_tso))
+                                  tso=accel.COMPILED if config.tun_tso == "auto" else bool(config.tun_tso),
+                                  holdoff=Holdoff(config.holdoff_us / 1e6) if config.holdoff_us else None)
     if config.dataplane == "xfrm":
         from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane
         ifids = {c.interface: c.if_id for c in config.connections if c.interface}
@@ -127,7 +129,7 @@ class Gateway:
         self.udp = UdpService(lambda: self.config, self.dataplane,
                               DatagramSinks(ike=self._ike_received, after_batch=self.flush,
                                             init_reply=self.manager.stateless_init_reply),
-                              self.probe_responder)
+                              self.probe_responder, holdoff=getattr(self.dataplane, "holdoff", None))
         self.tcp = TcpService(self)  # RFC 9329 TCP paths (docs/tcp-encapsulation.md)
         self.ddns = DdnsService(config, self)
         self.routes = ConnectionRoutes()

@@ -20,6 +20,7 @@ import structlog
 from ikev2.constants import NON_ESP_MARKER
 from vpn_gw.accel import recv_burst
 from vpn_gw.bind_errors import BindError
+from vpn_gw.holdoff import Holdoff
 from vpn_gw.probe import ProbeResponder, is_probe
 from vpn_gw.transport import mmsg, steering
 from vpn_gw.transport.udp import BURST, BURST_SLOT, IkeSocket
@@ -60,8 +61,9 @@ class DatagramSinks:
 
 class UdpService:
     def __init__(self, config: Callable[[], GatewayConfig], dataplane: DataPlane, sinks: DatagramSinks,
-                 probe_responder: ProbeResponder):
+                 probe_responder: ProbeResponder, holdoff: Holdoff | None = None):
         self._config = config  # a getter: follows `vpn-gw reload`
+        self.holdoff = holdoff  # wake-up holdoff of the NAT-T sockets (vpn_gw/holdoff.py), None = off
         self.dataplane = dataplane
         self.sinks = sinks
         self.probe_responder = probe_responder
@@ -129,6 +131,8 @@ class UdpService:
         loop = asyncio.get_running_loop()
         for socks in [*self.sockets.values(), self.init_sockets]:
             for s in socks:
+                if self.holdoff is not None:
+                    self.holdoff.forget(s.fileno())
                 loop.remove_reader(s.fileno())
                 s.close()
         self.sockets.clear()
@@ -146,13 +150,18 @@ class UdpService:
         if natt:
             dp.rx_batch_begin()
         recv, esp_received = sock.recv_segments, dp.esp_received
+        found, nbytes, emptied = 0, 0, False
         try:
             for _ in range(RECV_BATCH):  # bounded batch per wake-up
                 got = recv()
                 if got is None:
+                    emptied = True
                     break
+                found += 1
                 data, seg, local, remote = got
+                nbytes += len(data)
                 if seg:  # UDP GRO: several datagrams from the same source, seg bytes each
+                    found += len(data) // seg - 1
                     for off in range(0, len(data), seg):
                         d = data[off:off + seg]
                         if len(d) >= 8 and d[:4] != NON_ESP_MARKER:
@@ -167,6 +176,8 @@ class UdpService:
             if natt:
                 dp.rx_batch_end()
         self.sinks.after_batch()
+        if natt and self.holdoff is not None:
+            self.holdoff.after_drain(sock.fileno(), found, nbytes, emptied, self._readable, sock)
 
     def _readable_burst(self, sock: IkeSocket, recv_burst: Callable) -> None:
         """``_readable`` for a NAT-T socket with the compiled helper: up to BURST datagrams per
@@ -176,10 +187,13 @@ class UdpService:
         esp_received = dp.esp_received
         fd, buf = sock.fileno(), sock.burst_buffer()
         remotes, locals_ = sock.remotes, sock.locals
+        found, nbytes, emptied = 0, 0, False
         try:
             for _ in range(RECV_BATCH // BURST):  # bounded batch per wake-up
                 msgs = recv_burst(fd, buf, BURST_SLOT, BURST)
+                found += len(msgs)
                 for data, seg, name, dst in msgs:
+                    nbytes += len(data)
                     remote = remotes.get(name)
                     if remote is None:
                         remote = sock.remote_of(name)
@@ -187,6 +201,7 @@ class UdpService:
                     if local is None:
                         local = sock.local_of(dst)
                     if seg:  # UDP GRO: several datagrams from the same source, seg bytes each
+                        found += len(data) // seg - 1
                         for off in range(0, len(data), seg):
                             d = data[off:off + seg]
                             if len(d) >= 8 and d[:4] != NON_ESP_MARKER:
@@ -198,10 +213,13 @@ class UdpService:
                     else:
                         self._datagram(sock, True, data, local, remote)
                 if len(msgs) < BURST:
+                    emptied = True
                     break
         finally:
             dp.rx_batch_end()
         self.sinks.after_batch()
+        if self.holdoff is not None:
+            self.holdoff.after_drain(fd, found, nbytes, emptied, self._readable, sock)
 
     def _readable_inits(self, sock: IkeSocket, natt: bool, rx: mmsg.RecvBatch, tx: mmsg.SendBatch) -> None:
         """A batch from an INIT socket: each cookie-less IKE_SA_INIT that the engine answers

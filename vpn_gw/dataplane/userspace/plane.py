@@ -52,6 +52,7 @@ from vpn_gw.dataplane.userspace.gro import VNET_HDR_LEN
 from vpn_gw.dataplane.userspace.spd import OutboundIndex, prefixes
 from vpn_gw.dataplane.userspace.tso import MAX_SEGMENTS as TSO_MAX_SEGMENTS
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
+from vpn_gw.holdoff import Holdoff
 from vpn_gw.log import enabled
 
 log = structlog.get_logger("vpn_gw.dataplane")
@@ -243,8 +244,10 @@ class UserspaceDataPlane(DataPlane):
     def __init__(self, send_udp: Callable[[bytes, Address, Address], None],
                  interface_for: Callable[[str], str | None], *, path_mtu: int = 1500,
                  tun_mtu: int = 1500, keepalive_interval: float = 20.0, replay_window: int = 1024,
-                 clock: Callable[[], float] = time.monotonic, offload: bool = True, tso: bool = False):
+                 clock: Callable[[], float] = time.monotonic, offload: bool = True, tso: bool = False,
+                 holdoff: Holdoff | None = None):
         self.send_udp = send_udp
+        self.holdoff = holdoff  # wake-up holdoff of the TUN readers (vpn_gw/holdoff.py), None = off
         self.interface_for = interface_for
         self.path_mtu = path_mtu
         self.tun_mtu = tun_mtu
@@ -308,6 +311,8 @@ class UserspaceDataPlane(DataPlane):
         except Exception as e:  # noqa: BLE001 - a stuck netlink call must not stop the shutdown
             log.warning("netlink calls still pending at shutdown", error=str(e))
         for tun in self.tuns.values():
+            if self.holdoff is not None:
+                self.holdoff.forget(tun.fileno())
             try:
                 loop.remove_reader(tun.fileno())
             except (ValueError, OSError):
@@ -327,6 +332,8 @@ class UserspaceDataPlane(DataPlane):
                       "devices": {name: _offload_names(t) for name, t in self.tuns.items()}}
         out["compiled_helpers"] = accel.describe()
         out["esp_packet_path"] = esp_compiled.describe()
+        if self.holdoff is not None:
+            out["holdoff"] = self.holdoff.stats()  # (shared with the NAT-T sockets: daemon/gateway.py)
         return out
 
     def add_virtual_ips(self, conn: str, addresses: list[str]) -> None:
@@ -673,17 +680,21 @@ class UserspaceDataPlane(DataPlane):
     def _tun_readable(self, tun: Tun) -> None:
         """Drain the TUN device (bounded); the packets for each Child SA are sealed together
         and their ESP datagrams sent together at the end (every TX_BATCH packets), as UDP GSO
-        when the daemon can."""
+        when the daemon can. With a holdoff (vpn_gw/holdoff.py) a drain that found many packets
+        delays the next one."""
         tx = self._tx = {}
+        found = nbytes = 0
         try:
             if read_burst is not None:
-                self._drain_bursts(tun, read_burst)
+                found, nbytes = self._drain_bursts(tun, read_burst)
             else:
-                self._drain(tun)
+                found, nbytes = self._drain(tun)
         finally:
             self._tx = None
             for child, pkts in tx.values():
                 self._seal_and_send(child, pkts)
+        if self.holdoff is not None:
+            self.holdoff.after_drain(tun.fd, found, nbytes, found < READ_BATCH, self._tun_readable, tun)
 
     def _seal_and_send(self, child: _Child, pkts: list[bytes]) -> None:
         """Protect the clear packets held for ``child`` (in order, esp.packet.encapsulate_many:
@@ -692,14 +703,17 @@ class UserspaceDataPlane(DataPlane):
         if datagrams:
             self._transmit(datagrams, child.local, child.remote)
 
-    def _drain(self, tun: Tun) -> None:
-        """Up to READ_BATCH packets, one ``os.read`` each (without the compiled helpers)."""
+    def _drain(self, tun: Tun) -> tuple[int, int]:
+        """Up to READ_BATCH packets, one ``os.read`` each (without the compiled helpers); the
+        number of reads and their bytes."""
         read, fd, vnet = os.read, tun.fd, tun.vnet_hdr
-        for _ in range(READ_BATCH):
+        nbytes = 0
+        for n in range(READ_BATCH):
             try:
                 pkt = read(fd, 65545)
             except BlockingIOError:
-                return
+                return n, nbytes
+            nbytes += len(pkt)
             if vnet:
                 pkts = self._unwrapped(tun, pkt) if pkt[0] or pkt[1] else [pkt[VNET_HDR_LEN:]]
             else:
@@ -710,8 +724,9 @@ class UserspaceDataPlane(DataPlane):
                 except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
                     self._count("internal_error")
                     log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+        return READ_BATCH, nbytes
 
-    def _drain_bursts(self, tun: Tun, read_burst: Callable) -> None:
+    def _drain_bursts(self, tun: Tun, read_burst: Callable) -> tuple[int, int]:
         """``_drain`` with the compiled helper (vpn_gw.accel.read_burst): READ_BURST reads per
         call, the virtio-net header handled in C exactly as ``_unwrapped`` does (stripped, TSO
         super-packets cut, checksums left to us filled in), so only IP packets come back.
@@ -720,11 +735,15 @@ class UserspaceDataPlane(DataPlane):
         do, without their calls): an IPv4 packet whose Child SA is already known (the
         interface's SA, route-based; the flow cache, spd.py), that fits the SA's MTU, of an SA
         that has carried a packet since the last lifetime poll, is held for sealing at once.
-        Everything else goes through ``_outbound``."""
+        Everything else goes through ``_outbound``. Returns the number of reads and the bytes
+        of the packets they gave."""
         fd, vnet, buf, outbound = tun.fd, tun.vnet_hdr, self._read_buf, self._outbound
         tx = self._tx
+        found = nbytes = 0
         for _ in range(READ_BATCH // READ_BURST):
             pkts, reads, tso_reads, tso_segments, malformed = read_burst(fd, buf, READ_BURST, vnet, TSO_MAX_SEGMENTS)
+            found += reads
+            nbytes += sum(map(len, pkts))
             if tso_reads:
                 self.tso_reads += tso_reads
                 self.tso_segments += tso_segments
@@ -761,7 +780,8 @@ class UserspaceDataPlane(DataPlane):
                     self._count("internal_error")
                     log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
             if reads < READ_BURST:
-                return
+                return found, nbytes
+        return found, nbytes
 
     def _unwrapped(self, tun: Tun, pkt: bytes) -> list[bytes]:
         """The IP packets of a read whose virtio-net header is set: a TSO super-packet (GSO
