@@ -156,6 +156,8 @@ def test_wakeup_holdoff_under_bursts_and_not_for_pings(e2e):
     NAT-T socket, and every datagram still arrives (the held-off drains find them queued:
     nothing is lost or read twice)."""
     router, a, b, ga, gb = e2e.site_pair(gateway={"holdoff_us": 1000})
+    started = [r for r in ga.log_lines() if r.get("event") == "vpn-gw started"]
+    assert started and started[0]["holdoff_us"] == 1000, started  # the start-up line says it is on
     a.host.wait_ping(b.host_ip, timeout=5)
     assert _ping(a.host, b.host_ip, count=5).returncode == 0
     for g in (ga, gb):

@@ -416,6 +416,7 @@ class Gateway:
                  control_socket=str(self.config.control_socket), dataplane=self.dataplane.name,
                  compiled_helpers=accel.describe(),  # checksums, TSO, ESP receive (vpn_gw/accel)
                  esp_packet_path=esp_compiled.describe(),  # AEAD seal/open, replay (esp/compiled.py)
+                 holdoff_us=self.config.holdoff_us if self.dataplane.name == "userspace" else 0,  # vpn_gw/holdoff.py
                  mlkem=mlkem_backend_text())  # which ML-KEM sets the linked OpenSSL offers
         self.notifier.ready(f"{len(self.config.connections)} connections loaded")
         for conn in self.config.connections:
