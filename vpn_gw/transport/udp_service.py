@@ -42,6 +42,12 @@ def _address_text(packed: bytes) -> str:
 
 log = structlog.get_logger("vpn_gw")
 
+
+def _tally(data: bytes, seg: int) -> tuple[int, int]:
+    """(datagrams, bytes) of one received message (a UDP GRO burst of ``seg``-byte datagrams,
+    the last maybe shorter, or one datagram): what a drain found, for the holdoff."""
+    return (-(-len(data) // seg) if seg else 1), len(data)
+
 Endpoint = tuple[str, int]
 
 RECV_BATCH = 64  # datagrams read per socket wake-up before the loop runs other work
@@ -150,6 +156,7 @@ class UdpService:
         if natt:
             dp.rx_batch_begin()
         recv, esp_received = sock.recv_segments, dp.esp_received
+        holdoff = self.holdoff if natt else None
         found, nbytes, emptied = 0, 0, False
         try:
             for _ in range(RECV_BATCH):  # bounded batch per wake-up
@@ -157,11 +164,12 @@ class UdpService:
                 if got is None:
                     emptied = True
                     break
-                found += 1
                 data, seg, local, remote = got
-                nbytes += len(data)
+                if holdoff is not None:
+                    n, b = _tally(data, seg)
+                    found += n
+                    nbytes += b
                 if seg:  # UDP GRO: several datagrams from the same source, seg bytes each
-                    found += len(data) // seg - 1
                     for off in range(0, len(data), seg):
                         d = data[off:off + seg]
                         if len(d) >= 8 and d[:4] != NON_ESP_MARKER:
@@ -176,8 +184,8 @@ class UdpService:
             if natt:
                 dp.rx_batch_end()
         self.sinks.after_batch()
-        if natt and self.holdoff is not None:
-            self.holdoff.after_drain(sock.fileno(), found, nbytes, emptied, self._readable, sock)
+        if holdoff is not None:
+            holdoff.after_drain(sock.fileno(), found, nbytes, emptied, self._readable, sock)
 
     def _readable_burst(self, sock: IkeSocket, recv_burst: Callable) -> None:
         """``_readable`` for a NAT-T socket with the compiled helper: up to BURST datagrams per
@@ -187,13 +195,17 @@ class UdpService:
         esp_received = dp.esp_received
         fd, buf = sock.fileno(), sock.burst_buffer()
         remotes, locals_ = sock.remotes, sock.locals
+        holdoff = self.holdoff
         found, nbytes, emptied = 0, 0, False
         try:
             for _ in range(RECV_BATCH // BURST):  # bounded batch per wake-up
                 msgs = recv_burst(fd, buf, BURST_SLOT, BURST)
-                found += len(msgs)
+                if holdoff is not None:  # (nothing counted per datagram without one)
+                    for data, seg, _name, _dst in msgs:
+                        n, b = _tally(data, seg)
+                        found += n
+                        nbytes += b
                 for data, seg, name, dst in msgs:
-                    nbytes += len(data)
                     remote = remotes.get(name)
                     if remote is None:
                         remote = sock.remote_of(name)
@@ -201,7 +213,6 @@ class UdpService:
                     if local is None:
                         local = sock.local_of(dst)
                     if seg:  # UDP GRO: several datagrams from the same source, seg bytes each
-                        found += len(data) // seg - 1
                         for off in range(0, len(data), seg):
                             d = data[off:off + seg]
                             if len(d) >= 8 and d[:4] != NON_ESP_MARKER:
@@ -218,8 +229,8 @@ class UdpService:
         finally:
             dp.rx_batch_end()
         self.sinks.after_batch()
-        if self.holdoff is not None:
-            self.holdoff.after_drain(fd, found, nbytes, emptied, self._readable, sock)
+        if holdoff is not None:
+            holdoff.after_drain(fd, found, nbytes, emptied, self._readable, sock)
 
     def _readable_inits(self, sock: IkeSocket, natt: bool, rx: mmsg.RecvBatch, tx: mmsg.SendBatch) -> None:
         """A batch from an INIT socket: each cookie-less IKE_SA_INIT that the engine answers

@@ -735,15 +735,16 @@ class UserspaceDataPlane(DataPlane):
         do, without their calls): an IPv4 packet whose Child SA is already known (the
         interface's SA, route-based; the flow cache, spd.py), that fits the SA's MTU, of an SA
         that has carried a packet since the last lifetime poll, is held for sealing at once.
-        Everything else goes through ``_outbound``. Returns the number of reads and the bytes
-        of the packets they gave."""
+        Everything else goes through ``_outbound``. Returns the number of reads and, with a
+        holdoff (else 0), the bytes of the packets they gave."""
         fd, vnet, buf, outbound = tun.fd, tun.vnet_hdr, self._read_buf, self._outbound
-        tx = self._tx
+        tx, count_bytes = self._tx, self.holdoff is not None
         found = nbytes = 0
         for _ in range(READ_BATCH // READ_BURST):
             pkts, reads, tso_reads, tso_segments, malformed = read_burst(fd, buf, READ_BURST, vnet, TSO_MAX_SEGMENTS)
             found += reads
-            nbytes += sum(map(len, pkts))
+            if count_bytes:
+                nbytes += sum(map(len, pkts))
             if tso_reads:
                 self.tso_reads += tso_reads
                 self.tso_segments += tso_segments
