@@ -31,6 +31,8 @@ protected networks):
   nor the compiled ESP path of esp/compiled.py), to measure what they give in the same run;
 * ``ours-ours-holdoff`` (only when asked for): ``ours-ours`` with ``holdoff_us = 200`` on both
   gateways (the wake-up holdoff, vpn_gw/holdoff.py; off by default).
+* ``ours-ours-worker`` (only when asked for): ``ours-ours`` with ``outbound_worker = true`` on
+  both gateways (the encrypting direction in a second process, outbound_worker.py; off by default).
 
 Fairness rules:
 * Interleaved: for each router variant and cipher every pair's tunnel is up at the same time;
@@ -173,7 +175,8 @@ class Setup:
         conn = connection("s2s", local, remote, lid, rid, local_ts=lts, remote_ts=rts, psk=self.psk,
                           ike=IKE, esp=self.cipher, child="net")
         extra = {"ours-ours-tso": {"tun_tso": True}, "ours-ours-notso": {"tun_tso": False},
-                 "ours-ours-holdoff": {"holdoff_us": HOLDOFF_US}}.get(self.pair)
+                 "ours-ours-holdoff": {"holdoff_us": HOLDOFF_US},
+                 "ours-ours-worker": {"outbound_worker": True}}.get(self.pair)
         wrapper = ["env", "VPN_GW_PURE_PYTHON=1"] if self.pair == "ours-ours-py" else None
         gw = OurGateway(ns, self.dir, name, [conn], listen=[local], log_level="info", gateway=extra,
                         wrapper=wrapper)
@@ -199,7 +202,8 @@ class Setup:
         site_conf, gw_conf = ss.psk_site_to_site(t, self.psk, ike_proposals=IKE, esp_proposals=self.cipher,
                                                  site_id=SITE_ID, gw_id=GW_ID)
         charon_env = host_rmem_default(TUNED_RMEM) if self.tuned else contextlib.nullcontext()
-        if self.pair in ("ours-ours", "ours-ours-tso", "ours-ours-notso", "ours-ours-py", "ours-ours-holdoff"):
+        if self.pair in ("ours-ours", "ours-ours-tso", "ours-ours-notso", "ours-ours-py", "ours-ours-holdoff",
+                         "ours-ours-worker"):
             self._ours(t.gw, "gw", t.gw_ip, t.site_ip, GW_ID, SITE_ID, t.gw_net, t.site_net)
             site = self._ours(t.site, "site", t.site_ip, t.gw_ip, SITE_ID, GW_ID, t.site_net, t.gw_net)
             site.up("s2s")
@@ -256,6 +260,9 @@ class Setup:
         out = {}
         for g in self.ours:
             out[f"ours/{g.name}"] = g.proc.pid
+            worker = g.control("stats")["dataplane"].get("outbound_worker") or {}
+            if worker.get("pid"):  # outbound_worker = true: its second process
+                out[f"ours/{g.name}-worker"] = worker["pid"]
         for c in self.charons:
             out[f"charon/{c.name}"] = c.pid
         return out
@@ -290,15 +297,24 @@ def renice(pid: int, nice: int) -> None:
             pass  # the thread ended meanwhile
 
 
-def measure(setup: Setup, seconds: float, streams: int, mss: int) -> dict:
+def measure(setup: Setup, seconds: float, streams: int, mss: int, bidir: bool = False) -> dict:
+    """One iperf3 TCP run; with ``bidir`` the streams go both ways at once (iperf3 --bidir) and
+    the rate is both directions' together."""
     t = setup.topo
     pids = setup.pids
     before = setup.drop_counters()
+    extra = (["-M", str(mss)] if mss else []) + (["--bidir"] if bidir else [])
     res = tools.iperf3(t.host_a, t.host_b, t.host_b_ip, seconds=seconds, streams=streams,
-                       cpu_of=list(pids.values()), extra=["-M", str(mss)] if mss else None)
+                       cpu_of=list(pids.values()), extra=extra or None)
     after = setup.drop_counters()
     by_pid = res.get("_cpu", {})
-    return {"mbps": tools.mbps(res), "retransmits": tools.retransmits(res),
+    mbps = tools.mbps(res)
+    retr = tools.retransmits(res)
+    if bidir:
+        end = res["end"]
+        mbps += end["sum_received_bidir_reverse"]["bits_per_second"] / 1e6
+        retr += int(end["sum_sent_bidir_reverse"].get("retransmits", 0))
+    return {"mbps": mbps, "retransmits": retr,
             "cpu": {name: by_pid.get(pid) for name, pid in pids.items()},
             "iperf3_cpu": res["_iperf3_cpu"], "machine": res["_machine"],
             "drops": {k: after[k] - before.get(k, 0) for k in after}}
@@ -447,6 +463,8 @@ def main(argv=None) -> int:
     ap.add_argument("--streams", default="1,4", help="comma-separated parallel stream counts")
     ap.add_argument("--ciphers", default="aes256gcm16,chacha20poly1305")
     ap.add_argument("--pairs", default="ours-ours,sw-sw-tuned,sw-sw,ours-sw")
+    ap.add_argument("--bidir", action="store_true",
+                    help="TCP: the streams in both directions at once (iperf3 --bidir); Mbit/s is the sum")
     ap.add_argument("--router", default="pass,segment", help="router variants: pass, segment, segment-gro (see above)")
     ap.add_argument("--baseline", default="sw-sw-tuned", help="the pair ratios are taken against")
     ap.add_argument("--mss", type=int, default=1360, help="TCP MSS for every pair (0: each its own)")
@@ -486,6 +504,8 @@ def main(argv=None) -> int:
     print(f"gateway niceness: {args.gateway_nice} (every thread, both pairs)")
     print(f"TCP MSS: {args.mss if args.mss else 'each its own (ours 1398, strongSwan 1360)'}; "
           f"tuned = rmem_default {TUNED_RMEM} while charon starts, TUN txqueuelen {TXQUEUELEN}")
+    if args.bidir:
+        print("TCP: --bidir (each stream count in both directions at once; Mbit/s = both directions)")
     runs: dict[tuple, list[dict]] = {}  # (router, cipher, pair, streams) -> one run per round
     udp: dict[tuple, list[list[dict]]] = {}  # (router, cipher, pair) -> per round, the ladder's runs
     quiet: dict[tuple, list[dict]] = {}  # (router, cipher) -> per round, the machine with no traffic
@@ -511,7 +531,7 @@ def main(argv=None) -> int:
                         order = pairs if rnd % 2 == 0 else pairs[::-1]
                         for pair in order:
                             for n in streams:
-                                r = measure(setups[pair], args.seconds, n, args.mss)
+                                r = measure(setups[pair], args.seconds, n, args.mss, args.bidir)
                                 r["round"] = rnd
                                 runs.setdefault((router, cipher, pair, n), []).append(r)
                                 cpu = ", ".join(f"{k} {v:.0f}%" for k, v in r["cpu"].items() if v is not None)

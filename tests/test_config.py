@@ -129,6 +129,16 @@ def test_holdoff_us():
     assert msg.startswith("gw.toml:2: gateway.holdoff_us: expected an integer"), msg
 
 
+def test_outbound_worker():
+    assert parse("[gateway]\n").outbound_worker is False
+    assert parse("[gateway]\noutbound_worker = true\n").outbound_worker is True
+    assert messages(error('[gateway]\ndataplane = "xfrm"\noutbound_worker = true\n')) == \
+        ['gw.toml:3: gateway.outbound_worker: outbound_worker is for the userspace data plane, '
+         'not dataplane = "xfrm"']
+    msg = messages(error('[gateway]\noutbound_worker = 2\n'))[0]
+    assert msg == "gw.toml:2: gateway.outbound_worker: expected a boolean, got an integer (2)", msg
+
+
 def test_config_is_immutable():
     cfg = parse(BASE)
     with pytest.raises(dataclasses.FrozenInstanceError):

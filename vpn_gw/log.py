@@ -34,6 +34,12 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 # configuration does). A call through a module's structlog proxy costs ~15 µs even when its level
 # is filtered (it builds a bound logger each time): hot paths ask ``enabled`` first (~0.1 µs).
 _min_level = logging.NOTSET
+_settings = ("info", "console")  # (level, format) of the last setup_logging: for worker processes
+
+
+def current_settings() -> tuple[str, str]:
+    """(level, format) as setup_logging last configured them (a worker process logs alike)."""
+    return _settings
 
 
 def enabled(level: str) -> bool:
@@ -116,8 +122,9 @@ def setup_logging(level: str | int = "info", fmt: str = "console",
                              f"(one of {', '.join(LEVELS)})") from None
     else:
         lvl = int(level)
-    global _min_level
+    global _min_level, _settings
     _min_level = lvl
+    _settings = (next((n for n, v in LEVELS.items() if v == lvl), "info"), fmt)
     stream = stream or sys.stderr
     renderer = _renderer(fmt, stream)
     shared: list[Any] = [

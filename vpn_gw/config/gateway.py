@@ -71,6 +71,7 @@ class GatewayConfig:
     tun_tso: bool | str = "auto"            # userspace ESP: TSO super-packets from TUN, cut by us;
                                             # "auto" = on with the compiled helpers (vpn_gw/accel)
     holdoff_us: int = 0                     # userspace ESP: wake-up holdoff after a large drain, 0 = off
+    outbound_worker: bool = False           # userspace ESP: encrypt in a second process
     tcp_port: int = 4500                    # RFC 9329 TCP encapsulation listener, 0 = off
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics (vpn_gw/metrics.py), None = off
     tcp_max_connections: int = 4096         # accepted TCP connections, all sources together
@@ -167,6 +168,10 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
     offload = g.get("offload", _bool, True)
     tun_tso = g.get("tun_tso", _bool_or_auto, "auto")
     holdoff_us = g.get("holdoff_us", _int(0, 10000), 0)
+    outbound_worker = g.get("outbound_worker", _bool, False)
+    if _ok(outbound_worker, dataplane) and outbound_worker and dataplane != "userspace":
+        ctx.error(("gateway", "outbound_worker"),
+                  f'outbound_worker is for the userspace data plane, not dataplane = "{dataplane}"')
     tcp_port = g.get("tcp_port", _int(0, 65535), 4500)
     metrics_listen = g.get("metrics_listen", _listen_addr, None)
     tcp_max_connections = g.get("tcp_max_connections", _int(1, 1 << 20), 4096)
@@ -215,7 +220,8 @@ def _gateway_settings(ctx: _Ctx, data: dict) -> dict[str, Any]:
                 cookie_threshold=cookie_threshold, dataplane=dataplane, path_mtu=path_mtu,
                 xfrm_fragmentation=xfrm_fragmentation, xfrm_nfqueue=xfrm_nfqueue,
                 xfrm_nfqueue_fail=xfrm_nfqueue_fail, keepalive_interval=keepalive_interval, offload=offload,
-                tun_tso=tun_tso, holdoff_us=holdoff_us, tcp_port=tcp_port, metrics_listen=metrics_listen,
+                tun_tso=tun_tso, holdoff_us=holdoff_us, outbound_worker=outbound_worker, tcp_port=tcp_port,
+                metrics_listen=metrics_listen,
                 tcp_max_connections=tcp_max_connections,
                 tcp_max_per_source=tcp_max_per_source, tcp_idle_timeout=tcp_idle_timeout,
                 tcp_max_unauth_frame=tcp_max_unauth_frame, tcp_max_buffered=tcp_max_buffered,

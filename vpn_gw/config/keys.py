@@ -10,6 +10,7 @@ DDNS_KEYS = ("interface", "names", "method", "families", "update_period", "serve
 GATEWAY_KEYS = ("control_socket", "listen", "ike_port", "natt_port", "log_level", "log_format",
                 "half_open_limit", "cookie_threshold", "dataplane", "path_mtu", "keepalive_interval",
                 "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "tun_tso", "holdoff_us",
+                "outbound_worker",
                 "retransmit_timeout", "retransmit_base", "retransmit_tries", "dns_servers", "dns_port",
                 "dns_timeout", "dns_min_ttl", "dns_max_ttl", "tcp_port", "metrics_listen",
                 "tcp_max_connections", "tcp_max_per_source", "tcp_idle_timeout", "tcp_max_unauth_frame",

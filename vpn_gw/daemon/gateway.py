@@ -74,7 +74,8 @@ def make_dataplane(config: GatewayConfig, gw: Gateway) -> DataPlane:
         return UserspaceDataPlane(gw.send_esp, gw.interface_for, path_mtu=config.path_mtu,
                                   keepalive_interval=config.keepalive_interval, offload=config.offload,
                                   tso=accel.COMPILED if config.tun_tso == "auto" else bool(config.tun_tso),
-                                  holdoff=Holdoff(config.holdoff_us / 1e6) if config.holdoff_us else None)
+                                  holdoff=Holdoff(config.holdoff_us / 1e6) if config.holdoff_us else None,
+                                  outbound_worker=config.outbound_worker)
     if config.dataplane == "xfrm":
         from vpn_gw.dataplane.xfrm.backend import XfrmDataPlane
         ifids = {c.interface: c.if_id for c in config.connections if c.interface}
@@ -407,6 +408,9 @@ class Gateway:
             self.crypto.start(loop, eager=self.config.crypto_workers != "auto")
             self.manager.offload = OffloadPolicy()
         self.udp.open()
+        if hasattr(self.dataplane, "attach_sockets"):  # the outbound worker sends from the NAT-T sockets
+            self.dataplane.attach_sockets(self.udp.esp_sockets())
+            self.dataplane.path_via_daemon = self.tcp.carries  # type: ignore[attr-defined]
         await self.tcp.start()
         self.traps.install_all(self.config.connections)
         control = ControlServer(str(self.config.control_socket), self.control.handle)
@@ -417,6 +421,7 @@ class Gateway:
                  compiled_helpers=accel.describe(),  # checksums, TSO, ESP receive (vpn_gw/accel)
                  esp_packet_path=esp_compiled.describe(),  # AEAD seal/open, replay (esp/compiled.py)
                  holdoff_us=self.config.holdoff_us if self.dataplane.name == "userspace" else 0,  # vpn_gw/holdoff.py
+                 outbound_worker=getattr(getattr(self.dataplane, "worker", None), "pid", None),  # its PID, or None
                  mlkem=mlkem_backend_text())  # which ML-KEM sets the linked OpenSSL offers
         self.notifier.ready(f"{len(self.config.connections)} connections loaded")
         for conn in self.config.connections:

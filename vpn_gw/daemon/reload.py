@@ -31,6 +31,7 @@ RESTART_KEYS = frozenset({
     "control_socket", "listen", "ike_port", "natt_port", "tcp_port",
     "dataplane", "path_mtu", "xfrm_fragmentation", "xfrm_nfqueue", "xfrm_nfqueue_fail", "offload", "tun_tso",
     "holdoff_us",
+    "outbound_worker",
     "metrics_listen", "crypto_workers",            # the worker processes start with the daemon
     "dns_servers", "dns_port", "dns_timeout", "dns_min_ttl", "dns_max_ttl", "ddns", "pools", "radius",
 })

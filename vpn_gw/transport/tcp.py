@@ -453,6 +453,11 @@ class TcpService:
             return True
         return self._write(local, remote, fr, essential=False)
 
+    def carries(self, local: Address, remote: Address) -> bool:
+        """Whether ESP between these addresses goes over one of our TCP connections (or one
+        waiting to be re-established): the outbound worker hands such ESP to the daemon."""
+        return (local, remote) in self.conns or (local, remote) in self.dead
+
     def takes(self, conn) -> bool:
         """Whether initiating this connection is ours (transport tcp or auto)."""
         return getattr(conn, "transport", "udp") in ("tcp", "auto")

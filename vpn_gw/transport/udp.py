@@ -28,10 +28,16 @@ _ADDRESS_CACHE = 4096  # raw addresses -> (ip, port) kept per socket, then start
 
 
 class IkeSocket:
-    def __init__(self, address: str, port: int, reuseport: bool = False):
+    def __init__(self, address: str, port: int, reuseport: bool = False, *, adopt: socket.socket | None = None):
+        """A new socket bound to (address, port); or, with ``adopt``, one already bound (the
+        daemon's NAT-T socket in the outbound worker process, which only sends on it)."""
         self.address = address
         self.port = port
         self.family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+        if adopt is not None:
+            self.sock = adopt
+            self._init_state()
+            return
         s = socket.socket(self.family, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:  # a steering group (vpn_gw/transport/steering.py)
@@ -51,6 +57,9 @@ class IkeSocket:
         s.setblocking(False)
         s.bind((address, port))
         self.sock = s
+        self._init_state()
+
+    def _init_state(self) -> None:
         self._anc: dict[str | None, list] = {}  # source address -> ancillary data (PKTINFO), cached
         self._burst: bytearray | None = None  # recv_burst's buffer, made on first use
         self.remotes: dict[bytes, tuple[str, int]] = {}  # raw source sockaddr -> (ip, port)

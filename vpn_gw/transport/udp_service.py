@@ -303,6 +303,11 @@ class UdpService:
 
     # ------------------------------------------------------------------ sending
 
+    def esp_sockets(self) -> list[IkeSocket]:
+        """The NAT-T port's main sockets (ESP in UDP is sent from them)."""
+        port = self.config.natt_port
+        return [s for (_fam, p), socks in self.sockets.items() if p == port for s in socks]
+
     def socket_for(self, local: Endpoint) -> IkeSocket | None:
         sock = self._sock_cache.get(local)
         if sock is None:

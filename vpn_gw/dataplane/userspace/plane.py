@@ -48,12 +48,15 @@ from vpn_gw.accel import read_burst
 from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
 from vpn_gw.dataplane.rtnl import RtnlError
+from vpn_gw.dataplane.userspace import worker_protocol as wp
 from vpn_gw.dataplane.userspace.gro import VNET_HDR_LEN
 from vpn_gw.dataplane.userspace.spd import OutboundIndex, prefixes
 from vpn_gw.dataplane.userspace.tso import MAX_SEGMENTS as TSO_MAX_SEGMENTS
 from vpn_gw.dataplane.userspace.tun import Tun, TunError
+from vpn_gw.dataplane.userspace.worker_link import RESTART_SEQ_GAP, OutboundWorker
+from vpn_gw.dataplane.userspace.worker_protocol import Segments
 from vpn_gw.holdoff import Holdoff
-from vpn_gw.log import enabled
+from vpn_gw.log import current_settings, enabled
 
 log = structlog.get_logger("vpn_gw.dataplane")
 
@@ -123,6 +126,12 @@ class _Child:
     # case): the per-packet policy checks then need only the addresses; None otherwise.
     fast_local: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
     fast_remote: dict[int, tuple[tuple[int, int], ...]] | None = field(default=None, init=False)
+    # With an outbound worker process (outbound_worker.py): the Child SA's counter slot in the
+    # shared memory (worker_protocol.Segments), its outbound keys (to hand them to a restarted
+    # worker), and whether its ESP goes through the daemon (a TCP path, RFC 9329).
+    slot: int = field(default=-1, init=False)
+    out_keys: tuple | None = field(default=None, init=False, repr=False)
+    via_daemon: bool = field(default=False, init=False)
 
     # (remote lo, remote hi, local lo, local hi) when each side is one IPv4 range of any protocol
     # and port (a site-to-site or remote-access SA): the inbound check is then two comparisons.
@@ -245,7 +254,7 @@ class UserspaceDataPlane(DataPlane):
                  interface_for: Callable[[str], str | None], *, path_mtu: int = 1500,
                  tun_mtu: int = 1500, keepalive_interval: float = 20.0, replay_window: int = 1024,
                  clock: Callable[[], float] = time.monotonic, offload: bool = True, tso: bool = False,
-                 holdoff: Holdoff | None = None):
+                 holdoff: Holdoff | None = None, outbound_worker: bool = False):
         self.send_udp = send_udp
         self.holdoff = holdoff  # wake-up holdoff of the TUN readers (vpn_gw/holdoff.py), None = off
         self.interface_for = interface_for
@@ -287,6 +296,15 @@ class UserspaceDataPlane(DataPlane):
         self._read_buf = bytearray(65535 + VNET_HDR_LEN)  # read_burst's buffer (the largest read)
         self.tso_reads = 0  # TSO super-packets read from TUN devices
         self.tso_segments = 0  # wire segments cut from them
+        # [gateway] outbound_worker: the outbound direction in a second process (outbound_worker.py)
+        self.outbound_worker = outbound_worker
+        self.worker: OutboundWorker | None = None
+        self.segments: Segments | None = None  # the worker's counter slots (worker_protocol)
+        self._worker_states: list[tuple[bytes, str]] = []  # expiries the worker reported
+        # (family, address, port, fd) of the NAT-T sockets the worker sends from
+        self._esp_sockets: list[tuple[int, str, int, int]] = []
+        # (local, remote) -> True when that path is a TCP connection (the daemon writes its ESP)
+        self.path_via_daemon: Callable[[Address, Address], bool] = lambda _local, _remote: False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -299,10 +317,22 @@ class UserspaceDataPlane(DataPlane):
                       error=f"cannot open /dev/net/tun: {e.strerror}")
         if self.keepalive_interval:
             self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalives())
+        if self.outbound_worker and self.worker is None:
+            self.segments = Segments()
+            level, fmt = current_settings()
+            self.worker = OutboundWorker(self, log_level=level, log_format=fmt,
+                                         holdoff_us=round(self.holdoff.delay * 1e6) if self.holdoff else 0)
+            try:
+                self.worker.start()
+            except OSError as e:
+                log.error("cannot start the outbound worker process: encrypting in the daemon", error=str(e))
+                self.worker = None
 
     async def close(self) -> None:
         if self._keepalive_task:
             self._keepalive_task.cancel()
+        if self.worker is not None:
+            await self.worker.stop()  # it stops reading the TUN devices before they close
         loop = asyncio.get_running_loop()
         for c in list(self.by_spi_in.values()):
             self.remove_child(c.spi_in, c.spi_out)
@@ -322,6 +352,9 @@ class UserspaceDataPlane(DataPlane):
         if self._raw4 is not None:
             self._raw4.close()
             self._raw4 = None
+        if self.segments is not None:
+            self.segments.close()
+            self.segments = None
 
     def ensure_interface(self, name: str) -> None:
         self._tun(name)
@@ -334,6 +367,11 @@ class UserspaceDataPlane(DataPlane):
         out["esp_packet_path"] = esp_compiled.describe()
         if self.holdoff is not None:
             out["holdoff"] = self.holdoff.stats()  # (shared with the NAT-T sockets: daemon/gateway.py)
+        if self.worker is not None:
+            w = self.worker.describe()
+            out["outbound_worker"] = w
+            for reason, n in ((w["worker"] or {}).get("unmatched") or {}).items():  # its drops count here too
+                out["unmatched"][reason] = out["unmatched"].get(reason, 0) + n
         return out
 
     def add_virtual_ips(self, conn: str, addresses: list[str]) -> None:
@@ -378,7 +416,10 @@ class UserspaceDataPlane(DataPlane):
             self.by_tun[name] = {}
             self.spd[name] = OutboundIndex()
             self._tun_mtus[name] = Counter()
-            asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_readable, tun)
+            if self.worker is not None:
+                self._worker_tun(tun)
+            else:
+                asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_readable, tun)
             log.info("TUN device created", interface=tun.name, mtu=self.tun_mtu, offload=_offload_names(tun))
         return tun
 
@@ -418,6 +459,11 @@ class UserspaceDataPlane(DataPlane):
         self._set_tun_mtu(tun)
         if self.interface_for(ev.ike_name) is None:
             self._add_routes(tun, child, child)
+        if self.worker is not None:
+            child.out_keys = (int(k.encr_id), k.encr_key_bits, int(k.integ_id) if k.integ_id is not None else None,
+                              bytes(k.encr_key_out), bytes(k.integ_key_out or b""), bool(k.esn))
+            child.via_daemon = self.path_via_daemon(ev.local, ev.remote)
+            self._worker_add(child, (0, 0, 0))
         self._flush_trap(child)
         if enabled("info"):
             log.info("CHILD_SA installed in userspace data plane", child=ev.child_name, interface=tun.name,
@@ -594,6 +640,13 @@ class UserspaceDataPlane(DataPlane):
         self._expiry_reported.pop(spi_in, None)
         if not child.tun.route_based:
             self._del_routes(child)
+        if child.slot >= 0:
+            if self.worker is not None:
+                self.worker.send((wp.DELETE, spi_in))
+            if self.segments is not None:
+                self.segments.release(child.slot)
+            child.slot = -1
+        child.out_keys = None
         child.sa_in.wipe()
         child.sa_out.wipe()
         log.info("CHILD_SA removed from userspace data plane", spi_in=spi_in.hex(), spi_out=spi_out.hex())
@@ -602,6 +655,8 @@ class UserspaceDataPlane(DataPlane):
         # encap is ignored: this data plane always puts ESP in UDP 4500
         for c in self.by_ike.get(ike_id, {}).values():
             c.local, c.remote = local, remote
+        if self.worker is not None and ike_id in self.by_ike:
+            self.worker.send((wp.MOVE, ike_id, local, remote, self.path_via_daemon(local, remote)))
 
     def expiries(self, now: float) -> list[tuple[bytes, str]]:
         """Child SAs that reached a soft or hard volume limit (or sequence-number exhaustion)
@@ -619,6 +674,12 @@ class UserspaceDataPlane(DataPlane):
             if state is not None and state != self._expiry_reported.get(spi_in):
                 self._expiry_reported[spi_in] = state
                 out.append((spi_in, state))
+        reported, self._worker_states = self._worker_states, []
+        for spi_in, state in reported:  # the outbound direction's, from the worker
+            if spi_in in self.by_spi_in and state != self._expiry_reported.get(spi_in) \
+                    and not (state == "soft" and self._expiry_reported.get(spi_in) == "hard"):
+                self._expiry_reported[spi_in] = state
+                out.append((spi_in, state))
         return out
 
     def last_rx(self, spi_in: bytes) -> float | None:
@@ -632,6 +693,12 @@ class UserspaceDataPlane(DataPlane):
         drops = {r.value: n for r, n in (c.sa_in.stats.drops + c.sa_out.stats.drops).items()}
         for r, n in c.drops.items():
             drops[r] = drops.get(r, 0) + n
+        if c.slot >= 0 and self.segments is not None:  # the outbound direction is the worker's
+            values = self.segments.read(c.slot)
+            for name, n in zip(wp.SLOT_FIELDS[3:], values[3:], strict=True):
+                if n:
+                    drops[name] = drops.get(name, 0) + n
+            return ChildCounters(c.sa_in.stats.bytes, c.sa_in.stats.packets, values[1], values[2], drops)
         return ChildCounters(c.sa_in.stats.bytes, c.sa_in.stats.packets, c.sa_out.stats.bytes,
                              c.sa_out.stats.packets, drops)
 
@@ -822,14 +889,14 @@ class UserspaceDataPlane(DataPlane):
             try:
                 what = decide(pkt, child.mtu)
             except EspError:
-                child.drops["malformed"] = child.drops.get("malformed", 0) + 1
+                self._out_drop(child, "malformed")
                 return
             if what == "fragment":
                 for frag in fragment_ipv4(pkt, child.mtu):
                     self._send_esp(child, frag)
                 return
             if what == "icmp":
-                child.drops["too_big"] = child.drops.get("too_big", 0) + 1
+                self._out_drop(child, "too_big")
                 if pkt[0] >> 4 == 4:
                     # Source 0.0.0.0: the kernel fills in its own source address for the route
                     # back to the sender (raw(7), IP_HDRINCL), like for the ICMP it generates.
@@ -838,9 +905,13 @@ class UserspaceDataPlane(DataPlane):
                     tun.write(icmpv6_packet_too_big(pkt, child.mtu, _v6_source(child)))
                 return
             if what == "drop":
-                child.drops["too_big"] = child.drops.get("too_big", 0) + 1
+                self._out_drop(child, "too_big")
                 return
         self._send_esp(child, pkt)
+
+    def _out_drop(self, child: _Child, reason: str) -> None:
+        """A clear packet for ``child`` that was not sent (too big, malformed)."""
+        child.drops[reason] = child.drops.get(reason, 0) + 1
 
     def _send_icmp4(self, icmp: bytes) -> None:
         """Send an ICMP error generated by the gateway as a locally originated packet.
@@ -892,6 +963,7 @@ class UserspaceDataPlane(DataPlane):
         tun = self._tun(ifname or DEFAULT_TUN)
         trap = _Trap(conn, [_Selector.from_ts(t) for t in local_ts], [_Selector.from_ts(t) for t in remote_ts], tun)
         self.traps[conn] = trap
+        self._worker_traps()
         if ifname is None:
             # a stand-in that only carries selectors for the routes: never sees a packet
             probe = _Child(conn, -1, b"", b"", None, None,  # type: ignore[arg-type]
@@ -903,6 +975,7 @@ class UserspaceDataPlane(DataPlane):
     def remove_trap(self, conn: str) -> None:
         trap = self.traps.pop(conn, None)
         if trap is not None:
+            self._worker_traps()
             trap.queue.clear()
             # its routes stay until a Child SA that shares them goes (as before the counting)
             self._release_routes(trap.routes)
@@ -951,6 +1024,17 @@ class UserspaceDataPlane(DataPlane):
             return
         queued, trap.queue = trap.queue, []
         log.info("sending packets held by the trap policy", connection=child.conn, packets=len(queued))
+        if self.worker is not None:  # the worker seals them (it owns the sequence numbers)
+            chunk: list[bytes] = []
+            size = 0
+            for pkt in queued:
+                if chunk and size + len(pkt) > wp.MAX_MESSAGE // 2:
+                    self.worker.send((wp.PACKETS, child.tun.name, chunk))
+                    chunk, size = [], 0
+                chunk.append(pkt)
+                size += len(pkt)
+            self.worker.send((wp.PACKETS, child.tun.name, chunk))
+            return
         for pkt in queued:
             self._outbound(child.tun, pkt)
 
@@ -1014,6 +1098,87 @@ class UserspaceDataPlane(DataPlane):
             for tun, packets in rx.items():
                 if tun.fd >= 0:
                     tun.write_many(packets)
+
+    # ------------------------------------------------------------------ the outbound worker
+
+    def attach_sockets(self, sockets: list) -> None:
+        """The daemon's NAT-T sockets (IkeSocket), which the outbound worker sends from."""
+        self._esp_sockets = [(int(s.family), s.address, s.port, s.fileno()) for s in sockets]
+        self._worker_sockets()
+
+    def _worker_sockets(self) -> None:
+        if self.worker is not None and self._esp_sockets:
+            self.worker.send((wp.SOCKETS, [(f, a, p) for f, a, p, _fd in self._esp_sockets]),
+                             [fd for *_rest, fd in self._esp_sockets])
+
+    def _worker_tun(self, tun: Tun) -> None:
+        assert self.worker is not None
+        self.worker.send((wp.TUN, tun.name, tun.vnet_hdr, tun.offload_flags, tun.route_based, tun.index), [tun.fd])
+
+    def _worker_traps(self) -> None:
+        if self.worker is not None:
+            self.worker.send((wp.TRAPS, sorted({t.tun.name for t in self.traps.values()})))
+
+    def _worker_add(self, child: _Child, start: tuple[int, int, int]) -> None:
+        """Hand a Child SA's outbound direction to the worker (``start``: its sequence number,
+        bytes and packets so far)."""
+        assert self.worker is not None and self.segments is not None and child.out_keys is not None
+        if child.slot < 0:
+            child.slot, new_fd = self.segments.allocate()
+            if new_fd is not None:
+                self.worker.send((wp.SEGMENT, len(self.segments.maps) - 1), [new_fd])
+        lt = child.sa_out.lifetime
+        sel = [(s.version, s.lo, s.hi, s.proto, s.sport, s.eport) for s in child.local_ts]
+        rsel = [(s.version, s.lo, s.hi, s.proto, s.sport, s.eport) for s in child.remote_ts]
+        self.worker.send((wp.ADD, child.spi_in, child.spi_out, child.slot, child.conn, child.ike_id, child.tun.name,
+                          child.local, child.remote, sel, rsel, child.mtu, child.via_daemon, child.out_keys,
+                          (lt.soft_bytes, lt.hard_bytes, lt.soft_packets, lt.hard_packets), start))
+
+    def _worker_restarted(self) -> None:
+        """A new worker process: everything again; each SA's sequence numbers continue past
+        what the old one recorded (worker_link.RESTART_SEQ_GAP)."""
+        assert self.worker is not None and self.segments is not None
+        for i, fd in enumerate(self.segments.fds):
+            self.worker.send((wp.SEGMENT, i), [fd])
+        for tun in self.tuns.values():
+            self._worker_tun(tun)
+        self._worker_sockets()
+        self._worker_traps()
+        for child in self.by_spi_in.values():
+            seq, nbytes, packets = self.segments.read(child.slot)[:3]
+            self._worker_add(child, (min(seq + RESTART_SEQ_GAP, child.sa_out.seq_limit), nbytes, packets))
+        log.info("outbound worker restarted: Child SAs handed over again", children=len(self.by_spi_in),
+                 seq_gap=RESTART_SEQ_GAP)
+
+    def _worker_gave_up(self) -> None:
+        """No worker any more: the outbound direction comes back into this process."""
+        segments, self.worker = self.segments, None
+        if segments is not None:
+            for child in self.by_spi_in.values():
+                if child.slot < 0:
+                    continue
+                values = segments.read(child.slot)
+                sa = child.sa_out
+                sa.seq = min(values[0] + RESTART_SEQ_GAP, sa.seq_limit)
+                sa.stats.bytes, sa.stats.packets = values[1], values[2]
+                for name, n in zip(wp.SLOT_FIELDS[3:], values[3:], strict=True):
+                    if n:
+                        child.drops[name] = child.drops.get(name, 0) + n
+                child.slot = -1
+                child.out_keys = None
+        loop = asyncio.get_running_loop()
+        for tun in self.tuns.values():
+            loop.add_reader(tun.fileno(), self._tun_readable, tun)
+
+    def _worker_expiry(self, spi_in: bytes, state: str) -> None:
+        if state in ("soft", "hard"):
+            self._worker_states.append((spi_in, state))
+
+    def _worker_unmatched(self, tun_name: str, pkt: bytes) -> None:
+        """A clear packet the worker found no Child SA for, on a device with a trap policy."""
+        tun = self.tuns.get(tun_name)
+        if tun is None or not self._trap(tun, pkt):
+            self._count("no_policy")
 
     # ------------------------------------------------------------------ keepalives
 

@@ -83,6 +83,17 @@ class Tun:
             os.close(fd)
             raise TunError(f"cannot bring up TUN device {self.name}: {e}") from None
 
+    @classmethod
+    def adopt(cls, fd: int, name: str, *, vnet_hdr: bool, offload_flags: int, route_based: bool,
+              mtu: int = 0, index: int = 0) -> Tun:
+        """A device the daemon created, in the outbound worker process (its descriptor came over
+        a socket: the same open file, so the flags set at creation hold)."""
+        tun = cls.__new__(cls)
+        tun.fd, tun.name, tun.mtu, tun.index = fd, name, mtu, index
+        tun.vnet_hdr, tun.offload_flags, tun.route_based = vnet_hdr, offload_flags, route_based
+        tun.coalescing = tun.coalescing_udp = vnet_hdr
+        return tun
+
     def fileno(self) -> int:
         return self.fd
 
