@@ -33,14 +33,15 @@ DETECT_BOUND_MS = 250.0  # move -> the client's first packet from its new addres
 OUTAGE_BOUND_MS = 600.0  # last echo reply before the move -> first after it (100 pings/s)
 
 
-def _pair(e2e, m: M.Mobility) -> tuple[OurGateway, OurGateway]:
+def _pair(e2e, m: M.Mobility, extra: dict | None = None) -> tuple[OurGateway, OurGateway]:
     psk = "roam-" + secrets.token_hex(12)
+    settings = {**FAST, **(extra or {})}
     hub = OurGateway(m.hub, e2e.tmp, "hub", [connection(
         "client", M.HUB_IP, "%any", HUB_ID, CLIENT_ID, local_ts=M.HUB_LAN, remote_ts=M.CLIENT_LAN,
-        psk=psk)], listen=[M.HUB_IP], gateway=FAST)
+        psk=psk)], listen=[M.HUB_IP], gateway=settings)
     client = OurGateway(m.client, e2e.tmp, "client", [M.ours_roaming(
         "hub", M.HUB_IP, CLIENT_ID, HUB_ID, local_ts=M.CLIENT_LAN, remote_ts=M.HUB_LAN, psk=psk)],
-        gateway=FAST)
+        gateway=settings)
     for gw in (hub, client):
         e2e.gateways.append(gw)
         gw.start()
@@ -60,9 +61,12 @@ def _moves(client: OurGateway) -> list[dict]:
     return [r for r in client.log_lines() if r.get("event") == "local path changed, moving IKE SA"]
 
 
-def test_moves_are_followed_within_a_bound(e2e, tmp_path):
+@pytest.mark.parametrize("extra", [None, {"outbound_worker": True}], ids=["one-process", "outbound-worker"])
+def test_moves_are_followed_within_a_bound(e2e, tmp_path, extra):
+    """(With outbound_worker on both gateways the moves reach the workers as messages: the
+    client's worker sends from the new address, the hub's worker to it.)"""
     m = M.build(e2e.grp)
-    hub, client = _pair(e2e, m)
+    hub, client = _pair(e2e, m, extra)
     pcap = tmp_path / "hub-link.pcap"
     cap = tools.Capture(m.inet, m.hub_iface, pcap, "udp").start()
     pinger = M.Pinger(m.hc, M.HUB_HOST, tmp_path / "ping.txt", interval=0.01).start()
