@@ -19,7 +19,7 @@
 
 /* Bump when the interface or behaviour changes: esp/compiled.py ignores a module whose ABI
  * differs (a stale build left next to newer sources). */
-#define ESP_AEAD_ABI 1
+#define ESP_AEAD_ABI 2
 
 /* Verdicts of decapsulate(); esp/compiled.py maps them to DropReason. */
 enum {
@@ -570,142 +570,99 @@ static PyObject *Aead_seal_many(AeadObject *a, PyObject *const *args, Py_ssize_t
     return Py_BuildValue("(NK)", out, total);
 }
 
-/* The verdict (int) or (next_header, inner) for an authentic plaintext pt/ctlen (ctlen >= 4):
- * the padding 1, 2, 3, ... (RFC 4303 2.4), dummy packets, allowed next headers, the inner IPv4
- * or IPv6 header with TFC padding after the inner packet stripped (esp.packet._inner_of). */
-static PyObject *opened(const uint8_t *pt, size_t ctlen, const uint8_t *allow)
+/* For an authentic plaintext pt/ctlen (ctlen >= 4): the inner packet (new reference, its next
+ * header in *nh), or NULL with *verdict > 0 (refused) or *verdict == 0 (an exception is set).
+ * Checks the padding 1, 2, 3, ... (RFC 4303 2.4), dummy packets, allowed next headers, the
+ * inner IPv4 or IPv6 header; TFC padding after the inner packet is stripped
+ * (esp.packet._inner_of). */
+static PyObject *opened_inner(const uint8_t *pt, size_t ctlen, const uint8_t *allow, unsigned *nh_out,
+                              long *verdict)
 {
     size_t pad = pt[ctlen - 2];
     unsigned nh = pt[ctlen - 1];
-    if (pad + 2 > ctlen)
-        return PyLong_FromLong(D_BAD_PADDING);
+    *verdict = 0;
+    if (pad + 2 > ctlen) {
+        *verdict = D_BAD_PADDING;
+        return NULL;
+    }
     size_t end = ctlen - 2 - pad;
     for (size_t i = 0; i < pad; i++)
-        if (pt[end + i] != (uint8_t)(i + 1))
-            return PyLong_FromLong(D_BAD_PADDING);
-    if (nh == PROTO_NONE)
-        return PyLong_FromLong(D_DUMMY);
-    if (!((allow[nh >> 3] >> (nh & 7)) & 1))
-        return PyLong_FromLong(D_BAD_NEXT_HEADER);
+        if (pt[end + i] != (uint8_t)(i + 1)) {
+            *verdict = D_BAD_PADDING;
+            return NULL;
+        }
+    if (nh == PROTO_NONE) {
+        *verdict = D_DUMMY;
+        return NULL;
+    }
+    if (!((allow[nh >> 3] >> (nh & 7)) & 1)) {
+        *verdict = D_BAD_NEXT_HEADER;
+        return NULL;
+    }
     size_t inner = end;
     if (nh == PROTO_IPIP) {
-        if (end == 0 || pt[0] >> 4 != 4 || end < 20)
-            return PyLong_FromLong(D_MALFORMED);
-        size_t hlen = (size_t)(pt[0] & 0x0F) * 4, total = ((size_t)pt[2] << 8) | pt[3];
-        if (hlen < 20 || total < hlen || total > end)
-            return PyLong_FromLong(D_MALFORMED);
+        size_t hlen = end ? (size_t)(pt[0] & 0x0F) * 4 : 0, total = end >= 4 ? ((size_t)pt[2] << 8) | pt[3] : 0;
+        if (end == 0 || pt[0] >> 4 != 4 || end < 20 || hlen < 20 || total < hlen || total > end) {
+            *verdict = D_MALFORMED;
+            return NULL;
+        }
         inner = total;
     } else if (nh == PROTO_IPV6) {
-        if (end == 0 || pt[0] >> 4 != 6 || end < 40)
-            return PyLong_FromLong(D_MALFORMED);
+        if (end == 0 || pt[0] >> 4 != 6 || end < 40) {
+            *verdict = D_MALFORMED;
+            return NULL;
+        }
         size_t plen = ((size_t)pt[4] << 8) | pt[5];
-        if ((plen == 0 && end > 40) || 40 + plen > end)
-            return PyLong_FromLong(D_MALFORMED);
+        if ((plen == 0 && end > 40) || 40 + plen > end) {
+            *verdict = D_MALFORMED;
+            return NULL;
+        }
         inner = 40 + plen;
     }
-    PyObject *nh_obj = PyLong_FromLong((long)nh);
-    PyObject *data = nh_obj ? PyBytes_FromStringAndSize((const char *)pt, (Py_ssize_t)inner) : NULL;
-    if (data == NULL) {
-        Py_XDECREF(nh_obj);
-        return NULL;
-    }
-    PyObject *res = PyTuple_New(2);
-    if (res == NULL) {
-        Py_DECREF(nh_obj);
-        Py_DECREF(data);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(res, 0, nh_obj);
-    PyTuple_SET_ITEM(res, 1, data);
-    return res;
+    *nh_out = nh;
+    return PyBytes_FromStringAndSize((const char *)pt, (Py_ssize_t)inner);
 }
 
-/* decapsulate(packet, spi, replay, allowed) -> (next_header, inner) or a verdict (int): the
- * per-packet part of esp.packet.decapsulate for an AEAD SA, in its order (RFC 4303 3.4):
- * lengths and SPI, sequence number inference (ESN) and anti-replay check, ICV verification
- * and decryption, window update (only now), padding, next header (``allowed``: 32 bytes, a
- * bit per allowed value), the inner IPv4/IPv6 header and TFC padding. Usability (dead,
- * expired, hard limits) and the counters stay with the caller. */
-static PyObject *Aead_decapsulate(AeadObject *a, PyObject *const *args, Py_ssize_t nargs)
+/* The whole per-packet check and decryption of one ESP packet p/len for SA (a, w, spi): 0 with
+ * *inner set (new reference; its next header in *nh) when it passed, a verdict > 0 when it was
+ * refused, -1 with an exception set (out of memory). The order is RFC 4303 3.4: lengths and SPI,
+ * sequence number inference (ESN) and anti-replay check, ICV verification and decryption, window
+ * update (only now), then the plaintext's checks (opened_inner). */
+static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8_t *allow,
+                       const uint8_t *p, size_t len, PyObject **inner, unsigned *nh)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "decapsulate(packet, spi, replay, allowed)");
-        return NULL;
-    }
-    if (!PyObject_TypeCheck(args[2], &ReplayType)) {
-        PyErr_SetString(PyExc_TypeError, "replay must be an esp._aead.ReplayWindow");
-        return NULL;
-    }
-    ReplayObject *w = (ReplayObject *)args[2];
-    uint64_t spi;
-    int r = u64_arg(args[1], &spi);
-    if (r < 0)
-        return NULL;
-    if (r > 0 || spi > MAX_SEQ_32) {
-        PyErr_SetString(PyExc_ValueError, "SPI out of range");
-        return NULL;
-    }
-    Py_buffer allowed;
-    if (PyObject_GetBuffer(args[3], &allowed, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (allowed.len != 32) {
-        PyBuffer_Release(&allowed);
-        PyErr_SetString(PyExc_ValueError, "allowed must be 32 bytes");
-        return NULL;
-    }
-    uint8_t allow[32];
-    memcpy(allow, allowed.buf, 32);
-    PyBuffer_Release(&allowed);
-    Py_buffer pk;
-    if (PyObject_GetBuffer(args[0], &pk, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const uint8_t *p = pk.buf;
-    size_t len = (size_t)pk.len;
     long verdict = 0;
     uint64_t seq = 0;
     size_t ctlen = 0;
     uint8_t *pt = scratch; /* the plaintext */
-    if (a->enc == NULL) {
-        verdict = D_SA_DEAD;
-        goto done;
-    }
-    if (len < HDR_LEN) {
-        verdict = D_MALFORMED;
-        goto done;
-    }
-    if (get32(p) != (uint32_t)spi) {
-        verdict = D_SPI_MISMATCH;
-        goto done;
-    }
+    *inner = NULL;
+    if (a->enc == NULL)
+        return D_SA_DEAD;
+    if (len < HDR_LEN)
+        return D_MALFORMED;
+    if (get32(p) != spi)
+        return D_SPI_MISMATCH;
     uint32_t low = get32(p + 4);
     if (w->esn) {
         uint64_t high = replay_seq_high(w, low);
-        if (high > MAX_SEQ_32) {
-            verdict = D_REPLAY;
-            goto done;
-        }
+        if (high > MAX_SEQ_32)
+            return D_REPLAY;
         seq = (high << 32) | low;
     } else {
         seq = low;
     }
-    if (!replay_ok(w, seq)) {
-        verdict = D_REPLAY;
-        goto done;
-    }
-    if (len < AEAD_MIN_LEN || len > INT_MAX) {
-        verdict = D_MALFORMED;
-        goto done;
-    }
+    if (!replay_ok(w, seq))
+        return D_REPLAY;
+    if (len < AEAD_MIN_LEN || len > INT_MAX)
+        return D_MALFORMED;
     ctlen = len - HDR_LEN - IV_LEN - ICV_LEN;
-    if (ctlen < 4 || (ctlen & 3)) {
-        verdict = D_MALFORMED;
-        goto done;
-    }
+    if (ctlen < 4 || (ctlen & 3))
+        return D_MALFORMED;
     if (ctlen > sizeof scratch) { /* not from a UDP datagram: beyond 64 KiB */
         pt = PyMem_Malloc(ctlen);
         if (pt == NULL) {
-            PyBuffer_Release(&pk);
-            return PyErr_NoMemory();
+            PyErr_NoMemory();
+            return -1;
         }
     }
     uint8_t nonce[SALT_LEN + IV_LEN], aad[12];
@@ -725,20 +682,170 @@ static PyObject *Aead_decapsulate(AeadObject *a, PyObject *const *args, Py_ssize
                                  (void *)(p + len - ICV_LEN)) == 1
           && EVP_DecryptFinal_ex(a->dec, pt + ctlen, &outl) == 1)) {
         verdict = D_AUTH_FAILED;
-        goto done;
+    } else {
+        replay_record(w, seq); /* authentic: the window moves even if the trailer is then refused */
+        *inner = opened_inner(pt, ctlen, allow, nh, &verdict);
+        if (*inner == NULL && verdict == 0)
+            verdict = -1;
     }
-    replay_record(w, seq); /* authentic: the window moves even if the trailer is then refused */
-done:
-    PyBuffer_Release(&pk);
-    if (verdict) {
-        if (pt != scratch)
-            PyMem_Free(pt);
-        return PyLong_FromLong(verdict);
-    }
-    PyObject *res = opened(pt, ctlen, allow);
     if (pt != scratch)
         PyMem_Free(pt);
-    return res;
+    return verdict;
+}
+
+/* The replay window and the 32-byte next-header bitmap of a decapsulate call; 0 or -1. */
+static int decap_args(PyObject *spi_obj, PyObject *replay, PyObject *allowed, uint32_t *spi,
+                      ReplayObject **w, uint8_t *allow)
+{
+    if (!PyObject_TypeCheck(replay, &ReplayType)) {
+        PyErr_SetString(PyExc_TypeError, "replay must be an esp._aead.ReplayWindow");
+        return -1;
+    }
+    *w = (ReplayObject *)replay;
+    uint64_t v;
+    int r = u64_arg(spi_obj, &v);
+    if (r < 0)
+        return -1;
+    if (r > 0 || v > MAX_SEQ_32) {
+        PyErr_SetString(PyExc_ValueError, "SPI out of range");
+        return -1;
+    }
+    *spi = (uint32_t)v;
+    Py_buffer b;
+    if (PyObject_GetBuffer(allowed, &b, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (b.len != 32) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "allowed must be 32 bytes");
+        return -1;
+    }
+    memcpy(allow, b.buf, 32);
+    PyBuffer_Release(&b);
+    return 0;
+}
+
+/* decapsulate(packet, spi, replay, allowed) -> (next_header, inner) or a verdict (int): the
+ * per-packet part of esp.packet.decapsulate for an AEAD SA, in its order (RFC 4303 3.4):
+ * lengths and SPI, sequence number inference (ESN) and anti-replay check, ICV verification
+ * and decryption, window update (only now), padding, next header (``allowed``: 32 bytes, a
+ * bit per allowed value), the inner IPv4/IPv6 header and TFC padding. Usability (dead,
+ * expired, hard limits) and the counters stay with the caller. */
+static PyObject *Aead_decapsulate(AeadObject *a, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "decapsulate(packet, spi, replay, allowed)");
+        return NULL;
+    }
+    ReplayObject *w;
+    uint32_t spi;
+    uint8_t allow[32];
+    if (decap_args(args[1], args[2], args[3], &spi, &w, allow) < 0)
+        return NULL;
+    Py_buffer pk;
+    if (PyObject_GetBuffer(args[0], &pk, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *inner;
+    unsigned nh = 0;
+    long verdict = decap_core(a, w, spi, allow, pk.buf, (size_t)pk.len, &inner, &nh);
+    PyBuffer_Release(&pk);
+    if (verdict < 0)
+        return NULL;
+    if (verdict > 0)
+        return PyLong_FromLong(verdict);
+    return Py_BuildValue("(lN)", (long)nh, inner);
+}
+
+/* decapsulate_many(packets, spi, replay, allowed, in4) -> (inners, unchecked, packets, bytes,
+ * policy_drops, verdicts): decapsulate() for each ESP packet of the list (bytes), in order, for
+ * one SA. ``in4``: None, or (remote lo, remote hi, local lo, local hi) when the SA's selectors
+ * are one IPv4 range each side of any protocol and port (plane._Child.in4): an inner IPv4
+ * packet whose source and destination lie in them goes to ``inners``, one that does not is
+ * counted in ``policy_drops`` (RFC 4301 5.2); every other inner packet goes to ``unchecked``
+ * for the caller's selector check. ``packets``/``bytes``: the inner packets and their bytes
+ * that decapsulated (the SA's counters, as decapsulate's caller counts them), ``verdicts``: the
+ * verdict of each refused packet, in order. */
+static PyObject *Aead_decapsulate_many(AeadObject *a, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "decapsulate_many(packets, spi, replay, allowed, in4)");
+        return NULL;
+    }
+    ReplayObject *w;
+    uint32_t spi;
+    uint8_t allow[32];
+    if (decap_args(args[1], args[2], args[3], &spi, &w, allow) < 0)
+        return NULL;
+    if (!PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "packets must be a list of bytes");
+        return NULL;
+    }
+    int have_in4 = args[4] != Py_None;
+    unsigned long long b[4] = {0, 0, 0, 0};
+    if (have_in4) {
+        if (!PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 4) {
+            PyErr_SetString(PyExc_TypeError, "in4 must be None or 4 integers");
+            return NULL;
+        }
+        for (int i = 0; i < 4; i++) {
+            b[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args[4], i));
+            if (b[i] == (unsigned long long)-1 && PyErr_Occurred())
+                return NULL;
+        }
+    }
+    PyObject *list = args[0];
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyBytes_CheckExact(PyList_GET_ITEM(list, i))) {
+            PyErr_SetString(PyExc_TypeError, "packets must be bytes");
+            return NULL;
+        }
+    PyObject *inners = PyList_New(0), *unchecked = PyList_New(0), *verdicts = PyList_New(0);
+    if (inners == NULL || unchecked == NULL || verdicts == NULL)
+        goto fail;
+    unsigned long long npackets = 0, nbytes = 0, policy = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *o = PyList_GET_ITEM(list, i);
+        PyObject *inner;
+        unsigned nh = 0;
+        long verdict = decap_core(a, w, spi, allow, (const uint8_t *)PyBytes_AS_STRING(o),
+                                  (size_t)PyBytes_GET_SIZE(o), &inner, &nh);
+        if (verdict < 0)
+            goto fail;
+        if (verdict > 0) {
+            PyObject *v = PyLong_FromLong(verdict);
+            if (v == NULL || PyList_Append(verdicts, v) < 0) {
+                Py_XDECREF(v);
+                goto fail;
+            }
+            Py_DECREF(v);
+            continue;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(inner);
+        const uint8_t *q = (const uint8_t *)PyBytes_AS_STRING(inner);
+        npackets++;
+        nbytes += (unsigned long long)n;
+        PyObject *to = unchecked;
+        if (have_in4 && n >= 20 && q[0] >> 4 == 4) {
+            unsigned long long src = get32(q + 12), dst = get32(q + 16);
+            if (b[0] <= src && src <= b[1] && b[2] <= dst && dst <= b[3]) {
+                to = inners;
+            } else {
+                policy++;
+                Py_DECREF(inner);
+                continue;
+            }
+        }
+        int r = PyList_Append(to, inner);
+        Py_DECREF(inner);
+        if (r < 0)
+            goto fail;
+    }
+    return Py_BuildValue("(NNKKKN)", inners, unchecked, npackets, nbytes, policy, verdicts);
+fail:
+    Py_XDECREF(inners);
+    Py_XDECREF(unchecked);
+    Py_XDECREF(verdicts);
+    return NULL;
 }
 
 static PyMethodDef Aead_methods[] = {
@@ -748,6 +855,9 @@ static PyMethodDef Aead_methods[] = {
      "seal_many(spi, first_seq, packets, esn) -> (list of ESP packets, total packet bytes)"},
     {"decapsulate", (PyCFunction)(void (*)(void))Aead_decapsulate, METH_FASTCALL,
      "decapsulate(packet, spi, replay, allowed) -> (next_header, inner) or a verdict (int)"},
+    {"decapsulate_many", (PyCFunction)(void (*)(void))Aead_decapsulate_many, METH_FASTCALL,
+     "decapsulate_many(packets, spi, replay, allowed, in4) -> (inners, unchecked, packets, bytes, "
+     "policy_drops, verdicts)"},
     {"wipe", (PyCFunction)Aead_wipe, METH_NOARGS, "Free the key material."},
     {NULL, NULL, 0, NULL},
 };
