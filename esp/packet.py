@@ -236,6 +236,47 @@ def decapsulate(sa_in: EspSA, esp_bytes: bytes) -> tuple[int, bytes]:
     return next_header, inner
 
 
+def decapsulate_many(sa_in: EspSA, packets: list[bytes],
+                     in4: tuple[int, int, int, int] | None = None) -> tuple[list[bytes], list[bytes], int, int]:
+    """``decapsulate`` for each ESP packet of ``packets`` (bytes, in order) with one inbound SA:
+    ``(checked, unchecked, policy_drops, opened)``.
+
+    ``in4`` (remote lo, remote hi, local lo, local hi), when the SA's selectors are one IPv4
+    range on each side of any protocol and port: an inner IPv4 packet whose source and
+    destination lie in them is in ``checked``, one that does not is counted in
+    ``policy_drops`` (RFC 4301 5.2: the caller counts it on the Child SA); every other inner
+    packet is in ``unchecked`` for the caller's own selector check. ``opened``: how many
+    packets decapsulated. Counters and refusals are counted on the SA as ``decapsulate`` counts
+    them (refused packets are left out).
+
+    With the compiled path (esp/compiled.py) and nothing for a per-packet check to find (not
+    dead or expired, no hard volume limit) the whole list is one call; otherwise packet by
+    packet (then everything is ``unchecked``).
+    """
+    if sa_in.direction is not Direction.IN or sa_in.replay is None:
+        raise ValueError("decapsulate_many needs an inbound SA")
+    replay = sa_in.replay
+    fast = sa_in.cipher.fast
+    lt = sa_in.lifetime
+    if (fast is not None and replay.__class__ is CompiledReplayWindow and not sa_in.dead and not sa_in.expired
+            and lt.hard_bytes is None and lt.hard_packets is None):
+        checked, unchecked, opened, nbytes, policy, verdicts = fast.decapsulate_many(
+            packets, sa_in.spi, replay, sa_in.nh_mask, in4)
+        stats = sa_in.stats
+        stats.packets += opened
+        stats.bytes += nbytes
+        for v in verdicts:
+            stats.record_drop(VERDICTS[v])
+        return checked, unchecked, policy, opened
+    unchecked = []
+    for pkt in packets:
+        try:
+            unchecked.append(decapsulate(sa_in, pkt)[1])
+        except EspError:
+            pass  # counted on the SA
+    return [], unchecked, 0, len(unchecked)
+
+
 def _inner_of(next_header: int, plaintext: bytes, end: int) -> bytes:
     """``_inner_packet(next_header, plaintext[:end])`` with a single copy: the same checks
     (those of parse_ipv4 without checksum / parse_ipv6), TFC padding stripped."""

@@ -41,7 +41,7 @@ import structlog
 from esp import Direction, EspCipher, EspError, EspSA, Lifetime
 from esp import compiled as esp_compiled
 from esp.fragment import decide, fragment_ipv4, icmp_frag_needed, icmpv6_packet_too_big, tunnel_mtu
-from esp.packet import decapsulate, encapsulate, encapsulate_many
+from esp.packet import decapsulate, decapsulate_many, encapsulate, encapsulate_many
 from ikev2.events import Address, ChildUp
 from vpn_gw import accel
 from vpn_gw.accel import read_burst
@@ -1087,6 +1087,46 @@ class UserspaceDataPlane(DataPlane):
                 if len(pending) >= RX_BATCH:
                     del rx[child.tun]
                     child.tun.write_many(pending)
+
+    def esp_received_many(self, datagrams: list[bytes], local: Address, remote: Address) -> None:
+        """``esp_received`` for ESP datagrams with the same SPI from one source, in order (a run
+        of one socket wake-up, between ``rx_batch_begin`` and ``rx_batch_end``): decrypted and
+        checked against the SA's IPv4 selectors in one compiled call (esp.packet.decapsulate_many)
+        unless something needs the per-packet path (an unknown SPI, a new address: adoption
+        decides per packet; routes still being programmed)."""
+        child = self.by_spi_in.get(datagrams[0][:4])
+        rx = self._rx
+        if (child is None or rx is None or child.held_rx is not None or remote != child.remote
+                or local[0] != child.local[0]):
+            for d in datagrams:
+                self.esp_received(d, local, remote)
+            return
+        checked, unchecked, policy, opened = decapsulate_many(child.sa_in, datagrams, child.in4)
+        if not opened:
+            return  # every one refused (counted on the SA by reason)
+        child.last_rx = self._rx_now
+        if not child.touched:
+            child.touched = True
+            self._touched.append(child)
+        if policy:
+            child.drops["policy_mismatch"] = child.drops.get("policy_mismatch", 0) + policy
+        for inner in unchecked:  # what the compiled check could not decide (IPv6, other selectors)
+            reason = _inbound_drop_reason(child, inner)
+            if reason is not None:
+                child.drops[reason] = child.drops.get(reason, 0) + 1
+            else:
+                checked.append(inner)
+        if not checked:
+            return
+        pending = rx.get(child.tun)
+        if pending is None:
+            rx[child.tun] = checked
+            pending = checked
+        else:
+            pending.extend(checked)
+        if len(pending) >= RX_BATCH:
+            del rx[child.tun]
+            child.tun.write_many(pending)
 
     def rx_batch_begin(self) -> None:
         self._rx = {}
