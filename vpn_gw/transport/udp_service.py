@@ -233,11 +233,12 @@ class UdpService:
                             self._esp_run(run, run_local, run_remote, esp_received, esp_many)
                             run, run_spi = [], None
                         self._datagram(sock, True, d, local, remote)
+                if run:  # a run ends with its burst: its datagrams are opened while in the cache
+                    self._esp_run(run, run_local, run_remote, esp_received, esp_many)
+                    run, run_spi = [], None
                 if len(msgs) < BURST:
                     emptied = True
                     break
-            if run:
-                self._esp_run(run, run_local, run_remote, esp_received, esp_many)
         finally:
             dp.rx_batch_end()
         self.sinks.after_batch()
