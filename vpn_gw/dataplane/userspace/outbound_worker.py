@@ -160,27 +160,18 @@ class OutboundPlane(UserspaceDataPlane):
                        tuple(local), tuple(remote),
                        [_Selector(*t) for t in local_ts], [_Selector(*t) for t in remote_ts], tun, mtu)
         child.slot, child.via_daemon = slot, via_daemon
-        self.by_spi_in[spi_in] = child
-        self.by_tun[tun_name][spi_in] = child
-        if not tun.route_based:
-            self.spd[tun_name].add(child, child.fast_local is not None and child.fast_remote is not None)
-        self.by_ike.setdefault(ike_id, {})[spi_in] = child
+        old = self._unindex(spi_in)  # (a restarted worker's SA handed over again: the newer wins)
+        if old is not None:
+            old.sa_out.wipe()
+        self._index(child)
         self._write_slot(child)
 
     def _delete(self, spi_in: bytes) -> None:
-        child = self.by_spi_in.pop(spi_in, None)
+        # No last write of the slot: the daemon read the final numbers before it sent this, and
+        # it may already have given the slot to a new SA (whose ADD follows, and writes it).
+        child = self._unindex(spi_in)
         if child is None:
             return
-        self._write_slot(child)  # the final numbers, before the daemon frees the slot
-        self.by_tun.get(child.tun.name, {}).pop(spi_in, None)
-        spd = self.spd.get(child.tun.name)
-        if spd is not None:
-            spd.remove(child)
-        of_ike = self.by_ike.get(child.ike_id)
-        if of_ike is not None:
-            of_ike.pop(spi_in, None)
-            if not of_ike:
-                del self.by_ike[child.ike_id]
         self._dirty.pop(spi_in, None)
         self._reported.pop(spi_in, None)
         child.sa_out.wipe()

@@ -450,11 +450,7 @@ class UserspaceDataPlane(DataPlane):
         child = _Child(ev.ike_name, ev.ike_id, k.spi_in, k.spi_out, sa_in, sa_out, ev.local, ev.remote,
                        [_Selector.from_ts(t) for t in ev.local_ts], [_Selector.from_ts(t) for t in ev.remote_ts],
                        tun, mtu)
-        self.by_spi_in[k.spi_in] = child
-        self.by_tun[tun.name][k.spi_in] = child
-        if not tun.route_based:
-            self.spd[tun.name].add(child, child.fast_local is not None and child.fast_remote is not None)
-        self.by_ike.setdefault(ev.ike_id, {})[k.spi_in] = child
+        self._index(child)
         self._tun_mtus[tun.name][mtu] += 1
         self._set_tun_mtu(tun)
         if self.interface_for(ev.ike_name) is None:
@@ -619,10 +615,20 @@ class UserspaceDataPlane(DataPlane):
                         continue
         ipr_submit(delete, f"routes of {child.conn}")
 
-    def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
+    def _index(self, child: _Child) -> None:
+        """Make a Child SA findable: by inbound SPI, by interface (newest last), in the
+        interface's SPD (policy-based), by IKE SA."""
+        self.by_spi_in[child.spi_in] = child
+        self.by_tun[child.tun.name][child.spi_in] = child
+        if not child.tun.route_based:
+            self.spd[child.tun.name].add(child, child.fast_local is not None and child.fast_remote is not None)
+        self.by_ike.setdefault(child.ike_id, {})[child.spi_in] = child
+
+    def _unindex(self, spi_in: bytes) -> _Child | None:
+        """The Child SA, no longer findable (``_index`` undone); None if there was none."""
         child = self.by_spi_in.pop(spi_in, None)
         if child is None:
-            return
+            return None
         self.by_tun.get(child.tun.name, {}).pop(spi_in, None)
         spd = self.spd.get(child.tun.name)
         if spd is not None:
@@ -632,6 +638,12 @@ class UserspaceDataPlane(DataPlane):
             of_ike.pop(spi_in, None)
             if not of_ike:
                 del self.by_ike[child.ike_id]
+        return child
+
+    def remove_child(self, spi_in: bytes, spi_out: bytes) -> None:
+        child = self._unindex(spi_in)
+        if child is None:
+            return
         mtus = self._tun_mtus.get(child.tun.name)
         if mtus is not None:
             mtus[child.mtu] -= 1
