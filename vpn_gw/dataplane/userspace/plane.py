@@ -1229,6 +1229,10 @@ class UserspaceDataPlane(DataPlane):
     def _worker_unmatched(self, tun_name: str, pkt: bytes) -> None:
         """A clear packet the worker found no Child SA for, on a device with a trap policy."""
         tun = self.tuns.get(tun_name)
+        if tun is not None and self.worker is not None and self._select(tun, pkt) is not None:
+            # the Child SA came up while the packet was on its way here: back to be sealed
+            self.worker.send((wp.PACKETS, tun_name, [pkt]))
+            return
         if tun is None or not self._trap(tun, pkt):
             self._count("no_policy")
 
