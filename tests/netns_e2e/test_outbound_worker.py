@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.gateway import OurGateway, connection, wait_for
+from tests.gateway import connection, wait_for
 from tests.netns_e2e import tools
 from tests.netns_e2e.test_tcp_encap import DROP_UDP, firewall
 from tests.netns_e2e.topology import two_sites
@@ -174,38 +174,23 @@ def test_worker_stops_with_the_daemon(e2e):
     wait_for(lambda: not _alive(pid_b), 5, "the worker to exit when its daemon is killed")
 
 
-def test_trap_policy_with_the_worker(tmp_path):
+def test_trap_policy_with_the_worker(e2e):
     """start_action = trap: the worker finds no Child SA for the first packet, hands it to the
     daemon, whose trap starts the connection and holds it; once the SA is up the daemon hands the
     held packet back to the worker, which seals it (the ping's first echo gets its answer)."""
-    from tests.netns import NetnsGroup, require_root
-    require_root()
-    grp = NetnsGroup("e2e")
-    ga = gb = None
-    try:
-        router, a, b = two_sites(grp)
-        ga = OurGateway(a.gw, tmp_path, "a", [connection("to-b", a.wan, b.wan, "a.example.org", "b.example.org",
-                                                         local_ts=a.lan, remote_ts=b.lan, start_action="trap")],
-                        listen=[a.wan], gateway=WORKER)
-        gb = OurGateway(b.gw, tmp_path, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
-                                                         local_ts=b.lan, remote_ts=a.lan)], listen=[b.wan],
-                        gateway=WORKER)
-        ga.start()
-        gb.start()
-        _ready_worker(ga)
-        assert ga.status() == []
-        r = a.host.run(["ping", "-c", "1", "-W", "8", b.host_ip], check=False, timeout=15)
-        assert r.returncode == 0, r.stdout + r.stderr
-        (_sa, ch), = ga.children()
-        assert ch["packets_out"] >= 1
-        assert any(e.get("event") == "traffic for a trap policy: starting the connection" for e in ga.log_lines())
-        assert any(e.get("event") == "sending packets held by the trap policy" for e in ga.log_lines())
-    finally:
-        for g in (ga, gb):
-            if g is not None:
-                g.stop()
-        grp.close()
-        assert grp.leftovers() == []
+    router, a, b = two_sites(e2e.grp)
+    gb = e2e.gateway(b.gw, "b", [connection("to-a", b.wan, a.wan, "b.example.org", "a.example.org",
+                                            local_ts=b.lan, remote_ts=a.lan)], [b.wan], WORKER)
+    ga = e2e.gateway(a.gw, "a", [connection("to-b", a.wan, b.wan, "a.example.org", "b.example.org",
+                                            local_ts=a.lan, remote_ts=b.lan, start_action="trap")], [a.wan], WORKER)
+    _ready_worker(ga)
+    assert ga.status() == []
+    r = a.host.run(["ping", "-c", "1", "-W", "8", b.host_ip], check=False, timeout=15)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (_sa, ch), = ga.children()
+    assert ch["packets_out"] >= 1 and _child(gb)["packets_out"] >= 1  # the echo, its answer (b's worker)
+    assert any(e.get("event") == "traffic for a trap policy: starting the connection" for e in ga.log_lines())
+    assert any(e.get("event") == "sending packets held by the trap policy" for e in ga.log_lines())
 
 
 def test_tcp_path_esp_goes_through_the_daemon(e2e):
