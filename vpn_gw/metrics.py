@@ -180,10 +180,18 @@ class GatewayCollector:
             dr.add_metric(["ike", reason], n)
         for reason, n in sorted(drops.items()):
             dr.add_metric(["esp", str(reason)], n)
-        unmatched = (gw.dataplane.stats() or {}).get("unmatched") or {}
+        dp_stats = gw.dataplane.stats() or {}
+        unmatched = dp_stats.get("unmatched") or {}
         for reason, n in sorted(unmatched.items()):
             dr.add_metric(["dataplane", str(reason)], n)
         yield dr
+        worker = dp_stats.get("outbound_worker")
+        if worker is not None:  # [gateway] outbound_worker
+            yield GaugeMetricFamily(f"{PREFIX}_outbound_worker_up", "1 while the outbound worker process "
+                                    "runs and is ready, 0 while it restarts or after the daemon gave it up",
+                                    value=1 if worker.get("ready") and not worker.get("given_up") else 0)
+            yield CounterMetricFamily(f"{PREFIX}_outbound_worker_restarts", "Outbound worker processes "
+                                      "started again after one died", value=worker.get("restarts", 0))
 
         size = GaugeMetricFamily(f"{PREFIX}_pool_addresses", "Addresses a pool hands out", labels=["pool"])
         leases = GaugeMetricFamily(f"{PREFIX}_pool_leases", "Leases of a pool: online (in use) or "

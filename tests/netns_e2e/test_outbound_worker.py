@@ -119,8 +119,13 @@ def test_outbound_volume_lifetime_is_enforced_by_the_worker(e2e):
 
 
 def test_killed_worker_is_replaced_without_renegotiation(e2e):
-    router, a, b, ga, gb = e2e.site_pair(gateway=WORKER)
+    """(Prometheus shows it: vpngw_outbound_worker_up stays 1 once the new worker is ready, the
+    restarts counter counts it.)"""
+    from tests.netns_e2e.test_metrics import scrape
+    router, a, b, ga, gb = e2e.site_pair(gateway={**WORKER, "metrics_listen": "127.0.0.1:9273"})
     first = _ready_worker(ga)["pid"]
+    m = scrape(a.gw)
+    assert (m[("vpngw_outbound_worker_up", ())], m[("vpngw_outbound_worker_restarts_total", ())]) == (1, 0)
     a.host.wait_ping(b.host_ip, timeout=5)
     tools.iperf3(a.host, b.host, b.host_ip, seconds=1)
     before_a, before_b = _settled_counters(ga, gb)
@@ -136,6 +141,8 @@ def test_killed_worker_is_replaced_without_renegotiation(e2e):
     assert (after_a["packets_out"], after_a["bytes_out"]) == (after_b["packets_in"], after_b["bytes_in"])
     assert not after_b["drops"], after_b["drops"]  # no replay: the numbers went on past a gap
     assert _worker(ga)["restarts"] == 1
+    m = scrape(a.gw)
+    assert (m[("vpngw_outbound_worker_up", ())], m[("vpngw_outbound_worker_restarts_total", ())]) == (1, 1)
     died = [r for r in ga.log_lines() if r.get("event") == "outbound worker process died"]
     assert died and died[0]["pid"] == first, died
 
@@ -148,9 +155,10 @@ def test_daemon_takes_the_direction_back_after_repeated_deaths(e2e):
         w = _ready_worker(ga)
         killed.append(w["pid"])
         os.kill(w["pid"], signal.SIGKILL)
-        wait_for(lambda: "outbound_worker" not in ga.control("stats")["dataplane"]
-                 or _worker(ga)["pid"] not in (None, killed[-1]), 10, "the worker's replacement or none")
-    wait_for(lambda: "outbound_worker" not in ga.control("stats")["dataplane"], 5, "the daemon to give up")
+        wait_for(lambda: _worker(ga)["given_up"] or _worker(ga)["pid"] not in (None, killed[-1]), 10,
+                 "the worker's replacement or none")
+    wait_for(lambda: _worker(ga)["given_up"], 5, "the daemon to give up")
+    assert _worker(ga)["pid"] is None and _worker(ga)["restarts"] == 5 and not _worker(ga)["ready"]
     assert any(r.get("event") == "outbound worker died too often: the daemon encrypts in its own process from now on"
                for r in ga.log_lines())
     assert not any(_alive(p) for p in killed)

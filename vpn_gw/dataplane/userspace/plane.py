@@ -298,7 +298,8 @@ class UserspaceDataPlane(DataPlane):
         self.tso_segments = 0  # wire segments cut from them
         # [gateway] outbound_worker: the outbound direction in a second process (outbound_worker.py)
         self.outbound_worker = outbound_worker
-        self.worker: OutboundWorker | None = None
+        self.worker: OutboundWorker | None = None  # the running worker (None: encrypting here)
+        self.worker_link: OutboundWorker | None = None  # the worker, also after it was given up
         self.segments: Segments | None = None  # the worker's counter slots (worker_protocol)
         self._worker_states: list[tuple[bytes, str]] = []  # expiries the worker reported
         # (family, address, port, fd) of the NAT-T sockets the worker sends from
@@ -320,7 +321,7 @@ class UserspaceDataPlane(DataPlane):
         if self.outbound_worker and self.worker is None:
             self.segments = Segments()
             level, fmt = current_settings()
-            self.worker = OutboundWorker(self, log_level=level, log_format=fmt,
+            self.worker = self.worker_link = OutboundWorker(self, log_level=level, log_format=fmt,
                                          holdoff_us=round(self.holdoff.delay * 1e6) if self.holdoff else 0)
             try:
                 self.worker.start()
@@ -367,8 +368,8 @@ class UserspaceDataPlane(DataPlane):
         out["esp_packet_path"] = esp_compiled.describe()
         if self.holdoff is not None:
             out["holdoff"] = self.holdoff.stats()  # (shared with the NAT-T sockets: daemon/gateway.py)
-        if self.worker is not None:
-            w = self.worker.describe()
+        if self.worker_link is not None:  # (after it was given up too: given_up says so)
+            w = self.worker_link.describe()
             out["outbound_worker"] = w
             for reason, n in ((w["worker"] or {}).get("unmatched") or {}).items():  # its drops count here too
                 out["unmatched"][reason] = out["unmatched"].get(reason, 0) + n

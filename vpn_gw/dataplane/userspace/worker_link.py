@@ -107,6 +107,7 @@ class OutboundWorker:
         self.backlog.clear()
 
     def _died(self, why: str) -> None:
+        self.ready = False
         self._close_socket()
         proc, self.proc = self.proc, None
         code = None
