@@ -7,6 +7,7 @@ import ipaddress
 import struct
 
 from esp import Direction, EspCipher, EspSA
+from tests.test_esp_rx_runs import _Ts  # a traffic selector as the engine gives it
 from vpn_gw.dataplane.userspace import worker_protocol as P
 from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane, _Child, _Selector, _Trap
 from vpn_gw.dataplane.userspace.spd import OutboundIndex
@@ -22,13 +23,6 @@ class FakeWorker:
 
     def send(self, msg: tuple, fds=()) -> None:
         self.sent.append(msg)
-
-
-class _Ts:
-    def __init__(self, net: str) -> None:
-        n = ipaddress.ip_network(net)
-        self.start_addr, self.end_addr = n[0], n[-1]
-        self.ip_protocol, self.start_port, self.end_port = 0, 0, 65535
 
 
 def _packet(dst: str) -> bytes:
