@@ -693,10 +693,17 @@ static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8
     return verdict;
 }
 
-/* The replay window and the 32-byte next-header bitmap of a decapsulate call; 0 or -1. */
-static int decap_args(PyObject *spi_obj, PyObject *replay, PyObject *allowed, uint32_t *spi,
-                      ReplayObject **w, uint8_t *allow)
+/* The arguments both decapsulate calls share: their count (``want``, else TypeError ``usage``),
+ * the SPI (args[1]), the replay window (args[2]) and the 32-byte next-header bitmap (args[3]);
+ * 0 or -1 with an exception set. */
+static int decap_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage,
+                      uint32_t *spi, ReplayObject **w, uint8_t *allow)
 {
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    PyObject *spi_obj = args[1], *replay = args[2], *allowed = args[3];
     if (!PyObject_TypeCheck(replay, &ReplayType)) {
         PyErr_SetString(PyExc_TypeError, "replay must be an esp._aead.ReplayWindow");
         return -1;
@@ -732,14 +739,10 @@ static int decap_args(PyObject *spi_obj, PyObject *replay, PyObject *allowed, ui
  * expired, hard limits) and the counters stay with the caller. */
 static PyObject *Aead_decapsulate(AeadObject *a, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "decapsulate(packet, spi, replay, allowed)");
-        return NULL;
-    }
     ReplayObject *w;
     uint32_t spi;
     uint8_t allow[32];
-    if (decap_args(args[1], args[2], args[3], &spi, &w, allow) < 0)
+    if (decap_args(args, nargs, 4, "decapsulate(packet, spi, replay, allowed)", &spi, &w, allow) < 0)
         return NULL;
     Py_buffer pk;
     if (PyObject_GetBuffer(args[0], &pk, PyBUF_SIMPLE) < 0)
@@ -766,14 +769,10 @@ static PyObject *Aead_decapsulate(AeadObject *a, PyObject *const *args, Py_ssize
  * verdict of each refused packet, in order. */
 static PyObject *Aead_decapsulate_many(AeadObject *a, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "decapsulate_many(packets, spi, replay, allowed, in4)");
-        return NULL;
-    }
     ReplayObject *w;
     uint32_t spi;
     uint8_t allow[32];
-    if (decap_args(args[1], args[2], args[3], &spi, &w, allow) < 0)
+    if (decap_args(args, nargs, 5, "decapsulate_many(packets, spi, replay, allowed, in4)", &spi, &w, allow) < 0)
         return NULL;
     if (!PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "packets must be a list of bytes");
