@@ -256,9 +256,9 @@ def test_recv_burst_gives_what_recv_segments_gives(address):
             t.bind((address, 0))
         rnd = random.Random(3)
         sent = []
-        for k in range(40):  # more than one burst: 16 + 16 + 8
+        for k in range(BURST * 2 + 22):  # more than one burst: 64 + 64 + 22
             tx = senders[k % 2]
-            data = rnd.randbytes(rnd.choice([1, 8, 160, 1400, 9000]))
+            data = rnd.randbytes(rnd.choice([1, 8, 160, 1400, 3000]))
             tx.sendto(data, (address, a.port))
             tx.sendto(data, (address, b.port))
             sent.append((data, tx.getsockname()[:2]))
@@ -439,3 +439,153 @@ def test_read_burst_with_vnet_headers_is_the_python_drain(data):
     finally:
         a.close()
         b.close()
+
+
+# ---- read_runs / recv_runs: the same reads and receives, grouped as tests/burst_runs.py says
+
+def _drain_runs(fd: int, vnet: bool, count: int) -> tuple[list, int, int, int, int, int]:
+    buf = bytearray(65545)
+    runs: list = []
+    totals = [0, 0, 0, 0, 0]
+    for _ in range(100):
+        got, *counts = accel.read_runs(fd, buf, count, vnet, tso.MAX_SEGMENTS)
+        runs.append(got)
+        totals = [t + c for t, c in zip(totals, counts, strict=True)]
+        if counts[0] < count:
+            break
+    return runs, *totals
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_read_runs_groups_what_read_burst_reads(data):
+    """The same reads once through read_burst and once through read_runs: per call, read_runs
+    gives tun_runs of what read_burst gives (IPv4 packets of a few address pairs in a row,
+    IPv6, short and TSO reads among them), the same counters, and the packets' bytes."""
+    rnd = data.draw(st.randoms(use_true_random=False))
+    count = data.draw(st.sampled_from([1, 3, 7, 32]))
+    pairs = [(bytes([10, 1, 0, 2]), bytes([10, 2, 0, k])) for k in range(1, 4)]
+    reads = []
+    for _ in range(data.draw(st.integers(0, 60))):
+        kind = data.draw(st.sampled_from(["v4", "v4", "v4", "v6", "short", "tso"]))
+        if kind == "v4":
+            src, dst = rnd.choice(pairs)
+            pkt = bytearray(tcp4(rnd.randrange(2**32), rnd.randbytes(rnd.randrange(0, 1400))))
+            pkt[12:20] = src + dst
+            reads.append(bytes(10) + bytes(pkt))
+        elif kind == "v6":
+            reads.append(bytes(10) + tcp6(rnd.randrange(2**32), rnd.randbytes(rnd.randrange(0, 200))))
+        elif kind == "short":
+            reads.append(bytes(10) + bytes([0x45]) + rnd.randbytes(rnd.randrange(0, 19)))
+        else:
+            size = rnd.randrange(100, 1400)
+            reads.append(vnet(1, 40, size, 20) + tcp4(rnd.randrange(2**32), rnd.randbytes(rnd.randrange(0, 9000)),
+                                                      flags=0x18))
+    pairs_of_sockets = [_socketpair(), _socketpair()]
+    try:
+        for r in reads:
+            for _a, b in pairs_of_sockets:
+                b.send(r)
+        (a1, _), (a2, _) = pairs_of_sockets
+        runs, reads_n, tso_reads, tso_segments, malformed, nbytes = _drain_runs(a1.fileno(), True, count)
+        want_pkts, *want_counts = _drain_all(a2.fileno(), True, count=count)
+        assert [item for call in runs for item in call] == tun_runs_per_call(runs, want_pkts)
+        assert [reads_n, tso_reads, tso_segments, malformed] == want_counts
+        assert nbytes == sum(map(len, want_pkts))
+        flat = [p for call in runs for _key, pkts, _longest in call for p in pkts]
+        assert flat == want_pkts
+    finally:
+        for a, b in pairs_of_sockets:
+            a.close()
+            b.close()
+
+
+def tun_runs_per_call(runs: list, pkts: list[bytes]) -> list:
+    """tun_runs applied to each call's packets (a run never spans two calls)."""
+    from tests.burst_runs import tun_runs
+    out, at = [], 0
+    for call in runs:
+        n = sum(len(p) for _k, p, _l in call)
+        out += tun_runs(pkts[at:at + n])
+        at += n
+    return out
+
+
+def test_read_runs_keys_and_longest():
+    a, b = _socketpair()
+    try:
+        x = tcp4(1, b"a" * 100)
+        y = bytearray(tcp4(2, b"b" * 300))
+        y[16:20] = bytes([10, 9, 9, 9])
+        for p in (x, x, bytes(y), x, b"\x60" + bytes(39), b"\x45" * 5):
+            b.send(p)
+        runs, reads, *_c, nbytes = accel.read_runs(a.fileno(), bytearray(2000), 32, False, 128)
+        assert reads == 6 and nbytes == 3 * len(x) + len(y) + 40 + 5
+        assert [(k, len(p), n) for k, p, n in runs] == [
+            (x[12:20], 2, len(x)), (bytes(y[12:20]), 1, len(y)), (x[12:20], 1, len(x)), (None, 2, 40)]
+        with pytest.raises(ValueError):
+            accel.read_runs(a.fileno(), bytearray(100), 0, False, 128)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_recv_runs_groups_what_recv_burst_receives(address):
+    """Two sockets receive the same datagrams from two sources: ESP of three SPIs, IKE (non-ESP
+    marker), keepalives, runts, and UDP GRO messages of ESP (GSO sends). recv_runs on one gives
+    socket_runs of recv_burst on the other, call by call, and counts the same datagrams and bytes."""
+    import socket
+    import sys
+
+    from tests.burst_runs import socket_runs
+    from vpn_gw.transport.udp import BURST, BURST_SLOT, SOL_UDP, UDP_SEGMENT
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    a, b = _ike_socket(address), _ike_socket(address)
+    senders = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        assert a.enable_gro() and b.enable_gro()
+        for t in senders:
+            t.bind((address, 0))
+        rnd = random.Random(11)
+        spis = [k.to_bytes(4, "big") for k in (1, 2, 0x01020304)]
+        for _ in range(120):
+            tx = rnd.choice(senders)
+            kind = rnd.choice(["esp", "esp", "esp", "ike", "keepalive", "runt", "gso"])
+            if kind == "gso":
+                spi = rnd.choice(spis)
+                size = rnd.choice([60, 200])
+                payload = b"".join(spi + rnd.randbytes(size - 4) for _ in range(rnd.randrange(2, 6)))
+                payload += spi + rnd.randbytes(rnd.randrange(4, size - 4))  # the last one shorter
+                for s in (a, b):
+                    tx.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))], 0,
+                               (address, s.port))
+                continue
+            data = {"esp": lambda: rnd.choice(spis) + rnd.randbytes(rnd.randrange(4, 300)),
+                    "ike": lambda: bytes(4) + rnd.randbytes(40),
+                    "keepalive": lambda: b"\xff",
+                    "runt": lambda: rnd.randbytes(rnd.randrange(0, 8))}[kind]()
+            for s in (a, b):
+                tx.sendto(data, (address, s.port))
+        seen, want = [], []
+        totals = [0, 0, 0]
+        for _ in range(40):
+            items, messages, datagrams, nbytes = accel.recv_runs(a.fileno(), a.burst_buffer(), BURST_SLOT, BURST)
+            msgs = accel.recv_burst(b.fileno(), b.burst_buffer(), BURST_SLOT, BURST)
+            assert messages == len(msgs) <= BURST
+            seen += items
+            want += socket_runs(msgs)
+            totals = [t + c for t, c in zip(totals, (messages, datagrams, nbytes), strict=True)]
+            if not msgs:
+                break
+        assert totals[0] > BURST and any(len(run) > 2 for esp, run, _n, _l in seen if esp)
+        # the same senders; the local address is each socket's own (its port differs)
+        assert [(e, r, a.remote_of(n), a.local_of(d)[0]) for e, r, n, d in seen] == \
+            [(e, r, b.remote_of(n), b.local_of(d)[0]) for e, r, n, d in want]
+        assert totals[1] == sum(len(r) for _e, r, _n, _d in want)
+        assert totals[2] == sum(len(d) for _e, r, _n, _d in want for d in r)
+    finally:
+        for s in (a, b):
+            s.close()
+        for t in senders:
+            t.close()

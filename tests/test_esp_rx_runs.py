@@ -14,7 +14,7 @@ import types
 from esp import Direction, EspCipher, EspSA, compiled
 from esp.packet import encapsulate
 from ikev2.constants import NON_ESP_MARKER
-from vpn_gw.accel import recv_burst
+from vpn_gw.accel import recv_runs
 from vpn_gw.dataplane import RecordingDataPlane
 from vpn_gw.dataplane.userspace.plane import UserspaceDataPlane, _Child, _Selector
 from vpn_gw.transport.udp_service import DatagramSinks, UdpService
@@ -142,7 +142,7 @@ class RunRecorder(RecordingDataPlane):
 def test_udp_service_hands_runs_of_one_spi_from_one_source_over_in_order():
     """Sources A and B on loopback; datagrams of SPIs 1 and 2 and an IKE message (non-ESP
     marker) in between: every change of source or SPI, and every non-ESP datagram, ends a run."""
-    assert recv_burst is not None  # the compiled helpers (the setup builds them): the burst path
+    assert recv_runs is not None  # the compiled helpers (the setup builds them): the burst path
     dp = RunRecorder()
     ike: list[bytes] = []
     cfg = types.SimpleNamespace(listen=["127.0.0.2"], ike_port=0, natt_port=0, offload=False)

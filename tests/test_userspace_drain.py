@@ -1,5 +1,5 @@
 """The encrypt side's drain (UserspaceDataPlane._drain_bursts): the short lane for the common
-packet (IPv4, Child SA known from the interface or the flow cache, within the MTU, SA already
+run of packets (IPv4, Child SA known from the interface or the flow cache, within the MTU, SA already
 touched) protects exactly what the full path (``_outbound``) protects, in the same order, with
 the same sequence numbers and counters; everything else still takes the full path (too big:
 fragmented; IPv6; unknown flows; the first packet of a lifetime poll period)."""
@@ -12,6 +12,7 @@ import pytest
 
 from esp import Direction, EspCipher, EspSA, Lifetime, decapsulate
 from esp.ip import checksum
+from tests.burst_runs import tun_runs
 from vpn_gw.dataplane.userspace import plane as P
 
 KEY = bytes(range(36))
@@ -52,13 +53,13 @@ def plane(route_based: bool):
 def drain(dp, tun, bursts: list[list[bytes]]) -> None:
     it = iter(bursts)
 
-    def read_burst(fd, buf, count, vnet, max_segments):
+    def read_runs(fd, buf, count, vnet, max_segments):  # (vpn_gw.accel.read_runs, from given packets)
         pkts = next(it, [])
-        return pkts, len(pkts) if len(pkts) < count else count, 0, 0, 0
+        return tun_runs(pkts), len(pkts) if len(pkts) < count else count, 0, 0, 0, sum(map(len, pkts))
 
     dp._tx = tx = {}
     try:
-        dp._drain_bursts(tun, read_burst)
+        dp._drain_bursts(tun, read_runs)
     finally:
         dp._tx = None
         for child, held in tx.values():
@@ -94,11 +95,12 @@ def test_the_lane_protects_what_the_full_path_protects(route_based):
     assert got == want  # same packets, same order, every one decrypts in sequence
     assert child.sa_out.seq == len(want) and child.sa_out.stats.packets == len(want)
     assert child.sa_out.stats.bytes == sum(map(len, want))
-    # the lane took the rest. The full path saw, route-based: the first packet (it touches the
-    # SA), the too big one and the IPv6 one, and those two again in the second burst; policy-
-    # based also the two new flows in the first burst (each then cached, the one without an SA
-    # not) and the flow without an SA again in the second.
-    assert -lane == (5 if route_based else 8)
+    # the lane took the rest, one run at a time (packets in a row with the same addresses). The
+    # full path saw, route-based: the first run (packets 0-4: its first packet touches the SA,
+    # and packet 3 is too big for the MTU, so the whole run goes packet by packet) and the IPv6
+    # packet, in both bursts (5 + 1 twice); policy-based also, in the first burst, the new flow
+    # (then cached) and the flow without an SA (never cached), which it sees again in the second.
+    assert -lane == (12 if route_based else 15)
 
 
 def test_an_untouched_sa_goes_the_full_path_once():

@@ -4,10 +4,12 @@ Five per-packet jobs cost far more in Python than the rest of a packet's handlin
 Internet checksum over whole segments (the decrypt side verifies every run it coalesces,
 dataplane/userspace/gro.py), cutting a TSO super-packet into wire segments (the encrypt side
 with ``tun_tso``, dataplane/userspace/tso.py), one ``recvmsg`` per ESP datagram on the NAT-T
-socket (transport/udp.py: ``recv_burst`` takes up to 16 with one ``recvmmsg``) and one
+socket (transport/udp.py: ``recv_burst`` takes up to 64 with one ``recvmmsg``; ``recv_runs``
+also cuts UDP GRO messages and groups the ESP datagrams of one SA in a row into runs) and one
 ``os.read`` per packet from a TUN device plus the handling of its virtio-net header
 (``read_burst``: the reads of a burst in one call, headers stripped, TSO super-packets cut,
-checksums left to us filled in), plus building the coalesced TUN write of a run of small UDP
+checksums left to us filled in; ``read_runs`` also groups the packets in a row with the same
+IPv4 addresses, the encrypt side's flow key), plus building the coalesced TUN write of a run of small UDP
 datagrams on the decrypt side (``udp_coalesce``, gro.py). The C module does these; the pure-Python code stays the
 reference and the fallback, and tests/test_accel.py checks that both give the same answers and
 bytes.
@@ -24,7 +26,7 @@ from types import ModuleType
 
 from esp.compiled import load_optional
 
-ABI = 5  # must equal ACCEL_ABI in _accel.c
+ABI = 6  # must equal ACCEL_ABI in _accel.c
 
 _module: ModuleType | None
 _module, WHY_NOT = load_optional("vpn_gw.accel._accel", ABI)  # the same rule as esp/compiled.py
@@ -41,6 +43,14 @@ udp_coalesce: Callable[[list[bytes], int, int], tuple[bytes, int] | None] | None
     _module.udp_coalesce if _module is not None else None
 read_burst: Callable[[int, bytearray, int, bool, int], tuple[list[bytes], int, int, int, int]] | None = \
     _module.read_burst if _module is not None else None
+# read_burst / recv_burst with the packets grouped in C the way the encrypt side's lane and the
+# NAT-T socket's runs group them (one Python step per run instead of per packet)
+read_runs: Callable[[int, bytearray, int, bool, int],
+                    tuple[list[tuple[bytes | None, list[bytes], int]], int, int, int, int, int]] | None = \
+    _module.read_runs if _module is not None else None
+recv_runs: Callable[[int, bytearray, int, int],
+                    tuple[list[tuple[bool, list[bytes], bytes, bytes]], int, int, int]] | None = \
+    _module.recv_runs if _module is not None else None
 
 
 def describe() -> str:

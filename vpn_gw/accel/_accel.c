@@ -20,7 +20,7 @@
 
 /* Bump when the interface or behaviour changes: vpn_gw/accel ignores a module whose ABI differs
  * (a stale build left next to newer sources). */
-#define ACCEL_ABI 5
+#define ACCEL_ABI 6
 
 #define GSO_TCPV4 1
 #define GSO_TCPV6 4
@@ -278,6 +278,110 @@ static PyObject *completed(const uint8_t *v, const uint8_t *p, size_t n, int *ba
 #define BURST_MAX 64
 #define CONTROL_LEN 128
 
+/* One recvmmsg burst: the messages, their buffers (slots of the caller's buffer), source
+ * addresses and control messages. */
+struct burst {
+    struct mmsghdr msgs[BURST_MAX];
+    struct iovec iov[BURST_MAX];
+    struct sockaddr_storage names[BURST_MAX];
+    /* aligned for struct cmsghdr */
+    union { struct cmsghdr align; char bytes[CONTROL_LEN]; } control[BURST_MAX];
+};
+
+/* What one received message says about itself. */
+struct burst_msg {
+    const char *data;
+    size_t len;
+    long seg;          /* UDP GRO segment size, or 0: one datagram */
+    const char *name;  /* the source sockaddr as the kernel wrote it */
+    Py_ssize_t name_len;
+    const char *local; /* the header's destination address (PKTINFO), or "" */
+    Py_ssize_t local_len;
+};
+
+/* Checks recv_burst's / recv_runs's arguments: 0, or -1 with ValueError set. */
+static int burst_args(const char *fn, Py_buffer *buf, Py_ssize_t slot, int count)
+{
+    if (count < 1 || count > BURST_MAX || slot < 1 || slot > (1 << 20) || buf->len / slot < count) {
+        PyErr_Format(PyExc_ValueError, "%s: 1-64 slots of 1 B-1 MiB that fit in the buffer", fn);
+        return -1;
+    }
+    return 0;
+}
+
+/* recvmmsg(MSG_DONTWAIT) of up to count datagrams into b: how many (0 when nothing is queued
+ * or the socket reports an ICMP error), or -1 with OSError set. */
+static int burst_recv(struct burst *b, int fd, Py_buffer *buf, Py_ssize_t slot, int count)
+{
+    memset(b->msgs, 0, sizeof(struct mmsghdr) * (size_t)count);
+    for (int i = 0; i < count; i++) {
+        b->iov[i].iov_base = (char *)buf->buf + (size_t)i * (size_t)slot;
+        b->iov[i].iov_len = (size_t)slot;
+        b->msgs[i].msg_hdr.msg_iov = &b->iov[i];
+        b->msgs[i].msg_hdr.msg_iovlen = 1;
+        b->msgs[i].msg_hdr.msg_name = &b->names[i];
+        b->msgs[i].msg_hdr.msg_namelen = sizeof(b->names[i]);
+        b->msgs[i].msg_hdr.msg_control = b->control[i].bytes;
+        b->msgs[i].msg_hdr.msg_controllen = CONTROL_LEN;
+    }
+    int n, err;
+    Py_BEGIN_ALLOW_THREADS
+    n = recvmmsg(fd, b->msgs, (unsigned)count, MSG_DONTWAIT, NULL);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (n >= 0)
+        return n;
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNREFUSED
+            || err == EHOSTUNREACH || err == ENETUNREACH)
+        return 0;
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+/* Message i of a burst: its data, GRO segment size, source and local address. */
+static void burst_msg(struct burst *b, int i, Py_ssize_t slot, struct burst_msg *m)
+{
+    struct msghdr *h = &b->msgs[i].msg_hdr;
+    size_t len = b->msgs[i].msg_len;
+    if (len > (size_t)slot)
+        len = (size_t)slot;
+    long seg = 0;
+    m->local = "";
+    m->local_len = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        size_t dlen = c->cmsg_len - CMSG_LEN(0);
+        const unsigned char *d = CMSG_DATA(c);
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO && dlen >= 12) {
+            m->local = (const char *)d + 8; /* ipi_addr: the header's destination */
+            m->local_len = 4;
+        } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO && dlen >= 16) {
+            m->local = (const char *)d; /* ipi6_addr */
+            m->local_len = 16;
+        } else if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && dlen >= 2) {
+            if (dlen >= sizeof(int)) {
+                int v;
+                memcpy(&v, d, sizeof v);
+                seg = v;
+            } else {
+                uint16_t v;
+                memcpy(&v, d, sizeof v);
+                seg = v;
+            }
+        }
+    }
+    if (seg < 0 || (size_t)seg >= len)
+        seg = 0;
+    socklen_t nl = h->msg_namelen;
+    if (nl > sizeof(b->names[i]))
+        nl = sizeof(b->names[i]);
+    m->data = (const char *)b->iov[i].iov_base;
+    m->len = len;
+    m->seg = seg;
+    m->name = (const char *)&b->names[i];
+    m->name_len = (Py_ssize_t)nl;
+}
+
 PyDoc_STRVAR(recv_burst_doc,
 "recv_burst(fd, buffer, slot, count) -> list[tuple[bytes, int, bytes, bytes]]\n\n"
 "Up to count datagrams from the non-blocking UDP socket fd with one recvmmsg(MSG_DONTWAIT),\n"
@@ -296,80 +400,25 @@ static PyObject *recv_burst(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "iw*ni:recv_burst", &fd, &buf, &slot, &count))
         return NULL;
     PyObject *out = NULL;
-    if (count < 1 || count > BURST_MAX || slot < 1 || slot > (1 << 20) || buf.len / slot < count) {
-        PyErr_SetString(PyExc_ValueError, "recv_burst: 1-64 slots of 1 B-1 MiB that fit in the buffer");
+    struct burst *b = NULL;
+    if (burst_args("recv_burst", &buf, slot, count) < 0)
+        goto done;
+    b = PyMem_Malloc(sizeof *b);
+    if (b == NULL) {
+        PyErr_NoMemory();
         goto done;
     }
-    struct mmsghdr msgs[BURST_MAX];
-    struct iovec iov[BURST_MAX];
-    struct sockaddr_storage names[BURST_MAX];
-    /* aligned for struct cmsghdr */
-    union { struct cmsghdr align; char bytes[CONTROL_LEN]; } control[BURST_MAX];
-    memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)count);
-    for (int i = 0; i < count; i++) {
-        iov[i].iov_base = (char *)buf.buf + (size_t)i * (size_t)slot;
-        iov[i].iov_len = (size_t)slot;
-        msgs[i].msg_hdr.msg_iov = &iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &names[i];
-        msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
-        msgs[i].msg_hdr.msg_control = control[i].bytes;
-        msgs[i].msg_hdr.msg_controllen = CONTROL_LEN;
-    }
-    int n, err;
-    Py_BEGIN_ALLOW_THREADS
-    n = recvmmsg(fd, msgs, (unsigned)count, MSG_DONTWAIT, NULL);
-    err = errno;
-    Py_END_ALLOW_THREADS
-    if (n < 0) {
-        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNREFUSED
-                || err == EHOSTUNREACH || err == ENETUNREACH) {
-            out = PyList_New(0);
-        } else {
-            errno = err;
-            PyErr_SetFromErrno(PyExc_OSError);
-        }
+    int n = burst_recv(b, fd, &buf, slot, count);
+    if (n < 0)
         goto done;
-    }
     out = PyList_New(n);
     if (out == NULL)
         goto done;
     for (int i = 0; i < n; i++) {
-        struct msghdr *h = &msgs[i].msg_hdr;
-        size_t len = msgs[i].msg_len;
-        if (len > (size_t)slot)
-            len = (size_t)slot;
-        long seg = 0;
-        const char *local = "";
-        Py_ssize_t local_len = 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-            size_t dlen = c->cmsg_len - CMSG_LEN(0);
-            const unsigned char *d = CMSG_DATA(c);
-            if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO && dlen >= 12) {
-                local = (const char *)d + 8; /* ipi_addr: the header's destination */
-                local_len = 4;
-            } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO && dlen >= 16) {
-                local = (const char *)d; /* ipi6_addr */
-                local_len = 16;
-            } else if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && dlen >= 2) {
-                if (dlen >= sizeof(int)) {
-                    int v;
-                    memcpy(&v, d, sizeof v);
-                    seg = v;
-                } else {
-                    uint16_t v;
-                    memcpy(&v, d, sizeof v);
-                    seg = v;
-                }
-            }
-        }
-        if (seg < 0 || (size_t)seg >= len)
-            seg = 0;
-        socklen_t nl = h->msg_namelen;
-        if (nl > sizeof(names[i]))
-            nl = sizeof(names[i]);
-        PyObject *item = Py_BuildValue("(y#ly#y#)", (const char *)iov[i].iov_base, (Py_ssize_t)len, seg,
-                                       (const char *)&names[i], (Py_ssize_t)nl, local, local_len);
+        struct burst_msg m;
+        burst_msg(b, i, slot, &m);
+        PyObject *item = Py_BuildValue("(y#ly#y#)", m.data, (Py_ssize_t)m.len, m.seg,
+                                       m.name, m.name_len, m.local, m.local_len);
         if (item == NULL) {
             Py_CLEAR(out);
             goto done;
@@ -377,8 +426,157 @@ static PyObject *recv_burst(PyObject *self, PyObject *args)
         PyList_SET_ITEM(out, i, item);
     }
 done:
+    PyMem_Free(b);
     PyBuffer_Release(&buf);
     return out;
+}
+
+PyDoc_STRVAR(recv_runs_doc,
+"recv_runs(fd, buffer, slot, count) -> tuple[list[tuple[bool, list[bytes], bytes, bytes]], int, int, int]\n\n"
+"recv_burst, with the datagrams already cut and grouped as UdpService._readable_burst groups\n"
+"them: UDP GRO messages cut into their datagrams (segment size each, the last maybe\n"
+"shorter); ESP datagrams in a row (at least 8 bytes, not starting with the non-ESP marker)\n"
+"with the same SPI, the same source sockaddr and the same local address form one run; every\n"
+"other datagram is an item of its own. Returns (items, messages, datagrams, bytes): per item\n"
+"(is an ESP run, its datagrams, source sockaddr, local address or b''); the number of\n"
+"messages recvmmsg returned (fewer than count: the socket is drained), of datagrams in them\n"
+"and their bytes. Errors as recv_burst.");
+
+static PyObject *recv_runs(PyObject *self, PyObject *args)
+{
+    int fd, count;
+    Py_ssize_t slot;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "iw*ni:recv_runs", &fd, &buf, &slot, &count))
+        return NULL;
+    PyObject *items = NULL, *result = NULL;
+    struct burst *b = NULL;
+    long datagrams = 0, nbytes = 0;
+    if (burst_args("recv_runs", &buf, slot, count) < 0)
+        goto done;
+    b = PyMem_Malloc(sizeof *b);
+    if (b == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int n = burst_recv(b, fd, &buf, slot, count);
+    if (n < 0)
+        goto done;
+    items = PyList_New(0);
+    if (items == NULL)
+        goto done;
+    PyObject *run = NULL; /* borrowed: the open run's list (held by its item in items) */
+    struct burst_msg prev = {0};
+    for (int i = 0; i < n; i++) {
+        struct burst_msg m;
+        burst_msg(b, i, slot, &m);
+        nbytes += (long)m.len;
+        size_t step = m.seg ? (size_t)m.seg : m.len;
+        size_t pieces = m.seg ? (m.len + step - 1) / step : 1;
+        for (size_t k = 0; k < pieces; k++) {
+            size_t off = k * step;
+            size_t dlen = m.len - off < step ? m.len - off : step;
+            const char *d = m.data + off;
+            datagrams++;
+            PyObject *pkt = PyBytes_FromStringAndSize(d, (Py_ssize_t)dlen);
+            if (pkt == NULL)
+                goto fail;
+            int esp = dlen >= 8 && (d[0] | d[1] | d[2] | d[3]) != 0;
+            if (esp && run != NULL && memcmp(d, prev.data, 4) == 0 && m.name_len == prev.name_len
+                    && memcmp(m.name, prev.name, (size_t)m.name_len) == 0 && m.local_len == prev.local_len
+                    && memcmp(m.local, prev.local, (size_t)m.local_len) == 0) {
+                int r = PyList_Append(run, pkt);
+                Py_DECREF(pkt);
+                if (r < 0)
+                    goto fail;
+                continue;
+            }
+            PyObject *list = PyList_New(1);
+            if (list == NULL) {
+                Py_DECREF(pkt);
+                goto fail;
+            }
+            PyList_SET_ITEM(list, 0, pkt);
+            PyObject *item = Py_BuildValue("(ONy#y#)", esp ? Py_True : Py_False, list,
+                                           m.name, m.name_len, m.local, m.local_len);
+            if (item == NULL)
+                goto fail;
+            int r = PyList_Append(items, item);
+            Py_DECREF(item);
+            if (r < 0)
+                goto fail;
+            run = esp ? list : NULL;
+            prev = m;
+            prev.data = d; /* the run's SPI */
+        }
+    }
+    result = Py_BuildValue("(Nill)", items, n, datagrams, nbytes);
+    items = NULL; /* stolen by N, even on failure */
+    goto done;
+fail:
+    Py_CLEAR(items);
+done:
+    PyMem_Free(b);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+/* The reads of a burst (read_burst): the IP packets appended to out; counters[0..3] = reads,
+ * TSO reads, TSO segments, malformed reads. 0, or -1 with an exception set. */
+static int read_into(int fd, Py_buffer *buf, int count, int vnet, int max_segments, PyObject *out,
+                     long counters[4])
+{
+    const uint8_t *b = buf->buf;
+    for (int i = 0; i < count; i++) {
+        ssize_t n = read(fd, buf->buf, (size_t)buf->len);
+        if (n < 0) {
+            int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || counters[0] > 0)
+                break;
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (n == 0)
+            break;
+        counters[0]++;
+        PyObject *pkt;
+        if (!vnet) {
+            pkt = PyBytes_FromStringAndSize(buf->buf, n);
+        } else if (n < 10) {
+            counters[3]++;
+            continue;
+        } else if (b[0] == 0 && b[1] == 0) { /* no offload at all: the usual case */
+            pkt = PyBytes_FromStringAndSize((const char *)b + 10, n - 10);
+        } else if (b[1]) { /* a TSO super-packet */
+            Py_ssize_t got = segment_into(out, b, b + 10, (size_t)n - 10, max_segments);
+            if (got < 0)
+                return -1;
+            if (got == 0) {
+                counters[3]++;
+            } else {
+                counters[1]++;
+                counters[2] += (long)got;
+            }
+            continue;
+        } else if (b[0] & 1) { /* NEEDS_CSUM */
+            int bad = 0;
+            pkt = completed(b, b + 10, (size_t)n - 10, &bad);
+            if (bad) {
+                counters[3]++;
+                continue;
+            }
+        } else { /* other flags (DATA_VALID): nothing to do */
+            pkt = PyBytes_FromStringAndSize((const char *)b + 10, n - 10);
+        }
+        if (pkt == NULL)
+            return -1;
+        int r = PyList_Append(out, pkt);
+        Py_DECREF(pkt);
+        if (r < 0)
+            return -1;
+    }
+    return 0;
 }
 
 PyDoc_STRVAR(read_burst_doc,
@@ -402,70 +600,92 @@ static PyObject *read_burst(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "iw*ipi:read_burst", &fd, &buf, &count, &vnet, &max_segments))
         return NULL;
     PyObject *out = NULL, *result = NULL;
-    long reads = 0, tso_reads = 0, tso_segments = 0, malformed = 0;
+    long counters[4] = {0, 0, 0, 0};
     if (count < 1 || count > 1024 || buf.len < 1) {
         PyErr_SetString(PyExc_ValueError, "read_burst: 1-1024 reads into a non-empty buffer");
         goto done;
     }
     out = PyList_New(0);
-    if (out == NULL)
-        goto done;
-    const uint8_t *b = buf.buf;
-    for (int i = 0; i < count; i++) {
-        ssize_t n = read(fd, buf.buf, (size_t)buf.len);
-        if (n < 0) {
-            int err = errno;
-            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || reads > 0)
-                break;
-            errno = err;
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
-        }
-        if (n == 0)
-            break;
-        reads++;
-        PyObject *pkt;
-        if (!vnet) {
-            pkt = PyBytes_FromStringAndSize(buf.buf, n);
-        } else if (n < 10) {
-            malformed++;
-            continue;
-        } else if (b[0] == 0 && b[1] == 0) { /* no offload at all: the usual case */
-            pkt = PyBytes_FromStringAndSize((const char *)b + 10, n - 10);
-        } else if (b[1]) { /* a TSO super-packet */
-            Py_ssize_t got = segment_into(out, b, b + 10, (size_t)n - 10, max_segments);
-            if (got < 0)
-                goto fail;
-            if (got == 0) {
-                malformed++;
-            } else {
-                tso_reads++;
-                tso_segments += (long)got;
-            }
-            continue;
-        } else if (b[0] & 1) { /* NEEDS_CSUM */
-            int bad = 0;
-            pkt = completed(b, b + 10, (size_t)n - 10, &bad);
-            if (bad) {
-                malformed++;
-                continue;
-            }
-        } else { /* other flags (DATA_VALID): nothing to do */
-            pkt = PyBytes_FromStringAndSize((const char *)b + 10, n - 10);
-        }
-        if (pkt == NULL)
-            goto fail;
-        int r = PyList_Append(out, pkt);
-        Py_DECREF(pkt);
-        if (r < 0)
-            goto fail;
-    }
-    result = Py_BuildValue("(Nllll)", out, reads, tso_reads, tso_segments, malformed);
+    if (out == NULL || read_into(fd, &buf, count, vnet, max_segments, out, counters) < 0)
+        goto fail;
+    result = Py_BuildValue("(Nllll)", out, counters[0], counters[1], counters[2], counters[3]);
     out = NULL; /* stolen by N, even on failure */
     goto done;
 fail:
     Py_CLEAR(out);
 done:
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+PyDoc_STRVAR(read_runs_doc,
+"read_runs(fd, buffer, count, vnet, max_segments)\n"
+"    -> tuple[list[tuple[bytes | None, list[bytes], int]], int, int, int, int, int]\n\n"
+"read_burst, with the packets grouped for the encrypt side's lookup: IPv4 packets in a row\n"
+"(at least 20 bytes) with the same source and destination address (bytes 12-20) form one\n"
+"run keyed by those 8 bytes; other packets in a row form runs keyed None. Per run (key,\n"
+"packets in order, length of the longest). Returns (runs, reads, tso_reads, tso_segments,\n"
+"malformed, bytes of the packets). Errors as read_burst.");
+
+static PyObject *read_runs(PyObject *self, PyObject *args)
+{
+    int fd, count, vnet, max_segments;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "iw*ipi:read_runs", &fd, &buf, &count, &vnet, &max_segments))
+        return NULL;
+    PyObject *pkts = NULL, *runs = NULL, *result = NULL;
+    long counters[4] = {0, 0, 0, 0}, nbytes = 0;
+    if (count < 1 || count > 1024 || buf.len < 1) {
+        PyErr_SetString(PyExc_ValueError, "read_runs: 1-1024 reads into a non-empty buffer");
+        goto done;
+    }
+    pkts = PyList_New(0);
+    if (pkts == NULL || read_into(fd, &buf, count, vnet, max_segments, pkts, counters) < 0)
+        goto done;
+    runs = PyList_New(0);
+    if (runs == NULL)
+        goto done;
+    Py_ssize_t total = PyList_GET_SIZE(pkts), first = 0, longest = 0;
+    const char *run_key = NULL; /* the open run's key (inside its first packet); NULL: None */
+    for (Py_ssize_t i = 0; i <= total; i++) {
+        const char *key = NULL;
+        Py_ssize_t len = 0;
+        if (i < total) {
+            PyObject *pkt = PyList_GET_ITEM(pkts, i);
+            const char *p = PyBytes_AS_STRING(pkt);
+            len = PyBytes_GET_SIZE(pkt);
+            nbytes += (long)len;
+            key = len >= 20 && ((uint8_t)p[0] >> 4) == 4 ? p + 12 : NULL;
+            if (i > first && (key == NULL ? run_key == NULL : run_key != NULL && memcmp(key, run_key, 8) == 0)) {
+                if (len > longest)
+                    longest = len;
+                continue;
+            }
+        }
+        if (i > first) { /* close the open run: packets [first, i) */
+            PyObject *list = PyList_GetSlice(pkts, first, i);
+            if (list == NULL)
+                goto fail;
+            PyObject *item = run_key ? Py_BuildValue("(y#Nn)", run_key, (Py_ssize_t)8, list, longest)
+                                     : Py_BuildValue("(ONn)", Py_None, list, longest);
+            if (item == NULL)
+                goto fail;
+            int r = PyList_Append(runs, item);
+            Py_DECREF(item);
+            if (r < 0)
+                goto fail;
+        }
+        first = i;
+        run_key = key;
+        longest = len;
+    }
+    result = Py_BuildValue("(Nlllll)", runs, counters[0], counters[1], counters[2], counters[3], nbytes);
+    runs = NULL; /* stolen by N, even on failure */
+    goto done;
+fail:
+    Py_CLEAR(runs);
+done:
+    Py_XDECREF(pkts);
     PyBuffer_Release(&buf);
     return result;
 }
@@ -594,6 +814,8 @@ static PyMethodDef accel_methods[] = {
     {"udp_coalesce", udp_coalesce, METH_VARARGS, udp_coalesce_doc},
     {"read_burst", read_burst, METH_VARARGS, read_burst_doc},
     {"recv_burst", recv_burst, METH_VARARGS, recv_burst_doc},
+    {"recv_runs", recv_runs, METH_VARARGS, recv_runs_doc},
+    {"read_runs", read_runs, METH_VARARGS, read_runs_doc},
     {"csum_words", csum_words, METH_O, csum_words_doc},
     {"tso_segment", tso_segment, METH_VARARGS, tso_segment_doc},
     {NULL, NULL, 0, NULL},

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ikev2.constants import NON_ESP_MARKER
-from vpn_gw.accel import recv_burst
+from vpn_gw.accel import recv_runs
 from vpn_gw.bind_errors import BindError
 from vpn_gw.holdoff import Holdoff
 from vpn_gw.probe import ProbeResponder, is_probe
@@ -149,8 +149,8 @@ class UdpService:
 
     def _readable(self, sock: IkeSocket) -> None:
         natt = sock.port == self.config.natt_port
-        if natt and recv_burst is not None:
-            self._readable_burst(sock, recv_burst)
+        if natt and recv_runs is not None:
+            self._readable_burst(sock, recv_runs)
             return
         dp = self.dataplane
         if natt:
@@ -187,11 +187,13 @@ class UdpService:
         if holdoff is not None:
             holdoff.after_drain(sock.fileno(), found, nbytes, emptied, self._readable, sock)
 
-    def _readable_burst(self, sock: IkeSocket, recv_burst: Callable) -> None:
-        """``_readable`` for a NAT-T socket with the compiled helper: up to BURST datagrams per
-        system call (recvmmsg), the same handling of each, the same bound per wake-up. ESP
-        datagrams in a row with the same SPI from the same source (GRO burst or not) go to the
-        data plane together (``esp_received_many``: one compiled call for the run)."""
+    def _readable_burst(self, sock: IkeSocket, recv_runs: Callable) -> None:
+        """``_readable`` for a NAT-T socket with the compiled helper (vpn_gw.accel.recv_runs):
+        up to BURST messages per system call (recvmmsg), UDP GRO messages cut into their
+        datagrams and grouped in C, the same handling of each, the same bound per wake-up. ESP
+        datagrams in a row with the same SPI from the same source (GRO burst or not, within
+        one burst) go to the data plane together (``esp_received_many``: one compiled call for
+        the run); every other datagram (IKE, keepalives, runts) takes ``_datagram``."""
         dp = self.dataplane
         dp.rx_batch_begin()
         esp_received = dp.esp_received
@@ -200,43 +202,23 @@ class UdpService:
         remotes, locals_ = sock.remotes, sock.locals
         holdoff = self.holdoff
         found, nbytes, emptied = 0, 0, False
-        run: list[bytes] = []  # ESP datagrams of one SA from one source, in a row
-        run_spi = run_local = run_remote = None
         try:
             for _ in range(RECV_BATCH // BURST):  # bounded batch per wake-up
-                msgs = recv_burst(fd, buf, BURST_SLOT, BURST)
-                if holdoff is not None:  # (nothing counted per datagram without one)
-                    for data, seg, _name, _dst in msgs:
-                        n, b = _tally(data, seg)
-                        found += n
-                        nbytes += b
-                for data, seg, name, dst in msgs:
+                items, messages, datagrams, got = recv_runs(fd, buf, BURST_SLOT, BURST)
+                found += datagrams
+                nbytes += got
+                for esp, run, name, dst in items:
                     remote = remotes.get(name)
                     if remote is None:
                         remote = sock.remote_of(name)
                     local = locals_.get(dst)
                     if local is None:
                         local = sock.local_of(dst)
-                    # UDP GRO: several datagrams from the same source, seg bytes each
-                    for d in ([data[off:off + seg] for off in range(0, len(data), seg)] if seg else (data,)):
-                        head = d[:4]
-                        if len(d) >= 8 and head != NON_ESP_MARKER:
-                            if head == run_spi and remote is run_remote and local is run_local:
-                                run.append(d)
-                                continue
-                            if run:
-                                self._esp_run(run, run_local, run_remote, esp_received, esp_many)
-                            run = [d]
-                            run_spi, run_local, run_remote = head, local, remote
-                            continue
-                        if run:
-                            self._esp_run(run, run_local, run_remote, esp_received, esp_many)
-                            run, run_spi = [], None
-                        self._datagram(sock, True, d, local, remote)
-                if run:  # a run ends with its burst: its datagrams are opened while in the cache
-                    self._esp_run(run, run_local, run_remote, esp_received, esp_many)
-                    run, run_spi = [], None
-                if len(msgs) < BURST:
+                    if esp:
+                        self._esp_run(run, local, remote, esp_received, esp_many)
+                    else:
+                        self._datagram(sock, True, run[0], local, remote)
+                if messages < BURST:
                     emptied = True
                     break
         finally:

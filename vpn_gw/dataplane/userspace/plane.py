@@ -44,7 +44,7 @@ from esp.fragment import decide, fragment_ipv4, icmp_frag_needed, icmpv6_packet_
 from esp.packet import decapsulate, decapsulate_many, encapsulate, encapsulate_many
 from ikev2.events import Address, ChildUp
 from vpn_gw import accel
-from vpn_gw.accel import read_burst
+from vpn_gw.accel import read_runs
 from vpn_gw.dataplane import ChildCounters, DataPlane, InstallError
 from vpn_gw.dataplane.iproute import invalidate_addresses, ipr_submit, local_addresses, wait_idle
 from vpn_gw.dataplane.rtnl import RtnlError
@@ -765,8 +765,8 @@ class UserspaceDataPlane(DataPlane):
         tx = self._tx = {}
         found = nbytes = 0
         try:
-            if read_burst is not None:
-                found, nbytes = self._drain_bursts(tun, read_burst)
+            if read_runs is not None:
+                found, nbytes = self._drain_bursts(tun, read_runs)
             else:
                 found, nbytes = self._drain(tun)
         finally:
@@ -806,25 +806,29 @@ class UserspaceDataPlane(DataPlane):
                     log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
         return READ_BATCH, nbytes
 
-    def _drain_bursts(self, tun: Tun, read_burst: Callable) -> tuple[int, int]:
-        """``_drain`` with the compiled helper (vpn_gw.accel.read_burst): READ_BURST reads per
+    def _drain_bursts(self, tun: Tun, read_runs: Callable) -> tuple[int, int]:
+        """``_drain`` with the compiled helper (vpn_gw.accel.read_runs): READ_BURST reads per
         call, the virtio-net header handled in C exactly as ``_unwrapped`` does (stripped, TSO
-        super-packets cut, checksums left to us filled in), so only IP packets come back.
+        super-packets cut, checksums left to us filled in), so only IP packets come back,
+        grouped into runs: IPv4 packets in a row with the same addresses (the flow cache's key,
+        spd.py), with the length of the longest.
 
-        The common packet takes a short lane in line (what ``_outbound`` and ``_send_esp`` would
-        do, without their calls): an IPv4 packet whose Child SA is already known (the
-        interface's SA, route-based; the flow cache, spd.py), that fits the SA's MTU, of an SA
-        that has carried a packet since the last lifetime poll, is held for sealing at once.
-        Everything else goes through ``_outbound``. Returns the number of reads and, with a
-        holdoff (else 0), the bytes of the packets they gave."""
+        The common run takes a short lane in line (what ``_outbound`` and ``_send_esp`` would
+        do, without their calls): a run whose Child SA is already known (the interface's SA,
+        route-based; the flow cache, policy-based), whose packets all fit the SA's MTU, of an
+        SA that has carried a packet since the last lifetime poll, is held for sealing at once,
+        one step per run. Everything else goes through ``_outbound``, packet by packet.
+        Returns the number of reads and, with a holdoff (else 0), the bytes of the packets
+        they gave."""
         fd, vnet, buf, outbound = tun.fd, tun.vnet_hdr, self._read_buf, self._outbound
         tx, count_bytes = self._tx, self.holdoff is not None
         found = nbytes = 0
         for _ in range(READ_BATCH // READ_BURST):
-            pkts, reads, tso_reads, tso_segments, malformed = read_burst(fd, buf, READ_BURST, vnet, TSO_MAX_SEGMENTS)
+            runs, reads, tso_reads, tso_segments, malformed, got = read_runs(fd, buf, READ_BURST, vnet,
+                                                                            TSO_MAX_SEGMENTS)
             found += reads
             if count_bytes:
-                nbytes += sum(map(len, pkts))
+                nbytes += got
             if tso_reads:
                 self.tso_reads += tso_reads
                 self.tso_segments += tso_segments
@@ -839,27 +843,34 @@ class UserspaceDataPlane(DataPlane):
             else:
                 spd = self.spd.get(tun.name)
                 flows = spd.flows if spd else None
-            for pkt in pkts:
-                if tx is not None and len(pkt) >= 20 and pkt[0] >> 4 == 4:
-                    child = route_child if flows is None else flows.get(pkt[12:20])
-                    if child is not None and child.touched and len(pkt) <= child.mtu:
+            for key, pkts, longest in runs:
+                if tx is not None and key is not None:
+                    child = route_child if flows is None else flows.get(key)
+                    if child is not None and child.touched and longest <= child.mtu:
                         # _send_esp's holding, repeated here on purpose: no call per packet
-                        key = id(child)
-                        entry = tx.get(key)
+                        ckey = id(child)
+                        entry = tx.get(ckey)
                         if entry is None:
-                            tx[key] = (child, [pkt])
-                            continue
-                        held = entry[1]
-                        held.append(pkt)
-                        if len(held) >= TX_BATCH:
-                            del tx[key]
-                            self._seal_and_send(child, held)
+                            held = pkts
+                            tx[ckey] = (child, held)
+                        else:
+                            held = entry[1]
+                            held += pkts
+                        if len(held) >= TX_BATCH:  # full batches go now, the rest stays held
+                            full = len(held) - len(held) % TX_BATCH
+                            for i in range(0, full, TX_BATCH):
+                                self._seal_and_send(child, held[i:i + TX_BATCH])
+                            if full < len(held):
+                                tx[ckey] = (child, held[full:])
+                            else:
+                                del tx[ckey]
                         continue
-                try:
-                    outbound(tun, pkt)
-                except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
-                    self._count("internal_error")
-                    log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
+                for pkt in pkts:
+                    try:
+                        outbound(tun, pkt)
+                    except Exception as e:  # noqa: BLE001 - one bad packet never stops the data plane
+                        self._count("internal_error")
+                        log.error("outbound packet failed", error=f"{type(e).__name__}: {e}")
             if reads < READ_BURST:
                 return found, nbytes
         return found, nbytes
