@@ -22,7 +22,9 @@ UDP_GRO = 104  # UDP GRO (Linux 5.0): one recvmsg, several datagrams of the cmsg
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels (newer ones allow 128)
 GSO_MAX_BYTES = 65000  # UDP payload of one GSO send (below 65535 - IP and UDP headers)
 _GSO_FALLBACK_ERRNOS = (errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
-BURST = 64  # datagrams per recvmmsg (vpn_gw.accel.recv_runs): one call per wake-up (RECV_BATCH); 4 MiB of slots per socket
+# datagrams per recvmmsg (vpn_gw.accel.recv_runs): one call per wake-up (RECV_BATCH); its slots
+# take 4 MiB per NAT-T socket
+BURST = 64
 BURST_SLOT = MAX_DATAGRAM + 1  # bytes per datagram in the burst buffer (a UDP GRO message fits)
 _ADDRESS_CACHE = 4096  # raw addresses -> (ip, port) kept per socket, then started afresh
 
