@@ -61,7 +61,10 @@ Fairness rules:
 
 Small-packet UDP (``--tests udp``): per round and pair, iperf3 ``-u -l SIZE`` (``--udp-size``,
 default 160-byte payloads: 188-byte IP packets) at each offered rate of ``--udp-rates`` in turn
-(packets/s, lowest first, ``--udp-seconds`` each); per run the packets iperf3 managed to send,
+(packets/s, lowest first, ``--udp-seconds`` each; while the highest rate is still delivered with
+< 1 % loss the ladder goes on, 25 % higher each time, at most ``--udp-extend`` more runs, so a
+ladder written for a slower machine does not cap a pair below its limit: the ratio of two pairs
+that both delivered everything offered says nothing); per run the packets iperf3 managed to send,
 the packets delivered (received - lost, as the iperf3 server counts them) and the loss. Reported
 per pair: the highest delivered rate over the ladder (its median over the rounds, and the median
 of the per-round ratios to the baseline) and the highest offered rate still delivered with
@@ -132,6 +135,7 @@ NAMES = {"aes256gcm16": "AES-GCM-256", "chacha20poly1305": "ChaCha20-Poly1305"}
 
 TUNED_RMEM = 4 * 1024 * 1024
 HOLDOFF_US = 200  # ours-ours-holdoff: [gateway] holdoff_us of both daemons
+UDP_EXTEND_STEP = 1.25  # --udp-extend: the next offered rate when the ladder's top was not saturated
 UDP_SOCKBUF = "4M"  # iperf3 -w for the UDP runs (both ends): the receiving host is not the bottleneck
 TXQUEUELEN = 5000
 QUIET_SECONDS = 1.0  # machine share measured with every tunnel up and no traffic, before each round
@@ -471,6 +475,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tests", default="tcp,udp", help="tcp (iperf3 TCP), udp (small-packet UDP rate), or both")
     ap.add_argument("--udp-rates", default="20000,40000,80000,160000",
                     help="offered UDP packets/s, comma-separated, run lowest first")
+    ap.add_argument("--udp-extend", type=int, default=6,
+                    help="while the highest offered rate is still delivered with < 1 %% loss, raise it by 25 %% "
+                         "(at most this many more runs per ladder)")
     ap.add_argument("--udp-size", type=int, default=160, help="UDP payload bytes (64-200 is the small-packet case)")
     ap.add_argument("--udp-seconds", type=float, default=2.0, help="iperf3 duration per offered UDP rate")
     ap.add_argument("--gateway-nice", type=int, default=0,
@@ -541,9 +548,13 @@ def main(argv=None) -> int:
                                       f"{r['retransmits']} retr, {cpu}; drops: {drops or 'none'}; "
                                       f"{machine_text(r)}", flush=True)
                             ladder = []
-                            for pps in udp_rates:
+                            rates = list(udp_rates)
+                            while rates:
+                                pps = rates.pop(0)
                                 u = measure_udp(setups[pair], args.udp_seconds, pps, args.udp_size)
                                 ladder.append(u)
+                                if not rates and u["loss_pct"] < 1.0 and len(ladder) < len(udp_rates) + args.udp_extend:
+                                    rates.append(int(pps * UDP_EXTEND_STEP))  # not saturated yet: go on
                                 cpu = ", ".join(f"{k} {v:.0f}%" for k, v in u["cpu"].items() if v is not None)
                                 drops = ", ".join(f"{k} {v}" for k, v in u["drops"].items() if v)
                                 print(f"  [{router} r{rnd + 1}/{args.rounds}] {pair:11} "

@@ -63,7 +63,7 @@ class IkeSocket:
 
     def _init_state(self) -> None:
         self._anc: dict[str | None, list] = {}  # source address -> ancillary data (PKTINFO), cached
-        self._burst: bytearray | None = None  # recv_burst's buffer, made on first use
+        self._burst: bytearray | None = None  # recv_runs's buffer, made on first use
         self.remotes: dict[bytes, tuple[str, int]] = {}  # raw source sockaddr -> (ip, port)
         self.locals: dict[bytes, tuple[str, int]] = {}  # raw PKTINFO address -> (ip, our port)
         self.gro = False  # UDP_GRO enabled: recv_segments() may return several datagrams
@@ -119,7 +119,7 @@ class IkeSocket:
         return data, seg, local, (src[0], src[1])
 
     def burst_buffer(self) -> bytearray:
-        """The buffer vpn_gw.accel.recv_burst receives into: BURST slots of BURST_SLOT bytes."""
+        """The buffer vpn_gw.accel.recv_runs receives into: BURST slots of BURST_SLOT bytes."""
         if self._burst is None:
             self._burst = bytearray(BURST * BURST_SLOT)
         return self._burst

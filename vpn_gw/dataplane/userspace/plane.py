@@ -63,7 +63,7 @@ log = structlog.get_logger("vpn_gw.dataplane")
 DEFAULT_TUN = "vpngw0"
 KEEPALIVE = b"\xff"
 READ_BATCH = 256
-READ_BURST = 32  # TUN reads per vpn_gw.accel.read_burst call
+READ_BURST = 32  # TUN reads per vpn_gw.accel.read_runs call
 TX_BATCH = 64  # clear packets held per Child SA while draining a TUN device (one seal call, one GSO send)
 RX_BATCH = 64  # decrypted packets held per TUN device during one socket wake-up (coalescing)
 TRAP_QUEUE = 64  # packets held per trap policy while the IKE SA comes up
@@ -293,7 +293,7 @@ class UserspaceDataPlane(DataPlane):
         self._rx_now = 0.0  # the clock at rx_batch_begin
         self.send_udp_batch: Callable[[list[bytes], Address, Address], None] | None = None
         self._tx: dict[int, tuple[_Child, list[bytes]]] | None = None  # while draining a TUN
-        self._read_buf = bytearray(65535 + VNET_HDR_LEN)  # read_burst's buffer (the largest read)
+        self._read_buf = bytearray(65535 + VNET_HDR_LEN)  # read_runs's buffer (the largest read)
         self.tso_reads = 0  # TSO super-packets read from TUN devices
         self.tso_segments = 0  # wire segments cut from them
         # [gateway] outbound_worker: the outbound direction in a second process (outbound_worker.py)
