@@ -13,6 +13,10 @@
 #include <Python.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#if OPENSSL_VERSION_MAJOR >= 3
+#include <openssl/core_names.h>
+#include <openssl/params.h>
+#endif
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
@@ -20,6 +24,33 @@
 /* Bump when the interface or behaviour changes: esp/compiled.py ignores a module whose ABI
  * differs (a stale build left next to newer sources). */
 #define ESP_AEAD_ABI 2
+
+/* The ICV of the last encryption, and the expected ICV before a decryption's final step. With
+ * OpenSSL 3 as a cipher parameter: EVP_CIPHER_CTX_ctrl translates to the same parameter, and
+ * its detour cost 15-25 ns per 188-byte seal (in-process, seal_many of 64: AES-GCM-256 0.240 ->
+ * 0.225 us, ChaCha20-Poly1305 0.626 -> 0.602 us; docs/esp.md "Runs grouped in C, and a faster
+ * machine"). */
+static int get_tag(EVP_CIPHER_CTX *c, unsigned char *tag, size_t len)
+{
+#if OPENSSL_VERSION_MAJOR >= 3
+    OSSL_PARAM p[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, len),
+                       OSSL_PARAM_construct_end()};
+    return EVP_CIPHER_CTX_get_params(c, p);
+#else
+    return EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, (int)len, tag);
+#endif
+}
+
+static int set_tag(EVP_CIPHER_CTX *c, const unsigned char *tag, size_t len)
+{
+#if OPENSSL_VERSION_MAJOR >= 3
+    OSSL_PARAM p[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)tag, len),
+                       OSSL_PARAM_construct_end()};
+    return EVP_CIPHER_CTX_set_params(c, p);
+#else
+    return EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, (int)len, (void *)tag);
+#endif
+}
 
 /* Verdicts of decapsulate(); esp/compiled.py maps them to DropReason. */
 enum {
@@ -455,7 +486,7 @@ static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8
         && EVP_EncryptUpdate(a->enc, NULL, &len, aad, aadlen) == 1
         && EVP_EncryptUpdate(a->enc, ct, &len, ct, (int)ptlen) == 1
         && EVP_EncryptFinal_ex(a->enc, ct + ptlen, &len) == 1
-        && EVP_CIPHER_CTX_ctrl(a->enc, EVP_CTRL_AEAD_GET_TAG, ICV_LEN, ct + ptlen) == 1;
+        && get_tag(a->enc, ct + ptlen, ICV_LEN) == 1;
     if (!ok) {
         Py_DECREF(out);
         PyErr_SetString(PyExc_RuntimeError, "libcrypto AEAD seal failed");
@@ -678,8 +709,7 @@ static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8
     if (!(EVP_DecryptInit_ex(a->dec, NULL, NULL, NULL, nonce) == 1
           && EVP_DecryptUpdate(a->dec, NULL, &outl, aad, aadlen) == 1
           && EVP_DecryptUpdate(a->dec, pt, &outl, p + HDR_LEN + IV_LEN, (int)ctlen) == 1
-          && EVP_CIPHER_CTX_ctrl(a->dec, EVP_CTRL_AEAD_SET_TAG, ICV_LEN,
-                                 (void *)(p + len - ICV_LEN)) == 1
+          && set_tag(a->dec, p + len - ICV_LEN, ICV_LEN) == 1
           && EVP_DecryptFinal_ex(a->dec, pt + ctlen, &outl) == 1)) {
         verdict = D_AUTH_FAILED;
     } else {
