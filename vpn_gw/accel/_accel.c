@@ -593,29 +593,34 @@ PyDoc_STRVAR(read_burst_doc,
 "An error on the first read raises OSError; after some reads it ends the burst (the next\n"
 "call reports it).");
 
-static PyObject *read_burst(PyObject *self, PyObject *args)
+/* read_burst's and read_runs's common part: the arguments (format "iw*ipi:" + name) checked,
+ * the reads done; a new list of the IP packets, or NULL with an exception set. */
+static PyObject *read_packets(PyObject *args, const char *format, long counters[4])
 {
     int fd, count, vnet, max_segments;
     Py_buffer buf;
-    if (!PyArg_ParseTuple(args, "iw*ipi:read_burst", &fd, &buf, &count, &vnet, &max_segments))
+    if (!PyArg_ParseTuple(args, format, &fd, &buf, &count, &vnet, &max_segments))
         return NULL;
-    PyObject *out = NULL, *result = NULL;
-    long counters[4] = {0, 0, 0, 0};
+    PyObject *out = NULL;
     if (count < 1 || count > 1024 || buf.len < 1) {
-        PyErr_SetString(PyExc_ValueError, "read_burst: 1-1024 reads into a non-empty buffer");
+        PyErr_Format(PyExc_ValueError, "%s: 1-1024 reads into a non-empty buffer", format + 7); /* after "iw*ipi:" */
         goto done;
     }
     out = PyList_New(0);
-    if (out == NULL || read_into(fd, &buf, count, vnet, max_segments, out, counters) < 0)
-        goto fail;
-    result = Py_BuildValue("(Nllll)", out, counters[0], counters[1], counters[2], counters[3]);
-    out = NULL; /* stolen by N, even on failure */
-    goto done;
-fail:
-    Py_CLEAR(out);
+    if (out != NULL && read_into(fd, &buf, count, vnet, max_segments, out, counters) < 0)
+        Py_CLEAR(out);
 done:
     PyBuffer_Release(&buf);
-    return result;
+    return out;
+}
+
+static PyObject *read_burst(PyObject *self, PyObject *args)
+{
+    long counters[4] = {0, 0, 0, 0};
+    PyObject *out = read_packets(args, "iw*ipi:read_burst", counters);
+    if (out == NULL)
+        return NULL;
+    return Py_BuildValue("(Nllll)", out, counters[0], counters[1], counters[2], counters[3]);
 }
 
 PyDoc_STRVAR(read_runs_doc,
@@ -629,19 +634,11 @@ PyDoc_STRVAR(read_runs_doc,
 
 static PyObject *read_runs(PyObject *self, PyObject *args)
 {
-    int fd, count, vnet, max_segments;
-    Py_buffer buf;
-    if (!PyArg_ParseTuple(args, "iw*ipi:read_runs", &fd, &buf, &count, &vnet, &max_segments))
-        return NULL;
-    PyObject *pkts = NULL, *runs = NULL, *result = NULL;
+    PyObject *runs = NULL, *result = NULL;
     long counters[4] = {0, 0, 0, 0}, nbytes = 0;
-    if (count < 1 || count > 1024 || buf.len < 1) {
-        PyErr_SetString(PyExc_ValueError, "read_runs: 1-1024 reads into a non-empty buffer");
-        goto done;
-    }
-    pkts = PyList_New(0);
-    if (pkts == NULL || read_into(fd, &buf, count, vnet, max_segments, pkts, counters) < 0)
-        goto done;
+    PyObject *pkts = read_packets(args, "iw*ipi:read_runs", counters);
+    if (pkts == NULL)
+        return NULL;
     runs = PyList_New(0);
     if (runs == NULL)
         goto done;
@@ -685,8 +682,7 @@ static PyObject *read_runs(PyObject *self, PyObject *args)
 fail:
     Py_CLEAR(runs);
 done:
-    Py_XDECREF(pkts);
-    PyBuffer_Release(&buf);
+    Py_DECREF(pkts);
     return result;
 }
 
