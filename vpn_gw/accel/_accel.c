@@ -278,6 +278,17 @@ static PyObject *completed(const uint8_t *v, const uint8_t *p, size_t n, int *ba
 #define BURST_MAX 64
 #define CONTROL_LEN 128
 
+/* Appends a new reference (NULL: the exception of the call that made it) to list and drops
+ * it: 0, or -1 with an exception set. */
+static int append_new(PyObject *list, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int r = PyList_Append(list, item);
+    Py_DECREF(item);
+    return r;
+}
+
 /* One recvmmsg burst: the messages, their buffers (slots of the caller's buffer), source
  * addresses and control messages. */
 struct burst {
@@ -497,13 +508,8 @@ static PyObject *recv_runs(PyObject *self, PyObject *args)
                 goto fail;
             }
             PyList_SET_ITEM(list, 0, pkt);
-            PyObject *item = Py_BuildValue("(ONy#y#)", esp ? Py_True : Py_False, list,
-                                           m.name, m.name_len, m.local, m.local_len);
-            if (item == NULL)
-                goto fail;
-            int r = PyList_Append(items, item);
-            Py_DECREF(item);
-            if (r < 0)
+            if (append_new(items, Py_BuildValue("(ONy#y#)", esp ? Py_True : Py_False, list,
+                                                m.name, m.name_len, m.local, m.local_len)) < 0)
                 goto fail;
             run = esp ? list : NULL;
             prev = m;
@@ -663,13 +669,8 @@ static PyObject *read_runs(PyObject *self, PyObject *args)
             PyObject *list = PyList_GetSlice(pkts, first, i);
             if (list == NULL)
                 goto fail;
-            PyObject *item = run_key ? Py_BuildValue("(y#Nn)", run_key, (Py_ssize_t)8, list, longest)
-                                     : Py_BuildValue("(ONn)", Py_None, list, longest);
-            if (item == NULL)
-                goto fail;
-            int r = PyList_Append(runs, item);
-            Py_DECREF(item);
-            if (r < 0)
+            if (append_new(runs, run_key ? Py_BuildValue("(y#Nn)", run_key, (Py_ssize_t)8, list, longest)
+                                         : Py_BuildValue("(ONn)", Py_None, list, longest)) < 0)
                 goto fail;
         }
         first = i;
