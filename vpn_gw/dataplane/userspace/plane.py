@@ -759,7 +759,7 @@ class UserspaceDataPlane(DataPlane):
 
     def _tun_readable(self, tun: Tun) -> None:
         """Drain the TUN device (bounded); the packets for each Child SA are sealed together
-        and their ESP datagrams sent together at the end (every TX_BATCH packets), as UDP GSO
+        and their ESP datagrams sent together at the end (or once TX_BATCH are held), as UDP GSO
         when the daemon can. With a holdoff (vpn_gw/holdoff.py) a drain that found many packets
         delays the next one."""
         tx = self._tx = {}
@@ -847,23 +847,17 @@ class UserspaceDataPlane(DataPlane):
                 if tx is not None and key is not None:
                     child = route_child if flows is None else flows.get(key)
                     if child is not None and child.touched and longest <= child.mtu:
-                        # _send_esp's holding, repeated here on purpose: no call per packet
+                        # _send_esp's holding, repeated here on purpose: no call per run. At
+                        # TX_BATCH or more they are sealed together (send_many cuts the GSO sends).
                         ckey = id(child)
                         entry = tx.get(ckey)
                         if entry is None:
-                            held = pkts
-                            tx[ckey] = (child, held)
+                            tx[ckey] = entry = (child, pkts)
                         else:
-                            held = entry[1]
-                            held += pkts
-                        if len(held) >= TX_BATCH:  # full batches go now, the rest stays held
-                            full = len(held) - len(held) % TX_BATCH
-                            for i in range(0, full, TX_BATCH):
-                                self._seal_and_send(child, held[i:i + TX_BATCH])
-                            if full < len(held):
-                                tx[ckey] = (child, held[full:])
-                            else:
-                                del tx[ckey]
+                            entry[1].extend(pkts)
+                        if len(entry[1]) >= TX_BATCH:
+                            del tx[ckey]
+                            self._seal_and_send(child, entry[1])
                         continue
                 for pkt in pkts:
                     try:
