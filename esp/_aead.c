@@ -21,9 +21,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "aesgcm.h"
+#include "chapoly.h"
+
 /* Bump when the interface or behaviour changes: esp/compiled.py ignores a module whose ABI
  * differs (a stale build left next to newer sources). */
-#define ESP_AEAD_ABI 2
+#define ESP_AEAD_ABI 3
 
 /* The ICV of the last encryption, and the expected ICV before a decryption's final step. With
  * OpenSSL 3 as a cipher parameter: EVP_CIPHER_CTX_ctrl translates to the same parameter, and
@@ -353,11 +356,23 @@ static PyTypeObject ReplayType = {
 
 /* ------------------------------------------------------------------ the AEAD cipher */
 
+/* Packets up to this many bytes of ciphertext go through chapoly.c and aesgcm.c, longer ones
+ * through libcrypto, whose wider code overtakes them there (sealing with an 8-byte AAD,
+ * in-process, this project's machine: ChaCha20-Poly1305 188 bytes 0.29 against 0.72 us, 512
+ * bytes 0.67 against 0.69, 1440 bytes 1.50 against 1.00; AES-256-GCM 188 bytes 0.084 against
+ * 0.227 us, 1024 bytes 0.33 against 0.35, 1440 bytes 0.42 against 0.41; docs/esp.md "Short
+ * packets without libcrypto's per-call cost"). */
+#define CHAPOLY_MAX 512
+#define AESGCM_MAX 1024
+
 typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *enc;
     EVP_CIPHER_CTX *dec;
     uint8_t salt[SALT_LEN];
+    int chapoly;                     /* ChaCha20-Poly1305: short packets through chapoly.c */
+    uint8_t key[CHAPOLY_KEY_LEN];    /* its key, only then */
+    aesgcm_key *gcm;                 /* AES-GCM-128/256 on a CPU aesgcm.c runs on, else NULL */
 } AeadObject;
 
 /* Scratch space for one decrypted packet (a UDP payload is below 64 KiB); the GIL serialises
@@ -370,6 +385,13 @@ static void aead_free_keys(AeadObject *a)
     EVP_CIPHER_CTX_free(a->dec);
     a->enc = a->dec = NULL;
     OPENSSL_cleanse(a->salt, sizeof a->salt);
+    OPENSSL_cleanse(a->key, sizeof a->key);
+    a->chapoly = 0;
+    if (a->gcm != NULL) {
+        OPENSSL_cleanse(a->gcm, sizeof *a->gcm);
+        PyMem_Free(a->gcm);
+        a->gcm = NULL;
+    }
 }
 
 static EVP_CIPHER_CTX *aead_ctx(const EVP_CIPHER *cipher, const uint8_t *key, int encrypt)
@@ -415,6 +437,16 @@ static PyObject *Aead_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     a->enc = aead_ctx(cipher, k, 1);
     a->dec = aead_ctx(cipher, k, 0);
     memcpy(a->salt, k + klen, SALT_LEN);
+    if (encr_id == ENCR_CHACHA20_POLY1305 && chapoly_available()) {
+        memcpy(a->key, k, CHAPOLY_KEY_LEN);
+        a->chapoly = 1;
+    } else if (aesgcm_available() && (klen == 16 || klen == 32)) {
+        a->gcm = PyMem_Malloc(sizeof *a->gcm);
+        if (a->gcm != NULL && !aesgcm_init(a->gcm, k, (size_t)klen)) {
+            PyMem_Free(a->gcm);
+            a->gcm = NULL;
+        }
+    }
     PyBuffer_Release(&key);
     if (a->enc == NULL || a->dec == NULL) {
         Py_DECREF(a);
@@ -482,6 +514,14 @@ static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8
     uint8_t *ct = o + HDR_LEN + IV_LEN;
     memcpy(ct, p, n);
     memcpy(ct + n, trailer, pad + 2);
+    if (a->chapoly && ptlen <= CHAPOLY_MAX) {
+        chapoly_seal(a->key, nonce, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
+        return out;
+    }
+    if (a->gcm != NULL && ptlen <= AESGCM_MAX) {
+        aesgcm_seal(a->gcm, nonce, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
+        return out;
+    }
     int len, ok = EVP_EncryptInit_ex(a->enc, NULL, NULL, NULL, nonce) == 1
         && EVP_EncryptUpdate(a->enc, NULL, &len, aad, aadlen) == 1
         && EVP_EncryptUpdate(a->enc, ct, &len, ct, (int)ptlen) == 1
@@ -706,11 +746,20 @@ static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8
         put32(aad + 8, low);
         aadlen = 12;
     }
-    if (!(EVP_DecryptInit_ex(a->dec, NULL, NULL, NULL, nonce) == 1
-          && EVP_DecryptUpdate(a->dec, NULL, &outl, aad, aadlen) == 1
-          && EVP_DecryptUpdate(a->dec, pt, &outl, p + HDR_LEN + IV_LEN, (int)ctlen) == 1
-          && set_tag(a->dec, p + len - ICV_LEN, ICV_LEN) == 1
-          && EVP_DecryptFinal_ex(a->dec, pt + ctlen, &outl) == 1)) {
+    int authentic;
+    if (a->chapoly && ctlen <= CHAPOLY_MAX)
+        authentic = chapoly_open(a->key, nonce, aad, (size_t)aadlen, p + HDR_LEN + IV_LEN, pt,
+                                 ctlen, p + len - ICV_LEN);
+    else if (a->gcm != NULL && ctlen <= AESGCM_MAX)
+        authentic = aesgcm_open(a->gcm, nonce, aad, (size_t)aadlen, p + HDR_LEN + IV_LEN, pt,
+                                ctlen, p + len - ICV_LEN);
+    else
+        authentic = EVP_DecryptInit_ex(a->dec, NULL, NULL, NULL, nonce) == 1
+                    && EVP_DecryptUpdate(a->dec, NULL, &outl, aad, aadlen) == 1
+                    && EVP_DecryptUpdate(a->dec, pt, &outl, p + HDR_LEN + IV_LEN, (int)ctlen) == 1
+                    && set_tag(a->dec, p + len - ICV_LEN, ICV_LEN) == 1
+                    && EVP_DecryptFinal_ex(a->dec, pt + ctlen, &outl) == 1;
+    if (!authentic) {
         verdict = D_AUTH_FAILED;
     } else {
         replay_record(w, seq); /* authentic: the window moves even if the trailer is then refused */
@@ -919,10 +968,192 @@ static PyTypeObject AeadType = {
     .tp_getset = Aead_getset,
 };
 
+/* ------------------------------------------------------------------ chapoly.c and aesgcm.c, raw */
+
+/* The raw AEADs of chapoly.c (RFC 8439) and aesgcm.c (SP 800-38D) with key, nonce and AAD given
+ * (whatever the length: no libcrypto fallback here), so that tests check them against published
+ * vectors and another implementation, and benchmarks time them. */
+static int chapoly_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                        Py_buffer b[4])
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (PyObject_GetBuffer(args[i], &b[i], PyBUF_SIMPLE) < 0) {
+            while (--i >= 0)
+                PyBuffer_Release(&b[i]);
+            return -1;
+        }
+    }
+    if (b[1].len != CHAPOLY_NONCE_LEN || (b[0].len != 32 && b[0].len != 16)) {
+        for (int i = 0; i < 4; i++)
+            PyBuffer_Release(&b[i]);
+        PyErr_SetString(PyExc_ValueError, "key must be 32 bytes (AES-GCM: or 16) and nonce 12");
+        return -1;
+    }
+    return 0;
+}
+
+static void release4(Py_buffer b[4])
+{
+    for (int i = 0; i < 4; i++)
+        PyBuffer_Release(&b[i]);
+}
+
+/* seal: ciphertext || tag; open: the plaintext or None. aes: aesgcm.c, else chapoly.c. */
+static PyObject *raw_aead(PyObject *const *args, Py_ssize_t nargs, int aes, int seal)
+{
+    Py_buffer b[4];
+    const char *usage = seal ? "(key, nonce, aad, plaintext)" : "(key, nonce, aad, ciphertext_and_tag)";
+    if (chapoly_args(args, nargs, usage, b) < 0)
+        return NULL;
+    aesgcm_key *gk = NULL;
+    if (!aes && b[0].len != CHAPOLY_KEY_LEN) {
+        release4(b);
+        PyErr_SetString(PyExc_ValueError, "ChaCha20-Poly1305 takes a 32-byte key");
+        return NULL;
+    }
+    if (aes) {
+        gk = PyMem_Malloc(sizeof *gk);
+        if (gk == NULL) {
+            release4(b);
+            return PyErr_NoMemory();
+        }
+        if (!aesgcm_init(gk, b[0].buf, (size_t)b[0].len)) {
+            PyMem_Free(gk);
+            release4(b);
+            PyErr_SetString(PyExc_RuntimeError, "aesgcm.c does not run on this CPU");
+            return NULL;
+        }
+    }
+    PyObject *out = NULL;
+    const uint8_t *in = b[3].buf;
+    size_t n = (size_t)b[3].len;
+    if (seal) {
+        out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n + CHAPOLY_TAG_LEN));
+        if (out != NULL) {
+            uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+            memcpy(o, in, n);
+            if (aes)
+                aesgcm_seal(gk, b[1].buf, b[2].buf, (size_t)b[2].len, o, n, o + n);
+            else
+                chapoly_seal(b[0].buf, b[1].buf, b[2].buf, (size_t)b[2].len, o, n, o + n);
+        }
+    } else if (n < CHAPOLY_TAG_LEN) {
+        PyErr_SetString(PyExc_ValueError, "shorter than the tag");
+    } else {
+        n -= CHAPOLY_TAG_LEN;
+        out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+        uint8_t *o = out == NULL ? NULL : (uint8_t *)PyBytes_AS_STRING(out);
+        int ok = o != NULL
+                 && (aes ? aesgcm_open(gk, b[1].buf, b[2].buf, (size_t)b[2].len, in, o, n, in + n)
+                         : chapoly_open(b[0].buf, b[1].buf, b[2].buf, (size_t)b[2].len, in, o, n,
+                                        in + n));
+        if (o != NULL && !ok) {
+            Py_DECREF(out);
+            out = Py_NewRef(Py_None);
+        }
+    }
+    if (gk != NULL) {
+        OPENSSL_cleanse(gk, sizeof *gk);
+        PyMem_Free(gk);
+    }
+    release4(b);
+    return out;
+}
+
+static PyObject *mod_chapoly_seal(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return raw_aead(args, nargs, 0, 1);
+}
+
+static PyObject *mod_chapoly_open(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return raw_aead(args, nargs, 0, 0);
+}
+
+static PyObject *mod_aesgcm_seal(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return raw_aead(args, nargs, 1, 1);
+}
+
+static PyObject *mod_aesgcm_open(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return raw_aead(args, nargs, 1, 0);
+}
+
+/* use_simd(vaes, chacha_level) -> (vaes in use, ChaCha20 level in use): for tests and
+ * benchmarks, which run each instruction-set version this CPU has (aesgcm_use_vaes,
+ * chapoly_use_level); the defaults are the best ones. */
+static PyObject *mod_use_simd(PyObject *m, PyObject *args)
+{
+    int vaes, level;
+    if (!PyArg_ParseTuple(args, "pi:use_simd", &vaes, &level))
+        return NULL;
+    return Py_BuildValue("(Oi)", aesgcm_use_vaes(vaes) ? Py_True : Py_False,
+                         chapoly_use_level(level));
+}
+
+/* simd() -> what the AEAD paths use on this CPU (see the method's doc) */
+static PyObject *mod_simd(PyObject *m, PyObject *unused)
+{
+    return Py_BuildValue("(OOOi)", aesgcm_available() ? Py_True : Py_False,
+                         aesgcm_vaes() ? Py_True : Py_False,
+                         chapoly_available() ? Py_True : Py_False, chapoly_level());
+}
+
+/* poly1305_padded(key, message) -> 16-byte tag (chapoly_poly1305_padded) */
+static PyObject *mod_poly1305_padded(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "poly1305_padded(key, message)");
+        return NULL;
+    }
+    Py_buffer k, msg;
+    if (PyObject_GetBuffer(args[0], &k, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &msg, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&k);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (k.len != 32) {
+        PyErr_SetString(PyExc_ValueError, "key must be 32 bytes");
+    } else {
+        uint8_t tag[CHAPOLY_TAG_LEN];
+        chapoly_poly1305_padded(k.buf, msg.buf, (size_t)msg.len, tag);
+        out = PyBytes_FromStringAndSize((const char *)tag, sizeof tag);
+    }
+    PyBuffer_Release(&k);
+    PyBuffer_Release(&msg);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"poly1305_padded", (PyCFunction)(void (*)(void))mod_poly1305_padded, METH_FASTCALL,
+     "poly1305_padded(key, message) -> Poly1305 tag of message zero-padded to 16-byte blocks"},
+    {"chapoly_seal", (PyCFunction)(void (*)(void))mod_chapoly_seal, METH_FASTCALL,
+     "chapoly_seal(key, nonce, aad, plaintext) -> ciphertext + tag (RFC 8439 2.8, chapoly.c)"},
+    {"chapoly_open", (PyCFunction)(void (*)(void))mod_chapoly_open, METH_FASTCALL,
+     "chapoly_open(key, nonce, aad, ciphertext + tag) -> plaintext, or None if not authentic"},
+    {"aesgcm_seal", (PyCFunction)(void (*)(void))mod_aesgcm_seal, METH_FASTCALL,
+     "aesgcm_seal(key, nonce, aad, plaintext) -> ciphertext + tag (SP 800-38D, aesgcm.c)"},
+    {"aesgcm_open", (PyCFunction)(void (*)(void))mod_aesgcm_open, METH_FASTCALL,
+     "aesgcm_open(key, nonce, aad, ciphertext + tag) -> plaintext, or None if not authentic"},
+    {"use_simd", (PyCFunction)mod_use_simd, METH_VARARGS,
+     "use_simd(vaes, chacha_level) -> (VAES in use, ChaCha20 level in use); for tests"},
+    {"simd", (PyCFunction)mod_simd, METH_NOARGS,
+     "simd() -> (aesgcm.c runs here, VAES in use, chapoly.c's SIMD ChaCha20 runs here, its level:"
+     " 0 SSE2, 1 SSSE3, 2 AVX-512VL)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "esp._aead",
     "The compiled AEAD ESP path and anti-replay window (esp/compiled.py).", -1,
-    NULL, NULL, NULL, NULL, NULL,
+    module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__aead(void)

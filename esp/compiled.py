@@ -37,7 +37,7 @@ from .replay import ReplayWindow
 if TYPE_CHECKING:
     from ._aead import Aead as AeadType
 
-ABI = 2  # must equal ESP_AEAD_ABI in _aead.c
+ABI = 3  # must equal ESP_AEAD_ABI in _aead.c
 
 
 def load_optional(name: str, abi: int) -> tuple[ModuleType | None, str]:

@@ -589,3 +589,36 @@ def test_recv_runs_groups_what_recv_burst_receives(address):
             s.close()
         for t in senders:
             t.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.lists(st.one_of(st.sampled_from([60, 188, 1000, 1400]), st.integers(0, 1500)), max_size=200),
+       max_segments=st.sampled_from([1, 2, 5, 64]), max_bytes=st.sampled_from([1, 1500, 4000, 65000]))
+def test_gso_ends_cuts_where_the_python_loop_cuts(sizes, max_segments, max_bytes):
+    """send_many's runs (transport/udp.py): the compiled cut and the Python reference agree, and
+    every run obeys the kernel's rule (equal sizes but a shorter last, the segment and byte
+    limits unless one datagram alone is bigger)."""
+    from vpn_gw.transport.udp import gso_ends_py
+    datagrams = [bytes(n) for n in sizes]
+    assert accel.gso_ends is not None
+    ends = accel.gso_ends(datagrams, max_segments, max_bytes)
+    assert ends == gso_ends_py(datagrams, max_segments, max_bytes)
+    start = 0
+    for end in ends:
+        run = sizes[start:end]
+        assert 1 <= len(run) <= max_segments
+        assert all(n == run[0] for n in run[:-1]) and run[-1] <= run[0]
+        assert len(run) == 1 or sum(run) <= max_bytes
+        start = end
+    assert start == len(sizes)
+
+
+def test_gso_ends_refuses_bad_arguments():
+    assert accel.gso_ends is not None
+    with pytest.raises(TypeError):
+        accel.gso_ends((b"a",), 64, 65000)  # a list, not a tuple
+    with pytest.raises(TypeError):
+        accel.gso_ends([b"a", 5], 64, 65000)  # an item without a length
+    with pytest.raises(ValueError):
+        accel.gso_ends([b"a"], 0, 65000)
+    assert accel.gso_ends([bytearray(3), memoryview(b"abc")], 64, 65000) == [2]

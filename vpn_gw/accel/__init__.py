@@ -10,7 +10,8 @@ also cuts UDP GRO messages and groups the ESP datagrams of one SA in a row into 
 (``read_burst``: the reads of a burst in one call, headers stripped, TSO super-packets cut,
 checksums left to us filled in; ``read_runs`` also groups the packets in a row with the same
 IPv4 addresses, the encrypt side's flow key), plus building the coalesced TUN write of a run of small UDP
-datagrams on the decrypt side (``udp_coalesce``, gro.py). The C module does these; the pure-Python code stays the
+datagrams on the decrypt side (``udp_coalesce``, gro.py) and cutting the encrypt side's
+datagrams into UDP GSO sends (``gso_ends``, transport/udp.py). The C module does these; the pure-Python code stays the
 reference and the fallback, and tests/test_accel.py checks that both give the same answers and
 bytes.
 
@@ -26,7 +27,7 @@ from types import ModuleType
 
 from esp.compiled import load_optional
 
-ABI = 6  # must equal ACCEL_ABI in _accel.c
+ABI = 7  # must equal ACCEL_ABI in _accel.c
 
 _module: ModuleType | None
 _module, WHY_NOT = load_optional("vpn_gw.accel._accel", ABI)  # the same rule as esp/compiled.py
@@ -51,6 +52,9 @@ read_runs: Callable[[int, bytearray, int, bool, int],
 recv_runs: Callable[[int, bytearray, int, int],
                     tuple[list[tuple[bool, list[bytes], bytes, bytes]], int, int, int]] | None = \
     _module.recv_runs if _module is not None else None
+# where send_many cuts a list of datagrams into UDP GSO sends (a step per datagram in Python)
+gso_ends: Callable[[list[bytes], int, int], list[int]] | None = \
+    _module.gso_ends if _module is not None else None
 
 
 def describe() -> str:

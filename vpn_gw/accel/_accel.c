@@ -20,7 +20,7 @@
 
 /* Bump when the interface or behaviour changes: vpn_gw/accel ignores a module whose ABI differs
  * (a stale build left next to newer sources). */
-#define ACCEL_ABI 6
+#define ACCEL_ABI 7
 
 #define GSO_TCPV4 1
 #define GSO_TCPV6 4
@@ -807,7 +807,61 @@ static PyObject *udp_coalesce(PyObject *self, PyObject *args)
     return Py_BuildValue("(Nn)", out, j - i);
 }
 
+PyDoc_STRVAR(gso_ends_doc,
+"gso_ends(datagrams, max_segments, max_bytes) -> list[int]\n\n"
+"Where IkeSocket.send_many cuts its list into UDP GSO sends: the end index of each run of\n"
+"datagrams (in order) whose sizes equal the first's, except a last shorter one, with at most\n"
+"max_segments of them and max_bytes in all. The same runs as the Python loop it replaces\n"
+"(transport/udp.py gso_ends_py); the items may be any objects with a length.");
+
+static PyObject *gso_ends(PyObject *self, PyObject *args)
+{
+    PyObject *list;
+    Py_ssize_t maxseg, maxbytes;
+    if (!PyArg_ParseTuple(args, "O!nn:gso_ends", &PyList_Type, &list, &maxseg, &maxbytes))
+        return NULL;
+    if (maxseg < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_segments must be at least 1");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(list), i = 0;
+    while (i < n) {
+        PyObject *d = PyList_GET_ITEM(list, i);
+        Py_ssize_t size = PyBytes_Check(d) ? PyBytes_GET_SIZE(d) : PyObject_Length(d);
+        if (size < 0)
+            goto fail;
+        Py_ssize_t total = size, j = i + 1, limit = n - i > maxseg ? i + maxseg : n;
+        while (j < limit) {
+            PyObject *e = PyList_GET_ITEM(list, j);
+            Py_ssize_t m = PyBytes_Check(e) ? PyBytes_GET_SIZE(e) : PyObject_Length(e);
+            if (m < 0)
+                goto fail;
+            if (m > size || total + m > maxbytes)
+                break;
+            total += m;
+            j++;
+            if (m < size)
+                break; /* a shorter datagram ends the run */
+        }
+        PyObject *end = PyLong_FromSsize_t(j);
+        if (end == NULL || PyList_Append(out, end) < 0) {
+            Py_XDECREF(end);
+            goto fail;
+        }
+        Py_DECREF(end);
+        i = j;
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef accel_methods[] = {
+    {"gso_ends", gso_ends, METH_VARARGS, gso_ends_doc},
     {"udp_coalesce", udp_coalesce, METH_VARARGS, udp_coalesce_doc},
     {"read_burst", read_burst, METH_VARARGS, read_burst_doc},
     {"recv_burst", recv_burst, METH_VARARGS, recv_burst_doc},

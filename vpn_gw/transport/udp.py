@@ -7,7 +7,9 @@ import ipaddress
 import socket
 import struct
 import sys
+from collections.abc import Iterable
 
+from vpn_gw.accel import gso_ends
 from vpn_gw.transport.mmsg import source
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -27,6 +29,31 @@ _GSO_FALLBACK_ERRNOS = (errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOO
 BURST = 64
 BURST_SLOT = MAX_DATAGRAM + 1  # bytes per datagram in the burst buffer (a UDP GRO message fits)
 _ADDRESS_CACHE = 4096  # raw addresses -> (ip, port) kept per socket, then started afresh
+
+
+def gso_ends_py(datagrams: list[bytes], max_segments: int, max_bytes: int) -> list[int]:
+    """Where ``send_many`` cuts ``datagrams`` into UDP GSO sends: the end index of each run of
+    datagrams whose sizes equal the first's, except a last shorter one, at most
+    ``max_segments`` of them and ``max_bytes`` in all (the kernel's rule for one GSO send). The
+    reference of the compiled ``vpn_gw.accel.gso_ends``."""
+    ends = []
+    n = len(datagrams)
+    i = 0
+    while i < n:
+        size = total = len(datagrams[i])
+        j = i + 1
+        limit = min(n, i + max_segments)
+        while j < limit:
+            m = len(datagrams[j])
+            if m > size or total + m > max_bytes:
+                break
+            total += m
+            j += 1
+            if m < size:
+                break  # a shorter datagram ends the run
+        ends.append(j)
+        i = j
+    return ends
 
 
 class IkeSocket:
@@ -175,30 +202,22 @@ class IkeSocket:
     def send_many(self, datagrams: list[bytes], local_ip: str | None, remote: tuple[str, int]) -> None:
         """Send datagrams in order, best effort (errors drop what they concern, like a congested
         link). Runs of equal-sized datagrams (the last may be shorter) go out as one UDP GSO
-        sendmsg; if the kernel refuses GSO they are sent one by one (and GSO is not tried again
-        on this socket if it is unsupported)."""
+        sendmsg (``gso_ends`` cuts them); if the kernel refuses GSO they are sent one by one
+        (and GSO is not tried again on this socket if it is unsupported)."""
         anc = self._ancillary(local_ip)
         sendmsg = self.sock.sendmsg
-        n = len(datagrams)
+        ends: Iterable[int]
+        if self.gso:
+            ends = (gso_ends or gso_ends_py)(datagrams, GSO_MAX_SEGMENTS, GSO_MAX_BYTES)
+        else:
+            ends = range(1, len(datagrams) + 1)
         i = 0
-        while i < n:
-            size = len(datagrams[i])
-            j = i + 1
-            if self.gso:
-                total = size
-                limit = min(n, i + GSO_MAX_SEGMENTS)
-                while j < limit:
-                    m = len(datagrams[j])
-                    if m > size or total + m > GSO_MAX_BYTES:
-                        break
-                    total += m
-                    j += 1
-                    if m < size:
-                        break  # a shorter datagram ends the run
+        for j in ends:
             try:
                 if j - i == 1:
                     sendmsg([datagrams[i]], anc, 0, remote)
                 else:
+                    size = len(datagrams[i])
                     sendmsg(datagrams[i:j], anc + [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))],
                             0, remote)
             except OSError as e:
