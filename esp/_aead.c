@@ -365,6 +365,9 @@ static PyTypeObject ReplayType = {
 #define CHAPOLY_MAX 512
 #define AESGCM_MAX 1024
 
+/* 0: every packet through libcrypto (short_path(False): tests and benchmarks compare both). */
+static int short_path = 1;
+
 typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *enc;
@@ -514,11 +517,11 @@ static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8
     uint8_t *ct = o + HDR_LEN + IV_LEN;
     memcpy(ct, p, n);
     memcpy(ct + n, trailer, pad + 2);
-    if (a->chapoly && ptlen <= CHAPOLY_MAX) {
+    if (a->chapoly && ptlen <= CHAPOLY_MAX && short_path) {
         chapoly_seal(a->key, nonce, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
         return out;
     }
-    if (a->gcm != NULL && ptlen <= AESGCM_MAX) {
+    if (a->gcm != NULL && ptlen <= AESGCM_MAX && short_path) {
         aesgcm_seal(a->gcm, nonce, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
         return out;
     }
@@ -747,10 +750,10 @@ static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8
         aadlen = 12;
     }
     int authentic;
-    if (a->chapoly && ctlen <= CHAPOLY_MAX)
+    if (a->chapoly && ctlen <= CHAPOLY_MAX && short_path)
         authentic = chapoly_open(a->key, nonce, aad, (size_t)aadlen, p + HDR_LEN + IV_LEN, pt,
                                  ctlen, p + len - ICV_LEN);
-    else if (a->gcm != NULL && ctlen <= AESGCM_MAX)
+    else if (a->gcm != NULL && ctlen <= AESGCM_MAX && short_path)
         authentic = aesgcm_open(a->gcm, nonce, aad, (size_t)aadlen, p + HDR_LEN + IV_LEN, pt,
                                 ctlen, p + len - ICV_LEN);
     else
@@ -1096,6 +1099,18 @@ static PyObject *mod_use_simd(PyObject *m, PyObject *args)
                          chapoly_use_level(level));
 }
 
+/* short_path(on) -> the previous setting: whether ESP packets up to CHAPOLY_MAX / AESGCM_MAX
+ * bytes go through chapoly.c / aesgcm.c (the default) or all through libcrypto */
+static PyObject *mod_short_path(PyObject *m, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    int was = short_path;
+    short_path = on;
+    return PyBool_FromLong(was);
+}
+
 /* simd() -> what the AEAD paths use on this CPU (see the method's doc) */
 static PyObject *mod_simd(PyObject *m, PyObject *unused)
 {
@@ -1144,6 +1159,9 @@ static PyMethodDef module_methods[] = {
      "aesgcm_open(key, nonce, aad, ciphertext + tag) -> plaintext, or None if not authentic"},
     {"use_simd", (PyCFunction)mod_use_simd, METH_VARARGS,
      "use_simd(vaes, chacha_level) -> (VAES in use, ChaCha20 level in use); for tests"},
+    {"short_path", (PyCFunction)mod_short_path, METH_O,
+     "short_path(on) -> previous: short ESP packets through chapoly.c/aesgcm.c (default) or "
+     "libcrypto; for tests and benchmarks"},
     {"simd", (PyCFunction)mod_simd, METH_NOARGS,
      "simd() -> (aesgcm.c runs here, VAES in use, chapoly.c's SIMD ChaCha20 runs here, its level:"
      " 0 SSE2, 1 SSSE3, 2 AVX-512VL)"},

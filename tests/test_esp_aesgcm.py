@@ -146,3 +146,22 @@ def test_esp_packets_on_both_sides_of_the_switch(kind: str, inner_len: int, coun
 
     for _ in range(5):
         assert _one(kind, False, 0, altered) is DropReason.AUTH_FAILED
+
+
+@pytest.mark.parametrize("kind", ["aes-gcm-128", "aes-gcm-256", "chacha20-poly1305"])
+def test_libcrypto_still_does_short_packets_when_asked(kind: str) -> None:
+    """short_path(False) (benchmarks compare both) sends short packets through libcrypto again:
+    the same bytes and inner packets as the pure-Python path, and the same as the short path."""
+    m = needs_module()
+    rng = random.Random(4106)
+    inner = ipv4_packet(rng.randbytes(140))
+    fast = cipher(kind)
+    assert fast.fast is not None
+    short = fast.fast.seal(SPI, 9, inner, 4, False)
+    assert m.short_path(False) is True
+    try:
+        assert fast.fast.seal(SPI, 9, inner, 4, False) == short
+        assert short == cipher(kind, pure=True).seal_packet(SPI, 9, inner, 4, esn=False)
+        assert _one(kind, False, 0, seal(5, inner, 4)) == (4, inner)
+    finally:
+        assert m.short_path(True) is False
