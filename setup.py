@@ -12,6 +12,6 @@ setup(ext_modules=[
     Extension("vpn_gw.accel._accel", sources=["vpn_gw/accel/_accel.c"], optional=True,
               extra_compile_args=_FLAGS),
     Extension("esp._aead", sources=["esp/_aead.c", "esp/chapoly.c", "esp/aesgcm.c"],
-              depends=["esp/chapoly.h", "esp/aesgcm.h"],
+              depends=["esp/chapoly.h", "esp/aesgcm.h", "esp/xor_bytes.h"],
               libraries=["crypto"], optional=True, extra_compile_args=_FLAGS),
 ])

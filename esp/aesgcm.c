@@ -1,5 +1,6 @@
 /* AES-GCM for short packets with AES-NI and PCLMULQDQ: see aesgcm.h. */
 #include "aesgcm.h"
+#include "xor_bytes.h"
 
 #include <openssl/crypto.h>
 #include <string.h>
@@ -283,30 +284,6 @@ TGT static void keystream(const aesgcm_key *k, __m128i base, uint32_t ctr, int n
         ks_aesni(k, base, ctr, n, out);
 }
 
-static void xor_bytes(uint8_t *out, const uint8_t *in, const uint8_t *ks, size_t n)
-{
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm_storeu_si128((__m128i *)(out + i),
-                         _mm_xor_si128(_mm_loadu_si128((const __m128i *)(in + i)),
-                                       _mm_loadu_si128((const __m128i *)(ks + i))));
-    for (; i + 8 <= n; i += 8) {
-        uint64_t a, b;
-        memcpy(&a, in + i, 8);
-        memcpy(&b, ks + i, 8);
-        a ^= b;
-        memcpy(out + i, &a, 8);
-    }
-    for (; i + 4 <= n; i += 4) {
-        uint32_t a, b;
-        memcpy(&a, in + i, 4);
-        memcpy(&b, ks + i, 4);
-        a ^= b;
-        memcpy(out + i, &a, 4);
-    }
-    for (; i < n; i++)
-        out[i] = in[i] ^ ks[i];
-}
 
 /* ------------------------------------------------------------------ the AEAD (SP 800-38D 7) */
 

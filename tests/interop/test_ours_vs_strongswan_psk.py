@@ -1,4 +1,5 @@
-"""Our gateway against strongSwan with pre-shared keys: both roles, three suites, data, delete.
+"""Our gateway against strongSwan with pre-shared keys: both roles, three suites, data, delete,
+every AEAD at packet sizes around our short-packet thresholds.
 
 Our gateway (vpn-gw run, userspace ESP) in ``topo.site``, strongSwan (charon, kernel-libipsec)
 in ``topo.gw``; pings between the protected hosts can only pass through the tunnel.
@@ -55,6 +56,33 @@ def test_psk_suite_role_and_ping(sswan_workdir, ike, esp, role):
         assert int(sc["packets-in"]) >= 6 and int(sc["packets-out"]) >= 6
         assert not oc.get("drops"), f"our data plane dropped packets: {oc['drops']}"
     assert time.monotonic() - t0 < 40
+
+
+# ICMP payload sizes around the short-packet thresholds of esp/_aead.c (ciphertext up to 640
+# bytes through esp/chapoly.c, up to 1024 through esp/aesgcm.c, libcrypto beyond): an IP packet
+# of size + 28 bytes, ESP plaintext 2-5 bytes more
+PING_SIZES = (0, 56, 200, 450, 600, 610, 611, 700, 990, 994, 995, 1010, 1300)
+
+
+@pytest.mark.parametrize("esp", ["aes128gcm16", "aes256gcm16", "chacha20poly1305"])
+def test_every_packet_size_with_each_aead(sswan_workdir, esp):
+    """Our ESP (short packets through our own AES-GCM and ChaCha20-Poly1305, long ones through
+    libcrypto) against strongSwan's: a ping of each size around both thresholds, both ways, each
+    answered; nothing dropped on either side."""
+    ike = H.SUITES[0][0]
+    with _env(sswan_workdir, "oswz", ike, esp, _psk()) as env:
+        env.ours.up(H.CONN)
+        osa, oc, ssa, sc = env.wait_both_child(timeout=10)
+        H.assert_same_sa(osa, oc, ssa, sc, env.topo, we_initiated=True, ike=ike, esp=esp)
+        env.ping_both_ways(count=1)
+        t = env.topo
+        for size in PING_SIZES:
+            assert t.host_a.ping(t.host_b_ip, size=size, wait=2.0), f"{esp}: {size}-byte ping a -> b"
+            assert t.host_b.ping(t.host_a_ip, size=size, wait=2.0), f"{esp}: {size}-byte ping b -> a"
+        osa, oc, ssa, sc = env.wait_both_child(timeout=5)
+        pin, pout = H.counters(oc)
+        assert pin >= 2 * len(PING_SIZES) and pout >= 2 * len(PING_SIZES)
+        assert not oc.get("drops"), f"our data plane dropped packets: {oc['drops']}"
 
 
 def test_delete_by_strongswan(sswan_workdir):
