@@ -89,9 +89,25 @@ def next_header_mask(allowed: frozenset[int]) -> bytes:
 
 
 __all__ = ["ABI", "COMPILED", "WHY_NOT", "Aead", "AeadType", "CompiledReplayWindow", "VERDICTS",
-           "describe", "load_optional", "next_header_mask"]
+           "describe", "load_optional", "next_header_mask", "short_path"]
+
+
+_CHACHA_LEVELS = {0: "SSE2", 1: "SSSE3", 2: "AVX-512VL"}
+
+
+def short_path() -> str:
+    """Which code seals and opens short packets (docs/esp.md "Short packets without libcrypto's
+    per-call cost"): esp/aesgcm.c with VAES or AES-NI, esp/chapoly.c with which vector
+    instructions, or libcrypto where this CPU runs neither."""
+    if _module is None:
+        return "pure Python"
+    aes, vaes, chacha, level = _module.simd()
+    aes_by = ("VAES" if vaes else "AES-NI") if aes else "libcrypto"
+    chacha_by = _CHACHA_LEVELS.get(level, str(level)) if chacha else "libcrypto"
+    return f"AES-GCM {aes_by}, ChaCha20-Poly1305 {chacha_by}"
 
 
 def describe() -> str:
-    """What the AEAD packet path runs on, for logs and stats."""
-    return "compiled (_aead)" if COMPILED else f"pure Python: {WHY_NOT}"
+    """What the AEAD packet path runs on, for logs and stats: ``compiled (_aead; short packets:
+    ...)`` or ``pure Python: <why>``."""
+    return f"compiled (_aead; short packets: {short_path()})" if COMPILED else f"pure Python: {WHY_NOT}"

@@ -157,3 +157,17 @@ def test_libcrypto_still_does_short_packets_when_asked(kind: str) -> None:
         assert _one(kind, False, 0, seal(5, inner, 4)) == (4, inner)
     finally:
         assert m.short_path(True) is False
+
+
+def test_the_log_says_which_code_runs_short_packets() -> None:
+    """esp.compiled.describe() (the start-up log's and `vpn-gw stats`' esp_packet_path) names the
+    instruction sets in use, and follows a change."""
+    m = needs_module()
+    try:
+        m.use_simd(False, 0)
+        assert compiled.short_path() == "AES-GCM AES-NI, ChaCha20-Poly1305 SSE2"
+        assert compiled.describe() == "compiled (_aead; short packets: AES-GCM AES-NI, ChaCha20-Poly1305 SSE2)"
+    finally:
+        m.use_simd(True, -1)
+    aes, vaes, chacha, level = m.simd()
+    assert compiled.short_path().startswith("AES-GCM VAES" if vaes else "AES-GCM AES-NI")

@@ -120,7 +120,8 @@ def test_the_compiled_module_is_in_use():
     if not (shutil.which("cc") and headers and openssl):
         pytest.fail("no C compiler, Python headers or OpenSSL headers: scripts/setup.sh installs them")
     assert compiled.COMPILED, compiled.describe()
-    assert compiled.describe() == "compiled (_aead)" and compiled.WHY_NOT == ""
+    assert compiled.describe() == f"compiled (_aead; short packets: {compiled.short_path()})"
+    assert compiled.WHY_NOT == ""
     assert compiled.Aead is not None and compiled.CompiledReplayWindow is not None
     assert compiled.CompiledReplayWindow is not esp.replay.ReplayWindow
     for kind in KINDS:
