@@ -368,6 +368,8 @@ static PyTypeObject ReplayType = {
 /* 0: every packet through libcrypto (short_path(False): tests and benchmarks compare both). */
 static int short_path = 1;
 
+enum { SHORT_NONE, SHORT_CHAPOLY, SHORT_AESGCM };
+
 typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *enc;
@@ -377,6 +379,19 @@ typedef struct {
     uint8_t key[CHAPOLY_KEY_LEN];    /* its key, only then */
     aesgcm_key *gcm;                 /* AES-GCM-128/256 on a CPU aesgcm.c runs on, else NULL */
 } AeadObject;
+
+/* Which code seals or opens a packet of len bytes of ciphertext with a's key: chapoly.c,
+ * aesgcm.c, or libcrypto (SHORT_NONE). */
+static int short_kind(const AeadObject *a, size_t len)
+{
+    if (!short_path)
+        return SHORT_NONE;
+    if (a->chapoly && len <= CHAPOLY_MAX)
+        return SHORT_CHAPOLY;
+    if (a->gcm != NULL && len <= AESGCM_MAX)
+        return SHORT_AESGCM;
+    return SHORT_NONE;
+}
 
 /* Scratch space for one decrypted packet (a UDP payload is below 64 KiB); the GIL serialises
  * its users. */
@@ -517,11 +532,11 @@ static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8
     uint8_t *ct = o + HDR_LEN + IV_LEN;
     memcpy(ct, p, n);
     memcpy(ct + n, trailer, pad + 2);
-    if (a->chapoly && ptlen <= CHAPOLY_MAX && short_path) {
+    switch (short_kind(a, ptlen)) {
+    case SHORT_CHAPOLY:
         chapoly_seal(a->key, nonce, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
         return out;
-    }
-    if (a->gcm != NULL && ptlen <= AESGCM_MAX && short_path) {
+    case SHORT_AESGCM:
         aesgcm_seal(a->gcm, nonce, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
         return out;
     }
@@ -749,11 +764,11 @@ static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8
         put32(aad + 8, low);
         aadlen = 12;
     }
-    int authentic;
-    if (a->chapoly && ctlen <= CHAPOLY_MAX && short_path)
+    int authentic, kind = short_kind(a, ctlen);
+    if (kind == SHORT_CHAPOLY)
         authentic = chapoly_open(a->key, nonce, aad, (size_t)aadlen, p + HDR_LEN + IV_LEN, pt,
                                  ctlen, p + len - ICV_LEN);
-    else if (a->gcm != NULL && ctlen <= AESGCM_MAX && short_path)
+    else if (kind == SHORT_AESGCM)
         authentic = aesgcm_open(a->gcm, nonce, aad, (size_t)aadlen, p + HDR_LEN + IV_LEN, pt,
                                 ctlen, p + len - ICV_LEN);
     else
@@ -976,8 +991,15 @@ static PyTypeObject AeadType = {
 /* The raw AEADs of chapoly.c (RFC 8439) and aesgcm.c (SP 800-38D) with key, nonce and AAD given
  * (whatever the length: no libcrypto fallback here), so that tests check them against published
  * vectors and another implementation, and benchmarks time them. */
-static int chapoly_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
-                        Py_buffer b[4])
+static void release4(Py_buffer b[4])
+{
+    for (int i = 0; i < 4; i++)
+        PyBuffer_Release(&b[i]);
+}
+
+/* The four buffers (key, nonce, aad, data) of a raw call; 0, or -1 with an exception set and
+ * nothing held. */
+static int raw_args(PyObject *const *args, Py_ssize_t nargs, const char *usage, Py_buffer b[4])
 {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, usage);
@@ -991,18 +1013,11 @@ static int chapoly_args(PyObject *const *args, Py_ssize_t nargs, const char *usa
         }
     }
     if (b[1].len != CHAPOLY_NONCE_LEN || (b[0].len != 32 && b[0].len != 16)) {
-        for (int i = 0; i < 4; i++)
-            PyBuffer_Release(&b[i]);
+        release4(b);
         PyErr_SetString(PyExc_ValueError, "key must be 32 bytes (AES-GCM: or 16) and nonce 12");
         return -1;
     }
     return 0;
-}
-
-static void release4(Py_buffer b[4])
-{
-    for (int i = 0; i < 4; i++)
-        PyBuffer_Release(&b[i]);
 }
 
 /* seal: ciphertext || tag; open: the plaintext or None. aes: aesgcm.c, else chapoly.c. */
@@ -1010,7 +1025,7 @@ static PyObject *raw_aead(PyObject *const *args, Py_ssize_t nargs, int aes, int 
 {
     Py_buffer b[4];
     const char *usage = seal ? "(key, nonce, aad, plaintext)" : "(key, nonce, aad, ciphertext_and_tag)";
-    if (chapoly_args(args, nargs, usage, b) < 0)
+    if (raw_args(args, nargs, usage, b) < 0)
         return NULL;
     aesgcm_key *gk = NULL;
     if (!aes && b[0].len != CHAPOLY_KEY_LEN) {
