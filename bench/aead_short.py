@@ -68,9 +68,10 @@ def main() -> None:
     if not compiled.COMPILED:
         sys.exit(f"the compiled ESP path is not in use: {compiled.describe()}")
     from esp import _aead
-    aes_here, vaes, chacha_simd, level = _aead.simd()
+    aes_here, vaes, chacha_simd, level, runs = _aead.simd()
     print(f"aesgcm.c runs here: {aes_here} (VAES: {vaes}); chapoly.c SIMD: {chacha_simd} "
-          f"(level {level}: 0 SSE2, 1 SSSE3, 2 AVX-512VL); load average {os.getloadavg()[0]:.2f}")
+          f"(level {level}: 0 SSE2, 1 SSSE3, 2 AVX-512VL; runs four at a time: {runs}); "
+          f"load average {os.getloadavg()[0]:.2f}")
     print("| cipher | inner bytes | seal us/packet: short path / libcrypto | open us/packet: short path / libcrypto |")
     print("|---|---:|---|---|")
     for name, encr, klen in KINDS:

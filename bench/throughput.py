@@ -201,6 +201,11 @@ class Setup:
             for dev in ("r0", "r2"):
                 t.router.run(["ethtool", "-K", dev, "tx-udp-segmentation", "off"])
         if self.router == "segment-gro":  # the gateways' WAN interfaces do GRO, as NICs do by default
+            # A veth hands a forwarded packet to its peer's GRO (NAPI) only when the sending end
+            # has no TSO (veth_skb_is_eligible_for_gro): without this the "gro on" below did
+            # nothing for the router's packets. On a wire the receiving NIC's GRO does not care.
+            for dev in ("r0", "r2"):
+                t.router.run(["ethtool", "-K", dev, "tso", "off"])
             for ns in (t.site, t.gw):
                 ns.run(["ethtool", "-K", "wan0", "gro", "on"])
         site_conf, gw_conf = ss.psk_site_to_site(t, self.psk, ike_proposals=IKE, esp_proposals=self.cipher,

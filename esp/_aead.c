@@ -26,7 +26,7 @@
 
 /* Bump when the interface or behaviour changes: esp/compiled.py ignores a module whose ABI
  * differs (a stale build left next to newer sources). */
-#define ESP_AEAD_ABI 3
+#define ESP_AEAD_ABI 4
 
 /* The ICV of the last encryption, and the expected ICV before a decryption's final step. With
  * OpenSSL 3 as a cipher parameter: EVP_CIPHER_CTX_ctrl translates to the same parameter, and
@@ -496,8 +496,93 @@ static PyObject *wiped_error(void)
  * | ciphertext of payload, padding 1, 2, 3 to 4 bytes, pad length, next header | ICV. AAD:
  * SPI | seq low, or SPI | seq high | seq low with ESN (RFC 4106 5). NULL with an exception
  * set on failure. */
+/* ChaCha20-Poly1305 packets of a run taken four at a time (chapoly.h "Runs of packets"): the
+ * keystreams' first blocks in one pass, the tags in one pass. at[j] is packet j's first blocks,
+ * or NULL where packet j goes the single-packet way (not through chapoly.c, or alone). Sealing,
+ * seal_one encrypts with at[j] and leaves its tag to group_tags; opening, open_group also
+ * computes the tag each packet must carry (want[j], when have_want[j]). */
+struct group {
+    uint8_t ks[4][256];
+    const uint8_t *at[4];
+    int used;                     /* ks[0..used) hold key material */
+    int ntags;                    /* tags for the group's pass */
+    const uint8_t *first[4], *aad[4], *ct[4];
+    uint8_t *tag[4];
+    size_t aadlen[4], len[4];
+    uint8_t aadbuf[4][12];
+    uint8_t want[4][16];
+    int have_want[4];
+};
+
+static void group_clear(struct group *g)
+{
+    if (g->used) /* explicit_bzero: glibc's vector memset, 1 KiB in a few dozen cycles */
+        explicit_bzero(g->ks, (size_t)g->used * sizeof g->ks[0]);
+    g->used = g->ntags = 0;
+    for (int j = 0; j < 4; j++) {
+        g->at[j] = NULL;
+        g->have_want[j] = 0;
+    }
+}
+
+/* The first blocks for nonces[0..count) (count >= 2) into g, slot[k] naming nonce k's packet. */
+static void group_fill(AeadObject *a, struct group *g, const uint8_t *const nonces[4],
+                       const int slot[4], int count)
+{
+    chapoly_first4(a->key, nonces, count, g->ks);
+    g->used = count;
+    for (int k = 0; k < count; k++)
+        g->at[slot[k]] = g->ks[k];
+}
+
+/* A tag for the group's pass: over aad/aadlen and ct/len with first, written to tag. */
+static void group_add_tag(struct group *g, const uint8_t *first, const uint8_t *aad, size_t aadlen,
+                          const uint8_t *ct, size_t len, uint8_t *tag)
+{
+    int k = g->ntags++;
+    memcpy(g->aadbuf[k], aad, aadlen);
+    g->first[k] = first;
+    g->aad[k] = g->aadbuf[k];
+    g->aadlen[k] = aadlen;
+    g->ct[k] = ct;
+    g->len[k] = len;
+    g->tag[k] = tag;
+}
+
+static void group_tags(struct group *g)
+{
+    if (g->ntags)
+        chapoly_tags4(g->first, g->aad, g->aadlen, g->ct, g->len, g->ntags, g->tag);
+    g->ntags = 0;
+}
+
+/* For seal_many: packets i..i+3 of list, sequence numbers from seq + i. */
+static void seal_group(AeadObject *a, struct group *g, PyObject *list, Py_ssize_t i, uint64_t seq)
+{
+    group_clear(g);
+    if (!chapoly_multi())
+        return;
+    uint8_t nonce[4][SALT_LEN + IV_LEN];
+    const uint8_t *nonces[4];
+    int slot[4], count = 0;
+    Py_ssize_t end = PyList_GET_SIZE(list);
+    for (int j = 0; j < 4 && i + j < end; j++) {
+        size_t n = (size_t)PyBytes_GET_SIZE(PyList_GET_ITEM(list, i + j));
+        if (n > 65535 || short_kind(a, n + (size_t)(-(Py_ssize_t)(n + 2) & 3) + 2) != SHORT_CHAPOLY)
+            continue;
+        uint64_t q = seq + (uint64_t)(i + j);
+        memcpy(nonce[count], a->salt, SALT_LEN);
+        put32(nonce[count] + SALT_LEN, (uint32_t)(q >> 32));
+        put32(nonce[count] + SALT_LEN + 4, (uint32_t)q);
+        nonces[count] = nonce[count];
+        slot[count++] = j;
+    }
+    if (count >= 2)
+        group_fill(a, g, nonces, slot, count);
+}
+
 static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8_t *p, size_t n,
-                          unsigned nh, int esn)
+                          unsigned nh, int esn, const uint8_t *first, struct group *g)
 {
     if (n > 65535) {
         PyErr_SetString(PyExc_ValueError, "payload above 65535 bytes");
@@ -534,7 +619,11 @@ static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8
     memcpy(ct + n, trailer, pad + 2);
     switch (short_kind(a, ptlen)) {
     case SHORT_CHAPOLY:
-        chapoly_seal(a->key, nonce, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
+        if (first != NULL) { /* the tag comes with the group's (seal_many) */
+            chapoly_xor_first(a->key, nonce, first, ct, ct, ptlen);
+            group_add_tag(g, first, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
+        } else
+            chapoly_seal(a->key, nonce, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
         return out;
     case SHORT_AESGCM:
         aesgcm_seal(a->gcm, nonce, aad, (size_t)aadlen, ct, ptlen, ct + ptlen);
@@ -594,11 +683,11 @@ static PyObject *Aead_seal(AeadObject *a, PyObject *const *args, Py_ssize_t narg
         return NULL;
     if (PyBytes_CheckExact(args[2]))
         return seal_one(a, (uint32_t)spi, seq, (const uint8_t *)PyBytes_AS_STRING(args[2]),
-                        (size_t)PyBytes_GET_SIZE(args[2]), (unsigned)nh, esn);
+                        (size_t)PyBytes_GET_SIZE(args[2]), (unsigned)nh, esn, NULL, NULL);
     Py_buffer pl;
     if (PyObject_GetBuffer(args[2], &pl, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *out = seal_one(a, (uint32_t)spi, seq, pl.buf, (size_t)pl.len, (unsigned)nh, esn);
+    PyObject *out = seal_one(a, (uint32_t)spi, seq, pl.buf, (size_t)pl.len, (unsigned)nh, esn, NULL, NULL);
     PyBuffer_Release(&pl);
     return out;
 }
@@ -643,19 +732,27 @@ static PyObject *Aead_seal_many(AeadObject *a, PyObject *const *args, Py_ssize_t
     if (out == NULL)
         return NULL;
     unsigned long long total = 0;
+    struct group g;
+    g.used = g.ntags = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *o = PyList_GET_ITEM(list, i);
         const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(o);
         size_t n = (size_t)PyBytes_GET_SIZE(o);
+        if (i % 4 == 0)
+            seal_group(a, &g, list, i, seq);
         PyObject *esp = seal_one(a, (uint32_t)spi, seq + (uint64_t)i, p, n,
-                                 p[0] >> 4 == 4 ? PROTO_IPIP : PROTO_IPV6, esn);
+                                 p[0] >> 4 == 4 ? PROTO_IPIP : PROTO_IPV6, esn, g.at[i % 4], &g);
         if (esp == NULL) {
+            group_clear(&g);
             Py_DECREF(out);
             return NULL;
         }
         PyList_SET_ITEM(out, i, esp);
         total += n;
+        if (i % 4 == 3 || i == count - 1)
+            group_tags(&g);
     }
+    group_clear(&g);
     return Py_BuildValue("(NK)", out, total);
 }
 
@@ -718,7 +815,8 @@ static PyObject *opened_inner(const uint8_t *pt, size_t ctlen, const uint8_t *al
  * sequence number inference (ESN) and anti-replay check, ICV verification and decryption, window
  * update (only now), then the plaintext's checks (opened_inner). */
 static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8_t *allow,
-                       const uint8_t *p, size_t len, PyObject **inner, unsigned *nh)
+                       const uint8_t *p, size_t len, PyObject **inner, unsigned *nh,
+                       const uint8_t *first, const uint8_t *want)
 {
     long verdict = 0;
     uint64_t seq = 0;
@@ -765,7 +863,14 @@ static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8
         aadlen = 12;
     }
     int authentic, kind = short_kind(a, ctlen);
-    if (kind == SHORT_CHAPOLY)
+    if (kind == SHORT_CHAPOLY && want != NULL) { /* the tag came with the group's (open_group) */
+        authentic = CRYPTO_memcmp(want, p + len - ICV_LEN, ICV_LEN) == 0;
+        if (authentic)
+            chapoly_xor_first(a->key, nonce, first, p + HDR_LEN + IV_LEN, pt, ctlen);
+    } else if (kind == SHORT_CHAPOLY && first != NULL)
+        authentic = chapoly_open_first(a->key, nonce, first, aad, (size_t)aadlen,
+                                       p + HDR_LEN + IV_LEN, pt, ctlen, p + len - ICV_LEN);
+    else if (kind == SHORT_CHAPOLY)
         authentic = chapoly_open(a->key, nonce, aad, (size_t)aadlen, p + HDR_LEN + IV_LEN, pt,
                                  ctlen, p + len - ICV_LEN);
     else if (kind == SHORT_AESGCM)
@@ -788,6 +893,47 @@ static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8
     if (pt != scratch)
         PyMem_Free(pt);
     return verdict;
+}
+
+/* For decapsulate_many: packets i..i+3 of list that may be ChaCha20-Poly1305 packets of this SA
+ * short enough for chapoly.c get their first blocks and, without ESN (whose AAD takes the high
+ * sequence bits from the window as each packet passes), the tag they must carry. decap_core
+ * makes every check again; a packet refused before decryption just wasted its share. */
+static void open_group(AeadObject *a, struct group *g, PyObject *list, Py_ssize_t i, uint32_t spi,
+                       int esn)
+{
+    group_clear(g);
+    if (a->enc == NULL || !chapoly_multi())
+        return;
+    uint8_t nonce[4][SALT_LEN + IV_LEN];
+    const uint8_t *nonces[4], *pkt[4];
+    size_t ctlen[4];
+    int slot[4], count = 0;
+    Py_ssize_t end = PyList_GET_SIZE(list);
+    for (int j = 0; j < 4 && i + j < end; j++) {
+        PyObject *o = PyList_GET_ITEM(list, i + j);
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(o);
+        size_t len = (size_t)PyBytes_GET_SIZE(o);
+        if (len < AEAD_MIN_LEN || get32(p) != spi
+            || short_kind(a, len - HDR_LEN - IV_LEN - ICV_LEN) != SHORT_CHAPOLY)
+            continue;
+        memcpy(nonce[count], a->salt, SALT_LEN);
+        memcpy(nonce[count] + SALT_LEN, p + HDR_LEN, IV_LEN);
+        nonces[count] = nonce[count];
+        pkt[count] = p;
+        ctlen[count] = len - HDR_LEN - IV_LEN - ICV_LEN;
+        slot[count++] = j;
+    }
+    if (count < 2)
+        return;
+    group_fill(a, g, nonces, slot, count);
+    if (esn)
+        return;
+    for (int k = 0; k < count; k++) {
+        group_add_tag(g, g->ks[k], pkt[k], 8, pkt[k] + HDR_LEN + IV_LEN, ctlen[k], g->want[slot[k]]);
+        g->have_want[slot[k]] = 1;
+    }
+    group_tags(g);
 }
 
 /* The arguments both decapsulate calls share: their count (``want``, else TypeError ``usage``),
@@ -846,7 +992,7 @@ static PyObject *Aead_decapsulate(AeadObject *a, PyObject *const *args, Py_ssize
         return NULL;
     PyObject *inner;
     unsigned nh = 0;
-    long verdict = decap_core(a, w, spi, allow, pk.buf, (size_t)pk.len, &inner, &nh);
+    long verdict = decap_core(a, w, spi, allow, pk.buf, (size_t)pk.len, &inner, &nh, NULL, NULL);
     PyBuffer_Release(&pk);
     if (verdict < 0)
         return NULL;
@@ -899,12 +1045,17 @@ static PyObject *Aead_decapsulate_many(AeadObject *a, PyObject *const *args, Py_
     if (inners == NULL || unchecked == NULL || verdicts == NULL)
         goto fail;
     unsigned long long npackets = 0, nbytes = 0, policy = 0;
+    struct group g;
+    g.used = g.ntags = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *o = PyList_GET_ITEM(list, i);
         PyObject *inner;
         unsigned nh = 0;
+        if (i % 4 == 0)
+            open_group(a, &g, list, i, spi, w->esn);
         long verdict = decap_core(a, w, spi, allow, (const uint8_t *)PyBytes_AS_STRING(o),
-                                  (size_t)PyBytes_GET_SIZE(o), &inner, &nh);
+                                  (size_t)PyBytes_GET_SIZE(o), &inner, &nh, g.at[i % 4],
+                                  g.have_want[i % 4] ? g.want[i % 4] : NULL);
         if (verdict < 0)
             goto fail;
         if (verdict > 0) {
@@ -936,8 +1087,10 @@ static PyObject *Aead_decapsulate_many(AeadObject *a, PyObject *const *args, Py_
         if (r < 0)
             goto fail;
     }
+    group_clear(&g);
     return Py_BuildValue("(NNKKKN)", inners, unchecked, npackets, nbytes, policy, verdicts);
 fail:
+    group_clear(&g);
     Py_XDECREF(inners);
     Py_XDECREF(unchecked);
     Py_XDECREF(verdicts);
@@ -1129,9 +1282,47 @@ static PyObject *mod_short_path(PyObject *m, PyObject *arg)
 /* simd() -> what the AEAD paths use on this CPU (see the method's doc) */
 static PyObject *mod_simd(PyObject *m, PyObject *unused)
 {
-    return Py_BuildValue("(OOOi)", aesgcm_available() ? Py_True : Py_False,
+    return Py_BuildValue("(OOOiO)", aesgcm_available() ? Py_True : Py_False,
                          aesgcm_vaes() ? Py_True : Py_False,
-                         chapoly_available() ? Py_True : Py_False, chapoly_level());
+                         chapoly_available() ? Py_True : Py_False, chapoly_level(),
+                         chapoly_multi() ? Py_True : Py_False);
+}
+
+/* poly1305_padded4(keys, messages) -> list of 16-byte tags: chapoly_poly1305_padded4 for 1-4
+ * pairs (the four-lane code where it runs) */
+static PyObject *mod_poly1305_padded4(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyList_Check(args[1])
+        || PyList_GET_SIZE(args[0]) != PyList_GET_SIZE(args[1]) || PyList_GET_SIZE(args[0]) < 1
+        || PyList_GET_SIZE(args[0]) > 4) {
+        PyErr_SetString(PyExc_TypeError, "poly1305_padded4(keys, messages): two lists of 1-4 bytes");
+        return NULL;
+    }
+    int count = (int)PyList_GET_SIZE(args[0]);
+    const uint8_t *key[4] = {NULL}, *msg[4] = {NULL};
+    size_t len[4] = {0};
+    uint8_t tags[4][16], *tag[4] = {tags[0], tags[1], tags[2], tags[3]};
+    for (int k = 0; k < count; k++) {
+        PyObject *ko = PyList_GET_ITEM(args[0], k), *mo = PyList_GET_ITEM(args[1], k);
+        if (!PyBytes_CheckExact(ko) || PyBytes_GET_SIZE(ko) != 32 || !PyBytes_CheckExact(mo)) {
+            PyErr_SetString(PyExc_TypeError, "keys are 32 bytes, messages bytes");
+            return NULL;
+        }
+        key[k] = (const uint8_t *)PyBytes_AS_STRING(ko);
+        msg[k] = (const uint8_t *)PyBytes_AS_STRING(mo);
+        len[k] = (size_t)PyBytes_GET_SIZE(mo);
+    }
+    chapoly_poly1305_padded4(key, msg, len, count, tag);
+    PyObject *out = PyList_New(count);
+    for (int k = 0; out != NULL && k < count; k++) {
+        PyObject *t = PyBytes_FromStringAndSize((const char *)tags[k], 16);
+        if (t == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k, t);
+    }
+    return out;
 }
 
 /* poly1305_padded(key, message) -> 16-byte tag (chapoly_poly1305_padded) */
@@ -1172,6 +1363,8 @@ static PyMethodDef module_methods[] = {
      "aesgcm_seal(key, nonce, aad, plaintext) -> ciphertext + tag (SP 800-38D, aesgcm.c)"},
     {"aesgcm_open", (PyCFunction)(void (*)(void))mod_aesgcm_open, METH_FASTCALL,
      "aesgcm_open(key, nonce, aad, ciphertext + tag) -> plaintext, or None if not authentic"},
+    {"poly1305_padded4", (PyCFunction)(void (*)(void))mod_poly1305_padded4, METH_FASTCALL,
+     "poly1305_padded4(keys, messages) -> tags (1-4 at once, the four-lane code where it runs)"},
     {"use_simd", (PyCFunction)mod_use_simd, METH_VARARGS,
      "use_simd(vaes, chacha_level) -> (VAES in use, ChaCha20 level in use); for tests"},
     {"short_path", (PyCFunction)mod_short_path, METH_O,
@@ -1179,7 +1372,7 @@ static PyMethodDef module_methods[] = {
      "libcrypto; for tests and benchmarks"},
     {"simd", (PyCFunction)mod_simd, METH_NOARGS,
      "simd() -> (aesgcm.c runs here, VAES in use, chapoly.c's SIMD ChaCha20 runs here, its level:"
-     " 0 SSE2, 1 SSSE3, 2 AVX-512VL)"},
+     " 0 SSE2, 1 SSSE3, 2 AVX-512VL, runs of packets four at a time: AVX-512VL and IFMA in use)"},
     {NULL, NULL, 0, NULL},
 };
 

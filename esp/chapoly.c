@@ -124,6 +124,73 @@ __attribute__((target("avx512f,avx512vl"))) static void chacha_four_avx512vl(con
     _mm256_zeroupper();
 }
 
+/* Blocks 0-3 of four keystreams at once, one per vector lane of sixteen: lanes 4k..4k+3 are
+ * blocks 0-3 of nonce k (s: the state with nonce words n[k]). One pass of 16 lanes costs about
+ * what two passes of four cost, so a run of packets of one SA pays half per packet. */
+__attribute__((target("avx512f"))) static void chacha_sixteen_avx512(const uint32_t s[16],
+                                                                     const uint32_t n[4][3],
+                                                                     uint8_t out[4][256])
+{
+    __m512i x[16];
+    for (int i = 0; i < 12; i++)
+        x[i] = _mm512_set1_epi32((int)s[i]);
+    x[12] = _mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+    for (int i = 0; i < 3; i++)
+        x[13 + i] = _mm512_setr_epi32((int)n[0][i], (int)n[0][i], (int)n[0][i], (int)n[0][i],
+                                      (int)n[1][i], (int)n[1][i], (int)n[1][i], (int)n[1][i],
+                                      (int)n[2][i], (int)n[2][i], (int)n[2][i], (int)n[2][i],
+                                      (int)n[3][i], (int)n[3][i], (int)n[3][i], (int)n[3][i]);
+    __m512i x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5], x6 = x[6],
+            x7 = x[7], x8 = x[8], x9 = x[9], x10 = x[10], x11 = x[11], x12 = x[12],
+            x13 = x[13], x14 = x[14], x15 = x[15];
+#define QRZ(a, b, c, d)                                                                        \
+    do {                                                                                       \
+        a = _mm512_add_epi32(a, b); d = _mm512_xor_si512(d, a); d = _mm512_rol_epi32(d, 16);   \
+        c = _mm512_add_epi32(c, d); b = _mm512_xor_si512(b, c); b = _mm512_rol_epi32(b, 12);   \
+        a = _mm512_add_epi32(a, b); d = _mm512_xor_si512(d, a); d = _mm512_rol_epi32(d, 8);    \
+        c = _mm512_add_epi32(c, d); b = _mm512_xor_si512(b, c); b = _mm512_rol_epi32(b, 7);    \
+    } while (0)
+    for (int i = 0; i < 10; i++) {
+        QRZ(x0, x4, x8, x12);
+        QRZ(x1, x5, x9, x13);
+        QRZ(x2, x6, x10, x14);
+        QRZ(x3, x7, x11, x15);
+        QRZ(x0, x5, x10, x15);
+        QRZ(x1, x6, x11, x12);
+        QRZ(x2, x7, x8, x13);
+        QRZ(x3, x4, x9, x14);
+    }
+#undef QRZ
+    __m512i w[16] = {x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15};
+    for (int i = 0; i < 16; i++)
+        w[i] = _mm512_add_epi32(w[i], x[i]);
+    /* Within each 128-bit chunk k (blocks 4k..4k+3) a 4x4 transpose of words, as in the
+     * four-lane code: y[g][b] holds in chunk k words 4g..4g+3 of block 4k+b. */
+    __m512i y[4][4];
+    for (int g = 0; g < 4; g++) {
+        __m512i a = w[4 * g], b = w[4 * g + 1], c = w[4 * g + 2], d = w[4 * g + 3];
+        __m512i t0 = _mm512_unpacklo_epi32(a, b), t1 = _mm512_unpacklo_epi32(c, d);
+        __m512i t2 = _mm512_unpackhi_epi32(a, b), t3 = _mm512_unpackhi_epi32(c, d);
+        y[g][0] = _mm512_unpacklo_epi64(t0, t1);
+        y[g][1] = _mm512_unpackhi_epi64(t0, t1);
+        y[g][2] = _mm512_unpacklo_epi64(t2, t3);
+        y[g][3] = _mm512_unpackhi_epi64(t2, t3);
+    }
+    /* then per block b a 4x4 transpose of 128-bit chunks: chunk k of y[0..3][b] is block b of
+     * nonce k, 64 bytes */
+    for (int b = 0; b < 4; b++) {
+        __m512i t0 = _mm512_shuffle_i32x4(y[0][b], y[1][b], 0x44);
+        __m512i t1 = _mm512_shuffle_i32x4(y[0][b], y[1][b], 0xEE);
+        __m512i t2 = _mm512_shuffle_i32x4(y[2][b], y[3][b], 0x44);
+        __m512i t3 = _mm512_shuffle_i32x4(y[2][b], y[3][b], 0xEE);
+        _mm512_storeu_si512((void *)(out[0] + 64 * b), _mm512_shuffle_i32x4(t0, t2, 0x88));
+        _mm512_storeu_si512((void *)(out[1] + 64 * b), _mm512_shuffle_i32x4(t0, t2, 0xDD));
+        _mm512_storeu_si512((void *)(out[2] + 64 * b), _mm512_shuffle_i32x4(t1, t3, 0x88));
+        _mm512_storeu_si512((void *)(out[3] + 64 * b), _mm512_shuffle_i32x4(t1, t3, 0xDD));
+    }
+    _mm256_zeroupper();
+}
+
 static void (*chacha_impl)(const uint32_t *, uint8_t *);
 static int chacha_level;
 
@@ -372,6 +439,125 @@ static void poly_finish(poly1305 *p, uint8_t tag[16])
     put_le64(tag + 8, (h1 >> 20) | (h2 << 24));
 }
 
+#ifdef CHAPOLY_SSE2
+/* Poly1305 of four messages at once, one per 64-bit lane, in the same 44/44/42-bit limbs with
+ * AVX-512 IFMA (52-bit multiply-add: vpmadd52luq adds bits 0-51 of a product, vpmadd52huq bits
+ * 52-103). Lane k: p[k] (r, r^2 and h from poly_init; h updated), nb[k] whole 16-byte blocks at
+ * msg + k * stride, readable up to one block past the end (every block gets the 2^128 bit: the
+ * AEAD's input is padded to 16 bytes). Two blocks per step as in poly_blocks, (h + m1) r^2 +
+ * m2 r; a lane with one block left takes (h + m1) r, a lane with none keeps h (masks). The
+ * bounds are the scalar code's: h + m below 2^46, r * 20 below 2^49, so every multiplicand is
+ * below 2^52 as IFMA needs. */
+#define MADD_LO _mm256_madd52lo_epu64
+#define MADD_HI _mm256_madd52hi_epu64
+__attribute__((target("avx2,avx512f,avx512vl,avx512ifma"))) static void
+poly_four_ifma(poly1305 *const p[4], const uint8_t *msg, size_t stride, const size_t nb[4])
+{
+    const __m256i m44 = _mm256_set1_epi64x((long long)M44), m42 = _mm256_set1_epi64x((long long)M42);
+    const __m256i hibit = _mm256_set1_epi64x(1LL << 40), zero = _mm256_setzero_si256();
+#define LANES(f) _mm256_setr_epi64x((long long)p[0]->f, (long long)p[1]->f, (long long)p[2]->f,     \
+                                    (long long)p[3]->f)
+    const __m256i r0 = LANES(r0), r1 = LANES(r1), r2 = LANES(r2), s1 = LANES(s1), s2 = LANES(s2);
+    const __m256i q0 = LANES(q0), q1 = LANES(q1), q2 = LANES(q2), t1 = LANES(t1), t2 = LANES(t2);
+    __m256i h0 = LANES(h0), h1 = LANES(h1), h2 = LANES(h2);
+#undef LANES
+    const __m256i n = _mm256_setr_epi64x((long long)nb[0], (long long)nb[1], (long long)nb[2],
+                                         (long long)nb[3]);
+    size_t most = nb[0];
+    for (int k = 1; k < 4; k++)
+        most = nb[k] > most ? nb[k] : most;
+/* block m (lanes at m, m + stride, ...) as limbs x0, x1, x2 with the 2^128 bit */
+#define LOAD_LIMBS(x0, x1, x2, m)                                                              \
+    do {                                                                                       \
+        __m256i e_ = _mm256_inserti128_si256(                                                  \
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(m))),                     \
+            _mm_loadu_si128((const __m128i *)((m) + 2 * stride)), 1);                          \
+        __m256i o_ = _mm256_inserti128_si256(                                                  \
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)((m) + stride))),          \
+            _mm_loadu_si128((const __m128i *)((m) + 3 * stride)), 1);                          \
+        __m256i w0_ = _mm256_unpacklo_epi64(e_, o_), w1_ = _mm256_unpackhi_epi64(e_, o_);      \
+        x0 = _mm256_and_si256(w0_, m44);                                                       \
+        x1 = _mm256_and_si256(_mm256_or_si256(_mm256_srli_epi64(w0_, 44), _mm256_slli_epi64(w1_, 20)), m44); \
+        x2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi64(w1_, 24), m42), hibit);        \
+    } while (0)
+    for (size_t b = 0; b < most; b += 2) {
+        const uint8_t *m = msg + 16 * b;
+        __m256i a0, a1, a2, b0, b1, b2;
+        LOAD_LIMBS(a0, a1, a2, m);
+        LOAD_LIMBS(b0, b1, b2, m + 16);
+        const __m256i at = _mm256_set1_epi64x((long long)b);
+        __mmask8 live = _mm256_cmpgt_epu64_mask(n, at);
+        __mmask8 two = _mm256_cmpgt_epu64_mask(n, _mm256_add_epi64(at, _mm256_set1_epi64x(1)));
+        /* the multiplier of h + m1: r^2 where a second block follows, else r; m2 zero if none */
+        const __m256i x0 = _mm256_mask_blend_epi64(two, r0, q0), x1 = _mm256_mask_blend_epi64(two, r1, q1);
+        const __m256i x2 = _mm256_mask_blend_epi64(two, r2, q2), y1 = _mm256_mask_blend_epi64(two, s1, t1);
+        const __m256i y2 = _mm256_mask_blend_epi64(two, s2, t2);
+        b0 = _mm256_maskz_mov_epi64(two, b0);
+        b1 = _mm256_maskz_mov_epi64(two, b1);
+        b2 = _mm256_maskz_mov_epi64(two, b2);
+        a0 = _mm256_add_epi64(a0, h0);
+        a1 = _mm256_add_epi64(a1, h1);
+        a2 = _mm256_add_epi64(a2, h2);
+        /* d_i = l_i + u_i * 2^52: m2 r first (independent of h), then (h + m1) x in separate
+         * accumulators so the chain from h is one multiply-add deep */
+        __m256i l0 = MADD_LO(zero, b0, r0), u0 = MADD_HI(zero, b0, r0);
+        __m256i l1 = MADD_LO(zero, b0, r1), u1 = MADD_HI(zero, b0, r1);
+        __m256i l2 = MADD_LO(zero, b0, r2), u2 = MADD_HI(zero, b0, r2);
+        l0 = MADD_LO(l0, b1, s2); u0 = MADD_HI(u0, b1, s2);
+        l1 = MADD_LO(l1, b1, r0); u1 = MADD_HI(u1, b1, r0);
+        l2 = MADD_LO(l2, b1, r1); u2 = MADD_HI(u2, b1, r1);
+        l0 = MADD_LO(l0, b2, s1); u0 = MADD_HI(u0, b2, s1);
+        l1 = MADD_LO(l1, b2, s2); u1 = MADD_HI(u1, b2, s2);
+        l2 = MADD_LO(l2, b2, r0); u2 = MADD_HI(u2, b2, r0);
+        l0 = MADD_LO(l0, a0, x0); u0 = MADD_HI(u0, a0, x0);
+        l1 = MADD_LO(l1, a0, x1); u1 = MADD_HI(u1, a0, x1);
+        l2 = MADD_LO(l2, a0, x2); u2 = MADD_HI(u2, a0, x2);
+        __m256i l0b = MADD_LO(zero, a1, y2), u0b = MADD_HI(zero, a1, y2);
+        __m256i l1b = MADD_LO(zero, a1, x0), u1b = MADD_HI(zero, a1, x0);
+        __m256i l2b = MADD_LO(zero, a1, x1), u2b = MADD_HI(zero, a1, x1);
+        __m256i l0c = MADD_LO(zero, a2, y1), u0c = MADD_HI(zero, a2, y1);
+        __m256i l1c = MADD_LO(zero, a2, y2), u1c = MADD_HI(zero, a2, y2);
+        __m256i l2c = MADD_LO(zero, a2, x0), u2c = MADD_HI(zero, a2, x0);
+        l0 = _mm256_add_epi64(l0, _mm256_add_epi64(l0b, l0c));
+        u0 = _mm256_add_epi64(u0, _mm256_add_epi64(u0b, u0c));
+        l1 = _mm256_add_epi64(l1, _mm256_add_epi64(l1b, l1c));
+        u1 = _mm256_add_epi64(u1, _mm256_add_epi64(u1b, u1c));
+        l2 = _mm256_add_epi64(l2, _mm256_add_epi64(l2b, l2c));
+        u2 = _mm256_add_epi64(u2, _mm256_add_epi64(u2b, u2c));
+        /* the carries of POLY_CARRY; a hi part counts 2^52 = 2^44 * 2^8 (2^42 * 2^10 in d2) */
+        __m256i c = _mm256_add_epi64(_mm256_srli_epi64(l0, 44), _mm256_slli_epi64(u0, 8));
+        __m256i g0 = _mm256_and_si256(l0, m44);
+        l1 = _mm256_add_epi64(l1, c);
+        c = _mm256_add_epi64(_mm256_srli_epi64(l1, 44), _mm256_slli_epi64(u1, 8));
+        __m256i g1 = _mm256_and_si256(l1, m44);
+        l2 = _mm256_add_epi64(l2, c);
+        c = _mm256_add_epi64(_mm256_srli_epi64(l2, 42), _mm256_slli_epi64(u2, 10));
+        __m256i g2 = _mm256_and_si256(l2, m42);
+        g0 = _mm256_add_epi64(g0, _mm256_add_epi64(c, _mm256_slli_epi64(c, 2)));
+        c = _mm256_srli_epi64(g0, 44);
+        g0 = _mm256_and_si256(g0, m44);
+        g1 = _mm256_add_epi64(g1, c);
+        h0 = _mm256_mask_blend_epi64(live, h0, g0);
+        h1 = _mm256_mask_blend_epi64(live, h1, g1);
+        h2 = _mm256_mask_blend_epi64(live, h2, g2);
+    }
+#undef LOAD_LIMBS
+    uint64_t o[3][4];
+    _mm256_storeu_si256((__m256i *)o[0], h0);
+    _mm256_storeu_si256((__m256i *)o[1], h1);
+    _mm256_storeu_si256((__m256i *)o[2], h2);
+    for (int k = 0; k < 4; k++) {
+        p[k]->h0 = o[0][k];
+        p[k]->h1 = o[1][k];
+        p[k]->h2 = o[2][k];
+    }
+    OPENSSL_cleanse(o, sizeof o);
+    _mm256_zeroupper();
+}
+#undef MADD_LO
+#undef MADD_HI
+#endif
+
 void chapoly_poly1305_padded(const uint8_t key[32], const uint8_t *m, size_t len,
                              uint8_t tag[CHAPOLY_TAG_LEN])
 {
@@ -396,21 +582,43 @@ static void aead_tag(poly1305 *p, const uint8_t *aad, size_t aadlen, const uint8
     poly_finish(p, tag);
 }
 
+/* The AEAD with blocks 0-3 of the keystream already in first (s: the state, counter 0) */
+static void seal_with(uint32_t s[16], const uint8_t first[256], const uint8_t *aad, size_t aadlen,
+                      uint8_t *buf, size_t len, uint8_t tag[16])
+{
+    poly1305 p;
+    poly_init(&p, first);
+    chacha_xor(s, first, buf, buf, len);
+    aead_tag(&p, aad, aadlen, buf, len, tag);
+    OPENSSL_cleanse(&p, sizeof p);
+}
+
+static int open_with(uint32_t s[16], const uint8_t first[256], const uint8_t *aad, size_t aadlen,
+                     const uint8_t *in, uint8_t *out, size_t len, const uint8_t tag[16])
+{
+    uint8_t want[16];
+    poly1305 p;
+    poly_init(&p, first);
+    aead_tag(&p, aad, aadlen, in, len, want);
+    int ok = CRYPTO_memcmp(want, tag, sizeof want) == 0;
+    if (ok)
+        chacha_xor(s, first, in, out, len);
+    OPENSSL_cleanse(&p, sizeof p);
+    OPENSSL_cleanse(want, sizeof want);
+    return ok;
+}
+
 void chapoly_seal(const uint8_t key[CHAPOLY_KEY_LEN], const uint8_t nonce[CHAPOLY_NONCE_LEN],
                   const uint8_t *aad, size_t aadlen, uint8_t *buf, size_t len,
                   uint8_t tag[CHAPOLY_TAG_LEN])
 {
     uint32_t s[16];
     uint8_t first[256];
-    poly1305 p;
     chacha_state(s, key, nonce);
     chacha_four(s, first);
-    poly_init(&p, first);
-    chacha_xor(s, first, buf, buf, len);
-    aead_tag(&p, aad, aadlen, buf, len, tag);
+    seal_with(s, first, aad, aadlen, buf, len, tag);
     OPENSSL_cleanse(s, sizeof s);
     OPENSSL_cleanse(first, sizeof first);
-    OPENSSL_cleanse(&p, sizeof p);
 }
 
 int chapoly_open(const uint8_t key[CHAPOLY_KEY_LEN], const uint8_t nonce[CHAPOLY_NONCE_LEN],
@@ -418,18 +626,156 @@ int chapoly_open(const uint8_t key[CHAPOLY_KEY_LEN], const uint8_t nonce[CHAPOLY
                  const uint8_t tag[CHAPOLY_TAG_LEN])
 {
     uint32_t s[16];
-    uint8_t first[256], want[16];
-    poly1305 p;
+    uint8_t first[256];
     chacha_state(s, key, nonce);
     chacha_four(s, first);
-    poly_init(&p, first);
-    aead_tag(&p, aad, aadlen, in, len, want);
-    int ok = CRYPTO_memcmp(want, tag, sizeof want) == 0;
-    if (ok)
-        chacha_xor(s, first, in, out, len);
+    int ok = open_with(s, first, aad, aadlen, in, out, len, tag);
     OPENSSL_cleanse(s, sizeof s);
     OPENSSL_cleanse(first, sizeof first);
-    OPENSSL_cleanse(&p, sizeof p);
-    OPENSSL_cleanse(want, sizeof want);
     return ok;
+}
+
+/* ------------------------------------------------------------------ runs of packets */
+
+/* The largest ciphertext chapoly_tags4 takes in its four-lane pass (longer ones: one lane at a
+ * time); its stack buffer holds four such inputs. */
+#define MULTI_MAX 1024
+#define MULTI_STRIDE (16 + MULTI_MAX + 16 + 16) /* AAD, ciphertext, lengths, one block of slack */
+
+static int multi_level = -1;
+
+int chapoly_multi(void)
+{
+#ifdef CHAPOLY_SSE2
+    if (multi_level < 0)
+        multi_level = __builtin_cpu_supports("avx512ifma") ? 1 : 0;
+    return multi_level && chapoly_level() == 2;
+#else
+    return 0;
+#endif
+}
+
+void chapoly_first4(const uint8_t key[CHAPOLY_KEY_LEN], const uint8_t *const nonces[4], int count,
+                    uint8_t out[4][256])
+{
+    uint32_t s[16];
+    chacha_state(s, key, nonces[0]);
+#ifdef CHAPOLY_SSE2
+    if (count > 1 && chapoly_multi()) {
+        uint32_t n[4][3];
+        for (int k = 0; k < 4; k++)
+            for (int i = 0; i < 3; i++)
+                n[k][i] = le32(nonces[k < count ? k : 0] + 4 * i);
+        chacha_sixteen_avx512(s, (const uint32_t(*)[3])n, out);
+        OPENSSL_cleanse(s, sizeof s);
+        return;
+    }
+#endif
+    for (int k = 0; k < count; k++) {
+        for (int i = 0; i < 3; i++)
+            s[13 + i] = le32(nonces[k] + 4 * i);
+        chacha_four(s, out[k]);
+    }
+    OPENSSL_cleanse(s, sizeof s);
+}
+
+void chapoly_xor_first(const uint8_t key[CHAPOLY_KEY_LEN], const uint8_t nonce[CHAPOLY_NONCE_LEN],
+                       const uint8_t first[256], const uint8_t *in, uint8_t *out, size_t len)
+{
+    uint32_t s[16];
+    chacha_state(s, key, nonce);
+    chacha_xor(s, first, in, out, len);
+    OPENSSL_cleanse(s, sizeof s);
+}
+
+int chapoly_open_first(const uint8_t key[CHAPOLY_KEY_LEN], const uint8_t nonce[CHAPOLY_NONCE_LEN],
+                       const uint8_t first[256], const uint8_t *aad, size_t aadlen,
+                       const uint8_t *in, uint8_t *out, size_t len, const uint8_t tag[CHAPOLY_TAG_LEN])
+{
+    uint32_t s[16];
+    chacha_state(s, key, nonce);
+    int ok = open_with(s, first, aad, aadlen, in, out, len, tag);
+    OPENSSL_cleanse(s, sizeof s);
+    return ok;
+}
+
+void chapoly_tags4(const uint8_t *const first[4], const uint8_t *const aad[4], const size_t aadlen[4],
+                   const uint8_t *const ct[4], const size_t len[4], int count, uint8_t *const tag[4])
+{
+    poly1305 p[4];
+    int fits = count >= 2 && chapoly_multi();
+    for (int k = 0; k < count; k++)
+        fits = fits && aadlen[k] <= 16 && len[k] <= MULTI_MAX;
+#ifdef CHAPOLY_SSE2
+    if (fits) {
+        static const poly1305 idle; /* lanes past count: no blocks */
+        uint8_t buf[4 * MULTI_STRIDE];
+        poly1305 *lanes[4];
+        size_t nb[4] = {0, 0, 0, 0};
+        for (int k = 0; k < 4; k++) {
+            if (k >= count) {
+                p[k] = idle;
+                lanes[k] = &p[k];
+                memset(buf + k * MULTI_STRIDE, 0, 32);
+                continue;
+            }
+            uint8_t *m = buf + k * MULTI_STRIDE;
+            size_t ap = (aadlen[k] + 15) & ~(size_t)15, cp = (len[k] + 15) & ~(size_t)15;
+            memset(m, 0, ap);
+            memcpy(m, aad[k], aadlen[k]);
+            memcpy(m + ap, ct[k], len[k]);
+            memset(m + ap + len[k], 0, cp - len[k]);
+            put_le64(m + ap + cp, aadlen[k]);
+            put_le64(m + ap + cp + 8, len[k]);
+            memset(m + ap + cp + 16, 0, 16);
+            nb[k] = (ap + cp) / 16 + 1;
+            poly_init(&p[k], first[k]);
+            lanes[k] = &p[k];
+        }
+        poly_four_ifma(lanes, buf, MULTI_STRIDE, nb);
+        for (int k = 0; k < count; k++)
+            poly_finish(&p[k], tag[k]);
+        explicit_bzero(p, sizeof p); /* buf holds AAD and ciphertext only: nothing secret */
+        return;
+    }
+#endif
+    for (int k = 0; k < count; k++) {
+        poly_init(&p[0], first[k]);
+        aead_tag(&p[0], aad[k], aadlen[k], ct[k], len[k], tag[k]);
+    }
+    OPENSSL_cleanse(p, sizeof p);
+}
+
+void chapoly_poly1305_padded4(const uint8_t *const key[4], const uint8_t *const m[4],
+                              const size_t len[4], int count, uint8_t *const tag[4])
+{
+    poly1305 p[4];
+    int fits = count >= 2 && chapoly_multi();
+    for (int k = 0; k < count; k++)
+        fits = fits && len[k] <= MULTI_STRIDE - 16;
+#ifdef CHAPOLY_SSE2
+    if (fits) {
+        static const poly1305 idle;
+        uint8_t buf[4 * MULTI_STRIDE];
+        poly1305 *lanes[4];
+        size_t nb[4] = {0, 0, 0, 0};
+        memset(buf, 0, sizeof buf);
+        for (int k = 0; k < 4; k++) {
+            p[k] = idle;
+            lanes[k] = &p[k];
+            if (k < count) {
+                memcpy(buf + k * MULTI_STRIDE, m[k], len[k]);
+                nb[k] = (len[k] + 15) / 16;
+                poly_init(&p[k], key[k]);
+            }
+        }
+        poly_four_ifma(lanes, buf, MULTI_STRIDE, nb);
+        for (int k = 0; k < count; k++)
+            poly_finish(&p[k], tag[k]);
+        explicit_bzero(p, sizeof p);
+        return;
+    }
+#endif
+    for (int k = 0; k < count; k++)
+        chapoly_poly1305_padded(key[k], m[k], len[k], tag[k]);
 }

@@ -37,7 +37,7 @@ from .replay import ReplayWindow
 if TYPE_CHECKING:
     from ._aead import Aead as AeadType
 
-ABI = 3  # must equal ESP_AEAD_ABI in _aead.c
+ABI = 4  # must equal ESP_AEAD_ABI in _aead.c
 
 
 def load_optional(name: str, abi: int) -> tuple[ModuleType | None, str]:
@@ -101,9 +101,11 @@ def short_path() -> str:
     instructions, or libcrypto where this CPU runs neither."""
     if _module is None:
         return "pure Python"
-    aes, vaes, chacha, level = _module.simd()
+    aes, vaes, chacha, level, runs = _module.simd()
     aes_by = ("VAES" if vaes else "AES-NI") if aes else "libcrypto"
     chacha_by = _CHACHA_LEVELS.get(level, str(level)) if chacha else "libcrypto"
+    if runs:
+        chacha_by += ", runs four at a time with IFMA"
     return f"AES-GCM {aes_by}, ChaCha20-Poly1305 {chacha_by}"
 
 

@@ -169,5 +169,6 @@ def test_the_log_says_which_code_runs_short_packets() -> None:
         assert compiled.describe() == "compiled (_aead; short packets: AES-GCM AES-NI, ChaCha20-Poly1305 SSE2)"
     finally:
         m.use_simd(True, -1)
-    aes, vaes, chacha, level = m.simd()
+    aes, vaes, chacha, level, runs = m.simd()
     assert compiled.short_path().startswith("AES-GCM VAES" if vaes else "AES-GCM AES-NI")
+    assert compiled.short_path().endswith(", runs four at a time with IFMA") == runs

@@ -176,3 +176,121 @@ def test_esp_packets_on_both_sides_of_the_switch(payload_len: int, chacha_level:
             a = fast.fast.seal(0xC0FFEE01, seq, payload, 4, esn)
             b = ref.seal_packet(0xC0FFEE01, seq, payload, 4, esn=esn)
             assert a == b
+
+
+# ---- runs of packets: four at a time (chapoly_first4, chapoly_tags4; AVX-512VL with IFMA)
+
+
+def needs_runs() -> Any:
+    """esp._aead with the four-lane code in use: on a CPU without AVX-512 IFMA it does not run
+    (the single-packet code, tested above, is what runs there), so these tests have nothing to
+    check and say so."""
+    m = needs_module()
+    if not m.simd()[4]:
+        pytest.skip("this CPU has no AVX-512 IFMA: runs go one packet at a time (tested above)")
+    return m
+
+
+def test_poly1305_four_lanes_match_big_integers() -> None:
+    """The four-lane Poly1305 (IFMA, two blocks per step, masks for lanes that end early) gives
+    each lane the big-integer result, with the edge keys and messages of the scalar test mixed
+    across lanes of different lengths (odd and even block counts, empty lanes, 1-4 lanes)."""
+    m = needs_runs()
+    rng = random.Random(4)
+    keys, messages = _edge_keys(rng), _edge_messages(rng)
+    messages += [rng.randbytes(rng.randrange(0, 1073)) for _ in range(20)]
+    checked = 0
+    for _ in range(400):
+        count = rng.randint(1, 4)
+        ks = [rng.choice(keys) for _ in range(count)]
+        ms = [rng.choice(messages) for _ in range(count)]
+        assert m.poly1305_padded4(ks, ms) == [poly1305_padded_reference(k, x) for k, x in zip(ks, ms)]
+        checked += count
+    assert checked > 800
+
+
+def test_poly1305_four_lanes_fall_back_for_long_messages() -> None:
+    """A message beyond the four-lane buffer (1 072 bytes) sends the call one lane at a time,
+    with the same results."""
+    m = needs_module()
+    rng = random.Random(5)
+    ks = [rng.randbytes(32) for _ in range(3)]
+    ms = [rng.randbytes(100), rng.randbytes(1073), rng.randbytes(4000)]
+    assert m.poly1305_padded4(ks, ms) == [poly1305_padded_reference(k, x) for k, x in zip(ks, ms)]
+    with pytest.raises(TypeError):
+        m.poly1305_padded4([], [])
+    with pytest.raises(TypeError):
+        m.poly1305_padded4([bytes(32)] * 5, [b""] * 5)
+    with pytest.raises(TypeError):
+        m.poly1305_padded4([bytes(31)], [b""])
+
+
+def _run_payloads(rng: random.Random, count: int) -> list[bytes]:
+    """IPv4-looking packets of mixed lengths: short ones of every block count, ones at and past
+    the 640-byte switch (which leave the group), so the lanes of a group differ."""
+    sizes = [rng.choice([1, 20, 60, 150, 186, 188, 189, 190, 400, 600, 636, 638, 639, 700, 1400])
+             for _ in range(count)]
+    return [b"\x45" + rng.randbytes(n - 1) for n in sizes]
+
+
+@pytest.mark.parametrize("esn", [False, True])
+def test_runs_seal_as_single_packets_do(esn: bool, chacha_level: int) -> None:
+    """seal_many (runs four at a time at the best level, one by one below it) gives for every
+    run length 1-13 and mix of lengths the bytes seal() gives packet by packet, which the
+    pure-Python reference gives too (checked above); and each packet opens alone."""
+    m = needs_module()
+    rng = random.Random(hash((esn, chacha_level)) & 0xFFFF)
+    key = rng.randbytes(36)
+    aead = m.Aead(28, key)
+    for count in range(1, 14):
+        payloads = _run_payloads(rng, count)
+        first = rng.choice([1, 0xFFFFFFFD, 0x1_0000_0000 - 2, 7 << 40])
+        sealed, total = aead.seal_many(0xC0FFEE01, first, payloads, esn)
+        assert total == sum(len(p) for p in payloads)
+        assert sealed == [aead.seal(0xC0FFEE01, first + i, p, 4, esn) for i, p in enumerate(payloads)]
+
+
+def _verdicts_one_by_one(aead: Any, packets: list[bytes], esn: bool) -> list:
+    window = compiled.CompiledReplayWindow(64, esn=esn)
+    allowed = bytearray(32)
+    allowed[0] |= 1 << 4
+    return [aead.decapsulate(p, 0xC0FFEE01, window, bytes(allowed)) for p in packets], window.top
+
+
+@pytest.mark.parametrize("esn", [False, True])
+def test_runs_open_as_single_packets_do(esn: bool, chacha_level: int) -> None:
+    """decapsulate_many over runs with forged tags, altered ciphertext, a wrong SPI, replays,
+    truncations and long packets at every position of a group of four delivers exactly the
+    packets decapsulate() delivers one by one, refuses the rest with the same verdicts, and
+    leaves the replay window at the same place."""
+    m = needs_module()
+    rng = random.Random(hash((esn, chacha_level, 2)) & 0xFFFF)
+    aead = m.Aead(28, rng.randbytes(36))
+    allowed = bytearray(32)
+    allowed[0] |= 1 << 4
+    for count in range(1, 14):
+        payloads = _run_payloads(rng, count)
+        sealed, _ = aead.seal_many(0xC0FFEE01, 100, payloads, esn)
+        packets = []
+        for p in sealed:
+            how = rng.randrange(8)
+            if how == 1:  # forged tag
+                p = p[:-1] + bytes([p[-1] ^ 1])
+            elif how == 2:  # altered ciphertext
+                p = p[:20] + bytes([p[20] ^ 0x80]) + p[21:]
+            elif how == 3:  # another SPI
+                p = b"\xc0\xff\xee\x02" + p[4:]
+            elif how == 4 and packets:  # a replay of an earlier packet
+                p = rng.choice(packets)
+            elif how == 5:  # truncated
+                p = p[:rng.randrange(0, len(p))]
+            packets.append(p)
+        want, top = _verdicts_one_by_one(aead, packets, esn)
+        window = compiled.CompiledReplayWindow(64, esn=esn)
+        inners, unchecked, opened, nbytes, policy, verdicts = aead.decapsulate_many(
+            packets, 0xC0FFEE01, window, bytes(allowed), None)
+        delivered = [w[1] for w in want if isinstance(w, tuple)]
+        assert inners == [] and unchecked == delivered and opened == len(delivered) and policy == 0
+        assert nbytes == sum(len(x) for x in delivered)
+        assert verdicts == [w for w in want if not isinstance(w, tuple)]
+        assert window.top == top
