@@ -204,7 +204,7 @@ def test_poly1305_four_lanes_match_big_integers() -> None:
         count = rng.randint(1, 4)
         ks = [rng.choice(keys) for _ in range(count)]
         ms = [rng.choice(messages) for _ in range(count)]
-        assert m.poly1305_padded4(ks, ms) == [poly1305_padded_reference(k, x) for k, x in zip(ks, ms)]
+        assert m.poly1305_padded4(ks, ms) == [poly1305_padded_reference(k, x) for k, x in zip(ks, ms, strict=True)]
         checked += count
     assert checked > 800
 
@@ -216,7 +216,7 @@ def test_poly1305_four_lanes_fall_back_for_long_messages() -> None:
     rng = random.Random(5)
     ks = [rng.randbytes(32) for _ in range(3)]
     ms = [rng.randbytes(100), rng.randbytes(1073), rng.randbytes(4000)]
-    assert m.poly1305_padded4(ks, ms) == [poly1305_padded_reference(k, x) for k, x in zip(ks, ms)]
+    assert m.poly1305_padded4(ks, ms) == [poly1305_padded_reference(k, x) for k, x in zip(ks, ms, strict=True)]
     with pytest.raises(TypeError):
         m.poly1305_padded4([], [])
     with pytest.raises(TypeError):
