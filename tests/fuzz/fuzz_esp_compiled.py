@@ -12,7 +12,11 @@ a compiled inbound SA and a pure-Python one with that key, side by side:
   extended) and fed to both;
 * a packet around an arbitrary plaintext (any padding and next header) sealed by the Python
   cipher, bent and fed to both;
-* moving ``top`` of both windows.
+* moving ``top`` of both windows;
+* a run of 2-9 packets (as the data plane hands them over: ChaCha20-Poly1305 four at a time):
+  ``Aead.seal_many`` of inner packets against the Python ``seal_packet`` of each, then the
+  packets bent and fed to ``decapsulate_many`` (one compiled call) against the Python
+  ``decapsulate`` of each in order: the same inner packets, counters and window.
 
 After each packet: the same (next header, inner) or the same DropReason, the same counters, the
 same window (top, bottom, repr); at the end the same ``check()`` answers around the window.
@@ -35,7 +39,7 @@ with atheris.instrument_imports():
     from esp import replay as pure_replay
     from esp.cipher import EspCipher
     from esp.errors import DropReason, EspError
-    from esp.packet import decapsulate
+    from esp.packet import decapsulate, decapsulate_many
     from esp.sa import Direction, EspSA
 
 from esp import compiled
@@ -101,6 +105,31 @@ def _seq(fdp: atheris.FuzzedDataProvider, top: int, window: int, mx: int) -> int
     return min(max(seq, 0), mx)
 
 
+def _run(fdp: atheris.FuzzedDataProvider, fast: EspSA, ref: EspSA, out: EspCipher, sealer: Any, esn: bool,
+         window: int, mx: int, step: int) -> None:
+    """One run: sealed together (compiled) and one by one (Python), opened together (compiled)
+    and one by one (Python)."""
+    count = fdp.ConsumeIntInRange(2, 9)
+    first = _seq(fdp, ref.replay.top, window, max(mx - count, 0))
+    inners = []
+    for _ in range(count):
+        body = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 700))
+        inners.append(bytes([fdp.PickValueInList([0x45, 0x60, 0x00])]) + body)
+    sealed, total = sealer.seal_many(SPI, first, inners, esn)
+    want = [out.seal_packet(SPI, first + i, p, 4 if p[0] >> 4 == 4 else 41, esn) for i, p in enumerate(inners)]
+    if sealed != want or total != sum(map(len, inners)):
+        raise AssertionError(f"step {step}: seal_many differs from seal_packet (first {first}, esn {esn}, "
+                             f"sizes {[len(p) for p in inners]})")
+    pkts = [_bend(fdp, p) for p in sealed]
+    outcomes = [_outcome(ref, p) for p in pkts]
+    checked, unchecked, policy, opened = decapsulate_many(fast, pkts, None)
+    delivered = [o[1] for o in outcomes if not isinstance(o, DropReason)]
+    if checked or policy or unchecked != delivered or opened != len(delivered):
+        raise AssertionError(f"step {step}: decapsulate_many differs on {[p.hex() for p in pkts]}: C "
+                             f"{len(unchecked)} delivered, Python {outcomes!r}")
+    _compare(fast, ref, f"step {step} (run)")
+
+
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     encr, bits = KINDS[fdp.ConsumeIntInRange(0, len(KINDS) - 1)]
@@ -130,7 +159,10 @@ def test_one_input(data: bytes) -> None:
     for step in range(fdp.ConsumeIntInRange(1, 12)):
         if not fdp.remaining_bytes():
             break
-        op = fdp.ConsumeIntInRange(0, 3)
+        op = fdp.ConsumeIntInRange(0, 4)
+        if op == 4:
+            _run(fdp, fast, ref, out, sealer, esn, window, mx, step)
+            continue
         if op == 3:
             t = min(ref.replay.top + fdp.ConsumeIntInRange(-2 * window, 2 * window), mx)
             fast.replay.top = ref.replay.top = max(t, 0)

@@ -85,6 +85,31 @@ def test_every_packet_size_with_each_aead(sswan_workdir, esp):
         assert not oc.get("drops"), f"our data plane dropped packets: {oc['drops']}"
 
 
+@pytest.mark.parametrize("esp", ["aes256gcm16", "chacha20poly1305"])
+def test_bursts_of_small_packets_both_ways(sswan_workdir, esp):
+    """Bursts of 128 small UDP datagrams (iperf3 -u -l 160 -b 20M/128) each way: our gateway
+    seals and opens them in runs (ChaCha20-Poly1305 four at a time: one keystream pass and one
+    Poly1305 pass per four packets), strongSwan opens and seals them one by one. Each direction
+    delivers more than 99 %, and our side refuses nothing."""
+    from tests.netns_e2e import tools
+    ike = H.SUITES[0][0]
+    with _env(sswan_workdir, "oswb", ike, esp, _psk()) as env:
+        env.ours.up(H.CONN)
+        env.wait_both_child(timeout=10)
+        env.ping_both_ways(count=1)
+        t = env.topo
+        for extra in ([], ["-R"]):  # host_a -> host_b: we seal; -R: strongSwan seals, we open
+            res = tools.iperf3(t.host_a, t.host_b, t.host_b_ip, seconds=2,
+                               extra=["-u", "-l", "160", "-b", "20M/128", *extra])
+            summary = res["end"]["sum"]
+            assert summary["packets"] > 20_000, (esp, extra, summary)
+            assert summary["lost_packets"] <= summary["packets"] // 100, (esp, extra, summary)
+        osa, oc, ssa, sc = env.wait_both_child(timeout=5)
+        pin, pout = H.counters(oc)
+        assert pin > 20_000 and pout > 20_000, (pin, pout)
+        assert not oc.get("drops"), f"our data plane dropped packets: {oc['drops']}"
+
+
 def test_delete_by_strongswan(sswan_workdir):
     """`swanctl --terminate --ike`: strongSwan sends DELETE, our status becomes empty,
     our routes/SAs are gone (no ping)."""
