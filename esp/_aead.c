@@ -492,10 +492,6 @@ static PyObject *wiped_error(void)
     return NULL;
 }
 
-/* The whole ESP packet for payload p/n: SPI | low 32 bits of seq | explicit IV (the 64-bit seq)
- * | ciphertext of payload, padding 1, 2, 3 to 4 bytes, pad length, next header | ICV. AAD:
- * SPI | seq low, or SPI | seq high | seq low with ESN (RFC 4106 5). NULL with an exception
- * set on failure. */
 /* ChaCha20-Poly1305 packets of a run taken four at a time (chapoly.h "Runs of packets"): the
  * keystreams' first blocks in one pass, the tags in one pass. at[j] is packet j's first blocks,
  * or NULL where packet j goes the single-packet way (not through chapoly.c, or alone). Sealing,
@@ -516,8 +512,10 @@ struct group {
 
 static void group_clear(struct group *g)
 {
-    if (g->used) /* explicit_bzero: glibc's vector memset, 1 KiB in a few dozen cycles */
+    if (g->used) { /* explicit_bzero: glibc's vector memset, 1 KiB in a few dozen cycles */
         explicit_bzero(g->ks, (size_t)g->used * sizeof g->ks[0]);
+        explicit_bzero(g->want, sizeof g->want); /* a forged packet's right tag */
+    }
     g->used = g->ntags = 0;
     for (int j = 0; j < 4; j++) {
         g->at[j] = NULL;
@@ -581,6 +579,11 @@ static void seal_group(AeadObject *a, struct group *g, PyObject *list, Py_ssize_
         group_fill(a, g, nonces, slot, count);
 }
 
+/* The whole ESP packet for payload p/n: SPI | low 32 bits of seq | explicit IV (the 64-bit seq)
+ * | ciphertext of payload, padding 1, 2, 3 to 4 bytes, pad length, next header | ICV. AAD:
+ * SPI | seq low, or SPI | seq high | seq low with ESN (RFC 4106 5). NULL with an exception
+ * set on failure. With first (ChaCha20-Poly1305 in a group of seal_many: its first keystream
+ * blocks) the packet is encrypted and its tag left to group_tags (g). */
 static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8_t *p, size_t n,
                           unsigned nh, int esn, const uint8_t *first, struct group *g)
 {
