@@ -6,6 +6,7 @@ Importing puts tests/ and tests/interop/ on sys.path, so test modules can simply
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -39,9 +40,11 @@ def strongswan_required() -> None:
 
 @pytest.fixture
 def sswan_workdir():
-    """A short work directory (VICI socket paths must fit AF_UNIX), removed afterwards."""
+    """A short work directory (VICI socket paths must fit AF_UNIX), removed afterwards (kept
+    when KEEP_SSW is set in the environment: both sides' logs and configs, for debugging)."""
     d = Path(tempfile.mkdtemp(prefix="ssw-"))
     try:
         yield d
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        if not os.environ.get("KEEP_SSW"):
+            shutil.rmtree(d, ignore_errors=True)
