@@ -699,26 +699,39 @@ int chapoly_open_first(const uint8_t key[CHAPOLY_KEY_LEN], const uint8_t nonce[C
     return ok;
 }
 
+#ifdef CHAPOLY_SSE2
+/* The tags of count (1-4) messages laid out at buf + k * MULTI_STRIDE (nb[k] blocks, lanes past
+ * count: none) under the Poly1305 keys key[k], in one four-lane pass. */
+static void tags_four(const uint8_t *const key[4], const uint8_t *buf, const size_t nb[4], int count,
+                      uint8_t *const tag[4])
+{
+    static const poly1305 idle;
+    poly1305 p[4], *lanes[4];
+    for (int k = 0; k < 4; k++) {
+        if (k < count)
+            poly_init(&p[k], key[k]);
+        else
+            p[k] = idle;
+        lanes[k] = &p[k];
+    }
+    poly_four_ifma(lanes, buf, MULTI_STRIDE, nb);
+    for (int k = 0; k < count; k++)
+        poly_finish(&p[k], tag[k]);
+    explicit_bzero(p, sizeof p);
+}
+#endif
+
 void chapoly_tags4(const uint8_t *const first[4], const uint8_t *const aad[4], const size_t aadlen[4],
                    const uint8_t *const ct[4], const size_t len[4], int count, uint8_t *const tag[4])
 {
-    poly1305 p[4];
     int fits = count >= 2 && chapoly_multi();
     for (int k = 0; k < count; k++)
         fits = fits && aadlen[k] <= 16 && len[k] <= MULTI_MAX;
 #ifdef CHAPOLY_SSE2
-    if (fits) {
-        static const poly1305 idle; /* lanes past count: no blocks */
-        uint8_t buf[4 * MULTI_STRIDE];
-        poly1305 *lanes[4];
+    if (fits) { /* the AEAD's Poly1305 input per lane: AAD, ciphertext (each padded), lengths */
+        uint8_t buf[4 * MULTI_STRIDE]; /* AAD and ciphertext only: nothing secret, not cleared */
         size_t nb[4] = {0, 0, 0, 0};
-        for (int k = 0; k < 4; k++) {
-            if (k >= count) {
-                p[k] = idle;
-                lanes[k] = &p[k];
-                memset(buf + k * MULTI_STRIDE, 0, 32);
-                continue;
-            }
+        for (int k = 0; k < count; k++) {
             uint8_t *m = buf + k * MULTI_STRIDE;
             size_t ap = (aadlen[k] + 15) & ~(size_t)15, cp = (len[k] + 15) & ~(size_t)15;
             memset(m, 0, ap);
@@ -729,50 +742,35 @@ void chapoly_tags4(const uint8_t *const first[4], const uint8_t *const aad[4], c
             put_le64(m + ap + cp + 8, len[k]);
             memset(m + ap + cp + 16, 0, 16);
             nb[k] = (ap + cp) / 16 + 1;
-            poly_init(&p[k], first[k]);
-            lanes[k] = &p[k];
         }
-        poly_four_ifma(lanes, buf, MULTI_STRIDE, nb);
-        for (int k = 0; k < count; k++)
-            poly_finish(&p[k], tag[k]);
-        explicit_bzero(p, sizeof p); /* buf holds AAD and ciphertext only: nothing secret */
+        tags_four(first, buf, nb, count, tag);
         return;
     }
 #endif
+    poly1305 p;
     for (int k = 0; k < count; k++) {
-        poly_init(&p[0], first[k]);
-        aead_tag(&p[0], aad[k], aadlen[k], ct[k], len[k], tag[k]);
+        poly_init(&p, first[k]);
+        aead_tag(&p, aad[k], aadlen[k], ct[k], len[k], tag[k]);
     }
-    OPENSSL_cleanse(p, sizeof p);
+    OPENSSL_cleanse(&p, sizeof p);
 }
 
 void chapoly_poly1305_padded4(const uint8_t *const key[4], const uint8_t *const m[4],
                               const size_t len[4], int count, uint8_t *const tag[4])
 {
-    poly1305 p[4];
     int fits = count >= 2 && chapoly_multi();
     for (int k = 0; k < count; k++)
         fits = fits && len[k] <= MULTI_STRIDE - 16;
 #ifdef CHAPOLY_SSE2
     if (fits) {
-        static const poly1305 idle;
         uint8_t buf[4 * MULTI_STRIDE];
-        poly1305 *lanes[4];
         size_t nb[4] = {0, 0, 0, 0};
         memset(buf, 0, sizeof buf);
-        for (int k = 0; k < 4; k++) {
-            p[k] = idle;
-            lanes[k] = &p[k];
-            if (k < count) {
-                memcpy(buf + k * MULTI_STRIDE, m[k], len[k]);
-                nb[k] = (len[k] + 15) / 16;
-                poly_init(&p[k], key[k]);
-            }
+        for (int k = 0; k < count; k++) {
+            memcpy(buf + k * MULTI_STRIDE, m[k], len[k]);
+            nb[k] = (len[k] + 15) / 16;
         }
-        poly_four_ifma(lanes, buf, MULTI_STRIDE, nb);
-        for (int k = 0; k < count; k++)
-            poly_finish(&p[k], tag[k]);
-        explicit_bzero(p, sizeof p);
+        tags_four(key, buf, nb, count, tag);
         return;
     }
 #endif
