@@ -1,10 +1,13 @@
 /* ChaCha20-Poly1305 (RFC 8439 2.8) for ESP packets of any length, without libcrypto's per-call
  * cost: four ChaCha20 blocks per pass (SSE2 on x86-64, plain C elsewhere; block 0 gives the
  * Poly1305 key and blocks 1-3 the first 192 bytes of keystream, so a small packet is one pass)
- * and Poly1305 in 44-bit limbs. Constant time: add-rotate-xor, multiplications of secrets only,
- * a masked final reduction; the tag check is CRYPTO_memcmp. Checked against RFC 8439's vectors
- * and against libcrypto's EVP_chacha20_poly1305 on random inputs (tests/test_esp_chapoly.py).
- * docs/esp.md "ChaCha20-Poly1305 without libcrypto's per-call cost". */
+ * and Poly1305 in 44-bit limbs; runs of packets four at a time where the CPU has AVX-512VL and
+ * IFMA (sixteen ChaCha20 lanes, four Poly1305 lanes: "Runs of packets" below). Constant time:
+ * add-rotate-xor, multiplications of secrets only, a masked final reduction; the tag check is
+ * CRYPTO_memcmp. Checked against RFC 8439's vectors and against libcrypto's
+ * EVP_chacha20_poly1305 on random inputs (tests/test_esp_chapoly.py). docs/esp.md "Short
+ * packets without libcrypto's per-call cost" and "ChaCha20-Poly1305 runs four packets at a
+ * time". */
 #ifndef ESP_CHAPOLY_H
 #define ESP_CHAPOLY_H
 
