@@ -47,9 +47,12 @@ Fairness rules:
   whole and the receiving socket gets them whole (no physical hop does that); ``segment`` =
   ``ethtool -K tx-udp-segmentation off`` on the router's two interfaces, so it cuts every burst
   into datagrams as it forwards them, like a real link; ``segment-gro`` = ``segment`` with GRO on
-  the gateways' WAN veths (``ethtool -K wan0 gro on``): a physical NIC does GRO by default, a
-  veth only when asked, so this is the realistic receive side for a socket with ``UDP_GRO`` (ours);
-  strongSwan's sockets do not ask for it and get single datagrams either way.
+  the gateways' WAN veths (``ethtool -K wan0 gro on``) and TSO off on the router's ends (a veth
+  hands a forwarded packet to its peer's GRO only when the sending end has no TSO): a physical
+  NIC does GRO by default, a veth only when asked, so this is the realistic receive side for a
+  socket with ``UDP_GRO`` (ours); strongSwan's sockets do not ask for it and get single
+  datagrams either way. (Before stop 20 the router kept TSO and this variant measured
+  ``segment`` again: docs/esp.md "ChaCha20-Poly1305 runs four packets at a time".)
 * ``--gateway-nice N`` renices every thread of every gateway (ours and charon alike) once the
   tunnels are up. On a machine shared with other work a single-threaded gateway (ours) is
   starved sooner than a multi-threaded one (charon: its own threads for the socket and the
