@@ -380,6 +380,13 @@ typedef struct {
     aesgcm_key *gcm;                 /* AES-GCM-128/256 on a CPU aesgcm.c runs on, else NULL */
 } AeadObject;
 
+/* The ESP plaintext length for a payload of n bytes: payload, padding to 4 bytes, pad length and
+ * next header (RFC 4303 2.4). */
+static size_t padded_len(size_t n)
+{
+    return n + ((size_t)(-(Py_ssize_t)(n + 2)) & 3) + 2;
+}
+
 /* Which code seals or opens a packet of len bytes of ciphertext with a's key: chapoly.c,
  * aesgcm.c, or libcrypto (SHORT_NONE). */
 static int short_kind(const AeadObject *a, size_t len)
@@ -554,19 +561,24 @@ static void group_tags(struct group *g)
     g->ntags = 0;
 }
 
-/* For seal_many: packets i..i+3 of list, sequence numbers from seq + i. */
+/* Whether a's runs go through groups: a ChaCha20-Poly1305 SA through chapoly.c on a CPU that
+ * runs the four-lane code; decided once per seal_many / decapsulate_many call. */
+static int grouped(const AeadObject *a)
+{
+    return a->enc != NULL && short_kind(a, 0) == SHORT_CHAPOLY && chapoly_multi();
+}
+
+/* For seal_many (grouped): packets i..i+3 of list, sequence numbers from seq + i. */
 static void seal_group(AeadObject *a, struct group *g, PyObject *list, Py_ssize_t i, uint64_t seq)
 {
     group_clear(g);
-    if (!chapoly_multi())
-        return;
     uint8_t nonce[4][SALT_LEN + IV_LEN];
     const uint8_t *nonces[4];
     int slot[4], count = 0;
     Py_ssize_t end = PyList_GET_SIZE(list);
     for (int j = 0; j < 4 && i + j < end; j++) {
         size_t n = (size_t)PyBytes_GET_SIZE(PyList_GET_ITEM(list, i + j));
-        if (n > 65535 || short_kind(a, n + (size_t)(-(Py_ssize_t)(n + 2) & 3) + 2) != SHORT_CHAPOLY)
+        if (n > 65535 || short_kind(a, padded_len(n)) != SHORT_CHAPOLY)
             continue;
         uint64_t q = seq + (uint64_t)(i + j);
         memcpy(nonce[count], a->salt, SALT_LEN);
@@ -591,7 +603,7 @@ static PyObject *seal_one(AeadObject *a, uint32_t spi, uint64_t seq, const uint8
         PyErr_SetString(PyExc_ValueError, "payload above 65535 bytes");
         return NULL;
     }
-    size_t pad = (size_t)(-(Py_ssize_t)(n + 2) & 3), ptlen = n + pad + 2;
+    size_t ptlen = padded_len(n), pad = ptlen - n - 2;
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(HDR_LEN + IV_LEN + ptlen + ICV_LEN));
     if (out == NULL)
         return NULL;
@@ -736,12 +748,14 @@ static PyObject *Aead_seal_many(AeadObject *a, PyObject *const *args, Py_ssize_t
         return NULL;
     unsigned long long total = 0;
     struct group g;
-    g.used = g.ntags = 0;
+    g.used = 0;
+    group_clear(&g);
+    int by_groups = grouped(a);
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *o = PyList_GET_ITEM(list, i);
         const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(o);
         size_t n = (size_t)PyBytes_GET_SIZE(o);
-        if (i % 4 == 0)
+        if (by_groups && i % 4 == 0)
             seal_group(a, &g, list, i, seq);
         PyObject *esp = seal_one(a, (uint32_t)spi, seq + (uint64_t)i, p, n,
                                  p[0] >> 4 == 4 ? PROTO_IPIP : PROTO_IPV6, esn, g.at[i % 4], &g);
@@ -752,7 +766,7 @@ static PyObject *Aead_seal_many(AeadObject *a, PyObject *const *args, Py_ssize_t
         }
         PyList_SET_ITEM(out, i, esp);
         total += n;
-        if (i % 4 == 3 || i == count - 1)
+        if (by_groups && (i % 4 == 3 || i == count - 1))
             group_tags(&g);
     }
     group_clear(&g);
@@ -898,7 +912,7 @@ static long decap_core(AeadObject *a, ReplayObject *w, uint32_t spi, const uint8
     return verdict;
 }
 
-/* For decapsulate_many: packets i..i+3 of list that may be ChaCha20-Poly1305 packets of this SA
+/* For decapsulate_many (grouped): packets i..i+3 of list that may be ChaCha20-Poly1305 packets of this SA
  * short enough for chapoly.c get their first blocks and, without ESN (whose AAD takes the high
  * sequence bits from the window as each packet passes), the tag they must carry. decap_core
  * makes every check again; a packet refused before decryption just wasted its share. */
@@ -906,8 +920,6 @@ static void open_group(AeadObject *a, struct group *g, PyObject *list, Py_ssize_
                        int esn)
 {
     group_clear(g);
-    if (a->enc == NULL || !chapoly_multi())
-        return;
     uint8_t nonce[4][SALT_LEN + IV_LEN];
     const uint8_t *nonces[4], *pkt[4];
     size_t ctlen[4];
@@ -917,14 +929,15 @@ static void open_group(AeadObject *a, struct group *g, PyObject *list, Py_ssize_
         PyObject *o = PyList_GET_ITEM(list, i + j);
         const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(o);
         size_t len = (size_t)PyBytes_GET_SIZE(o);
-        if (len < AEAD_MIN_LEN || get32(p) != spi
-            || short_kind(a, len - HDR_LEN - IV_LEN - ICV_LEN) != SHORT_CHAPOLY)
+        if (len < AEAD_MIN_LEN || get32(p) != spi)
+            continue;
+        ctlen[count] = len - HDR_LEN - IV_LEN - ICV_LEN;
+        if (short_kind(a, ctlen[count]) != SHORT_CHAPOLY)
             continue;
         memcpy(nonce[count], a->salt, SALT_LEN);
         memcpy(nonce[count] + SALT_LEN, p + HDR_LEN, IV_LEN);
         nonces[count] = nonce[count];
         pkt[count] = p;
-        ctlen[count] = len - HDR_LEN - IV_LEN - ICV_LEN;
         slot[count++] = j;
     }
     if (count < 2)
@@ -1044,17 +1057,19 @@ static PyObject *Aead_decapsulate_many(AeadObject *a, PyObject *const *args, Py_
             PyErr_SetString(PyExc_TypeError, "packets must be bytes");
             return NULL;
         }
+    struct group g; /* before the first goto fail, which clears it */
+    g.used = 0;
+    group_clear(&g);
+    int by_groups = grouped(a);
     PyObject *inners = PyList_New(0), *unchecked = PyList_New(0), *verdicts = PyList_New(0);
     if (inners == NULL || unchecked == NULL || verdicts == NULL)
         goto fail;
     unsigned long long npackets = 0, nbytes = 0, policy = 0;
-    struct group g;
-    g.used = g.ntags = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *o = PyList_GET_ITEM(list, i);
         PyObject *inner;
         unsigned nh = 0;
-        if (i % 4 == 0)
+        if (by_groups && i % 4 == 0)
             open_group(a, &g, list, i, spi, w->esn);
         long verdict = decap_core(a, w, spi, allow, (const uint8_t *)PyBytes_AS_STRING(o),
                                   (size_t)PyBytes_GET_SIZE(o), &inner, &nh, g.at[i % 4],
