@@ -28,6 +28,21 @@ static inline void put_le64(uint8_t *p, uint64_t v)
 
 /* ------------------------------------------------------------------ ChaCha20 (RFC 8439 2.3) */
 
+/* The 20 rounds (RFC 8439 2.3) on state words X(0) .. X(15), each implementation's quarter round
+ * QR(a, b, c, d, extra...) given the extra arguments. */
+#define CHACHA_20_ROUNDS(QR, X, ...)                                                           \
+    for (int round_ = 0; round_ < 10; round_++) {                                              \
+        QR(X(0), X(4), X(8), X(12), __VA_ARGS__);                                              \
+        QR(X(1), X(5), X(9), X(13), __VA_ARGS__);                                              \
+        QR(X(2), X(6), X(10), X(14), __VA_ARGS__);                                             \
+        QR(X(3), X(7), X(11), X(15), __VA_ARGS__);                                             \
+        QR(X(0), X(5), X(10), X(15), __VA_ARGS__);                                             \
+        QR(X(1), X(6), X(11), X(12), __VA_ARGS__);                                             \
+        QR(X(2), X(7), X(8), X(13), __VA_ARGS__);                                              \
+        QR(X(3), X(4), X(9), X(14), __VA_ARGS__);                                              \
+    }
+#define X_NAMED(i) x##i /* the vector code's x0 .. x15 */
+
 /* The input state: constants, key, block counter (word 12), nonce. */
 static void chacha_state(uint32_t s[16], const uint8_t key[32], const uint8_t nonce[12])
 {
@@ -67,16 +82,7 @@ static void chacha_state(uint32_t s[16], const uint8_t key[32], const uint8_t no
             x13 = _mm_set1_epi32((int)s[13]), x14 = _mm_set1_epi32((int)s[14]),                \
             x15 = _mm_set1_epi32((int)s[15]);                                                  \
     const __m128i c12 = x12;                                                                   \
-    for (int i = 0; i < 10; i++) {                                                             \
-        QRV(x0, x4, x8, x12, R16, R12, R8, R7);                                                \
-        QRV(x1, x5, x9, x13, R16, R12, R8, R7);                                                \
-        QRV(x2, x6, x10, x14, R16, R12, R8, R7);                                               \
-        QRV(x3, x7, x11, x15, R16, R12, R8, R7);                                               \
-        QRV(x0, x5, x10, x15, R16, R12, R8, R7);                                               \
-        QRV(x1, x6, x11, x12, R16, R12, R8, R7);                                               \
-        QRV(x2, x7, x8, x13, R16, R12, R8, R7);                                                \
-        QRV(x3, x4, x9, x14, R16, R12, R8, R7);                                                \
-    }                                                                                          \
+    CHACHA_20_ROUNDS(QRV, X_NAMED, R16, R12, R8, R7)                                           \
     __m128i w[16] = {x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15};   \
     for (int i = 0; i < 16; i++)                                                               \
         w[i] = _mm_add_epi32(w[i], i == 12 ? c12 : _mm_set1_epi32((int)s[i]));                 \
@@ -143,23 +149,14 @@ __attribute__((target("avx512f"))) static void chacha_sixteen_avx512(const uint3
     __m512i x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5], x6 = x[6],
             x7 = x[7], x8 = x[8], x9 = x[9], x10 = x[10], x11 = x[11], x12 = x[12],
             x13 = x[13], x14 = x[14], x15 = x[15];
-#define QRZ(a, b, c, d)                                                                        \
+#define QRZ(a, b, c, d, unused)                                                                \
     do {                                                                                       \
         a = _mm512_add_epi32(a, b); d = _mm512_xor_si512(d, a); d = _mm512_rol_epi32(d, 16);   \
         c = _mm512_add_epi32(c, d); b = _mm512_xor_si512(b, c); b = _mm512_rol_epi32(b, 12);   \
         a = _mm512_add_epi32(a, b); d = _mm512_xor_si512(d, a); d = _mm512_rol_epi32(d, 8);    \
         c = _mm512_add_epi32(c, d); b = _mm512_xor_si512(b, c); b = _mm512_rol_epi32(b, 7);    \
     } while (0)
-    for (int i = 0; i < 10; i++) {
-        QRZ(x0, x4, x8, x12);
-        QRZ(x1, x5, x9, x13);
-        QRZ(x2, x6, x10, x14);
-        QRZ(x3, x7, x11, x15);
-        QRZ(x0, x5, x10, x15);
-        QRZ(x1, x6, x11, x12);
-        QRZ(x2, x7, x8, x13);
-        QRZ(x3, x4, x9, x14);
-    }
+    CHACHA_20_ROUNDS(QRZ, X_NAMED, 0)
 #undef QRZ
     __m512i w[16] = {x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15};
     for (int i = 0; i < 16; i++)
@@ -224,7 +221,7 @@ int chapoly_available(void)
 }
 #else
 #define ROT(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
-#define QR(a, b, c, d)                                                                         \
+#define QR(a, b, c, d, unused)                                                                 \
     do {                                                                                       \
         a += b; d ^= a; d = ROT(d, 16);                                                        \
         c += d; b ^= c; b = ROT(b, 12);                                                        \
@@ -238,16 +235,9 @@ static void chacha_four(const uint32_t s[16], uint8_t out[256])
         uint32_t x[16];
         memcpy(x, s, sizeof x);
         x[12] += j;
-        for (int i = 0; i < 10; i++) {
-            QR(x[0], x[4], x[8], x[12]);
-            QR(x[1], x[5], x[9], x[13]);
-            QR(x[2], x[6], x[10], x[14]);
-            QR(x[3], x[7], x[11], x[15]);
-            QR(x[0], x[5], x[10], x[15]);
-            QR(x[1], x[6], x[11], x[12]);
-            QR(x[2], x[7], x[8], x[13]);
-            QR(x[3], x[4], x[9], x[14]);
-        }
+#define X_ARRAY(i) x[i]
+        CHACHA_20_ROUNDS(QR, X_ARRAY, 0)
+#undef X_ARRAY
         for (int i = 0; i < 16; i++) {
             uint32_t v = x[i] + s[i] + (i == 12 ? j : 0);
             uint8_t *o = out + 64 * j + 4 * i;
