@@ -81,8 +81,8 @@ After every UDP run the benchmark waits (at most 10 s) until the pair's gateways
 longer than 0.4 s is printed ("gateways busy N s after the run").
 
 ``--udp-load gso`` replaces iperf3 by a lighter load (stop 21): bench/udp_gso_load.py on host_a
-sends bursts of 64 datagrams per ``sendmsg`` (UDP GSO, paced to the offered rate; ~0.3 us of
-CPU per datagram against iperf3's ~2.4 us for client and server together), and the receiver is
+sends bursts of 64 datagrams per ``sendmsg`` (UDP GSO, paced to the offered rate; 0.3-0.6 us
+of CPU per datagram against iperf3's 2.4-2.9 us for client and server together), and the receiver is
 a UDP socket on host_b that is never read, its buffer at the minimum: the kernel delivers each
 datagram to it as to iperf3's socket (a GSO super-packet from a gateway's TUN write is cut into
 datagrams first) and counts it as InDatagrams or RcvbufErrors; delivered = their sum over the
@@ -91,6 +91,12 @@ burst before the device, which offers neither gateway UDP segmentation). On this
 iperf3 takes more CPU than both of our gateways together, so with iperf3 the ratio measures
 iperf3's share of the machine as much as the gateways; the light load measures what the
 tunnel sustains. In the output the "iperf3" columns are then the sender (server 0).
+``--udp-load iperf3,gso`` runs both loads per pair and round (the light load's results are
+labelled ``PAIR+gso``). Besides the ratio to the baseline under the same load, the UDP table
+gives the ratio to the baseline's best rate of the round under any of the loads run: the strict
+comparison, since charon overloaded by the light sender delivers less than under iperf3, whose
+client (short of CPU itself) never overloads it (docs/esp.md "Small packets: a lighter load
+generator").
 
 Printed per run: Mbit/s, TCP retransmits, gateway CPU (% of one core, /proc/PID/stat), drops;
 then a table of median throughput and median per-round ratios.
