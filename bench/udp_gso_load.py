@@ -10,13 +10,14 @@ up by at most 10 ms of datagrams, as a token bucket would. Prints one JSON line:
 sent (counted per successful ``sendmsg``), seconds, failed calls.
 
 Why it exists: iperf3 costs 2.4-2.9 us of CPU per small datagram (one ``sendto`` per datagram in
-the client, one ``recv`` per datagram in the server), as much as both our gateways together.
+the client, one ``recv`` per datagram in the server), more than both our gateways together.
 On a 2-vCPU machine that load generator takes more than half of the CPU the tunnel shares it
 with, and the measured rate says as much about iperf3 as about the gateways. This sender
-costs 0.3-0.6 us per datagram; the receiving side is a counter in nftables (bench/throughput.py),
-not a process. The datagrams still reach the encrypting gateway one at a time: the kernel
-cuts the GSO burst into datagrams before the gateway's TUN device, which offers no UDP
-segmentation to either gateway (docs/esp.md "Small packets: a lighter load generator").
+costs 0.3-0.6 us per datagram; the receiving side (bench/throughput.py) is a UDP socket that is
+never read, whose kernel counters (InDatagrams + RcvbufErrors) count what arrived. The
+datagrams still reach the encrypting gateway one at a time: the kernel cuts the GSO burst into
+datagrams before the gateway's TUN device, which offers no UDP segmentation to either gateway
+(docs/esp.md "Small packets: a lighter load generator").
 """
 from __future__ import annotations
 
