@@ -50,8 +50,9 @@ def test_what_it_reports_arrives_as_datagrams_of_the_size(burst: int) -> None:
     assert {len(d) for d in got} == {size}, "the burst is cut into datagrams of SIZE bytes"
     pattern = (bytes(range(256)) * (size * burst // 256 + 1))[:size * burst]
     assert all(d == pattern[(i % burst) * size:(i % burst + 1) * size] for i, d in enumerate(got))
-    # paced: pps x seconds, give or take one burst (a late start or the last partial interval)
-    assert abs(info["sent"] - pps * seconds) <= burst + pps * 0.05
+    # paced: never more than pps x seconds (+ the burst due at the start); less only by what a
+    # stall of the test machine costs beyond the 10 ms the sender may catch up
+    assert 0.8 * pps * seconds <= info["sent"] <= pps * seconds + burst
     assert seconds <= info["seconds"] < seconds + 0.5
 
 
