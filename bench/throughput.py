@@ -638,7 +638,7 @@ def main(argv=None) -> int:
     ap.add_argument("--udp-load", default="iperf3",
                     help="small-packet UDP loads, comma-separated, each run per pair and round: iperf3 (client "
                          "and server), gso: bench/udp_gso_load.py "
-                         "(UDP GSO bursts, ~0.3 us/datagram) into a UDP socket on host_b that is never read")
+                         "(UDP GSO bursts, 0.3-0.6 us/datagram) into a UDP socket on host_b that is never read")
     ap.add_argument("--udp-burst", type=int, default=64, help="--udp-load gso: datagrams per sendmsg (1-64)")
     ap.add_argument("--gateway-nice", type=int, default=0,
                     help="niceness of every gateway thread (ours and charon alike), e.g. -10 on a machine "
@@ -656,6 +656,8 @@ def main(argv=None) -> int:
     loads = [x for x in args.udp_load.split(",") if x] if "udp" in tests else []
     if any(x not in ("iperf3", "gso") for x in loads):
         ap.error(f"unknown UDP load in {args.udp_load!r}")
+    if not 1 <= args.udp_burst <= 64:
+        ap.error("--udp-burst must be 1-64 (datagrams per sendmsg of bench/udp_gso_load.py)")
     ciphers = args.ciphers.split(",")
     pairs = args.pairs.split(",")
     routers = args.router.split(",")
