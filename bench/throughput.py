@@ -188,6 +188,7 @@ class Setup:
         self.charons: list[ss.Charon] = []
         self.psk = "bench-" + secrets.token_hex(8)
         self.tuned = pair != "sw-sw"
+        self.sink: subprocess.Popen | None = None  # --udp-load gso: the counting socket on host_b
 
     def __enter__(self) -> Setup:
         try:
@@ -271,16 +272,11 @@ class Setup:
         """UDP RcvbufErrors per gateway namespace and of the receiving host, and TUN drops
         (rx + tx) per TUN device."""
         out = {}
-        snmp = self.topo.host_b.run(["cat", "/proc/net/snmp"], check=False).stdout.splitlines()
-        udp = [line.split() for line in snmp if line.startswith("Udp:")]
-        if len(udp) >= 2 and "RcvbufErrors" in udp[0] and getattr(self, "sink", None) is None:
-            out["host_b udp_rcvbuf"] = int(udp[1][udp[0].index("RcvbufErrors")])
+        if self.sink is None:  # with the sink, host_b's RcvbufErrors are its count, not drops
+            out["host_b udp_rcvbuf"] = udp_snmp(self.topo.host_b)["RcvbufErrors"]
         for ns, tun in self.tuns():
             side = "site" if ns is self.topo.site else "gw"
-            snmp = ns.run(["cat", "/proc/net/snmp"], check=False).stdout.splitlines()
-            udp = [line.split() for line in snmp if line.startswith("Udp:")]
-            if len(udp) >= 2 and "RcvbufErrors" in udp[0]:
-                out[f"{side} udp_rcvbuf"] = int(udp[1][udp[0].index("RcvbufErrors")])
+            out[f"{side} udp_rcvbuf"] = udp_snmp(ns)["RcvbufErrors"]
             try:
                 st = json.loads(ns.run(["ip", "-j", "-s", "link", "show", "dev", tun], check=False).stdout)[0]
                 s64 = st.get("stats64", st.get("stats", {}))
@@ -394,7 +390,7 @@ def start_sink(setup: Setup) -> None:
     line = proc.stdout.readline() if proc.stdout else b""
     if line.strip() != b"ready":
         raise RuntimeError("the UDP sink on host_b did not start")
-    setup.sink = proc  # type: ignore[attr-defined]
+    setup.sink = proc
 
 
 def gso_load(setup: Setup, seconds: float, pps: int, size: int, burst: int = 64) -> dict:
@@ -405,19 +401,16 @@ def gso_load(setup: Setup, seconds: float, pps: int, size: int, burst: int = 64)
     to its socket runs in the decrypting gateway's system calls, as it did for iperf3's),
     ``_machine``."""
     t = setup.topo
-    if getattr(setup, "sink", None) is None:
+    if setup.sink is None:
         start_sink(setup)
     pids = list(setup.pids.values())
     n0 = sink_packets(t.host_b)
     with tempfile.TemporaryFile() as out_f:
-        cpu0 = {pid: tools._cpu_split(pid) for pid in pids}
-        m0, o0, t0 = tools.machine_ticks(), tools.outside_ticks(pids), time.monotonic()
+        before = tools.cpu_sample(pids)
         cli = t.host_a.popen([sys.executable, str(GSO_LOAD), t.host_b_ip, str(SINK_PORT), str(pps), str(size),
                               f"{seconds:g}", "--burst", str(burst)], stdout=out_f)
         cli_cpu = tools._wait_cpu(cli, timeout=seconds + 20)
-        elapsed = time.monotonic() - t0
-        m1, o1 = tools.machine_ticks(), tools.outside_ticks(pids)
-        cpu1 = {pid: tools._cpu_split(pid) for pid in pids}
+        window = tools.cpu_over(before, tools.cpu_sample(pids))
         if cli_cpu is None:
             netns.kill_pid(cli.pid, timeout=2.0)
             raise RuntimeError(f"udp_gso_load still running after {seconds + 20:g} s")
@@ -428,16 +421,11 @@ def gso_load(setup: Setup, seconds: float, pps: int, size: int, burst: int = 64)
             info = json.loads(out_f.read().decode(errors="replace").strip().splitlines()[-1])
         except (ValueError, IndexError):
             raise RuntimeError(f"udp_gso_load gave no result (rc {cli.returncode})") from None
-    hz = os.sysconf("SC_CLK_TCK")
-    both = [pid for pid in pids if cpu0[pid] is not None and cpu1[pid] is not None]
     return {"end": {"sum_sent": {"packets": info["sent"], "seconds": info["seconds"]},
                     "sum_received": {"bytes": delivered * size}},
-            "_cpu": {pid: round(100.0 * (sum(cpu1[pid]) - sum(cpu0[pid])) / hz / elapsed, 1)  # type: ignore[arg-type]
-                     for pid in both},
-            "_cpu_system": {pid: round(100.0 * (cpu1[pid][1] - cpu0[pid][1]) / hz / elapsed, 1)  # type: ignore[index]
-                            for pid in both},
-            "_iperf3_cpu": {"client": round(100.0 * cli_cpu / elapsed, 1), "server": 0.0},
-            "_machine": tools.machine_share(m0, m1) | tools.outside_share(o0, o1, elapsed)}
+            "_cpu": window["cpu"], "_cpu_system": window["cpu_system"],
+            "_iperf3_cpu": {"client": round(100.0 * cli_cpu / window["elapsed"], 1), "server": 0.0},
+            "_machine": window["machine"]}
 
 
 SETTLE_LIMIT = 10.0  # seconds: at most this long after a UDP run for the gateways to go quiet

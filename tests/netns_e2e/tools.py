@@ -235,16 +235,12 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
     try:
         wait_until(lambda: listening(server, port), timeout=5.0, what="iperf3 server")
         with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
-            cpu0 = {pid: _cpu_split(pid) for pid in cpu_of or []}
-            m0, o0 = machine_ticks(), outside_ticks(cpu_of or ())
-            t0 = time.monotonic()
+            before = cpu_sample(cpu_of or [])
             cli = client.popen(["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}",
                                 "-P", str(streams), "-J", "--connect-timeout", "3000", *(extra or [])],
                                stdout=out_f, stderr=err_f)
             cli_cpu = _wait_cpu(cli, timeout=seconds + 20)
-            elapsed = time.monotonic() - t0
-            m1, o1 = machine_ticks(), outside_ticks(cpu_of or ())
-            cpu1 = {pid: _cpu_split(pid) for pid in cpu_of or []}
+            window = cpu_over(before, cpu_sample(cpu_of or []))
             if cli_cpu is None:
                 kill_pid(cli.pid, timeout=2.0)
                 raise RuntimeError(f"iperf3 client still running after {seconds + 20:g} s")
@@ -259,24 +255,41 @@ def iperf3(client: Netns, server: Netns, server_ip: str, *, seconds: float = 2.0
         if "error" in out:
             raise RuntimeError(f"iperf3: {out['error']}")
         if cpu_of:
-            hz = os.sysconf("SC_CLK_TCK")
-            both = [pid for pid in cpu_of if cpu0[pid] is not None and cpu1[pid] is not None]
-            out["_cpu"] = {pid: round(100.0 * (sum(cpu1[pid]) - sum(cpu0[pid])) / hz / elapsed, 1)  # type: ignore[arg-type]
-                           for pid in both}
-            # of which in the kernel (system calls, and the softirq work this kernel charges to them)
-            out["_cpu_system"] = {pid: round(100.0 * (cpu1[pid][1] - cpu0[pid][1]) / hz / elapsed, 1)  # type: ignore[index]
-                                  for pid in both}
+            out["_cpu"], out["_cpu_system"] = window["cpu"], window["cpu_system"]
+        elapsed = window["elapsed"]
         srv_cpu = _wait_cpu(srv, timeout=5.0)  # ``-1``: the server exits after its one test
         out["_iperf3_cpu"] = {"client": round(100.0 * cli_cpu / elapsed, 1)}
         if srv_cpu is not None:
             out["_iperf3_cpu"]["server"] = round(100.0 * srv_cpu / elapsed, 1)
-        out["_machine"] = machine_share(m0, m1) | outside_share(o0, o1, elapsed)
+        out["_machine"] = window["machine"]
         return out
     finally:
         if srv.poll() is None:
             kill_pid(srv.pid, timeout=2.0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             srv.wait(timeout=2.0)
+
+
+CpuSample = tuple[dict[int, "tuple[int, int] | None"], list[int], dict[int, tuple[bool, int]], float]
+
+
+def cpu_sample(pids: list[int]) -> CpuSample:
+    """Now: the CPU ticks of ``pids`` (:func:`_cpu_split`), of the machine and of every process
+    outside this process tree and ``pids``, and the monotonic time; for :func:`cpu_over`."""
+    return {pid: _cpu_split(pid) for pid in pids}, machine_ticks(), outside_ticks(pids), time.monotonic()
+
+
+def cpu_over(before: CpuSample, after: CpuSample) -> dict:
+    """The CPU between two :func:`cpu_sample` s of the same pids, in % of one core: ``cpu``
+    {pid: user + system} and ``cpu_system`` {pid: system: the kernel, i.e. system calls and the
+    softirq work this kernel charges to them} for the pids seen at both, ``machine``
+    (:func:`machine_share` | :func:`outside_share`) and ``elapsed`` seconds."""
+    (c0, m0, o0, t0), (c1, m1, o1, t1) = before, after
+    hz, elapsed = os.sysconf("SC_CLK_TCK"), t1 - t0
+    both = {pid: (a, b) for pid, a in c0.items() if a is not None and (b := c1.get(pid)) is not None}
+    return {"cpu": {pid: round(100.0 * (sum(b) - sum(a)) / hz / elapsed, 1) for pid, (a, b) in both.items()},
+            "cpu_system": {pid: round(100.0 * (b[1] - a[1]) / hz / elapsed, 1) for pid, (a, b) in both.items()},
+            "machine": machine_share(m0, m1) | outside_share(o0, o1, elapsed), "elapsed": elapsed}
 
 
 def _wait_cpu(proc: subprocess.Popen, timeout: float) -> float | None:
